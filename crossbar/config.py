@@ -1,0 +1,78 @@
+"""Crossbar array and periphery configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ._validate import check_choice, check_int, check_optional_int, fail
+
+MAPPINGS = ("differential", "offset")
+ADC_RANGES = ("calibrated", "full_scale")
+
+
+@dataclass(frozen=True)
+class CrossbarConfig:
+    """Tiles and periphery.
+
+    Attributes:
+        tile_rows, tile_cols: crossbar size (word lines x bit lines), default 128 x 128.
+        mapping: ``"differential"`` (a pair of columns per output, ``w ~ G+ - G-``) or
+            ``"offset"`` (one column per output plus one reference column per tile at
+            ``(g_min + g_max) / 2``, ``w ~ G - G_ref``).
+        dac_bits: input (word-line) DAC resolution; ``None`` = ideal.
+        adc_bits: per-tile partial-sum ADC resolution; ``None`` = ideal.
+        adc_range: ``"calibrated"`` (per-tile range = largest |partial sum| seen on the
+            calibration batch) or ``"full_scale"`` (the largest current the tile can produce).
+        bit_serial: feed inputs one bit per cycle (``dac_bits`` cycles, 1-bit DAC), each cycle's
+            partial sums ADC-converted, then shift-and-add.
+        cell_bits: bits stored per cell for weight bit-slicing; ``None`` = one cell pair per
+            weight holding the device's levels. With slicing, weights are quantized to
+            ``weight_bits`` and split over ``ceil(weight_bits / cell_bits)`` cell pairs.
+        weight_bits: weight precision used with ``cell_bits`` (and by the cost model).
+    """
+
+    tile_rows: int = 128
+    tile_cols: int = 128
+    mapping: str = "differential"
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    adc_range: str = "calibrated"
+    bit_serial: bool = False
+    cell_bits: int | None = None
+    weight_bits: int = 8
+
+    def __post_init__(self) -> None:
+        check_int("tile_rows", self.tile_rows, 1)
+        check_int("tile_cols", self.tile_cols, 1)
+        check_choice("mapping", self.mapping, MAPPINGS)
+        check_optional_int("dac_bits", self.dac_bits, 1, 32)
+        check_optional_int("adc_bits", self.adc_bits, 1, 32)
+        check_choice("adc_range", self.adc_range, ADC_RANGES)
+        if not isinstance(self.bit_serial, bool):
+            fail("bit_serial", self.bit_serial, "true or false")
+        if self.bit_serial and self.dac_bits is None:
+            fail("dac_bits", None, "an integer in [1, 32] when bit_serial is true")
+        check_int("weight_bits", self.weight_bits, 1, 32)
+        check_optional_int("cell_bits", self.cell_bits, 1, self.weight_bits)
+
+    @property
+    def weight_slices(self) -> int:
+        """Cell pairs per weight: ``ceil(weight_bits / cell_bits)`` (1 without slicing)."""
+        if self.cell_bits is None:
+            return 1
+        return -(-self.weight_bits // self.cell_bits)
+
+    def with_(self, **changes: object) -> CrossbarConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CrossbarConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            fail("crossbar key", unknown[0], "one of " + ", ".join(sorted(known)))
+        return cls(**data)

@@ -1,0 +1,406 @@
+"""Masked mapping: which rows and columns of a layer get devices, and how they pack into tiles.
+
+Matrix view (DESIGN.md): a Linear layer is ``W[out, in]``, a Conv2d layer ``W[out, in*kh*kw]``
+in im2col order. Inputs drive rows (word lines), outputs are read on columns (bit lines).
+
+Packing rule (one implementation, read by the simulator and the cost model):
+
+1. Live columns (outputs with any live weight) are taken in order and cut into column groups of
+   ``outputs_per_tile``.
+2. Inside a column group, a row is live if any weight of that group's columns in it is live.
+   Live rows are packed in order into tiles of ``tile_rows`` word lines, keeping each *row unit*
+   together: for a convolution whose kernel fits a tile (``kh*kw <= tile_rows``) a unit is one
+   input channel's kernel rows, so every tile is an ordinary convolution over a subset of input
+   channels; otherwise a unit is a single row.
+3. All-zero rows or columns are never given a device; a block of a tile that is all zero in a
+   column group never opens a tile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._validate import check_choice, check_int, fail
+from .config import MAPPINGS, CrossbarConfig
+
+PLAN_FORMAT_VERSION = 1
+LAYER_KINDS = ("linear", "conv2d")
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One crossbar tile: the matrix rows (word lines) and output columns it holds."""
+
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_cols(self) -> int:
+        return len(self.cols)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The mapping of one Linear/Conv2d layer onto tiles.
+
+    Attributes:
+        name: module name in the model (``model.named_modules()``).
+        kind: ``"linear"`` or ``"conv2d"``.
+        out_features: matrix columns (outputs / filters).
+        in_features: matrix rows (``in`` or ``in*kh*kw``).
+        row_unit: rows kept together when packing (``kh*kw`` for a conv that fits a tile, else 1).
+        tile_rows, tile_cols: physical crossbar size.
+        outputs_per_tile: outputs one tile can hold (bit lines left after the differential pair
+            or reference column and weight slices take theirs).
+        weight_slices: cell pairs per weight (``ceil(weight_bits / cell_bits)``).
+        mapping: ``"differential"`` or ``"offset"``.
+        mvms_per_sample: matrix-vector products per input sample (1 for Linear, ``H_out*W_out``
+            for Conv2d); ``None`` when no example input has been seen.
+        tiles: the tiles, column group by column group.
+    """
+
+    name: str
+    kind: str
+    out_features: int
+    in_features: int
+    row_unit: int
+    tile_rows: int
+    tile_cols: int
+    outputs_per_tile: int
+    weight_slices: int
+    mapping: str
+    mvms_per_sample: int | None
+    tiles: tuple[Tile, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, LAYER_KINDS)
+        check_choice("mapping", self.mapping, MAPPINGS)
+        for key in ("out_features", "in_features", "row_unit", "tile_rows", "tile_cols",
+                    "outputs_per_tile", "weight_slices"):
+            check_int(key, getattr(self, key), 1)
+        for t in self.tiles:
+            if t.n_rows > self.tile_rows or t.n_cols > self.outputs_per_tile:
+                fail(f"{self.name}: tile shape", (t.n_rows, t.n_cols),
+                     f"at most ({self.tile_rows}, {self.outputs_per_tile})")
+            if t.rows and (min(t.rows) < 0 or max(t.rows) >= self.in_features):
+                fail(f"{self.name}: tile rows", (min(t.rows), max(t.rows)),
+                     f"indices in [0, {self.in_features - 1}]")
+            if t.cols and (min(t.cols) < 0 or max(t.cols) >= self.out_features):
+                fail(f"{self.name}: tile cols", (min(t.cols), max(t.cols)),
+                     f"indices in [0, {self.out_features - 1}]")
+
+    # ------------------------------------------------------------------------------- summaries
+    @property
+    def n_tiles(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def live_rows(self) -> tuple[int, ...]:
+        return tuple(sorted({r for t in self.tiles for r in t.rows}))
+
+    @property
+    def live_cols(self) -> tuple[int, ...]:
+        return tuple(sorted({c for t in self.tiles for c in t.cols}))
+
+    @property
+    def columns_per_output(self) -> int:
+        """Bit lines one output takes in a tile: 2 per slice (pair) or 1 per slice (offset)."""
+        return self.weight_slices * (2 if self.mapping == "differential" else 1)
+
+    def tile_bit_lines(self, tile: Tile) -> int:
+        """Bit lines a tile uses, including the reference column of the offset mapping."""
+        ref = 1 if self.mapping == "offset" else 0
+        return tile.n_cols * self.columns_per_output + ref
+
+    @property
+    def n_word_lines(self) -> int:
+        """Driven word lines summed over tiles (one DAC drive each per input vector)."""
+        return sum(t.n_rows for t in self.tiles)
+
+    @property
+    def n_bit_lines(self) -> int:
+        return sum(self.tile_bit_lines(t) for t in self.tiles)
+
+    @property
+    def n_devices(self) -> int:
+        """Programmed memristors: every cell at a live word line x used bit line of a tile."""
+        return sum(t.n_rows * self.tile_bit_lines(t) for t in self.tiles)
+
+    @property
+    def mapped_weights(self) -> int:
+        """Weights held on live crossbar rows and columns (the compression-ratio denominator)."""
+        return sum(t.n_rows * t.n_cols for t in self.tiles)
+
+    def cell_mask(self, device: torch.device | None = None) -> torch.Tensor:
+        """Bool ``[out, in]``: True where a weight has a device (inside some tile)."""
+        mask = torch.zeros(self.out_features, self.in_features, dtype=torch.bool, device=device)
+        for t in self.tiles:
+            rows = torch.tensor(t.rows, dtype=torch.long, device=device)
+            cols = torch.tensor(t.cols, dtype=torch.long, device=device)
+            mask[cols.unsqueeze(1), rows.unsqueeze(0)] = True
+        return mask
+
+    def to_dict(self) -> dict:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "tiles"}
+        data["tiles"] = [{"rows": list(t.rows), "cols": list(t.cols)} for t in self.tiles]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LayerPlan:
+        data = dict(data)
+        tiles = tuple(Tile(tuple(t["rows"]), tuple(t["cols"])) for t in data.pop("tiles"))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            fail("layer plan key", unknown[0], "one of " + ", ".join(sorted(known)))
+        return cls(tiles=tiles, **data)
+
+
+@dataclass
+class MappingPlan:
+    """Per-layer plans of one model, keyed by module name."""
+
+    layers: dict[str, LayerPlan]
+
+    def __getitem__(self, name: str) -> LayerPlan:
+        return self.layers[name]
+
+    def __iter__(self) -> Iterator[LayerPlan]:
+        return iter(self.layers.values())
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(p.n_tiles for p in self)
+
+    @property
+    def mapped_weights(self) -> int:
+        return sum(p.mapped_weights for p in self)
+
+    @property
+    def dense_weights(self) -> int:
+        return sum(p.in_features * p.out_features for p in self)
+
+    def summary(self) -> list[dict]:
+        """One row per layer: shapes, live rows/cols, tiles, devices."""
+        return [
+            {
+                "layer": p.name,
+                "kind": p.kind,
+                "shape": [p.out_features, p.in_features],
+                "live_rows": len(p.live_rows),
+                "live_cols": len(p.live_cols),
+                "tiles": p.n_tiles,
+                "devices": p.n_devices,
+                "mapped_weights": p.mapped_weights,
+            }
+            for p in self
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "layers": [p.to_dict() for p in self],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> MappingPlan:
+        version = data.get("format_version")
+        if version != PLAN_FORMAT_VERSION:
+            fail("format_version", version, f"{PLAN_FORMAT_VERSION}")
+        layers = [LayerPlan.from_dict(d) for d in data["layers"]]
+        return cls({p.name: p for p in layers})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON atomically (temporary file in the same folder, then rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MappingPlan:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------- packing
+def outputs_per_tile(config: CrossbarConfig) -> int:
+    """Outputs a tile can hold: ``tile_cols`` bit lines less the reference column (offset
+    mapping), divided among each output's weight slices (and the pair of a differential
+    mapping, which uses a second array of the same size: see docs/crossbar.md)."""
+    usable = config.tile_cols - (1 if config.mapping == "offset" else 0)
+    per_output = config.weight_slices
+    n = usable // per_output
+    if n < 1:
+        fail(
+            "tile_cols",
+            config.tile_cols,
+            f"at least {per_output + (1 if config.mapping == 'offset' else 0)} for mapping="
+            f"{config.mapping!r} with {config.weight_slices} weight slice(s)",
+        )
+    return n
+
+
+def plan_layer(
+    name: str,
+    kind: str,
+    live: torch.Tensor,
+    config: CrossbarConfig,
+    kernel_size: int = 1,
+    mvms_per_sample: int | None = None,
+) -> LayerPlan:
+    """Pack the live weights ``live`` (bool ``[out, in]``) of one layer into tiles.
+
+    ``kernel_size`` is ``kh*kw`` for a Conv2d (the row unit when it fits a tile), 1 for Linear.
+    """
+    if live.dim() != 2:
+        fail(f"{name}: live mask shape", tuple(live.shape), "a 2-D [out, in] mask")
+    live = live.detach().to("cpu", torch.bool)
+    out_f, in_f = live.shape
+    per_tile = outputs_per_tile(config)
+    row_unit = kernel_size if kernel_size <= config.tile_rows else 1
+    live_cols = torch.nonzero(live.any(dim=1)).flatten().tolist()
+    tiles: list[Tile] = []
+    for start in range(0, len(live_cols), per_tile):
+        cols = live_cols[start:start + per_tile]
+        group_rows = torch.nonzero(live[cols].any(dim=0)).flatten().tolist()
+        tiles.extend(Tile(rows, tuple(cols)) for rows in _pack_rows(group_rows, row_unit,
+                                                                   config.tile_rows))
+    return LayerPlan(
+        name=name,
+        kind=kind,
+        out_features=out_f,
+        in_features=in_f,
+        row_unit=row_unit,
+        tile_rows=config.tile_rows,
+        tile_cols=config.tile_cols,
+        outputs_per_tile=per_tile,
+        weight_slices=config.weight_slices,
+        mapping=config.mapping,
+        mvms_per_sample=mvms_per_sample,
+        tiles=tuple(tiles),
+    )
+
+
+def _pack_rows(rows: list[int], unit: int, capacity: int) -> list[tuple[int, ...]]:
+    """Next-fit packing of sorted ``rows`` into bins of ``capacity``, units kept whole."""
+    bins: list[tuple[int, ...]] = []
+    current: list[int] = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and rows[j] // unit == rows[i] // unit:
+            j += 1
+        if current and len(current) + (j - i) > capacity:
+            bins.append(tuple(current))
+            current = []
+        current.extend(rows[i:j])
+        i = j
+    if current:
+        bins.append(tuple(current))
+    return bins
+
+
+def matrix_view(module: nn.Module) -> torch.Tensor:
+    """The weight of a Linear/Conv2d as the crossbar matrix ``[out, in*kh*kw]``."""
+    return module.weight.detach().reshape(module.weight.shape[0], -1)
+
+
+def crossbar_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` for every Linear and Conv2d in ``model`` (the mappable layers)."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            yield name, module
+
+
+def plan_model(
+    model: nn.Module,
+    config: CrossbarConfig,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    example_input: torch.Tensor | None = None,
+) -> MappingPlan:
+    """Mapping plan of every Linear/Conv2d of ``model``.
+
+    A weight is live where ``masks[name]`` (bool, matrix view or weight shape) is True, or, for
+    layers without a mask, where it is non-zero, so an all-zero row or column never gets a
+    device. With ``example_input``, ``mvms_per_sample`` is measured with one forward pass.
+    """
+    layers = dict(crossbar_layers(model))
+    if not layers:
+        raise ValueError(
+            f"model {type(model).__name__} has no Linear or Conv2d layer to map onto crossbars"
+        )
+    masks = dict(masks or {})
+    unknown = sorted(set(masks) - set(layers))
+    if unknown:
+        fail("masks key", unknown[0], "names of Linear/Conv2d layers: " + ", ".join(layers))
+    mvms = measure_mvms(model, example_input) if example_input is not None else {}
+    plans = {}
+    for name, module in layers.items():
+        weight = matrix_view(module)
+        if name in masks:
+            live = masks[name].reshape(weight.shape[0], -1).to(torch.bool)
+            if live.shape != weight.shape:
+                fail(f"masks[{name!r}] shape", tuple(masks[name].shape),
+                     f"{tuple(weight.shape)} or {tuple(module.weight.shape)}")
+        else:
+            live = weight != 0
+        is_conv = isinstance(module, nn.Conv2d)
+        kernel = module.kernel_size[0] * module.kernel_size[1] if is_conv else 1
+        plans[name] = plan_layer(
+            name, "conv2d" if is_conv else "linear", live, config, kernel, mvms.get(name)
+        )
+    return MappingPlan(plans)
+
+
+def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Matrix-vector products per sample of each Linear/Conv2d (one forward on the example)."""
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                counts[name] = int(output.shape[-1] * output.shape[-2])
+            else:
+                counts[name] = int(output[0].numel() // output.shape[-1]) if output.dim() > 2 \
+                    else 1
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) or getattr(module, "is_crossbar", False):
+            hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
