@@ -137,43 +137,52 @@ class DeviceModel:
 
 
 # --------------------------------------------------------------------------------------- presets
-# Numbers and their sources are listed in docs/devices.md.
+# Numbers and their sources are listed in docs/crossbar.md ("Device presets").
 def _rram_neurosim() -> DeviceModel:
-    """NeuroSim's default RRAM (Peng, Huang, Lu, Yu, IEDM 2019; DNN+NeuroSim Param.cpp):
-    R_on = 6 kOhm, on/off ratio 17 -> g_max = 166.7 uS, g_min = 9.8 uS; 5-bit cells (32 levels);
-    device-to-device variation sigma = 0.1 of the range."""
+    """NeuroSim's default RRAM cell (Peng, Huang, Lu, Yu, "DNN+NeuroSim", IEDM 2019; defaults of
+    DNN_NeuroSim_V1.3 Param.cpp): R_on = 6 kOhm, R_off = 150 x R_on at 0.5 V read, so
+    g_max = 166.7 uS, g_min = 1.11 uS; cellBit = 2 (4 levels). Variation 0.1 relative to the
+    programmed value, the example value NeuroSim's inference wrapper documents for ``--vari``."""
     return DeviceModel(
-        g_min_uS=1e6 / (6e3 * 17),
+        g_min_uS=1e6 / (6e3 * 150),
         g_max_uS=1e6 / 6e3,
-        n_levels=32,
+        n_levels=4,
         prog_sigma=0.1,
-        prog_noise="gaussian",
+        prog_noise="lognormal",
     )
 
 
-def _rram_taox_hfox() -> DeviceModel:
-    """TaOx/HfOx 1T1R RRAM of Yao et al., Nature 577, 641 (2020): conductance window 2-20 uA at
-    0.2 V read (10-100 uS), 8 target states per device after write-verify, 3% relative programming
-    spread (log-normal), 1% cycle-to-cycle read fluctuation."""
+def _rram_neurram() -> DeviceModel:
+    """NeuRRAM (Wan et al., "A compute-in-memory chip based on resistive random-access memory",
+    Nature 608, 504-512, 2022): g_max about 40 uS with g_min about 0, four-bit weights (16 levels);
+    programming spread after write-verify peaks at about 2.5 uS (Extended Data Fig. 3, as fitted
+    by CrossSim's RRAMWan model), i.e. 0.0625 of the range; 1% read noise as aihwkit suggests for
+    this device (no measured value is published)."""
     return DeviceModel(
-        g_min_uS=10.0,
-        g_max_uS=100.0,
-        n_levels=8,
-        prog_sigma=0.03,
-        prog_noise="lognormal",
+        g_min_uS=0.0,
+        g_max_uS=40.0,
+        n_levels=16,
+        prog_sigma=0.0625,
+        prog_noise="gaussian",
         read_sigma=0.01,
     )
 
 
-def _rram_faulty() -> DeviceModel:
-    """Fault study preset: stuck-at rates measured on a 4 Mb RRAM chip by Chen et al.,
-    IEEE Trans. Computers 64(1), 2015 (SA0 1.75 %, SA1 9.04 %), on the TaOx/HfOx range above."""
-    return _rram_taox_hfox().with_(sa0_rate=0.0175, sa1_rate=0.0904)
+def _rram_milo() -> DeviceModel:
+    """Multilevel HfO2 RRAM of Milo et al., "Optimized programming algorithms for multilevel
+    RRAM in hardware neural networks", IRPS 2021 (Fig. 4, IGVVA-100 algorithm): 50-225 uS,
+    programming spread at most 4.33 uS, i.e. 0.025 of the range; analog (continuous) states."""
+    return DeviceModel(
+        g_min_uS=50.0,
+        g_max_uS=225.0,
+        prog_sigma=0.025,
+        prog_noise="gaussian",
+    )
 
 
 PRESETS = {
     "ideal": DeviceModel.ideal,
     "rram_neurosim": _rram_neurosim,
-    "rram_taox_hfox": _rram_taox_hfox,
-    "rram_faulty": _rram_faulty,
+    "rram_neurram": _rram_neurram,
+    "rram_milo": _rram_milo,
 }
