@@ -273,7 +273,10 @@ def load_fashion_mnist(
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds numpy arrays, so a data file cannot run arbitrary code."""
+    """Unpickler that only rebuilds numpy arrays and bytes, so a data file cannot run code.
+
+    ``_codecs.encode`` is how protocol-2 pickles written by Python 3 store ``bytes``.
+    """
 
     _ALLOWED = {
         (module, name)
@@ -284,6 +287,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.numeric", "_frombuffer"),
         ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> object:
