@@ -1,0 +1,339 @@
+"""The compression pipeline: prune-ADMM -> hard prune -> masked retrain -> quant-ADMM ->
+hard quantize -> retrain of the non-weight parameters (Yuan et al., ISLPED 2019)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from admm.admm import ADMM
+from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
+from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
+from admm.projections import pair_levels, project_levels
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
+
+
+@dataclass
+class CompressConfig:
+    """Pipeline settings. Epoch counts are per stage; ADMM rounds (Z/U updates) run every
+    ``update_every`` epochs or steps (``update_unit``), and always once at the end of an ADMM
+    stage if the last round boundary was missed."""
+
+    constraints: Sequence[LayerConstraint]
+    prune_epochs: int = 10
+    prune_retrain_epochs: int = 5
+    quant_epochs: int = 5
+    quant_retrain_epochs: int = 2
+    update_every: int = 1
+    update_unit: str = "epoch"
+    rho: float = 1e-3
+    rho_factor: float = 1.3
+    rho_max: float = 1.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.constraints:
+            raise ValueError("constraints is empty: give at least one LayerConstraint")
+        for key in ("prune_epochs", "prune_retrain_epochs", "quant_epochs",
+                    "quant_retrain_epochs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key}={value!r} out of range: must be an integer >= 0")
+        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) \
+                or self.update_every < 1:
+            raise ValueError(f"update_every={self.update_every!r} out of range: integer >= 1")
+        if self.update_unit not in ("epoch", "step"):
+            raise ValueError(f"update_unit={self.update_unit!r} invalid: 'epoch' or 'step'")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer={self.optimizer!r} invalid: 'adam' or 'sgd'")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r} out of range: must be > 0")
+        if not (self.rho > 0 and self.rho_factor >= 1 and self.rho_max >= self.rho):
+            raise ValueError(f"rho={self.rho!r}, rho_factor={self.rho_factor!r}, "
+                             f"rho_max={self.rho_max!r}: need rho > 0, rho_factor >= 1, "
+                             "rho_max >= rho")
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+
+@dataclass
+class CompressResult:
+    """Plain data for masked mapping (matrix view ``(out, in*kh*kw)`` per compressed layer).
+
+    ``masks``: surviving (nonzero) weights; ``live_rows`` / ``live_cols``: crossbar rows (inputs)
+    and columns (outputs) with any surviving weight; ``scales``: ``W = scale * level`` (a float, or
+    a per-column tensor of shape ``(out,)``); ``levels``: the normalised pair level set;
+    ``history``: one dict per ADMM round or evaluation.
+    """
+
+    masks: dict[str, Tensor]
+    live_rows: dict[str, Tensor]
+    live_cols: dict[str, Tensor]
+    scales: dict[str, float | Tensor]
+    levels: dict[str, Tensor]
+    history: list[dict] = field(default_factory=list)
+
+
+def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn = F.cross_entropy,
+                admm: ADMM | None = None,
+                on_step: Callable[[float], None] | None = None) -> float:
+    """One pass over ``loader``; with ``admm`` the penalty gradient is added after backward.
+    ``on_step(loss)`` runs after each optimizer step. Returns the mean task loss."""
+    device = next(model.parameters()).device
+    model.train()
+    total, count = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        if admm is not None:
+            admm.add_penalty_grad()
+        optimizer.step()
+        value = loss.item()
+        total, count = total + value, count + 1
+        if on_step is not None:
+            on_step(value)
+    return total / max(count, 1)
+
+
+def save_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Compressor:
+    """The pipeline as resumable state: stage, epoch, model, ADMM (W, Z, U, rho), masks, scales,
+    optimizer, history and RNG, saved with :meth:`save` after every epoch."""
+
+    def __init__(self, model: nn.Module, config: CompressConfig,
+                 loss_fn: LossFn = F.cross_entropy) -> None:
+        self.model, self.config, self.loss_fn = model, config, loss_fn
+        self.constraints = select_layers(model, list(config.constraints))
+        self.modules = crossbar_layers(model)
+        self.levels = {n: pair_levels(c.levels) for n, c in self.constraints.items()
+                       if c.levels is not None}
+        self.masks: dict[str, Tensor] = {}
+        self.scales: dict[str, Tensor] = {}
+        self.history: list[dict] = []
+        self.stage, self.epoch, self._steps_since_update = 0, 0, 0
+        self._loss_sum, self._loss_count = 0.0, 0
+        self._skip_inactive()
+        self._setup()
+
+    # ----------------------------------------------------------------- stages
+    def _active(self, stage: str) -> bool:
+        if stage.startswith("prune"):
+            return any(c.prunes for c in self.constraints.values())
+        if stage.startswith("quant"):
+            return bool(self.levels)
+        return True
+
+    def _skip_inactive(self) -> None:
+        while STAGES[self.stage] != "done" and not self._active(STAGES[self.stage]):
+            self.stage += 1
+
+    def _epochs(self) -> int:
+        return getattr(self.config, f"{STAGES[self.stage]}_epochs")
+
+    def _setup(self) -> None:
+        """Build the optimizer (and ADMM) of the current stage from the current state."""
+        stage, cfg = STAGES[self.stage], self.config
+        self.admm, self.optimizer = None, None
+        if stage == "prune":
+            projectors = {n: _mask_projector(c) for n, c in self.constraints.items() if c.prunes}
+            self.admm = ADMM(self.model, projectors, cfg.rho, cfg.rho_factor, cfg.rho_max)
+        elif stage == "quant":
+            projectors = {n: _level_projector(self.levels[n], self.constraints[n].per_column,
+                                              self.masks.get(n)) for n in self.levels}
+            self.admm = ADMM(self.model, projectors, cfg.rho, cfg.rho_factor, cfg.rho_max)
+        elif stage == "quant_retrain":
+            for n in self.levels:
+                self.modules[n].weight.requires_grad_(False)
+        if stage == "done":
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            return
+        optimizer = cfg.make_optimizer(params)
+        self.optimizer = MaskedOptimizer(optimizer, self.model, self.masks) if self.masks \
+            and stage != "quant_retrain" else optimizer
+
+    @torch.no_grad()
+    def _finish_stage(self, eval_fn: Callable[[nn.Module], float] | None) -> None:
+        stage = STAGES[self.stage]
+        if self.admm is not None and self._steps_since_update > 0:
+            self._admm_round()
+        if stage == "prune":   # hard prune: masks from the final projection of W
+            self.masks = {n: self.constraints[n].prune_mask(weight_matrix(m)).cpu()
+                          if self.constraints[n].prunes else
+                          torch.ones(weight_matrix(m).shape, dtype=torch.bool)
+                          for n, m in self.modules.items() if n in self.constraints}
+            apply_masks(self.model, self.masks)
+        elif stage == "quant":   # hard quantization on the surviving weights
+            quantized = {}
+            for n, levels in self.levels.items():
+                mask = self.masks.get(n)
+                W = weight_matrix(self.modules[n])
+                Q, scale = project_levels(W, levels, self.constraints[n].per_column,
+                                          None if mask is None else mask.to(W.device))
+                quantized[n], self.scales[n] = Q, scale.cpu()
+            freeze_weights(self.model, quantized)
+        if eval_fn is not None:
+            self.history.append({"event": "eval", "stage": stage, "metric": float(eval_fn(
+                self.model))})
+        self.stage, self.epoch, self._steps_since_update = self.stage + 1, 0, 0
+        self._skip_inactive()
+        self._setup()
+
+    def _admm_round(self) -> None:
+        loss = self._loss_sum / self._loss_count if self._loss_count else None
+        log = self.admm.update(loss)
+        self.history.append({"event": "admm_round", "stage": STAGES[self.stage],
+                             "epoch": self.epoch, **log})
+        self._steps_since_update, self._loss_sum, self._loss_count = 0, 0.0, 0
+
+    def _on_step(self, loss: float) -> None:
+        self._steps_since_update += 1
+        self._loss_sum, self._loss_count = self._loss_sum + loss, self._loss_count + 1
+        cfg = self.config
+        if self.admm is not None and cfg.update_unit == "step" \
+                and self._steps_since_update >= cfg.update_every:
+            self._admm_round()
+
+    # -------------------------------------------------------------------- run
+    def run(self, train_loader: Iterable, eval_fn: Callable[[nn.Module], float] | None = None,
+            checkpoint: str | os.PathLike | None = None) -> CompressResult:
+        """Run (or resume) every remaining stage; save to ``checkpoint`` after each epoch."""
+        cfg = self.config
+        if eval_fn is not None and not self.history:
+            self.history.append({"event": "eval", "stage": "dense",
+                                 "metric": float(eval_fn(self.model))})
+        while STAGES[self.stage] != "done":
+            total = self._epochs() if self.optimizer is not None else 0
+            bar = tqdm(range(self.epoch, total), total=total, initial=self.epoch,
+                       desc=STAGES[self.stage], disable=not cfg.progress, leave=False)
+            for _ in bar:
+                loss = train_epoch(self.model, train_loader, self.optimizer, self.loss_fn,
+                                   self.admm, self._on_step)
+                self.epoch += 1
+                if self.admm is not None and cfg.update_unit == "epoch" \
+                        and self.epoch % cfg.update_every == 0:
+                    self._admm_round()
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if checkpoint is not None:
+                    self.save(checkpoint)
+            self._finish_stage(eval_fn)
+            if checkpoint is not None:
+                self.save(checkpoint)
+        return self.result()
+
+    def result(self) -> CompressResult:
+        """Masks, live rows/columns, scales and levels of the compressed layers."""
+        masks = {n: (weight_matrix(self.modules[n]).detach() != 0).cpu()
+                 for n in self.constraints}
+        return CompressResult(
+            masks=masks,
+            live_rows={n: live_rows(m) for n, m in masks.items()},
+            live_cols={n: live_cols(m) for n, m in masks.items()},
+            scales={n: s.item() if s.dim() == 0 else s for n, s in self.scales.items()},
+            levels={n: lv.clone() for n, lv in self.levels.items()},
+            history=list(self.history),
+        )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to resume: tensors, numbers, strings, lists and dicts only."""
+        state = {
+            "stage": self.stage, "epoch": self.epoch,
+            "steps_since_update": self._steps_since_update,
+            "loss_sum": self._loss_sum, "loss_count": self._loss_count,
+            "model": self.model.state_dict(), "masks": dict(self.masks),
+            "scales": dict(self.scales), "history": list(self.history),
+            "admm": None if self.admm is None else self.admm.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stage, self.epoch = int(state["stage"]), int(state["epoch"])
+        self._steps_since_update = int(state["steps_since_update"])
+        self._loss_sum, self._loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.model.load_state_dict(state["model"])
+        self.masks, self.scales = dict(state["masks"]), dict(state["scales"])
+        self.history = list(state["history"])
+        self._setup()
+        if state["admm"] is not None:
+            self.admm.load_state_dict(state["admm"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomic checkpoint (temporary file + ``os.replace``)."""
+        save_atomic(self.state_dict(), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Resume from a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``)."""
+        device = next(self.model.parameters()).device
+        self.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+
+
+def _mask_projector(c: LayerConstraint):
+    return lambda W: W * c.prune_mask(W)
+
+
+def _level_projector(levels: Tensor, per_column: bool, mask: Tensor | None):
+    def project(W: Tensor) -> Tensor:
+        m = None if mask is None else mask.to(W.device)
+        return project_levels(W, levels, per_column, m)[0]
+    return project
+
+
+def compress(model: nn.Module, train_loader: Iterable, config: CompressConfig,
+             eval_fn: Callable[[nn.Module], float] | None = None,
+             loss_fn: LossFn = F.cross_entropy,
+             checkpoint: str | os.PathLike | None = None) -> CompressResult:
+    """Compress ``model`` in place; resume from ``checkpoint`` if that file exists."""
+    compressor = Compressor(model, config, loss_fn)
+    if checkpoint is not None and Path(checkpoint).exists():
+        compressor.load(checkpoint)
+    return compressor.run(train_loader, eval_fn, checkpoint)
+
+
+__all__ = ["CompressConfig", "CompressResult", "Compressor", "compress", "save_atomic",
+           "train_epoch"]

@@ -1,0 +1,234 @@
+"""Constraint sets of crossbar-structured pruning and conductance-level quantization, with their
+Euclidean projections.
+
+Every function works on the matrix view of a layer's weight, ``W[out, in*kh*kw]``
+(``weight.reshape(out, -1)``, im2col order). On the crossbar the inputs drive the rows (word lines)
+and the outputs are read on the columns (bit lines). Hence a crossbar *row* is a column of ``W``
+(dim 1) and a crossbar *column* is a row of ``W`` (dim 0).
+
+Tie-breaking is deterministic everywhere: on equal norms the structure with the lowest index is
+kept (stable sort).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+_LEVEL_TOL = 1e-9
+
+
+def keep_count(n: int, ratio: float | None = None, count: int | None = None,
+               key: str = "keep") -> int:
+    """Number of structures kept out of ``n``.
+
+    ``ratio`` is the pruned fraction in ``[0, 1)``: ``keep = n - floor(ratio * n)``, so a ratio
+    never removes every structure (``keep >= 1`` when ``n >= 1``). ``count`` is the number kept,
+    an integer in ``[0, n]``; ``count=0`` removes everything. With neither, all ``n`` are kept.
+    """
+    if ratio is not None and count is not None:
+        raise ValueError(f"{key}: give {key}_ratio or {key}_keep, not both")
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise ValueError(f"{key}_ratio={ratio!r} out of range: the pruned fraction must lie "
+                             "in [0, 1)")
+        return n - min(math.floor(ratio * n + 1e-9), max(n - 1, 0))
+    if count is not None:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= n:
+            raise ValueError(f"{key}_keep={count!r} out of range: must be an integer in [0, {n}]")
+        return count
+    return n
+
+
+def _topk_mask(scores: Tensor, keep: int) -> Tensor:
+    """Boolean mask of the ``keep`` largest entries of a 1-D tensor; lowest index wins ties."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    mask[order[:keep]] = True
+    return mask
+
+
+def _block_grid(shape: tuple[int, int], block: tuple[int, int]) -> tuple[int, int]:
+    br, bc = block
+    if br < 1 or bc < 1:
+        raise ValueError(f"block={block!r} out of range: both sides must be >= 1")
+    out_n, in_n = shape
+    return math.ceil(in_n / br), math.ceil(out_n / bc)
+
+
+def _block_energy(energy: Tensor, block: tuple[int, int]) -> Tensor:
+    """Sum of ``energy[out, in]`` over each ``br x bc`` tile block, shape ``(in_blk, out_blk)``.
+
+    Block ``(i, j)`` covers crossbar rows (inputs) ``i*br:(i+1)*br`` and columns (outputs)
+    ``j*bc:(j+1)*bc``; edge blocks are partial.
+    """
+    br, bc = block
+    nbi, nbo = _block_grid(tuple(energy.shape), block)
+    padded = energy.new_zeros(nbo * bc, nbi * br)
+    padded[: energy.shape[0], : energy.shape[1]] = energy
+    return padded.reshape(nbo, bc, nbi, br).sum(dim=(1, 3)).T
+
+
+def _expand_blocks(grid_mask: Tensor, shape: tuple[int, int], block: tuple[int, int]) -> Tensor:
+    br, bc = block
+    full = grid_mask.T.repeat_interleave(bc, dim=0).repeat_interleave(br, dim=1)
+    return full[: shape[0], : shape[1]]
+
+
+def structured_mask(W: Tensor, rows_keep: int | None = None, cols_keep: int | None = None,
+                    blocks_keep: int | None = None, block: tuple[int, int] = (128, 128),
+                    max_iters: int = 50) -> Tensor:
+    """Mask (``out x in``, bool) of the projection of ``W`` onto the structured-sparsity set.
+
+    The set is ``{W : at most rows_keep nonzero crossbar rows (columns of W), at most cols_keep
+    nonzero crossbar columns (rows of W), at most blocks_keep nonzero br x bc blocks}``; ``None``
+    leaves that structure unconstrained. The projection keeps the entries inside the mask and
+    maximises the kept energy ``||W ⊙ M||_F^2``.
+
+    * One structure: exact. Structures partition the entries, so keeping the top-k by L2
+      (Frobenius) norm is the Euclidean projection.
+    * Several structures: the exact projection is a combinatorial (biclustering-like) problem.
+      We use block-coordinate ascent: each structure in turn takes the exact top-k given the
+      others fixed, starting from none pruned, until the masks stop changing. Kept energy never
+      decreases, the result always lies in the set and is a fixed point of each single-structure
+      projection, but it is not guaranteed to be the global optimum.
+    """
+    if W.dim() != 2:
+        raise ValueError(f"W must be 2-D (out, in*kh*kw), got shape {tuple(W.shape)}")
+    out_n, in_n = W.shape
+    energy = W.detach().double().pow(2)
+    row = torch.ones(in_n, dtype=torch.bool, device=W.device)
+    col = torch.ones(out_n, dtype=torch.bool, device=W.device)
+    blk = torch.ones(out_n, in_n, dtype=torch.bool, device=W.device)
+    n_active = sum(k is not None for k in (rows_keep, cols_keep, blocks_keep))
+    for _ in range(max(max_iters, 1)):
+        prev = (row, col, blk)
+        if cols_keep is not None:
+            col = _topk_mask((energy * (blk & row[None, :])).sum(1), cols_keep)
+        if rows_keep is not None:
+            row = _topk_mask((energy * (blk & col[:, None])).sum(0), rows_keep)
+        if blocks_keep is not None:
+            grid = _block_energy(energy * (col[:, None] & row[None, :]), block)
+            grid_mask = _topk_mask(grid.flatten(), blocks_keep).reshape(grid.shape)
+            blk = _expand_blocks(grid_mask, (out_n, in_n), block)
+        now = (row, col, blk)
+        if n_active <= 1 or all(torch.equal(a, b) for a, b in zip(prev, now, strict=True)):
+            break
+    return col[:, None] & row[None, :] & blk
+
+
+def project_rows(W: Tensor, keep: int) -> Tensor:
+    """Keep the ``keep`` crossbar rows (word lines = columns of ``W``) of largest L2 norm."""
+    return W * structured_mask(W, rows_keep=keep)
+
+
+def project_cols(W: Tensor, keep: int) -> Tensor:
+    """Keep the ``keep`` crossbar columns (bit lines = outputs = rows of ``W``) of largest L2
+    norm."""
+    return W * structured_mask(W, cols_keep=keep)
+
+
+def project_blocks(W: Tensor, keep: int, block: tuple[int, int] = (128, 128)) -> Tensor:
+    """Keep the ``keep`` tile blocks (``block = (rows, cols)`` of the crossbar) of largest
+    Frobenius norm ``||W_b||_F``."""
+    return W * structured_mask(W, blocks_keep=keep, block=block)
+
+
+def pair_levels(device_levels: int | Sequence[float]) -> Tensor:
+    """Normalised signed values a differential pair ``w ∝ G+ - G-`` can represent.
+
+    ``L = {(l_i - l_j) / (max l - min l)}`` over all device levels ``l_i`` (sorted, unique,
+    float64, symmetric, contains 0, max 1). An integer ``n`` means ``n`` uniform levels, giving
+    ``{k / (n-1) : k = -(n-1) .. n-1}``; ``n = 2`` is ternary ``{-1, 0, +1}``.
+    """
+    if isinstance(device_levels, int) and not isinstance(device_levels, bool):
+        if device_levels < 2:
+            raise ValueError(f"levels={device_levels!r} out of range: need >= 2 device levels")
+        n = device_levels
+        return torch.arange(-(n - 1), n, dtype=torch.float64) / (n - 1)
+    g = torch.as_tensor(list(device_levels), dtype=torch.float64).flatten()
+    if not torch.isfinite(g).all() or g.numel() < 2 or (g.max() - g.min()) <= 0:
+        raise ValueError(f"levels={list(device_levels)!r} invalid: need >= 2 distinct finite "
+                         "device levels")
+    diffs = (g[:, None] - g[None, :]).flatten() / (g.max() - g.min())
+    diffs = torch.sort(diffs).values
+    keep = torch.cat([diffs.new_ones(1, dtype=torch.bool), diffs.diff() > _LEVEL_TOL])
+    levels = diffs[keep]
+    levels[levels.abs() <= _LEVEL_TOL] = 0.0
+    return levels
+
+
+def round_to_levels(x: Tensor, levels: Tensor) -> Tensor:
+    """Nearest member of the sorted level set for each entry (ties go to the lower level)."""
+    levels = levels.to(device=x.device, dtype=x.dtype)
+    mids = (levels[1:] + levels[:-1]) / 2
+    return levels[torch.bucketize(x.contiguous(), mids)]
+
+
+def _best_scale(rows: Tensor, levels: Tensor) -> Tensor:
+    """Globally optimal scale per row of ``rows`` (float64, ``R x N``) for the set ``s * L^N``.
+
+    ``min_{s>=0, q in L^N} ||w - s q||^2``. For fixed ``s`` the best ``q`` is nearest rounding of
+    ``w / s``; it changes only when ``|w_n| / s`` crosses a midpoint ``m_j`` between adjacent
+    non-negative levels, i.e. at breakpoints ``s = |w_n| / m_j``. Between breakpoints ``q`` is
+    fixed and the error ``||w||^2 - 2 s <|w|, |q|> + s^2 <q, q>`` is a quadratic whose minimiser
+    is the closed-form scale ``<w, q> / <q, q>`` clamped to the interval. Sweeping the sorted
+    breakpoints with running sums evaluates every interval: O(N m log(N m)) for m positive levels.
+    """
+    pos = levels[levels > 0]
+    nonneg = torch.cat([levels.new_zeros(1), pos])
+    mids = (nonneg[1:] + nonneg[:-1]) / 2                        # (m,)
+    a = rows.abs()                                               # (R, N)
+    R, N = a.shape
+    p_max = pos[-1]
+    breaks = (a[:, :, None] / mids).reshape(R, -1)               # level p_{j+1} -> p_j at s > a/m_j
+    d_a = (a[:, :, None] * (nonneg[:-1] - nonneg[1:])).reshape(R, -1)
+    d_b = (nonneg[:-1] ** 2 - nonneg[1:] ** 2).expand(R, N, -1).reshape(R, -1)
+    breaks, order = torch.sort(breaks, dim=1)
+    A = torch.cat([(p_max * a.sum(1))[:, None],
+                   p_max * a.sum(1, keepdim=True) + torch.gather(d_a, 1, order).cumsum(1)], 1)
+    B = torch.cat([rows.new_full((R, 1), float(p_max**2 * N)),
+                   p_max**2 * N + torch.gather(d_b, 1, order).cumsum(1)], 1)
+    lo = torch.cat([rows.new_zeros(R, 1), breaks], 1)
+    hi = torch.cat([breaks, rows.new_full((R, 1), math.inf)], 1)
+    nonzero = B > 0.5 * float(pos[0]) ** 2                     # B is a sum of squared levels
+    B = torch.where(nonzero, B, torch.zeros_like(B))
+    s = torch.where(nonzero, torch.minimum(torch.maximum(A / B.clamp_min(1e-300), lo), hi), lo)
+    err = -2 * s * A + s * s * B
+    best = torch.gather(s, 1, err.argmin(1, keepdim=True)).squeeze(1)
+    return torch.where(best > 0, best, torch.ones_like(best))
+
+
+def project_levels(W: Tensor, levels: Tensor, per_column: bool = False,
+                   mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Project ``W`` onto ``{s * q : s >= 0, q_n in L}`` (one ``s`` per layer, or per crossbar
+    column = per output = per row of ``W`` when ``per_column``), optionally restricted to a mask.
+
+    Returns ``(Q, scale)`` with ``Q = scale * q`` and every ``q`` in ``levels``. The scale is the
+    global optimum of the alternation "round to the nearest level / closed-form scale
+    ``s = <W, q> / <q, q>``": instead of iterating from one start (which stops at a local fixed
+    point) all intervals of ``s`` are enumerated (see ``_best_scale``), then one rounding and one
+    closed-form refit are applied. Entries outside ``mask`` are exactly zero in ``Q`` (0 is a
+    level). ``scale`` is a 0-d tensor, or shape ``(out,)`` when ``per_column``; it is 1 for an
+    all-zero row.
+    """
+    if W.dim() != 2:
+        raise ValueError(f"W must be 2-D (out, in*kh*kw), got shape {tuple(W.shape)}")
+    levels = levels.to(device=W.device, dtype=torch.float64)
+    rows = W.detach().double()
+    if mask is not None:
+        rows = rows * mask
+    rows = rows if per_column else rows.reshape(1, -1)
+    scale = _best_scale(rows, levels)
+    q = round_to_levels(rows / scale[:, None], levels)
+    num, den = (rows * q).sum(1), (q * q).sum(1)
+    scale = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
+                        torch.ones_like(den))
+    Q = (scale[:, None] * q).reshape(W.shape).to(W.dtype)
+    if mask is not None:
+        Q = Q * mask
+    scale = scale.to(W.dtype)
+    return Q, (scale if per_column else scale.reshape(()))
