@@ -46,13 +46,13 @@ class CrossbarConfig:
         check_int("tile_rows", self.tile_rows, 1)
         check_int("tile_cols", self.tile_cols, 1)
         check_choice("mapping", self.mapping, MAPPINGS)
-        check_optional_int("dac_bits", self.dac_bits, 1, 32)
-        check_optional_int("adc_bits", self.adc_bits, 1, 32)
+        check_optional_int("dac_bits", self.dac_bits, 1, 24)
+        check_optional_int("adc_bits", self.adc_bits, 1, 24)
         check_choice("adc_range", self.adc_range, ADC_RANGES)
         if not isinstance(self.bit_serial, bool):
             fail("bit_serial", self.bit_serial, "true or false")
         if self.bit_serial and self.dac_bits is None:
-            fail("dac_bits", None, "an integer in [1, 32] when bit_serial is true")
+            fail("dac_bits", None, "an integer in [1, 24] when bit_serial is true")
         check_int("weight_bits", self.weight_bits, 1, 32)
         check_optional_int("cell_bits", self.cell_bits, 1, self.weight_bits)
 
