@@ -1,0 +1,336 @@
+"""Cost reports: report.md, cost.csv, cost.json and plots from a mapping plan.
+
+Command line::
+
+    python -m crossbar.report --plan plan.json --config crossbar.json --out DIR [--table isaac]
+    python -m crossbar.report --isaac-check          # model vs ISAAC Table 6 tile totals
+
+``--config`` is a JSON of :class:`~crossbar.config.CrossbarConfig` fields; ``--cost`` an
+optional JSON of :class:`~crossbar.cost.CostConfig` fields. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .config import CrossbarConfig  # noqa: E402
+from .cost import (  # noqa: E402
+    COMPONENTS,
+    ComponentTable,
+    CostConfig,
+    CostEstimate,
+    ModelCost,
+    estimate,
+    load_table,
+    model_cost,
+)
+from .plan import MappingPlan, atomic_write_text, plan_layer  # noqa: E402
+
+LAYER_COLUMNS = ("tiles", "arrays", "live_rows", "live_cols", "word_lines", "bit_lines",
+                 "devices", "weight_slices", "dacs", "adcs", "mvms_per_sample", "input_cycles",
+                 "dac_drives", "adc_conversions", "array_reads", "cells_read", "latency_ns")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Binary counterpart of :func:`crossbar.plan.atomic_write_text`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------ csv / md
+def cost_rows(est: CostEstimate) -> list[dict]:
+    """One row per layer and variant (``compressed``, ``baseline``), plus a ``TOTAL`` row
+    each: counts, area (um^2) and energy (pJ) per component, latency (ns)."""
+    rows = []
+    for variant, mc in (("compressed", est.compressed), ("baseline", est.baseline)):
+        if mc is None:
+            continue
+        for layer in mc.layers:
+            row = {"variant": variant, "layer": layer.name}
+            row.update({k: getattr(layer, k) for k in LAYER_COLUMNS})
+            row.update({f"area_um2_{k}": v for k, v in layer.area_um2.items()})
+            row.update({f"energy_pJ_{k}": v for k, v in layer.energy_pJ.items()})
+            row["area_um2"] = layer.total_area_um2
+            row["energy_pJ"] = layer.total_energy_pJ
+            rows.append(row)
+        total = {"variant": variant, "layer": "TOTAL"}
+        total.update({k: sum(r[k] for r in rows if r["variant"] == variant)
+                      for k in LAYER_COLUMNS if k not in ("weight_slices", "mvms_per_sample",
+                                                          "input_cycles", "latency_ns")})
+        total["latency_ns"] = mc.latency_ns
+        total.update({f"area_um2_{k}": v for k, v in mc.area_um2.items()})
+        total.update({f"energy_pJ_{k}": v for k, v in mc.energy_pJ.items()})
+        total["area_um2"] = mc.total_area_mm2 * 1e6
+        total["energy_pJ"] = mc.total_energy_nJ * 1e3
+        rows.append(total)
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> str:
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
+    """report.md: settings, per-layer table, totals, reductions against the baseline."""
+    c, b = est.compressed, est.baseline
+    x = est.xbar
+    lines = [
+        "# Hardware cost report",
+        "",
+        f"Component table: `{c.table}`; clock {est.cost.clock_MHz:g} MHz; "
+        f"{est.cost.cols_per_adc} bit lines per ADC; tiles {x.tile_rows}x{x.tile_cols}, "
+        f"{x.mapping} mapping, weight slices {x.weight_slices}, "
+        f"DAC {x.dac_bits if x.dac_bits is not None else est.cost.default_dac_bits} bit"
+        f"{' (bit-serial)' if x.bit_serial else ''}, "
+        f"ADC {x.adc_bits if x.adc_bits is not None else est.cost.default_adc_bits} bit"
+        f"{' (ideal in the simulator; costed at the default)' if x.adc_bits is None else ''}.",
+        "Equations and assumptions: docs/cost_model.md.",
+        "",
+        "## Per layer (compressed)",
+        "",
+        "| layer | tiles | live rows | live cols | DACs | ADCs | slices | ADC conv. | "
+        "area (mm2) | energy (nJ) | latency (us) |"
+        + (" dense tiles | dense energy (nJ) |" if b else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if b else ""),
+    ]
+    base_by_name = {layer.name: layer for layer in b.layers} if b else {}
+    for layer in c.layers:
+        row = (f"| {layer.name} | {layer.tiles} | {layer.live_rows} | {layer.live_cols} | "
+               f"{layer.dacs} | {layer.adcs} | {layer.weight_slices} | {layer.adc_conversions} | "
+               f"{_fmt(layer.total_area_um2 * 1e-6)} | {_fmt(layer.total_energy_pJ * 1e-3)} | "
+               f"{_fmt(layer.latency_ns * 1e-3)} |")
+        if b:
+            d = base_by_name[layer.name]
+            row += f" {d.tiles} | {_fmt(d.total_energy_pJ * 1e-3)} |"
+        lines.append(row)
+    lines += ["", "## Totals", "",
+              "| | compressed |" + (" dense baseline | reduction |" if b else ""),
+              "|---|---:|" + ("---:|---:|" if b else "")]
+    items = [("tiles", "tiles", lambda m: m.tiles),
+             ("area (mm2)", "area", lambda m: m.total_area_mm2),
+             ("energy / inference (nJ)", "energy", lambda m: m.total_energy_nJ),
+             ("latency / inference (us)", "latency", lambda m: m.latency_ns * 1e-3),
+             ("power (mW)", "power", lambda m: m.power_mW)]
+    for label, key, get in items:
+        row = f"| {label} | {_fmt(get(c))} |"
+        if b:
+            red = est.reduction
+            row += (f" {_fmt(get(b))} | {_fmt(red[key + '_reduction_pct'])}% "
+                    f"({_fmt(red[key + '_ratio'])}x) |")
+        lines.append(row)
+    lines += ["", "## Breakdown by component (compressed)", "",
+              "| component | area (mm2) | energy (nJ) |", "|---|---:|---:|"]
+    for k in COMPONENTS:
+        lines.append(f"| {k} | {_fmt(c.area_um2[k] * 1e-6)} | {_fmt(c.energy_pJ[k] * 1e-3)} |")
+    if b:
+        lines += ["", f"Baseline: the same layers dense and unpruned, weight bits "
+                  f"{est.cost.baseline_weight_bits}, DAC {est.cost.baseline_dac_bits} bit, "
+                  f"ADC {est.cost.baseline_adc_bits} bit, same tiles, mapping and table."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------- plots
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _per_layer_plot(c: ModelCost, b: ModelCost | None, get, ylabel: str, title: str) -> bytes:
+    names = [layer.name for layer in c.layers]
+    idx = range(len(names))
+    width = 0.4 if b else 0.8
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 3.5))
+    if b:
+        ax.bar([i - width / 2 for i in idx], [get(layer) for layer in b.layers], width,
+               label="dense baseline", color="#bbbbbb")
+    ax.bar([i + (width / 2 if b else 0) for i in idx], [get(layer) for layer in c.layers], width,
+           label="compressed", color="#1f77b4")
+    ax.set_xticks(list(idx), names, rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _png(fig)
+
+
+def _breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
+                    ylabel: str, title: str) -> bytes:
+    variants = [("compressed", c)] + ([("dense baseline", b)] if b else [])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    bottoms = [0.0] * len(variants)
+    for comp in COMPONENTS:
+        vals = [getattr(m, attr)[comp] * scale for _, m in variants]
+        ax.bar([v for v, _ in variants], vals, bottom=bottoms, label=comp)
+        bottoms = [x + y for x, y in zip(bottoms, vals, strict=True)]
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
+
+
+def cost_plots(est: CostEstimate) -> dict[str, bytes]:
+    """PNG bytes by file name: per-layer tiles and energy (dense vs compressed), area and
+    energy by component."""
+    c, b = est.compressed, est.baseline
+    return {
+        "tiles_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.tiles, "tiles",
+                                               "Crossbar tiles per layer"),
+        "energy_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.total_energy_pJ * 1e-3,
+                                                "energy / inference (nJ)", "Energy per layer"),
+        "area_breakdown.png": _breakdown_plot(c, b, "area_um2", 1e-6, "area (mm2)",
+                                              "Area by component"),
+        "energy_breakdown.png": _breakdown_plot(c, b, "energy_pJ", 1e-3,
+                                                "energy / inference (nJ)",
+                                                "Energy by component"),
+    }
+
+
+# ---------------------------------------------------------------------------------- writer
+def write_cost_report(
+    plan: MappingPlan,
+    config: CrossbarConfig,
+    out_dir: str | os.PathLike,
+    cost: CostConfig | None = None,
+    table: str | os.PathLike | Mapping | ComponentTable | None = None,
+    baseline: bool = True,
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
+    cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name."""
+    est = estimate(plan, config, cost, table, baseline=baseline)
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    images = cost_plots(est) if plots else {}
+    for name, data in images.items():
+        _atomic_write_bytes(out / name, data)
+        written[name] = out / name
+    texts = {
+        "cost.json": json.dumps(est.to_dict(), indent=2),
+        "cost.csv": _csv_text(cost_rows(est)),
+        "report.md": markdown_report(est, list(images)),
+    }
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
+        written[name] = out / name
+    return written
+
+
+# ------------------------------------------------------------------------- published check
+def isaac_tile_comparison(table: str | os.PathLike | Mapping | ComponentTable = "isaac"
+                          ) -> dict[str, float]:
+    """Model one fully used ISAAC tile and compare with the paper's Table 6 totals.
+
+    ISAAC tile: 12 IMAs x 8 arrays of 128x128 2-bit cells = 96 arrays, 16-bit weights in 8
+    slices, 16-bit inputs fed bit-serially through 1-bit DACs, one 8-bit ADC per array
+    (128 bit lines per ADC) at 1.28 GS/s. Here: one layer of 128 inputs x 1440 outputs with the
+    offset mapping (15 outputs x 8 slices + 1 reference column = 121 of 128 bit lines per
+    array), so 96 tiles of one array each, one MVM per inference; power = energy / latency.
+    """
+    tab = load_table(table)
+    xbar = CrossbarConfig(tile_rows=128, tile_cols=128, mapping="offset", weight_bits=16,
+                          cell_bits=2, dac_bits=16, adc_bits=8, bit_serial=True)
+    layer = plan_layer("isaac_tile", "linear", torch.ones(15 * 96, 128, dtype=torch.bool),
+                       xbar, mvms_per_sample=1)
+    mc = model_cost(MappingPlan({layer.name: layer}), xbar,
+                    CostConfig(clock_MHz=1280.0, cols_per_adc=128), tab)
+    rep = {k: v[0] for k, v in tab.reported.items()}
+    paper_power = (rep["ima_x12_power"] + 0.0207) * 1e3   # + eDRAM row (20.7 mW)
+    paper_area = (rep["ima_x12_area"] * 1e6 + 0.083)      # + eDRAM row (0.083 mm2)
+    out = {
+        "tiles": mc.tiles,
+        "model_power_mW": mc.power_mW,
+        "model_area_mm2": mc.total_area_mm2,
+        "paper_modelled_rows_power_mW": paper_power,
+        "paper_modelled_rows_area_mm2": paper_area,
+        "paper_tile_power_mW": rep["tile_power"] * 1e3,
+        "paper_tile_area_mm2": rep["tile_area"] * 1e6,
+        "unmodelled_tile_power_mW": rep["unmodelled_tile_power"] * 1e3,
+        "unmodelled_tile_area_mm2": rep["unmodelled_tile_area"] * 1e6,
+    }
+    out["gap_modelled_rows_power_pct"] = 100 * (mc.power_mW / paper_power - 1)
+    out["gap_modelled_rows_area_pct"] = 100 * (mc.total_area_mm2 / paper_area - 1)
+    out["gap_tile_power_pct"] = 100 * (mc.power_mW / out["paper_tile_power_mW"] - 1)
+    out["gap_tile_area_pct"] = 100 * (mc.total_area_mm2 / out["paper_tile_area_mm2"] - 1)
+    for comp in COMPONENTS:
+        out[f"model_power_mW_{comp}"] = mc.energy_pJ[comp] / mc.latency_ns
+        out[f"model_area_mm2_{comp}"] = mc.area_um2[comp] * 1e-6
+    return out
+
+
+# ------------------------------------------------------------------------------------- cli
+def _read_json(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m crossbar.report``: write a cost report, or print the ISAAC check."""
+    ap = argparse.ArgumentParser(prog="python -m crossbar.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", help="plan JSON written by MappingPlan.save")
+    ap.add_argument("--config", help="CrossbarConfig JSON the plan was built with")
+    ap.add_argument("--cost", help="CostConfig JSON (optional)")
+    ap.add_argument("--out", help="output folder")
+    ap.add_argument("--table", help="component table: shipped name (isaac) or YAML path")
+    ap.add_argument("--clock-MHz", type=float, dest="clock_MHz")
+    ap.add_argument("--cols-per-adc", type=int, dest="cols_per_adc")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the dense baseline")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--isaac-check", action="store_true",
+                    help="print the model's ISAAC tile totals against the paper's and exit")
+    args = ap.parse_args(argv)
+    if args.isaac_check:
+        result = isaac_tile_comparison(args.table or "isaac")
+        print(json.dumps(result, indent=2))
+        return 0
+    missing = [k for k in ("plan", "config", "out") if getattr(args, k) is None]
+    if missing:
+        ap.error("missing " + ", ".join("--" + k for k in missing))
+    overrides = {k: getattr(args, k) for k in ("table", "clock_MHz", "cols_per_adc")
+                 if getattr(args, k) is not None}
+    cost = CostConfig.from_dict({**(_read_json(args.cost) if args.cost else {}), **overrides})
+    written = write_cost_report(
+        MappingPlan.load(args.plan), CrossbarConfig.from_dict(_read_json(args.config)),
+        args.out, cost, baseline=not args.no_baseline, plots=not args.no_plots)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
