@@ -67,7 +67,7 @@ SELECTORS: dict[str, tuple[str, ...]] = {"crossbar": ("rows", "cols"), "dac": ("
 #: (x1000) of a typical value lands outside.
 PLAUSIBLE: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "crossbar": ((1e-13, 1e-9), (1e-12, 1e-8)),
-    "dac": ((1e-16, 1e-11), (1e-14, 1e-9)),
+    "dac": ((1e-16, 1e-10), (1e-14, 1e-9)),
     "adc": ((1e-15, 1e-10), (1e-12, 1e-7)),
     "sample_hold": ((1e-18, 1e-13), (1e-15, 1e-11)),
     "shift_add": ((1e-15, 1e-12), (1e-12, 1e-9)),
@@ -172,6 +172,21 @@ class ComponentTable:
             value, dim = parse_quantity(r, f"{name}.reported.{r.get('name')}")
             reported[str(r["name"])] = (value, dim, str(r.get("source", "")))
         return cls(name, tuple(comps), reported)
+
+
+def check_plausible(table: ComponentTable) -> list[str]:
+    """Entries whose SI energy or area lies outside :data:`PLAUSIBLE` for their kind (the
+    symptom of a unit-prefix slip); empty when all are plausible."""
+    problems = []
+    for c in table.components:
+        (e_lo, e_hi), (a_lo, a_hi) = PLAUSIBLE[c.kind]
+        if not e_lo <= c.energy_J <= e_hi:
+            problems.append(f"{table.name} {c.kind} {dict(c.selectors)}: energy {c.energy_J:.3g} J "
+                            f"outside [{e_lo:g}, {e_hi:g}] J per {COMPONENTS[c.kind][0]}")
+        if not a_lo <= c.area_m2 <= a_hi:
+            problems.append(f"{table.name} {c.kind} {dict(c.selectors)}: area {c.area_m2:.3g} m2 "
+                            f"outside [{a_lo:g}, {a_hi:g}] m2 per {COMPONENTS[c.kind][1]}")
+    return problems
 
 
 def available_tables() -> list[str]:

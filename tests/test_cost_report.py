@@ -1,0 +1,88 @@
+"""Cost reports: files written by write_cost_report and the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from crossbar.config import CrossbarConfig
+from crossbar.cost import CostConfig, estimate
+from crossbar.plan import MappingPlan, plan_layer
+from crossbar.report import main, write_cost_report
+
+CFG = CrossbarConfig(tile_rows=64, tile_cols=64, dac_bits=8, adc_bits=6, bit_serial=True)
+
+
+def _plan() -> MappingPlan:
+    conv = torch.ones(16, 3 * 9, dtype=torch.bool)
+    conv[8:] = False
+    fc = torch.rand(10, 200, generator=torch.Generator().manual_seed(0)) > 0.7
+    fc[:, 100:] = False
+    return MappingPlan({
+        "conv1": plan_layer("conv1", "conv2d", conv, CFG, kernel_size=9, mvms_per_sample=196),
+        "fc": plan_layer("fc", "linear", fc, CFG, mvms_per_sample=1),
+    })
+
+
+def test_write_cost_report_files(tmp_path):
+    plan = _plan()
+    written = write_cost_report(plan, CFG, tmp_path, CostConfig(), table="isaac")
+    names = {"report.md", "cost.csv", "cost.json", "tiles_per_layer.png", "energy_per_layer.png",
+             "area_breakdown.png", "energy_breakdown.png"}
+    assert set(written) == names
+    assert {p.name for p in tmp_path.iterdir()} == names  # no temporary files left
+    for name in names:
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "tiles_per_layer.png").read_bytes()[:4] == b"\x89PNG"
+
+    est = estimate(plan, CFG, CostConfig())
+    data = json.loads((tmp_path / "cost.json").read_text())
+    assert data["compressed"]["totals"]["energy_nJ"] == pytest.approx(
+        est.compressed.total_energy_nJ)
+    assert data["reduction"]["tiles_ratio"] == pytest.approx(est.reduction["tiles_ratio"])
+    assert data["crossbar_config"] == CFG.to_dict()
+
+    rows = list(csv.DictReader((tmp_path / "cost.csv").open()))
+    assert [(r["variant"], r["layer"]) for r in rows] == [
+        ("compressed", "conv1"), ("compressed", "fc"), ("compressed", "TOTAL"),
+        ("baseline", "conv1"), ("baseline", "fc"), ("baseline", "TOTAL")]
+    total = rows[2]
+    assert int(total["tiles"]) == plan.n_tiles
+    assert float(total["energy_pJ"]) == pytest.approx(est.compressed.total_energy_nJ * 1e3)
+
+    md = (tmp_path / "report.md").read_text()
+    assert "| conv1 |" in md and "| fc |" in md and "reduction" in md
+    assert "![area_breakdown.png](area_breakdown.png)" in md
+
+
+def test_report_without_baseline_or_plots(tmp_path):
+    written = write_cost_report(_plan(), CFG, tmp_path, baseline=False, plots=False)
+    assert set(written) == {"report.md", "cost.csv", "cost.json"}
+    assert json.loads((tmp_path / "cost.json").read_text())["baseline"] is None
+
+
+def test_cli(tmp_path, capsys):
+    plan_path, cfg_path, cost_path = (tmp_path / n for n in ("plan.json", "xbar.json",
+                                                            "cost.json"))
+    _plan().save(plan_path)
+    cfg_path.write_text(json.dumps(CFG.to_dict()))
+    cost_path.write_text(json.dumps({"cols_per_adc": 32, "baseline_weight_bits": 8}))
+    out = tmp_path / "out"
+    rc = main(["--plan", str(plan_path), "--config", str(cfg_path), "--cost", str(cost_path),
+               "--out", str(out), "--table", "isaac", "--clock-MHz", "1000", "--no-plots"])
+    assert rc == 0
+    data = json.loads((out / "cost.json").read_text())
+    assert data["cost_config"]["cols_per_adc"] == 32
+    assert data["cost_config"]["clock_MHz"] == 1000.0
+    assert "report.md" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--plan", str(plan_path)])
+
+
+def test_cli_isaac_check(capsys):
+    assert main(["--isaac-check"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["paper_tile_power_mW"] == 330.0
