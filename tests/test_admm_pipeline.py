@@ -1,0 +1,182 @@
+"""End-to-end compression on scikit-learn's digits (8x8): a tiny MLP and a tiny CNN.
+
+Accuracy bound stated here and in docs/admm.md: after pruning + quantization the test accuracy
+is at least the dense accuracy minus 0.05 (5 points).
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from admm import (
+    CompressConfig,
+    Compressor,
+    LayerConstraint,
+    compress,
+    round_to_levels,
+    train_epoch,
+    weight_matrix,
+)
+from admm.projections import keep_count
+
+ACCURACY_DROP_BOUND = 0.05
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(X), generator=g)
+    X = torch.tensor(X, dtype=torch.float32)[perm] / 16
+    y = torch.tensor(y)[perm]
+    return X[:1400], y[:1400], X[1400:], y[1400:]
+
+
+def _loader(X, y):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=64,
+                                       shuffle=True)
+
+
+def _accuracy(X, y):
+    def evaluate(model):
+        model.eval()
+        with torch.no_grad():
+            return (model(X).argmax(1) == y).float().mean().item()
+    return evaluate
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _cnn():
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)),
+                         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(64, 10))
+
+
+def _pretrain(model, loader, epochs):
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        train_epoch(model, loader, opt)
+    return model
+
+
+def _check_constraints(model, constraints, result):
+    modules = dict(model.named_modules())
+    for name, c in constraints.items():
+        W = weight_matrix(modules[name]).detach()
+        out_n, in_n = W.shape
+        nonzero = W != 0
+        assert torch.equal(result.masks[name], nonzero)
+        assert torch.equal(result.live_rows[name], nonzero.any(0))
+        assert torch.equal(result.live_cols[name], nonzero.any(1))
+        if c.row_ratio is not None or c.row_keep is not None:
+            assert int(nonzero.any(0).sum()) <= keep_count(in_n, c.row_ratio, c.row_keep)
+        if c.col_ratio is not None or c.col_keep is not None:
+            assert int(nonzero.any(1).sum()) <= keep_count(out_n, c.col_ratio, c.col_keep)
+        if c.block_ratio is not None or c.block_keep is not None:
+            br, bc = c.block
+            blocks = [nonzero[j:j + bc, i:i + br].any() for i in range(0, in_n, br)
+                      for j in range(0, out_n, bc)]
+            assert sum(map(bool, blocks)) <= keep_count(len(blocks), c.block_ratio, c.block_keep)
+        if c.levels is not None:
+            scale = result.scales[name]
+            scale = scale[:, None] if isinstance(scale, torch.Tensor) else scale
+            q = (W / scale).double()
+            assert torch.allclose(q, round_to_levels(q, result.levels[name]), atol=1e-5)
+            assert not modules[name].weight.requires_grad
+
+
+@pytest.mark.parametrize("make, constraints, dense_epochs", [
+    (_mlp, [LayerConstraint("0", row_ratio=0.5, col_ratio=0.25, levels=4),
+            LayerConstraint("2", row_ratio=0.25, levels=4, per_column=True)], 15),
+    (_cnn, [LayerConstraint("1", col_keep=6, levels=(0.0, 0.3, 1.0)),
+            LayerConstraint("4", row_ratio=0.5, col_ratio=0.25, levels=4),
+            LayerConstraint("8", block_ratio=0.5, block=(16, 5), levels=3, per_column=True)],
+     15),
+], ids=["mlp", "cnn"])
+def test_pipeline_meets_constraints_and_accuracy(digits, make, constraints, dense_epochs):
+    Xtr, ytr, Xte, yte = digits
+    torch.manual_seed(0)
+    loader = _loader(Xtr, ytr)
+    model = _pretrain(make(), loader, dense_epochs)
+    evaluate = _accuracy(Xte, yte)
+    dense = evaluate(model)
+    cfg = CompressConfig(constraints, prune_epochs=6, prune_retrain_epochs=8, quant_epochs=6,
+                         quant_retrain_epochs=2, rho=0.05, rho_factor=2.0, rho_max=1.0,
+                         lr=3e-3, progress=False)
+    result = compress(model, loader, cfg, eval_fn=evaluate)
+    compressed = evaluate(model)
+    _check_constraints(model, {n: c for n, c in
+                               Compressor(copy.deepcopy(model), cfg).constraints.items()}, result)
+    assert compressed >= dense - ACCURACY_DROP_BOUND, [h for h in result.history if h["event"] == "eval"]
+    evals = [h for h in result.history if h["event"] == "eval"]
+    assert [h["stage"] for h in evals] == ["dense", "prune", "prune_retrain", "quant",
+                                           "quant_retrain"]
+    assert evals[0]["metric"] == dense and evals[-1]["metric"] == compressed
+    rounds = [h for h in result.history if h["event"] == "admm_round"]
+    assert len(rounds) == 6 + 6
+    for h in rounds:
+        for layer in h["layers"].values():
+            assert all(math.isfinite(layer[k]) for k in ("primal", "dual", "rho", "near"))
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _FailingLoader:
+    """Iterates ``loader`` and raises on the ``fail_at``-th epoch (0-based)."""
+
+    def __init__(self, loader, fail_at):
+        self.loader, self.fail_at, self.epochs = loader, fail_at, 0
+
+    def __iter__(self):
+        if self.epochs == self.fail_at:
+            raise _Interrupted
+        self.epochs += 1
+        return iter(self.loader)
+
+
+@pytest.mark.parametrize("fail_at", [3, 7])   # inside prune-ADMM / inside quant-ADMM
+def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at):
+    Xtr, ytr = digits[0][:512], digits[1][:512]
+    loader = _loader(Xtr, ytr)
+    torch.manual_seed(3)
+    start = _mlp()
+    cfg = CompressConfig([LayerConstraint("0", col_ratio=0.5, levels=3),
+                          LayerConstraint("2", row_ratio=0.5, levels=3)],
+                         prune_epochs=4, prune_retrain_epochs=2, quant_epochs=3,
+                         quant_retrain_epochs=1, rho=1e-2, rho_factor=1.5, progress=False)
+
+    reference = copy.deepcopy(start)
+    torch.manual_seed(4)
+    ref = compress(reference, loader, cfg)
+
+    ckpt = tmp_path / "admm.pt"
+    interrupted = copy.deepcopy(start)
+    torch.manual_seed(4)
+    with pytest.raises(_Interrupted):
+        compress(interrupted, _FailingLoader(loader, fail_at), cfg, checkpoint=ckpt)
+    torch.manual_seed(123)                        # the checkpoint restores the RNG
+    resumed = copy.deepcopy(start)
+    res = compress(resumed, loader, cfg, checkpoint=ckpt)
+
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert ref.scales == res.scales
+    assert [h["round"] for h in ref.history] == [h["round"] for h in res.history]
