@@ -184,7 +184,7 @@ class Compressor:
             return
         optimizer = cfg.make_optimizer(params)
         self.optimizer = MaskedOptimizer(optimizer, self.model, self.masks) if self.masks \
-            and stage != "quant_retrain" else optimizer
+            else optimizer
 
     @torch.no_grad()
     def _finish_stage(self, eval_fn: Callable[[nn.Module], float] | None) -> None:

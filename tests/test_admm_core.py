@@ -206,3 +206,14 @@ def test_save_atomic_and_weights_only_load(tmp_path):
     loaded = torch.load(path, weights_only=True)
     assert torch.equal(loaded["a"], torch.ones(2)) and loaded["b"] == [1, "x", math.pi]
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]
+
+
+def test_prune_only_layer_stays_pruned_through_every_stage():
+    model = _net()
+    cfg = CompressConfig([LayerConstraint("3", col_keep=3), LayerConstraint("5", levels=3)],
+                         prune_epochs=1, prune_retrain_epochs=1, quant_epochs=1,
+                         quant_retrain_epochs=2, lr=0.05, progress=False)
+    result = Compressor(model, cfg).run(_loader())
+    assert result.live_cols["3"].sum() <= 3 and "3" not in result.scales
+    assert model[3].weight.requires_grad and not model[5].weight.requires_grad
+    assert set(result.scales) == {"5"} and isinstance(result.scales["5"], float)
