@@ -6,7 +6,8 @@ mapped to conductances:
 * differential pair: ``v = (G+ - G-) / (g_max - g_min)``; a positive value programs ``G+`` and
   leaves ``G-`` at its lowest state (and vice versa), so ``G+ - G-`` spans ``[-range, range]``;
 * offset: ``v = (G - G_ref) / h`` with a reference column at ``G_ref`` (the middle of the range,
-  or the programmable level nearest to it) and ``h = min(G_ref - g_min, g_max - G_ref)``.
+  or the programmable level nearest to it) and ``h = max(G_ref - g_min, g_max - G_ref)``. With
+  an even number of levels the grid is not symmetric (values beyond the short side clip).
 
 With finite levels the conductances are the levels whose difference is nearest the target, so
 weight -> conductance -> weight is the identity on the level grid.
@@ -51,7 +52,7 @@ def reference_conductance(device: DeviceModel) -> tuple[float, float]:
     mid = 0.5 * (device.g_min_uS + device.g_max_uS)
     levels = device.conductance_levels()
     g_ref = mid if levels is None else float(levels[_nearest(levels, torch.tensor([mid]))])
-    return g_ref, min(g_ref - device.g_min_uS, device.g_max_uS - g_ref)
+    return g_ref, max(g_ref - device.g_min_uS, device.g_max_uS - g_ref)
 
 
 def values_to_conductance(
@@ -74,7 +75,7 @@ def values_to_conductance(
         k = _nearest(diffs, target)
         return levels[i[k]], levels[j[k]]
     g_ref, half = reference_conductance(device)
-    target = g_ref + v * half
+    target = (g_ref + v * half).clamp(device.g_min_uS, device.g_max_uS)
     if levels is None:
         return target, None
     return levels[_nearest(levels, target)], None

@@ -59,7 +59,7 @@ class DeviceModel:
             object.__setattr__(self, "levels_uS", levels)
             if len(levels) < 2:
                 fail("levels_uS", self.levels_uS, "at least 2 conductance levels")
-            if any(b <= a for a, b in zip(levels, levels[1:])):
+            if any(levels[k + 1] <= levels[k] for k in range(len(levels) - 1)):
                 fail("levels_uS", self.levels_uS, "strictly increasing values")
             if levels[0] < self.g_min_uS or levels[-1] > self.g_max_uS:
                 fail(

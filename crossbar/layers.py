@@ -28,7 +28,7 @@ from .conductance import (
 )
 from .config import CrossbarConfig
 from .device import DeviceModel
-from .periphery import bit_planes, quantize, quantize_per_slice
+from .periphery import bit_planes, signed_steps
 from .plan import LayerPlan, matrix_view
 
 
@@ -41,6 +41,17 @@ class _TileIndex:
     row_slice: slice | None  # contiguous input range, else None (gather)
     row_mask: torch.Tensor | None  # conv: [channels, kh*kw] rows of this tile, when partial
     n_rows: int  # live word lines of the tile
+
+
+@dataclass
+class _Drive:
+    """What the DAC puts on the word lines: ``x`` in codes (``x * step`` is the input value),
+    the bit-plane weights of a bit-serial input, and the largest code (full scale)."""
+
+    x: torch.Tensor
+    plane_weights: torch.Tensor | None
+    step: float
+    max_code: float
 
 
 def _as_slice(index: list[int]) -> slice | None:
@@ -87,7 +98,8 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("g_uS", torch.zeros_like(self.g_nominal_uS))
         n_slices, n_tiles = factors.numel(), plan.n_tiles
         dev = weight.device
-        self.register_buffer("g_ref_uS", torch.zeros(n_slices, n_tiles, self.in_features, device=dev))
+        g_ref = torch.zeros(n_slices, n_tiles, self.in_features, device=dev)
+        self.register_buffer("g_ref_uS", g_ref)
         self.register_buffer("program_seed", torch.zeros((), dtype=torch.int64, device=dev))
         self.register_buffer("dac_range", torch.zeros((), device=dev))
         self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=dev))
@@ -207,72 +219,94 @@ class CrossbarLayer(nn.Module):
         return w
 
     # ------------------------------------------------------------------------------- periphery
+    # Inputs and partial sums are kept in converter code units: the DAC step is folded into the
+    # tile weights and the ADC step divides them, so each converter costs a round and a clamp
+    # on the activations and the scales are applied to the (small) weights instead.
     def _input_range(self, x: torch.Tensor) -> tuple[float, bool]:
         if float(self.dac_range) > 0:
             return float(self.dac_range), bool(self.dac_signed)
         return float(x.detach().abs().max()), bool((x < 0).any())
 
-    def _drive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-        """DAC: returns the driven input (bit planes stacked on dim 0 when bit-serial), the
-        planes' weights, and the input range used."""
+    def _drive(self, x: torch.Tensor) -> _Drive:
+        """DAC: the driven input (codes; bit planes stacked on dim 0 when bit-serial)."""
         if self._calibrating == "dac":
             self.dac_range.fill_(max(float(self.dac_range), float(x.detach().abs().max())))
             self.dac_signed.fill_(bool(self.dac_signed) or bool((x < 0).any()))
-            return x, None, 0.0
+            return _Drive(x, None, 1.0, 0.0)
         bits = self.config.dac_bits
         if bits is None:
-            return x, None, self._input_range(x)[0]
+            full = 0.0
+            if self.config.adc_bits is not None and self.config.adc_range == "full_scale":
+                full = self._input_range(x)[0]
+            return _Drive(x, None, 1.0, full)
         full, signed = self._input_range(x)
         if self.config.bit_serial:
             planes, weights = bit_planes(x, full, bits, signed)
-            return planes.flatten(0, 1), weights, 1.0
-        return quantize(x, full, bits, signed), None, full
+            step = float(weights[0])
+            return _Drive(planes.flatten(0, 1), weights / step, step, 1.0)
+        q = signed_steps(bits) if signed else 2**bits - 1
+        step = max(full, 1e-30) / q
+        codes = torch.mul(x, 1.0 / step).round_().clamp_(-q if signed else 0, q)
+        return _Drive(codes, None, step, float(q))
 
-    def _convert(self, p: torch.Tensor, t: int, in_range: float) -> torch.Tensor:
-        """ADC on tile ``t``'s partial sums ``p[N, S, ...]``."""
-        if self._calibrating == "adc":
-            peak = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1).amax(dim=1)
-            self.adc_range[t] = torch.maximum(self.adc_range[t], peak)
-            return p
+    def _adc_steps(self, t: int, drive: _Drive) -> torch.Tensor | None:
+        """ADC step per weight slice of tile ``t`` (``None``: ideal or calibrating)."""
         bits = self.config.adc_bits
         if bits is None or self._calibrating is not None:
-            return p
+            return None
         if self.config.adc_range == "full_scale":
-            ranges = in_range * self._tiles[t].n_rows * self.slice_factors
+            ranges = drive.step * drive.max_code * self._tiles[t].n_rows * self.slice_factors
         else:
             ranges = self.adc_range[t]
-        if p.shape[1] == 1:
-            return quantize(p, float(ranges[0]), bits, signed=True)
-        return quantize_per_slice(p, ranges, bits)
+        return ranges.clamp(min=1e-30) / signed_steps(bits)
 
-    def _combine(self, partial: torch.Tensor, plane_w: torch.Tensor | None) -> torch.Tensor:
-        """Shift-and-add: weighted sum over input bit planes (dim 0 of ``[P*N, S, ...]``) and
-        plain sum over weight slices."""
-        if plane_w is not None:
-            partial = partial.unflatten(0, (plane_w.numel(), -1))
-            partial = torch.tensordot(plane_w, partial, dims=([0], [0]))
-        return partial.sum(dim=1) if partial.shape[1] > 1 else partial.squeeze(1)
+    def _record_adc(self, p: torch.Tensor, t: int) -> None:
+        peak = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1).amax(dim=1)
+        self.adc_range[t] = torch.maximum(self.adc_range[t], peak)
 
     def _accumulate(self, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
-        x, plane_w, in_range = self._drive(x)
+        drive = self._drive(x)
         out = None
-        full_cover = self.plan.n_tiles > 0 and all(
-            idx.cols.numel() == self.out_features for idx in self._tiles
-        )
+        full_cover = all(idx.cols.numel() == self.out_features for idx in self._tiles)
         for t, idx in enumerate(self._tiles):
-            p = self._tile_product(x, self._read(t), idx)  # [N', S, cols, ...]
-            p = self._combine(self._convert(p, t, in_range), plane_w)
+            steps = self._adc_steps(t, drive)
+            w = self._read(t)
+            if steps is not None:
+                w = w * (drive.step / steps).view(-1, *([1] * (w.dim() - 1)))
+            elif drive.step != 1.0:
+                w = w * drive.step
+            p = self._tile_product(drive.x, w, idx)  # [N', S, cols, ...] in ADC codes
+            if self._calibrating == "adc":
+                self._record_adc(p, t)
+            if steps is not None:
+                q = signed_steps(self.config.adc_bits)
+                p = p.round_().clamp_(-q, q)
+            p = self._combine(p, steps, drive.plane_weights)
             if full_cover:
-                out = p if out is None else out + p
+                out = p if out is None else out.add_(p)
             else:
                 if out is None:
                     out = p.new_zeros(out_shape)
                 out.index_add_(1, idx.cols, p)
         if out is None:  # nothing mapped: every weight pruned
-            out = x.new_zeros(out_shape)
+            out = drive.x.new_zeros(out_shape)
         if self.bias is not None:
-            out = out + self.bias.view(1, -1, *([1] * (out.dim() - 2)))
+            out = out.add_(self.bias.view(1, -1, *([1] * (out.dim() - 2))))
         return out
+
+    @staticmethod
+    def _combine(p: torch.Tensor, steps: torch.Tensor | None,
+                 plane_w: torch.Tensor | None) -> torch.Tensor:
+        """Digital side: ADC codes times their step, shift-and-add over input bit planes
+        (dim 0 of ``[P*N, S, ...]``) and over weight slices (dim 1)."""
+        if steps is not None:
+            if steps.numel() == 1:
+                p = p.mul_(float(steps[0]))
+            else:
+                p = p.mul_(steps.view(1, -1, *([1] * (p.dim() - 2))))
+        if plane_w is not None:
+            p = torch.tensordot(plane_w, p.unflatten(0, (plane_w.numel(), -1)), dims=([0], [0]))
+        return p.sum(dim=1) if p.shape[1] > 1 else p.squeeze(1)
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError
