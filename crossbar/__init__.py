@@ -2,11 +2,29 @@
 
 from .config import CrossbarConfig
 from .convert import calibrate, mapping_plan, program, to_crossbar
+from .cost import (
+    ComponentTable,
+    CostConfig,
+    CostEstimate,
+    ModelCost,
+    estimate,
+    load_table,
+    model_cost,
+)
 from .device import PRESETS, DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
+from .report import write_cost_report
 
 __all__ = [
+    "ComponentTable",
+    "CostConfig",
+    "CostEstimate",
+    "ModelCost",
+    "estimate",
+    "load_table",
+    "model_cost",
+    "write_cost_report",
     "PRESETS",
     "CrossbarConfig",
     "CrossbarConv2d",
