@@ -1,0 +1,19 @@
+"""Hydra entry point of the whole pipeline (DESIGN.md "Data flow").
+
+    python -m experiments.compress                       # digits + LeNet-5, a few minutes on CPU
+    python -m experiments.compress +experiment=mnist_lenet5
+    python -m experiments.compress -m device.prog_sigma=0,0.1 hydra/launcher=local
+
+Outputs (config, checkpoints, plan.json, metrics.json, report.md, plots, cost/) go into the
+Hydra run directory; see docs/experiments.md.
+"""
+
+import hydra
+
+from experiments.pipeline import CONF_DIR, entry, run_compress
+
+main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
+    entry(run_compress, "report.md"))
+
+if __name__ == "__main__":
+    main()

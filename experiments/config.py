@@ -1,0 +1,390 @@
+"""Typed, validated view of the Hydra configuration (``conf/``).
+
+``load_compress_config(cfg)`` and ``load_study_config(cfg)`` turn a composed ``DictConfig`` into
+frozen dataclasses before any work starts. Every problem (an unknown key, a wrong type, a value
+out of range) is one ``ValueError`` naming the full key, the value and what is allowed, e.g.
+``device.prog_sigma=-0.1 is invalid; allowed: a finite number in [0.0, inf]``. The ``device``,
+``crossbar`` and ``cost`` groups are validated by ``crossbar.DeviceModel``, ``CrossbarConfig`` and
+``crossbar.cost.CostConfig`` themselves; the ``admm`` group by ``admm.LayerConstraint`` and
+``admm.CompressConfig``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from admm import CompressConfig, LayerConstraint
+from crossbar import CrossbarConfig, DeviceModel
+from crossbar.cost import CostConfig
+from experiments.datasets import DATASETS
+from experiments.models import MODELS
+from experiments.train import OPTIMIZERS
+
+__all__ = [
+    "AdmmSettings",
+    "CompressExperiment",
+    "DatasetSettings",
+    "EvalSettings",
+    "ModelSettings",
+    "RuntimeSettings",
+    "StudyExperiment",
+    "StudySettings",
+    "TrainSettings",
+    "load_compress_config",
+    "load_study_config",
+    "to_container",
+]
+
+TORCH_DEVICES = ("auto", "cpu", "cuda")
+SWEEPABLE = tuple(f.name for f in dataclasses.fields(DeviceModel)
+                  if f.name not in ("levels_uS", "prog_noise")) + tuple(
+    f.name for f in dataclasses.fields(CrossbarConfig)
+    if f.name not in ("mapping", "adc_range", "bit_serial"))
+"""Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _fail(key: str, value: object, allowed: str) -> typing.NoReturn:
+    raise ValueError(f"{key}={value!r} is invalid; allowed: {allowed}")
+
+
+def _type_ok(value: object, annotation: object) -> bool:
+    """Whether ``value`` fits a simple annotation (int, float, str, bool, X | None, list, dict)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is list or annotation is list:
+        args = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value) \
+            if args else isinstance(value, list)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(annotation: object) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build(cls: type, data: Mapping | None, prefix: str) -> object:
+    """Instantiate dataclass ``cls`` from ``data``: unknown keys and wrong types raise a
+    ``ValueError`` naming ``prefix.key``; range checks run in the class's ``__post_init__``."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            _fail(f"{prefix}.{key}", data[key], f"a key of {prefix}: " + ", ".join(names))
+    for key, value in data.items():
+        if not _type_ok(value, hints[key]):
+            _fail(f"{prefix}.{key}", value, f"a value of type {_type_name(hints[key])}")
+    try:
+        return cls(**data)
+    except ValueError as exc:
+        raise ValueError(f"{prefix}.{exc}") from None
+
+
+def _check_range(key: str, value: float | int | None, low: float, high: float = math.inf,
+                 optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or not low <= value <= high:
+        _fail(key, value, f"a number in [{low}, {high}]"
+              + (" or null" if optional else ""))
+
+
+def _library(prefix: str, make, data: Mapping):
+    """Run a library constructor, prefixing its ValueError with the config group."""
+    try:
+        return make(dict(data))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{prefix}.{exc}") from None
+
+
+def to_container(cfg: DictConfig | Mapping) -> dict:
+    """Resolved plain ``dict`` of a ``DictConfig`` (without the ``hydra`` node)."""
+    if isinstance(cfg, DictConfig):
+        data = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        data = dict(cfg)
+    data.pop("hydra", None)
+    return data
+
+
+# ---------------------------------------------------------------------------------- groups
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Where and how to run: torch device (``auto`` = cuda when available), CPU threads
+    (``None`` = torch's default), progress bars."""
+
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in TORCH_DEVICES:
+            _fail("device", self.device, "one of " + ", ".join(TORCH_DEVICES))
+        _check_range("threads", self.threads, 1, 1024, optional=True)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """``name`` in ``experiments.models.MODELS`` plus constructor keyword arguments."""
+
+    name: str
+    kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ModelSettings:
+        data = dict(data)
+        name = data.pop("name", None)
+        if name not in MODELS:
+            _fail("model.name", name, "one of " + ", ".join(sorted(MODELS)))
+        params = inspect.signature(MODELS[name][0]).parameters
+        for key, value in data.items():
+            if key not in params:
+                _fail(f"model.{key}", value, f"a constructor argument of {name}: "
+                      + ", ".join(params))
+        return cls(name, data)
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """Arguments of ``experiments.datasets.make_loaders`` (``data_dir`` relative to the
+    directory the run started in)."""
+
+    name: str = "digits"
+    data_dir: str | None = None
+    batch_size: int = 64
+    test_batch_size: int | None = None
+    subset: int | None = None
+    test_subset: int | None = None
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS:
+            _fail("name", self.name, "one of " + ", ".join(DATASETS))
+        if self.name != "digits" and self.data_dir is None:
+            _fail("data_dir", None, f"a directory holding the {self.name} files")
+        for key in ("batch_size", "test_batch_size", "subset", "test_subset"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                _fail(key, value, "an integer >= 1" + ("" if key == "batch_size" else " or null"))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Dense pretraining: ``epochs`` with a cosine schedule from ``lr``; ``checkpoint`` loads a
+    dense state dict instead of training (relative to the start directory)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("epochs", self.epochs, 0, 10_000)
+        if not self.lr > 0:
+            _fail("lr", self.lr, "a number > 0")
+        if self.optimizer not in OPTIMIZERS:
+            _fail("optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
+        _check_range("weight_decay", self.weight_decay, 0.0)
+
+
+@dataclass(frozen=True)
+class AdmmSettings:
+    """The ``admm`` group: per-layer ``constraints`` (``admm.LayerConstraint`` fields; a
+    constraint without ``levels`` gets the group's ``levels``) and the ``CompressConfig`` stage
+    settings (epochs, rho schedule, optimizer)."""
+
+    constraints: list[dict]
+    levels: int | None = 16
+    per_column: bool = False
+    prune_epochs: int = 10
+    prune_retrain_epochs: int = 5
+    quant_epochs: int = 5
+    quant_retrain_epochs: int = 2
+    update_every: int = 1
+    update_unit: str = "epoch"
+    rho: float = 1e-3
+    rho_factor: float = 1.3
+    rho_max: float = 1.0
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.levels is not None and self.levels < 2:
+            _fail("levels", self.levels, "an integer >= 2 (device levels) or null")
+        self.compress_config(progress=False)  # range checks of admm.CompressConfig
+
+    def layer_constraints(self) -> list[LayerConstraint]:
+        out = []
+        for i, c in enumerate(self.constraints):
+            c = dict(c)
+            c.setdefault("levels", self.levels)
+            c.setdefault("per_column", self.per_column)
+            if isinstance(c.get("block"), list):
+                c["block"] = tuple(c["block"])
+            if isinstance(c.get("levels"), list):
+                c["levels"] = tuple(c["levels"])
+            known = {f.name for f in dataclasses.fields(LayerConstraint)}
+            for key in c:
+                if key not in known:
+                    _fail(f"constraints[{i}].{key}", c[key], "a LayerConstraint field: "
+                          + ", ".join(sorted(known)))
+            try:
+                out.append(LayerConstraint(**c))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"constraints[{i}].{exc}") from None
+        return out
+
+    def compress_config(self, progress: bool) -> CompressConfig:
+        stage = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.name not in ("constraints", "levels", "per_column")}
+        return CompressConfig(constraints=self.layer_constraints(), progress=progress, **stage)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Device-aware evaluation: ``chips`` programmed chips (Monte Carlo, seeds ``seed + i``),
+    ``calibration_samples`` training images for the DAC/ADC ranges, an optional ``test_subset``
+    for the crossbar runs (the simulator is slower than PyTorch)."""
+
+    chips: int = 5
+    calibration_samples: int = 256
+    test_subset: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("chips", self.chips, 1, 10_000)
+        _check_range("calibration_samples", self.calibration_samples, 1, 100_000)
+        _check_range("test_subset", self.test_subset, 1, 10**9, optional=True)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Device study: ``source`` is a finished compress run directory (dense.pt, compressed.pt,
+    plan.json) or ``None`` to pretrain and compress first; ``sweeps`` maps a setting (a
+    ``DeviceModel`` or ``CrossbarConfig`` field, or ``sa_rate`` = total stuck-at rate split
+    evenly over SA0 and SA1) to the values tried, one setting at a time from the base config."""
+
+    sweeps: dict
+    source: str | None = None
+    models: list[str] = field(default_factory=lambda: ["dense", "compressed"])
+
+    def __post_init__(self) -> None:
+        if not self.sweeps:
+            _fail("sweeps", self.sweeps, "a mapping setting -> list of values")
+        for key, values in self.sweeps.items():
+            if key not in SWEEPABLE + ("sa_rate",):
+                _fail(f"sweeps.{key}", values,
+                      "a key among " + ", ".join(SWEEPABLE + ("sa_rate",)))
+            if not isinstance(values, list) or not values:
+                _fail(f"sweeps.{key}", values, "a non-empty list of values")
+        for m in self.models:
+            if m not in ("dense", "compressed"):
+                _fail("models", self.models, "a list of 'dense' and/or 'compressed'")
+
+
+# ------------------------------------------------------------------------------ experiments
+@dataclass(frozen=True)
+class CompressExperiment:
+    """Everything ``experiments.compress`` needs, validated."""
+
+    seed: int
+    runtime: RuntimeSettings
+    model: ModelSettings
+    dataset: DatasetSettings
+    train: TrainSettings
+    admm: AdmmSettings
+    device: DeviceModel
+    crossbar: CrossbarConfig
+    cost: CostConfig
+    eval: EvalSettings
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyExperiment(CompressExperiment):
+    """A device study: the compress settings plus the sweep."""
+
+    study: StudySettings | None = None
+
+
+_TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "crossbar", "cost",
+        "eval")
+
+
+def _device(data: Mapping) -> DeviceModel:
+    """A device group: DeviceModel fields, optionally on top of ``preset: <name>``."""
+    data = dict(data)
+    preset = data.pop("preset", None)
+    if preset is None:
+        return DeviceModel.from_dict(data)
+    base = DeviceModel.preset(preset).to_dict()
+    unknown = sorted(set(data) - set(base))
+    if unknown:
+        _fail(f"key {unknown[0]}", data[unknown[0]], "one of preset, " + ", ".join(base))
+    if data.get("n_levels") is not None:
+        base["levels_uS"] = None
+    base.update(data)
+    return DeviceModel.from_dict(base)
+
+
+def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
+    data = to_container(cfg)
+    for key in data:
+        if key not in _TOP + extra:
+            _fail(key, data[key], "a top-level key among " + ", ".join(_TOP + extra))
+    for key in _TOP:
+        if key not in data:
+            _fail(key, None, f"a '{key}' entry (config group or key) in the composed config")
+    seed = data["seed"]
+    if not _type_ok(seed, int) or seed < 0:
+        _fail("seed", seed, "an integer >= 0")
+    return dict(
+        seed=seed,
+        runtime=build(RuntimeSettings, data["runtime"], "runtime"),
+        model=ModelSettings.from_dict(data["model"] or {}),
+        dataset=build(DatasetSettings, data["dataset"], "dataset"),
+        train=build(TrainSettings, data["train"], "train"),
+        admm=build(AdmmSettings, data["admm"], "admm"),
+        device=_library("device", _device, data["device"]),
+        crossbar=_library("crossbar", CrossbarConfig.from_dict, data["crossbar"]),
+        cost=_library("cost", CostConfig.from_dict, data["cost"]),
+        eval=build(EvalSettings, data["eval"], "eval"),
+        raw=data,
+    )
+
+
+def load_compress_config(cfg: DictConfig | Mapping) -> CompressExperiment:
+    """Validate a composed ``conf/config.yaml`` (see module docstring)."""
+    return CompressExperiment(**_load(cfg, ()))
+
+
+def load_study_config(cfg: DictConfig | Mapping) -> StudyExperiment:
+    """Validate a composed ``conf/device_study.yaml``."""
+    fields = _load(cfg, ("study",))
+    return StudyExperiment(**fields, study=build(StudySettings, fields["raw"].get("study"),
+                                                 "study"))

@@ -1,0 +1,18 @@
+"""Hydra entry point of the device study: accuracy of the dense and compressed model across
+device and periphery settings, Monte Carlo over programmed chips.
+
+    python -m experiments.device_study
+    python -m experiments.device_study study.source=outputs/compress/<date>/<time>
+
+Outputs (study.csv, study.json, metrics.json, study.md, plots) go into the Hydra run directory.
+"""
+
+import hydra
+
+from experiments.pipeline import CONF_DIR, entry, run_device_study
+
+main = hydra.main(config_path=str(CONF_DIR), config_name="device_study", version_base="1.3")(
+    entry(run_device_study, "study.md"))
+
+if __name__ == "__main__":
+    main()

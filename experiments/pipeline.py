@@ -1,0 +1,501 @@
+"""The main pipeline of DESIGN.md as plain functions, composed from ``admm`` and ``crossbar``.
+
+pretrain (or load) -> ADMM prune -> masked retrain -> ADMM quantize -> retrain -> masked mapping
+(``plan.json``) -> device-aware evaluation (Monte Carlo over programmed chips) -> cost report.
+
+Every stage writes a plain artifact into the run directory, so a run can be stopped, inspected
+and resumed: ``dense.pt`` (state dict), ``admm_state.pt`` (resumable ADMM state),
+``compressed.pt`` (state dict, masks, scales, levels), ``plan.json``, ``cost/`` (cost report),
+``metrics.json``, ``report.md`` and plots. Checkpoints are written atomically (temporary file +
+``os.replace``) and read with ``torch.load(weights_only=True)``. The Hydra entry points
+(``experiments.compress``, ``experiments.device_study``) only call :func:`run_compress` and
+:func:`run_device_study`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import to_absolute_path  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from admm import compress, save_atomic  # noqa: E402
+from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model, to_crossbar  # noqa: E402
+from crossbar.plan import atomic_write_text  # noqa: E402
+from crossbar.report import write_cost_report  # noqa: E402
+from experiments.config import (  # noqa: E402
+    CompressExperiment,
+    StudyExperiment,
+    load_compress_config,
+    load_study_config,
+)
+from experiments.datasets import DatasetInfo, make_loaders  # noqa: E402
+from experiments.models import build_model  # noqa: E402
+from experiments.train import evaluate, fit  # noqa: E402
+
+__all__ = [
+    "CONF_DIR",
+    "chip_accuracies",
+    "compress_stage",
+    "cost_stage",
+    "load_data",
+    "map_stage",
+    "pretrain_stage",
+    "run_compress",
+    "run_device_study",
+    "setup_runtime",
+]
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+"""The repository's Hydra config directory."""
+
+
+# ---------------------------------------------------------------------------------- set-up
+def setup_runtime(exp: CompressExperiment) -> torch.device:
+    """Seed torch, set CPU threads and pick the torch device (``auto``: cuda if available)."""
+    torch.manual_seed(exp.seed)
+    if exp.runtime.threads is not None:
+        torch.set_num_threads(exp.runtime.threads)
+    name = exp.runtime.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("runtime.device='cuda' is invalid here; allowed: 'cpu' or 'auto' "
+                         "(no CUDA device is available)")
+    return torch.device(name)
+
+
+def load_data(exp: CompressExperiment) -> tuple[DataLoader, DataLoader, DatasetInfo]:
+    """Seeded train/test loaders of the dataset group."""
+    d = exp.dataset
+    return make_loaders(d.name, d.data_dir, batch_size=d.batch_size, seed=exp.seed,
+                        subset=d.subset, test_subset=d.test_subset,
+                        test_batch_size=d.test_batch_size, verify=d.verify)
+
+
+def calibration_batch(loader: DataLoader, n: int, device: torch.device) -> torch.Tensor:
+    """The first ``n`` training inputs (DAC/ADC calibration and MVM counting)."""
+    xs, count = [], 0
+    for x, _ in loader:
+        xs.append(x)
+        count += len(x)
+        if count >= n:
+            break
+    return torch.cat(xs)[:n].to(device)
+
+
+def crossbar_test_loader(test: DataLoader, n: int | None, seed: int) -> DataLoader:
+    """The test loader, or a seeded subset of ``n`` test samples for the slower simulator."""
+    ds = test.dataset
+    if n is None or n >= len(ds):
+        return test
+    index = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    subset = TensorDataset(*(t[index] for t in ds.tensors))
+    return DataLoader(subset, batch_size=test.batch_size, shuffle=False)
+
+
+def _load(path: str | os.PathLike, device: torch.device) -> dict:
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def _timed(timings: dict, key: str):
+    class _Timer:
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[key] = round(time.perf_counter() - self.t0, 3)
+    return _Timer()
+
+
+# ---------------------------------------------------------------------------------- stages
+def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
+                   exp: CompressExperiment, run_dir: Path) -> float:
+    """Dense model: load ``train.checkpoint`` (or a ``dense.pt`` already in ``run_dir``, to
+    resume), else train with ``experiments.train.fit``; save ``dense.pt``. Returns the dense
+    test accuracy (%)."""
+    device = next(model.parameters()).device
+    target = run_dir / "dense.pt"
+    source = to_absolute_path(exp.train.checkpoint) if exp.train.checkpoint else None
+    if source is None and target.exists():
+        source = target
+    if source is not None:
+        state = _load(source, device)
+        model.load_state_dict(state["model"] if "model" in state else state)
+    else:
+        t = exp.train
+        fit(model, loaders, t.epochs, t.lr, t.optimizer, seed=exp.seed,
+            weight_decay=t.weight_decay, progress=exp.runtime.progress)
+    if source != target:
+        save_atomic(model.state_dict(), target)
+    return evaluate(model, loaders[1])
+
+
+def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
+                   exp: CompressExperiment, run_dir: Path) -> tuple[dict, list[dict]]:
+    """ADMM prune, masked retrain, ADMM quantize, retrain (``admm.compress``; resumable from
+    ``admm_state.pt``); saves ``compressed.pt``. Returns (masks, stage history)."""
+    target = run_dir / "compressed.pt"
+    device = next(model.parameters()).device
+    if target.exists():
+        state = _load(target, device)
+        model.load_state_dict(state["model"])
+        return state["masks"], state["history"]
+    config = exp.admm.compress_config(progress=exp.runtime.progress)
+    result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
+                      checkpoint=run_dir / "admm_state.pt")
+    save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
+                 "levels": result.levels, "history": result.history}, target)
+    return result.masks, result.history
+
+
+def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
+              example: torch.Tensor, path: Path | None = None) -> MappingPlan:
+    """Masked mapping (``crossbar.plan_model`` with the ADMM masks); saved to ``path``."""
+    plan = plan_model(model, xbar, masks=masks, example_input=example)
+    if path is not None:
+        plan.save(path)
+    return plan
+
+
+def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
+                    xbar: CrossbarConfig, calibration: torch.Tensor, test: DataLoader,
+                    chips: int, seed: int, progress: bool = False, desc: str = "chips",
+                    ) -> list[float]:
+    """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
+    ``seed .. seed + chips - 1``), each calibrated on ``calibration``."""
+    xmodel = to_crossbar(model, device, xbar, calibration=calibration, seed=seed, plan=plan)
+    accs = []
+    for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
+        if i:
+            xmodel.program(seed + i)
+            xmodel.calibrate(calibration)
+        accs.append(evaluate(xmodel, test))
+    return accs
+
+
+def ideal_device(device: DeviceModel) -> DeviceModel:
+    """The same conductance range and levels without variation, read noise or faults."""
+    return device.with_(prog_sigma=0.0, read_sigma=0.0, sa0_rate=0.0, sa1_rate=0.0)
+
+
+def cost_stage(plan: MappingPlan, exp: CompressExperiment, out_dir: Path) -> dict:
+    """``crossbar.report.write_cost_report`` into ``out_dir``; returns cost.json's content."""
+    write_cost_report(plan, exp.crossbar, out_dir, cost=exp.cost)
+    return json.loads((out_dir / "cost.json").read_text())
+
+
+# --------------------------------------------------------------------------------- outputs
+def write_json(path: Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(x: object) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def write_png(path: Path, fig) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
+    """The resolved config as ``config.yaml`` in the run directory."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    data.pop("hydra", None)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[str]:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    accs = metrics["crossbar_accuracies"]
+    ax.bar(range(len(accs)), accs, color="#1f77b4")
+    for y, label, style in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
+                            (metrics["dense_accuracy"], "dense (software)", ":")):
+        ax.axhline(y, color="k", linestyle=style, label=label)
+    ax.set_xlabel("programmed chip")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
+    ax.set_title("Accuracy per programmed chip")
+    ax.legend(fontsize=7)
+    write_png(run_dir / "chip_accuracy.png", fig)
+
+    evals = [h for h in history if h.get("event") == "eval"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    labels = [h["stage"] for h in evals] + ["crossbar ideal", "crossbar chips"]
+    values = [h["metric"] for h in evals] + [metrics["crossbar_ideal_accuracy"],
+                                             metrics["crossbar_accuracy_mean"]]
+    ax.plot(range(len(values)), values, marker="o")
+    ax.errorbar([len(values) - 1], [values[-1]], yerr=[metrics["crossbar_accuracy_std"]],
+                capsize=4, color="C1")
+    ax.set_xticks(range(len(values)), labels, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy through the pipeline")
+    write_png(run_dir / "stage_accuracy.png", fig)
+    return ["chip_accuracy.png", "stage_accuracy.png"]
+
+
+def _fmt(x: object) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
+                          run_dir: Path) -> None:
+    """report.md: accuracy, compression, cost and per-layer mapping, with plots."""
+    plots = _plots_compress(metrics, history, run_dir)
+    m = metrics
+    lines = [
+        f"# Compression run: {m['model']} on {m['dataset']}", "",
+        "## Accuracy (test set, %)", "", "| | accuracy |", "|---|---:|",
+        f"| dense (software) | {m['dense_accuracy']:.2f} |",
+        f"| compressed (software) | {m['compressed_accuracy']:.2f} |",
+        f"| compressed on ideal crossbar | {m['crossbar_ideal_accuracy']:.2f} |",
+        f"| compressed on {m['chips']} programmed chips | {m['crossbar_accuracy_mean']:.2f}"
+        f" +- {m['crossbar_accuracy_std']:.2f} (min {min(m['crossbar_accuracies']):.2f}) |",
+        "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
+        f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",
+        "## Compression", "",
+        f"- weights: {m['dense_weights']} dense, {m['mapped_weights']} on live crossbar rows "
+        f"and columns: **{m['compression_ratio']:.2f}x**",
+        f"- conductance levels per device: {m['levels']}",
+        f"- tiles: {m['tiles']} (dense baseline {m['baseline_tiles']})", "",
+        "## Hardware cost (vs dense baseline)", "",
+        "| | compressed | dense baseline | reduction |", "|---|---:|---:|---:|",
+    ]
+    for key, unit in (("area", "mm2"), ("energy", "nJ"), ("power", "mW")):
+        lines.append(f"| {key} ({unit}) | {_fmt(m[f'{key}_{unit}'])} | "
+                     f"{_fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% |")
+    lines += ["", "Full cost report: [cost/report.md](cost/report.md).", "",
+              "## Mapping plan (plan.json)", "",
+              "| layer | shape | live rows | live cols | tiles | mapped weights |",
+              "|---|---|---:|---:|---:|---:|"]
+    for row in plan.summary():
+        lines.append(f"| {row['layer']} | {row['shape'][0]}x{row['shape'][1]} | "
+                     f"{row['live_rows']} | {row['live_cols']} | {row['tiles']} | "
+                     f"{row['mapped_weights']} |")
+    lines += ["", "## Stage timings (s)", ""]
+    lines += [f"- {k}: {v:.1f}" for k, v in m["timings_s"].items()]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += [f"![{p}](cost/{p})" for p in ("tiles_per_layer.png", "energy_breakdown.png")]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- compress run
+def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
+    device = setup_runtime(exp)
+    with _timed(timings, "data"):
+        train, test, info = load_data(exp)
+    model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
+    model.to(device)
+    with _timed(timings, "pretrain"):
+        dense_acc = pretrain_stage(model, (train, test), exp, run_dir)
+    calibration = calibration_batch(train, exp.eval.calibration_samples, device)
+    return device, train, test, info, model, dense_acc, calibration
+
+
+def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
+    """The whole pipeline for a composed ``conf/config.yaml``; returns metrics.json's content.
+
+    The config is validated before any work (``experiments.config.load_compress_config``).
+    """
+    exp = load_compress_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    timings: dict[str, float] = {}
+    _, train, test, info, model, dense_acc, calibration = _prepare(exp, run_dir, timings)
+    n_dense = sum(p.numel() for p in model.parameters())
+    with _timed(timings, "admm"):
+        masks, history = compress_stage(model, (train, test), exp, run_dir)
+    compressed_acc = evaluate(model, test)
+    plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json")
+    xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
+    with _timed(timings, "crossbar_eval"):
+        ideal = chip_accuracies(model, plan, ideal_device(exp.device), exp.crossbar,
+                                calibration, xtest, 1, exp.seed)[0]
+        accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
+                               exp.eval.chips, exp.seed, exp.runtime.progress)
+    with _timed(timings, "cost"):
+        cost = cost_stage(plan, exp, run_dir / "cost")
+    mean, std = _stats(accs)
+    comp, base = cost["compressed"]["totals"], cost["baseline"]["totals"]
+    red = cost["reduction"]
+    metrics = {
+        "model": exp.model.name, "dataset": info.name, "parameters": n_dense,
+        "dense_accuracy": dense_acc, "compressed_accuracy": compressed_acc,
+        "crossbar_ideal_accuracy": ideal,
+        "crossbar_accuracy_mean": mean, "crossbar_accuracy_std": std,
+        "crossbar_accuracies": accs, "chips": exp.eval.chips,
+        "crossbar_test_samples": len(xtest.dataset),
+        "accuracy_drop_ideal": dense_acc - ideal, "accuracy_drop_mean": dense_acc - mean,
+        "dense_weights": plan.dense_weights, "mapped_weights": plan.mapped_weights,
+        "compression_ratio": plan.dense_weights / max(plan.mapped_weights, 1),
+        "levels": exp.admm.levels, "device_levels": exp.device.level_count,
+        "tiles": plan.n_tiles, "baseline_tiles": base["tiles"],
+        "area_mm2": comp["area_mm2"], "energy_nJ": comp["energy_nJ"],
+        "power_mW": comp["power_mW"], "baseline_area_mm2": base["area_mm2"],
+        "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
+        **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
+        "timings_s": timings,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    write_compress_report(metrics, plan, history, run_dir)
+    return metrics
+
+
+# ------------------------------------------------------------------------------ device study
+def study_settings(exp: StudyExperiment, key: str, value: object
+                   ) -> tuple[DeviceModel, CrossbarConfig]:
+    """Base device and crossbar config with one setting changed (``sa_rate``: SA0 = SA1 =
+    value / 2)."""
+    device, xbar = exp.device, exp.crossbar
+    try:
+        if key == "sa_rate":
+            return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar
+        if key in DeviceModel.__dataclass_fields__:
+            extra = {"levels_uS": None} if key == "n_levels" else {}
+            return device.with_(**{key: value}, **extra), xbar
+        return device, xbar.with_(**{key: value})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"study.sweeps.{key}: {exc}") from None
+
+
+def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
+    names = []
+    for key in dict.fromkeys(r["setting"] for r in rows):
+        sub = [r for r in rows if r["setting"] == key]
+        values = list(dict.fromkeys(r["value"] for r in sub))
+        numeric = all(isinstance(v, (int, float)) for v in values)
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for model in dict.fromkeys(r["model"] for r in sub):
+            pts = [r for r in sub if r["model"] == model]
+            xs = [r["value"] if numeric else values.index(r["value"]) for r in pts]
+            ax.errorbar(xs, [r["mean"] for r in pts], yerr=[r["std"] for r in pts],
+                        marker="o", capsize=4, label=model)
+        if not numeric:
+            ax.set_xticks(range(len(values)), ["ideal" if v is None else str(v)
+                                                for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Accuracy vs {key} (mean +- std over chips)")
+        ax.legend(fontsize=8)
+        name = f"study_{key}.png"
+        write_png(run_dir / name, fig)
+        names.append(name)
+    return names
+
+
+def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
+    """Accuracy of the dense and compressed model across device/periphery settings, Monte
+    Carlo over ``eval.chips`` programmed chips per setting. Writes study.csv (one row per
+    chip), study.json (mean/std per setting), metrics.json, study.md and plots."""
+    exp = load_study_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    study = exp.study
+    if study.source is not None:
+        source = Path(to_absolute_path(study.source))
+        for name in ("dense.pt", "compressed.pt"):
+            if not (source / name).is_file():
+                raise FileNotFoundError(f"study.source={study.source!r}: {source / name} is "
+                                        "missing; point it at a finished compress run")
+        exp = dataclasses.replace(exp, train=dataclasses.replace(
+            exp.train, checkpoint=str(source / "dense.pt")))
+    timings: dict[str, float] = {}
+    device, train, test, _, model, dense_acc, calibration = _prepare(exp, run_dir, timings)
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    if study.source is not None:
+        state = _load(Path(to_absolute_path(study.source)) / "compressed.pt", device)
+        model.load_state_dict(state["model"])
+        masks = state["masks"]
+    else:
+        masks, _ = compress_stage(model, (train, test), exp, run_dir)
+    compressed_acc = evaluate(model, test)
+    compressed = {k: v.clone() for k, v in model.state_dict().items()}
+    xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
+    jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
+    chip_rows, summary = [], []
+    for key, value in tqdm(jobs, desc="settings", disable=not exp.runtime.progress):
+        dev, xbar = study_settings(exp, key, value)
+        for name in study.models:
+            model.load_state_dict(dense if name == "dense" else compressed)
+            plan = map_stage(model, masks if name == "compressed" else None, xbar, calibration)
+            accs = chip_accuracies(model, plan, dev, xbar, calibration, xtest, exp.eval.chips,
+                                   exp.seed, desc=f"{key}={value} {name}")
+            chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
+                           "accuracy": a} for i, a in enumerate(accs)]
+            mean, std = _stats(accs)
+            summary.append({"setting": key, "value": value, "model": name, "mean": mean,
+                            "std": std, "min": min(accs), "max": max(accs), "chips": len(accs),
+                            "tiles": plan.n_tiles})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(chip_rows[0]))
+    writer.writeheader()
+    writer.writerows(chip_rows)
+    atomic_write_text(run_dir / "study.csv", buf.getvalue())
+    write_json(run_dir / "study.json", summary)
+    plots = _plot_study(summary, run_dir)
+    metrics = {"model": exp.model.name, "dense_accuracy": dense_acc,
+               "compressed_accuracy": compressed_acc, "chips": exp.eval.chips,
+               "crossbar_test_samples": len(xtest.dataset), "study": summary}
+    write_json(run_dir / "metrics.json", metrics)
+    lines = [f"# Device study: {exp.model.name}", "",
+             f"Software accuracy: dense {dense_acc:.2f}%, compressed {compressed_acc:.2f}%. "
+             f"Each point: mean +- std over {exp.eval.chips} programmed chips, "
+             f"{len(xtest.dataset)} test samples.", "",
+             "| setting | value | model | mean (%) | std | min | max | tiles |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
+              f"{r['std']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['tiles']} |"
+              for r in summary]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    atomic_write_text(run_dir / "study.md", "\n".join(lines) + "\n")
+    return metrics
+
+
+def hydra_run_dir() -> Path:
+    """The current Hydra job's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[DictConfig], dict]:
+    """Wrap ``run`` as a Hydra task function that prints where its report is."""
+    def task(cfg: DictConfig) -> dict:
+        run_dir = hydra_run_dir()
+        metrics = run(cfg, run_dir)
+        print(f"report: {run_dir / report}")
+        return metrics
+    return task
