@@ -154,11 +154,11 @@ def pair_levels(device_levels: int | Sequence[float]) -> Tensor:
         raise ValueError(f"levels={list(device_levels)!r} invalid: need >= 2 distinct finite "
                          "device levels")
     diffs = (g[:, None] - g[None, :]).flatten() / (g.max() - g.min())
-    diffs = torch.sort(diffs).values
-    keep = torch.cat([diffs.new_ones(1, dtype=torch.bool), diffs.diff() > _LEVEL_TOL])
-    levels = diffs[keep]
-    levels[levels.abs() <= _LEVEL_TOL] = 0.0
-    return levels
+    pos = torch.sort(diffs[diffs >= 0]).values
+    # merge values closer than the tolerance, keeping the largest of each run (so max stays 1)
+    pos = pos[torch.cat([pos.diff() > _LEVEL_TOL, pos.new_ones(1, dtype=torch.bool)])]
+    pos = pos[pos > _LEVEL_TOL]
+    return torch.cat([-pos.flip(0), pos.new_zeros(1), pos])
 
 
 def round_to_levels(x: Tensor, levels: Tensor) -> Tensor:
