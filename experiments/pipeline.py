@@ -91,15 +91,13 @@ def load_data(exp: CompressExperiment) -> tuple[DataLoader, DataLoader, DatasetI
                         test_batch_size=d.test_batch_size, verify=d.verify)
 
 
-def calibration_batch(loader: DataLoader, n: int, device: torch.device) -> torch.Tensor:
-    """The first ``n`` training inputs (DAC/ADC calibration and MVM counting)."""
-    xs, count = [], 0
-    for x, _ in loader:
-        xs.append(x)
-        count += len(x)
-        if count >= n:
-            break
-    return torch.cat(xs)[:n].to(device)
+def calibration_batch(loader: DataLoader, n: int, device: torch.device, seed: int = 0
+                      ) -> torch.Tensor:
+    """``n`` training inputs drawn with ``seed`` (DAC/ADC calibration and MVM counting); the
+    same on every call, whatever the loader's shuffle state."""
+    ds = loader.dataset
+    index = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    return torch.stack([ds[int(i)][0] for i in index]).to(device)
 
 
 def crossbar_test_loader(test: DataLoader, n: int | None, seed: int) -> DataLoader:
@@ -319,7 +317,7 @@ def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
     model.to(device)
     with _timed(timings, "pretrain"):
         dense_acc = pretrain_stage(model, (train, test), exp, run_dir)
-    calibration = calibration_batch(train, exp.eval.calibration_samples, device)
+    calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
     return device, train, test, info, model, dense_acc, calibration
 
 

@@ -1,0 +1,57 @@
+"""Reproduction benchmark: LeNet-5 on the full MNIST through the whole pipeline on CPU, checked
+against the targets of the project (docs/experiments.md, "Reproduction").
+
+    .venv/bin/python benchmarks/reproduce_mnist.py [extra Hydra overrides ...]
+
+is the same as ``python -m experiments.compress +experiment=mnist_lenet5`` followed by a
+check of its metrics.json; prints each target with its measured value and PASS/MISS, and exits
+non-zero if any target is missed. The run directory is outputs/mnist_lenet5/<date>/<time>.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TARGETS = (  # (metric, comparison, bound, label)
+    ("dense_accuracy", ">=", 99.0, "dense test accuracy (%)"),
+    ("compression_ratio", ">=", 30.0, "structured compression ratio (x)"),
+    ("accuracy_drop_ideal", "<=", 0.3, "accuracy drop, ideal devices (points)"),
+    ("accuracy_drop_mean", "<=", 1.0, "accuracy drop, 10 chips, 10% var + 0.5% SA (points)"),
+    ("area_reduction_pct", ">=", 95.0, "area reduction vs dense 8-bit mapping (%)"),
+    ("energy_reduction_pct", ">=", 95.0, "energy reduction vs dense 8-bit mapping (%)"),
+)
+
+
+def check(metrics: dict) -> list[tuple[str, float, str, float, bool]]:
+    """(label, measured, comparison, bound, met) for every target."""
+    out = []
+    for key, op, bound, label in TARGETS:
+        value = float(metrics[key])
+        out.append((label, value, op, bound, value >= bound if op == ">=" else value <= bound))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    cmd = [sys.executable, "-m", "experiments.compress", "+experiment=mnist_lenet5", *argv]
+    print("$", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+    report = [line for line in proc.stdout.splitlines() if line.startswith("report: ")][-1]
+    run_dir = Path(report.removeprefix("report: ")).parent
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    ok = True
+    for label, value, op, bound, met in check(metrics):
+        ok &= met
+        print(f"{'PASS' if met else 'MISS'}  {label}: {value:.2f} (target {op} {bound})")
+    print(f"levels per device: {metrics['levels']}; tiles {metrics['tiles']} "
+          f"(dense {metrics['baseline_tiles']}); stage times (s): {metrics['timings_s']}")
+    print(f"report: {run_dir / 'report.md'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

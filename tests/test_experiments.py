@@ -1,0 +1,221 @@
+"""Hydra experiments: config composition (compose API, launchers included), validation, the
+compress pipeline and device study end to end on digits, a CIFAR-shaped smoke run of the paper's
+VGG-16 / ResNet-18 configs, and collect."""
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+
+from crossbar import MappingPlan
+from experiments.collect import collect_rows
+from experiments.collect import main as collect_main
+from experiments.config import load_compress_config, load_study_config
+from experiments.pipeline import CONF_DIR, run_compress, run_device_study
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_ADMM = ["admm.prune_epochs=1", "admm.prune_retrain_epochs=1", "admm.quant_epochs=1",
+             "admm.quant_retrain_epochs=1", "admm.update_every=5"]
+TINY = ["train.epochs=2", "eval.chips=2", "eval.test_subset=120", "eval.calibration_samples=64",
+        "runtime.progress=false", "runtime.threads=1", *TINY_ADMM]
+METRIC_KEYS = {
+    "dense_accuracy", "compressed_accuracy", "crossbar_ideal_accuracy", "crossbar_accuracy_mean",
+    "crossbar_accuracy_std", "crossbar_accuracies", "compression_ratio", "dense_weights",
+    "mapped_weights", "tiles", "baseline_tiles", "area_mm2", "energy_nJ", "power_mW",
+    "area_reduction_pct", "energy_reduction_pct", "power_reduction_pct", "accuracy_drop_ideal",
+    "accuracy_drop_mean", "timings_s",
+}
+
+
+def _compose(overrides=(), name="config", hydra=False):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra)
+
+
+# --------------------------------------------------------------------------- composition
+@pytest.mark.parametrize("experiment", ["mnist_lenet5", "cifar10_vgg16", "cifar10_resnet18"])
+def test_experiment_configs_compose_and_validate(experiment):
+    exp = load_compress_config(_compose([f"+experiment={experiment}"]))
+    assert exp.model.name == experiment.split("_")[1]
+    assert exp.admm.levels == 16 and exp.runtime.device in ("auto", "cpu")
+    if experiment == "mnist_lenet5":
+        assert exp.dataset.name == "mnist" and exp.eval.chips == 10
+        assert exp.device.prog_sigma == 0.1 and exp.device.sa0_rate + exp.device.sa1_rate == 0.005
+        assert exp.device.level_count == 16
+
+
+def test_default_and_study_configs_validate():
+    exp = load_compress_config(_compose())
+    assert (exp.dataset.name, exp.model.name, exp.device.level_count) == ("digits", "lenet5", 16)
+    study = load_study_config(_compose(name="device_study"))
+    assert {"prog_sigma", "read_sigma", "sa_rate", "adc_bits", "n_levels"} <= set(
+        study.study.sweeps)
+
+
+def test_device_preset_group_and_override():
+    exp = load_compress_config(_compose(["device=rram_neurosim", "+device.read_sigma=0.02"]))
+    assert exp.device.level_count == 4 and exp.device.read_sigma == 0.02
+
+
+def test_slurm_launcher_composes():
+    cfg = _compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
+    assert launcher.timeout_min == 720 and "submitit" in launcher.submitit_folder
+
+
+def test_local_launcher_composes():
+    cfg = _compose(["hydra/launcher=local", "hydra.launcher.n_jobs=4"], hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("joblib_launcher.JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 4
+
+
+@pytest.mark.parametrize("override, words", [
+    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, inf]"]),
+    ("crossbar.adc_bits=40", ["crossbar.adc_bits=40", "[1, 24]"]),
+    ("+train.foo=1", ["train.foo=1", "epochs"]),
+    ("train.epochs=many", ["train.epochs='many'", "int"]),
+    ("eval.chips=0", ["eval.chips=0", "[1, 10000]"]),
+    ("admm.lr=-1", ["admm.lr=-1", "> 0"]),
+    ("runtime.device=tpu", ["runtime.device='tpu'", "cuda"]),
+    ("dataset.batch_size=0", ["dataset.batch_size=0", ">= 1"]),
+    ("+cost.foo=2", ["cost", "foo"]),
+    ("+bogus=1", ["bogus=1", "top-level"]),
+    ("model.name=alexnet", ["model.name='alexnet'", "lenet5"]),
+])
+def test_validation_names_key_value_and_range(override, words):
+    with pytest.raises(ValueError) as info:
+        load_compress_config(_compose([override]))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_study_validation():
+    with pytest.raises(ValueError, match="study.sweeps.bogus"):
+        load_study_config(_compose(["+study.sweeps.bogus=[1]"], name="device_study"))
+
+
+def test_entry_point_prints_config():
+    out = subprocess.run([sys.executable, "-m", "experiments.compress", "--cfg", "job",
+                          "+experiment=mnist_lenet5"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "lenet5_mnist" not in out and "row_keep: 40" in out
+
+
+# ------------------------------------------------------------------------------ pipeline
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("compress")
+    metrics = run_compress(_compose(TINY), run_dir)
+    return run_dir, metrics
+
+
+def test_compress_outputs(digits_run):
+    run_dir, metrics = digits_run
+    assert METRIC_KEYS <= set(metrics)
+    assert json.loads((run_dir / "metrics.json").read_text()).keys() == metrics.keys()
+    for name in ("report.md", "chip_accuracy.png", "stage_accuracy.png", "config.yaml",
+                 "cost/report.md", "cost/cost.json", "cost/tiles_per_layer.png"):
+        assert (run_dir / name).is_file(), name
+    plan = MappingPlan.load(run_dir / "plan.json")
+    assert metrics["compression_ratio"] == pytest.approx(plan.dense_weights / plan.mapped_weights)
+    assert metrics["compression_ratio"] > 1 and metrics["tiles"] == plan.n_tiles
+    assert len(metrics["crossbar_accuracies"]) == 2 and metrics["crossbar_test_samples"] == 120
+    assert 0 <= metrics["crossbar_accuracy_mean"] <= 100
+    for name in ("dense.pt", "compressed.pt", "admm_state.pt"):
+        torch.load(run_dir / name, weights_only=True)
+    compressed = torch.load(run_dir / "compressed.pt", weights_only=True)
+    assert set(compressed["masks"]) <= {p.name for p in plan}
+    report = (run_dir / "report.md").read_text()
+    assert "compression" in report.lower() and "chip_accuracy.png" in report
+
+
+def test_compress_resumes_from_artifacts(digits_run):
+    run_dir, metrics = digits_run
+    again = run_compress(_compose(TINY), run_dir)  # dense.pt / compressed.pt are reused
+    for key in ("dense_accuracy", "compressed_accuracy", "compression_ratio",
+                "crossbar_accuracies"):
+        assert again[key] == metrics[key]
+
+
+def test_device_study_from_compress_run(digits_run, tmp_path):
+    run_dir, _ = digits_run
+    cfg = _compose(TINY + [f"study.source={run_dir}", "~study.sweeps",
+                           "+study.sweeps={prog_sigma: [0.0, 0.2], adc_bits: [4, null]}"],
+                   name="device_study")
+    metrics = run_device_study(cfg, tmp_path)
+    rows = metrics["study"]
+    assert {(r["setting"], r["model"]) for r in rows} == {
+        (s, m) for s in ("prog_sigma", "adc_bits") for m in ("dense", "compressed")}
+    assert all(r["chips"] == 2 for r in rows)
+    for name in ("study.csv", "study.json", "study.md", "study_prog_sigma.png",
+                 "study_adc_bits.png", "metrics.json"):
+        assert (tmp_path / name).is_file(), name
+    assert len((tmp_path / "study.csv").read_text().strip().splitlines()) == 1 + 8 * 2
+
+
+# ---------------------------------------------------------------------------- CIFAR smoke
+def _fake_cifar(root: Path, n: int = 8) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+@pytest.mark.parametrize("experiment", ["cifar10_vgg16", "cifar10_resnet18"])
+def test_cifar_configs_smoke(experiment, tmp_path):
+    _fake_cifar(tmp_path / "data")
+    overrides = [f"+experiment={experiment}", f"dataset.data_dir={tmp_path / 'data'}",
+                 "+dataset.verify=false", "dataset.subset=8", "dataset.batch_size=4",
+                 "dataset.test_batch_size=4", "dataset.test_subset=4", "train.epochs=1",
+                 "train.lr=0.01", "eval.chips=1", "eval.test_subset=4",
+                 "eval.calibration_samples=4", "runtime.device=cpu", "runtime.threads=1",
+                 "runtime.progress=false", *TINY_ADMM, "admm.update_every=1",
+                 # exact level projection of the 14.7M / 11.2M conv weights takes minutes on
+                 # CPU: quantize only the first and last layer here (the digits run covers all)
+                 "admm.levels=null", "+admm.constraints.0.levels=16",
+                 "+admm.constraints.2.levels=16"]
+    metrics = run_compress(_compose(overrides), tmp_path / "run")
+    assert METRIC_KEYS <= set(metrics) and metrics["compression_ratio"] > 5
+    assert (tmp_path / "run" / "report.md").is_file()
+
+
+# ------------------------------------------------------------------------------- collect
+def _fake_run(root: Path, num: int, sigma: float, acc: float) -> None:
+    run = root / str(num)
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        [f"device.prog_sigma={sigma}", "hydra/launcher=local"]))
+    (run / "metrics.json").write_text(json.dumps({
+        "crossbar_accuracy_mean": acc, "crossbar_accuracy_std": 0.5, "compression_ratio": 30.0,
+        "crossbar_accuracies": [acc], "timings_s": {"admm": 1.0}}))
+
+
+def test_collect_two_runs(tmp_path, capsys):
+    _fake_run(tmp_path, 0, 0.0, 98.0)
+    _fake_run(tmp_path, 1, 0.1, 96.5)
+    assert collect_main([str(tmp_path)]) == 0
+    assert "collected.csv" in capsys.readouterr().out
+    rows = collect_rows(tmp_path)
+    assert [r["override.device.prog_sigma"] for r in rows] == [0.0, 0.1]
+    assert rows[1]["crossbar_accuracy_mean"] == 96.5 and rows[0]["timings_s.admm"] == 1.0
+    assert "crossbar_accuracies" not in rows[0]
+    text = (tmp_path / "collected.csv").read_text().splitlines()
+    assert len(text) == 3 and "override.device.prog_sigma" in text[0]
+    assert (tmp_path / "collected_device.prog_sigma.png").is_file()
+
+
+def test_collect_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        collect_rows(tmp_path)
