@@ -107,7 +107,7 @@ def test_entry_point_prints_config():
     out = subprocess.run([sys.executable, "-m", "experiments.compress", "--cfg", "job",
                           "+experiment=mnist_lenet5"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True).stdout
-    assert "lenet5_mnist" not in out and "row_keep: 40" in out
+    assert "name: mnist" in out and "pattern: classifier.0" in out
 
 
 # ------------------------------------------------------------------------------ pipeline
