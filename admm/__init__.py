@@ -1,10 +1,22 @@
 """ADMM compression for memristor crossbars: crossbar-structured pruning, conductance-level
-quantization and masked retraining. Independent of the ``crossbar`` simulator: it only needs a set
+quantization and masked retraining; post-training OBC compression, rate-distortion importance
+and budgeted per-layer allocation. Independent of the ``crossbar`` simulator: it only needs a set
 of allowed device levels."""
 
 from admm.admm import ADMM, Projector
+from admm.allocation import Allocation, Candidate, allocate, min_cost
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
+from admm.importance import (
+    compute_importance,
+    fisher_diagonal,
+    hessian_diagonal,
+    importance_projectors,
+    weighted_project_levels,
+    weighted_prune_mask,
+    weighted_scale,
+)
 from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
+from admm.obc import ObcLayer, obc_compress, obq_quantize, obs_prune
 from admm.pipeline import (
     CompressConfig,
     Compressor,
@@ -22,12 +34,16 @@ from admm.projections import (
     project_rows,
     round_to_levels,
     structured_mask,
+    topk_mask,
 )
 
 __all__ = [
-    "ADMM", "CompressConfig", "CompressResult", "Compressor", "LayerConstraint",
-    "MaskedOptimizer", "Projector", "apply_masks", "compress", "crossbar_layers",
-    "freeze_weights", "keep_count", "live_cols", "live_rows", "pair_levels", "project_blocks",
+    "ADMM", "Allocation", "Candidate", "CompressConfig", "CompressResult", "Compressor",
+    "LayerConstraint", "MaskedOptimizer", "ObcLayer", "Projector", "allocate", "apply_masks",
+    "compress", "compute_importance", "crossbar_layers", "fisher_diagonal", "freeze_weights",
+    "hessian_diagonal", "importance_projectors", "keep_count", "live_cols", "live_rows",
+    "min_cost", "obc_compress", "obq_quantize", "obs_prune", "pair_levels", "project_blocks",
     "project_cols", "project_levels", "project_rows", "round_to_levels", "save_atomic",
-    "select_layers", "structured_mask", "train_epoch", "weight_matrix",
+    "select_layers", "structured_mask", "topk_mask", "train_epoch", "weight_matrix",
+    "weighted_project_levels", "weighted_prune_mask", "weighted_scale",
 ]

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cvxpy as cp
 import numpy as np
 
 _COST_TOL = 1e-9
@@ -91,14 +90,17 @@ def min_cost(candidates: Mapping[str, Sequence[Candidate]]) -> float:
 
 
 def allocate(candidates: Mapping[str, Sequence[Candidate]], budget: float,
-             resource: str = "cost", solver: str = cp.HIGHS) -> Allocation:
+             resource: str = "cost", solver: str = "HIGHS") -> Allocation:
     """Choose one candidate per layer minimising the total error with total cost ``<= budget``.
 
     Solves the multiple-choice knapsack above exactly (MILP, HiGHS branch and bound with zero
     relative gap by default). Raises ``ValueError`` naming the minimum achievable cost when the
     budget is infeasible. ``resource`` names the budget's unit in the report (``"tiles"``,
-    ``"area_um2"``, ``"energy_pJ"``).
+    ``"area_um2"``, ``"energy_pJ"``). ``solver`` is a cvxpy solver name; cvxpy is imported here,
+    not with ``admm``, because it doubles the package's import time.
     """
+    import cvxpy as cp
+
     _validate(candidates, budget)
     lowest = min_cost(candidates)
     if lowest > budget + _COST_TOL * max(1.0, abs(budget)):

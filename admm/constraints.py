@@ -53,18 +53,24 @@ class LayerConstraint:
         return any(getattr(self, f"{k}_{s}") is not None
                    for k in ("row", "col", "block") for s in ("ratio", "keep"))
 
-    def prune_mask(self, W: Tensor) -> Tensor:
-        """Mask of the projection of the matrix view ``W`` onto this layer's sparsity set."""
-        out_n, in_n = W.shape
+    def keep_counts(self, shape: tuple[int, int]) -> tuple[int | None, int | None, int | None]:
+        """Structures kept in a matrix view of ``shape = (out, in)``: ``(rows_keep, cols_keep,
+        blocks_keep)`` (crossbar rows = inputs, crossbar columns = outputs, tile blocks); ``None``
+        where that structure is not constrained."""
+        out_n, in_n = shape
         br, bc = self.block
         n_blocks = -(-in_n // br) * -(-out_n // bc)
-        return structured_mask(
-            W,
-            rows_keep=_keep_or_none(in_n, self.row_ratio, self.row_keep, "row"),
-            cols_keep=_keep_or_none(out_n, self.col_ratio, self.col_keep, "col"),
-            blocks_keep=_keep_or_none(n_blocks, self.block_ratio, self.block_keep, "block"),
-            block=self.block,
-        )
+        return (_keep_or_none(in_n, self.row_ratio, self.row_keep, "row"),
+                _keep_or_none(out_n, self.col_ratio, self.col_keep, "col"),
+                _keep_or_none(n_blocks, self.block_ratio, self.block_keep, "block"))
+
+    def prune_mask(self, W: Tensor, importance: Tensor | None = None) -> Tensor:
+        """Mask of the projection of the matrix view ``W`` onto this layer's sparsity set, in the
+        Euclidean norm or, with ``importance`` (``>= 0``, the shape of ``W``), in the weighted
+        norm ``sum imp_i x_i^2`` (:func:`admm.projections.structured_mask`)."""
+        rows_keep, cols_keep, blocks_keep = self.keep_counts(tuple(W.shape))
+        return structured_mask(W, rows_keep=rows_keep, cols_keep=cols_keep,
+                               blocks_keep=blocks_keep, block=self.block, weights=importance)
 
 
 def _keep_or_none(n: int, ratio: float | None, count: int | None, key: str) -> int | None:

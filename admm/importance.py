@@ -10,8 +10,8 @@ weights every weight by its importance ``imp_i``:
 * pruning keeps the structures of largest importance-weighted energy ``sum_{i in S} imp_i w_i^2``
   (the projection onto the sparsity set under the norm ``||x||_imp^2 = sum imp_i x_i^2``);
 * quantization keeps nearest-level rounding (the weighted error is separable, so the weighted
-  nearest level is the nearest level) but fits the scale in closed form with weights:
-  ``s = sum imp_i w_i q_i / sum imp_i q_i^2``.
+  nearest level is the nearest level) and fits the scale as the global optimum of
+  ``sum imp_i (w_i - s q_i)^2`` (:func:`admm.projections.project_levels` with ``weights``).
 
 Importance is returned per layer in the matrix view ``(out, in*kh*kw)``, keyed by module name.
 """
@@ -27,25 +27,45 @@ from torch.func import functional_call, grad, vmap
 
 from admm.admm import Projector
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
-from admm.projections import pair_levels, project_levels, round_to_levels
+from admm.projections import pair_levels, project_levels
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 METHODS = ("fisher", "hessian")
 
 
-def _labelled_batches(data: Iterable, n_samples: int, device: torch.device
-                      ) -> list[tuple[Tensor, Tensor]]:
-    """Up to ``n_samples`` samples of ``(x, y)`` batches, moved to ``device``."""
+def calibration_batches(data: Tensor | Iterable, n_samples: int, device: torch.device,
+                        batch_size: int = 256, name: str = "n_samples",
+                        ) -> list[tuple[Tensor, ...]]:
+    """The first ``n_samples`` samples of ``data`` as a list of batch tuples on ``device``.
+
+    ``data`` is a tensor of inputs (split into batches of ``batch_size``; each batch is ``(x,)``)
+    or an iterable of batches ``x`` or ``(x, y, ...)`` (a bare tensor becomes ``(x,)``); the last
+    batch is cut so that exactly ``min(n_samples, len(data))`` samples are returned. ``name``
+    is the caller's name for ``n_samples`` in the error message.
+    """
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"{name}={n_samples!r} out of range: must be an integer >= 1")
+    source = data.split(batch_size) if isinstance(data, Tensor) else data
     batches, seen = [], 0
-    for x, y, *_ in data:
-        take = min(len(x), n_samples - seen)
-        batches.append((x[:take].to(device), y[:take].to(device)))
+    for batch in source:
+        batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        take = min(len(batch[0]), n_samples - seen)
+        batches.append(tuple(t[:take].to(device) for t in batch))
         seen += take
         if seen >= n_samples:
             break
     if not batches:
-        raise ValueError("importance: the calibration data yielded no (x, y) batch")
+        raise ValueError("the calibration data is empty")
     return batches
+
+
+def _labelled_batches(data: Iterable, n_samples: int, device: torch.device
+                      ) -> list[tuple[Tensor, Tensor]]:
+    """Up to ``n_samples`` samples of ``(x, y)`` batches on ``device``."""
+    batches = calibration_batches(data, n_samples, device)
+    if len(batches[0]) < 2:
+        raise ValueError("importance: the calibration data must yield (x, y) batches")
+    return [(b[0], b[1]) for b in batches]
 
 
 def _layer_weights(model: nn.Module, layers: Iterable[str] | None) -> dict[str, nn.Parameter]:
@@ -144,74 +164,46 @@ def compute_importance(model: nn.Module, data: Iterable, method: str = "fisher",
 # ------------------------------------------------------------------ weighted projections
 def weighted_prune_mask(constraint: LayerConstraint, W: Tensor, importance: Tensor) -> Tensor:
     """Mask of the projection of ``W`` onto ``constraint``'s sparsity set under the weighted norm
-    ``||x||_imp^2 = sum imp_i x_i^2``: the structures of largest ``sum imp_i w_i^2`` are kept.
-
-    The weighted projection of ``W`` equals the Euclidean projection of ``sqrt(imp) ⊙ W`` mapped
-    back, so this is ``constraint.prune_mask(sqrt(imp) ⊙ W)``.
-    """
-    return constraint.prune_mask(W * importance.to(W.device, W.dtype).clamp_min(0).sqrt())
-
-
-def weighted_scale(W: Tensor, levels: Tensor, importance: Tensor | None = None,
-                   per_column: bool = False, mask: Tensor | None = None,
-                   max_iters: int = 50) -> Tensor:
-    """Scale ``s`` (0-d, or ``(out,)`` when ``per_column``) of the importance-weighted level fit
-    ``min_{s, q in L} sum_i imp_i (w_i - s q_i)^2``.
-
-    Starts from the global unweighted optimum of :func:`admm.projections.project_levels` and
-    alternates nearest rounding ``q = round(w / s)`` with the weighted closed form
-    ``s = sum imp w q / sum imp q^2``. Each step can only lower the weighted error, so the result
-    is never worse (in the weighted error) than the unweighted scale; it is a local optimum of the
-    weighted problem. Without ``importance`` the unweighted global optimum is returned.
-    """
-    _, scale = project_levels(W, levels, per_column, mask)
-    if importance is None:
-        return scale
-    levels = levels.to(W.device, torch.float64)
-    w = W.detach().double() if mask is None else W.detach().double() * mask
-    imp = importance.to(W.device, torch.float64).reshape(W.shape).clamp_min(0)
-    if not per_column:
-        w, imp = w.reshape(1, -1), imp.reshape(1, -1)
-    s = scale.double().reshape(-1)
-    for _ in range(max_iters):
-        q = round_to_levels(w / s[:, None], levels)
-        num, den = (imp * w * q).sum(1), (imp * q * q).sum(1)
-        s_new = torch.where((den > 0) & (num > 0), num / den.clamp_min(1e-300), s)
-        if torch.equal(s_new, s):
-            break
-        s = s_new
-    s = s.to(W.dtype)
-    return s if per_column else s.reshape(())
+    ``||x||_imp^2 = sum imp_i x_i^2``: the structures of largest ``sum imp_i w_i^2`` are kept
+    (``constraint.prune_mask(W, importance)``; exact for one structure type)."""
+    return constraint.prune_mask(W, importance)
 
 
 def weighted_project_levels(W: Tensor, levels: Tensor, importance: Tensor | None = None,
                             per_column: bool = False, mask: Tensor | None = None,
                             ) -> tuple[Tensor, Tensor]:
-    """``(Q, scale)``: ``Q = s * round(W / s)`` on the level set with the importance-weighted
-    scale of :func:`weighted_scale`; entries outside ``mask`` are exactly 0."""
-    scale = weighted_scale(W, levels, importance, per_column, mask)
-    s = scale.reshape(-1, 1) if per_column else scale
-    Q = round_to_levels(W.detach() / s, levels) * s
-    return (Q if mask is None else Q * mask), scale
+    """``(Q, scale)`` of the importance-weighted level fit
+    ``min_{s >= 0, q in L} sum_i imp_i (w_i - s q_i)^2``, globally optimal in ``s``; entries
+    outside ``mask`` are exactly 0 (:func:`admm.projections.project_levels` with
+    ``weights=importance``)."""
+    return project_levels(W, levels, per_column, mask, weights=importance)
+
+
+def weighted_scale(W: Tensor, levels: Tensor, importance: Tensor | None = None,
+                   per_column: bool = False, mask: Tensor | None = None) -> Tensor:
+    """Scale (0-d, or ``(out,)`` when ``per_column``) of :func:`weighted_project_levels`."""
+    return weighted_project_levels(W, levels, importance, per_column, mask)[1]
 
 
 def importance_projectors(model: nn.Module, constraints: Iterable[LayerConstraint],
-                          importance: Mapping[str, Tensor], stage: str,
+                          importance: Mapping[str, Tensor] | None, stage: str,
                           masks: Mapping[str, Tensor] | None = None) -> dict[str, Projector]:
-    """Importance-weighted projectors for :class:`admm.ADMM`, one per constrained layer.
+    """Projectors for :class:`admm.ADMM`, one per constrained layer of the stage.
 
-    ``stage="prune"``: ``W -> W ⊙ weighted_prune_mask(...)`` for layers that prune;
-    ``stage="quant"``: ``W -> weighted_project_levels(...)`` for layers with levels, restricted to
-    ``masks`` when given. Layers missing from ``importance`` get the plain Euclidean projection.
-    Use as ``ADMM(model, importance_projectors(model, constraints, imp, "prune"), rho)``.
+    ``stage="prune"``: ``W -> W ⊙ constraint.prune_mask(W, imp)`` for layers that prune;
+    ``stage="quant"``: ``W -> weighted_project_levels(W, levels, imp, per_column, mask)`` for
+    layers with levels, restricted to ``masks`` when given. Layers missing from ``importance``
+    (or all layers, with ``importance=None``) get the plain Euclidean projection. Use as
+    ``ADMM(model, importance_projectors(model, constraints, imp, "prune"), rho)``.
     """
     if stage not in ("prune", "quant"):
         raise ValueError(f"stage={stage!r} invalid: 'prune' or 'quant'")
     chosen = select_layers(model, list(constraints))
-    masks = masks or {}
+    modules = crossbar_layers(model)
+    importance, masks = importance or {}, masks or {}
     projectors: dict[str, Projector] = {}
     for name, c in chosen.items():
-        imp = importance.get(name)
+        imp = importance_matrix(importance, name, modules[name])
         if stage == "prune" and c.prunes:
             projectors[name] = _prune_projector(c, imp)
         elif stage == "quant" and c.levels is not None:
@@ -221,17 +213,12 @@ def importance_projectors(model: nn.Module, constraints: Iterable[LayerConstrain
 
 
 def _prune_projector(c: LayerConstraint, imp: Tensor | None) -> Projector:
-    if imp is None:
-        return lambda W: W * c.prune_mask(W)
-    return lambda W: W * weighted_prune_mask(c, W, imp.reshape(W.shape))
+    return lambda W: W * c.prune_mask(W, imp)
 
 
 def _level_projector(levels: Tensor, per_column: bool, imp: Tensor | None,
                      mask: Tensor | None) -> Projector:
-    def project(W: Tensor) -> Tensor:
-        m = None if mask is None else mask.to(W.device)
-        return weighted_project_levels(W, levels, imp, per_column, m)[0].to(W.dtype)
-    return project
+    return lambda W: project_levels(W, levels, per_column, mask, weights=imp)[0]
 
 
 def importance_matrix(importance: Mapping[str, Tensor], name: str, module: nn.Module
@@ -247,6 +234,6 @@ def importance_matrix(importance: Mapping[str, Tensor], name: str, module: nn.Mo
     return imp.reshape(W.shape)
 
 
-__all__ = ["METHODS", "compute_importance", "fisher_diagonal", "hessian_diagonal",
-           "importance_matrix", "importance_projectors", "weighted_project_levels",
-           "weighted_prune_mask", "weighted_scale"]
+__all__ = ["METHODS", "LossFn", "calibration_batches", "compute_importance", "fisher_diagonal",
+           "hessian_diagonal", "importance_matrix", "importance_projectors",
+           "weighted_project_levels", "weighted_prune_mask", "weighted_scale"]

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
-from admm.importance import importance_matrix, weighted_scale
-from admm.masked import live_cols, live_rows
+from admm.importance import calibration_batches, importance_matrix, weighted_scale
 from admm.pipeline import CompressResult
-from admm.projections import _topk_mask, keep_count, pair_levels, round_to_levels
+from admm.projections import pair_levels, round_to_levels, topk_mask
 
 Group = tuple[Tensor | None, Tensor]
 """A pruning group: ``(output rows or None for all, input indices)`` of the matrix view."""
@@ -198,10 +197,6 @@ def obq_quantize(W: Tensor, H: Tensor, levels: Tensor, scale: Tensor, mask: Tens
     return Q
 
 
-def _keep_or_none(n: int, ratio: float | None, count: int | None, key: str) -> int | None:
-    return None if ratio is None and count is None else keep_count(n, ratio, count, key)
-
-
 def _block_groups(shape: tuple[int, int], block: tuple[int, int], device: torch.device
                   ) -> list[Group]:
     """Tile blocks ``(row block i, column block j)``: inputs ``i*br:(i+1)*br`` of the outputs
@@ -266,19 +261,18 @@ class ObcLayer:
         c = output_weight(importance, out_n)
         mask = torch.ones(W.shape, dtype=torch.bool, device=W.device)
         log: dict = {}
-        cols_keep = _keep_or_none(out_n, constraint.col_ratio, constraint.col_keep, "col")
+        rows_keep, cols_keep, blocks_keep = constraint.keep_counts((out_n, in_n))
         if cols_keep is not None:
             energy = ((W @ H) * W).sum(1) * (1 if c is None else c)
-            mask &= _topk_mask(energy, cols_keep)[:, None]
+            mask &= topk_mask(energy, cols_keep)[:, None]
             W = W * mask
-        rows_keep = _keep_or_none(in_n, constraint.row_ratio, constraint.row_keep, "row")
         if rows_keep is not None:
             groups = [(None, torch.tensor([i], device=W.device)) for i in range(in_n)]
             W, mask, log["obs_rows"] = obs_prune(W, H, groups, in_n - rows_keep, c, mask)
-        if constraint.block_ratio is not None or constraint.block_keep is not None:
+        if blocks_keep is not None:
             groups = _block_groups((out_n, in_n), constraint.block, W.device)
-            keep = keep_count(len(groups), constraint.block_ratio, constraint.block_keep, "block")
-            W, mask, log["obs_blocks"] = obs_prune(W, H, groups, len(groups) - keep, c, mask)
+            W, mask, log["obs_blocks"] = obs_prune(W, H, groups, len(groups) - blocks_keep, c,
+                                                   mask)
         self.scale = None
         if constraint.levels is not None:
             levels = pair_levels(constraint.levels).to(W.device)
@@ -294,23 +288,6 @@ class ObcLayer:
 
 class _StopForward(Exception):
     """Raised by the capture hook once the layer's input is recorded."""
-
-
-def _calibration_inputs(calib: Tensor | Iterable, n_calib: int, device: torch.device,
-                        batch_size: int = 256) -> list[Tensor]:
-    if n_calib < 1:
-        raise ValueError(f"n_calib={n_calib!r} out of range: must be >= 1")
-    source = calib.split(batch_size) if isinstance(calib, Tensor) else \
-        (b[0] if isinstance(b, (tuple, list)) else b for b in calib)
-    batches, seen = [], 0
-    for x in source:
-        batches.append(x[: n_calib - seen].to(device))
-        seen += len(batches[-1])
-        if seen >= n_calib:
-            break
-    if not batches:
-        raise ValueError("OBC: the calibration data is empty")
-    return batches
 
 
 def _execution_order(model: nn.Module, names: Iterable[str], x: Tensor) -> list[str]:
@@ -367,35 +344,26 @@ def obc_compress(model: nn.Module, calib: Tensor | Iterable,
     chosen = select_layers(model, list(constraints))
     modules = crossbar_layers(model)
     device = next(model.parameters()).device
-    batches = _calibration_inputs(calib, n_calib, device)
+    batches = [b[0] for b in calibration_batches(calib, n_calib, device, name="n_calib")]
     was_training = model.training
     model.eval()
     history: list[dict] = []
-    scales: dict[str, float | Tensor] = {}
+    scales: dict[str, Tensor] = {}
     try:
         active = [n for n, c in chosen.items() if c.prunes or c.levels is not None]
         for name in _execution_order(model, active, batches[0]):
             layer = ObcLayer(modules[name])
             _collect(model, layer, batches)
-            imp = None if importance is None else importance_matrix(importance, name,
-                                                                    modules[name])
+            imp = importance_matrix(importance or {}, name, modules[name])
             log = layer.compress(chosen[name], percdamp,
                                  None if imp is None else imp.to(device))
             if layer.scale is not None:
-                scales[name] = layer.scale.item() if layer.scale.dim() == 0 \
-                    else layer.scale.float().cpu()
+                scales[name] = layer.scale.to(modules[name].weight.dtype)
             history.append({"event": "obc_layer", "layer": name, "n_inputs": layer.n, **log})
     finally:
         model.train(was_training)
-    masks = {n: (weight_matrix(modules[n]) != 0).cpu() for n in chosen}
-    return CompressResult(
-        masks=masks,
-        live_rows={n: live_rows(m) for n, m in masks.items()},
-        live_cols={n: live_cols(m) for n, m in masks.items()},
-        scales=scales,
-        levels={n: pair_levels(c.levels) for n, c in chosen.items() if c.levels is not None},
-        history=history,
-    )
+    levels = {n: pair_levels(c.levels) for n, c in chosen.items() if c.levels is not None}
+    return CompressResult.from_layers({n: modules[n] for n in chosen}, scales, levels, history)
 
 
 __all__ = ["ObcLayer", "layer_inputs", "obc_compress", "obq_quantize", "obs_prune",

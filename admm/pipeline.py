@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +16,16 @@ from tqdm.auto import tqdm
 
 from admm.admm import ADMM
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
+from admm.importance import (
+    METHODS,
+    LossFn,
+    compute_importance,
+    importance_matrix,
+    importance_projectors,
+)
 from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
 from admm.projections import pair_levels, project_levels
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
 STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
 
 
@@ -27,7 +33,15 @@ STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
 class CompressConfig:
     """Pipeline settings. Epoch counts are per stage; ADMM rounds (Z/U updates) run every
     ``update_every`` epochs or steps (``update_unit``), and always once at the end of an ADMM
-    stage if the last round boundary was missed."""
+    stage if the last round boundary was missed.
+
+    ``importance`` makes every projection (prune and quant ADMM, hard prune, hard quantization)
+    importance-weighted, ``||x||_imp^2 = sum imp_i x_i^2`` (Gao et al., ICML 2019; see
+    :mod:`admm.importance`): ``None`` (Euclidean), a dict ``{layer name: importance}`` (matrix
+    view or weight shape, ``>= 0``), or a method ``"fisher"`` / ``"hessian"`` computed once by
+    :func:`admm.importance.compute_importance` on the first ``importance_samples`` samples of the
+    training loader, on the dense model, before the first stage.
+    """
 
     constraints: Sequence[LayerConstraint]
     prune_epochs: int = 10
@@ -43,6 +57,8 @@ class CompressConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    importance: str | Mapping[str, Tensor] | None = None
+    importance_samples: int = 512
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -62,6 +78,14 @@ class CompressConfig:
             raise ValueError(f"optimizer={self.optimizer!r} invalid: 'adam' or 'sgd'")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} out of range: must be > 0")
+        if not (self.importance is None or isinstance(self.importance, Mapping)
+                or (isinstance(self.importance, str) and self.importance in METHODS)):
+            raise ValueError(f"importance={self.importance!r} invalid: None, a dict "
+                             f"{{layer: tensor}} or one of {list(METHODS)}")
+        if isinstance(self.importance_samples, bool) \
+                or not isinstance(self.importance_samples, int) or self.importance_samples < 1:
+            raise ValueError(f"importance_samples={self.importance_samples!r} out of range: "
+                             "integer >= 1")
         if not (self.rho > 0 and self.rho_factor >= 1 and self.rho_max >= self.rho):
             raise ValueError(f"rho={self.rho!r}, rho_factor={self.rho_factor!r}, "
                              f"rho_max={self.rho_max!r}: need rho > 0, rho_factor >= 1, "
@@ -91,6 +115,21 @@ class CompressResult:
     levels: dict[str, Tensor]
     history: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def from_layers(cls, modules: Mapping[str, nn.Module], scales: Mapping[str, Tensor],
+                    levels: Mapping[str, Tensor], history: Sequence[dict]) -> CompressResult:
+        """The result of compressed ``modules``: masks = nonzero weights of each matrix view,
+        their live rows/columns, scales (0-d -> float), levels and history, all on the CPU."""
+        masks = {n: (weight_matrix(m).detach() != 0).cpu() for n, m in modules.items()}
+        return cls(
+            masks=masks,
+            live_rows={n: live_rows(m) for n, m in masks.items()},
+            live_cols={n: live_cols(m) for n, m in masks.items()},
+            scales={n: s.item() if s.dim() == 0 else s.detach().cpu() for n, s in scales.items()},
+            levels={n: lv.clone().cpu() for n, lv in levels.items()},
+            history=list(history),
+        )
+
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn = F.cross_entropy,
                 admm: ADMM | None = None,
@@ -116,13 +155,16 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn =
 
 
 def save_atomic(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then
+    ``os.replace``: a reader never sees a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -131,7 +173,7 @@ def save_atomic(obj: object, path: str | os.PathLike) -> None:
 
 class Compressor:
     """The pipeline as resumable state: stage, epoch, model, ADMM (W, Z, U, rho), masks, scales,
-    optimizer, history and RNG, saved with :meth:`save` after every epoch."""
+    importance, optimizer, history and RNG, saved with :meth:`save` after every epoch."""
 
     def __init__(self, model: nn.Module, config: CompressConfig,
                  loss_fn: LossFn = F.cross_entropy) -> None:
@@ -142,10 +184,36 @@ class Compressor:
                        if c.levels is not None}
         self.masks: dict[str, Tensor] = {}
         self.scales: dict[str, Tensor] = {}
+        self.importance = self._given_importance()
         self.history: list[dict] = []
         self.stage, self.epoch, self._steps_since_update = 0, 0, 0
         self._loss_sum, self._loss_count = 0.0, 0
         self._skip_inactive()
+        self._setup()
+
+    # ------------------------------------------------------------- importance
+    def _given_importance(self) -> dict[str, Tensor]:
+        """``config.importance`` as a dict in matrix view on the model's device (empty for
+        ``None`` or a method, which :meth:`run` computes)."""
+        given = self.config.importance
+        if not isinstance(given, Mapping):
+            return {}
+        unknown = sorted(set(given) - set(self.modules))
+        if unknown:
+            raise ValueError(f"importance: layers {unknown} are not Linear/Conv2d layers; "
+                             f"layers are {sorted(self.modules)}")
+        device = next(self.model.parameters()).device
+        return {n: importance_matrix(given, n, self.modules[n]).detach().to(device)
+                for n in self.constraints if n in given}
+
+    def _compute_importance(self, train_loader: Iterable) -> None:
+        """Importance by ``config.importance`` (a method) on the dense model, then rebuild the
+        stage's ADMM with the weighted projectors. Runs only before any training."""
+        cfg = self.config
+        device = next(self.model.parameters()).device
+        imp = compute_importance(self.model, train_loader, cfg.importance, self.loss_fn,
+                                 cfg.importance_samples, list(self.constraints))
+        self.importance = {n: t.to(device) for n, t in imp.items()}
         self._setup()
 
     # ----------------------------------------------------------------- stages
@@ -167,12 +235,9 @@ class Compressor:
         """Build the optimizer (and ADMM) of the current stage from the current state."""
         stage, cfg = STAGES[self.stage], self.config
         self.admm, self.optimizer = None, None
-        if stage == "prune":
-            projectors = {n: _mask_projector(c) for n, c in self.constraints.items() if c.prunes}
-            self.admm = ADMM(self.model, projectors, cfg.rho, cfg.rho_factor, cfg.rho_max)
-        elif stage == "quant":
-            projectors = {n: _level_projector(self.levels[n], self.constraints[n].per_column,
-                                              self.masks.get(n)) for n in self.levels}
+        if stage in ("prune", "quant"):
+            projectors = importance_projectors(self.model, cfg.constraints, self.importance,
+                                               stage, self.masks)
             self.admm = ADMM(self.model, projectors, cfg.rho, cfg.rho_factor, cfg.rho_max)
         elif stage == "quant_retrain":
             for n in self.levels:
@@ -192,7 +257,8 @@ class Compressor:
         if self.admm is not None and self._steps_since_update > 0:
             self._admm_round()
         if stage == "prune":   # hard prune: masks from the final projection of W
-            self.masks = {n: self.constraints[n].prune_mask(weight_matrix(m)).cpu()
+            self.masks = {n: self.constraints[n].prune_mask(weight_matrix(m),
+                                                            self.importance.get(n)).cpu()
                           if self.constraints[n].prunes else
                           torch.ones(weight_matrix(m).shape, dtype=torch.bool)
                           for n, m in self.modules.items() if n in self.constraints}
@@ -202,8 +268,8 @@ class Compressor:
             for n, levels in self.levels.items():
                 mask = self.masks.get(n)
                 W = weight_matrix(self.modules[n])
-                Q, scale = project_levels(W, levels, self.constraints[n].per_column,
-                                          None if mask is None else mask.to(W.device))
+                Q, scale = project_levels(W, levels, self.constraints[n].per_column, mask,
+                                          self.importance.get(n))
                 quantized[n], self.scales[n] = Q, scale.cpu()
             freeze_weights(self.model, quantized)
         if eval_fn is not None:
@@ -233,6 +299,8 @@ class Compressor:
             checkpoint: str | os.PathLike | None = None) -> CompressResult:
         """Run (or resume) every remaining stage; save to ``checkpoint`` after each epoch."""
         cfg = self.config
+        if isinstance(cfg.importance, str) and not self.importance:
+            self._compute_importance(train_loader)
         if eval_fn is not None and not self.history:
             self.history.append({"event": "eval", "stage": "dense",
                                  "metric": float(eval_fn(self.model))})
@@ -257,16 +325,8 @@ class Compressor:
 
     def result(self) -> CompressResult:
         """Masks, live rows/columns, scales and levels of the compressed layers."""
-        masks = {n: (weight_matrix(self.modules[n]).detach() != 0).cpu()
-                 for n in self.constraints}
-        return CompressResult(
-            masks=masks,
-            live_rows={n: live_rows(m) for n, m in masks.items()},
-            live_cols={n: live_cols(m) for n, m in masks.items()},
-            scales={n: s.item() if s.dim() == 0 else s for n, s in self.scales.items()},
-            levels={n: lv.clone() for n, lv in self.levels.items()},
-            history=list(self.history),
-        )
+        return CompressResult.from_layers({n: self.modules[n] for n in self.constraints},
+                                          self.scales, self.levels, self.history)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -276,7 +336,8 @@ class Compressor:
             "steps_since_update": self._steps_since_update,
             "loss_sum": self._loss_sum, "loss_count": self._loss_count,
             "model": self.model.state_dict(), "masks": dict(self.masks),
-            "scales": dict(self.scales), "history": list(self.history),
+            "scales": dict(self.scales), "importance": dict(self.importance),
+            "history": list(self.history),
             "admm": None if self.admm is None else self.admm.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),
@@ -293,6 +354,11 @@ class Compressor:
             p.requires_grad_(True)
         self.model.load_state_dict(state["model"])
         self.masks, self.scales = dict(state["masks"]), dict(state["scales"])
+        self.importance = dict(state["importance"]) if "importance" in state \
+            else self._given_importance()
+        if isinstance(self.config.importance, str) and not self.importance:
+            raise ValueError(f"the checkpoint holds no importance, but importance="
+                             f"{self.config.importance!r}: it would be recomputed mid-run")
         self.history = list(state["history"])
         self._setup()
         if state["admm"] is not None:
@@ -311,17 +377,6 @@ class Compressor:
         """Resume from a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``)."""
         device = next(self.model.parameters()).device
         self.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-
-
-def _mask_projector(c: LayerConstraint):
-    return lambda W: W * c.prune_mask(W)
-
-
-def _level_projector(levels: Tensor, per_column: bool, mask: Tensor | None):
-    def project(W: Tensor) -> Tensor:
-        m = None if mask is None else mask.to(W.device)
-        return project_levels(W, levels, per_column, m)[0]
-    return project
 
 
 def compress(model: nn.Module, train_loader: Iterable, config: CompressConfig,

@@ -43,12 +43,25 @@ def keep_count(n: int, ratio: float | None = None, count: int | None = None,
     return n
 
 
-def _topk_mask(scores: Tensor, keep: int) -> Tensor:
-    """Boolean mask of the ``keep`` largest entries of a 1-D tensor; lowest index wins ties."""
+def topk_mask(scores: Tensor, keep: int) -> Tensor:
+    """Boolean mask of the ``keep`` largest entries of a 1-D tensor; lowest index wins ties
+    (stable descending sort)."""
     order = torch.sort(scores, descending=True, stable=True).indices
     mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     mask[order[:keep]] = True
     return mask
+
+
+def _check_weights(weights: Tensor, W: Tensor) -> Tensor:
+    """Importance ``weights`` (same number of entries as ``W``, finite, ``>= 0``) as float64 in
+    the shape of ``W`` on its device."""
+    if weights.numel() != W.numel():
+        raise ValueError(f"weights has {weights.numel()} entries, W has {W.numel()} "
+                         f"{tuple(W.shape)}")
+    w = weights.detach().to(device=W.device, dtype=torch.float64).reshape(W.shape)
+    if not (torch.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError("weights must be finite and >= 0 (an importance per weight)")
+    return w
 
 
 def _block_grid(shape: tuple[int, int], block: tuple[int, int]) -> tuple[int, int]:
@@ -80,13 +93,15 @@ def _expand_blocks(grid_mask: Tensor, shape: tuple[int, int], block: tuple[int, 
 
 def structured_mask(W: Tensor, rows_keep: int | None = None, cols_keep: int | None = None,
                     blocks_keep: int | None = None, block: tuple[int, int] = (128, 128),
-                    max_iters: int = 50) -> Tensor:
+                    max_iters: int = 50, weights: Tensor | None = None) -> Tensor:
     """Mask (``out x in``, bool) of the projection of ``W`` onto the structured-sparsity set.
 
     The set is ``{W : at most rows_keep nonzero crossbar rows (columns of W), at most cols_keep
     nonzero crossbar columns (rows of W), at most blocks_keep nonzero br x bc blocks}``; ``None``
     leaves that structure unconstrained. The projection keeps the entries inside the mask and
-    maximises the kept energy ``||W ⊙ M||_F^2``.
+    maximises the kept energy ``||W ⊙ M||_F^2``; with importance ``weights`` (``imp >= 0``, the
+    shape of ``W``) the kept weighted energy ``sum_{M} imp_i w_i^2``, i.e. the projection under
+    the norm ``||x||_imp^2 = sum imp_i x_i^2`` (Gao et al., ICML 2019).
 
     * One structure: exact. Structures partition the entries, so keeping the top-k by L2
       (Frobenius) norm is the Euclidean projection.
@@ -100,6 +115,8 @@ def structured_mask(W: Tensor, rows_keep: int | None = None, cols_keep: int | No
         raise ValueError(f"W must be 2-D (out, in*kh*kw), got shape {tuple(W.shape)}")
     out_n, in_n = W.shape
     energy = W.detach().double().pow(2)
+    if weights is not None:
+        energy = energy * _check_weights(weights, W)
     row = torch.ones(in_n, dtype=torch.bool, device=W.device)
     col = torch.ones(out_n, dtype=torch.bool, device=W.device)
     blk = torch.ones(out_n, in_n, dtype=torch.bool, device=W.device)
@@ -107,12 +124,12 @@ def structured_mask(W: Tensor, rows_keep: int | None = None, cols_keep: int | No
     for _ in range(max(max_iters, 1)):
         prev = (row, col, blk)
         if cols_keep is not None:
-            col = _topk_mask((energy * (blk & row[None, :])).sum(1), cols_keep)
+            col = topk_mask((energy * (blk & row[None, :])).sum(1), cols_keep)
         if rows_keep is not None:
-            row = _topk_mask((energy * (blk & col[:, None])).sum(0), rows_keep)
+            row = topk_mask((energy * (blk & col[:, None])).sum(0), rows_keep)
         if blocks_keep is not None:
             grid = _block_energy(energy * (col[:, None] & row[None, :]), block)
-            grid_mask = _topk_mask(grid.flatten(), blocks_keep).reshape(grid.shape)
+            grid_mask = topk_mask(grid.flatten(), blocks_keep).reshape(grid.shape)
             blk = _expand_blocks(grid_mask, (out_n, in_n), block)
         now = (row, col, blk)
         if n_active <= 1 or all(torch.equal(a, b) for a, b in zip(prev, now, strict=True)):
@@ -168,15 +185,20 @@ def round_to_levels(x: Tensor, levels: Tensor) -> Tensor:
     return levels[torch.bucketize(x.contiguous(), mids)]
 
 
-def _best_scale(rows: Tensor, levels: Tensor) -> Tensor:
-    """Globally optimal scale per row of ``rows`` (float64, ``R x N``) for the set ``s * L^N``.
+def _best_scale(rows: Tensor, levels: Tensor, weights: Tensor) -> Tensor:
+    """Globally optimal scale per row of ``rows`` (float64, ``R x N``) for the set ``s * L^N``
+    under the importance ``weights`` (float64, ``R x N``, ``>= 0``).
 
-    ``min_{s>=0, q in L^N} ||w - s q||^2``. For fixed ``s`` the best ``q`` is nearest rounding of
-    ``w / s``; it changes only when ``|w_n| / s`` crosses a midpoint ``m_j`` between adjacent
-    non-negative levels, i.e. at breakpoints ``s = |w_n| / m_j``. Between breakpoints ``q`` is
-    fixed and the error ``||w||^2 - 2 s <|w|, |q|> + s^2 <q, q>`` is a quadratic whose minimiser
-    is the closed-form scale ``<w, q> / <q, q>`` clamped to the interval. Sweeping the sorted
-    breakpoints with running sums evaluates every interval: O(N m log(N m)) for m positive levels.
+    ``min_{s>=0, q in L^N} sum_n imp_n (w_n - s q_n)^2``. For fixed ``s`` the best ``q`` is
+    nearest rounding of ``w / s`` (the error is separable, so the weights do not move it); it
+    changes only when ``|w_n| / s`` crosses a midpoint ``m_j`` between adjacent non-negative
+    levels, i.e. at breakpoints ``s = |w_n| / m_j``. Between breakpoints ``q`` is fixed and the
+    error ``sum imp w^2 - 2 s A + s^2 B`` with ``A = sum imp |w| |q|``, ``B = sum imp q^2`` is a
+    quadratic whose minimiser is the closed-form scale ``A / B`` clamped to the interval. Sweeping
+    the sorted breakpoints with running (weighted) sums evaluates every interval:
+    O(N m log(N m)) for m positive levels. An interval where no weight of nonzero importance has
+    a nonzero level (counted exactly, not read off ``B``) has constant error and takes its lower
+    end.
     """
     pos = levels[levels > 0]
     nonneg = torch.cat([levels.new_zeros(1), pos])
@@ -185,50 +207,61 @@ def _best_scale(rows: Tensor, levels: Tensor) -> Tensor:
     R, N = a.shape
     p_max = pos[-1]
     breaks = (a[:, :, None] / mids).reshape(R, -1)               # level p_{j+1} -> p_j at s > a/m_j
-    d_a = (a[:, :, None] * (nonneg[:-1] - nonneg[1:])).reshape(R, -1)
-    d_b = (nonneg[:-1] ** 2 - nonneg[1:] ** 2).expand(R, N, -1).reshape(R, -1)
+    d_a = (weights[:, :, None] * a[:, :, None] * (nonneg[:-1] - nonneg[1:])).reshape(R, -1)
+    d_b = (weights[:, :, None] * (nonneg[:-1] ** 2 - nonneg[1:] ** 2)).reshape(R, -1)
+    # entries of nonzero importance leave the nonzero levels at their last breakpoint (j = 0)
+    first = torch.arange(len(mids), device=rows.device) == 0
+    d_n = -((weights[:, :, None] > 0) & first).to(rows.dtype).reshape(R, -1)
     breaks, order = torch.sort(breaks, dim=1)
-    A = torch.cat([(p_max * a.sum(1))[:, None],
-                   p_max * a.sum(1, keepdim=True) + torch.gather(d_a, 1, order).cumsum(1)], 1)
-    B = torch.cat([rows.new_full((R, 1), float(p_max**2 * N)),
-                   p_max**2 * N + torch.gather(d_b, 1, order).cumsum(1)], 1)
+
+    def sweep(start: Tensor, steps: Tensor) -> Tensor:
+        return torch.cat([start[:, None], start[:, None] + torch.gather(steps, 1, order)
+                          .cumsum(1)], 1)
+
+    A = sweep(p_max * (weights * a).sum(1), d_a).clamp_min(0)
+    B = sweep(p_max**2 * weights.sum(1), d_b).clamp_min(0)
+    live = sweep((weights > 0).sum(1).to(rows.dtype), d_n) > 0.5
     lo = torch.cat([rows.new_zeros(R, 1), breaks], 1)
     hi = torch.cat([breaks, rows.new_full((R, 1), math.inf)], 1)
-    nonzero = B > 0.5 * float(pos[0]) ** 2                     # B is a sum of squared levels
-    B = torch.where(nonzero, B, torch.zeros_like(B))
-    s = torch.where(nonzero, torch.minimum(torch.maximum(A / B.clamp_min(1e-300), lo), hi), lo)
-    err = -2 * s * A + s * s * B
+    fit = live & (B > 0)
+    s = torch.where(fit, torch.minimum(torch.maximum(A / torch.where(fit, B, 1.0), lo), hi), lo)
+    err = torch.where(fit, -2 * s * A + s * s * B, 0.0)
     best = torch.gather(s, 1, err.argmin(1, keepdim=True)).squeeze(1)
     return torch.where(best > 0, best, torch.ones_like(best))
 
 
 def project_levels(W: Tensor, levels: Tensor, per_column: bool = False,
-                   mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                   mask: Tensor | None = None, weights: Tensor | None = None,
+                   ) -> tuple[Tensor, Tensor]:
     """Project ``W`` onto ``{s * q : s >= 0, q_n in L}`` (one ``s`` per layer, or per crossbar
-    column = per output = per row of ``W`` when ``per_column``), optionally restricted to a mask.
+    column = per output = per row of ``W`` when ``per_column``), optionally restricted to a mask,
+    in the norm ``||x||_imp^2 = sum imp_n x_n^2`` of importance ``weights`` (finite, ``>= 0``,
+    the shape of ``W``; default all 1, the Euclidean projection).
 
     Returns ``(Q, scale)`` with ``Q = scale * q`` and every ``q`` in ``levels``. The scale is the
     global optimum of the alternation "round to the nearest level / closed-form scale
-    ``s = <W, q> / <q, q>``": instead of iterating from one start (which stops at a local fixed
-    point) all intervals of ``s`` are enumerated (see ``_best_scale``), then one rounding and one
-    closed-form refit are applied. Entries outside ``mask`` are exactly zero in ``Q`` (0 is a
-    level). ``scale`` is a 0-d tensor, or shape ``(out,)`` when ``per_column``; it is 1 for an
-    all-zero row.
+    ``s = sum imp w q / sum imp q^2``": instead of iterating from one start (which stops at a
+    local fixed point) all intervals of ``s`` are enumerated (see ``_best_scale``), then one
+    rounding and one closed-form refit are applied. Nearest rounding is optimal for any weights
+    (the error is separable). Entries outside ``mask`` are exactly zero in ``Q`` (0 is a level).
+    ``scale`` is a 0-d tensor, or shape ``(out,)`` when ``per_column``; it is 1 for an all-zero
+    row.
     """
     if W.dim() != 2:
         raise ValueError(f"W must be 2-D (out, in*kh*kw), got shape {tuple(W.shape)}")
     levels = levels.to(device=W.device, dtype=torch.float64)
     rows = W.detach().double()
+    imp = torch.ones_like(rows) if weights is None else _check_weights(weights, W)
     if mask is not None:
-        rows = rows * mask
-    rows = rows if per_column else rows.reshape(1, -1)
-    scale = _best_scale(rows, levels)
+        rows = rows * mask.to(W.device)
+    if not per_column:
+        rows, imp = rows.reshape(1, -1), imp.reshape(1, -1)
+    scale = _best_scale(rows, levels, imp)
     q = round_to_levels(rows / scale[:, None], levels)
-    num, den = (rows * q).sum(1), (q * q).sum(1)
-    scale = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)),
-                        torch.ones_like(den))
+    num, den = (imp * rows * q).sum(1), (imp * q * q).sum(1)
+    scale = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), scale)
     Q = (scale[:, None] * q).reshape(W.shape).to(W.dtype)
     if mask is not None:
-        Q = Q * mask
+        Q = Q * mask.to(W.device)
     scale = scale.to(W.dtype)
     return Q, (scale if per_column else scale.reshape(()))

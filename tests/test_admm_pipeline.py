@@ -14,6 +14,7 @@ from torch import nn
 
 from admm import (
     CompressConfig,
+    Compressor,
     LayerConstraint,
     compress,
     round_to_levels,
@@ -143,8 +144,10 @@ class _FailingLoader:
         return iter(self.loader)
 
 
-@pytest.mark.parametrize("fail_at", [3, 7])   # inside prune-ADMM / inside quant-ADMM
-def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at):
+@pytest.mark.parametrize("fail_at, importance", [(3, None), (7, None), (7, "fisher")])
+def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at, importance):
+    """fail_at 3 / 7: inside prune-ADMM / inside quant-ADMM. The Fisher importance is computed
+    once and resumed from the checkpoint, not recomputed."""
     Xtr, ytr = digits[0][:512], digits[1][:512]
     loader = _loader(Xtr, ytr)
     torch.manual_seed(3)
@@ -152,7 +155,8 @@ def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at):
     cfg = CompressConfig([LayerConstraint("0", col_ratio=0.5, levels=3),
                           LayerConstraint("2", row_ratio=0.5, levels=3)],
                          prune_epochs=4, prune_retrain_epochs=2, quant_epochs=3,
-                         quant_retrain_epochs=1, rho=1e-2, rho_factor=1.5, progress=False)
+                         quant_retrain_epochs=1, rho=1e-2, rho_factor=1.5,
+                         importance=importance, importance_samples=128, progress=False)
 
     reference = copy.deepcopy(start)
     torch.manual_seed(4)
@@ -171,3 +175,64 @@ def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at):
         assert torch.equal(a, b)
     assert ref.scales == res.scales
     assert [h["round"] for h in ref.history] == [h["round"] for h in res.history]
+
+
+# ------------------------------------------------------------------------ importance
+def test_fisher_importance_constraints_hold_exactly(digits):
+    Xtr, ytr = digits[0][:512], digits[1][:512]
+    loader = _loader(Xtr, ytr)
+    torch.manual_seed(5)
+    model = _pretrain(_mlp(), loader, 3)
+    constraints = [LayerConstraint("0", row_ratio=0.5, col_ratio=0.25, levels=4),
+                   LayerConstraint("2", block_ratio=0.5, block=(16, 5), levels=3,
+                                   per_column=True)]
+    cfg = CompressConfig(constraints, prune_epochs=2, prune_retrain_epochs=1, quant_epochs=2,
+                         quant_retrain_epochs=1, rho=0.05, rho_factor=2.0, lr=3e-3,
+                         importance="fisher", importance_samples=256, progress=False)
+    compressor = Compressor(model, cfg)
+    result = compressor.run(loader)
+    _check_constraints(model, select_layers(model, constraints), result)
+    assert set(compressor.importance) == {"0", "2"}
+    assert compressor.importance["0"].shape == (64, 64)
+    assert set(compressor.state_dict()["importance"]) == {"0", "2"}
+
+
+def _three_input_model():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with torch.no_grad():   # crossbar rows (inputs) 0, 1, 2 have norms 2.8, 2.1, 0.14
+        model[0].weight.copy_(torch.tensor([[2.0, 1.5, 0.1], [2.0, -1.5, 0.1]]))
+    return model
+
+
+@pytest.mark.parametrize("importance, kept", [
+    (None, [True, False, False]),
+    ({"0": torch.tensor([[1.0, 1.0, 1e4], [1.0, 1.0, 1e4]])}, [False, False, True]),
+], ids=["euclidean", "importance"])
+def test_importance_keeps_the_important_row(importance, kept):
+    torch.manual_seed(0)
+    loader = [(torch.randn(16, 3), torch.randint(0, 2, (16,)))]
+    model = _three_input_model()
+    constraints = [LayerConstraint("0", row_keep=1, levels=3)]
+    cfg = CompressConfig(constraints, prune_epochs=2, prune_retrain_epochs=1, quant_epochs=2,
+                         quant_retrain_epochs=1, rho=0.05, lr=1e-3, importance=importance,
+                         progress=False)
+    result = compress(model, loader, cfg)
+    assert result.live_rows["0"].tolist() == kept
+    _check_constraints(model, select_layers(model, constraints), result)
+
+
+def test_importance_config_errors():
+    constraints = [LayerConstraint("0", row_keep=1)]
+    with pytest.raises(ValueError, match="importance='magic'"):
+        CompressConfig(constraints, importance="magic")
+    with pytest.raises(ValueError, match="importance_samples=0"):
+        CompressConfig(constraints, importance="fisher", importance_samples=0)
+    with pytest.raises(ValueError, match=r"layers \['9'\]"):
+        Compressor(_three_input_model(), CompressConfig(constraints,
+                                                        importance={"9": torch.ones(2, 3)}))
+    with pytest.raises(ValueError, match="entries"):
+        Compressor(_three_input_model(), CompressConfig(constraints,
+                                                        importance={"0": torch.ones(5)}))
+    with pytest.raises(ValueError, match=">= 0"):
+        Compressor(_three_input_model(), CompressConfig(constraints,
+                                                        importance={"0": -torch.ones(2, 3)}))

@@ -10,6 +10,7 @@ from torch import nn
 
 from admm import ADMM, LayerConstraint, pair_levels, project_levels, weight_matrix
 from admm.importance import (
+    calibration_batches,
     compute_importance,
     fisher_diagonal,
     hessian_diagonal,
@@ -66,7 +67,7 @@ def test_weighted_prune_mask_is_the_weighted_projection():
     assert torch.equal(weighted_prune_mask(c, W, torch.ones_like(W)), c.prune_mask(W))
 
 
-def test_weighted_scale_closed_form_and_never_worse():
+def test_weighted_scale_closed_form_and_not_worse_than_unweighted():
     levels = pair_levels(4)
     for seed in range(5):
         g = torch.Generator().manual_seed(seed)
@@ -100,3 +101,19 @@ def test_importance_projectors_drive_admm():
     assert len(torch.unique(Z)) <= 3
     with pytest.raises(ValueError, match="stage"):
         importance_projectors(model, constraints, imp, "train")
+
+
+def test_calibration_batches_cut_to_the_sample_count():
+    x = torch.arange(10.0)[:, None]
+    tensor_batches = calibration_batches(x, 7, torch.device("cpu"), batch_size=3)
+    assert [len(b[0]) for b in tensor_batches] == [3, 3, 1]
+    loader = [(x[:4], torch.zeros(4)), (x[4:], torch.ones(6))]
+    labelled = calibration_batches(loader, 5, torch.device("cpu"))
+    assert [(len(b[0]), len(b[1])) for b in labelled] == [(4, 4), (1, 1)]
+    assert len(calibration_batches([x], 50, torch.device("cpu"))[0][0]) == 10
+    with pytest.raises(ValueError, match="n_calib=0"):
+        calibration_batches(x, 0, torch.device("cpu"), name="n_calib")
+    with pytest.raises(ValueError, match="empty"):
+        calibration_batches([], 4, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"\(x, y\)"):
+        fisher_diagonal(_mlp(), [torch.randn(3, 4)])
