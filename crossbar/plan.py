@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from ._validate import check_choice, check_int, fail
 from .config import MAPPINGS, CrossbarConfig
+from .io import atomic_write_text
 
 PLAN_FORMAT_VERSION = 1
 LAYER_KINDS = ("linear", "conv2d")
@@ -232,22 +232,6 @@ class MappingPlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> MappingPlan:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------- packing

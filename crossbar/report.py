@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,26 +36,12 @@ from .cost import (  # noqa: E402
     load_table,
     model_cost,
 )
-from .plan import MappingPlan, atomic_write_text, plan_layer  # noqa: E402
+from .io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .plan import MappingPlan, plan_layer  # noqa: E402
 
 LAYER_COLUMNS = ("tiles", "arrays", "live_rows", "live_cols", "word_lines", "bit_lines",
                  "devices", "weight_slices", "dacs", "adcs", "mvms_per_sample", "input_cycles",
                  "dac_drives", "adc_conversions", "array_reads", "cells_read", "latency_ns")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary counterpart of :func:`crossbar.plan.atomic_write_text`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------ csv / md
@@ -238,7 +223,7 @@ def write_cost_report(
     written: dict[str, Path] = {}
     images = cost_plots(est) if plots else {}
     for name, data in images.items():
-        _atomic_write_bytes(out / name, data)
+        atomic_write_bytes(out / name, data)
         written[name] = out / name
     texts = {
         "cost.json": json.dumps(est.to_dict(), indent=2),
