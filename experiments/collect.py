@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from crossbar.plan import atomic_write_text
+from crossbar.io import atomic_write_text
 from experiments.pipeline import plt, write_png
 
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_std"), ("compressed_accuracy", None),

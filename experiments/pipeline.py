@@ -38,7 +38,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from admm import compress, save_atomic  # noqa: E402
 from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model, to_crossbar  # noqa: E402
-from crossbar.plan import atomic_write_text  # noqa: E402
+from crossbar.io import atomic_write_text  # noqa: E402
 from crossbar.report import write_cost_report  # noqa: E402
 from experiments.config import (  # noqa: E402
     CompressExperiment,
