@@ -38,7 +38,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from admm import compress, save_atomic  # noqa: E402
 from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model, to_crossbar  # noqa: E402
-from crossbar.io import atomic_write_text  # noqa: E402
+from crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crossbar.report import write_cost_report  # noqa: E402
 from experiments.config import (  # noqa: E402
     CompressExperiment,
@@ -218,9 +218,7 @@ def write_png(path: Path, fig) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
