@@ -281,13 +281,15 @@ class CrossbarLayer(nn.Module):
             if steps is not None:
                 q = signed_steps(self.config.adc_bits)
                 p = p.round_().clamp_(-q, q)
-            p = self._combine(p, steps, drive.plane_weights)
-            if full_cover:
-                out = p if out is None else out.add_(p)
+            p, alpha = self._combine(p, steps, drive.plane_weights)
+            if full_cover and out is None:
+                out = p if alpha == 1.0 else p.mul_(alpha)
+            elif full_cover:
+                out.add_(p, alpha=alpha)
             else:
                 if out is None:
                     out = p.new_zeros(out_shape)
-                out.index_add_(1, idx.cols, p)
+                out.index_add_(1, idx.cols, p, alpha=alpha)
         if out is None:  # nothing mapped: every weight pruned
             out = drive.x.new_zeros(out_shape)
         if self.bias is not None:
@@ -296,17 +298,19 @@ class CrossbarLayer(nn.Module):
 
     @staticmethod
     def _combine(p: torch.Tensor, steps: torch.Tensor | None,
-                 plane_w: torch.Tensor | None) -> torch.Tensor:
+                 plane_w: torch.Tensor | None) -> tuple[torch.Tensor, float]:
         """Digital side: ADC codes times their step, shift-and-add over input bit planes
-        (dim 0 of ``[P*N, S, ...]``) and over weight slices (dim 1)."""
+        (dim 0 of ``[P*N, S, ...]``) and over weight slices (dim 1). A single scalar step is
+        returned instead of applied, so the caller folds it into the accumulation."""
+        alpha = 1.0
         if steps is not None:
-            if steps.numel() == 1:
-                p = p.mul_(float(steps[0]))
+            if steps.numel() == 1 and plane_w is None:
+                alpha = float(steps[0])
             else:
                 p = p.mul_(steps.view(1, -1, *([1] * (p.dim() - 2))))
         if plane_w is not None:
             p = torch.tensordot(plane_w, p.unflatten(0, (plane_w.numel(), -1)), dims=([0], [0]))
-        return p.sum(dim=1) if p.shape[1] > 1 else p.squeeze(1)
+        return (p.sum(dim=1) if p.shape[1] > 1 else p.squeeze(1)), alpha
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError
