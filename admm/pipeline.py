@@ -24,6 +24,7 @@ from admm.importance import (
     importance_projectors,
 )
 from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
+from admm.noise import WeightNoise
 from admm.projections import pair_levels, project_levels
 
 STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
@@ -41,6 +42,10 @@ class CompressConfig:
     view or weight shape, ``>= 0``), or a method ``"fisher"`` / ``"hessian"`` computed once by
     :func:`admm.importance.compute_importance` on the first ``importance_samples`` samples of the
     training loader, on the dense model, before the first stage.
+
+    ``train_noise`` (relative sigma, >= 0) injects weight noise ``w * (1 + sigma * N)`` into the
+    compressed layers during every stage after the hard prune (:mod:`admm.noise`), so the
+    retrained model tolerates the programming variation of the cells it will be mapped to.
     """
 
     constraints: Sequence[LayerConstraint]
@@ -59,6 +64,7 @@ class CompressConfig:
     weight_decay: float = 0.0
     importance: str | Mapping[str, Tensor] | None = None
     importance_samples: int = 512
+    train_noise: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -76,6 +82,9 @@ class CompressConfig:
             raise ValueError(f"update_unit={self.update_unit!r} invalid: 'epoch' or 'step'")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer={self.optimizer!r} invalid: 'adam' or 'sgd'")
+        if isinstance(self.train_noise, bool) or not isinstance(self.train_noise, (int, float)) \
+                or not self.train_noise >= 0:
+            raise ValueError(f"train_noise={self.train_noise!r} out of range: a number >= 0")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} out of range: must be > 0")
         if not (self.importance is None or isinstance(self.importance, Mapping)
@@ -308,9 +317,13 @@ class Compressor:
             total = self._epochs() if self.optimizer is not None else 0
             bar = tqdm(range(self.epoch, total), total=total, initial=self.epoch,
                        desc=STAGES[self.stage], disable=not cfg.progress, leave=False)
+            noisy = STAGES[self.stage] != "prune"
+            noise = WeightNoise({n: self.modules[n] for n in self.constraints},
+                                cfg.train_noise if noisy else 0.0)
             for _ in bar:
-                loss = train_epoch(self.model, train_loader, self.optimizer, self.loss_fn,
-                                   self.admm, self._on_step)
+                with noise:
+                    loss = train_epoch(self.model, train_loader, self.optimizer, self.loss_fn,
+                                       self.admm, self._on_step)
                 self.epoch += 1
                 if self.admm is not None and cfg.update_unit == "epoch" \
                         and self.epoch % cfg.update_every == 0:
