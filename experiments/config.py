@@ -233,6 +233,7 @@ class AdmmSettings:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    train_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:
