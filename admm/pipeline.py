@@ -3,6 +3,7 @@ hard quantize -> retrain of the non-weight parameters (Yuan et al., ISLPED 2019)
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -140,23 +141,148 @@ class CompressResult:
         )
 
 
+class DivergenceError(ValueError):
+    """A NaN or Inf in the training loss or in the weights. Raised before the optimizer step
+    (loss) or before the epoch's checkpoint is written (weights), so the last checkpoint on disk
+    is the last good state."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that belongs to another model (state dict keys or shapes differ) or to
+    another configuration (its stored fingerprint differs from the current one)."""
+
+
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters that hold a NaN or Inf."""
+    return [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+@torch.no_grad()
+def first_nonfinite_output(model: nn.Module, x: Tensor) -> str | None:
+    """Name of the first module, in forward order, whose output on ``x`` holds a NaN or Inf
+    (``None`` if every output is finite)."""
+    found: list[str] = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            if not found and isinstance(output, Tensor) and not bool(torch.isfinite(output).all()):
+                found.append(name)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+def check_finite_loss(model: nn.Module, loss: float, x: Tensor, where: str) -> None:
+    """Raise :class:`DivergenceError` if ``loss`` is NaN/Inf, naming ``where`` (the step) and
+    the layer: the first parameter holding a NaN/Inf, else the first module whose output on the
+    batch ``x`` does."""
+    if math.isfinite(loss):
+        return
+    bad = nonfinite_parameters(model)
+    if bad:
+        cause = f"parameter {bad[0]!r} holds NaN/Inf"
+    else:
+        layer = first_nonfinite_output(model, x)
+        cause = (f"the first NaN/Inf output comes from layer {layer!r}" if layer else
+                 "every parameter and layer output is finite (the loss function or the "
+                 "targets produced it)")
+    raise DivergenceError(f"training diverged: loss={loss} at {where}; {cause}")
+
+
+def check_finite_weights(model: nn.Module, where: str) -> None:
+    """Raise :class:`DivergenceError` naming the first parameter that holds a NaN/Inf."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise DivergenceError(f"training diverged: parameter {bad[0]!r} holds NaN/Inf at "
+                              f"{where} ({len(bad)} parameter(s) affected)")
+
+
+def load_model_state(model: nn.Module, state: Mapping[str, Tensor], source: object) -> None:
+    """``model.load_state_dict(state)`` with one clear :class:`CheckpointMismatchError` naming
+    the missing, unexpected and mis-shaped keys when ``state`` belongs to another model."""
+    if not isinstance(state, Mapping):
+        raise CheckpointMismatchError(f"{source}: holds a {type(state).__name__}, not a state "
+                                      f"dict of {type(model).__name__}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+              for k, v in own.items()
+              if isinstance(state.get(k), Tensor) and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} {items[:3]}{' ...' if len(items) > 3 else ''}"
+                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                      ("shape mismatch", shapes)) if items]
+        raise CheckpointMismatchError(f"{source}: holds the weights of another model, not this "
+                                      f"{type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def _flatten(data: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(data, Mapping):
+        out: dict[str, object] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def check_fingerprint(source: object, saved: Mapping | None, current: Mapping | None) -> None:
+    """Raise :class:`CheckpointMismatchError` if a checkpoint's stored config fingerprint
+    ``saved`` differs from ``current``, naming the differing keys (nothing to compare when
+    either is ``None``)."""
+    if saved is None or current is None:
+        return
+    a, b = _flatten(saved), _flatten(current)
+    diff = [f"{k}={a.get(k, '<unset>')!r} in the checkpoint, {b.get(k, '<unset>')!r} now"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    if diff:
+        raise CheckpointMismatchError(
+            f"{source}: written with another configuration ({'; '.join(diff[:4])}"
+            f"{' ...' if len(diff) > 4 else ''}); resume with the same settings or start a new "
+            "run directory")
+
+
+def loader_rng_state(loader: Iterable) -> Tensor | None:
+    """State of a ``DataLoader``'s shuffle generator (``None`` without one), checkpointed so a
+    resumed run sees the same batch order as an uninterrupted one."""
+    generator = getattr(loader, "generator", None)
+    return generator.get_state() if isinstance(generator, torch.Generator) else None
+
+
+def set_loader_rng_state(loader: Iterable, state: Tensor | None) -> None:
+    """Restore :func:`loader_rng_state` (no-op for ``None`` or a loader without generator)."""
+    generator = getattr(loader, "generator", None)
+    if state is not None and isinstance(generator, torch.Generator):
+        generator.set_state(state.cpu())
+
+
 def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn = F.cross_entropy,
                 admm: ADMM | None = None,
                 on_step: Callable[[float], None] | None = None) -> float:
     """One pass over ``loader``; with ``admm`` the penalty gradient is added after backward.
-    ``on_step(loss)`` runs after each optimizer step. Returns the mean task loss."""
+    ``on_step(loss)`` runs after each optimizer step. Returns the mean task loss.
+
+    Raises :class:`DivergenceError` (before that batch's optimizer step) on a NaN/Inf loss."""
     device = next(model.parameters()).device
     model.train()
     total, count = 0.0, 0
-    for x, y in loader:
+    for batch, (x, y) in enumerate(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
+        value = loss.item()
+        check_finite_loss(model, value, x, f"batch {batch} of the epoch")
         loss.backward()
         if admm is not None:
             admm.add_penalty_grad()
         optimizer.step()
-        value = loss.item()
         total, count = total + value, count + 1
         if on_step is not None:
             on_step(value)
@@ -185,8 +311,11 @@ class Compressor:
     importance, optimizer, history and RNG, saved with :meth:`save` after every epoch."""
 
     def __init__(self, model: nn.Module, config: CompressConfig,
-                 loss_fn: LossFn = F.cross_entropy) -> None:
+                 loss_fn: LossFn = F.cross_entropy, fingerprint: Mapping | None = None) -> None:
         self.model, self.config, self.loss_fn = model, config, loss_fn
+        self.fingerprint = None if fingerprint is None else dict(fingerprint)
+        self._loader: Iterable | None = None
+        self._loader_rng: Tensor | None = None
         self.constraints = select_layers(model, list(config.constraints))
         self.modules = crossbar_layers(model)
         self.levels = {n: pair_levels(c.levels) for n, c in self.constraints.items()
@@ -306,8 +435,14 @@ class Compressor:
     # -------------------------------------------------------------------- run
     def run(self, train_loader: Iterable, eval_fn: Callable[[nn.Module], float] | None = None,
             checkpoint: str | os.PathLike | None = None) -> CompressResult:
-        """Run (or resume) every remaining stage; save to ``checkpoint`` after each epoch."""
+        """Run (or resume) every remaining stage; save to ``checkpoint`` after each epoch.
+
+        A NaN/Inf loss (checked every step) or weight (checked every epoch, before the save)
+        raises :class:`DivergenceError` naming the stage, epoch, batch and layer; the
+        checkpoint then still holds the last good epoch."""
         cfg = self.config
+        self._loader = train_loader
+        set_loader_rng_state(train_loader, self._loader_rng)
         if isinstance(cfg.importance, str) and not self.importance:
             self._compute_importance(train_loader)
         if eval_fn is not None and not self.history:
@@ -321,13 +456,21 @@ class Compressor:
             noise = WeightNoise({n: self.modules[n] for n in self.constraints},
                                 cfg.train_noise if noisy else 0.0)
             for _ in bar:
-                with noise:
-                    loss = train_epoch(self.model, train_loader, self.optimizer, self.loss_fn,
-                                       self.admm, self._on_step)
+                where = f"{STAGES[self.stage]} stage, epoch {self.epoch + 1}"
+                try:
+                    with noise:
+                        loss = train_epoch(self.model, train_loader, self.optimizer,
+                                           self.loss_fn, self.admm, self._on_step)
+                except DivergenceError as exc:
+                    raise DivergenceError(f"{where}: {exc}{_kept(checkpoint)}") from None
                 self.epoch += 1
                 if self.admm is not None and cfg.update_unit == "epoch" \
                         and self.epoch % cfg.update_every == 0:
                     self._admm_round()
+                try:
+                    check_finite_weights(self.model, f"the end of {where}")
+                except DivergenceError as exc:
+                    raise DivergenceError(f"{exc}{_kept(checkpoint)}") from None
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if checkpoint is not None:
                     self.save(checkpoint)
@@ -353,19 +496,24 @@ class Compressor:
             "history": list(self.history),
             "admm": None if self.admm is None else self.admm.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "rng": torch.get_rng_state(), "fingerprint": self.fingerprint,
+            "loader_rng": loader_rng_state(self._loader) if self._loader is not None
+            else self._loader_rng,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, source: object = "checkpoint") -> None:
+        """Restore :meth:`state_dict`; a state of another model or another ``fingerprint``
+        raises :class:`CheckpointMismatchError` before anything changes."""
+        check_fingerprint(source, state.get("fingerprint"), self.fingerprint)
         self.stage, self.epoch = int(state["stage"]), int(state["epoch"])
         self._steps_since_update = int(state["steps_since_update"])
         self._loss_sum, self._loss_count = float(state["loss_sum"]), int(state["loss_count"])
         for p in self.model.parameters():
             p.requires_grad_(True)
-        self.model.load_state_dict(state["model"])
+        load_model_state(self.model, state["model"], source)
         self.masks, self.scales = dict(state["masks"]), dict(state["scales"])
         self.importance = dict(state["importance"]) if "importance" in state \
             else self._given_importance()
@@ -373,6 +521,7 @@ class Compressor:
             raise ValueError(f"the checkpoint holds no importance, but importance="
                              f"{self.config.importance!r}: it would be recomputed mid-run")
         self.history = list(state["history"])
+        self._loader_rng = state.get("loader_rng")
         self._setup()
         if state["admm"] is not None:
             self.admm.load_state_dict(state["admm"])
@@ -389,19 +538,32 @@ class Compressor:
     def load(self, path: str | os.PathLike) -> None:
         """Resume from a checkpoint written by :meth:`save` (``torch.load(weights_only=True)``)."""
         device = next(self.model.parameters()).device
-        self.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        self.load_state_dict(torch.load(path, map_location=device, weights_only=True), path)
+
+
+def _kept(checkpoint: str | os.PathLike | None) -> str:
+    if checkpoint is None or not Path(checkpoint).exists():
+        return ""
+    return f"; the last good checkpoint {checkpoint} is kept"
 
 
 def compress(model: nn.Module, train_loader: Iterable, config: CompressConfig,
              eval_fn: Callable[[nn.Module], float] | None = None,
              loss_fn: LossFn = F.cross_entropy,
-             checkpoint: str | os.PathLike | None = None) -> CompressResult:
-    """Compress ``model`` in place; resume from ``checkpoint`` if that file exists."""
-    compressor = Compressor(model, config, loss_fn)
+             checkpoint: str | os.PathLike | None = None,
+             fingerprint: Mapping | None = None) -> CompressResult:
+    """Compress ``model`` in place; resume from ``checkpoint`` if that file exists.
+
+    ``fingerprint`` (plain data, e.g. the config sections the result depends on) is stored in
+    every checkpoint; resuming from one with another fingerprint, or of another model, raises
+    :class:`CheckpointMismatchError`."""
+    compressor = Compressor(model, config, loss_fn, fingerprint)
     if checkpoint is not None and Path(checkpoint).exists():
         compressor.load(checkpoint)
     return compressor.run(train_loader, eval_fn, checkpoint)
 
 
-__all__ = ["CompressConfig", "CompressResult", "Compressor", "compress", "save_atomic",
-           "train_epoch"]
+__all__ = ["CheckpointMismatchError", "CompressConfig", "CompressResult", "Compressor",
+           "DivergenceError", "check_finite_loss", "check_finite_weights", "check_fingerprint",
+           "compress", "first_nonfinite_output", "load_model_state", "loader_rng_state",
+           "nonfinite_parameters", "save_atomic", "set_loader_rng_state", "train_epoch"]
