@@ -6,8 +6,10 @@ configuration stops before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 def fail(field: str, value: object, allowed: str) -> None:
@@ -49,3 +51,12 @@ def check_choice(field: str, value: object, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
         fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def from_mapping(cls: Any, data: Mapping, label: str) -> Any:
+    """Build the dataclass ``cls`` from ``data``, refusing unknown keys (``<label> key``)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        fail(f"{label} key", unknown[0], "one of " + ", ".join(sorted(known)))
+    return cls(**data)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._validate import check_choice, check_int, check_optional_int, fail
+from ._validate import check_choice, check_int, check_optional_int, fail, from_mapping
 
 MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("calibrated", "full_scale")
@@ -70,9 +71,5 @@ class CrossbarConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> CrossbarConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            fail("crossbar key", unknown[0], "one of " + ", ".join(sorted(known)))
-        return cls(**data)
+    def from_dict(cls, data: Mapping) -> CrossbarConfig:
+        return from_mapping(cls, data, "crossbar")

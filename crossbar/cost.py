@@ -39,7 +39,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from ._validate import check_choice, check_float, check_int, check_optional_int, fail
+from ._validate import (
+    check_choice,
+    check_float,
+    check_int,
+    check_optional_int,
+    fail,
+    from_mapping,
+)
 from .config import CrossbarConfig
 from .plan import LayerPlan, MappingPlan, plan_layer
 
@@ -273,11 +280,7 @@ class CostConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CostConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            fail("cost key", unknown[0], "one of " + ", ".join(sorted(known)))
-        return cls(**data)
+        return from_mapping(cls, data, "cost")
 
 
 # ------------------------------------------------------------------------------- per layer

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from ._validate import check_choice, check_float, check_optional_int, fail
+from ._validate import check_choice, check_float, check_optional_int, fail, from_mapping
 
 PROG_NOISE_KINDS = ("lognormal", "gaussian")
 
@@ -122,15 +123,8 @@ class DeviceModel:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> DeviceModel:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            fail("device key", unknown[0], "one of " + ", ".join(sorted(known)))
-        data = dict(data)
-        if data.get("levels_uS") is not None:
-            data["levels_uS"] = tuple(data["levels_uS"])
-        return cls(**data)
+    def from_dict(cls, data: Mapping) -> DeviceModel:
+        return from_mapping(cls, data, "device")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
