@@ -18,9 +18,11 @@ from admm.importance import (
 from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
 from admm.obc import ObcLayer, obc_compress, obq_quantize, obs_prune
 from admm.pipeline import (
+    CheckpointMismatchError,
     CompressConfig,
     Compressor,
     CompressResult,
+    DivergenceError,
     compress,
     save_atomic,
     train_epoch,
@@ -38,8 +40,9 @@ from admm.projections import (
 )
 
 __all__ = [
-    "ADMM", "Allocation", "Candidate", "CompressConfig", "CompressResult", "Compressor",
-    "LayerConstraint", "MaskedOptimizer", "ObcLayer", "Projector", "allocate", "apply_masks",
+    "ADMM", "Allocation", "Candidate", "CheckpointMismatchError", "CompressConfig",
+    "CompressResult", "Compressor", "DivergenceError", "LayerConstraint", "MaskedOptimizer",
+    "ObcLayer", "Projector", "allocate", "apply_masks",
     "compress", "compute_importance", "crossbar_layers", "fisher_diagonal", "freeze_weights",
     "hessian_diagonal", "importance_projectors", "keep_count", "live_cols", "live_rows",
     "min_cost", "obc_compress", "obq_quantize", "obs_prune", "pair_levels", "project_blocks",
