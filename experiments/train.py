@@ -2,17 +2,32 @@
 that ADMM training is compared against.
 
 Every function takes the device from the model's parameters, so the caller places the model
-(``model.to(device)``) and the loops move each batch to match.
+(``model.to(device)``) and the loops move each batch to match. A NaN/Inf loss (every step) or
+weight (every epoch, before the checkpoint) raises ``admm.DivergenceError`` naming the step and
+the layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from admm.pipeline import (
+    DivergenceError,
+    check_fingerprint,
+    check_finite_loss,
+    check_finite_weights,
+    load_model_state,
+    loader_rng_state,
+    save_atomic,
+    set_loader_rng_state,
+)
 
 __all__ = ["OPTIMIZERS", "evaluate", "fit", "make_optimizer", "train_epoch"]
 
@@ -66,13 +81,15 @@ def train_epoch(
     device = _device(model)
     model.train()
     total, count = 0.0, 0
-    for x, y in tqdm(loader, desc="train", leave=False, disable=not progress):
+    for batch, (x, y) in enumerate(tqdm(loader, desc="train", leave=False, disable=not progress)):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
+        value = loss.item()
+        check_finite_loss(model, value, x, f"batch {batch} of the epoch")
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(y)
+        total += value * len(y)
         count += len(y)
     return total / max(count, 1)
 
@@ -104,12 +121,19 @@ def fit(
     seed: int = 0,
     weight_decay: float = 0.0,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    fingerprint: Mapping | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` on ``loaders = (train_loader, test_loader)`` with a cosine
     learning-rate schedule from ``lr`` to 0, evaluating on the test loader after each epoch.
 
     ``seed`` seeds torch's global generator (dropout, any unseeded sampling); the training
     order is fixed by the loader's own generator (see ``make_loaders``).
+
+    With ``checkpoint``, the state (model, optimizer, schedule, history, global and loader RNG,
+    ``fingerprint``) is saved atomically after every epoch, and an existing checkpoint is
+    resumed, so an interrupted run ends exactly as an uninterrupted one; a checkpoint of another
+    model or ``fingerprint`` raises ``admm.CheckpointMismatchError``.
 
     Returns:
         One record per epoch: ``{"epoch", "train_loss", "test_acc", "lr"}``.
@@ -121,12 +145,34 @@ def fit(
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, epochs + 1), desc="fit", disable=not progress)
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=_device(model), weights_only=True)
+        check_fingerprint(checkpoint, state.get("fingerprint"), fingerprint)
+        load_model_state(model, state["model"], checkpoint)
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history = list(state["history"])
+        torch.set_rng_state(state["rng"])
+        set_loader_rng_state(train_loader, state["loader_rng"])
+    bar = tqdm(range(len(history) + 1, epochs + 1), total=epochs, initial=len(history),
+               desc="fit", disable=not progress)
     for epoch in bar:
         epoch_lr = opt.param_groups[0]["lr"]
-        loss = train_epoch(model, train_loader, opt, progress=progress)
+        try:
+            loss = train_epoch(model, train_loader, opt, progress=progress)
+            check_finite_weights(model, "the end of the epoch")
+        except DivergenceError as exc:
+            kept = f"; the last good checkpoint {checkpoint} is kept" \
+                if checkpoint is not None and Path(checkpoint).exists() else ""
+            raise DivergenceError(f"pretraining epoch {epoch}: {exc}{kept}") from None
         schedule.step()
         acc = evaluate(model, test_loader)
         history.append({"epoch": epoch, "train_loss": loss, "test_acc": acc, "lr": epoch_lr})
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}%")
+        if checkpoint is not None:
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "schedule": schedule.state_dict(), "history": history,
+                         "rng": torch.get_rng_state(), "loader_rng": loader_rng_state(train_loader),
+                         "fingerprint": None if fingerprint is None else dict(fingerprint)},
+                        checkpoint)
     return history
