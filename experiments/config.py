@@ -24,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from admm import CompressConfig, LayerConstraint
 from crossbar import CrossbarConfig, DeviceModel
 from crossbar.cost import CostConfig
+from experiments.allocation import AllocationSettings
 from experiments.datasets import DATASETS
 from experiments.models import MODELS
+from experiments.posttraining import COMPRESSORS, ObcSettings
 from experiments.train import OPTIMIZERS
 
 __all__ = [
@@ -110,6 +112,17 @@ def _check_range(key: str, value: float | int | None, low: float, high: float = 
     if value is None or not low <= value <= high:
         _fail(key, value, f"a number in [{low}, {high}]"
               + (" or null" if optional else ""))
+
+
+def _known(prefix: str, data: Mapping | None, cls: type, *extra: str) -> dict:
+    """``data`` as a dict after checking that every key is a field of dataclass ``cls`` (or in
+    ``extra``): an unknown key fails naming ``prefix.key``, its value and the allowed keys."""
+    data = dict(data or {})
+    names = [f.name for f in dataclasses.fields(cls)] + list(extra)
+    for key in data:
+        if key not in names:
+            _fail(f"{prefix}.{key}", data[key], f"a key of {prefix}: " + ", ".join(names))
+    return data
 
 
 def _library(prefix: str, make, data: Mapping):
@@ -233,11 +246,15 @@ class AdmmSettings:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    importance: str | None = None
+    importance_samples: int = 512
     train_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:
             _fail("levels", self.levels, "an integer >= 2 (device levels) or null")
+        _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0)
         self.compress_config(progress=False)  # range checks of admm.CompressConfig
 
     def layer_constraints(self) -> list[LayerConstraint]:
@@ -324,6 +341,10 @@ class CompressExperiment:
     cost: CostConfig
     eval: EvalSettings
     raw: dict = field(repr=False, default_factory=dict)
+    compressor: str = "admm"
+    obc: ObcSettings = field(default_factory=ObcSettings)
+    allocation: AllocationSettings | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -335,6 +356,25 @@ class StudyExperiment(CompressExperiment):
 
 _TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "crossbar", "cost",
         "eval")
+
+
+_OPTIONAL = ("compressor", "obc", "allocation", "resume")
+"""Top-level keys with defaults: ``compressor`` (admm | obc), the ``obc`` block
+(``experiments.posttraining.ObcSettings``), ``allocation`` (null or
+``experiments.allocation.AllocationSettings``), ``resume`` (continue the run directory's
+last checkpoint, ``experiments.guard.check_run_dir``)."""
+
+
+def _compressor(value: object) -> str:
+    if value not in COMPRESSORS:
+        _fail("compressor", value, "one of " + ", ".join(COMPRESSORS))
+    return value
+
+
+def _resume(value: object) -> bool:
+    if not isinstance(value, bool):
+        _fail("resume", value, "true or false")
+    return value
 
 
 def _device(data: Mapping) -> DeviceModel:
@@ -356,8 +396,8 @@ def _device(data: Mapping) -> DeviceModel:
 def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
     data = to_container(cfg)
     for key in data:
-        if key not in _TOP + extra:
-            _fail(key, data[key], "a top-level key among " + ", ".join(_TOP + extra))
+        if key not in _TOP + _OPTIONAL + extra:
+            _fail(key, data[key], "a top-level key among " + ", ".join(_TOP + _OPTIONAL + extra))
     for key in _TOP:
         if key not in data:
             _fail(key, None, f"a '{key}' entry (config group or key) in the composed config")
@@ -371,11 +411,18 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         dataset=build(DatasetSettings, data["dataset"], "dataset"),
         train=build(TrainSettings, data["train"], "train"),
         admm=build(AdmmSettings, data["admm"], "admm"),
-        device=_library("device", _device, data["device"]),
-        crossbar=_library("crossbar", CrossbarConfig.from_dict, data["crossbar"]),
-        cost=_library("cost", CostConfig.from_dict, data["cost"]),
+        device=_library("device", _device, _known("device", data["device"], DeviceModel,
+                                                  "preset")),
+        crossbar=_library("crossbar", CrossbarConfig.from_dict,
+                          _known("crossbar", data["crossbar"], CrossbarConfig)),
+        cost=_library("cost", CostConfig.from_dict, _known("cost", data["cost"], CostConfig)),
         eval=build(EvalSettings, data["eval"], "eval"),
         raw=data,
+        compressor=_compressor(data.get("compressor", "admm")),
+        obc=build(ObcSettings, data.get("obc"), "obc"),
+        allocation=None if data.get("allocation") is None
+        else build(AllocationSettings, data["allocation"], "allocation"),
+        resume=_resume(data.get("resume", False)),
     )
 
 
