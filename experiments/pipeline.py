@@ -37,9 +37,15 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from admm import compress, save_atomic  # noqa: E402
+from admm.pipeline import check_fingerprint, load_model_state  # noqa: E402
 from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model, to_crossbar  # noqa: E402
 from crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crossbar.report import write_cost_report  # noqa: E402
+from experiments.allocation import (  # noqa: E402
+    allocation_markdown,
+    allocation_stage,
+    check_budget,
+)
 from experiments.config import (  # noqa: E402
     CompressExperiment,
     StudyExperiment,
@@ -47,7 +53,18 @@ from experiments.config import (  # noqa: E402
     load_study_config,
 )
 from experiments.datasets import DatasetInfo, make_loaders  # noqa: E402
+from experiments.guard import (  # noqa: E402
+    DENSE_KEYS,
+    check_constraints_fit,
+    check_run_dir,
+    dense_state,
+    fingerprint,
+    load_checkpoint,
+    restore_dense,
+    sigterm_as_exit,
+)
 from experiments.models import build_model  # noqa: E402
+from experiments.posttraining import obc_stage  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
 
 __all__ = [
@@ -111,7 +128,7 @@ def crossbar_test_loader(test: DataLoader, n: int | None, seed: int) -> DataLoad
 
 
 def _load(path: str | os.PathLike, device: torch.device) -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+    return load_checkpoint(path, device)
 
 
 def _timed(timings: dict, key: str):
@@ -128,22 +145,24 @@ def _timed(timings: dict, key: str):
 def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
                    exp: CompressExperiment, run_dir: Path) -> float:
     """Dense model: load ``train.checkpoint`` (or a ``dense.pt`` already in ``run_dir``, to
-    resume), else train with ``experiments.train.fit``; save ``dense.pt``. Returns the dense
-    test accuracy (%)."""
+    resume), else train with ``experiments.train.fit`` (checkpointed every epoch to
+    ``pretrain_state.pt``); save ``dense.pt``. Returns the dense test accuracy (%)."""
     device = next(model.parameters()).device
     target = run_dir / "dense.pt"
+    fp = fingerprint(exp, DENSE_KEYS)
     source = to_absolute_path(exp.train.checkpoint) if exp.train.checkpoint else None
     if source is None and target.exists():
         source = target
     if source is not None:
-        state = _load(source, device)
-        model.load_state_dict(state["model"] if "model" in state else state)
+        restore_dense(model, loaders[0], _load(source, device), source,
+                      fp if source == target else None)
     else:
         t = exp.train
         fit(model, loaders, t.epochs, t.lr, t.optimizer, seed=exp.seed,
-            weight_decay=t.weight_decay, progress=exp.runtime.progress)
+            weight_decay=t.weight_decay, progress=exp.runtime.progress,
+            checkpoint=run_dir / "pretrain_state.pt", fingerprint=fp)
     if source != target:
-        save_atomic(model.state_dict(), target)
+        save_atomic(dense_state(model, loaders[0], fp), target)
     return evaluate(model, loaders[1])
 
 
@@ -153,15 +172,17 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     ``admm_state.pt``); saves ``compressed.pt``. Returns (masks, stage history)."""
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
+    fp = fingerprint(exp)
     if target.exists():
         state = _load(target, device)
-        model.load_state_dict(state["model"])
+        check_fingerprint(target, state.get("fingerprint"), fp)
+        load_model_state(model, state["model"], target)
         return state["masks"], state["history"]
     config = exp.admm.compress_config(progress=exp.runtime.progress)
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
-                      checkpoint=run_dir / "admm_state.pt")
+                      checkpoint=run_dir / "admm_state.pt", fingerprint=fp)
     save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
-                 "levels": result.levels, "history": result.history}, target)
+                 "levels": result.levels, "history": result.history, "fingerprint": fp}, target)
     return result.masks, result.history
 
 
@@ -284,7 +305,9 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"- weights: {m['dense_weights']} dense, {m['mapped_weights']} on live crossbar rows "
         f"and columns: **{m['compression_ratio']:.2f}x**",
         f"- conductance levels per device: {m['levels']}",
-        f"- tiles: {m['tiles']} (dense baseline {m['baseline_tiles']})", "",
+        f"- tiles: {m['tiles']} (dense baseline {m['baseline_tiles']})",
+        f"- compressor: {m['compressor']} ({m['timings_s'][m['compressor']]:.1f} s)", "",
+        *([allocation_markdown(m["allocation"])] if m.get("allocation") else []),
         "## Hardware cost (vs dense baseline)", "",
         "| | compressed | dense baseline | reduction |", "|---|---:|---:|---:|",
     ]
@@ -313,6 +336,8 @@ def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
         train, test, info = load_data(exp)
     model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
     model.to(device)
+    check_constraints_fit(model, exp.admm)
+    check_budget(model, exp, train.dataset[0][0][None].to(device))
     with _timed(timings, "pretrain"):
         dense_acc = pretrain_stage(model, (train, test), exp, run_dir)
     calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
@@ -327,12 +352,16 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     exp = load_compress_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, exp.resume)
     save_config(cfg, run_dir)
     timings: dict[str, float] = {}
     _, train, test, info, model, dense_acc, calibration = _prepare(exp, run_dir, timings)
     n_dense = sum(p.numel() for p in model.parameters())
-    with _timed(timings, "admm"):
-        masks, history = compress_stage(model, (train, test), exp, run_dir)
+    with _timed(timings, "allocation"):
+        exp, allocation = allocation_stage(model, train, exp, calibration)
+    stage = obc_stage if exp.compressor == "obc" else compress_stage
+    with _timed(timings, exp.compressor):
+        masks, history = stage(model, (train, test), exp, run_dir)
     compressed_acc = evaluate(model, test)
     plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json")
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
@@ -362,6 +391,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "power_mW": comp["power_mW"], "baseline_area_mm2": base["area_mm2"],
         "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
+        "compressor": exp.compressor, "allocation": allocation,
         "timings_s": timings,
     }
     write_json(run_dir / "metrics.json", metrics)
@@ -418,6 +448,7 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     exp = load_study_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, exp.resume)
     save_config(cfg, run_dir)
     study = exp.study
     if study.source is not None:
@@ -432,8 +463,9 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     device, train, test, _, model, dense_acc, calibration = _prepare(exp, run_dir, timings)
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     if study.source is not None:
-        state = _load(Path(to_absolute_path(study.source)) / "compressed.pt", device)
-        model.load_state_dict(state["model"])
+        source = Path(to_absolute_path(study.source)) / "compressed.pt"
+        state = _load(source, device)
+        load_model_state(model, state["model"], source)
         masks = state["masks"]
     else:
         masks, _ = compress_stage(model, (train, test), exp, run_dir)
@@ -491,7 +523,9 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
     """Wrap ``run`` as a Hydra task function that prints where its report is."""
     def task(cfg: DictConfig) -> dict:
         run_dir = hydra_run_dir()
-        metrics = run(cfg, run_dir)
+        print(f"run dir: {run_dir}", flush=True)
+        with sigterm_as_exit(run_dir, "experiments." + run.__name__.removeprefix("run_")):
+            metrics = run(cfg, run_dir)
         print(f"report: {run_dir / report}")
         return metrics
     return task

@@ -1,0 +1,178 @@
+"""Reliability guards of the Hydra pipeline (docs/reliability.md).
+
+- **Run directory and resume** (:func:`check_run_dir`): a fresh run refuses a directory that
+  already holds checkpoints (nothing is silently overwritten or mixed); ``resume=true`` continues
+  the interrupted run in ``hydra.run.dir`` from its last checkpoint.
+- **Fingerprints** (:func:`fingerprint`): the config sections a checkpoint depends on are stored
+  in it; a checkpoint written with other settings fails with the differing keys
+  (``admm.CheckpointMismatchError``), a checkpoint of another model with the differing weights.
+- **Model vs config** (:func:`check_constraints_fit`): right after the model is built, before
+  any training, every ``admm`` constraint must match a Linear/Conv2d layer and every kept count
+  must fit that layer.
+- **Checkpoints** (:func:`load_checkpoint`, :func:`dense_state`, :func:`restore_dense`): read
+  with ``torch.load(weights_only=True)``, unreadable files fail naming the file; written
+  atomically by ``admm.save_atomic``; the training RNG and the loader's shuffle state travel
+  with them, so a resumed run ends exactly as an uninterrupted one.
+- **SIGTERM** (:func:`sigterm_as_exit`): turned into :class:`Terminated` (a ``SystemExit``), so
+  the current epoch is abandoned between two atomic writes and the last checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import sys
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from admm import CheckpointMismatchError
+from admm.constraints import crossbar_layers, select_layers, weight_matrix
+from admm.pipeline import (
+    check_fingerprint,
+    load_model_state,
+    loader_rng_state,
+    set_loader_rng_state,
+)
+from experiments.config import AdmmSettings, CompressExperiment
+
+__all__ = [
+    "CHECKPOINTS",
+    "DENSE_KEYS",
+    "Terminated",
+    "check_constraints_fit",
+    "check_run_dir",
+    "dense_state",
+    "fingerprint",
+    "load_checkpoint",
+    "restore_dense",
+    "sigterm_as_exit",
+]
+
+CHECKPOINTS = ("pretrain_state.pt", "dense.pt", "admm_state.pt", "compressed.pt")
+"""Checkpoints of a compress run, in pipeline order."""
+
+DENSE_KEYS = ("seed", "model", "dataset", "train")
+"""Config sections the dense model depends on (fingerprint of pretrain_state.pt, dense.pt)."""
+
+UNFINGERPRINTED = ("runtime", "eval", "cost", "resume", "study")
+"""Sections that never change the trained weights; every other section is in the fingerprint
+of the compression checkpoints (admm_state.pt, compressed.pt)."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM received: the run stops between two atomic checkpoint writes (exit code 143)."""
+
+
+def fingerprint(exp: CompressExperiment, keys: Iterable[str] | None = None) -> dict:
+    """The resolved config sections ``keys`` (default: all but :data:`UNFINGERPRINTED`) as
+    plain data, stored in checkpoints and compared on resume."""
+    raw = exp.raw
+    names = list(keys) if keys is not None else [k for k in raw if k not in UNFINGERPRINTED]
+    return {k: raw[k] for k in names if k in raw}
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse a fresh run in a directory holding checkpoints, and ``resume=true`` in one that
+    holds no earlier run (typically a new Hydra run directory: pass ``hydra.run.dir``)."""
+    found = [n for n in CHECKPOINTS if (run_dir / n).exists()]
+    if found and not resume:
+        raise ValueError(f"resume=false, but {run_dir} already holds checkpoints of an earlier "
+                         f"run ({', '.join(found)}); allowed: resume=true to continue that run, "
+                         "or a new hydra.run.dir")
+    if resume and not found and not (run_dir / "config.yaml").exists():
+        raise ValueError(f"resume=true, but {run_dir} holds no earlier run (no config.yaml or "
+                         "checkpoint); allowed: hydra.run.dir=<the interrupted run's directory>")
+
+
+def check_constraints_fit(model: nn.Module, admm: AdmmSettings) -> None:
+    """Before any training: the model has Linear/Conv2d layers, every constraint pattern
+    matches one, and every ``*_keep`` count fits its layer (rows: inputs ``in*kh*kw``; cols:
+    outputs; blocks: tiles of ``block``). Fails naming the constraint key, the layer, the count
+    and the layer's size."""
+    crossbar_layers(model)
+    constraints = admm.layer_constraints()
+    try:
+        chosen = select_layers(model, constraints)
+    except ValueError as exc:
+        raise ValueError(f"admm.constraints: {exc}") from None
+    modules = dict(model.named_modules())
+    for name, c in chosen.items():
+        i = constraints.index(c)
+        out_n, in_n = weight_matrix(modules[name]).shape
+        br, bc = c.block
+        sizes = {"row": (in_n, f"{in_n} crossbar rows (inputs)"),
+                 "col": (out_n, f"{out_n} crossbar columns (outputs)"),
+                 "block": (-(-in_n // br) * -(-out_n // bc), f"{-(-in_n // br) * -(-out_n // bc)}"
+                           f" blocks of {br}x{bc}")}
+        for key, (n, what) in sizes.items():
+            count = getattr(c, f"{key}_keep")
+            if count is not None and count > n:
+                raise ValueError(
+                    f"admm.constraints[{i}].{key}_keep={count} is invalid for layer {name!r} "
+                    f"(matrix view {out_n}x{in_n}: {what}); allowed: an integer in [0, {n}]")
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)``; a missing, truncated or foreign file fails with
+    one ``ValueError`` naming it (``FileNotFoundError`` for a missing one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+            ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {path} is unreadable (truncated, corrupt or not written "
+                         f"by torch.save of tensors and plain data): {first}") from None
+
+
+def dense_state(model: nn.Module, loader: Iterable, fp: Mapping) -> dict:
+    """Content of ``dense.pt``: weights, fingerprint, and the RNG and loader shuffle state at
+    the end of pretraining (so a resumed run continues with the same batches)."""
+    return {"model": model.state_dict(), "fingerprint": dict(fp), "rng": torch.get_rng_state(),
+            "loader_rng": loader_rng_state(loader)}
+
+
+def restore_dense(model: nn.Module, loader: Iterable, state: Mapping, source: object,
+                  fp: Mapping | None) -> None:
+    """Load a dense checkpoint: ``dense.pt`` of this run (``fp`` given: fingerprint compared,
+    RNG and loader state restored) or ``train.checkpoint`` (``fp=None``: a plain state dict or
+    ``{"model": ...}``, only checked to fit the model)."""
+    if not isinstance(state, Mapping):
+        raise CheckpointMismatchError(f"{source}: holds a {type(state).__name__}, not a state "
+                                      "dict")
+    weights = state["model"] if "model" in state else state
+    if fp is not None:
+        check_fingerprint(source, state.get("fingerprint"), fp)
+    load_model_state(model, weights, source)
+    if fp is not None and "rng" in state:
+        torch.set_rng_state(state["rng"])
+        set_loader_rng_state(loader, state.get("loader_rng"))
+
+
+@contextlib.contextmanager
+def sigterm_as_exit(run_dir: Path, command: str) -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (exit code 143) after printing how
+    to resume; outside the main thread (e.g. some launchers) the handler is left alone."""
+    def handler(signum: int, frame: object) -> None:
+        print(f"SIGTERM: stopping; the last checkpoint in {run_dir} is kept. Resume with: "
+              f"python -m {command} resume=true hydra.run.dir={run_dir} <same overrides>",
+              file=sys.stderr, flush=True)
+        raise Terminated(128 + signal.SIGTERM)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
