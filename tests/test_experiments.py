@@ -140,7 +140,7 @@ def test_compress_outputs(digits_run):
 
 def test_compress_resumes_from_artifacts(digits_run):
     run_dir, metrics = digits_run
-    again = run_compress(_compose(TINY), run_dir)  # dense.pt / compressed.pt are reused
+    again = run_compress(_compose(TINY + ["resume=true"]), run_dir)  # checkpoints reused
     for key in ("dense_accuracy", "compressed_accuracy", "compression_ratio",
                 "crossbar_accuracies"):
         assert again[key] == metrics[key]
