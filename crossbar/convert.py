@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterator, Mapping
 
@@ -25,6 +26,39 @@ def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, CrossbarLayer):
             yield name, module
+
+
+def _expected_input(name: str, layer: nn.Module) -> str:
+    """The input shape a model takes, described from its first Linear/Conv2d layer."""
+    if hasattr(layer, "in_channels"):
+        return (f"(N, {layer.in_channels}, H, W) with the H x W the model was built for (its "
+                f"first crossbar layer {name!r} is a convolution with {layer.in_channels} "
+                "input channels)")
+    return (f"(N, ..., {layer.in_features}) as the model was built for (its first crossbar "
+            f"layer {name!r} is a linear layer with {layer.in_features} inputs)")
+
+
+def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
+    """A ``what`` batch must be a non-empty floating tensor with a batch dimension."""
+    if not isinstance(inputs, torch.Tensor):
+        raise ValueError(f"{what} batch of type {type(inputs).__name__} is invalid; allowed: a "
+                         f"float tensor of shape {_expected_input(name, layer)}")
+    if inputs.dim() < 2 or inputs.shape[0] == 0 or not inputs.is_floating_point():
+        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} and dtype {inputs.dtype} "
+                         "is invalid; allowed: a non-empty float tensor of shape "
+                         f"{_expected_input(name, layer)}")
+
+
+@contextlib.contextmanager
+def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) -> Iterator[None]:
+    """Turn a shape error of a forward pass on ``inputs`` into one ``ValueError`` naming the
+    batch's shape and the expected input shape."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} does not fit the model; "
+                         f"allowed: inputs of shape {_expected_input(name, layer)} (PyTorch: "
+                         f"{str(exc).strip().splitlines()[0]})") from None
 
 
 class CrossbarModel:
@@ -58,9 +92,11 @@ def mapping_plan(model: nn.Module) -> MappingPlan:
 def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
     """Set each layer's DAC range (largest |input|, signed or not) and each tile's ADC range
     (largest |partial sum| per weight slice) from one batch; read noise is off meanwhile."""
-    layers = [m for _, m in crossbar_modules(model)]
-    if not layers:
+    named = list(crossbar_modules(model))
+    if not named:
         raise ValueError("calibrate: the model has no crossbar layer; convert it first")
+    layers = [m for _, m in named]
+    check_input(inputs, *named[0], "calibration")
     was_training = model.training
     model.eval()
     for m in layers:
@@ -71,7 +107,8 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
         for phase in ("dac", "adc"):
             for m in layers:
                 m._calibrating = phase
-            model(inputs)
+            with _input_errors(inputs, *named[0], "calibration"):
+                model(inputs)
     finally:
         for m in layers:
             m._calibrating = None
@@ -113,9 +150,15 @@ def to_crossbar(
             f"calibration=None is invalid with adc_bits={config.adc_bits} and "
             "adc_range='calibrated'; allowed: a batch of inputs, or adc_range='full_scale'"
         )
-    if plan is None:
-        plan = plan_model(model, config, masks=masks, example_input=calibration)
     layers = list(crossbar_layers(model))
+    if not layers:
+        raise ValueError(f"model {type(model).__name__} has no Linear or Conv2d layer to map "
+                         "onto crossbars")
+    if calibration is not None:
+        check_input(calibration, *layers[0], "calibration")
+    if plan is None:
+        with _input_errors(calibration, *layers[0], "calibration"):
+            plan = plan_model(model, config, masks=masks, example_input=calibration)
     missing = [name for name, _ in layers if name not in plan.layers]
     if missing:
         raise ValueError(f"plan has no entry for layer {missing[0]!r}; it maps "
