@@ -1,0 +1,230 @@
+"""Budgeted per-layer allocation of the compression settings (the optional ``allocation`` block).
+
+Before compression, every layer selected by the ``admm`` group's constraints is offered each
+setting of ``allocation.candidates`` (pruning ratios/counts and/or ``levels``; a candidate
+replaces the pruning fields and, when it gives them, the levels of the layer's constraint).
+For layer ``l`` and candidate ``k`` of the pretrained model:
+
+* distortion ``e_lk``: the rate-distortion estimate of the loss increase of projecting the
+  layer's weights onto the candidate's constraint set (Gao et al., ICML 2019),
+  ``e = 1/2 sum_i imp_i (w_i - P(w)_i)^2`` with ``imp`` the diagonal Fisher or Hessian
+  (``allocation.importance``) and ``P`` the importance-weighted structured prune +
+  conductance-level projection of ``admm.importance``; with ``importance: null`` the plain
+  ``||w - P(w)||^2`` (not comparable across layers of different sensitivity);
+* cost ``c_lk``: ``crossbar.plan.plan_layer`` on the projection's mask, then
+  ``crossbar.cost.layer_cost`` with the run's ``crossbar`` and ``cost`` groups: tiles,
+  area (mm^2) or energy per inference (nJ); layer costs add up to the model's total.
+
+Layers without a constraint stay dense and count with their fixed cost. ``admm.allocate``
+(cvxpy MILP, HiGHS) picks one candidate per layer minimising ``sum e`` with ``sum c <= budget``;
+the chosen settings become per-layer constraints (``pattern: re:<layer name>``) for whichever
+compressor runs. :func:`check_budget` rejects a budget below the least achievable cost before
+any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from admm import (
+    Allocation,
+    Candidate,
+    LayerConstraint,
+    allocate,
+    compute_importance,
+    crossbar_layers,
+    min_cost,
+    pair_levels,
+    select_layers,
+    weight_matrix,
+    weighted_project_levels,
+)
+from admm.importance import METHODS
+from crossbar.cost import layer_cost, load_table
+from crossbar.plan import measure_mvms, plan_layer
+from experiments.posttraining import labelled_subset
+
+if TYPE_CHECKING:
+    from experiments.config import CompressExperiment
+
+__all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
+           "check_budget", "layer_candidates"]
+
+RESOURCES = ("tiles", "area_mm2", "energy_nJ")
+"""Units a budget can be given in."""
+
+SETTING_KEYS = ("row_ratio", "row_keep", "col_ratio", "col_keep", "block_ratio", "block_keep",
+                "levels")
+"""Fields a candidate may set; the pruning ones replace all pruning fields of the layer's
+constraint."""
+
+_PRUNE_KEYS = SETTING_KEYS[:-1]
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    """The ``allocation`` block: total ``budget`` in ``resource`` units, the ``candidates``
+    offered to every constrained layer, the ``importance`` (``fisher`` | ``hessian`` | null)
+    that weights the distortion, from ``n_samples`` seeded training images."""
+
+    budget: float | None = None
+    candidates: list[dict] = field(default_factory=list)
+    resource: str = "tiles"
+    importance: str | None = "fisher"
+    n_samples: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.budget is None or not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"budget={self.budget!r} is invalid; allowed: a number > 0")
+        if self.resource not in RESOURCES:
+            raise ValueError(f"resource={self.resource!r} is invalid; allowed: one of "
+                             + ", ".join(RESOURCES))
+        if self.importance is not None and self.importance not in METHODS:
+            raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or "
+                             "one of " + ", ".join(METHODS))
+        if not 1 <= self.n_samples <= 100_000:
+            raise ValueError(f"n_samples={self.n_samples!r} is invalid; allowed: an integer "
+                             "in [1, 100000]")
+        if not self.candidates:
+            raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: a non-empty "
+                             "list of settings such as {row_ratio: 0.5, levels: 16}")
+        for i, c in enumerate(self.candidates):
+            for key in c:
+                if key not in SETTING_KEYS:
+                    raise ValueError(f"candidates[{i}].{key}={c[key]!r} is invalid; allowed: "
+                                     "keys " + ", ".join(SETTING_KEYS))
+            try:
+                LayerConstraint(**_plain(c))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"candidates[{i}].{exc}") from None
+
+
+def _plain(setting: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in setting.items()}
+
+
+def layer_constraint(base: LayerConstraint, name: str, setting: dict) -> LayerConstraint:
+    """``base`` for layer ``name`` only, with its pruning fields replaced by ``setting``'s (and
+    its levels, when ``setting`` gives them)."""
+    changes = {k: None for k in _PRUNE_KEYS} | _plain(setting)
+    return dataclasses.replace(base, pattern="re:" + re.escape(name), **changes)
+
+
+def _distortion(W: torch.Tensor, c: LayerConstraint, imp: torch.Tensor | None) -> tuple[
+        float, torch.Tensor]:
+    """(error, mask) of projecting the matrix view ``W`` onto ``c`` (module docstring)."""
+    mask = c.prune_mask(W, imp)
+    if c.levels is not None:
+        P = weighted_project_levels(W, pair_levels(c.levels).to(W.device), imp, c.per_column,
+                                    mask)[0]
+    else:
+        P = W * mask
+    err = (W - P).double().pow(2)
+    return float(err.sum() if imp is None else 0.5 * (imp.double() * err).sum()), mask
+
+
+def _cost(name: str, module: nn.Module, mask: torch.Tensor, exp: CompressExperiment,
+          mvms: dict[str, int], table) -> float:
+    kind = "conv2d" if isinstance(module, nn.Conv2d) else "linear"
+    kernel = module.kernel_size[0] * module.kernel_size[1] if kind == "conv2d" else 1
+    lc = layer_cost(plan_layer(name, kind, mask, exp.crossbar, kernel, mvms.get(name)),
+                    exp.crossbar, exp.cost, table)
+    return {"tiles": float(lc.tiles), "area_mm2": lc.total_area_um2 * 1e-6,
+            "energy_nJ": lc.total_energy_pJ * 1e-3}[exp.allocation.resource]
+
+
+@torch.no_grad()
+def layer_candidates(model: nn.Module, exp: CompressExperiment, example: torch.Tensor,
+                     importance: dict[str, torch.Tensor] | None = None,
+                     ) -> dict[str, list[Candidate]]:
+    """``{layer: [Candidate(error, cost, setting), ...]}`` for every Linear/Conv2d of
+    ``model``: one per ``allocation.candidates`` entry for constrained layers, one fixed dense
+    candidate (``setting = {"fixed": "dense"}``) for the others."""
+    chosen = select_layers(model, exp.admm.layer_constraints())
+    mvms = measure_mvms(model, example)
+    table = load_table(exp.cost.table)
+    out: dict[str, list[Candidate]] = {}
+    for name, module in crossbar_layers(model).items():
+        W = weight_matrix(module).detach()
+        if name not in chosen:
+            cost = _cost(name, module, torch.ones_like(W, dtype=torch.bool), exp, mvms, table)
+            out[name] = [Candidate(0.0, cost, {"fixed": "dense"})]
+            continue
+        imp = None if importance is None else importance[name].reshape(W.shape).to(W.device)
+        out[name] = []
+        for setting in exp.allocation.candidates:
+            c = layer_constraint(chosen[name], name, setting)
+            error, mask = _distortion(W, c, imp)
+            out[name].append(Candidate(error, _cost(name, module, mask, exp, mvms, table),
+                                       dict(setting)))
+    return out
+
+
+def _require_feasible(candidates: dict[str, list[Candidate]], exp: CompressExperiment,
+                      when: str) -> None:
+    a = exp.allocation
+    lowest = min_cost(candidates)
+    if lowest > a.budget:
+        raise ValueError(f"allocation.budget={a.budget!r} is infeasible: the least achievable "
+                         f"total {a.resource} with these candidates is {lowest:.6g} ({when}; "
+                         "cheapest candidate of every layer); raise the budget or add cheaper "
+                         "candidates")
+
+
+def check_budget(model: nn.Module, exp: CompressExperiment, example: torch.Tensor) -> None:
+    """Fail before any training when no choice of candidates fits ``allocation.budget``
+    (costs from the masks of the model's current weights; a no-op without allocation)."""
+    if exp.allocation is not None:
+        _require_feasible(layer_candidates(model, exp, example), exp, "before pretraining")
+
+
+def allocation_stage(model: nn.Module, train: DataLoader, exp: CompressExperiment,
+                     example: torch.Tensor) -> tuple[CompressExperiment, dict | None]:
+    """Solve the allocation on the pretrained ``model``; returns the experiment with the
+    chosen per-layer constraints in its ``admm`` group (unchanged without allocation) and the
+    solver's choice (``admm.Allocation.summary()`` plus the ``importance`` used)."""
+    a = exp.allocation
+    if a is None:
+        return exp, None
+    importance = None
+    if a.importance is not None:
+        device = next(model.parameters()).device
+        data = labelled_subset(train, a.n_samples, device, exp.seed)
+        importance = compute_importance(model, data, a.importance, n_samples=a.n_samples)
+    candidates = layer_candidates(model, exp, example, importance)
+    _require_feasible(candidates, exp, "pretrained weights")
+    result = allocate(candidates, a.budget, resource=a.resource)
+    chosen = select_layers(model, exp.admm.layer_constraints())
+    constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
+                                                       result.chosen[n].setting))
+                   for n in candidates if n in chosen]
+    exp = dataclasses.replace(exp, admm=dataclasses.replace(exp.admm, constraints=constraints))
+    return exp, {**result.summary(), "importance": a.importance}
+
+
+def allocation_markdown(summary: dict) -> str:
+    """The report section of :func:`allocation_stage`'s summary: the solver's choice per
+    layer (setting, error, cost) and the total against the budget."""
+    layers = summary["layers"]
+    result = Allocation(
+        choice={n: r["choice"] for n, r in layers.items()},
+        chosen={n: Candidate(r["error"], r["cost"], r["setting"]) for n, r in layers.items()},
+        total_error=summary["total_error"], total_cost=summary["total_cost"],
+        budget=summary["budget"], min_cost=summary["min_cost"], resource=summary["resource"])
+    imp = summary["importance"]
+    kind = f"1/2 sum imp (w - P(w))^2, {imp} importance" if imp else "||w - P(w)||^2"
+    return "\n".join([
+        "## Budgeted allocation", "",
+        f"Per-layer settings chosen by the MILP (admm.allocate, HiGHS) to minimise the total "
+        f"distortion ({kind}) with total {result.resource} <= {result.budget:.6g} "
+        f"(least achievable {result.min_cost:.6g}). Errors and costs are estimated on the "
+        "projection of the dense weights; the mapping plan below is the compressed model's.",
+        "", result.to_markdown(), ""])

@@ -1,0 +1,105 @@
+"""Post-training compressor of the pipeline (``compressor=obc``): Optimal Brain Compression
+(``admm.obc_compress``; Frantar, Singh, Alistarh, NeurIPS 2022) on the pretrained dense model,
+with no ADMM training and no retraining.
+
+The ``obc`` group sets the calibration size (at most 1,024 training images, seeded), the
+Hessian damping and the optional rate-distortion importance (``fisher`` | ``hessian``, Gao et
+al., ICML 2019). The layer constraints are the ``admm`` group's, so both compressors meet the
+same hardware constraints, and :func:`obc_stage` writes the same ``compressed.pt`` as
+``experiments.pipeline.compress_stage`` (masks, scales, levels, history), read by the same
+mapping, simulation and cost stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from admm import compute_importance, obc_compress, save_atomic
+from admm.importance import METHODS
+from experiments.train import evaluate
+
+if TYPE_CHECKING:
+    from experiments.config import CompressExperiment
+
+__all__ = ["COMPRESSORS", "MAX_CALIBRATION", "ObcSettings", "labelled_subset", "obc_stage"]
+
+COMPRESSORS = ("admm", "obc")
+"""Values of the top-level ``compressor`` key."""
+
+MAX_CALIBRATION = 1024
+"""Most calibration images the post-training path may use (OBC's setting)."""
+
+
+@dataclass(frozen=True)
+class ObcSettings:
+    """The ``obc`` block: ``n_calib`` training images (seeded draw, at most
+    :data:`MAX_CALIBRATION`) for the layer Hessians ``H = 2 X X^T / n`` and the importance,
+    ``percdamp`` (damping ``percdamp * mean(diag H)`` added to ``H``), ``importance``
+    (``None`` | ``"fisher"`` | ``"hessian"``: weights the bit-line / OBS group choice and the
+    level scale by the diagonal Fisher or Hessian of the loss)."""
+
+    n_calib: int = MAX_CALIBRATION
+    percdamp: float = 0.01
+    importance: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_calib <= MAX_CALIBRATION:
+            raise ValueError(f"n_calib={self.n_calib!r} is invalid; allowed: an integer in "
+                             f"[1, {MAX_CALIBRATION}]")
+        if not 0 <= self.percdamp <= 1:
+            raise ValueError(f"percdamp={self.percdamp!r} is invalid; allowed: a number in "
+                             "[0, 1]")
+        if self.importance is not None and self.importance not in METHODS:
+            raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or one "
+                             "of " + ", ".join(METHODS))
+
+
+def labelled_subset(loader: DataLoader, n: int, device: torch.device, seed: int,
+                    batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` (input, label) pairs of ``loader``'s dataset drawn with ``seed``, as batches of
+    ``batch_size`` on ``device``: the same draw on every call, whatever the loader's shuffle
+    state."""
+    ds = loader.dataset
+    index = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    pairs = [ds[int(i)] for i in index]
+    x = torch.stack([p[0] for p in pairs]).to(device)
+    y = torch.as_tensor([int(p[1]) for p in pairs], device=device)
+    return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+
+
+def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExperiment,
+              run_dir: Path) -> tuple[dict, list[dict]]:
+    """Post-training OBC of the dense ``model`` in place under the ``admm`` group's constraints;
+    saves ``compressed.pt`` (or loads it, to resume). Returns (masks, history); the history
+    holds the dense and compressed test accuracy (``eval`` events) and one ``obc_layer`` record
+    per layer (OBS loss, ``layer_loss``)."""
+    target = run_dir / "compressed.pt"
+    device = next(model.parameters()).device
+    if target.exists():
+        state = torch.load(target, map_location=device, weights_only=True)
+        if state.get("compressor") != "obc":
+            raise ValueError(f"compressor=obc: {target} was written by another compressor; "
+                             "use a fresh run directory")
+        model.load_state_dict(state["model"])
+        return state["masks"], state["history"]
+    obc, test = exp.obc, loaders[1]
+    calib = labelled_subset(loaders[0], obc.n_calib, device, exp.seed)
+    constraints = exp.admm.layer_constraints()
+    history = [{"event": "eval", "stage": "dense", "metric": evaluate(model, test)}]
+    importance = None
+    if obc.importance is not None:
+        importance = compute_importance(model, calib, obc.importance, n_samples=obc.n_calib)
+    result = obc_compress(model, calib, constraints, n_calib=obc.n_calib,
+                          percdamp=obc.percdamp, importance=importance)
+    history += result.history
+    history.append({"event": "eval", "stage": "obc", "metric": evaluate(model, test)})
+    save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
+                 "levels": result.levels, "history": history, "compressor": "obc"}, target)
+    return result.masks, history
