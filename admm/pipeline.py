@@ -286,7 +286,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn =
         total, count = total + value, count + 1
         if on_step is not None:
             on_step(value)
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError("train_epoch: the training loader yielded no batches (empty dataset)")
+    return total / count
 
 
 def save_atomic(obj: object, path: str | os.PathLike) -> None:

@@ -91,7 +91,9 @@ def train_epoch(
         optimizer.step()
         total += value * len(y)
         count += len(y)
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError("train_epoch: the training loader yielded no batches (empty dataset)")
+    return total / count
 
 
 @torch.no_grad()
