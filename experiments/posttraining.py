@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from admm import compute_importance, obc_compress, save_atomic
 from admm.importance import METHODS
+from admm.pipeline import check_fingerprint, load_model_state
 from experiments.train import evaluate
 
 if TYPE_CHECKING:
@@ -77,17 +78,19 @@ def labelled_subset(loader: DataLoader, n: int, device: torch.device, seed: int,
 def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExperiment,
               run_dir: Path) -> tuple[dict, list[dict]]:
     """Post-training OBC of the dense ``model`` in place under the ``admm`` group's constraints;
-    saves ``compressed.pt`` (or loads it, to resume). Returns (masks, history); the history
-    holds the dense and compressed test accuracy (``eval`` events) and one ``obc_layer`` record
-    per layer (OBS loss, ``layer_loss``)."""
+    saves ``compressed.pt`` with the config fingerprint (or loads it, to resume, after checking
+    the fingerprint as ``experiments.pipeline.compress_stage`` does). Returns (masks, history);
+    the history holds the dense and compressed test accuracy (``eval`` events) and one
+    ``obc_layer`` record per layer (OBS loss, ``layer_loss``)."""
+    from experiments.guard import fingerprint  # guard imports experiments.config, which imports us
+
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
+    fp = fingerprint(exp)
     if target.exists():
         state = torch.load(target, map_location=device, weights_only=True)
-        if state.get("compressor") != "obc":
-            raise ValueError(f"compressor=obc: {target} was written by another compressor; "
-                             "use a fresh run directory")
-        model.load_state_dict(state["model"])
+        check_fingerprint(target, state.get("fingerprint"), fp)  # e.g. compressor=admm there
+        load_model_state(model, state["model"], target)
         return state["masks"], state["history"]
     obc, test = exp.obc, loaders[1]
     calib = labelled_subset(loaders[0], obc.n_calib, device, exp.seed)
@@ -101,5 +104,6 @@ def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExpe
     history += result.history
     history.append({"event": "eval", "stage": "obc", "metric": evaluate(model, test)})
     save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
-                 "levels": result.levels, "history": history, "compressor": "obc"}, target)
+                 "levels": result.levels, "history": history, "compressor": "obc",
+                 "fingerprint": fp}, target)
     return result.masks, history

@@ -96,3 +96,9 @@ def test_obc_validation(override, words):
         load_compress_config(_compose([override]))
     for word in words:
         assert word in str(info.value)
+
+
+def test_obc_refuses_checkpoint_of_another_compressor(obc_run):
+    run_dir, _ = obc_run
+    with pytest.raises(ValueError, match="compressor='obc' in the checkpoint, 'admm' now"):
+        run_compress(_compose([*OBC, "resume=true", "compressor=admm"]), run_dir)
