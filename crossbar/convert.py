@@ -39,7 +39,9 @@ def _expected_input(name: str, layer: nn.Module) -> str:
 
 
 def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
-    """A ``what`` batch must be a non-empty floating tensor with a batch dimension."""
+    """A ``what`` batch must be a non-empty floating tensor with a batch dimension, and
+    ``(N, C, H, W)`` with the layer's ``C`` when the first layer is a convolution (the crossbar
+    convolution gathers its live rows by index and would not notice extra channels)."""
     if not isinstance(inputs, torch.Tensor):
         raise ValueError(f"{what} batch of type {type(inputs).__name__} is invalid; allowed: a "
                          f"float tensor of shape {_expected_input(name, layer)}")
@@ -47,6 +49,10 @@ def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
         raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} and dtype {inputs.dtype} "
                          "is invalid; allowed: a non-empty float tensor of shape "
                          f"{_expected_input(name, layer)}")
+    channels = getattr(layer, "in_channels", None)
+    if channels is not None and (inputs.dim() != 4 or inputs.shape[1] != channels):
+        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} is invalid; allowed: "
+                         f"a tensor of shape {_expected_input(name, layer)}")
 
 
 @contextlib.contextmanager
