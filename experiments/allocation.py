@@ -62,11 +62,12 @@ RESOURCES = ("tiles", "area_mm2", "energy_nJ")
 """Units a budget can be given in."""
 
 SETTING_KEYS = ("row_ratio", "row_keep", "col_ratio", "col_keep", "block_ratio", "block_keep",
-                "levels")
+                "levels", "pattern")
 """Fields a candidate may set; the pruning ones replace all pruning fields of the layer's
-constraint."""
+constraint; ``pattern`` (as in ``admm.LayerConstraint``, default all constrained layers)
+limits the layers the candidate is offered to."""
 
-_PRUNE_KEYS = SETTING_KEYS[:-1]
+_PRUNE_KEYS = SETTING_KEYS[:-2]
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def layer_constraint(base: LayerConstraint, name: str, setting: dict) -> LayerCo
     """``base`` for layer ``name`` only, with its pruning fields replaced by ``setting``'s (and
     its levels, when ``setting`` gives them)."""
     changes = {k: None for k in _PRUNE_KEYS} | _plain(setting)
+    changes.pop("pattern", None)
     return dataclasses.replace(base, pattern="re:" + re.escape(name), **changes)
 
 
@@ -161,10 +163,15 @@ def layer_candidates(model: nn.Module, exp: CompressExperiment, example: torch.T
         imp = None if importance is None else importance[name].reshape(W.shape).to(W.device)
         out[name] = []
         for setting in exp.allocation.candidates:
+            if name not in select_layers(model, [LayerConstraint(setting.get("pattern", "*"))]):
+                continue
             c = layer_constraint(chosen[name], name, setting)
             error, mask = _distortion(W, c, imp)
             out[name].append(Candidate(error, _cost(name, module, mask, exp, mvms, table),
                                        dict(setting)))
+        if not out[name]:
+            raise ValueError(f"allocation.candidates: no candidate's pattern matches layer "
+                             f"{name!r}, which the admm group constrains")
     return out
 
 

@@ -7,9 +7,10 @@ import torch
 from test_experiments import TINY, _compose
 
 from admm import LayerConstraint
-from experiments.allocation import layer_constraint
+from experiments.allocation import layer_candidates, layer_constraint
 from experiments.config import load_compress_config
-from experiments.pipeline import run_compress
+from experiments.models import build_model
+from experiments.pipeline import load_data, run_compress
 
 CANDIDATES = ("[{row_ratio: 0.25, levels: 16}, {row_ratio: 0.5, col_ratio: 0.5, levels: 16},"
               " {row_ratio: 0.75, col_ratio: 0.75, levels: 4}]")
@@ -43,6 +44,21 @@ def test_infeasible_budget_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"allocation.budget=5 is infeasible.* tiles .* is 6 "):
         run_compress(_compose(_alloc(5)), tmp_path)
     assert not (tmp_path / "dense.pt").exists()
+
+
+def test_candidate_patterns_limit_layers(tmp_path):
+    cands = "[{levels: 16}, {pattern: 'classifier.[02]', row_ratio: 0.75, levels: 4}]"
+    cfg = [*_alloc(12)[:-1], "allocation={budget: 40, resource: energy_nJ, importance: null, "
+           f"candidates: {cands}}}"]
+    exp = load_compress_config(_compose(cfg))
+    train, _, info = load_data(exp)
+    model = build_model("lenet5", input_shape=info.input_shape)
+    out = layer_candidates(model, exp, train.dataset[0][0][None])
+    assert [len(v) for v in out.values()] == [1, 1, 2, 2, 1]
+    assert out["classifier.0"][1].cost < out["classifier.0"][0].cost
+    bad = [*_alloc(12)[:-1], "allocation={budget: 40, candidates: [{pattern: 'features.*'}]}"]
+    with pytest.raises(ValueError, match="no candidate's pattern matches layer 'classifier.0'"):
+        layer_candidates(model, load_compress_config(_compose(bad)), train.dataset[0][0][None])
 
 
 def test_candidate_replaces_pruning_fields():
