@@ -60,9 +60,10 @@ CHECKPOINTS = ("pretrain_state.pt", "dense.pt", "admm_state.pt", "compressed.pt"
 DENSE_KEYS = ("seed", "model", "dataset", "train")
 """Config sections the dense model depends on (fingerprint of pretrain_state.pt, dense.pt)."""
 
-UNFINGERPRINTED = ("runtime", "eval", "cost", "resume", "study")
-"""Sections that never change the trained weights; every other section is in the fingerprint
-of the compression checkpoints (admm_state.pt, compressed.pt)."""
+UNFINGERPRINTED = ("runtime", "eval", "resume", "study")
+"""Sections that never change the compressed weights; every other section (``device``,
+``crossbar`` and ``cost`` included: the budgeted allocation reads them) is in the fingerprint of
+the compression checkpoints (admm_state.pt, compressed.pt)."""
 
 
 class Terminated(SystemExit):
