@@ -380,6 +380,9 @@ class CrossbarLinear(CrossbarLayer):
         return F.linear(xt, w.reshape(s * c, r)).unflatten(1, (s, c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"crossbar layer {self.plan.name!r}: input of shape "
+                             f"{tuple(x.shape)}; expected [..., {self.in_features}]")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         out = self._accumulate(x2, (x2.shape[0], self.out_features))
@@ -452,6 +455,9 @@ class CrossbarConv2d(CrossbarLayer):
         return p.unflatten(1, (s, c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"crossbar layer {self.plan.name!r}: input of shape "
+                             f"{tuple(x.shape)}; expected [N, {self.in_channels}, H, W]")
         h, w = x.shape[-2:]
         kh, kw = self.kernel_size
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1

@@ -422,6 +422,15 @@ def test_unsupported_layers_fail_clearly() -> None:
                              crossbar.CrossbarConfig(mapping="offset", tile_cols=1))
 
 
+def test_wrong_input_shape_fails_clearly() -> None:
+    xm = crossbar.to_crossbar(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 2)),
+                              IDEAL, crossbar.CrossbarConfig())
+    with pytest.raises(ValueError, match=r"expected \[N, 3, H, W\]"):
+        xm(torch.randn(2, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"expected \[\.\.\., 16\]"):
+        xm[2](torch.randn(2, 32))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_runs_unchanged_on_cuda() -> None:
     torch.manual_seed(0)
