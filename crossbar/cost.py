@@ -371,12 +371,10 @@ def layer_cost(
     read_s = xb.latency_s or 0.0
     clock_s = 1e-6 / cost.clock_MHz
 
-    rows = sum(t.n_rows for t in layer.tiles)
-    bit_lines = sum(layer.tile_bit_lines(t) for t in layer.tiles)
-    cells = sum(t.n_rows * layer.tile_bit_lines(t) for t in layer.tiles)
+    rows, bit_lines, cells = layer.n_dacs, layer.n_bit_lines, layer.n_devices
     signals = sum(t.n_cols * layer.weight_slices for t in layer.tiles)
     outputs = sum(t.n_cols for t in layer.tiles)
-    adcs_per_tile = [math.ceil(layer.tile_bit_lines(t) / cost.cols_per_adc) for t in layer.tiles]
+    adcs_per_tile = layer.adcs_per_tile(cost.cols_per_adc)
     n_adcs = sum(adcs_per_tile)
     arrays = arrays_per_tile * layer.n_tiles
     t_cycle = max(

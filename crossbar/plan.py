@@ -19,6 +19,7 @@ Packing rule (one implementation, read by the simulator and the cost model):
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -134,6 +135,15 @@ class LayerPlan:
         return sum(self.tile_bit_lines(t) for t in self.tiles)
 
     @property
+    def n_dacs(self) -> int:
+        """Input DACs: one per live word line of every tile."""
+        return self.n_word_lines
+
+    def adcs_per_tile(self, cols_per_adc: int = 1) -> list[int]:
+        """ADCs of each tile when ``cols_per_adc`` bit lines share one converter."""
+        return [math.ceil(self.tile_bit_lines(t) / cols_per_adc) for t in self.tiles]
+
+    @property
     def n_devices(self) -> int:
         """Programmed memristors: every cell at a live word line x used bit line of a tile."""
         return sum(t.n_rows * self.tile_bit_lines(t) for t in self.tiles)
@@ -196,7 +206,8 @@ class MappingPlan:
         return sum(p.in_features * p.out_features for p in self)
 
     def summary(self) -> list[dict]:
-        """One row per layer: shapes, live rows/cols, tiles, devices."""
+        """One row per layer: shapes, live rows/cols, tiles, DACs, ADCs (one per bit line),
+        devices."""
         return [
             {
                 "layer": p.name,
@@ -205,6 +216,8 @@ class MappingPlan:
                 "live_rows": len(p.live_rows),
                 "live_cols": len(p.live_cols),
                 "tiles": p.n_tiles,
+                "dacs": p.n_dacs,
+                "adcs": sum(p.adcs_per_tile()),
                 "devices": p.n_devices,
                 "mapped_weights": p.mapped_weights,
             }
