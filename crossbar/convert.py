@@ -11,7 +11,7 @@ from torch import nn
 
 from .config import CrossbarConfig
 from .device import DeviceModel
-from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear
+from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear, InputShapeError
 from .plan import MappingPlan, crossbar_layers, plan_model
 
 _SEED_STRIDE = 1_000_003
@@ -61,9 +61,9 @@ def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) 
     batch's shape and the expected input shape."""
     try:
         yield
-    except RuntimeError as exc:
+    except (RuntimeError, InputShapeError) as exc:  # PyTorch's shape errors, a crossbar layer's
         raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} does not fit the model; "
-                         f"allowed: inputs of shape {_expected_input(name, layer)} (PyTorch: "
+                         f"allowed: inputs of shape {_expected_input(name, layer)} (cause: "
                          f"{str(exc).strip().splitlines()[0]})") from None
 
 

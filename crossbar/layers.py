@@ -43,6 +43,10 @@ class _TileIndex:
     n_rows: int  # live word lines of the tile
 
 
+class InputShapeError(ValueError):
+    """An input that does not fit a crossbar layer (names the layer and the expected shape)."""
+
+
 @dataclass
 class _Drive:
     """What the DAC puts on the word lines: ``x`` in codes (``x * step`` is the input value),
@@ -381,8 +385,8 @@ class CrossbarLinear(CrossbarLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"crossbar layer {self.plan.name!r}: input of shape "
-                             f"{tuple(x.shape)}; expected [..., {self.in_features}]")
+            raise InputShapeError(f"crossbar layer {self.plan.name!r}: input of shape "
+                                  f"{tuple(x.shape)}; expected [..., {self.in_features}]")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         out = self._accumulate(x2, (x2.shape[0], self.out_features))
@@ -456,8 +460,8 @@ class CrossbarConv2d(CrossbarLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"crossbar layer {self.plan.name!r}: input of shape "
-                             f"{tuple(x.shape)}; expected [N, {self.in_channels}, H, W]")
+            raise InputShapeError(f"crossbar layer {self.plan.name!r}: input of shape "
+                                  f"{tuple(x.shape)}; expected [N, {self.in_channels}, H, W]")
         h, w = x.shape[-2:]
         kh, kw = self.kernel_size
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
