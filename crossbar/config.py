@@ -6,7 +6,14 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._validate import check_choice, check_int, check_optional_int, fail, from_mapping
+from ._validate import (
+    check_choice,
+    check_float,
+    check_int,
+    check_optional_int,
+    fail,
+    from_mapping,
+)
 
 MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("calibrated", "full_scale")
@@ -25,6 +32,9 @@ class CrossbarConfig:
         adc_bits: per-tile partial-sum ADC resolution; ``None`` = ideal.
         adc_range: ``"calibrated"`` (per-tile range = largest |partial sum| seen on the
             calibration batch) or ``"full_scale"`` (the largest current the tile can produce).
+        range_percentile: calibrated DAC and ADC ranges cover this percentile of the
+            calibration batch's |values| (100 = the largest; e.g. 99.9 clips rare outliers
+            and spends the converter's levels on the bulk of the distribution).
         bit_serial: feed inputs one bit per cycle (``dac_bits`` cycles, 1-bit DAC), each cycle's
             partial sums ADC-converted, then shift-and-add.
         cell_bits: bits stored per cell for weight bit-slicing; ``None`` = one cell pair per
@@ -39,6 +49,7 @@ class CrossbarConfig:
     dac_bits: int | None = None
     adc_bits: int | None = None
     adc_range: str = "calibrated"
+    range_percentile: float = 100.0
     bit_serial: bool = False
     cell_bits: int | None = None
     weight_bits: int = 8
@@ -50,6 +61,7 @@ class CrossbarConfig:
         check_optional_int("dac_bits", self.dac_bits, 1, 24)
         check_optional_int("adc_bits", self.adc_bits, 1, 24)
         check_choice("adc_range", self.adc_range, ADC_RANGES)
+        check_float("range_percentile", self.range_percentile, 0.0, 100.0, low_open=True)
         if not isinstance(self.bit_serial, bool):
             fail("bit_serial", self.bit_serial, "true or false")
         if self.bit_serial and self.dac_bits is None:

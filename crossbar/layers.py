@@ -234,7 +234,8 @@ class CrossbarLayer(nn.Module):
     def _drive(self, x: torch.Tensor) -> _Drive:
         """DAC: the driven input (codes; bit planes stacked on dim 0 when bit-serial)."""
         if self._calibrating == "dac":
-            self.dac_range.fill_(max(float(self.dac_range), float(x.detach().abs().max())))
+            peak = _peak(x.detach().abs().flatten(), self.config.range_percentile)
+            self.dac_range.fill_(max(float(self.dac_range), float(peak)))
             self.dac_signed.fill_(bool(self.dac_signed) or bool((x < 0).any()))
             return _Drive(x, None, 1.0, 0.0)
         bits = self.config.dac_bits
@@ -265,7 +266,8 @@ class CrossbarLayer(nn.Module):
         return ranges.clamp(min=1e-30) / signed_steps(bits)
 
     def _record_adc(self, p: torch.Tensor, t: int) -> None:
-        peak = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1).amax(dim=1)
+        per_slice = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1)
+        peak = torch.stack([_peak(v, self.config.range_percentile) for v in per_slice])
         self.adc_range[t] = torch.maximum(self.adc_range[t], peak)
 
     def _accumulate(self, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
@@ -325,6 +327,18 @@ class CrossbarLayer(nn.Module):
             f"mapping={self.config.mapping}, dac_bits={self.config.dac_bits}, "
             f"adc_bits={self.config.adc_bits}"
         )
+
+
+_PERCENTILE_SAMPLE = 1 << 20
+
+
+def _peak(values: torch.Tensor, percentile: float) -> torch.Tensor:
+    """The ``percentile`` of non-negative ``values`` (their maximum at 100). Large tensors are
+    subsampled with a fixed stride (deterministic) to at most 2^20 values."""
+    if percentile >= 100.0:
+        return values.max()
+    stride = max(1, values.numel() // _PERCENTILE_SAMPLE)
+    return torch.quantile(values[::stride].float(), percentile / 100.0)
 
 
 def _perturb(g: torch.Tensor, dev: DeviceModel, gen: torch.Generator) -> torch.Tensor:

@@ -281,6 +281,21 @@ def test_adc_quantizes_each_tile_before_the_digital_sum() -> None:
     assert not torch.allclose(y, quantized_total, atol=1e-2)
 
 
+def test_range_percentile_clips_outliers_in_calibration() -> None:
+    layer = nn.Linear(1, 1, bias=False)
+    x = torch.cat([torch.linspace(0, 1, 1000), torch.tensor([50.0])]).unsqueeze(1)
+    full = crossbar.to_crossbar(layer, IDEAL, crossbar.CrossbarConfig(dac_bits=4, adc_bits=4),
+                                calibration=x)
+    clipped = crossbar.to_crossbar(
+        layer, IDEAL, crossbar.CrossbarConfig(dac_bits=4, adc_bits=4, range_percentile=99.0),
+        calibration=x)
+    assert float(full.dac_range) == 50.0
+    assert abs(float(clipped.dac_range) - 0.99) < 0.01
+    assert float(clipped.adc_range.max()) < float(full.adc_range.max()) / 10
+    with pytest.raises(ValueError, match="range_percentile"):
+        crossbar.CrossbarConfig(range_percentile=0.0)
+
+
 def test_adc_full_scale_needs_no_calibration_and_calibrated_does() -> None:
     layer = nn.Linear(20, 5)
     with pytest.raises(ValueError, match="calibration"):
