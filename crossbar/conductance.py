@@ -35,7 +35,8 @@ def pair_differences(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     order = order[torch.argsort(diff_flat[order], stable=True)]
     d_sorted = diff_flat[order]
     first = torch.ones_like(d_sorted, dtype=torch.bool)
-    first[1:] = d_sorted[1:] > d_sorted[:-1] + 1e-9 * float(levels.abs().max())
+    # Equal differences of float32 levels differ by rounding: merge within 1e-5 of the range.
+    first[1:] = d_sorted[1:] > d_sorted[:-1] + 1e-5 * float(levels.max() - levels.min())
     pick = order[first]
     return d_sorted[first].to(levels.dtype), pick // n, pick % n
 
@@ -93,20 +94,21 @@ def conductance_to_values(
     return (g - ref) / half
 
 
-def slice_values(w: torch.Tensor, scale: float, weight_bits: int, cell_bits: int | None
+def slice_values(w: torch.Tensor, scale: torch.Tensor, weight_bits: int, cell_bits: int | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split weights into per-slice normalised values and their weight-unit factors.
+    """Split weights ``w[out, in]`` into per-slice normalised values and weight-unit factors.
 
-    Without slicing (``cell_bits=None``): one slice ``v = w / scale``, factor ``scale``.
-    With slicing: ``|w|`` is quantized to ``m = round(|w| / scale * (2^B - 1))`` (``B`` weight
-    bits) and split into base-``2^b`` digits ``d_k`` (``b`` cell bits); slice ``k`` holds
-    ``v_k = sign(w) * d_k / (2^b - 1)`` with factor ``scale * 2^(k b) * (2^b - 1) / (2^B - 1)``,
-    so ``w ~ sum_k factor_k * v_k``.
+    ``scale[out, 1]`` is the weight of a full-range value, per output column (all equal for a
+    per-layer scale). Without slicing (``cell_bits=None``): one slice ``v = w / scale``, factor
+    ``scale``. With slicing: ``|w|`` is quantized to ``m = round(|w| / scale * (2^B - 1))``
+    (``B`` weight bits) and split into base-``2^b`` digits ``d_k`` (``b`` cell bits); slice ``k``
+    holds ``v_k = sign(w) * d_k / (2^b - 1)`` with factor
+    ``scale * 2^(k b) * (2^b - 1) / (2^B - 1)``, so ``w ~ sum_k factor_k * v_k``.
 
-    Returns ``(values[S, *w.shape], factors[S])``.
+    Returns ``(values[S, out, in], factors[S, out, 1])``.
     """
     if cell_bits is None:
-        return (w / scale).unsqueeze(0), torch.tensor([scale], dtype=w.dtype, device=w.device)
+        return (w / scale).unsqueeze(0), scale.unsqueeze(0).clone()
     full = 2**weight_bits - 1
     digit_max = 2**cell_bits - 1
     n_slices = -(-weight_bits // cell_bits)
@@ -116,5 +118,5 @@ def slice_values(w: torch.Tensor, scale: float, weight_bits: int, cell_bits: int
     for k in range(n_slices):
         digit = (m >> (k * cell_bits)) & digit_max
         values.append(sign * digit.to(w.dtype) / digit_max)
-        factors.append(scale * 2 ** (k * cell_bits) * digit_max / full)
-    return torch.stack(values), torch.tensor(factors, dtype=w.dtype, device=w.device)
+        factors.append(scale * (2 ** (k * cell_bits) * digit_max / full))
+    return torch.stack(values), torch.stack(factors)

@@ -27,7 +27,7 @@ class CrossbarConfig:
         tile_rows, tile_cols: crossbar size (word lines x bit lines), default 128 x 128.
         mapping: ``"differential"`` (a pair of columns per output, ``w ~ G+ - G-``) or
             ``"offset"`` (one column per output plus one reference column per tile at
-            ``(g_min + g_max) / 2``, ``w ~ G - G_ref``).
+            ``(g_min + g_max) / 2``, or the programmable level nearest to it; ``w ~ G - G_ref``).
         dac_bits: input (word-line) DAC resolution; ``None`` = ideal.
         adc_bits: per-tile partial-sum ADC resolution; ``None`` = ideal.
         adc_range: ``"calibrated"`` (per-tile range = largest |partial sum| seen on the

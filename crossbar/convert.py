@@ -12,7 +12,7 @@ from torch import nn
 from .config import CrossbarConfig
 from .device import DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear, InputShapeError
-from .plan import MappingPlan, crossbar_layers, plan_model
+from .plan import MappingPlan, check_plan, crossbar_layers, plan_model
 
 _SEED_STRIDE = 1_000_003
 
@@ -109,15 +109,20 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
         m.dac_range.zero_()
         m.dac_signed.fill_(False)
         m.adc_range.zero_()
+        m.calibrated.fill_(False)
     try:
         for phase in ("dac", "adc"):
             for m in layers:
                 m._calibrating = phase
+                m._sync_ranges()  # the DAC phase's ranges drive the ADC phase
             with _input_errors(inputs, *named[0], "calibration"):
                 model(inputs)
+        for m in layers:
+            m.calibrated.fill_(True)
     finally:
         for m in layers:
             m._calibrating = None
+            m._sync_ranges()
         model.train(was_training)
 
 
@@ -129,6 +134,7 @@ def to_crossbar(
     seed: int = 0,
     plan: MappingPlan | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
+    scales: Mapping[str, float | torch.Tensor] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with every Linear/Conv2d replaced by a crossbar layer.
 
@@ -143,6 +149,9 @@ def to_crossbar(
             derived from ``masks`` or, without masks, from the non-zero weights, so all-zero
             rows and columns never get devices.
         masks: live-weight masks per layer name (bool, matrix view or weight shape).
+        scales: per layer name, the weight a full-range cell pair holds (a float, or one per
+            output column): pass the quantizer's scales (``admm`` ``CompressResult.scales``)
+            so its level grid is exactly the device's; default: each layer's largest |weight|.
 
     The copy's class is a subclass of the original that adds ``program(seed)``,
     ``calibrate(inputs)`` and ``mapping_plan``.
@@ -171,14 +180,18 @@ def to_crossbar(
                          f"{sorted(plan.layers)}")
     if isinstance(model, (nn.Linear, nn.Conv2d)):  # a bare layer converts to a crossbar layer
         cls = CrossbarConv2d if isinstance(model, nn.Conv2d) else CrossbarLinear
-        layer = cls(model, plan[""], device, config, seed=layer_seed(seed, 0))
+        check_plan(plan[""], config)
+        layer = cls(model, plan[""], device, config, seed=layer_seed(seed, 0),
+                    scale=(scales or {}).get(""))
         if calibration is not None:
             calibrate(layer, calibration)
         return layer
     xmodel = copy.deepcopy(model)
     for index, (name, module) in enumerate(layers):
         cls = CrossbarConv2d if isinstance(module, nn.Conv2d) else CrossbarLinear
-        new = cls(module, plan[name], device, config, seed=layer_seed(seed, index))
+        check_plan(plan[name], config)
+        new = cls(module, plan[name], device, config, seed=layer_seed(seed, index),
+                  scale=(scales or {}).get(name))
         _set_submodule(xmodel, name, new.to(module.weight.device))
     base = type(model)
     xmodel.__class__ = type(f"Crossbar{base.__name__}", (CrossbarModel, base), {})

@@ -48,7 +48,7 @@ from ._validate import (
     from_mapping,
 )
 from .config import CrossbarConfig
-from .plan import LayerPlan, MappingPlan, plan_layer
+from .plan import LayerPlan, MappingPlan, check_plan, plan_layer
 
 # ------------------------------------------------------------------------------------- units
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12,
@@ -349,12 +349,7 @@ def layer_cost(
 
     ``xbar`` gives the converter precisions and bit-serial mode the plan was built for.
     """
-    if (layer.tile_rows, layer.tile_cols) != (xbar.tile_rows, xbar.tile_cols) or \
-            layer.mapping != xbar.mapping or layer.weight_slices != xbar.weight_slices:
-        fail(f"{layer.name}: plan vs crossbar config",
-             (layer.tile_rows, layer.tile_cols, layer.mapping, layer.weight_slices),
-             f"the config's ({xbar.tile_rows}, {xbar.tile_cols}, {xbar.mapping!r}, "
-             f"{xbar.weight_slices})")
+    check_plan(layer, xbar)
     dac_bits = _bits(xbar.dac_bits, cost.default_dac_bits)
     adc_bits = _bits(xbar.adc_bits, cost.default_adc_bits)
     drive_bits = 1 if xbar.bit_serial else dac_bits

@@ -76,6 +76,7 @@ class CrossbarLayer(nn.Module):
         device: DeviceModel,
         config: CrossbarConfig,
         seed: int = 0,
+        scale: float | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         weight = matrix_view(source).float()
@@ -93,14 +94,13 @@ class CrossbarLayer(nn.Module):
 
         cell_mask = plan.cell_mask(weight.device)
         live = weight * cell_mask
-        scale = float(live.abs().max()) or 1.0
-        values, factors = slice_values(live, scale, config.weight_bits, config.cell_bits)
-        self.register_buffer("weight", weight.clone())
+        col_scale = _column_scale(plan.name, live, scale)
+        values, factors = slice_values(live, col_scale, config.weight_bits, config.cell_bits)
         self.register_buffer("cell_mask", cell_mask)
         self.register_buffer("slice_factors", factors)
         self.register_buffer("g_nominal_uS", self._nominal(values, device, config.mapping))
         self.register_buffer("g_uS", torch.zeros_like(self.g_nominal_uS))
-        n_slices, n_tiles = factors.numel(), plan.n_tiles
+        n_slices, n_tiles = factors.shape[0], plan.n_tiles
         dev = weight.device
         g_ref = torch.zeros(n_slices, n_tiles, self.in_features, device=dev)
         self.register_buffer("g_ref_uS", g_ref)
@@ -108,6 +108,7 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("dac_range", torch.zeros((), device=dev))
         self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=dev))
         self.register_buffer("adc_range", torch.zeros(n_tiles, n_slices, device=dev))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool, device=dev))
         self._tiles = self._tile_indices()
         self._calibrating: str | None = None
         self._read_gen: torch.Generator | None = None
@@ -134,9 +135,10 @@ class CrossbarLayer(nn.Module):
         device and stay at 0 uS.
         """
         dev = self.device_model
-        gen = torch.Generator(device=self.g_nominal_uS.device)
+        gen = torch.Generator()  # sampled on the CPU: the same seed is the same chip anywhere
         gen.manual_seed(int(seed) % (2**63))
         self.program_seed.fill_(int(seed) % (2**63))
+        self._read_gen = None
         g = _perturb(self.g_nominal_uS, dev, gen)
         self.g_uS.copy_(g * self.cell_mask)
         if self.config.mapping == "offset":
@@ -152,7 +154,7 @@ class CrossbarLayer(nn.Module):
     def _values(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Programmed weights in weight units per slice ``[S, out, in]`` and the read-noise
         std of each (``read_sigma`` times the conductances, in the same units)."""
-        factors = self.slice_factors.view(-1, 1, 1)
+        factors = self.slice_factors
         sigma = self.device_model.read_sigma
         if self.config.mapping == "differential":
             g_pos, g_neg = self.g_uS[:, 0], self.g_uS[:, 1]
@@ -177,20 +179,26 @@ class CrossbarLayer(nn.Module):
 
     def _refresh(self) -> None:
         """Rebuild the cached per-tile weights from the programmed conductances."""
+        self._sync_ranges()
         values, std = self._values()
         self._tile_w = [self._gather(values, idx) for idx in self._tiles]
         self._tile_std = [self._gather(std, idx) for idx in self._tiles]
         if self.config.mapping == "offset" and self.device_model.read_sigma > 0:
             _, half = reference_conductance(self.device_model)
             ref_std = self.device_model.read_sigma * self.g_ref_uS / half
-            ref_std = ref_std * self.slice_factors.view(-1, 1, 1)
             self._tile_ref_std = [self._gather_ref(ref_std[:, t], idx)
+                                  * self._column_factors(idx)
                                   for t, idx in enumerate(self._tiles)]
         else:
             self._tile_ref_std = None
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError
+
+    def _column_factors(self, idx: _TileIndex) -> torch.Tensor:
+        """Weight-unit factors of the tile's output columns, shaped like its weights."""
+        f = self.slice_factors.index_select(1, idx.cols)  # [S, cols, 1]
+        return f.view(*f.shape, *([1] * (self._tile_w[0].dim() - 3)))
 
     def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError
@@ -218,7 +226,8 @@ class CrossbarLayer(nn.Module):
         w = torch.addcmul(w, self._tile_std[t], noise)
         if self._tile_ref_std is not None:
             ref = self._tile_ref_std[t]
-            ref_noise = torch.randn(ref.shape, generator=gen, device=w.device, dtype=w.dtype)
+            shape = (ref.shape[0], 1, *ref.shape[2:])  # one reference cell per row
+            ref_noise = torch.randn(shape, generator=gen, device=w.device, dtype=w.dtype)
             w = w - ref * ref_noise  # one reference cell per row, shared by the tile's columns
         return w
 
@@ -226,9 +235,19 @@ class CrossbarLayer(nn.Module):
     # Inputs and partial sums are kept in converter code units: the DAC step is folded into the
     # tile weights and the ADC step divides them, so each converter costs a round and a clamp
     # on the activations and the scales are applied to the (small) weights instead.
+    def _sync_ranges(self) -> None:
+        """Cache the converter ranges as Python numbers (no device sync in the forward)."""
+        self._dac = (float(self.dac_range), bool(self.dac_signed))
+        self._adc = self.adc_range.tolist()
+        self._is_calibrated = bool(self.calibrated)
+        self._largest_factor = [
+            self.slice_factors.index_select(1, idx.cols).amax(dim=(1, 2)).tolist()
+            for idx in self._tiles
+        ]
+
     def _input_range(self, x: torch.Tensor) -> tuple[float, bool]:
-        if float(self.dac_range) > 0:
-            return float(self.dac_range), bool(self.dac_signed)
+        if self._dac[0] > 0:
+            return self._dac
         return float(x.detach().abs().max()), bool((x < 0).any())
 
     def _drive(self, x: torch.Tensor) -> _Drive:
@@ -247,23 +266,30 @@ class CrossbarLayer(nn.Module):
         full, signed = self._input_range(x)
         if self.config.bit_serial:
             planes, weights = bit_planes(x, full, bits, signed)
-            step = float(weights[0])
+            step = max(full, 1e-30) / (2**bits - 1)  # the weight of the lowest bit plane
             return _Drive(planes.flatten(0, 1), weights / step, step, 1.0)
         q = signed_steps(bits) if signed else 2**bits - 1
         step = max(full, 1e-30) / q
         codes = torch.mul(x, 1.0 / step).round_().clamp_(-q if signed else 0, q)
         return _Drive(codes, None, step, float(q))
 
-    def _adc_steps(self, t: int, drive: _Drive) -> torch.Tensor | None:
+    def _adc_steps(self, t: int, drive: _Drive) -> list[float] | None:
         """ADC step per weight slice of tile ``t`` (``None``: ideal or calibrating)."""
         bits = self.config.adc_bits
         if bits is None or self._calibrating is not None:
             return None
         if self.config.adc_range == "full_scale":
-            ranges = drive.step * drive.max_code * self._tiles[t].n_rows * self.slice_factors
+            full = drive.step * drive.max_code * self._tiles[t].n_rows
+            ranges = [full * f for f in self._largest_factor[t]]
+        elif not self._is_calibrated:
+            raise ValueError(
+                f"crossbar layer {self.plan.name!r} has adc_range='calibrated' but was never "
+                "calibrated; allowed: call calibrate(model, inputs) (or pass calibration= to "
+                "to_crossbar), or use adc_range='full_scale'")
         else:
-            ranges = self.adc_range[t]
-        return ranges.clamp(min=1e-30) / signed_steps(bits)
+            ranges = self._adc[t]
+        q = signed_steps(bits)
+        return [max(r, 1e-30) / q for r in ranges]
 
     def _record_adc(self, p: torch.Tensor, t: int) -> None:
         per_slice = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1)
@@ -277,8 +303,12 @@ class CrossbarLayer(nn.Module):
         for t, idx in enumerate(self._tiles):
             steps = self._adc_steps(t, drive)
             w = self._read(t)
-            if steps is not None:
-                w = w * (drive.step / steps).view(-1, *([1] * (w.dim() - 1)))
+            if steps is not None and len(steps) == 1:
+                w = w * (drive.step / steps[0])
+            elif steps is not None:
+                scale = torch.tensor([drive.step / s for s in steps], dtype=w.dtype,
+                                     device=w.device)
+                w = w * scale.view(-1, *([1] * (w.dim() - 1)))
             elif drive.step != 1.0:
                 w = w * drive.step
             p = self._tile_product(drive.x, w, idx)  # [N', S, cols, ...] in ADC codes
@@ -303,23 +333,41 @@ class CrossbarLayer(nn.Module):
         return out
 
     @staticmethod
-    def _combine(p: torch.Tensor, steps: torch.Tensor | None,
+    def _combine(p: torch.Tensor, steps: list[float] | None,
                  plane_w: torch.Tensor | None) -> tuple[torch.Tensor, float]:
         """Digital side: ADC codes times their step, shift-and-add over input bit planes
         (dim 0 of ``[P*N, S, ...]``) and over weight slices (dim 1). A single scalar step is
         returned instead of applied, so the caller folds it into the accumulation."""
         alpha = 1.0
         if steps is not None:
-            if steps.numel() == 1 and plane_w is None:
-                alpha = float(steps[0])
+            if len(steps) == 1 and plane_w is None:
+                alpha = steps[0]
+            elif len(steps) == 1:
+                p = p.mul_(steps[0])
             else:
-                p = p.mul_(steps.view(1, -1, *([1] * (p.dim() - 2))))
+                scale = torch.tensor(steps, dtype=p.dtype, device=p.device)
+                p = p.mul_(scale.view(1, -1, *([1] * (p.dim() - 2))))
         if plane_w is not None:
             p = torch.tensordot(plane_w, p.unflatten(0, (plane_w.numel(), -1)), dims=([0], [0]))
         return (p.sum(dim=1) if p.shape[1] > 1 else p.squeeze(1)), alpha
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError
+
+    def get_extra_state(self) -> dict:
+        """The device and periphery the conductances were programmed for (plain data)."""
+        return {"device": self.device_model.to_dict(), "config": self.config.to_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        for key, mine in (("device", self.device_model.to_dict()),
+                          ("config", self.config.to_dict())):
+            theirs = state.get(key)
+            if theirs is not None and {k: theirs.get(k) for k in mine} != mine:
+                changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+                raise ValueError(
+                    f"state_dict for crossbar layer {self.plan.name!r} was programmed with "
+                    f"another {key}: {changed[0]}={theirs.get(changed[0])!r}; this layer has "
+                    f"{changed[0]}={mine[changed[0]]!r}")
 
     def extra_repr(self) -> str:
         return (
@@ -341,18 +389,36 @@ def _peak(values: torch.Tensor, percentile: float) -> torch.Tensor:
     return torch.quantile(values[::stride].float(), percentile / 100.0)
 
 
+def _column_scale(name: str, live: torch.Tensor, scale: float | torch.Tensor | None
+                  ) -> torch.Tensor:
+    """``[out, 1]``: the weight a full-range cell pair holds, per output column. ``None``: the
+    layer's largest |weight|; a float: one per-layer scale; a tensor ``[out]``: per column
+    (e.g. the ADMM quantizer's scales, so its level grid is the device's)."""
+    out = live.shape[0]
+    if scale is None:
+        value = float(live.abs().max()) or 1.0
+        return torch.full((out, 1), value, dtype=live.dtype, device=live.device)
+    t = torch.as_tensor(scale, dtype=live.dtype, device=live.device)
+    if t.numel() == 1:
+        t = t.reshape(1).expand(out)
+    if t.shape != (out,) or not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
+        raise ValueError(f"scales[{name!r}]={scale!r} is invalid; allowed: a positive number or "
+                         f"a tensor of {out} positive numbers (one per output)")
+    return t.reshape(out, 1).clone()
+
+
 def _perturb(g: torch.Tensor, dev: DeviceModel, gen: torch.Generator) -> torch.Tensor:
     """Programming variation (log-normal or Gaussian), clipping, then stuck-at faults."""
     g = g.clone()
     if dev.prog_sigma > 0:
-        noise = torch.randn(g.shape, generator=gen, device=g.device, dtype=g.dtype)
+        noise = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
         if dev.prog_noise == "lognormal":
             g = g * torch.exp(dev.prog_sigma * noise)
         else:
             g = g + dev.prog_sigma * dev.g_range_uS * noise
         g = g.clamp(dev.g_min_uS, dev.g_max_uS)
     if dev.sa0_rate > 0 or dev.sa1_rate > 0:
-        u = torch.rand(g.shape, generator=gen, device=g.device, dtype=g.dtype)
+        u = torch.rand(g.shape, generator=gen, dtype=g.dtype).to(g.device)
         g = torch.where(u < dev.sa0_rate, torch.full_like(g, dev.g_min_uS), g)
         stuck_on = (u >= dev.sa0_rate) & (u < dev.sa0_rate + dev.sa1_rate)
         g = torch.where(stuck_on, torch.full_like(g, dev.g_max_uS), g)
@@ -412,11 +478,17 @@ class CrossbarConv2d(CrossbarLayer):
     tile is computed as a convolution over the input channels whose kernel rows it holds."""
 
     def __init__(self, source: nn.Conv2d, plan: LayerPlan, device: DeviceModel,
-                 config: CrossbarConfig, seed: int = 0) -> None:
+                 config: CrossbarConfig, seed: int = 0,
+                 scale: float | torch.Tensor | None = None) -> None:
         if source.groups != 1:
             raise ValueError(
                 f"layer {plan.name!r}: Conv2d groups={source.groups} is not supported; allowed: "
                 "groups=1 (map a grouped convolution as separate layers)"
+            )
+        if isinstance(source.padding, str):
+            raise ValueError(
+                f"layer {plan.name!r}: padding={source.padding!r} is not supported; allowed: "
+                "explicit integer padding (e.g. kernel_size // 2 for 'same' with stride 1)"
             )
         if source.padding_mode != "zeros":
             raise ValueError(
@@ -428,7 +500,7 @@ class CrossbarConv2d(CrossbarLayer):
         self.stride = source.stride
         self.padding = source.padding
         self.dilation = source.dilation
-        super().__init__(source, plan, device, config, seed)
+        super().__init__(source, plan, device, config, seed, scale)
 
     @property
     def _kernel_area(self) -> int:

@@ -91,7 +91,15 @@ class LayerPlan:
         for key in ("out_features", "in_features", "row_unit", "tile_rows", "tile_cols",
                     "outputs_per_tile", "weight_slices"):
             check_int(key, getattr(self, key), 1)
+        seen: dict[tuple[int, ...], set[int]] = {}
         for t in self.tiles:
+            if t.n_rows == 0 or t.n_cols == 0:
+                fail(f"{self.name}: tile shape", (t.n_rows, t.n_cols), "a non-empty tile")
+            rows = seen.setdefault(t.cols, set())
+            if rows & set(t.rows):
+                fail(f"{self.name}: tile rows", sorted(rows & set(t.rows))[:5],
+                     "rows not already held by another tile of the same columns")
+            rows.update(t.rows)
             if t.n_rows > self.tile_rows or t.n_cols > self.outputs_per_tile:
                 fail(f"{self.name}: tile shape", (t.n_rows, t.n_cols),
                      f"at most ({self.tile_rows}, {self.outputs_per_tile})")
@@ -325,6 +333,15 @@ def _pack_rows(rows: list[int], unit: int, capacity: int) -> list[tuple[int, ...
     return bins
 
 
+def check_plan(layer: LayerPlan, config: CrossbarConfig) -> None:
+    """A layer plan must have been packed for ``config``'s tiles, mapping and weight slices."""
+    planned = (layer.tile_rows, layer.tile_cols, layer.mapping, layer.weight_slices)
+    wanted = (config.tile_rows, config.tile_cols, config.mapping, config.weight_slices)
+    if planned != wanted:
+        fail(f"{layer.name}: plan (tile_rows, tile_cols, mapping, weight_slices)", planned,
+             f"the crossbar config's {wanted}")
+
+
 def matrix_view(module: nn.Module) -> torch.Tensor:
     """The weight of a Linear/Conv2d as the crossbar matrix ``[out, in*kh*kw]``."""
     return module.weight.detach().reshape(module.weight.shape[0], -1)
@@ -384,7 +401,8 @@ def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
+            plan = getattr(module, "plan", None)
+            if isinstance(module, nn.Conv2d) or (plan is not None and plan.kind == "conv2d"):
                 counts[name] = int(output.shape[-1] * output.shape[-2])
             else:
                 counts[name] = int(output[0].numel() // output.shape[-1]) if output.dim() > 2 \
@@ -394,10 +412,13 @@ def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)) or getattr(module, "is_crossbar", False):
             hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics change, and a batch of one is fine
     try:
         with torch.no_grad():
             model(example_input[:1])
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     return counts

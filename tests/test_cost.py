@@ -190,7 +190,7 @@ def test_missing_mvms_is_an_error_or_an_assumption():
 
 def test_plan_config_mismatch_is_rejected():
     cfg = CrossbarConfig(tile_rows=4, tile_cols=4)
-    with pytest.raises(ValueError, match="plan vs crossbar config"):
+    with pytest.raises(ValueError, match="plan .tile_rows, tile_cols, mapping, weight_slices."):
         _cost(_layer(4, 4, cfg), cfg.with_(mapping="offset"))
 
 
