@@ -346,6 +346,27 @@ class CompressExperiment:
     allocation: AllocationSettings | None = None
     resume: bool = False
 
+    def __post_init__(self) -> None:
+        """Weights are quantized onto levels the device can hold: an integer level count in
+        the ``admm`` group must be the device's, or (uniform device levels) a count whose grid
+        is a subset of the device's, ``(n_device - 1) % (n - 1) == 0``; an analog device
+        accepts any."""
+        n_device = self.device.level_count
+        if n_device is None or self.crossbar.cell_bits is not None:
+            return
+        uniform = self.device.levels_uS is None
+        counts = [("admm.levels", self.admm.levels)] + [
+            (f"admm.constraints[{i}].levels", c.get("levels"))
+            for i, c in enumerate(self.admm.constraints)]
+        for key, n in counts:
+            if not isinstance(n, int) or n == n_device:
+                continue
+            if not (uniform and 2 <= n < n_device and (n_device - 1) % (n - 1) == 0):
+                subsets = [k for k in range(2, n_device) if (n_device - 1) % (k - 1) == 0]
+                _fail(key, n, f"{n_device} (the device's level count)"
+                      + (f" or a subset of its grid: {subsets}" if uniform and subsets else "")
+                      + ", or null for no quantization")
+
 
 @dataclass(frozen=True)
 class StudyExperiment(CompressExperiment):

@@ -167,9 +167,10 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
 
 
 def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
-                   exp: CompressExperiment, run_dir: Path) -> tuple[dict, list[dict]]:
+                   exp: CompressExperiment, run_dir: Path) -> tuple[dict, dict, list[dict]]:
     """ADMM prune, masked retrain, ADMM quantize, retrain (``admm.compress``; resumable from
-    ``admm_state.pt``); saves ``compressed.pt``. Returns (masks, stage history)."""
+    ``admm_state.pt``); saves ``compressed.pt``. Returns (masks, quantizer scales, stage
+    history)."""
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
     fp = fingerprint(exp)
@@ -177,13 +178,13 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
         state = _load(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)
         load_model_state(model, state["model"], target)
-        return state["masks"], state["history"]
+        return state["masks"], state["scales"], state["history"]
     config = exp.admm.compress_config(progress=exp.runtime.progress)
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
                       checkpoint=run_dir / "admm_state.pt", fingerprint=fp)
     save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
                  "levels": result.levels, "history": result.history, "fingerprint": fp}, target)
-    return result.masks, result.history
+    return result.masks, result.scales, result.history
 
 
 def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
@@ -198,10 +199,12 @@ def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: 
 def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                     xbar: CrossbarConfig, calibration: torch.Tensor, test: DataLoader,
                     chips: int, seed: int, progress: bool = False, desc: str = "chips",
-                    ) -> list[float]:
+                    scales: Mapping[str, float | torch.Tensor] | None = None) -> list[float]:
     """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
-    ``seed .. seed + chips - 1``), each calibrated on ``calibration``."""
-    xmodel = to_crossbar(model, device, xbar, calibration=calibration, seed=seed, plan=plan)
+    ``seed .. seed + chips - 1``), each calibrated on ``calibration``. ``scales``: the
+    quantizer's scales, so a quantized model's level grid is the device's."""
+    xmodel = to_crossbar(model, device, xbar, calibration=calibration, seed=seed, plan=plan,
+                         scales=scales)
     accs = []
     for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
         if i:
@@ -361,15 +364,15 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         exp, allocation = allocation_stage(model, train, exp, calibration)
     stage = obc_stage if exp.compressor == "obc" else compress_stage
     with _timed(timings, exp.compressor):
-        masks, history = stage(model, (train, test), exp, run_dir)
+        masks, scales, history = stage(model, (train, test), exp, run_dir)
     compressed_acc = evaluate(model, test)
     plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json")
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
     with _timed(timings, "crossbar_eval"):
         ideal = chip_accuracies(model, plan, ideal_device(exp.device), exp.crossbar,
-                                calibration, xtest, 1, exp.seed)[0]
+                                calibration, xtest, 1, exp.seed, scales=scales)[0]
         accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
-                               exp.eval.chips, exp.seed, exp.runtime.progress)
+                               exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales)
     with _timed(timings, "cost"):
         cost = cost_stage(plan, exp, run_dir / "cost")
     mean, std = _stats(accs)
@@ -466,9 +469,9 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
         source = Path(to_absolute_path(study.source)) / "compressed.pt"
         state = _load(source, device)
         load_model_state(model, state["model"], source)
-        masks = state["masks"]
+        masks, scales = state["masks"], state["scales"]
     else:
-        masks, _ = compress_stage(model, (train, test), exp, run_dir)
+        masks, scales, _ = compress_stage(model, (train, test), exp, run_dir)
     compressed_acc = evaluate(model, test)
     compressed = {k: v.clone() for k, v in model.state_dict().items()}
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
@@ -480,7 +483,8 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
             model.load_state_dict(dense if name == "dense" else compressed)
             plan = map_stage(model, masks if name == "compressed" else None, xbar, calibration)
             accs = chip_accuracies(model, plan, dev, xbar, calibration, xtest, exp.eval.chips,
-                                   exp.seed, desc=f"{key}={value} {name}")
+                                   exp.seed, desc=f"{key}={value} {name}",
+                                   scales=scales if name == "compressed" else None)
             chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
                            "accuracy": a} for i, a in enumerate(accs)]
             mean, std = _stats(accs)

@@ -76,22 +76,24 @@ def labelled_subset(loader: DataLoader, n: int, device: torch.device, seed: int,
 
 
 def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExperiment,
-              run_dir: Path) -> tuple[dict, list[dict]]:
+              run_dir: Path) -> tuple[dict, dict, list[dict]]:
     """Post-training OBC of the dense ``model`` in place under the ``admm`` group's constraints;
     saves ``compressed.pt`` with the config fingerprint (or loads it, to resume, after checking
-    the fingerprint as ``experiments.pipeline.compress_stage`` does). Returns (masks, history);
+    the fingerprint as ``experiments.pipeline.compress_stage`` does). Returns (masks, scales,
+    history);
     the history holds the dense and compressed test accuracy (``eval`` events) and one
     ``obc_layer`` record per layer (OBS loss, ``layer_loss``)."""
-    from experiments.guard import fingerprint  # guard imports experiments.config, which imports us
+    # guard imports experiments.config, which imports us
+    from experiments.guard import fingerprint, load_checkpoint
 
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
     fp = fingerprint(exp)
     if target.exists():
-        state = torch.load(target, map_location=device, weights_only=True)
+        state = load_checkpoint(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)  # e.g. compressor=admm there
         load_model_state(model, state["model"], target)
-        return state["masks"], state["history"]
+        return state["masks"], state["scales"], state["history"]
     obc, test = exp.obc, loaders[1]
     calib = labelled_subset(loaders[0], obc.n_calib, device, exp.seed)
     constraints = exp.admm.layer_constraints()
@@ -106,4 +108,4 @@ def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExpe
     save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
                  "levels": result.levels, "history": history, "compressor": "obc",
                  "fingerprint": fp}, target)
-    return result.masks, history
+    return result.masks, result.scales, history

@@ -60,8 +60,14 @@ def test_default_and_study_configs_validate():
 
 
 def test_device_preset_group_and_override():
-    exp = load_compress_config(_compose(["device=rram_neurosim", "+device.read_sigma=0.02"]))
+    exp = load_compress_config(_compose(["device=rram_neurosim", "+device.read_sigma=0.02",
+                                         "admm.levels=4"]))
     assert exp.device.level_count == 4 and exp.device.read_sigma == 0.02
+    # ADMM's level count must fit the device (16 levels cannot live on 4-level cells).
+    with pytest.raises(ValueError, match=r"admm.levels=16 is invalid; allowed: 4"):
+        load_compress_config(_compose(["device=rram_neurosim"]))
+    exp = load_compress_config(_compose(["admm.levels=6"]))  # 6-level grid within 16 levels
+    assert exp.admm.levels == 6
 
 
 def test_slurm_launcher_composes():
