@@ -18,7 +18,7 @@ Per tile ``t`` of a layer (``r`` live word lines, ``k`` outputs, ``bl`` bit line
 
     area = arrays * A_array + r * A_dac + n_adc * (A_adc + A_sa) + bl * A_sh
            + r * dac_bits * A_ir + k * output_bits * A_or + arrays * A_buffer
-    n_adc = ceil(bl / cols_per_adc),  arrays = 2 (differential) or 1 (offset)
+    n_adc = ceil(k * S / cols_per_adc),  arrays = 2 (differential) or 1 (offset)
 
     t_cycle = max(t_array_read, ceil(k * S / n_adc) / f_clock)
     latency(layer) = M * c * max_t t_cycle;  power = energy / latency(model)
@@ -228,7 +228,7 @@ class CostConfig:
     Attributes:
         table: shipped table name (``"isaac"``) or path to a YAML table.
         clock_MHz: ADC conversion / digital clock; one conversion per ADC per period.
-        cols_per_adc: bit lines multiplexed onto one ADC.
+        cols_per_adc: converted signals (outputs x slices) multiplexed onto one ADC.
         default_dac_bits, default_adc_bits: resolution costed when the crossbar config leaves
             ``dac_bits`` / ``adc_bits`` as ``None`` (ideal converters still cost hardware).
         output_bits: width of an accumulated output (output register, buffer writes).

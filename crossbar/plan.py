@@ -148,8 +148,10 @@ class LayerPlan:
         return self.n_word_lines
 
     def adcs_per_tile(self, cols_per_adc: int = 1) -> list[int]:
-        """ADCs of each tile when ``cols_per_adc`` bit lines share one converter."""
-        return [math.ceil(self.tile_bit_lines(t) / cols_per_adc) for t in self.tiles]
+        """ADCs of each tile when ``cols_per_adc`` converted signals share one converter. A
+        signal is one output's weight slice: the differential pair (or the reference column)
+        is subtracted in analog before the ADC, so a pair needs one conversion, not two."""
+        return [math.ceil(t.n_cols * self.weight_slices / cols_per_adc) for t in self.tiles]
 
     @property
     def n_devices(self) -> int:

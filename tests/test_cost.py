@@ -101,7 +101,8 @@ def test_several_tiles_differential_bit_serial_by_hand():
     assert [(t.n_rows, t.n_cols) for t in layer.tiles] == [(4, 4), (2, 4), (4, 2), (2, 2)]
     c = _cost(layer, cfg, TOY_COST.with_(cols_per_adc=4))
     assert (c.tiles, c.arrays, c.word_lines, c.bit_lines) == (4, 8, 12, 24)
-    assert c.adcs == 2 + 2 + 1 + 1  # ceil(8/4), ceil(8/4), ceil(4/4), ceil(4/4)
+    # one ADC input per output (pair subtracted in analog): ceil(4/4), ceil(4/4), ceil(2/4) x 2
+    assert c.adcs == 1 + 1 + 1 + 1
     assert c.input_cycles == 2 and c.dac_drives == 24 and c.adc_conversions == 24
     assert c.energy_pJ["crossbar"] == pytest.approx(2 * 72 * 1.0)
     assert c.energy_pJ["dac"] == pytest.approx(24 * 1.0)  # 1-bit DAC when bit-serial
@@ -109,10 +110,10 @@ def test_several_tiles_differential_bit_serial_by_hand():
     assert c.energy_pJ["input_register"] == pytest.approx(24 * 0.1)
     assert c.energy_pJ["buffer"] == pytest.approx((6 * 2 + 6 * 16) * 0.01)
     assert c.area_um2["crossbar"] == pytest.approx(8 * 100.0)
-    assert c.area_um2["adc"] == pytest.approx(6 * 80.0)
+    assert c.area_um2["adc"] == pytest.approx(4 * 80.0)
     assert c.area_um2["sample_hold"] == pytest.approx(24 * 0.5)
     assert c.area_um2["output_register"] == pytest.approx(12 * 16 * 0.3)
-    assert c.latency_ns == pytest.approx(2 * 20.0)
+    assert c.latency_ns == pytest.approx(2 * 40.0)  # 2 input cycles x 4 conversions on 1 ADC
 
 
 def test_pruning_that_frees_a_tile_lowers_area_and_energy():
@@ -128,11 +129,11 @@ def test_pruning_that_frees_a_tile_lowers_area_and_energy():
 
 def test_adc_sharing_changes_count_area_and_latency():
     cfg = CrossbarConfig(tile_rows=4, tile_cols=4, dac_bits=4, adc_bits=4)
-    layer = _layer(4, 4, cfg)  # one differential tile, 8 bit lines, 4 conversions per read
+    layer = _layer(4, 4, cfg)  # one differential tile: 8 bit lines, 4 signals, 4 conversions
     one = _cost(layer, cfg, TOY_COST.with_(cols_per_adc=1))
     eight = _cost(layer, cfg, TOY_COST.with_(cols_per_adc=8))
-    assert (one.adcs, eight.adcs) == (8, 1)
-    assert one.area_um2["adc"] == pytest.approx(8 * eight.area_um2["adc"])
+    assert (one.adcs, eight.adcs) == (4, 1)
+    assert one.area_um2["adc"] == pytest.approx(4 * eight.area_um2["adc"])
     assert one.energy_pJ["adc"] == pytest.approx(eight.energy_pJ["adc"])  # same conversions
     assert one.latency_ns == pytest.approx(10.0)   # array read bound
     assert eight.latency_ns == pytest.approx(40.0)  # 4 conversions x 10 ns on one ADC

@@ -394,8 +394,8 @@ def test_all_zero_rows_and_columns_get_no_device() -> None:
     assert len(plan.live_rows) == 150 and len(plan.live_cols) == 100
     assert plan.n_tiles == 2  # 150 rows -> 2 row tiles, 100 cols -> 1 column group
     assert plan.n_dacs == 150  # one DAC per live word line
-    assert plan.adcs_per_tile() == [200, 200]  # 100 outputs x (G+, G-) bit lines per tile
-    assert plan.adcs_per_tile(cols_per_adc=8) == [25, 25]
+    assert plan.adcs_per_tile() == [100, 100]  # one per output: G+ - G- subtracted in analog
+    assert plan.adcs_per_tile(cols_per_adc=8) == [13, 13]
     assert int((xl.g_uS != 0).sum()) == plan.n_devices
     dense = crossbar.to_crossbar(nn.Linear(300, 200), IDEAL, config)
     assert dense.plan.n_tiles == 6
