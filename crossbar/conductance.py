@@ -27,18 +27,19 @@ def pair_differences(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     total conductance ``l_i + l_j`` (the lowest read power among equal pairs).
     """
     n = levels.numel()
-    diff = levels.unsqueeze(1) - levels.unsqueeze(0)
-    total = levels.unsqueeze(1) + levels.unsqueeze(0)
-    # Sort by (difference, total) so the first of each run of equal differences is the cheapest.
-    diff_flat = diff.flatten().double()
-    order = torch.argsort(total.flatten(), stable=True)
-    order = order[torch.argsort(diff_flat[order], stable=True)]
-    d_sorted = diff_flat[order]
-    first = torch.ones_like(d_sorted, dtype=torch.bool)
-    # Equal differences of float32 levels differ by rounding: merge within 1e-5 of the range.
-    first[1:] = d_sorted[1:] > d_sorted[:-1] + 1e-5 * float(levels.max() - levels.min())
+    diff = (levels.unsqueeze(1) - levels.unsqueeze(0)).flatten().double()
+    total = (levels.unsqueeze(1) + levels.unsqueeze(0)).flatten()
+    # Equal differences of float levels differ by rounding: compare them on a grid of 1e-5 of
+    # the range, then sort by (difference, total) so each run starts with the cheapest pair.
+    key = torch.round(diff / (1e-5 * float(levels.max() - levels.min()))).to(torch.int64)
+    order = torch.argsort(total, stable=True)
+    order = order[torch.argsort(key[order], stable=True)]
+    k_sorted = key[order]
+    first = torch.ones_like(k_sorted, dtype=torch.bool)
+    first[1:] = k_sorted[1:] != k_sorted[:-1]
     pick = order[first]
-    return d_sorted[first].to(levels.dtype), pick // n, pick % n
+    d_sorted = diff[pick]
+    return d_sorted.to(levels.dtype), pick // n, pick % n
 
 
 def _nearest(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -144,6 +144,17 @@ def test_explicit_levels_pair_uses_cheapest_pair() -> None:
     assert int(i[zero]) == 0 and int(j[zero]) == 0  # zero stored as g_min, g_min
 
 
+@pytest.mark.parametrize("preset", ["rram_neurosim", "rram_neurram"])
+def test_float_levels_use_the_cheapest_pair(preset: str) -> None:
+    """Equal differences of float32 levels are merged, so every value is programmed with one
+    cell of the pair at the lowest level (least conductance, least read noise)."""
+    device = crossbar.DeviceModel.preset(preset)
+    diffs, i, j = pair_differences(device.conductance_levels())
+    n = device.level_count
+    assert diffs.numel() == 2 * n - 1
+    assert bool(((i == 0) | (j == 0)).all())
+
+
 def test_values_outside_range_clip() -> None:
     device = crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=11.0)
     g_pos, g_neg = values_to_conductance(torch.tensor([3.0, -2.0, 0.5]), device, "differential")
