@@ -86,6 +86,11 @@ class CompressConfig:
         if isinstance(self.train_noise, bool) or not isinstance(self.train_noise, (int, float)) \
                 or not self.train_noise >= 0:
             raise ValueError(f"train_noise={self.train_noise!r} out of range: a number >= 0")
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum={self.momentum!r} out of range: a number in [0.0, 1.0]")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} out of range: "
+                             "a number in [0.0, inf]")
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr!r} out of range: must be > 0")
         if not (self.importance is None or isinstance(self.importance, Mapping)

@@ -253,8 +253,6 @@ class AdmmSettings:
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:
             _fail("levels", self.levels, "an integer >= 2 (device levels) or null")
-        _check_range("momentum", self.momentum, 0.0, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0)
         self.compress_config(progress=False)  # range checks of admm.CompressConfig
 
     def layer_constraints(self) -> list[LayerConstraint]:
