@@ -1,7 +1,15 @@
 """Device-level memristor crossbar simulator and hardware cost model."""
 
+from .cells import WriteVerify
 from .config import CrossbarConfig
-from .convert import calibrate, mapping_plan, program, to_crossbar
+from .convert import (
+    calibrate,
+    mapping_plan,
+    program,
+    programming_stats,
+    set_inference_time,
+    to_crossbar,
+)
 from .cost import (
     ComponentTable,
     CostConfig,
@@ -34,7 +42,10 @@ __all__ = [
     "LayerPlan",
     "MappingPlan",
     "Tile",
+    "WriteVerify",
     "calibrate",
+    "programming_stats",
+    "set_inference_time",
     "mapping_plan",
     "plan_layer",
     "plan_model",

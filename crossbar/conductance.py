@@ -15,9 +15,12 @@ weight -> conductance -> weight is the identity on the level grid.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from .device import DeviceModel
+if TYPE_CHECKING:
+    from .device import DeviceModel
 
 
 def pair_differences(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,7 +45,7 @@ def pair_differences(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return d_sorted.to(levels.dtype), pick // n, pick % n
 
 
-def _nearest(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def nearest(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Index of the grid value nearest to each ``x`` (``grid`` sorted ascending; ties go low)."""
     idx = torch.searchsorted(grid, x.contiguous()).clamp(1, grid.numel() - 1)
     lo, hi = grid[idx - 1], grid[idx]
@@ -51,36 +54,22 @@ def _nearest(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def reference_conductance(device: DeviceModel) -> tuple[float, float]:
     """``(G_ref, h)`` of the offset mapping: the reference conductance and its half range."""
-    mid = 0.5 * (device.g_min_uS + device.g_max_uS)
-    levels = device.conductance_levels()
-    g_ref = mid if levels is None else float(levels[_nearest(levels, torch.tensor([mid]))])
-    return g_ref, max(g_ref - device.g_min_uS, device.g_max_uS - g_ref)
+    from .mappings.offset import reference_level
+
+    return reference_level(device)
 
 
 def values_to_conductance(
     v: torch.Tensor, device: DeviceModel, mapping: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Normalised weights ``v`` -> nominal conductances in uS.
+    """Normalised weights ``v`` -> nominal conductances in uS (the mapping style's
+    ``nominal``). Returns ``(G+, G-)`` for the differential mapping and ``(G, None)`` for the
+    offset mapping. ``v`` is clipped to ``[-1, 1]`` first (a weight outside the range
+    saturates)."""
+    from .mappings import mapping_style
 
-    Returns ``(G+, G-)`` for the differential mapping and ``(G, None)`` for the offset mapping.
-    ``v`` is clipped to ``[-1, 1]`` first (a weight outside the range saturates).
-    """
-    v = v.clamp(-1.0, 1.0)
-    levels = device.conductance_levels(v.device)
-    if mapping == "differential":
-        target = v * device.g_range_uS
-        if levels is None:
-            g_pos = device.g_min_uS + target.clamp(min=0.0)
-            g_neg = device.g_min_uS + (-target).clamp(min=0.0)
-            return g_pos, g_neg
-        diffs, i, j = pair_differences(levels)
-        k = _nearest(diffs, target)
-        return levels[i[k]], levels[j[k]]
-    g_ref, half = reference_conductance(device)
-    target = (g_ref + v * half).clamp(device.g_min_uS, device.g_max_uS)
-    if levels is None:
-        return target, None
-    return levels[_nearest(levels, target)], None
+    g = mapping_style(mapping).nominal(v, device)
+    return g[..., 0], (g[..., 1] if g.shape[-1] > 1 else None)
 
 
 def conductance_to_values(
@@ -88,11 +77,12 @@ def conductance_to_values(
 ) -> torch.Tensor:
     """Inverse of :func:`values_to_conductance`: ``(G+ - G-) / range`` or ``(G - G_ref) / h``
     (``g_other`` is ``G-`` or the reference conductance)."""
-    if mapping == "differential":
-        return (g - g_other) / device.g_range_uS
-    g_ref, half = reference_conductance(device)
-    ref = g_ref if g_other is None else g_other
-    return (g - ref) / half
+    from .mappings import mapping_style
+
+    style = mapping_style(mapping)
+    if style.cells_per_weight == 2:
+        return style.weights(torch.stack([g, g_other], -1), None, device)
+    return style.weights(g.unsqueeze(-1), g_other, device)
 
 
 def slice_values(w: torch.Tensor, scale: torch.Tensor, weight_bits: int, cell_bits: int | None

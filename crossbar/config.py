@@ -14,8 +14,8 @@ from ._validate import (
     fail,
     from_mapping,
 )
+from .mappings import MAPPINGS
 
-MAPPINGS = ("differential", "offset")
 ADC_RANGES = ("calibrated", "full_scale")
 
 
@@ -41,6 +41,11 @@ class CrossbarConfig:
             weight holding the device's levels. With slicing, weights are quantized to
             ``weight_bits`` and split over ``ceil(weight_bits / cell_bits)`` cell pairs.
         weight_bits: weight precision used with ``cell_bits`` (and by the cost model).
+        adc_noise: Gaussian noise at each ADC input (per conversion), its standard deviation
+            in units of the ADC's full scale (its range ``r``); needs ``adc_bits``.
+        drift_compensation: one digital gain per layer that undoes the mean conductance
+            drift: ``alpha = readout(t=0) / readout(t)`` with the readout the mean |weight| the
+            array holds (aihwkit's global drift compensation), applied after the ADCs.
     """
 
     tile_rows: int = 128
@@ -53,11 +58,13 @@ class CrossbarConfig:
     bit_serial: bool = False
     cell_bits: int | None = None
     weight_bits: int = 8
+    adc_noise: float = 0.0
+    drift_compensation: bool = False
 
     def __post_init__(self) -> None:
         check_int("tile_rows", self.tile_rows, 1)
         check_int("tile_cols", self.tile_cols, 1)
-        check_choice("mapping", self.mapping, MAPPINGS)
+        check_choice("mapping", self.mapping, tuple(MAPPINGS))
         check_optional_int("dac_bits", self.dac_bits, 1, 24)
         check_optional_int("adc_bits", self.adc_bits, 1, 24)
         check_choice("adc_range", self.adc_range, ADC_RANGES)
@@ -68,6 +75,12 @@ class CrossbarConfig:
             fail("dac_bits", None, "an integer in [1, 24] when bit_serial is true")
         check_int("weight_bits", self.weight_bits, 1, 32)
         check_optional_int("cell_bits", self.cell_bits, 1, self.weight_bits)
+        check_float("adc_noise", self.adc_noise, 0.0, 1.0)
+        if self.adc_noise > 0 and self.adc_bits is None:
+            fail("adc_noise", self.adc_noise, "0 when adc_bits is null (the noise is in units "
+                 "of the ADC's full scale: set adc_bits)")
+        if not isinstance(self.drift_compensation, bool):
+            fail("drift_compensation", self.drift_compensation, "true or false")
 
     @property
     def weight_slices(self) -> int:

@@ -14,13 +14,6 @@ from .device import DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear, InputShapeError
 from .plan import MappingPlan, check_plan, crossbar_layers, plan_model
 
-_SEED_STRIDE = 1_000_003
-
-
-def layer_seed(seed: int, index: int) -> int:
-    """Per-layer seed derived from the chip seed (layers get independent device samples)."""
-    return (int(seed) * _SEED_STRIDE + index) % (2**63)
-
 
 def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
     for name, module in model.named_modules():
@@ -70,23 +63,70 @@ def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) 
 class CrossbarModel:
     """Methods added to a converted model (its class becomes a subclass of the original)."""
 
-    def program(self, seed: int) -> None:
-        """Program a new chip: re-sample every layer's devices from ``seed``."""
-        program(self, seed)
+    def program(self, seed: int, calibration: torch.Tensor | None = None) -> None:
+        """Program a new chip from ``seed`` and recalibrate it (see :func:`program`)."""
+        program(self, seed, calibration)
 
     def calibrate(self, inputs: torch.Tensor) -> None:
         """Calibrate DAC and ADC ranges on a batch of inputs."""
         calibrate(self, inputs)
+
+    def set_inference_time(self, t_inference_s: float) -> None:
+        """Let the programmed chip drift to ``t_inference_s`` (see :func:`set_inference_time`)."""
+        set_inference_time(self, t_inference_s)
 
     @property
     def mapping_plan(self) -> MappingPlan:
         return mapping_plan(self)
 
 
-def program(model: nn.Module, seed: int) -> None:
-    """Re-sample the device state of every crossbar layer (a new chip). Same seed, same chip."""
-    for index, (_, module) in enumerate(crossbar_modules(model)):
-        module.program(layer_seed(seed, index))
+def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None) -> None:
+    """Program a new chip: re-sample every layer's cells from ``seed`` (same seed, same chip;
+    each layer and effect from its own derived stream, :mod:`crossbar.streams`).
+
+    Calibrated converter ranges belong to one chip, so a calibrated model is recalibrated on
+    ``calibration`` or, by default, on the batch it was last calibrated on (kept by
+    :func:`calibrate`). A model that holds calibrated ranges but no batch (e.g. loaded from a
+    state dict) is refused before anything changes: pass ``calibration=``.
+    """
+    layers = [m for _, m in crossbar_modules(model)]
+    if not layers:
+        raise ValueError("program: the model has no crossbar layer; convert it first")
+    if calibration is None:
+        calibration = getattr(model, "_calibration_inputs", None)
+    if calibration is None and any(bool(m.calibrated) for m in layers):
+        raise ValueError(
+            f"program(seed={seed}): this model's DAC/ADC ranges were calibrated for the chip it "
+            "holds and it keeps no calibration batch (loaded from a state dict?); allowed: "
+            "program(model, seed, calibration=inputs) or to_crossbar(..., calibration=inputs)")
+    for module in layers:
+        module._program(seed)
+    if calibration is not None:
+        calibrate(model, calibration)
+
+
+def set_inference_time(model: nn.Module, t_inference_s: float) -> None:
+    """Let every layer's programmed chip drift to ``t_inference_s`` seconds after programming
+    (the device's drift model; the chip, its calibration and its drift draws stay the same)."""
+    layers = [m for _, m in crossbar_modules(model)]
+    if not layers:
+        raise ValueError("set_inference_time: the model has no crossbar layer")
+    layers[0].device_model.with_(t_inference_s=t_inference_s)  # validate before any change
+    for module in layers:
+        module.set_inference_time(t_inference_s)
+
+
+def programming_stats(model: nn.Module) -> dict:
+    """Pulses and convergence of the last programming over all layers: ``cells``,
+    ``pulses`` (total), ``max_pulses``, ``failed`` (cells outside the write-verify band) and
+    ``pulse_counts`` (one entry per live cell, for histograms and the cost model)."""
+    stats = [m.programming_stats() for _, m in crossbar_modules(model)]
+    if not stats:
+        raise ValueError("programming_stats: the model has no crossbar layer")
+    return {"cells": sum(s["cells"] for s in stats), "pulses": sum(s["pulses"] for s in stats),
+            "max_pulses": max(s["max_pulses"] for s in stats),
+            "failed": sum(s["failed"] for s in stats),
+            "pulse_counts": torch.cat([s["pulse_counts"] for s in stats])}
 
 
 def mapping_plan(model: nn.Module) -> MappingPlan:
@@ -103,6 +143,9 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
         raise ValueError("calibrate: the model has no crossbar layer; convert it first")
     layers = [m for _, m in named]
     check_input(inputs, *named[0], "calibration")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError(f"calibration batch of shape {tuple(inputs.shape)} holds NaN or inf "
+                         "values; allowed: finite inputs")
     was_training = model.training
     model.eval()
     for m in layers:
@@ -119,6 +162,7 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
                 model(inputs)
         for m in layers:
             m.calibrated.fill_(True)
+        model._calibration_inputs = inputs.detach()  # recalibrates the next program(seed)
     finally:
         for m in layers:
             m._calibrating = None
@@ -144,7 +188,8 @@ def to_crossbar(
         calibration: a batch of inputs for the DAC/ADC ranges and for measuring each layer's
             matrix-vector products per sample. Required when ``adc_range="calibrated"`` and
             ``adc_bits`` is set; without it the DAC range follows each batch's largest input.
-        seed: chip seed for programming variation and faults (``program(seed)`` re-samples).
+        seed: chip seed for programming variation, write-verify, faults, drift and the read
+            noise streams (``program(seed)`` programs another chip).
         plan: a mapping plan to use (e.g. from a compressed model's masks); by default it is
             derived from ``masks`` or, without masks, from the non-zero weights, so all-zero
             rows and columns never get devices.
@@ -181,16 +226,16 @@ def to_crossbar(
     if isinstance(model, (nn.Linear, nn.Conv2d)):  # a bare layer converts to a crossbar layer
         cls = CrossbarConv2d if isinstance(model, nn.Conv2d) else CrossbarLinear
         check_plan(plan[""], config)
-        layer = cls(model, plan[""], device, config, seed=layer_seed(seed, 0),
+        layer = cls(model, plan[""], device, config, seed=seed,
                     scale=(scales or {}).get(""))
         if calibration is not None:
             calibrate(layer, calibration)
         return layer
     xmodel = copy.deepcopy(model)
-    for index, (name, module) in enumerate(layers):
+    for name, module in layers:
         cls = CrossbarConv2d if isinstance(module, nn.Conv2d) else CrossbarLinear
         check_plan(plan[name], config)
-        new = cls(module, plan[name], device, config, seed=layer_seed(seed, index),
+        new = cls(module, plan[name], device, config, seed=seed,
                   scale=(scales or {}).get(name))
         _set_submodule(xmodel, name, new.to(module.weight.device))
     base = type(model)

@@ -355,7 +355,7 @@ def layer_cost(
     drive_bits = 1 if xbar.bit_serial else dac_bits
     cycles = dac_bits if xbar.bit_serial else 1
     mvms = _mvms(layer, cost)
-    arrays_per_tile = 2 if layer.mapping == "differential" else 1
+    arrays_per_tile = layer.style.arrays_per_tile
 
     xb = table.get("crossbar", rows=layer.tile_rows, cols=layer.tile_cols)
     dac = table.get("dac", bits=drive_bits)

@@ -4,12 +4,15 @@ Each layer holds the programmed conductances of its live tiles (see :mod:`crossb
 forward pass
 
 1. drives the inputs through the DAC (``dac_bits``; optionally bit-serial),
-2. computes every tile's partial sums from its programmed conductances (plus fresh read noise),
+2. computes every tile's partial sums from its programmed conductances, with read noise drawn
+   for every matrix-vector product (per sample, convolution position, input-bit cycle and
+   weight slice) and optional noise at the ADC input,
 3. quantizes each tile's partial sums with its ADC (per weight slice, per input cycle),
-4. adds the tiles' digital results (shift-and-add over slices and input bits) and the bias.
+4. adds the tiles' digital results (shift-and-add over slices and input bits, the drift
+   compensation gain) and the bias.
 
-Programming variation and stuck-at faults are folded into the cached tile weights once per
-``program()``; only read noise is drawn per forward call (one read of the array per call).
+Programming (mismatch, write-verify), faults and drift are folded into the cached tile weights
+once per ``program()`` / inference time; the forward pass only adds read noise.
 """
 
 from __future__ import annotations
@@ -20,16 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conductance import (
-    conductance_to_values,
-    reference_conductance,
-    slice_values,
-    values_to_conductance,
-)
+from .chip import drifted, program_cells
+from .conductance import slice_values
 from .config import CrossbarConfig
 from .device import DeviceModel
+from .mappings import mapping_style
 from .periphery import bit_planes, signed_steps
 from .plan import LayerPlan, matrix_view
+from .streams import stream
 
 
 @dataclass
@@ -79,7 +80,7 @@ class CrossbarLayer(nn.Module):
         scale: float | torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        weight = matrix_view(source).float()
+        weight = matrix_view(source).detach().float()
         if plan.in_features != weight.shape[1] or plan.out_features != weight.shape[0]:
             raise ValueError(
                 f"plan for layer {plan.name!r} has shape "
@@ -89,6 +90,7 @@ class CrossbarLayer(nn.Module):
         self.plan = plan
         self.device_model = device
         self.config = config
+        self.style = mapping_style(config.mapping)
         self.out_features, self.in_features = weight.shape
         self.bias = None if source.bias is None else nn.Parameter(source.bias.detach().clone())
 
@@ -96,14 +98,19 @@ class CrossbarLayer(nn.Module):
         live = weight * cell_mask
         col_scale = _column_scale(plan.name, live, scale)
         values, factors = slice_values(live, col_scale, config.weight_bits, config.cell_bits)
+        del live
         self.register_buffer("cell_mask", cell_mask)
         self.register_buffer("slice_factors", factors)
-        self.register_buffer("g_nominal_uS", self._nominal(values, device, config.mapping))
-        self.register_buffer("g_uS", torch.zeros_like(self.g_nominal_uS))
+        # [S, cells, out, in]: cells of each weight slice (G+, G- or the single offset cell)
+        nominal = self.style.nominal(values, device).movedim(-1, 1)
+        del values
+        self.register_buffer("g_nominal_uS", nominal)
+        self.register_buffer("g_uS", torch.zeros_like(nominal))
         n_slices, n_tiles = factors.shape[0], plan.n_tiles
         dev = weight.device
-        g_ref = torch.zeros(n_slices, n_tiles, self.in_features, device=dev)
-        self.register_buffer("g_ref_uS", g_ref)
+        # one reference column per tile (offset style), shared by the tile's slices and outputs
+        n_ref = n_tiles if self.style.reference_columns else 0
+        self.register_buffer("g_ref_uS", torch.zeros(n_ref, self.in_features, device=dev))
         self.register_buffer("program_seed", torch.zeros((), dtype=torch.int64, device=dev))
         self.register_buffer("dac_range", torch.zeros((), device=dev))
         self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=dev))
@@ -111,16 +118,15 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool, device=dev))
         self._tiles = self._tile_indices()
         self._calibrating: str | None = None
-        self._read_gen: torch.Generator | None = None
+        self._calibration_inputs: torch.Tensor | None = None
+        self._gens: dict[str, torch.Generator] = {}
+        self.pulses: torch.Tensor | None = None
+        self.converged: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_after_load)
-        self.program(seed)
+        self._register_load_state_dict_pre_hook(_upgrade_state, with_module=True)
+        self._program(seed)
 
     # ------------------------------------------------------------------------------ programming
-    @staticmethod
-    def _nominal(values: torch.Tensor, device: DeviceModel, mapping: str) -> torch.Tensor:
-        g_a, g_b = values_to_conductance(values, device, mapping)
-        return torch.stack([g_a, g_b], dim=1) if g_b is not None else g_a.unsqueeze(1)
-
     def _tile_row_mask(self) -> torch.Tensor:
         """Bool ``[T, in]``: the rows each tile drives."""
         mask = torch.zeros(self.plan.n_tiles, self.in_features, dtype=torch.bool)
@@ -128,45 +134,81 @@ class CrossbarLayer(nn.Module):
             mask[t, list(tile.rows)] = True
         return mask.to(self.cell_mask.device)
 
-    def program(self, seed: int) -> None:
-        """Program a new chip: sample programming variation and stuck-at faults (seeded).
+    @property
+    def n_devices(self) -> int:
+        """Memristors this layer simulates (weight cells and reference cells); equals
+        ``plan.n_devices``, which the cost model charges."""
+        s, c = self.g_uS.shape[:2]
+        ref = int(self._tile_row_mask().sum()) * self.style.reference_columns
+        return int(self.cell_mask.sum()) * s * c + ref
 
-        Same seed, same devices (bit-identical). Unmapped cells (outside every tile) hold no
-        device and stay at 0 uS.
-        """
+    def program(self, seed: int) -> None:
+        """Program a new chip (same seed, same chip) and recalibrate its converters on the
+        stored calibration batch (see :func:`crossbar.program`)."""
+        from .convert import program
+
+        program(self, seed)
+
+    def _program(self, seed: int) -> None:
+        """Sample programming mismatch (or write-verify) and faults of every cell from chip
+        ``seed``'s derived streams; unmapped cells (outside every tile) stay at 0 uS."""
+        seed = int(seed) % (2**63)
         dev = self.device_model
-        gen = torch.Generator()  # sampled on the CPU: the same seed is the same chip anywhere
-        gen.manual_seed(int(seed) % (2**63))
-        self.program_seed.fill_(int(seed) % (2**63))
-        self._read_gen = None
-        g = _perturb(self.g_nominal_uS, dev, gen)
-        self.g_uS.copy_(g * self.cell_mask)
-        if self.config.mapping == "offset":
-            g_ref, _ = reference_conductance(dev)
-            ref = torch.full_like(self.g_ref_uS, g_ref)
-            self.g_ref_uS.copy_(_perturb(ref, dev, gen) * self._tile_row_mask())
+        self.program_seed.fill_(seed)
+        self._gens = {}
+        cells = program_cells(self.g_nominal_uS, dev, seed, self.plan.name)
+        mask = self.cell_mask.cpu()
+        self.g_uS.copy_(cells.g_uS * mask)
+        self.pulses = cells.pulses * mask
+        self.converged = cells.converged | ~mask
+        if self.style.reference_columns:
+            ref_mask = self._tile_row_mask().cpu()
+            target = torch.full(self.g_ref_uS.shape, self.style.reference_uS(dev))
+            ref = program_cells(target, dev, seed, self.plan.name, prefix="reference_")
+            self.g_ref_uS.copy_(ref.g_uS * ref_mask)
+            self.ref_pulses = ref.pulses * ref_mask
+            self.ref_converged = ref.converged | ~ref_mask
         self._refresh()
+
+    def set_inference_time(self, t_inference_s: float) -> None:
+        """Let the programmed chip drift to ``t_inference_s`` seconds after programming."""
+        self.device_model = self.device_model.with_(t_inference_s=t_inference_s)
+        self._refresh()
+
+    def programming_stats(self) -> dict:
+        """Pulses and convergence of the last programming (weight and reference cells)."""
+        pulses, converged = [self.pulses.flatten()], [self.converged.flatten()]
+        live = [self.cell_mask.cpu().expand_as(self.g_uS).flatten()]
+        if self.style.reference_columns:
+            pulses.append(self.ref_pulses.flatten())
+            converged.append(self.ref_converged.flatten())
+            live.append(self._tile_row_mask().cpu().flatten())
+        pulses_t, conv_t, live_t = torch.cat(pulses), torch.cat(converged), torch.cat(live)
+        return {"cells": int(live_t.sum()), "pulses": int(pulses_t.sum()),
+                "max_pulses": int(pulses_t.max()) if pulses_t.numel() else 0,
+                "failed": int((~conv_t & live_t).sum()),
+                "pulse_counts": pulses_t[live_t].to(torch.int64)}
 
     # ---------------------------------------------------------------------------------- caches
     def _tile_indices(self) -> list[_TileIndex]:
         raise NotImplementedError
 
-    def _values(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Programmed weights in weight units per slice ``[S, out, in]`` and the read-noise
-        std of each (``read_sigma`` times the conductances, in the same units)."""
-        factors = self.slice_factors
-        sigma = self.device_model.read_sigma
-        if self.config.mapping == "differential":
-            g_pos, g_neg = self.g_uS[:, 0], self.g_uS[:, 1]
-            values = conductance_to_values(g_pos, g_neg, self.device_model, "differential")
-            std = sigma * torch.sqrt(g_pos**2 + g_neg**2) / self.device_model.g_range_uS
-            return values * factors, std * factors
-        _, half = reference_conductance(self.device_model)
-        g = self.g_uS[:, 0]
-        # Each weight reads against its tile's reference cell in the same row.
-        ref = torch.einsum("ot,sti->soi", self._tile_of_output(), self.g_ref_uS)
-        values = conductance_to_values(g, ref, self.device_model, "offset") * self.cell_mask
-        return values * factors, sigma * g / half * factors
+    def _state_at_time(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight and reference conductances at the device's inference time."""
+        dev, seed, name = self.device_model, int(self.program_seed), self.plan.name
+        g = drifted(self.g_uS, dev, seed, name)
+        ref = drifted(self.g_ref_uS, dev, seed, name, "reference_") if self.g_ref_uS.numel() \
+            else None
+        return g, ref
+
+    def _values(self, g: torch.Tensor, g_ref: torch.Tensor | None) -> torch.Tensor:
+        """Weights ``[S, out, in]`` (weight units) that conductances ``g`` hold."""
+        ref = None
+        if g_ref is not None:
+            # each cell reads against its own tile's reference cell in the same row
+            ref = torch.einsum("ot,ti->oi", self._tile_of_output(), g_ref)
+        values = self.style.weights(g.movedim(1, -1), ref, self.device_model)
+        return values * self.cell_mask * self.slice_factors
 
     def _tile_of_output(self) -> torch.Tensor:
         """One-hot ``[out, T]``: the tiles holding each output. An output meets several tiles
@@ -178,58 +220,55 @@ class CrossbarLayer(nn.Module):
         return onehot
 
     def _refresh(self) -> None:
-        """Rebuild the cached per-tile weights from the programmed conductances."""
+        """Rebuild the cached per-tile weights (and read-noise variances) from the programmed
+        conductances at the inference time."""
         self._sync_ranges()
-        values, std = self._values()
+        dev = self.device_model
+        g, g_ref = self._state_at_time()
+        values = self._values(g, g_ref)
         self._tile_w = [self._gather(values, idx) for idx in self._tiles]
-        self._tile_std = [self._gather(std, idx) for idx in self._tiles]
-        if self.config.mapping == "offset" and self.device_model.read_sigma > 0:
-            _, half = reference_conductance(self.device_model)
-            ref_std = self.device_model.read_sigma * self.g_ref_uS / half
-            self._tile_ref_std = [self._gather_ref(ref_std[:, t], idx)
-                                  * self._column_factors(idx)
-                                  for t, idx in enumerate(self._tiles)]
-        else:
-            self._tile_ref_std = None
+        self._gain = 1.0
+        if self.config.drift_compensation and dev.drift is not None and dev.t_inference_s > 0:
+            programmed = self._values(self.g_uS, self.g_ref_uS if g_ref is not None else None)
+            now = float(values.abs().sum())
+            self._gain = float(programmed.abs().sum()) / now if now > 0 else 1.0
+        self._tile_var = None
+        if dev.active("read_noise") and self._tiles:
+            norm = self.style.norm_uS(dev)
+            var = (dev.read_noise.std_uS(g, dev) / norm).square().sum(dim=1)
+            var = var * self.cell_mask * self.slice_factors.square()
+            tile_var = [self._gather(var, idx).flatten(0, 1) for idx in self._tiles]
+            if g_ref is not None:
+                ref_var = (dev.read_noise.std_uS(g_ref, dev) / norm).square()
+                tile_var = [torch.cat([v, self._gather_ref(ref_var[t], idx)])
+                            for t, (v, idx) in enumerate(zip(tile_var, self._tiles, strict=True))]
+            self._tile_var = tile_var
+            self._ref_factor = [self.slice_factors.index_select(1, idx.cols).flatten()
+                                for idx in self._tiles]
+        del values
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError
 
-    def _column_factors(self, idx: _TileIndex) -> torch.Tensor:
-        """Weight-unit factors of the tile's output columns, shaped like its weights."""
-        f = self.slice_factors.index_select(1, idx.cols)  # [S, cols, 1]
-        return f.view(*f.shape, *([1] * (self._tile_w[0].dim() - 3)))
-
     def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+        """One tile's reference column ``[in]`` as one more output ``[1, rows...]``."""
         raise NotImplementedError
 
     def _apply(self, fn, *args, **kwargs):  # keep caches on the module's device and dtype
         out = super()._apply(fn, *args, **kwargs)
         self._tiles = self._tile_indices()
         self._refresh()
-        self._read_gen = None
+        self._gens = {}
         return out
 
-    def _read_generator(self) -> torch.Generator:
-        if self._read_gen is None or self._read_gen.device != self.g_uS.device:
-            self._read_gen = torch.Generator(device=self.g_uS.device)
-            self._read_gen.manual_seed((int(self.program_seed) * 7919 + 1) % (2**63))
-        return self._read_gen
-
-    def _read(self, t: int) -> torch.Tensor:
-        """Tile ``t``'s weights as read now: programmed state plus fresh read noise."""
-        w = self._tile_w[t]
-        if self.device_model.read_sigma == 0 or self._calibrating is not None:
-            return w
-        gen = self._read_generator()
-        noise = torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-        w = torch.addcmul(w, self._tile_std[t], noise)
-        if self._tile_ref_std is not None:
-            ref = self._tile_ref_std[t]
-            shape = (ref.shape[0], 1, *ref.shape[2:])  # one reference cell per row
-            ref_noise = torch.randn(shape, generator=gen, device=w.device, dtype=w.dtype)
-            w = w - ref * ref_noise  # one reference cell per row, shared by the tile's columns
-        return w
+    def _generator(self, effect: str) -> torch.Generator:
+        """The per-MVM stream ``effect`` (read noise, ADC noise) of this chip and layer, on
+        the module's device (continues across forward calls)."""
+        gen = self._gens.get(effect)
+        if gen is None or gen.device != self.g_uS.device:
+            gen = stream(int(self.program_seed), self.plan.name, effect, self.g_uS.device)
+            self._gens[effect] = gen
+        return gen
 
     # ------------------------------------------------------------------------------- periphery
     # Inputs and partial sums are kept in converter code units: the DAC step is folded into the
@@ -296,28 +335,80 @@ class CrossbarLayer(nn.Module):
         peak = torch.stack([_peak(v, self.config.range_percentile) for v in per_slice])
         self.adc_range[t] = torch.maximum(self.adc_range[t], peak)
 
+    def _read_noise(self, p: torch.Tensor, x2: torch.Tensor, t: int, idx: _TileIndex,
+                    k: torch.Tensor | float) -> torch.Tensor:
+        """Add this matrix-vector product's read noise to the partial sums ``p`` (codes,
+        ``[N', S*cols, ...]``). Every cell's read is ``G + std(G) N`` with a new ``N`` per
+        product, so output ``j`` gets Gaussian noise of variance ``sum_i x_i^2 var_ij``: one
+        product of ``x^2`` with the tile's variance matrix (exact, no per-sample conductances).
+        The offset style's reference column is one more column of that product whose noise is
+        shared by every output of the tile (subtracted with each output's weight factor)."""
+        var = self._tile_var[t]
+        n_out = p.shape[1]
+        if isinstance(k, torch.Tensor):  # per-slice scale, repeated over each slice's columns
+            k_cols = k.repeat_interleave(n_out // k.numel())
+        else:
+            k_cols = None
+        if var.shape[0] > n_out:  # reference column: unscaled (per-output factors below)
+            own = var[:n_out] * (k_cols.square().view(-1, *([1] * (var.dim() - 1)))
+                                 if k_cols is not None else k * k)
+            var = torch.cat([own, var[n_out:]])
+        elif k_cols is not None:
+            var = var * k_cols.square().view(-1, *([1] * (var.dim() - 1)))
+        else:
+            var = var * (k * k)
+        v = self._tile_product(x2, var, idx)
+        gen = self._generator("read")
+        std = v.clamp_(min=0.0).sqrt_()
+        noise = torch.randn(std.shape, generator=gen, device=std.device, dtype=std.dtype)
+        std = std.mul_(noise)
+        p = p.add_(std[:, :n_out])
+        if std.shape[1] > n_out:
+            factor = self._ref_factor[t] * (k_cols if k_cols is not None else k)
+            shape = (1, n_out, *([1] * (p.dim() - 2)))
+            p = p.sub_(std[:, n_out:] * factor.view(shape))
+        return p
+
     def _accumulate(self, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
         drive = self._drive(x)
+        noisy = self._tile_var is not None and self._calibrating is None
+        x2 = None
+        if noisy:  # bit planes are 0/1: their square is themselves
+            x2 = drive.x if drive.plane_weights is not None else drive.x * drive.x
+        adc_noise = self.config.adc_noise if self._calibrating is None else 0.0
         out = None
         full_cover = all(idx.cols.numel() == self.out_features for idx in self._tiles)
         for t, idx in enumerate(self._tiles):
             steps = self._adc_steps(t, drive)
-            w = self._read(t)
+            w = self._tile_w[t]
+            n_slices = w.shape[0]
             if steps is not None and len(steps) == 1:
-                w = w * (drive.step / steps[0])
+                k: torch.Tensor | float = drive.step / steps[0]
             elif steps is not None:
-                scale = torch.tensor([drive.step / s for s in steps], dtype=w.dtype,
-                                     device=w.device)
-                w = w * scale.view(-1, *([1] * (w.dim() - 1)))
-            elif drive.step != 1.0:
-                w = w * drive.step
-            p = self._tile_product(drive.x, w, idx)  # [N', S, cols, ...] in ADC codes
+                k = torch.tensor([drive.step / s for s in steps], dtype=w.dtype,
+                                 device=w.device)
+            else:
+                k = drive.step
+            if isinstance(k, torch.Tensor):
+                w = w * k.view(-1, *([1] * (w.dim() - 1)))
+            elif k != 1.0:
+                w = w * k
+            p = self._tile_product(drive.x, w.flatten(0, 1), idx)  # [N', S*cols, ...] codes
+            if noisy:
+                p = self._read_noise(p, x2, t, idx, k)
+            if steps is not None and adc_noise > 0:
+                q = signed_steps(self.config.adc_bits)
+                gen = self._generator("adc_noise")
+                p = p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype),
+                           alpha=adc_noise * q)
+            p = p.unflatten(1, (n_slices, -1))
             if self._calibrating == "adc":
                 self._record_adc(p, t)
             if steps is not None:
                 q = signed_steps(self.config.adc_bits)
                 p = p.round_().clamp_(-q, q)
             p, alpha = self._combine(p, steps, drive.plane_weights)
+            alpha *= self._gain
             if full_cover and out is None:
                 out = p if alpha == 1.0 else p.mul_(alpha)
             elif full_cover:
@@ -352,6 +443,7 @@ class CrossbarLayer(nn.Module):
         return (p.sum(dim=1) if p.shape[1] > 1 else p.squeeze(1)), alpha
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+        """``x`` through one tile's weights ``w[C, rows...]`` -> ``[N', C, ...]``."""
         raise NotImplementedError
 
     def get_extra_state(self) -> dict:
@@ -359,10 +451,15 @@ class CrossbarLayer(nn.Module):
         return {"device": self.device_model.to_dict(), "config": self.config.to_dict()}
 
     def set_extra_state(self, state: dict) -> None:
-        for key, mine in (("device", self.device_model.to_dict()),
-                          ("config", self.config.to_dict())):
-            theirs = state.get(key)
-            if theirs is not None and {k: theirs.get(k) for k in mine} != mine:
+        theirs_dev = state.get("device")
+        if theirs_dev is not None:  # 0.1 states carry flat device keys: read them as 0.1 did
+            theirs_dev = DeviceModel.from_dict(theirs_dev).to_dict()
+        theirs_cfg = state.get("config")
+        if theirs_cfg is not None:  # keys added after 0.1 take their defaults
+            theirs_cfg = CrossbarConfig.from_dict(theirs_cfg).to_dict()
+        for key, mine, theirs in (("device", self.device_model.to_dict(), theirs_dev),
+                                  ("config", self.config.to_dict(), theirs_cfg)):
+            if theirs is not None and theirs != mine:
                 changed = sorted(k for k in mine if theirs.get(k) != mine[k])
                 raise ValueError(
                     f"state_dict for crossbar layer {self.plan.name!r} was programmed with "
@@ -407,24 +504,6 @@ def _column_scale(name: str, live: torch.Tensor, scale: float | torch.Tensor | N
     return t.reshape(out, 1).clone()
 
 
-def _perturb(g: torch.Tensor, dev: DeviceModel, gen: torch.Generator) -> torch.Tensor:
-    """Programming variation (log-normal or Gaussian), clipping, then stuck-at faults."""
-    g = g.clone()
-    if dev.prog_sigma > 0:
-        noise = torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)
-        if dev.prog_noise == "lognormal":
-            g = g * torch.exp(dev.prog_sigma * noise)
-        else:
-            g = g + dev.prog_sigma * dev.g_range_uS * noise
-        g = g.clamp(dev.g_min_uS, dev.g_max_uS)
-    if dev.sa0_rate > 0 or dev.sa1_rate > 0:
-        u = torch.rand(g.shape, generator=gen, dtype=g.dtype).to(g.device)
-        g = torch.where(u < dev.sa0_rate, torch.full_like(g, dev.g_min_uS), g)
-        stuck_on = (u >= dev.sa0_rate) & (u < dev.sa0_rate + dev.sa1_rate)
-        g = torch.where(stuck_on, torch.full_like(g, dev.g_max_uS), g)
-    return g
-
-
 def _after_load(module: CrossbarLayer, incompatible) -> None:
     expected = module.plan.cell_mask(module.cell_mask.device)
     if not torch.equal(expected, module.cell_mask):
@@ -432,8 +511,18 @@ def _after_load(module: CrossbarLayer, incompatible) -> None:
             f"state_dict for crossbar layer {module.plan.name!r} was programmed with another "
             "mapping plan (its cell mask differs from this layer's plan)"
         )
-    module._read_gen = None
+    module._gens = {}
     module._refresh()
+
+
+def _upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, *args) -> None:
+    """0.1 states hold one offset reference cell per weight slice ``[S, T, in]`` (all at the
+    same target); one reference column per tile is the hardware the plan describes: keep the
+    first slice's cells."""
+    key = prefix + "g_ref_uS"
+    ref = state_dict.get(key)
+    if ref is not None and ref.dim() == 3:
+        state_dict[key] = ref[0] if module.g_ref_uS.numel() else ref[0, :0]
 
 
 class CrossbarLinear(CrossbarLayer):
@@ -456,12 +545,11 @@ class CrossbarLinear(CrossbarLayer):
         return m.index_select(1, idx.cols).index_select(2, idx.rows)
 
     def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        return ref.index_select(1, idx.rows).unsqueeze(1)  # [S, 1, rows]
+        return ref.index_select(0, idx.rows).unsqueeze(0)  # [1, rows]
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         xt = x[:, idx.row_slice] if idx.row_slice is not None else x.index_select(1, idx.rows)
-        s, c, r = w.shape
-        return F.linear(xt, w.reshape(s * c, r)).unflatten(1, (s, c))
+        return F.linear(xt, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -535,14 +623,14 @@ class CrossbarConv2d(CrossbarLayer):
         return w.unflatten(3, self.kernel_size)  # [S, cols, channels, kh, kw]
 
     def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        r = ref.view(ref.shape[0], 1, self.in_channels, self._kernel_area)
-        return r.index_select(2, idx.rows).unflatten(3, self.kernel_size)
+        r = ref.view(1, self.in_channels, self._kernel_area).index_select(1, idx.rows)
+        if idx.row_mask is not None:
+            r = r * idx.row_mask
+        return r.unflatten(2, self.kernel_size)  # [1, channels, kh, kw]
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         xt = x[:, idx.row_slice] if idx.row_slice is not None else x.index_select(1, idx.rows)
-        s, c = w.shape[:2]
-        p = F.conv2d(xt, w.flatten(0, 1), None, self.stride, self.padding, self.dilation)
-        return p.unflatten(1, (s, c))
+        return F.conv2d(xt, w, None, self.stride, self.padding, self.dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from ._validate import check_choice, check_int, fail
-from .config import MAPPINGS, CrossbarConfig
+from .config import CrossbarConfig
 from .io import atomic_write_text
+from .mappings import MAPPINGS, MappingStyle, mapping_style
 
 PLAN_FORMAT_VERSION = 1
 LAYER_KINDS = ("linear", "conv2d")
@@ -87,7 +88,7 @@ class LayerPlan:
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, LAYER_KINDS)
-        check_choice("mapping", self.mapping, MAPPINGS)
+        check_choice("mapping", self.mapping, tuple(MAPPINGS))
         for key in ("out_features", "in_features", "row_unit", "tile_rows", "tile_cols",
                     "outputs_per_tile", "weight_slices"):
             check_int(key, getattr(self, key), 1)
@@ -126,12 +127,17 @@ class LayerPlan:
     @property
     def columns_per_output(self) -> int:
         """Bit lines one output takes in a tile: 2 per slice (pair) or 1 per slice (offset)."""
-        return self.weight_slices * (2 if self.mapping == "differential" else 1)
+        return self.weight_slices * self.style.cells_per_weight
 
     def tile_bit_lines(self, tile: Tile) -> int:
-        """Bit lines a tile uses, including the reference column of the offset mapping."""
-        ref = 1 if self.mapping == "offset" else 0
-        return tile.n_cols * self.columns_per_output + ref
+        """Bit lines a tile uses, including the reference column of the offset mapping (one
+        per tile, shared by all outputs and weight slices of the tile)."""
+        return tile.n_cols * self.columns_per_output + self.style.reference_columns
+
+    @property
+    def style(self) -> MappingStyle:
+        """The mapping style (cells per weight, reference columns, arrays per tile)."""
+        return mapping_style(self.mapping)
 
     @property
     def n_word_lines(self) -> int:
@@ -262,14 +268,15 @@ def outputs_per_tile(config: CrossbarConfig) -> int:
     """Outputs a tile can hold: ``tile_cols`` bit lines less the reference column (offset
     mapping), divided among each output's weight slices (and the pair of a differential
     mapping, which uses a second array of the same size: see docs/crossbar.md)."""
-    usable = config.tile_cols - (1 if config.mapping == "offset" else 0)
+    reference = mapping_style(config.mapping).reference_columns
+    usable = config.tile_cols - reference
     per_output = config.weight_slices
     n = usable // per_output
     if n < 1:
         fail(
             "tile_cols",
             config.tile_cols,
-            f"at least {per_output + (1 if config.mapping == 'offset' else 0)} for mapping="
+            f"at least {per_output + reference} for mapping="
             f"{config.mapping!r} with {config.weight_slices} weight slice(s)",
         )
     return n

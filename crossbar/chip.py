@@ -1,0 +1,65 @@
+"""Programming a chip: target conductances -> the conductances a chip holds (pure functions).
+
+For every cell, in this order, each effect from its own derived stream (:mod:`.streams`):
+
+1. programming mismatch (the device's programming model), single-shot or with write-verify;
+2. faults (stuck cells ignore what was programmed);
+3. drift to ``t_inference_s`` (applied when the cached weights are built, so a new inference
+   time re-uses the programmed chip).
+
+Draws are made on the CPU so that the same seed gives the same chip on any torch device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .device import DeviceModel
+from .streams import stream
+
+
+@dataclass
+class ProgrammedCells:
+    """Conductances (uS), pulses per cell and whether each cell converged (write-verify)."""
+
+    g_uS: torch.Tensor
+    pulses: torch.Tensor
+    converged: torch.Tensor
+
+
+def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: str,
+                  prefix: str = "") -> ProgrammedCells:
+    """Program ``target`` (uS, any shape) on chip ``seed``; ``prefix`` separates the streams of
+    the reference cells (``"reference_"``) from the weight cells'."""
+    target = target.detach().to("cpu", torch.float32)
+    programming = device.programming if device.active("programming") else None
+    normal = None
+    if programming is not None:
+        normal = torch.randn(target.shape, generator=stream(seed, layer, prefix + "programming"))
+    if device.write_verify is not None:
+        result = device.write_verify.program(
+            target, programming, device.read_noise if device.active("read_noise") else None,
+            device, normal if normal is not None else torch.zeros_like(target),
+            stream(seed, layer, prefix + "write_verify"))
+        g, pulses, converged = result.g_uS, result.pulses, result.converged
+    else:
+        g = target.clone() if programming is None else programming.sample(target, normal, device)
+        pulses = torch.ones(target.shape, dtype=torch.int16)
+        converged = torch.ones(target.shape, dtype=torch.bool)
+    if device.active("faults"):
+        uniform = torch.rand(target.shape, generator=stream(seed, layer, prefix + "faults"))
+        g = device.faults.apply(g, uniform, device)
+    return ProgrammedCells(g, pulses, converged)
+
+
+def drifted(g: torch.Tensor, device: DeviceModel, seed: int, layer: str, prefix: str = ""
+            ) -> torch.Tensor:
+    """The conductances ``g`` at ``device.t_inference_s`` after programming (``g`` itself
+    without a drift model or at ``t = 0``). The per-cell drift draws depend only on the chip
+    seed, so one chip drifts consistently over time."""
+    if device.drift is None or device.t_inference_s <= 0:
+        return g
+    normal = torch.randn(g.shape, generator=stream(seed, layer, prefix + "drift"))
+    return device.drift.at_time(g, device.t_inference_s, normal.to(g.device, g.dtype), device)

@@ -1,0 +1,62 @@
+"""Mapping styles: how a signed weight is held by cells on bit lines.
+
+A style answers, for the mapping plan, the simulator and the cost model alike:
+
+* ``cells_per_weight``: cells (bit lines) per weight slice (2 for a differential pair);
+* ``reference_columns``: extra bit lines per tile (the offset style's reference column, one
+  per tile, shared by every output and weight slice of the tile);
+* ``arrays_per_tile``: physical arrays a tile takes (the cost model's crossbar count);
+* ``nominal``: normalised weights ``v`` in ``[-1, 1]`` -> target conductances per cell;
+* ``weights``: conductances (and the reference column's) -> normalised weights;
+* ``norm_uS``: the conductance difference of ``v = 1``, which turns a conductance noise into a
+  weight noise.
+
+Styles register by name in :data:`MAPPINGS`; ``CrossbarConfig.mapping`` picks one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from .._validate import fail
+
+
+class MappingStyle:
+    name: ClassVar[str]
+    cells_per_weight: ClassVar[int]
+    reference_columns: ClassVar[int]
+    arrays_per_tile: ClassVar[int]
+
+    def nominal(self, v: torch.Tensor, device) -> torch.Tensor:
+        """Target conductances ``[..., cells_per_weight]`` of normalised weights ``v`` (clipped
+        to ``[-1, 1]``)."""
+        raise NotImplementedError
+
+    def reference_uS(self, device) -> float | None:
+        """Target conductance of the reference column, ``None`` without one."""
+        return None
+
+    def norm_uS(self, device) -> float:
+        raise NotImplementedError
+
+    def weights(self, g: torch.Tensor, g_ref: torch.Tensor | None, device) -> torch.Tensor:
+        """Normalised weights from conductances ``g[..., cells_per_weight]`` and, for a style
+        with a reference column, the reference conductance of each weight's row ``g_ref``."""
+        raise NotImplementedError
+
+
+MAPPINGS: dict[str, MappingStyle] = {}
+
+
+def register(cls: type[MappingStyle]) -> type[MappingStyle]:
+    MAPPINGS[cls.name] = cls()
+    return cls
+
+
+def mapping_style(name: str) -> MappingStyle:
+    """The registered style ``name`` (ValueError naming the choices otherwise)."""
+    if name not in MAPPINGS:
+        fail("mapping", name, "one of " + ", ".join(repr(k) for k in MAPPINGS))
+    return MAPPINGS[name]
