@@ -1,24 +1,38 @@
 """Simulator overhead: crossbar inference time / plain PyTorch inference time.
 
-LeNet-5 (MNIST shape), 10,000 inputs, batch 1,000, 2 threads; crossbar with 8-bit DAC and ADC,
-2 % read noise, 5 % programming variation, 128 x 128 tiles. Both run in the same process,
-interleaved, median of 5 runs each.
+``--model lenet5`` (default): LeNet-5 (MNIST shape), 10,000 inputs, batch 1,000, 2 threads;
+``--model vgg16``: VGG-16 at CIFAR shape, 1,024 inputs, batch 128. Crossbar: 8-bit DAC and
+ADC, 2 % read noise drawn for every matrix-vector product, 5 % programming variation,
+128 x 128 tiles. Both run in the same process, interleaved, median of ``--repeats`` runs each.
+``--chips N`` also times N programmed chips (program + recalibrate + inference) against N plain
+passes. ``--memory`` measures, in a fresh process, the peak resident memory that converting
+the model adds, against the converted model's live tensors (state and cached tile weights).
 
     .venv/bin/python benchmarks/sim_overhead.py --out results/sim_overhead.json
+    .venv/bin/python benchmarks/sim_overhead.py --model vgg16 --chips 10 --memory \
+        --out results/sim_overhead_vgg16.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 import crossbar
-from crossbar.plan import atomic_write_text
+from crossbar.io import atomic_write_text
 from experiments.models import build_model
+
+SETUPS = {"lenet5": {"shape": (1, 28, 28), "n": 10_000, "batch": 1_000},
+          "vgg16": {"shape": (3, 32, 32), "n": 1_024, "batch": 128}}
+DEVICE = crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=100.0, prog_sigma=0.05, read_sigma=0.02)
+CONFIG = crossbar.CrossbarConfig(tile_rows=128, tile_cols=128, dac_bits=8, adc_bits=8)
 
 
 def run_inference(model: torch.nn.Module, inputs: torch.Tensor, batch: int) -> float:
@@ -29,46 +43,95 @@ def run_inference(model: torch.nn.Module, inputs: torch.Tensor, batch: int) -> f
     return time.perf_counter() - start
 
 
+def live_bytes(xmodel: torch.nn.Module) -> int:
+    """Bytes of the converted model's parameters, buffers and cached tile tensors."""
+    total = sum(t.numel() * t.element_size() for t in xmodel.state_dict().values()
+                if isinstance(t, torch.Tensor))
+    for m in xmodel.modules():
+        if isinstance(m, crossbar.CrossbarLayer):
+            for cache in (m._tile_w, m._tile_var or []):
+                total += sum(t.numel() * t.element_size() for t in cache)
+    return total
+
+
+def memory_probe(name: str) -> dict:
+    """Run in a fresh process: peak RSS added by conversion vs live tensors."""
+    torch.manual_seed(0)
+    setup = SETUPS[name]
+    model = build_model(name).eval()
+    calib = torch.randn(setup["batch"], *setup["shape"])
+    with torch.inference_mode():
+        model(calib)  # plain inference at the same batch, for the peak before conversion
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    xmodel = crossbar.to_crossbar(model, DEVICE, CONFIG, calibration=calib)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    live = live_bytes(xmodel)
+    return {"conversion_peak_added_MiB": (after - before) / 2**20,
+            "converted_live_MiB": live / 2**20, "ratio": (after - before) / live}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--model", choices=sorted(SETUPS), default="lenet5")
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--batch", type=int)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chips", type=int, default=0)
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="results/sim_overhead.json")
     args = parser.parse_args()
-
+    if args.probe:
+        print(json.dumps(memory_probe(args.model)))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model("lenet5").eval()
-    inputs = torch.randn(args.n, 1, 28, 28)
-    device = crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=100.0, prog_sigma=0.05,
-                                  read_sigma=0.02)
-    config = crossbar.CrossbarConfig(tile_rows=128, tile_cols=128, dac_bits=8, adc_bits=8)
-    xmodel = crossbar.to_crossbar(model, device, config, calibration=inputs[:args.batch]).eval()
+    setup = SETUPS[args.model]
+    n, batch = args.n or setup["n"], args.batch or setup["batch"]
+    model = build_model(args.model).eval()
+    inputs = torch.randn(n, *setup["shape"])
+    xmodel = crossbar.to_crossbar(model, DEVICE, CONFIG, calibration=inputs[:batch]).eval()
 
-    run_inference(model, inputs, args.batch)  # warm-up
-    run_inference(xmodel, inputs, args.batch)
+    run_inference(model, inputs, batch)  # warm-up
+    run_inference(xmodel, inputs, batch)
     plain, xbar = [], []
     for _ in range(args.repeats):
-        plain.append(run_inference(model, inputs, args.batch))
-        xbar.append(run_inference(xmodel, inputs, args.batch))
+        plain.append(run_inference(model, inputs, batch))
+        xbar.append(run_inference(xmodel, inputs, batch))
     result = {
-        "model": "lenet5",
-        "inputs": args.n,
-        "batch": args.batch,
-        "threads": args.threads,
+        "model": args.model, "inputs": n, "batch": batch, "threads": args.threads,
         "plain_s_median": statistics.median(plain),
         "crossbar_s_median": statistics.median(xbar),
         "ratio": statistics.median(xbar) / statistics.median(plain),
-        "plain_s": plain,
-        "crossbar_s": xbar,
-        "tiles": xmodel.mapping_plan.n_tiles,
-        "torch": torch.__version__,
+        "plain_s": plain, "crossbar_s": xbar,
+        "tiles": xmodel.mapping_plan.n_tiles, "torch": torch.__version__,
     }
+    print(f"{args.model}: plain {result['plain_s_median']:.3f} s, crossbar "
+          f"{result['crossbar_s_median']:.3f} s, ratio {result['ratio']:.2f}")
+    if args.chips:
+        start = time.perf_counter()
+        for _ in range(args.chips):
+            run_inference(model, inputs, batch)
+        plain_chips = time.perf_counter() - start
+        start = time.perf_counter()
+        for seed in range(args.chips):
+            xmodel.program(seed + 1)  # recalibrates on the stored batch
+            run_inference(xmodel, inputs, batch)
+        chips = time.perf_counter() - start
+        result.update(chips=args.chips, chips_s=chips, plain_passes_s=plain_chips,
+                      chips_ratio=chips / plain_chips)
+        print(f"{args.chips} chips {chips:.2f} s vs {args.chips} plain passes "
+              f"{plain_chips:.2f} s: ratio {chips / plain_chips:.2f}")
+    if args.memory:
+        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--probe"],
+                             capture_output=True, text=True, check=True)
+        result["memory"] = json.loads(out.stdout.strip().splitlines()[-1])
+        m = result["memory"]
+        print(f"conversion adds {m['conversion_peak_added_MiB']:.0f} MiB peak for "
+              f"{m['converted_live_MiB']:.0f} MiB live: ratio {m['ratio']:.2f}")
     atomic_write_text(args.out, json.dumps(result, indent=2))
-    print(f"plain {result['plain_s_median']:.3f} s, crossbar {result['crossbar_s_median']:.3f} s,"
-          f" ratio {result['ratio']:.2f} (written to {args.out})")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .cost import (
 from .device import PRESETS, DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
+from .programming_cost import PulseCost, programming_cost
 from .report import write_cost_report
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "WriteVerify",
     "calibrate",
     "programming_stats",
+    "PulseCost",
+    "programming_cost",
     "set_inference_time",
     "mapping_plan",
     "plan_layer",

@@ -126,6 +126,7 @@ def programming_stats(model: nn.Module) -> dict:
     return {"cells": sum(s["cells"] for s in stats), "pulses": sum(s["pulses"] for s in stats),
             "max_pulses": max(s["max_pulses"] for s in stats),
             "failed": sum(s["failed"] for s in stats),
+            "tile_pulses": [n for s in stats for n in s["tile_pulses"]],
             "pulse_counts": torch.cat([s["pulse_counts"] for s in stats])}
 
 

@@ -273,6 +273,9 @@ def _expand(short: Mapping, programming: object, read_noise: object, faults: obj
         if current is not None and current.name != "stuck_at":
             fail("sa0_rate", short.get("sa0_rate"), f"no shorthand: this device's faults "
                  f"model is {current.name!r}; set faults.<field> instead")
+        for key in ("sa0_rate", "sa1_rate"):
+            if key in short:
+                check_float(key, short[key], 0.0, 1.0)
         base = current.to_dict() if current is not None else {"model": "stuck_at"}
         base.update({k: short[k] for k in ("sa0_rate", "sa1_rate") if k in short})
         faults = base

@@ -184,7 +184,15 @@ class CrossbarLayer(nn.Module):
             converged.append(self.ref_converged.flatten())
             live.append(self._tile_row_mask().cpu().flatten())
         pulses_t, conv_t, live_t = torch.cat(pulses), torch.cat(converged), torch.cat(live)
+        per_weight = self.pulses.sum(dim=(0, 1), dtype=torch.int64)  # [out, in]
+        tile_pulses = []
+        for t, tile in enumerate(self.plan.tiles):
+            n = int(per_weight[list(tile.cols)][:, list(tile.rows)].sum())
+            if self.style.reference_columns:
+                n += int(self.ref_pulses[t].sum())
+            tile_pulses.append(n)
         return {"cells": int(live_t.sum()), "pulses": int(pulses_t.sum()),
+                "tile_pulses": tile_pulses,
                 "max_pulses": int(pulses_t.max()) if pulses_t.numel() else 0,
                 "failed": int((~conv_t & live_t).sum()),
                 "pulse_counts": pulses_t[live_t].to(torch.int64)}

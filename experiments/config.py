@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from admm import CompressConfig, LayerConstraint
 from crossbar import CrossbarConfig, DeviceModel
 from crossbar.cost import CostConfig
+from crossbar.device import SHORTHANDS as DEVICE_SHORTHANDS
 from experiments.allocation import AllocationSettings
 from experiments.datasets import DATASETS
 from experiments.models import MODELS
@@ -46,11 +48,13 @@ __all__ = [
 ]
 
 TORCH_DEVICES = ("auto", "cpu", "cuda")
-SWEEPABLE = tuple(f.name for f in dataclasses.fields(DeviceModel)
-                  if f.name not in ("levels_uS", "prog_noise")) + tuple(
+SWEEPABLE = ("g_min_uS", "g_max_uS", "n_levels", "t_inference_s", "prog_sigma", "read_sigma",
+             "sa0_rate", "sa1_rate") + tuple(
     f.name for f in dataclasses.fields(CrossbarConfig)
-    if f.name not in ("mapping", "adc_range", "bit_serial"))
-"""Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields."""
+    if f.name not in ("mapping", "adc_range", "bit_serial", "drift_compensation"))
+"""Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields, the
+0.1 shorthands, and any ``<effect>.<field>`` of the device's cell models (``EFFECT_KEY``)."""
+EFFECT_KEY = re.compile(r"^(programming|read_noise|drift|faults|write_verify)\.[a-zA-Z_]\w*$")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -313,9 +317,11 @@ class StudySettings:
         if not self.sweeps:
             _fail("sweeps", self.sweeps, "a mapping setting -> list of values")
         for key, values in self.sweeps.items():
-            if key not in SWEEPABLE + ("sa_rate",):
+            if key not in SWEEPABLE + ("sa_rate",) and not EFFECT_KEY.match(str(key)):
                 _fail(f"sweeps.{key}", values,
-                      "a key among " + ", ".join(SWEEPABLE + ("sa_rate",)))
+                      "a key among " + ", ".join(SWEEPABLE + ("sa_rate",))
+                      + " or <effect>.<field> (e.g. programming.scale, drift.scale, "
+                      "write_verify.tolerance_uS)")
             if not isinstance(values, list) or not values:
                 _fail(f"sweeps.{key}", values, "a non-empty list of values")
         for m in self.models:
@@ -397,18 +403,26 @@ def _resume(value: object) -> bool:
 
 
 def _device(data: Mapping) -> DeviceModel:
-    """A device group: DeviceModel fields, optionally on top of ``preset: <name>``."""
+    """A device group: DeviceModel fields (or 0.1 shorthands), optionally on top of
+    ``preset: <name>``. A partial mapping for a cell model of the preset (``programming:
+    {scale: 2}``) changes those fields of the preset's model."""
     data = dict(data)
     preset = data.pop("preset", None)
     if preset is None:
         return DeviceModel.from_dict(data)
     base = DeviceModel.preset(preset).to_dict()
-    unknown = sorted(set(data) - set(base))
+    allowed = set(base) | set(DEVICE_SHORTHANDS)
+    unknown = sorted(set(data) - allowed)
     if unknown:
-        _fail(f"key {unknown[0]}", data[unknown[0]], "one of preset, " + ", ".join(base))
+        _fail(f"key {unknown[0]}", data[unknown[0]], "one of preset, " + ", ".join(
+            list(base) + list(DEVICE_SHORTHANDS)))
     if data.get("n_levels") is not None:
         base["levels_uS"] = None
-    base.update(data)
+    for key, value in data.items():
+        if isinstance(value, Mapping) and "model" not in value and isinstance(base.get(key),
+                                                                               Mapping):
+            value = {**base[key], **value}
+        base[key] = value
     return DeviceModel.from_dict(base)
 
 
@@ -431,7 +445,7 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         train=build(TrainSettings, data["train"], "train"),
         admm=build(AdmmSettings, data["admm"], "admm"),
         device=_library("device", _device, _known("device", data["device"], DeviceModel,
-                                                  "preset")),
+                                                  "preset", *DEVICE_SHORTHANDS)),
         crossbar=_library("crossbar", CrossbarConfig.from_dict,
                           _known("crossbar", data["crossbar"], CrossbarConfig)),
         cost=_library("cost", CostConfig.from_dict, _known("cost", data["cost"], CostConfig)),

@@ -208,15 +208,15 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
     accs = []
     for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
         if i:
-            xmodel.program(seed + i)
-            xmodel.calibrate(calibration)
+            xmodel.program(seed + i)  # recalibrates on the stored calibration batch
         accs.append(evaluate(xmodel, test))
     return accs
 
 
 def ideal_device(device: DeviceModel) -> DeviceModel:
-    """The same conductance range and levels without variation, read noise or faults."""
-    return device.with_(prog_sigma=0.0, read_sigma=0.0, sa0_rate=0.0, sa1_rate=0.0)
+    """The same conductance range and levels without variation, read noise, drift or faults."""
+    return device.with_(programming=None, read_noise=None, drift=None, faults=None,
+                        write_verify=None, t_inference_s=0.0)
 
 
 def cost_stage(plan: MappingPlan, exp: CompressExperiment, out_dir: Path) -> dict:
@@ -411,12 +411,20 @@ def study_settings(exp: StudyExperiment, key: str, value: object
     try:
         if key == "sa_rate":
             return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar
-        if key in DeviceModel.__dataclass_fields__:
-            extra = {"levels_uS": None} if key == "n_levels" else {}
-            return device.with_(**{key: value}, **extra), xbar
-        return device, xbar.with_(**{key: value})
+        if key in CrossbarConfig.__dataclass_fields__:
+            return device, xbar.with_(**{key: value})
+        return device.with_setting(key, value), xbar
     except (ValueError, TypeError) as exc:
         raise ValueError(f"study.sweeps.{key}: {exc}") from None
+
+
+def _log_axis(key: str, values: list) -> bool:
+    """Time after programming, and any positive axis spanning over two decades, is shown on a
+    log axis (drift and relaxation laws are linear in log t)."""
+    positive = [v for v in values if v > 0]
+    if key == "t_inference_s":
+        return bool(positive)
+    return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
 
 
 def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
@@ -434,6 +442,12 @@ def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
         if not numeric:
             ax.set_xticks(range(len(values)), ["ideal" if v is None else str(v)
                                                 for v in values])
+        elif _log_axis(key, values):
+            positive = [v for v in values if v > 0]
+            if len(positive) < len(values):  # 0 (e.g. just programmed) on a linear stretch
+                ax.set_xscale("symlog", linthresh=min(positive))
+            else:
+                ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs {key} (mean +- std over chips)")

@@ -47,7 +47,9 @@ def test_experiment_configs_compose_and_validate(experiment):
     assert exp.admm.levels == 16 and exp.runtime.device in ("auto", "cpu")
     if experiment == "mnist_lenet5":
         assert exp.dataset.name == "mnist" and exp.eval.chips == 10
-        assert exp.device.prog_sigma == 0.1 and exp.device.sa0_rate + exp.device.sa1_rate == 0.005
+        faults = exp.device.faults
+        assert exp.device.programming.sigma == 0.1
+        assert faults.sa0_rate + faults.sa1_rate == 0.005
         assert exp.device.level_count == 16
 
 
@@ -62,7 +64,7 @@ def test_default_and_study_configs_validate():
 def test_device_preset_group_and_override():
     exp = load_compress_config(_compose(["device=rram_neurosim", "+device.read_sigma=0.02",
                                          "admm.levels=4"]))
-    assert exp.device.level_count == 4 and exp.device.read_sigma == 0.02
+    assert exp.device.level_count == 4 and exp.device.read_noise.sigma == 0.02
     # ADMM's level count must fit the device (16 levels cannot live on 4-level cells).
     with pytest.raises(ValueError, match=r"admm.levels=16 is invalid; allowed: 4"):
         load_compress_config(_compose(["device=rram_neurosim"]))
@@ -85,7 +87,7 @@ def test_local_launcher_composes():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, inf]"]),
+    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, 1.0]"]),
     ("crossbar.adc_bits=40", ["crossbar.adc_bits=40", "[1, 24]"]),
     ("+train.foo=1", ["train.foo=1", "epochs"]),
     ("train.epochs=many", ["train.epochs='many'", "int"]),

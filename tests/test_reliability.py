@@ -64,8 +64,8 @@ def _compose(overrides=()):
     ("resume=maybe", ["resume='maybe'", "true or false"]),
     ("train.lr=nan", ["train.lr=nan", "float"]),
     # negative rates and sigmas
-    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, inf]"]),
-    ("device.read_sigma=-1", ["device.read_sigma=-1", "[0.0, inf]"]),
+    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, 1.0]"]),
+    ("device.read_sigma=-1", ["device.read_sigma=-1", "[0.0, 1.0]"]),
     ("device.sa0_rate=-0.1", ["device.sa0_rate=-0.1", "[0.0, 1.0]"]),
     ("device.sa1_rate=1.5", ["device.sa1_rate=1.5", "[0.0, 1.0]"]),
     ("train.lr=-1", ["train.lr=-1", "> 0"]),
@@ -86,7 +86,7 @@ def _compose(overrides=()):
     ("crossbar.adc_bits=0", ["crossbar.adc_bits=0", "[1, 24]"]),
     ("crossbar.weight_bits=0", ["crossbar.weight_bits=0", "[1, 32]"]),
     ("admm.levels=1", ["admm.levels=1", ">= 2"]),
-    ("device.n_levels=1", ["device.n_levels=1", "[2, inf]"]),
+    ("device.n_levels=1", ["device.n_levels=1", "[2, 4096]"]),
     ("+admm.constraints.0.levels=1", ["admm.constraints[0].levels=1", ">= 2"]),
     # counts
     ("seed=-1", ["seed=-1", ">= 0"]),
