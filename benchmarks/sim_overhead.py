@@ -49,7 +49,7 @@ def live_bytes(xmodel: torch.nn.Module) -> int:
                 if isinstance(t, torch.Tensor))
     for m in xmodel.modules():
         if isinstance(m, crossbar.CrossbarLayer):
-            for cache in (m._tile_w, m._tile_var or []):
+            for cache in (m._tile_w, getattr(m, "_tile_var", None) or []):
                 total += sum(t.numel() * t.element_size() for t in cache)
     return total
 

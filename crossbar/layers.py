@@ -17,6 +17,7 @@ once per ``program()`` / inference time; the forward pass only adds read noise.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +120,8 @@ class CrossbarLayer(nn.Module):
         self._tiles = self._tile_indices()
         self._calibrating: str | None = None
         self._calibration_inputs: torch.Tensor | None = None
-        self._gens: dict[str, torch.Generator] = {}
+        self._gens: dict[str, list[torch.Generator]] = {}
+        self._noise_buffers: dict[tuple, torch.Tensor] = {}
         self.pulses: torch.Tensor | None = None
         self.converged: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_after_load)
@@ -156,6 +158,7 @@ class CrossbarLayer(nn.Module):
         dev = self.device_model
         self.program_seed.fill_(seed)
         self._gens = {}
+        self._noise_buffers = {}
         cells = program_cells(self.g_nominal_uS, dev, seed, self.plan.name)
         mask = self.cell_mask.cpu()
         self.g_uS.copy_(cells.g_uS * mask)
@@ -267,16 +270,45 @@ class CrossbarLayer(nn.Module):
         self._tiles = self._tile_indices()
         self._refresh()
         self._gens = {}
+        self._noise_buffers = {}
         return out
 
-    def _generator(self, effect: str) -> torch.Generator:
-        """The per-MVM stream ``effect`` (read noise, ADC noise) of this chip and layer, on
-        the module's device (continues across forward calls)."""
-        gen = self._gens.get(effect)
-        if gen is None or gen.device != self.g_uS.device:
-            gen = stream(int(self.program_seed), self.plan.name, effect, self.g_uS.device)
-            self._gens[effect] = gen
-        return gen
+    def _generators(self, effect: str) -> list[torch.Generator]:
+        """The per-MVM streams of ``effect`` (read noise, ADC noise) of this chip and layer,
+        on the module's device (continue across forward calls): :data:`NOISE_CHUNKS`
+        generators, one per chunk of a noise tensor, so a CPU draw runs on several threads
+        and gives the same numbers whatever the thread count."""
+        gens = self._gens.get(effect)
+        if gens is None or gens[0].device != self.g_uS.device:
+            gens = [stream(int(self.program_seed), f"{self.plan.name}#{k}", effect,
+                           self.g_uS.device) for k in range(NOISE_CHUNKS)]
+            self._gens[effect] = gens
+        return gens
+
+    def _normal(self, like: torch.Tensor, effect: str) -> torch.Tensor:
+        """Standard-normal draws shaped like ``like`` from the ``effect`` streams, in a buffer
+        kept per (effect, shape) and reused by the next tile or call (drawing into fresh
+        memory costs as much as the draw itself); consume it before the next draw."""
+        key = (effect, tuple(like.shape))
+        buf = self._noise_buffers.get(key)
+        if buf is None or buf.shape != like.shape or buf.device != like.device \
+                or buf.dtype != like.dtype:
+            buf = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self._noise_buffers[key] = buf
+        chunks = buf.view(-1).chunk(NOISE_CHUNKS)
+        gens = self._generators(effect)
+        if buf.device.type == "cpu" and buf.numel() >= 1 << 16 and torch.get_num_threads() > 1:
+            inference = torch.is_inference(buf)  # inference mode is per thread
+
+            def fill(chunk: torch.Tensor, gen: torch.Generator) -> None:
+                with torch.inference_mode(inference):
+                    chunk.normal_(generator=gen)
+
+            list(_noise_pool().map(fill, chunks, gens))
+        else:
+            for chunk, gen in zip(chunks, gens, strict=False):
+                chunk.normal_(generator=gen)
+        return buf
 
     # ------------------------------------------------------------------------------- periphery
     # Inputs and partial sums are kept in converter code units: the DAC step is folded into the
@@ -365,17 +397,14 @@ class CrossbarLayer(nn.Module):
             var = var * k_cols.square().view(-1, *([1] * (var.dim() - 1)))
         else:
             var = var * (k * k)
-        v = self._tile_product(x2, var, idx)
-        gen = self._generator("read")
-        std = v.clamp_(min=0.0).sqrt_()
-        noise = torch.randn(std.shape, generator=gen, device=std.device, dtype=std.dtype)
-        std = std.mul_(noise)
+        std = self._tile_product(x2, var, idx).clamp_(min=0.0).sqrt_()
+        if std.shape[1] == n_out:
+            return p.addcmul_(std, self._normal(std, "read"))
+        std = std.mul_(self._normal(std, "read"))
         p = p.add_(std[:, :n_out])
-        if std.shape[1] > n_out:
-            factor = self._ref_factor[t] * (k_cols if k_cols is not None else k)
-            shape = (1, n_out, *([1] * (p.dim() - 2)))
-            p = p.sub_(std[:, n_out:] * factor.view(shape))
-        return p
+        factor = self._ref_factor[t] * (k_cols if k_cols is not None else k)
+        shape = (1, n_out, *([1] * (p.dim() - 2)))
+        return p.sub_(std[:, n_out:] * factor.view(shape))
 
     def _accumulate(self, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
         drive = self._drive(x)
@@ -406,9 +435,7 @@ class CrossbarLayer(nn.Module):
                 p = self._read_noise(p, x2, t, idx, k)
             if steps is not None and adc_noise > 0:
                 q = signed_steps(self.config.adc_bits)
-                gen = self._generator("adc_noise")
-                p = p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype),
-                           alpha=adc_noise * q)
+                p = p.add_(self._normal(p, "adc_noise"), alpha=adc_noise * q)
             p = p.unflatten(1, (n_slices, -1))
             if self._calibrating == "adc":
                 self._record_adc(p, t)
@@ -483,6 +510,16 @@ class CrossbarLayer(nn.Module):
 
 
 _PERCENTILE_SAMPLE = 1 << 20
+NOISE_CHUNKS = 2
+"""Streams per noise effect and layer (a CPU draw runs one chunk per thread)."""
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _noise_pool() -> ThreadPoolExecutor:
+    """Threads that draw noise chunks in parallel (torch releases the GIL while it fills)."""
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(NOISE_CHUNKS, thread_name_prefix="crossbar-noise"))
+    return _POOL[0]
 
 
 def _peak(values: torch.Tensor, percentile: float) -> torch.Tensor:

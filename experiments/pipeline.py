@@ -38,7 +38,15 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from admm import compress, save_atomic  # noqa: E402
 from admm.pipeline import check_fingerprint, load_model_state  # noqa: E402
-from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model, to_crossbar  # noqa: E402
+from crossbar import (  # noqa: E402
+    CrossbarConfig,
+    DeviceModel,
+    MappingPlan,
+    plan_model,
+    programming_cost,
+    programming_stats,
+    to_crossbar,
+)
 from crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crossbar.report import write_cost_report  # noqa: E402
 from experiments.allocation import (  # noqa: E402
@@ -199,16 +207,22 @@ def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: 
 def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                     xbar: CrossbarConfig, calibration: torch.Tensor, test: DataLoader,
                     chips: int, seed: int, progress: bool = False, desc: str = "chips",
-                    scales: Mapping[str, float | torch.Tensor] | None = None) -> list[float]:
+                    scales: Mapping[str, float | torch.Tensor] | None = None,
+                    programming: list[dict] | None = None) -> list[float]:
     """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
     ``seed .. seed + chips - 1``), each calibrated on ``calibration``. ``scales``: the
-    quantizer's scales, so a quantized model's level grid is the device's."""
+    quantizer's scales, so a quantized model's level grid is the device's. ``programming``:
+    a list that receives each chip's programming cost (pulses, energy, time)."""
     xmodel = to_crossbar(model, device, xbar, calibration=calibration, seed=seed, plan=plan,
                          scales=scales)
     accs = []
     for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
         if i:
             xmodel.program(seed + i)  # recalibrates on the stored calibration batch
+        if programming is not None:
+            cost = programming_cost(programming_stats(xmodel),
+                                    verified=device.write_verify is not None)
+            programming.append({k: v for k, v in cost.items() if k != "assumptions"})
         accs.append(evaluate(xmodel, test))
     return accs
 
@@ -317,7 +331,16 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
     for key, unit in (("area", "mm2"), ("energy", "nJ"), ("power", "mW")):
         lines.append(f"| {key} ({unit}) | {_fmt(m[f'{key}_{unit}'])} | "
                      f"{_fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% |")
+    prog = m["programming"]
     lines += ["", "Full cost report: [cost/report.md](cost/report.md).", "",
+              "## Programming a chip (mean over chips)", "",
+              f"- {prog['cells']:.0f} cells, {prog['pulses_per_cell']:.2f} pulses per cell, "
+              f"{prog['failed_cells']:.1f} cells outside the write-verify band",
+              f"- energy {prog['energy_uJ']:.3g} uJ (cell-only lower bound), time "
+              f"{prog['time_serial_s']:.3g} s one cell at a time, "
+              f"{prog['time_tiles_parallel_s']:.3g} s with tiles in parallel "
+              "(docs/crossbar.md, 'Programming cost')", "",
+              "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
               "## Mapping plan (plan.json)", "",
               "| layer | shape | live rows | live cols | tiles | mapped weights |",
               "|---|---|---:|---:|---:|---:|"]
@@ -371,8 +394,10 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     with _timed(timings, "crossbar_eval"):
         ideal = chip_accuracies(model, plan, ideal_device(exp.device), exp.crossbar,
                                 calibration, xtest, 1, exp.seed, scales=scales)[0]
+        programming: list[dict] = []
         accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
-                               exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales)
+                               exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales,
+                               programming=programming)
     with _timed(timings, "cost"):
         cost = cost_stage(plan, exp, run_dir / "cost")
     mean, std = _stats(accs)
@@ -395,6 +420,9 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,
+        "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
+        "programming": {k: sum(c[k] for c in programming) / len(programming)
+                        for k in programming[0]},
         "timings_s": timings,
     }
     write_json(run_dir / "metrics.json", metrics)

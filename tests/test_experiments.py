@@ -30,7 +30,7 @@ METRIC_KEYS = {
     "crossbar_accuracy_std", "crossbar_accuracies", "compression_ratio", "dense_weights",
     "mapped_weights", "tiles", "baseline_tiles", "area_mm2", "energy_nJ", "power_mW",
     "area_reduction_pct", "energy_reduction_pct", "power_reduction_pct", "accuracy_drop_ideal",
-    "accuracy_drop_mean", "timings_s",
+    "accuracy_drop_mean", "timings_s", "programming", "device", "crossbar",
 }
 
 
@@ -129,6 +129,10 @@ def digits_run(tmp_path_factory):
 def test_compress_outputs(digits_run):
     run_dir, metrics = digits_run
     assert METRIC_KEYS <= set(metrics)
+    assert metrics["programming"]["pulses_per_cell"] == 1.0  # single-shot programming
+    assert metrics["device"]["programming"]["model"] == "lognormal"
+    report = (run_dir / "report.md").read_text()
+    assert "## Programming a chip" in report and "programming: lognormal(sigma=" in report
     assert json.loads((run_dir / "metrics.json").read_text()).keys() == metrics.keys()
     for name in ("report.md", "chip_accuracy.png", "stage_accuracy.png", "config.yaml",
                  "cost/report.md", "cost/cost.json", "cost/tiles_per_layer.png"):
@@ -168,6 +172,41 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
                  "study_adc_bits.png", "metrics.json"):
         assert (tmp_path / name).is_file(), name
     assert len((tmp_path / "study.csv").read_text().strip().splitlines()) == 1 + 8 * 2
+
+
+def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_path):
+    """t_inference_s (log x-axis) and an <effect>.<field> key sweep a drifting device; the
+    same compressed model is evaluated at every point."""
+    from experiments.pipeline import _log_axis
+
+    run_dir, _ = digits_run
+    cfg = _compose(TINY + [f"study.source={run_dir}", "device=pcm_aihwkit", "~study.sweeps",
+                           "+study.sweeps={t_inference_s: [0, 3600, 1000000], "
+                           "drift.scale: [0.0, 2.0]}", "study.models=[compressed]"],
+                   name="device_study")
+    rows = run_device_study(cfg, tmp_path)["study"]
+    by_time = {r["value"]: r["mean"] for r in rows if r["setting"] == "t_inference_s"}
+    assert set(by_time) == {0, 3600, 1000000}
+    assert by_time[1000000] < by_time[0]  # a month and a half of PCM drift costs accuracy
+    assert (tmp_path / "study_t_inference_s.png").is_file()
+    assert (tmp_path / "study_drift.scale.png").is_file()
+    assert _log_axis("t_inference_s", [0, 3600]) and not _log_axis("adc_bits", [4, 8])
+    with pytest.raises(ValueError, match="study.sweeps.drift.speed"):
+        run_device_study(_compose(TINY + [f"study.source={run_dir}", "device=pcm_aihwkit",
+                                          "~study.sweeps", "+study.sweeps={drift.speed: [1]}"],
+                                  name="device_study"), tmp_path / "bad")
+
+
+def test_device_group_takes_cell_models_and_new_periphery_keys():
+    exp = load_compress_config(_compose([
+        "device=rram_cmo", "+device.t_inference_s=86400", "+device.programming.scale=2.0",
+        "+device.write_verify={tolerance_uS: 0.5, max_pulses: 10}",
+        "crossbar.drift_compensation=true", "crossbar.adc_noise=0.01", "admm.levels=null"]))
+    assert exp.device.t_inference_s == 86400 and exp.device.programming.scale == 2.0
+    assert exp.device.programming.coeffs_uS[0] > 0  # the preset's fit is kept
+    assert exp.device.write_verify.max_pulses == 10 and exp.crossbar.drift_compensation
+    with pytest.raises(ValueError, match="device.drift.model='linear'"):
+        load_compress_config(_compose(["+device.drift={model: linear}"]))
 
 
 # ---------------------------------------------------------------------------- CIFAR smoke
