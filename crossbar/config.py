@@ -14,12 +14,11 @@ from ._validate import (
     fail,
     from_mapping,
 )
+from .converters import ADCS, DACS
 from .mappings import MAPPINGS
 
-ADC_RANGES = ("calibrated", "full_scale")
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class CrossbarConfig:
     """Tiles and periphery.
 
@@ -30,13 +29,16 @@ class CrossbarConfig:
             ``(g_min + g_max) / 2``, or the programmable level nearest to it; ``w ~ G - G_ref``).
         dac_bits: input (word-line) DAC resolution; ``None`` = ideal.
         adc_bits: per-tile partial-sum ADC resolution; ``None`` = ideal.
-        adc_range: ``"calibrated"`` (per-tile range = largest |partial sum| seen on the
-            calibration batch) or ``"full_scale"`` (the largest current the tile can produce).
+        adc_range: the ADC model (:mod:`crossbar.converters`), i.e. how its range is set:
+            ``"calibrated"`` (per-tile range = largest |partial sum| seen on the calibration
+            batch) or ``"full_scale"`` (the largest current the tile can produce).
         range_percentile: calibrated DAC and ADC ranges cover this percentile of the
             calibration batch's |values| (100 = the largest; e.g. 99.9 clips rare outliers
             and spends the converter's levels on the bulk of the distribution).
-        bit_serial: feed inputs one bit per cycle (``dac_bits`` cycles, 1-bit DAC), each cycle's
-            partial sums ADC-converted, then shift-and-add.
+        dac: the DAC model (:mod:`crossbar.converters`): ``"parallel"`` (one ``dac_bits`` code
+            per input) or ``"bit_serial"`` (inputs one bit per cycle, ``dac_bits`` cycles of a
+            1-bit DAC, each cycle's partial sums ADC-converted, then shift-and-add). The 0.1
+            key ``bit_serial: true/false`` is accepted as a shorthand.
         cell_bits: bits stored per cell for weight bit-slicing; ``None`` = one cell pair per
             weight holding the device's levels. With slicing, weights are quantized to
             ``weight_bits`` and split over ``ceil(weight_bits / cell_bits)`` cell pairs.
@@ -55,24 +57,47 @@ class CrossbarConfig:
     adc_bits: int | None = None
     adc_range: str = "calibrated"
     range_percentile: float = 100.0
-    bit_serial: bool = False
+    dac: str = "parallel"
     cell_bits: int | None = None
     weight_bits: int = 8
     adc_noise: float = 0.0
     drift_compensation: bool = False
 
-    def __post_init__(self) -> None:
+    def __init__(self, tile_rows: int = 128, tile_cols: int = 128,
+                 mapping: str = "differential", dac_bits: int | None = None,
+                 adc_bits: int | None = None, adc_range: str = "calibrated",
+                 range_percentile: float = 100.0, dac: str = "parallel",
+                 cell_bits: int | None = None, weight_bits: int = 8, adc_noise: float = 0.0,
+                 drift_compensation: bool = False, bit_serial: bool | None = None) -> None:
+        if bit_serial is not None:  # 0.1 shorthand
+            if not isinstance(bit_serial, bool):
+                fail("bit_serial", bit_serial, "true or false")
+            dac = "bit_serial" if bit_serial else "parallel"
+        values = dict(tile_rows=tile_rows, tile_cols=tile_cols, mapping=mapping,
+                      dac_bits=dac_bits, adc_bits=adc_bits, adc_range=adc_range,
+                      range_percentile=range_percentile, dac=dac, cell_bits=cell_bits,
+                      weight_bits=weight_bits, adc_noise=adc_noise,
+                      drift_compensation=drift_compensation)
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        self._validate()
+
+    @property
+    def bit_serial(self) -> bool:
+        """Whether inputs are streamed one bit per cycle."""
+        return self.dac == "bit_serial"
+
+    def _validate(self) -> None:
         check_int("tile_rows", self.tile_rows, 1)
         check_int("tile_cols", self.tile_cols, 1)
         check_choice("mapping", self.mapping, tuple(MAPPINGS))
         check_optional_int("dac_bits", self.dac_bits, 1, 24)
         check_optional_int("adc_bits", self.adc_bits, 1, 24)
-        check_choice("adc_range", self.adc_range, ADC_RANGES)
+        check_choice("adc_range", self.adc_range, tuple(ADCS))
+        check_choice("dac", self.dac, tuple(DACS))
         check_float("range_percentile", self.range_percentile, 0.0, 100.0, low_open=True)
-        if not isinstance(self.bit_serial, bool):
-            fail("bit_serial", self.bit_serial, "true or false")
-        if self.bit_serial and self.dac_bits is None:
-            fail("dac_bits", None, "an integer in [1, 24] when bit_serial is true")
+        if self.dac != "parallel" and self.dac_bits is None:
+            fail("dac_bits", None, f"an integer in [1, 24] with dac={self.dac!r}")
         check_int("weight_bits", self.weight_bits, 1, 32)
         check_optional_int("cell_bits", self.cell_bits, 1, self.weight_bits)
         check_float("adc_noise", self.adc_noise, 0.0, 1.0)
@@ -97,4 +122,10 @@ class CrossbarConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CrossbarConfig:
-        return from_mapping(cls, data, "crossbar")
+        """From a mapping of fields (and the 0.1 ``bit_serial`` shorthand)."""
+        data = dict(data)
+        shorthand = {k: data.pop(k) for k in ("bit_serial",) if k in data}
+        if shorthand and "dac" in data and data["dac"] != "parallel" \
+                and shorthand["bit_serial"] is False:
+            shorthand = {}  # dac names the converter; a stale shorthand does not override it
+        return from_mapping(cls, data, "crossbar").with_(**shorthand)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import CrossbarConfig
+from .converters import get_adc
 from .device import DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear, InputShapeError
 from .plan import MappingPlan, check_plan, crossbar_layers, plan_model
@@ -206,7 +207,8 @@ def to_crossbar(
         raise TypeError(f"device must be a crossbar.DeviceModel, got {type(device).__name__}")
     if not isinstance(config, CrossbarConfig):
         raise TypeError(f"config must be a crossbar.CrossbarConfig, got {type(config).__name__}")
-    if config.adc_bits is not None and config.adc_range == "calibrated" and calibration is None:
+    if config.adc_bits is not None and get_adc(config.adc_range).needs_calibration \
+            and calibration is None:
         raise ValueError(
             f"calibration=None is invalid with adc_bits={config.adc_bits} and "
             "adc_range='calibrated'; allowed: a batch of inputs, or adc_range='full_scale'"

@@ -48,6 +48,7 @@ from ._validate import (
     from_mapping,
 )
 from .config import CrossbarConfig
+from .converters import get_dac
 from .plan import LayerPlan, MappingPlan, check_plan, plan_layer
 
 # ------------------------------------------------------------------------------------- units
@@ -352,8 +353,8 @@ def layer_cost(
     check_plan(layer, xbar)
     dac_bits = _bits(xbar.dac_bits, cost.default_dac_bits)
     adc_bits = _bits(xbar.adc_bits, cost.default_adc_bits)
-    drive_bits = 1 if xbar.bit_serial else dac_bits
-    cycles = dac_bits if xbar.bit_serial else 1
+    dac = get_dac(xbar.dac)
+    drive_bits, cycles = dac.bits_per_cycle(dac_bits), dac.cycles(dac_bits)
     mvms = _mvms(layer, cost)
     arrays_per_tile = layer.style.arrays_per_tile
 

@@ -27,9 +27,10 @@ from torch import nn
 from .chip import drifted, program_cells
 from .conductance import slice_values
 from .config import CrossbarConfig
+from .converters import Drive, get_adc, get_dac
 from .device import DeviceModel
 from .mappings import mapping_style
-from .periphery import bit_planes, signed_steps
+from .periphery import signed_steps
 from .plan import LayerPlan, matrix_view
 from .streams import stream
 
@@ -47,17 +48,6 @@ class _TileIndex:
 
 class InputShapeError(ValueError):
     """An input that does not fit a crossbar layer (names the layer and the expected shape)."""
-
-
-@dataclass
-class _Drive:
-    """What the DAC puts on the word lines: ``x`` in codes (``x * step`` is the input value),
-    the bit-plane weights of a bit-serial input, and the largest code (full scale)."""
-
-    x: torch.Tensor
-    plane_weights: torch.Tensor | None
-    step: float
-    max_code: float
 
 
 def _as_slice(index: list[int]) -> slice | None:
@@ -92,6 +82,8 @@ class CrossbarLayer(nn.Module):
         self.device_model = device
         self.config = config
         self.style = mapping_style(config.mapping)
+        self._dac_model = get_dac(config.dac)
+        self._adc_model = get_adc(config.adc_range)
         self.out_features, self.in_features = weight.shape
         self.bias = None if source.bias is None else nn.Parameter(source.bias.detach().clone())
 
@@ -329,44 +321,31 @@ class CrossbarLayer(nn.Module):
             return self._dac
         return float(x.detach().abs().max()), bool((x < 0).any())
 
-    def _drive(self, x: torch.Tensor) -> _Drive:
+    def _drive(self, x: torch.Tensor) -> Drive:
         """DAC: the driven input (codes; bit planes stacked on dim 0 when bit-serial)."""
         if self._calibrating == "dac":
             peak = _peak(x.detach().abs().flatten(), self.config.range_percentile)
             self.dac_range.fill_(max(float(self.dac_range), float(peak)))
             self.dac_signed.fill_(bool(self.dac_signed) or bool((x < 0).any()))
-            return _Drive(x, None, 1.0, 0.0)
+            return Drive(x, None, 1.0, 0.0)
         bits = self.config.dac_bits
         if bits is None:
             full = 0.0
-            if self.config.adc_bits is not None and self.config.adc_range == "full_scale":
+            if self.config.adc_bits is not None and not self._adc_model.needs_calibration:
                 full = self._input_range(x)[0]
-            return _Drive(x, None, 1.0, full)
+            return Drive(x, None, 1.0, full)
         full, signed = self._input_range(x)
-        if self.config.bit_serial:
-            planes, weights = bit_planes(x, full, bits, signed)
-            step = max(full, 1e-30) / (2**bits - 1)  # the weight of the lowest bit plane
-            return _Drive(planes.flatten(0, 1), weights / step, step, 1.0)
-        q = signed_steps(bits) if signed else 2**bits - 1
-        step = max(full, 1e-30) / q
-        codes = torch.mul(x, 1.0 / step).round_().clamp_(-q if signed else 0, q)
-        return _Drive(codes, None, step, float(q))
+        return self._dac_model.drive(x, full, signed, bits)
 
-    def _adc_steps(self, t: int, drive: _Drive) -> list[float] | None:
+    def _adc_steps(self, t: int, drive: Drive) -> list[float] | None:
         """ADC step per weight slice of tile ``t`` (``None``: ideal or calibrating)."""
         bits = self.config.adc_bits
         if bits is None or self._calibrating is not None:
             return None
-        if self.config.adc_range == "full_scale":
-            full = drive.step * drive.max_code * self._tiles[t].n_rows
-            ranges = [full * f for f in self._largest_factor[t]]
-        elif not self._is_calibrated:
-            raise ValueError(
-                f"crossbar layer {self.plan.name!r} has adc_range='calibrated' but was never "
-                "calibrated; allowed: call calibrate(model, inputs) (or pass calibration= to "
-                "to_crossbar), or use adc_range='full_scale'")
-        else:
-            ranges = self._adc[t]
+        full = drive.step * drive.max_code * self._tiles[t].n_rows
+        ranges = self._adc_model.ranges(
+            self.plan.name, self._adc[t] if self._is_calibrated else None,
+            [full * f for f in self._largest_factor[t]])
         q = signed_steps(bits)
         return [max(r, 1e-30) / q for r in ranges]
 

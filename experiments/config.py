@@ -51,7 +51,7 @@ TORCH_DEVICES = ("auto", "cpu", "cuda")
 SWEEPABLE = ("g_min_uS", "g_max_uS", "n_levels", "t_inference_s", "prog_sigma", "read_sigma",
              "sa0_rate", "sa1_rate") + tuple(
     f.name for f in dataclasses.fields(CrossbarConfig)
-    if f.name not in ("mapping", "adc_range", "bit_serial", "drift_compensation"))
+    if f.name not in ("mapping", "adc_range", "dac", "drift_compensation"))
 """Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields, the
 0.1 shorthands, and any ``<effect>.<field>`` of the device's cell models (``EFFECT_KEY``)."""
 EFFECT_KEY = re.compile(r"^(programming|read_noise|drift|faults|write_verify)\.[a-zA-Z_]\w*$")
@@ -447,7 +447,7 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         device=_library("device", _device, _known("device", data["device"], DeviceModel,
                                                   "preset", *DEVICE_SHORTHANDS)),
         crossbar=_library("crossbar", CrossbarConfig.from_dict,
-                          _known("crossbar", data["crossbar"], CrossbarConfig)),
+                          _known("crossbar", data["crossbar"], CrossbarConfig, "bit_serial")),
         cost=_library("cost", CostConfig.from_dict, _known("cost", data["cost"], CostConfig)),
         eval=build(EvalSettings, data["eval"], "eval"),
         raw=data,

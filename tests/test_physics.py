@@ -462,3 +462,27 @@ def test_version_0_1_device_dicts_still_load() -> None:
         k: v for k, v in CONTINUOUS.to_dict().items()
         if k not in ("adc_noise", "drift_compensation")}}
     crossbar.to_crossbar(linear(8, 4), device, CONTINUOUS, seed=9).load_state_dict(state)
+
+
+def test_converters_are_chosen_by_name_and_0_1_bit_serial_still_works() -> None:
+    from crossbar.converters import DACS
+
+    assert set(DACS) == {"parallel", "bit_serial"}
+    config = crossbar.CrossbarConfig(dac_bits=4, bit_serial=True)
+    assert config.dac == "bit_serial" and config.bit_serial
+    old = {k: v for k, v in config.to_dict().items() if k != "dac"} | {"bit_serial": True}
+    assert crossbar.CrossbarConfig.from_dict(old) == config
+    assert config.with_(bit_serial=False).dac == "parallel"
+    with pytest.raises(ValueError, match=r"dac='serial'.*'bit_serial'"):
+        crossbar.CrossbarConfig(dac="serial", dac_bits=4)
+    with pytest.raises(ValueError, match=r"dac_bits=None.*dac='bit_serial'"):
+        crossbar.CrossbarConfig(dac="bit_serial")
+    # the cost model reads cycles and per-cycle bits from the DAC model
+    model = nn.Sequential(nn.Linear(16, 8))
+    costs = {}
+    for dac in ("parallel", "bit_serial"):
+        cfg = crossbar.CrossbarConfig(tile_rows=32, tile_cols=32, dac_bits=6, adc_bits=6,
+                                      dac=dac)
+        plan = crossbar.plan_model(model, cfg, example_input=torch.randn(2, 16))
+        costs[dac] = crossbar.model_cost(plan, cfg).totals()
+    assert costs["bit_serial"]["adc_conversions"] == 6 * costs["parallel"]["adc_conversions"]
