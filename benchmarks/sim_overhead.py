@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,7 +31,11 @@ from experiments.models import build_model
 
 SETUPS = {"lenet5": {"shape": (1, 28, 28), "n": 10_000, "batch": 1_000},
           "vgg16": {"shape": (3, 32, 32), "n": 1_024, "batch": 128}}
-DEVICE = crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=100.0, prog_sigma=0.05, read_sigma=0.02)
+
+def device(read_sigma: float = 0.02) -> crossbar.DeviceModel:
+    return crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=100.0, prog_sigma=0.05,
+                                read_sigma=read_sigma)
+
 CONFIG = crossbar.CrossbarConfig(tile_rows=128, tile_cols=128, dac_bits=8, adc_bits=8)
 
 
@@ -44,30 +48,48 @@ def run_inference(model: torch.nn.Module, inputs: torch.Tensor, batch: int) -> f
 
 
 def live_bytes(xmodel: torch.nn.Module) -> int:
-    """Bytes of the converted model's parameters, buffers and cached tile tensors."""
+    """Bytes of the converted model's parameters, buffers, cached tile tensors and
+    programming records (pulse counts with write-verify)."""
     total = sum(t.numel() * t.element_size() for t in xmodel.state_dict().values()
                 if isinstance(t, torch.Tensor))
     for m in xmodel.modules():
         if isinstance(m, crossbar.CrossbarLayer):
-            for cache in (m._tile_w, getattr(m, "_tile_var", None) or []):
-                total += sum(t.numel() * t.element_size() for t in cache)
+            for cache in (m._tile_w, getattr(m, "_tile_var", None) or [],
+                          [getattr(m, k, None) for k in ("pulses", "converged")]):
+                total += sum(t.numel() * t.element_size() for t in cache if t is not None)
     return total
 
 
+def _status_kib(key: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``: now, ``VmHWM``: peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status (Linux only)")
+
+
 def memory_probe(name: str) -> dict:
-    """Run in a fresh process: peak RSS added by conversion vs live tensors."""
+    """Run in a fresh process: the peak resident memory during ``to_crossbar`` (with its
+    calibration pass) above the memory held before it, against the converted model's live
+    tensors; and the peak of one plain inference pass at the same batch for scale."""
     torch.manual_seed(0)
     setup = SETUPS[name]
     model = build_model(name).eval()
     calib = torch.randn(setup["batch"], *setup["shape"])
+    reset = Path("/proc/self/clear_refs")
+    base = _status_kib("VmRSS")
+    reset.write_text("5")  # reset the peak (VmHWM) to the current RSS
     with torch.inference_mode():
-        model(calib)  # plain inference at the same batch, for the peak before conversion
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    xmodel = crossbar.to_crossbar(model, DEVICE, CONFIG, calibration=calib)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        model(calib)
+    plain_peak = _status_kib("VmHWM") - base
+    base = _status_kib("VmRSS")
+    reset.write_text("5")
+    xmodel = crossbar.to_crossbar(model, device(), CONFIG, calibration=calib)
+    peak = _status_kib("VmHWM") - base
     live = live_bytes(xmodel)
-    return {"conversion_peak_added_MiB": (after - before) / 2**20,
-            "converted_live_MiB": live / 2**20, "ratio": (after - before) / live}
+    return {"conversion_peak_added_MiB": peak / 1024, "plain_inference_peak_MiB":
+            plain_peak / 1024, "converted_live_MiB": live / 2**20,
+            "ratio": peak * 1024 / live}
 
 
 def main() -> None:
@@ -79,6 +101,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chips", type=int, default=0)
     parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--read-sigma", type=float, default=0.02,
+                        help="relative read noise (0: the overhead without per-MVM noise)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="results/sim_overhead.json")
     args = parser.parse_args()
@@ -91,7 +115,8 @@ def main() -> None:
     n, batch = args.n or setup["n"], args.batch or setup["batch"]
     model = build_model(args.model).eval()
     inputs = torch.randn(n, *setup["shape"])
-    xmodel = crossbar.to_crossbar(model, DEVICE, CONFIG, calibration=inputs[:batch]).eval()
+    xmodel = crossbar.to_crossbar(model, device(args.read_sigma), CONFIG,
+                                  calibration=inputs[:batch]).eval()
 
     run_inference(model, inputs, batch)  # warm-up
     run_inference(xmodel, inputs, batch)
@@ -101,6 +126,7 @@ def main() -> None:
         xbar.append(run_inference(xmodel, inputs, batch))
     result = {
         "model": args.model, "inputs": n, "batch": batch, "threads": args.threads,
+        "read_sigma": args.read_sigma,
         "plain_s_median": statistics.median(plain),
         "crossbar_s_median": statistics.median(xbar),
         "ratio": statistics.median(xbar) / statistics.median(plain),

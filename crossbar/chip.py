@@ -22,11 +22,12 @@ from .streams import stream
 
 @dataclass
 class ProgrammedCells:
-    """Conductances (uS), pulses per cell and whether each cell converged (write-verify)."""
+    """Conductances (uS), pulses per cell and whether each cell converged (write-verify;
+    ``None`` for single-shot programming: one pulse per cell, nothing to converge)."""
 
     g_uS: torch.Tensor
-    pulses: torch.Tensor
-    converged: torch.Tensor
+    pulses: torch.Tensor | None
+    converged: torch.Tensor | None
 
 
 def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: str,
@@ -46,8 +47,7 @@ def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: s
         g, pulses, converged = result.g_uS, result.pulses, result.converged
     else:
         g = target.clone() if programming is None else programming.sample(target, normal, device)
-        pulses = torch.ones(target.shape, dtype=torch.int16)
-        converged = torch.ones(target.shape, dtype=torch.bool)
+        pulses = converged = None
     if device.active("faults"):
         uniform = torch.rand(target.shape, generator=stream(seed, layer, prefix + "faults"))
         g = device.faults.apply(g, uniform, device)

@@ -154,15 +154,16 @@ class CrossbarLayer(nn.Module):
         cells = program_cells(self.g_nominal_uS, dev, seed, self.plan.name)
         mask = self.cell_mask.cpu()
         self.g_uS.copy_(cells.g_uS * mask)
-        self.pulses = cells.pulses * mask
-        self.converged = cells.converged | ~mask
+        verified = cells.pulses is not None  # single-shot: one pulse per cell, kept implicit
+        self.pulses = cells.pulses * mask if verified else None
+        self.converged = cells.converged | ~mask if verified else None
         if self.style.reference_columns:
             ref_mask = self._tile_row_mask().cpu()
             target = torch.full(self.g_ref_uS.shape, self.style.reference_uS(dev))
             ref = program_cells(target, dev, seed, self.plan.name, prefix="reference_")
             self.g_ref_uS.copy_(ref.g_uS * ref_mask)
-            self.ref_pulses = ref.pulses * ref_mask
-            self.ref_converged = ref.converged | ~ref_mask
+            self.ref_pulses = ref.pulses * ref_mask if verified else None
+            self.ref_converged = ref.converged | ~ref_mask if verified else None
         self._refresh()
 
     def set_inference_time(self, t_inference_s: float) -> None:
@@ -172,19 +173,28 @@ class CrossbarLayer(nn.Module):
 
     def programming_stats(self) -> dict:
         """Pulses and convergence of the last programming (weight and reference cells)."""
-        pulses, converged = [self.pulses.flatten()], [self.converged.flatten()]
-        live = [self.cell_mask.cpu().expand_as(self.g_uS).flatten()]
+        def counts(p: torch.Tensor | None, c: torch.Tensor | None, live: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            if p is None:  # single-shot: one pulse on every live cell
+                return live.to(torch.int16), torch.ones_like(live)
+            return p, c
+
+        live_w = self.cell_mask.cpu().expand_as(self.g_uS)
+        pulses_w, conv_w = counts(self.pulses, self.converged, live_w)
+        pulses, converged, live = [pulses_w.flatten()], [conv_w.flatten()], [live_w.flatten()]
         if self.style.reference_columns:
-            pulses.append(self.ref_pulses.flatten())
-            converged.append(self.ref_converged.flatten())
-            live.append(self._tile_row_mask().cpu().flatten())
+            live_r = self._tile_row_mask().cpu()
+            pulses_r, conv_r = counts(self.ref_pulses, self.ref_converged, live_r)
+            pulses.append(pulses_r.flatten())
+            converged.append(conv_r.flatten())
+            live.append(live_r.flatten())
         pulses_t, conv_t, live_t = torch.cat(pulses), torch.cat(converged), torch.cat(live)
-        per_weight = self.pulses.sum(dim=(0, 1), dtype=torch.int64)  # [out, in]
+        per_weight = pulses_w.sum(dim=(0, 1), dtype=torch.int64)  # [out, in]
         tile_pulses = []
         for t, tile in enumerate(self.plan.tiles):
             n = int(per_weight[list(tile.cols)][:, list(tile.rows)].sum())
             if self.style.reference_columns:
-                n += int(self.ref_pulses[t].sum())
+                n += int(pulses_r[t].sum())
             tile_pulses.append(n)
         return {"cells": int(live_t.sum()), "pulses": int(pulses_t.sum()),
                 "tile_pulses": tile_pulses,
@@ -566,7 +576,8 @@ class CrossbarLinear(CrossbarLayer):
         ]
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        return m.index_select(1, idx.cols).index_select(2, idx.rows)
+        # one advanced index: no [S, cols, in] intermediate per tile
+        return m[:, idx.cols.unsqueeze(1), idx.rows.unsqueeze(0)]
 
     def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         return ref.index_select(0, idx.rows).unsqueeze(0)  # [1, rows]
@@ -641,7 +652,7 @@ class CrossbarConv2d(CrossbarLayer):
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         w = m.view(m.shape[0], self.out_features, self.in_channels, self._kernel_area)
-        w = w.index_select(1, idx.cols).index_select(2, idx.rows)
+        w = w[:, idx.cols.unsqueeze(1), idx.rows.unsqueeze(0)]  # one index, no intermediate
         if idx.row_mask is not None:
             w = w * idx.row_mask
         return w.unflatten(3, self.kernel_size)  # [S, cols, channels, kh, kw]

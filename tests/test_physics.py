@@ -486,3 +486,16 @@ def test_converters_are_chosen_by_name_and_0_1_bit_serial_still_works() -> None:
         plan = crossbar.plan_model(model, cfg, example_input=torch.randn(2, 16))
         costs[dac] = crossbar.model_cost(plan, cfg).totals()
     assert costs["bit_serial"]["adc_conversions"] == 6 * costs["parallel"]["adc_conversions"]
+
+
+def test_calibration_batch_with_nan_is_refused_before_any_change() -> None:
+    model = nn.Sequential(nn.Linear(8, 4))
+    config = crossbar.CrossbarConfig(dac_bits=6, adc_bits=6)
+    calib = torch.randn(16, 8)
+    xmodel = crossbar.to_crossbar(model, IDEAL, config, calibration=calib)
+    ranges = xmodel[0].adc_range.clone()
+    bad = calib.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        xmodel.calibrate(bad)
+    assert torch.equal(xmodel[0].adc_range, ranges) and bool(xmodel[0].calibrated)
