@@ -210,15 +210,21 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                     scales: Mapping[str, float | torch.Tensor] | None = None,
                     programming: list[dict] | None = None) -> list[float]:
     """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
-    ``seed .. seed + chips - 1``), each calibrated on ``calibration``. ``scales``: the
+    ``seed .. seed + chips - 1``), each calibrated on ``calibration`` right after programming
+    and evaluated ``device.t_inference_s`` later (drift). ``scales``: the
     quantizer's scales, so a quantized model's level grid is the device's. ``programming``:
     a list that receives each chip's programming cost (pulses, energy, time)."""
-    xmodel = to_crossbar(model, device, xbar, calibration=calibration, seed=seed, plan=plan,
-                         scales=scales)
+    # converters are calibrated when a chip is programmed (t = 0); the chip then drifts
+    t_inference = device.t_inference_s
+    xmodel = to_crossbar(model, device.with_(t_inference_s=0.0), xbar, calibration=calibration,
+                         seed=seed, plan=plan, scales=scales)
     accs = []
     for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
         if i:
+            xmodel.set_inference_time(0.0)
             xmodel.program(seed + i)  # recalibrates on the stored calibration batch
+        if t_inference > 0:
+            xmodel.set_inference_time(t_inference)
         if programming is not None:
             cost = programming_cost(programming_stats(xmodel),
                                     verified=device.write_verify is not None)
@@ -455,6 +461,16 @@ def _log_axis(key: str, values: list) -> bool:
     return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
 
 
+def _tick(key: str, value: float) -> str:
+    """Tick label: times after programming in human units, other values as numbers."""
+    if key != "t_inference_s" or value == 0:
+        return f"{value:g}"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if value >= seconds:
+            return f"{value / seconds:g} {unit}"
+    return f"{value:g} s"
+
+
 def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
     names = []
     for key in dict.fromkeys(r["setting"] for r in rows):
@@ -473,10 +489,12 @@ def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
         elif _log_axis(key, values):
             positive = [v for v in values if v > 0]
             if len(positive) < len(values):  # 0 (e.g. just programmed) on a linear stretch
-                ax.set_xscale("symlog", linthresh=min(positive))
+                ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
             else:
                 ax.set_xscale("log")
-        ax.set_xlabel(key)
+            ax.set_xticks(values, [_tick(key, v) for v in values])
+            ax.minorticks_off()
+        ax.set_xlabel("time after programming" if key == "t_inference_s" else key)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs {key} (mean +- std over chips)")
         ax.legend(fontsize=8)
