@@ -139,8 +139,9 @@ def set_inference_time(model: nn.Module, t_inference_s: float) -> None:
 
 def programming_stats(model: nn.Module) -> dict:
     """Pulses and convergence of the last programming over all layers: ``cells``,
-    ``pulses`` (total), ``max_pulses``, ``failed`` (cells outside the write-verify band) and
-    ``pulse_counts`` (one entry per live cell, for histograms and the cost model)."""
+    ``pulses`` (total), ``max_pulses``, ``failed`` (cells outside the write-verify band),
+    ``tile_pulses`` (per tile), and per live cell ``pulse_counts`` and ``residual_uS`` (the
+    programming error, programmed - target conductance, faults included)."""
     stats = [m.programming_stats() for _, m in crossbar_modules(model)]
     if not stats:
         raise ValueError("programming_stats: the model has no crossbar layer")
@@ -148,7 +149,8 @@ def programming_stats(model: nn.Module) -> dict:
             "max_pulses": max(s["max_pulses"] for s in stats),
             "failed": sum(s["failed"] for s in stats),
             "tile_pulses": [n for s in stats for n in s["tile_pulses"]],
-            "pulse_counts": torch.cat([s["pulse_counts"] for s in stats])}
+            "pulse_counts": torch.cat([s["pulse_counts"] for s in stats]),
+            "residual_uS": torch.cat([s["residual_uS"] for s in stats])}
 
 
 def mapping_plan(model: nn.Module) -> MappingPlan:

@@ -172,7 +172,8 @@ class CrossbarLayer(nn.Module):
         self._refresh()
 
     def programming_stats(self) -> dict:
-        """Pulses and convergence of the last programming (weight and reference cells)."""
+        """Pulses, convergence and programming error (``residual_uS`` = programmed - target,
+        per live cell, before drift) of the last programming (weight and reference cells)."""
         def counts(p: torch.Tensor | None, c: torch.Tensor | None, live: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
             if p is None:  # single-shot: one pulse on every live cell
@@ -196,8 +197,13 @@ class CrossbarLayer(nn.Module):
             if self.style.reference_columns:
                 n += int(pulses_r[t].sum())
             tile_pulses.append(n)
+        residual = [(self.g_uS - self.g_nominal_uS).cpu().flatten()]
+        if self.style.reference_columns:
+            target = self.style.reference_uS(self.device_model)
+            residual.append((self.g_ref_uS.cpu() - target).flatten())
         return {"cells": int(live_t.sum()), "pulses": int(pulses_t.sum()),
                 "tile_pulses": tile_pulses,
+                "residual_uS": torch.cat(residual)[live_t],
                 "max_pulses": int(pulses_t.max()) if pulses_t.numel() else 0,
                 "failed": int((~conv_t & live_t).sum()),
                 "pulse_counts": pulses_t[live_t].to(torch.int64)}

@@ -322,6 +322,12 @@ def test_write_verify_reports_pulses_and_failures_per_layer() -> None:
     assert stats["pulses"] == int(stats["pulse_counts"].sum())
     assert stats["max_pulses"] == 3
     assert 0 < stats["failed"] < stats["cells"]
+    # residual error per cell: inside the band unless the cell failed (exact verify reads)
+    residual, counts = stats["residual_uS"], stats["pulse_counts"]
+    assert residual.shape == counts.shape == (stats["cells"],)
+    inside = residual.abs() <= 1.0
+    assert int((~inside).sum()) == stats["failed"]
+    assert bool((counts[~inside] == 3).all())
     single = crossbar.programming_stats(crossbar.to_crossbar(model, device.with_(
         write_verify=None), CONTINUOUS))
     assert single["pulses"] == single["cells"] and single["failed"] == 0
@@ -499,3 +505,20 @@ def test_calibration_batch_with_nan_is_refused_before_any_change() -> None:
     with pytest.raises(ValueError, match="NaN or inf"):
         xmodel.calibrate(bad)
     assert torch.equal(xmodel[0].adc_range, ranges) and bool(xmodel[0].calibrated)
+
+
+def test_offset_states_of_version_0_1_load() -> None:
+    """0.1 stored one offset reference cell per weight slice ``[S, T, in]``; it loads into the
+    one reference column per tile the plan describes."""
+    model = linear(40, 12)
+    config = crossbar.CrossbarConfig(tile_rows=32, tile_cols=32, mapping="offset", cell_bits=4)
+    device = crossbar.DeviceModel(prog_sigma=0.05)
+    source = crossbar.to_crossbar(model, device, config, seed=1)
+    state = source.state_dict()
+    n_slices = source.slice_factors.shape[0]
+    state["g_ref_uS"] = state["g_ref_uS"].unsqueeze(0).repeat(n_slices, 1, 1)  # 0.1 layout
+    target = crossbar.to_crossbar(model, device, config, seed=2)
+    target.load_state_dict(state)
+    x = torch.randn(8, 40)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
