@@ -340,8 +340,10 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
     prog = m["programming"]
     lines += ["", "Full cost report: [cost/report.md](cost/report.md).", "",
               "## Programming a chip (mean over chips)", "",
-              f"- {prog['cells']:.0f} cells, {prog['pulses_per_cell']:.2f} pulses per cell, "
-              f"{prog['failed_cells']:.1f} cells outside the write-verify band",
+              f"- {prog['cells']:.0f} cells, " + (
+                  f"write-verify: {prog['pulses_per_cell']:.2f} pulses per cell, "
+                  f"{prog['failed_cells']:.1f} cells left outside the band"
+                  if m["device"]["write_verify"] else "single-shot (one pulse per cell)"),
               f"- energy {prog['energy_uJ']:.3g} uJ (cell-only lower bound), time "
               f"{prog['time_serial_s']:.3g} s one cell at a time, "
               f"{prog['time_tiles_parallel_s']:.3g} s with tiles in parallel "
