@@ -3,7 +3,8 @@
 For every cell, in this order, each effect from its own derived stream (:mod:`.streams`):
 
 1. programming mismatch (the device's programming model), single-shot or with write-verify;
-2. faults (stuck cells ignore what was programmed);
+2. faults: stuck cells ignore every pulse (write-verify keeps pulsing them and reports them
+   as failed unless the stuck value happens to lie in the band);
 3. drift to ``t_inference_s`` (applied when the cached weights are built, so a new inference
    time re-uses the programmed chip).
 
@@ -36,6 +37,13 @@ def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: s
     the reference cells (``"reference_"``) from the weight cells'."""
     target = target.detach().to("cpu", torch.float32)
     programming = device.programming if device.active("programming") else None
+    settle = None
+    if device.active("faults"):  # a stuck cell ignores every pulse (and fails verify)
+        uniform = torch.rand(target.shape, generator=stream(seed, layer, prefix + "faults"))
+
+        def settle(g: torch.Tensor) -> torch.Tensor:
+            return device.faults.apply(g, uniform, device)
+
     normal = None
     if programming is not None:
         normal = torch.randn(target.shape, generator=stream(seed, layer, prefix + "programming"))
@@ -43,23 +51,20 @@ def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: s
         result = device.write_verify.program(
             target, programming, device.read_noise if device.active("read_noise") else None,
             device, normal if normal is not None else torch.zeros_like(target),
-            stream(seed, layer, prefix + "write_verify"))
-        g, pulses, converged = result.g_uS, result.pulses, result.converged
-    else:
-        g = target.clone() if programming is None else programming.sample(target, normal, device)
-        pulses = converged = None
-    if device.active("faults"):
-        uniform = torch.rand(target.shape, generator=stream(seed, layer, prefix + "faults"))
-        g = device.faults.apply(g, uniform, device)
-    return ProgrammedCells(g, pulses, converged)
+            stream(seed, layer, prefix + "write_verify"), settle)
+        return ProgrammedCells(result.g_uS, result.pulses, result.converged)
+    g = target.clone() if programming is None else programming.sample(target, normal, device)
+    return ProgrammedCells(g if settle is None else settle(g), None, None)
 
 
-def drifted(g: torch.Tensor, device: DeviceModel, seed: int, layer: str, prefix: str = ""
-            ) -> torch.Tensor:
+def drifted(g: torch.Tensor, device: DeviceModel, seed: int, layer: str, prefix: str = "",
+            target: torch.Tensor | None = None) -> torch.Tensor:
     """The conductances ``g`` at ``device.t_inference_s`` after programming (``g`` itself
-    without a drift model or at ``t = 0``). The per-cell drift draws depend only on the chip
-    seed, so one chip drifts consistently over time."""
+    without a drift model or at ``t = 0``). ``target``: the programmed targets, for drift laws
+    whose parameters depend on the state (default ``g``). The per-cell drift draws depend only
+    on the chip seed, so one chip drifts consistently over time."""
     if device.drift is None or device.t_inference_s <= 0:
         return g
     normal = torch.randn(g.shape, generator=stream(seed, layer, prefix + "drift"))
-    return device.drift.at_time(g, device.t_inference_s, normal.to(g.device, g.dtype), device)
+    return device.drift.at_time(g, device.t_inference_s, normal.to(g.device, g.dtype), device,
+                                g if target is None else target)

@@ -72,6 +72,8 @@ class CrossbarConfig:
         if bit_serial is not None:  # 0.1 shorthand
             if not isinstance(bit_serial, bool):
                 fail("bit_serial", bit_serial, "true or false")
+            if dac != "parallel" and dac != ("bit_serial" if bit_serial else "parallel"):
+                fail("bit_serial", bit_serial, f"omitted, or consistent with dac={dac!r}")
             dac = "bit_serial" if bit_serial else "parallel"
         values = dict(tile_rows=tile_rows, tile_cols=tile_cols, mapping=mapping,
                       dac_bits=dac_bits, adc_bits=adc_bits, adc_range=adc_range,
@@ -115,6 +117,12 @@ class CrossbarConfig:
         return -(-self.weight_bits // self.cell_bits)
 
     def with_(self, **changes: object) -> CrossbarConfig:
+        """A copy with some fields (or the 0.1 ``bit_serial`` shorthand) changed."""
+        if "bit_serial" in changes and "dac" not in changes:
+            flag = changes.pop("bit_serial")
+            if not isinstance(flag, bool):
+                fail("bit_serial", flag, "true or false")
+            changes["dac"] = "bit_serial" if flag else "parallel"
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

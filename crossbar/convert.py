@@ -120,6 +120,9 @@ def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None
             f"program(seed={seed}): this model's DAC/ADC ranges were calibrated for the chip it "
             "holds and it keeps no calibration batch (loaded from a state dict?); allowed: "
             "program(model, seed, calibration=inputs) or to_crossbar(..., calibration=inputs)")
+    if calibration is not None:  # follow the model's device and dtype (``.to()``, ``.double()``)
+        calibration = calibration.to(layers[0].g_uS.device, layers[0].g_uS.dtype)
+        check_input(calibration, *next(crossbar_modules(model)), "calibration")
     for module in layers:
         module._program(seed)
     if calibration is not None:
@@ -172,6 +175,8 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
                          "values; allowed: finite inputs")
     was_training = model.training
     model.eval()
+    saved = [(m.dac_range.clone(), m.dac_signed.clone(), m.adc_range.clone(),
+              m.calibrated.clone()) for m in layers]
     for m in layers:
         m.dac_range.zero_()
         m.dac_signed.fill_(False)
@@ -187,6 +192,13 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
         for m in layers:
             m.calibrated.fill_(True)
         model._calibration_inputs = inputs.detach()  # recalibrates the next program(seed)
+    except BaseException:  # a failed calibration leaves the earlier ranges in place
+        for m, (dac, signed, adc, done) in zip(layers, saved, strict=True):
+            m.dac_range.copy_(dac)
+            m.dac_signed.copy_(signed)
+            m.adc_range.copy_(adc)
+            m.calibrated.copy_(done)
+        raise
     finally:
         for m in layers:
             m._calibrating = None

@@ -116,6 +116,9 @@ class CrossbarLayer(nn.Module):
         self._noise_buffers: dict[tuple, torch.Tensor] = {}
         self.pulses: torch.Tensor | None = None
         self.converged: torch.Tensor | None = None
+        self.ref_pulses: torch.Tensor | None = None
+        self.ref_converged: torch.Tensor | None = None
+        self._pulses_known = True
         self.register_load_state_dict_post_hook(_after_load)
         self._register_load_state_dict_pre_hook(_upgrade_state, with_module=True)
         self._program(seed)
@@ -155,6 +158,7 @@ class CrossbarLayer(nn.Module):
         mask = self.cell_mask.cpu()
         self.g_uS.copy_(cells.g_uS * mask)
         verified = cells.pulses is not None  # single-shot: one pulse per cell, kept implicit
+        self._pulses_known = True
         self.pulses = cells.pulses * mask if verified else None
         self.converged = cells.converged | ~mask if verified else None
         if self.style.reference_columns:
@@ -174,6 +178,12 @@ class CrossbarLayer(nn.Module):
     def programming_stats(self) -> dict:
         """Pulses, convergence and programming error (``residual_uS`` = programmed - target,
         per live cell, before drift) of the last programming (weight and reference cells)."""
+        if not self._pulses_known:
+            raise ValueError(
+                f"programming_stats: crossbar layer {self.plan.name!r} holds a chip loaded from "
+                "a state dict, which does not store write-verify pulse counts; allowed: "
+                "program(seed) the chip here to count them")
+
         def counts(p: torch.Tensor | None, c: torch.Tensor | None, live: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
             if p is None:  # single-shot: one pulse on every live cell
@@ -215,9 +225,15 @@ class CrossbarLayer(nn.Module):
     def _state_at_time(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and reference conductances at the device's inference time."""
         dev, seed, name = self.device_model, int(self.program_seed), self.plan.name
-        g = drifted(self.g_uS, dev, seed, name)
-        ref = drifted(self.g_ref_uS, dev, seed, name, "reference_") if self.g_ref_uS.numel() \
-            else None
+        if dev.drift is None or dev.t_inference_s <= 0:
+            return self.g_uS, (self.g_ref_uS if self.g_ref_uS.numel() else None)
+        # cells without a device stay at 0 uS (an additive drift law would move them)
+        g = drifted(self.g_uS, dev, seed, name, target=self.g_nominal_uS) * self.cell_mask
+        ref = None
+        if self.g_ref_uS.numel():
+            target = torch.full_like(self.g_ref_uS, self.style.reference_uS(dev))
+            ref = drifted(self.g_ref_uS, dev, seed, name, "reference_", target=target) \
+                * self._tile_row_mask()
         return g, ref
 
     def _values(self, g: torch.Tensor, g_ref: torch.Tensor | None) -> torch.Tensor:
@@ -231,8 +247,9 @@ class CrossbarLayer(nn.Module):
 
     def _tile_of_output(self) -> torch.Tensor:
         """One-hot ``[out, T]``: the tiles holding each output. An output meets several tiles
-        (one per row range of its column group) whose rows are disjoint, so summing the tiles'
-        reference rows picks, for every cell, the reference of its own tile."""
+        (one per row range of its column group) whose rows are disjoint, and a tile's reference
+        row is 0 uS outside its own rows (kept so after drift), so summing the tiles' reference
+        rows picks, for every cell, the reference of its own tile."""
         onehot = torch.zeros(self.out_features, self.plan.n_tiles, device=self.g_uS.device)
         for t, idx in enumerate(self._tiles):
             onehot[idx.cols, t] = 1.0
@@ -277,8 +294,7 @@ class CrossbarLayer(nn.Module):
         out = super()._apply(fn, *args, **kwargs)
         self._tiles = self._tile_indices()
         self._refresh()
-        self._gens = {}
-        self._noise_buffers = {}
+        self._noise_buffers = {}  # streams continue (recreated only on another device)
         return out
 
     def _generators(self, effect: str) -> list[torch.Generator]:
@@ -316,7 +332,7 @@ class CrossbarLayer(nn.Module):
         else:
             for chunk, gen in zip(chunks, gens, strict=False):
                 chunk.normal_(generator=gen)
-        return buf
+        return buf.clone() if torch.is_grad_enabled() else buf  # autograd keeps it
 
     # ------------------------------------------------------------------------------- periphery
     # Inputs and partial sums are kept in converter code units: the DAC step is folded into the
@@ -480,6 +496,7 @@ class CrossbarLayer(nn.Module):
         """The device and periphery the conductances were programmed for (plain data)."""
         return {"device": self.device_model.to_dict(), "config": self.config.to_dict()}
 
+
     def set_extra_state(self, state: dict) -> None:
         theirs_dev = state.get("device")
         if theirs_dev is not None:  # 0.1 states carry flat device keys: read them as 0.1 did
@@ -487,7 +504,12 @@ class CrossbarLayer(nn.Module):
         theirs_cfg = state.get("config")
         if theirs_cfg is not None:  # keys added after 0.1 take their defaults
             theirs_cfg = CrossbarConfig.from_dict(theirs_cfg).to_dict()
-        for key, mine, theirs in (("device", self.device_model.to_dict(), theirs_dev),
+        mine_dev = self.device_model.to_dict()
+        if theirs_dev is not None:  # the chip's time is state, not a property of the device
+            self.device_model = self.device_model.with_(t_inference_s=theirs_dev[
+                "t_inference_s"])
+            mine_dev["t_inference_s"] = theirs_dev["t_inference_s"]
+        for key, mine, theirs in (("device", mine_dev, theirs_dev),
                                   ("config", self.config.to_dict(), theirs_cfg)):
             if theirs is not None and theirs != mine:
                 changed = sorted(k for k in mine if theirs.get(k) != mine[k])
@@ -552,6 +574,9 @@ def _after_load(module: CrossbarLayer, incompatible) -> None:
             "mapping plan (its cell mask differs from this layer's plan)"
         )
     module._gens = {}
+    if module.device_model.write_verify is not None:  # pulse counts are not in the state
+        module.pulses = module.converged = module.ref_pulses = module.ref_converged = None
+        module._pulses_known = False
     module._refresh()
 
 

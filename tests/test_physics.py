@@ -522,3 +522,68 @@ def test_offset_states_of_version_0_1_load() -> None:
     x = torch.randn(8, 40)
     with torch.no_grad():
         assert torch.equal(target(x), source(x))
+
+
+# ------------------------------------------------------------------------ review regressions
+def test_offset_references_outside_a_tile_stay_empty_under_additive_drift() -> None:
+    """An output spanning several row tiles reads each cell against its own tile's reference:
+    the empty reference entries of the other tiles must not drift into the sum."""
+    model = nn.Linear(64, 512, bias=False)
+    nn.init.zeros_(model.weight)
+    masks = {"": torch.ones(512, 64, dtype=torch.bool)}
+    config = crossbar.CrossbarConfig(tile_rows=16, tile_cols=64, mapping="offset")
+    device = crossbar.DeviceModel(g_min_uS=9.0, g_max_uS=88.2, drift="rram_cmo",
+                                  t_inference_s=86400.0)
+    layer = crossbar.to_crossbar(model, device, config, masks=masks, scales={"": 1.0})
+    g, g_ref = layer._state_at_time()
+    outside = ~layer._tile_row_mask()
+    assert bool(outside.any()) and bool((g_ref[outside] == 0).all())
+    assert bool((g_ref[~outside] != layer.g_ref_uS[~outside]).all())  # the devices did drift
+    # every weight is read against its own tile's (drifted) reference cell
+    ref_of_cell = torch.einsum("ot,ti->oi", layer._tile_of_output(), g_ref)
+    for t, tile in enumerate(layer.plan.tiles):
+        rows, cols = list(tile.rows), list(tile.cols)
+        assert torch.equal(ref_of_cell[cols][:, rows], g_ref[t, rows].expand(len(cols), -1))
+
+
+def test_program_follows_the_model_dtype_and_a_failed_calibration_keeps_the_ranges() -> None:
+    model = nn.Sequential(nn.Linear(8, 4))
+    config = crossbar.CrossbarConfig(dac_bits=6, adc_bits=6)
+    calib = torch.randn(16, 8)
+    xmodel = crossbar.to_crossbar(model, crossbar.DeviceModel(prog_sigma=0.1), config,
+                                  calibration=calib).double()
+    xmodel.program(3)  # the stored float32 batch follows the float64 model
+    assert bool(xmodel[0].calibrated) and xmodel[0].adc_range.dtype == torch.float64
+    ranges = xmodel[0].adc_range.clone()
+    with pytest.raises(ValueError, match="does not fit the model"):
+        xmodel.calibrate(torch.randn(16, 9, dtype=torch.float64))
+    assert torch.equal(xmodel[0].adc_range, ranges) and bool(xmodel[0].calibrated)
+
+
+def test_stuck_cells_fail_write_verify() -> None:
+    device = crossbar.DeviceModel(g_min_uS=10.0, g_max_uS=100.0, prog_noise="gaussian",
+                                  prog_sigma=0.01, sa0_rate=0.05, sa1_rate=0.05,
+                                  write_verify={"tolerance_uS": 2.0, "max_pulses": 8})
+    from crossbar.chip import program_cells
+
+    target = torch.full((20000,), 55.0)
+    cells = program_cells(target, device, seed=1, layer="probe")
+    stuck = (cells.g_uS == 10.0) | (cells.g_uS == 100.0)
+    assert 0.08 < float(stuck.double().mean()) < 0.12
+    assert torch.equal(~cells.converged, stuck)  # healthy cells converge, stuck ones cannot
+    assert bool((cells.pulses[stuck] == 8).all())
+
+
+def test_a_drifted_chip_round_trips_through_its_state_dict() -> None:
+    model = linear(20, 6)
+    device = crossbar.DeviceModel.preset("pcm_aihwkit").with_(read_noise=None)
+    source = crossbar.to_crossbar(model, device, CONTINUOUS, seed=4)
+    source.set_inference_time(3600.0)
+    target = crossbar.to_crossbar(model, device, CONTINUOUS, seed=5)
+    target.load_state_dict(source.state_dict())
+    assert target.device_model.t_inference_s == 3600.0
+    x = torch.randn(3, 20)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+    with pytest.raises(ValueError, match="bit_serial=False.*dac='bit_serial'"):
+        crossbar.CrossbarConfig(dac_bits=4, dac="bit_serial", bit_serial=False)

@@ -166,8 +166,10 @@ class DriftModel(CellModel):
 
     concern: ClassVar[str] = "drift"
 
-    def at_time(self, g: torch.Tensor, t_s: float, normal: torch.Tensor, device: DeviceModel
-                ) -> torch.Tensor:
+    def at_time(self, g: torch.Tensor, t_s: float, normal: torch.Tensor, device: DeviceModel,
+                target: torch.Tensor) -> torch.Tensor:
+        """``g`` drifted to ``t_s``; ``target``: the programmed targets (state-dependent laws
+        are fitted against the target state)."""
         raise NotImplementedError
 
 

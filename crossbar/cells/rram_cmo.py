@@ -34,8 +34,8 @@ class RramCmoDrift(DriftModel):
     def __post_init__(self) -> None:
         check_float(self.key("scale"), self.scale, 0.0, 100.0)
 
-    def at_time(self, g: torch.Tensor, t_s: float, normal: torch.Tensor, device
-                ) -> torch.Tensor:
+    def at_time(self, g: torch.Tensor, t_s: float, normal: torch.Tensor, device,
+                target: torch.Tensor) -> torch.Tensor:
         if t_s <= 0:
             return g
         log_t = math.log(max(t_s, 1.0))

@@ -21,6 +21,7 @@ residual ``G - T`` is the programming error after verify (:class:`WriteVerifyRes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -64,15 +65,18 @@ class WriteVerify:
         device,
         first: torch.Tensor,
         gen: torch.Generator,
+        settle: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> WriteVerifyResult:
         """Program ``target`` (uS). ``first``: the standard-normal draws of the first pulse
         (the same as single-shot programming, so verify only changes the cells it re-pulses);
-        ``gen``: the CPU generator of the corrective pulses and verify reads."""
+        ``gen``: the CPU generator of the corrective pulses and verify reads; ``settle``: what
+        a pulse leaves in a cell (stuck-at faults pin their cells whatever the pulse)."""
+        settle = settle or (lambda g: g)
         if programming is not None and programming.active:
-            g = programming.sample(target, first, device)
+            g = settle(programming.sample(target, first, device))
             spread = self.pulse_sigma * programming.spread_uS(target, device)
         else:
-            g = target.clone()
+            g = settle(target.clone())
             spread = torch.zeros_like(target)
         pulses = torch.ones(target.shape, dtype=torch.int16)
         noisy_verify = read_noise is not None and read_noise.active
@@ -86,6 +90,6 @@ class WriteVerify:
                 return WriteVerifyResult(g, pulses, ~outside)
             normal = torch.randn(target.shape, generator=gen, dtype=target.dtype)
             again = (target + spread * normal).clamp_(min=0.0)
-            g = torch.where(outside, again, g)
+            g = torch.where(outside, settle(again), g)
             pulses += outside.to(torch.int16)
         raise AssertionError("unreachable")
