@@ -14,6 +14,7 @@ from ._validate import (
     fail,
     from_mapping,
 )
+from .arrays import ArrayModel, build_array
 from .converters import ADCS, DACS
 from .mappings import MAPPINGS
 
@@ -48,6 +49,10 @@ class CrossbarConfig:
         drift_compensation: one digital gain per layer that undoes the mean conductance
             drift: ``alpha = readout(t=0) / readout(t)`` with the readout the mean |weight| the
             array holds (aihwkit's global drift compensation), applied after the ADCs.
+        array: the array model (:mod:`crossbar.arrays`): ``None`` (ideal wires) or
+            ``{"model": "wire_resistance", "r_row_ohm": ..., "r_col_ohm": ...,
+            "r_driver_ohm": ..., "r_sense_ohm": ..., "read_voltage_V": ...}`` (IR drop, solved
+            once per programmed chip and folded into the cached tile weights).
     """
 
     tile_rows: int = 128
@@ -62,13 +67,15 @@ class CrossbarConfig:
     weight_bits: int = 8
     adc_noise: float = 0.0
     drift_compensation: bool = False
+    array: ArrayModel | None = None
 
     def __init__(self, tile_rows: int = 128, tile_cols: int = 128,
                  mapping: str = "differential", dac_bits: int | None = None,
                  adc_bits: int | None = None, adc_range: str = "calibrated",
                  range_percentile: float = 100.0, dac: str = "parallel",
                  cell_bits: int | None = None, weight_bits: int = 8, adc_noise: float = 0.0,
-                 drift_compensation: bool = False, bit_serial: bool | None = None) -> None:
+                 drift_compensation: bool = False, array: object = None,
+                 bit_serial: bool | None = None) -> None:
         if bit_serial is not None:  # 0.1 shorthand
             if not isinstance(bit_serial, bool):
                 fail("bit_serial", bit_serial, "true or false")
@@ -79,7 +86,7 @@ class CrossbarConfig:
                       dac_bits=dac_bits, adc_bits=adc_bits, adc_range=adc_range,
                       range_percentile=range_percentile, dac=dac, cell_bits=cell_bits,
                       weight_bits=weight_bits, adc_noise=adc_noise,
-                      drift_compensation=drift_compensation)
+                      drift_compensation=drift_compensation, array=build_array(array))
         for key, value in values.items():
             object.__setattr__(self, key, value)
         self._validate()
@@ -125,8 +132,26 @@ class CrossbarConfig:
             changes["dac"] = "bit_serial" if flag else "parallel"
         return dataclasses.replace(self, **changes)
 
+    def with_setting(self, key: str, value: object) -> CrossbarConfig:
+        """A copy with one setting changed: a field, ``array.<field>`` of the array model, or
+        ``r_wire_ohm`` (word- and bit-line segment resistance together; from an ideal array,
+        a ``wire_resistance`` model with ideal drivers and sense amplifiers)."""
+        if key == "r_wire_ohm":
+            base = self.array.to_dict() if self.array is not None else {
+                "model": "wire_resistance", "r_driver_ohm": 0.0, "r_sense_ohm": 0.0}
+            return self.with_(array={**base, "r_row_ohm": value, "r_col_ohm": value})
+        head, _, rest = key.partition(".")
+        if head == "array" and rest:
+            if self.array is None:
+                fail(key, value, "a setting of an array model; set crossbar.array first (e.g. "
+                     "{model: wire_resistance}) or sweep r_wire_ohm")
+            return self.with_(array={**self.array.to_dict(), rest: value})
+        return self.with_(**{key: value})
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["array"] = None if self.array is None else self.array.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CrossbarConfig:

@@ -250,7 +250,8 @@ class CrossbarLayer(nn.Module):
         (one per row range of its column group) whose rows are disjoint, and a tile's reference
         row is 0 uS outside its own rows (kept so after drift), so summing the tiles' reference
         rows picks, for every cell, the reference of its own tile."""
-        onehot = torch.zeros(self.out_features, self.plan.n_tiles, device=self.g_uS.device)
+        onehot = torch.zeros(self.out_features, self.plan.n_tiles, device=self.g_uS.device,
+                             dtype=self.g_uS.dtype)
         for t, idx in enumerate(self._tiles):
             onehot[idx.cols, t] = 1.0
         return onehot
@@ -261,11 +262,12 @@ class CrossbarLayer(nn.Module):
         self._sync_ranges()
         dev = self.device_model
         g, g_ref = self._state_at_time()
-        values = self._values(g, g_ref)
+        values = self._values(*self._through_array(g, g_ref))
         self._tile_w = [self._gather(values, idx) for idx in self._tiles]
         self._gain = 1.0
         if self.config.drift_compensation and dev.drift is not None and dev.t_inference_s > 0:
-            programmed = self._values(self.g_uS, self.g_ref_uS if g_ref is not None else None)
+            programmed = self._values(*self._through_array(
+                self.g_uS, self.g_ref_uS if g_ref is not None else None))
             now = float(values.abs().sum())
             self._gain = float(programmed.abs().sum()) / now if now > 0 else 1.0
         self._tile_var = None
@@ -282,6 +284,36 @@ class CrossbarLayer(nn.Module):
             self._ref_factor = [self.slice_factors.index_select(1, idx.cols).flatten()
                                 for idx in self._tiles]
         del values
+
+    def _through_array(self, g: torch.Tensor, g_ref: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Effective conductances (uS) of every cell as the array model sees them: each tile's
+        physical arrays (one per cell of a pair; bit lines ordered output by output, the weight
+        slices of an output side by side, the offset reference column last) are solved once
+        and ``G_eff[i, j] = M[j, i]`` replaces the cell, so the cached weights reproduce the
+        array's column currents exactly (``I = M v`` is linear in the inputs)."""
+        array = self.config.array
+        if array is None or array.ideal:
+            return g, g_ref
+        g_eff = g.clone()
+        ref_eff = None if g_ref is None else g_ref.clone()
+        n_slices, n_cells = g.shape[:2]
+        for t, tile in enumerate(self.plan.tiles):
+            rows = torch.tensor(tile.rows, dtype=torch.long, device=g.device)
+            cols = torch.tensor(tile.cols, dtype=torch.long, device=g.device)
+            n_rows, n_cols = len(tile.rows), len(tile.cols)
+            block = g[:, :, cols.unsqueeze(1), rows.unsqueeze(0)]  # [S, cells, cols, rows]
+            for k in range(n_cells):
+                phys = block[:, k].permute(2, 1, 0).reshape(n_rows, n_cols * n_slices)
+                if ref_eff is not None:
+                    phys = torch.cat([phys, g_ref[t, rows].unsqueeze(1)], dim=1)
+                eff = array.effective(phys.double() * 1e-6).T * 1e6  # [rows, bit lines] uS
+                main = eff[:, :n_cols * n_slices].reshape(n_rows, n_cols, n_slices)
+                g_eff[:, k, cols.unsqueeze(1), rows.unsqueeze(0)] = main.permute(2, 1, 0).to(
+                    g.dtype)
+                if ref_eff is not None:
+                    ref_eff[t, rows] = eff[:, -1].to(g.dtype)
+        return g_eff, ref_eff
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         raise NotImplementedError

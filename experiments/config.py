@@ -51,10 +51,12 @@ TORCH_DEVICES = ("auto", "cpu", "cuda")
 SWEEPABLE = ("g_min_uS", "g_max_uS", "n_levels", "t_inference_s", "prog_sigma", "read_sigma",
              "sa0_rate", "sa1_rate") + tuple(
     f.name for f in dataclasses.fields(CrossbarConfig)
-    if f.name not in ("mapping", "adc_range", "dac", "drift_compensation"))
+    if f.name not in ("mapping", "adc_range", "dac", "drift_compensation", "array")) + (
+    "r_wire_ohm",)
 """Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields, the
 0.1 shorthands, and any ``<effect>.<field>`` of the device's cell models (``EFFECT_KEY``)."""
-EFFECT_KEY = re.compile(r"^(programming|read_noise|drift|faults|write_verify)\.[a-zA-Z_]\w*$")
+EFFECT_KEY = re.compile(
+    r"^(programming|read_noise|drift|faults|write_verify|array)\.[a-zA-Z_]\w*$")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -321,7 +323,7 @@ class StudySettings:
                 _fail(f"sweeps.{key}", values,
                       "a key among " + ", ".join(SWEEPABLE + ("sa_rate",))
                       + " or <effect>.<field> (e.g. programming.scale, drift.scale, "
-                      "write_verify.tolerance_uS)")
+                      "write_verify.tolerance_uS, array.r_sense_ohm)")
             if not isinstance(values, list) or not values:
                 _fail(f"sweeps.{key}", values, "a non-empty list of values")
         for m in self.models:

@@ -447,18 +447,19 @@ def study_settings(exp: StudyExperiment, key: str, value: object
     try:
         if key == "sa_rate":
             return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar
-        if key in CrossbarConfig.__dataclass_fields__:
-            return device, xbar.with_(**{key: value})
+        if key in CrossbarConfig.__dataclass_fields__ or key == "r_wire_ohm" \
+                or key.startswith("array."):
+            return device, xbar.with_setting(key, value)
         return device.with_setting(key, value), xbar
     except (ValueError, TypeError) as exc:
         raise ValueError(f"study.sweeps.{key}: {exc}") from None
 
 
 def _log_axis(key: str, values: list) -> bool:
-    """Time after programming, and any positive axis spanning over two decades, is shown on a
-    log axis (drift and relaxation laws are linear in log t)."""
+    """Time after programming, wire resistance, and any positive axis spanning over two
+    decades, is shown on a log axis (drift and relaxation laws are linear in log t)."""
     positive = [v for v in values if v > 0]
-    if key == "t_inference_s":
+    if key in ("t_inference_s", "r_wire_ohm") or key.endswith("_ohm"):
         return bool(positive)
     return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
 

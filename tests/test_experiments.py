@@ -2,6 +2,7 @@
 compress pipeline and device study end to end on digits, a CIFAR-shaped smoke run of the paper's
 VGG-16 / ResNet-18 configs, and collect."""
 
+import dataclasses
 import json
 import pickle
 import subprocess
@@ -207,6 +208,27 @@ def test_device_group_takes_cell_models_and_new_periphery_keys():
     assert exp.device.write_verify.max_pulses == 10 and exp.crossbar.drift_compensation
     with pytest.raises(ValueError, match="device.drift.model='linear'"):
         load_compress_config(_compose(["+device.drift={model: linear}"]))
+
+
+def test_wire_resistance_from_hydra_and_as_a_study_axis():
+    from experiments.config import load_study_config
+    from experiments.pipeline import study_settings
+
+    exp = load_compress_config(_compose(
+        ["crossbar.array={model: wire_resistance, r_row_ohm: 2.0, r_col_ohm: 3.0}"]))
+    assert exp.crossbar.array.r_row_ohm == 2.0 and exp.crossbar.array.r_col_ohm == 3.0
+    with pytest.raises(ValueError, match="crossbar.array.r_row_ohm=-2"):
+        load_compress_config(_compose(["crossbar.array={model: wire_resistance, "
+                                       "r_row_ohm: -2.0}"]))
+    study = load_study_config(_compose(["~study.sweeps",
+                                        "+study.sweeps={r_wire_ohm: [0.0, 1.0, 10.0]}"],
+                                       name="device_study"))
+    _, xbar = study_settings(study, "r_wire_ohm", 10.0)
+    assert xbar.array.r_row_ohm == xbar.array.r_col_ohm == 10.0
+    assert xbar.array.r_driver_ohm == 0.0
+    _, xbar = study_settings(dataclasses.replace(study, crossbar=xbar), "array.r_sense_ohm",
+                             50.0)
+    assert xbar.array.r_sense_ohm == 50.0 and xbar.array.r_row_ohm == 10.0
 
 
 # ---------------------------------------------------------------------------- CIFAR smoke

@@ -1,0 +1,49 @@
+"""Array with wire resistance (IR drop), solved exactly as a linear resistive circuit.
+
+Word-line segment resistance ``r_row_ohm`` and bit-line segment resistance ``r_col_ohm`` per
+cell, driver (DAC) output resistance ``r_driver_ohm`` at the start of each word line, sense
+(ADC input) resistance ``r_sense_ohm`` at the end of each bit line into a virtual ground;
+``read_voltage_V`` is the word-line voltage of a full-scale input (it scales the physical
+currents :func:`column_currents` reports, not the weights: the circuit is linear). Circuit,
+method and assumptions: :mod:`.solve` and docs/crossbar.md ("Wire resistance").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._validate import check_float
+from .base import ArrayModel, register
+from .solve import solve_array
+
+
+@register
+@dataclass(frozen=True)
+class WireResistanceArray(ArrayModel):
+    name = "wire_resistance"
+    r_row_ohm: float = 1.9
+    r_col_ohm: float = 5.6
+    r_driver_ohm: float = 0.0
+    r_sense_ohm: float = 0.0
+    read_voltage_V: float = 0.2
+
+    def __post_init__(self) -> None:
+        for key in ("r_row_ohm", "r_col_ohm", "r_driver_ohm", "r_sense_ohm"):
+            check_float(f"array.{key}", getattr(self, key), 0.0, 1e6)
+        check_float("array.read_voltage_V", self.read_voltage_V, 0.0, 10.0, low_open=True)
+
+    @property
+    def ideal(self) -> bool:
+        return self.r_row_ohm == self.r_col_ohm == self.r_driver_ohm == self.r_sense_ohm == 0
+
+    def effective(self, g_S: torch.Tensor) -> torch.Tensor:
+        return solve_array(g_S, self.r_row_ohm, self.r_col_ohm, self.r_driver_ohm,
+                           self.r_sense_ohm)
+
+    def column_currents(self, g_S: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Physical column currents (A) for inputs in ``[-1, 1]`` of full scale ``[N, R]``:
+        ``I = M (read_voltage_V * inputs)``."""
+        m = self.effective(g_S)
+        return (self.read_voltage_V * inputs.to(m.dtype)) @ m.T
