@@ -309,6 +309,14 @@ def _fmt(x: object) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def _array_line(xbar: Mapping) -> str:
+    """The array model of a crossbar config (as a dict) in words."""
+    array = xbar.get("array")
+    if array is None:
+        return "ideal (no wire resistance)"
+    return ", ".join(f"{k}={v}" for k, v in array.items())
+
+
 def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
                           run_dir: Path) -> None:
     """report.md: accuracy, compression, cost and per-layer mapping, with plots."""
@@ -349,6 +357,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
               f"{prog['time_tiles_parallel_s']:.3g} s with tiles in parallel "
               "(docs/crossbar.md, 'Programming cost')", "",
               "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
+              f"Array model: {_array_line(m['crossbar'])}.", "",
               "## Mapping plan (plan.json)", "",
               "| layer | shape | live rows | live cols | tiles | mapped weights |",
               "|---|---|---:|---:|---:|---:|"]
@@ -464,6 +473,10 @@ def _log_axis(key: str, values: list) -> bool:
     return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
 
 
+AXIS_LABELS = {"t_inference_s": "time after programming",
+               "r_wire_ohm": "wire resistance per cell, word and bit line (ohm)"}
+
+
 def _tick(key: str, value: float) -> str:
     """Tick label: times after programming in human units, other values as numbers."""
     if key != "t_inference_s" or value == 0:
@@ -497,7 +510,7 @@ def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
                 ax.set_xscale("log")
             ax.set_xticks(values, [_tick(key, v) for v in values])
             ax.minorticks_off()
-        ax.set_xlabel("time after programming" if key == "t_inference_s" else key)
+        ax.set_xlabel(AXIS_LABELS.get(key, key))
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"Accuracy vs {key} (mean +- std over chips)")
         ax.legend(fontsize=8)
@@ -568,7 +581,8 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     lines = [f"# Device study: {exp.model.name}", "",
              f"Software accuracy: dense {dense_acc:.2f}%, compressed {compressed_acc:.2f}%. "
              f"Each point: mean +- std over {exp.eval.chips} programmed chips, "
-             f"{len(xtest.dataset)} test samples.", "",
+             f"{len(xtest.dataset)} test samples. Base array model: "
+             f"{_array_line(exp.crossbar.to_dict())}.", "",
              "| setting | value | model | mean (%) | std | min | max | tiles |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
