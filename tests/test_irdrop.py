@@ -80,7 +80,10 @@ def test_array_solve_matches_spice(tmp_path: Path, rows: int, cols: int, seed: i
     v = 0.2 * (2 * torch.rand(rows, generator=gen, dtype=torch.float64) - 1)
     r_row, r_col = (float(10 ** (2 * torch.rand(1, generator=gen)) / 10) for _ in range(2))
     r_drv, r_sense = (0.0, 0.0) if seed % 2 == 0 else (50.0, 20.0)
-    ours = solve_array(g, r_row, r_col, r_drv, r_sense) @ v
+    array = crossbar.arrays.build_array({"model": "wire_resistance", "r_row_ohm": r_row,
+                                         "r_col_ohm": r_col, "r_driver_ohm": r_drv,
+                                         "r_sense_ohm": r_sense, "read_voltage_V": 0.2})
+    ours = array.column_currents(g, (v / 0.2).unsqueeze(0))[0]  # inputs in units of full scale
     spice = spice_currents(tmp_path, netlist(g, v, r_row, r_col, r_drv, r_sense), cols)
     full_scale = float(g.sum(0).max()) * 0.2  # the largest ideal column current
     error = float((ours - spice).abs().max())
