@@ -143,8 +143,8 @@ class CrossbarConfig:
         head, _, rest = key.partition(".")
         if head == "array" and rest:
             if self.array is None:
-                fail(key, value, "a setting of an array model; set crossbar.array first (e.g. "
-                     "{model: wire_resistance}) or sweep r_wire_ohm")
+                fail(key, value, "a setting of a non-ideal array model; set crossbar.array "
+                     "first (e.g. {model: wire_resistance}) or sweep r_wire_ohm")
             return self.with_(array={**self.array.to_dict(), rest: value})
         return self.with_(**{key: value})
 

@@ -114,6 +114,7 @@ class CrossbarLayer(nn.Module):
         self._calibration_inputs: torch.Tensor | None = None
         self._gens: dict[str, list[torch.Generator]] = {}
         self._noise_buffers: dict[tuple, torch.Tensor] = {}
+        self._array_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.pulses: torch.Tensor | None = None
         self.converged: torch.Tensor | None = None
         self.ref_pulses: torch.Tensor | None = None
@@ -154,6 +155,7 @@ class CrossbarLayer(nn.Module):
         self.program_seed.fill_(seed)
         self._gens = {}
         self._noise_buffers = {}
+        self._array_cache = {}
         cells = program_cells(self.g_nominal_uS, dev, seed, self.plan.name)
         mask = self.cell_mask.cpu()
         self.g_uS.copy_(cells.g_uS * mask)
@@ -262,12 +264,12 @@ class CrossbarLayer(nn.Module):
         self._sync_ranges()
         dev = self.device_model
         g, g_ref = self._state_at_time()
-        values = self._values(*self._through_array(g, g_ref))
+        values = self._values(*self._through_array(g, g_ref, dev.t_inference_s))
         self._tile_w = [self._gather(values, idx) for idx in self._tiles]
         self._gain = 1.0
         if self.config.drift_compensation and dev.drift is not None and dev.t_inference_s > 0:
             programmed = self._values(*self._through_array(
-                self.g_uS, self.g_ref_uS if g_ref is not None else None))
+                self.g_uS, self.g_ref_uS if g_ref is not None else None, 0.0))
             now = float(values.abs().sum())
             self._gain = float(programmed.abs().sum()) / now if now > 0 else 1.0
         self._tile_var = None
@@ -285,8 +287,8 @@ class CrossbarLayer(nn.Module):
                                 for idx in self._tiles]
         del values
 
-    def _through_array(self, g: torch.Tensor, g_ref: torch.Tensor | None
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _through_array(self, g: torch.Tensor, g_ref: torch.Tensor | None,
+                       t_inference_s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Effective conductances (uS) of every cell as the array model sees them: each tile's
         physical arrays (one per cell of a pair; bit lines ordered output by output, the weight
         slices of an output side by side, the offset reference column last) are solved once
@@ -295,6 +297,9 @@ class CrossbarLayer(nn.Module):
         array = self.config.array
         if array is None or array.ideal:
             return g, g_ref
+        key = (t_inference_s, g.device, g.dtype)
+        if key in self._array_cache:  # solved once per chip and time (not per .to() or call)
+            return self._array_cache[key]
         g_eff = g.clone()
         ref_eff = None if g_ref is None else g_ref.clone()
         n_slices, n_cells = g.shape[:2]
@@ -313,6 +318,7 @@ class CrossbarLayer(nn.Module):
                     g.dtype)
                 if ref_eff is not None:
                     ref_eff[t, rows] = eff[:, -1].to(g.dtype)
+        self._array_cache[key] = (g_eff, ref_eff)
         return g_eff, ref_eff
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
@@ -325,6 +331,12 @@ class CrossbarLayer(nn.Module):
     def _apply(self, fn, *args, **kwargs):  # keep caches on the module's device and dtype
         out = super()._apply(fn, *args, **kwargs)
         self._tiles = self._tile_indices()
+        moved = {}
+        for (t, _, dtype), vals in self._array_cache.items():  # a move keeps the solve,
+            new = tuple(None if v is None else fn(v) for v in vals)  # a new dtype re-solves
+            if new[0].dtype == dtype:
+                moved[(t, new[0].device, dtype)] = new
+        self._array_cache = moved
         self._refresh()
         self._noise_buffers = {}  # streams continue (recreated only on another device)
         return out
@@ -606,6 +618,7 @@ def _after_load(module: CrossbarLayer, incompatible) -> None:
             "mapping plan (its cell mask differs from this layer's plan)"
         )
     module._gens = {}
+    module._array_cache = {}  # another chip's conductances
     if module.device_model.write_verify is not None:  # pulse counts are not in the state
         module.pulses = module.converged = module.ref_pulses = module.ref_converged = None
         module._pulses_known = False

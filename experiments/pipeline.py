@@ -525,6 +525,9 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     Carlo over ``eval.chips`` programmed chips per setting. Writes study.csv (one row per
     chip), study.json (mean/std per setting), metrics.json, study.md and plots."""
     exp = load_study_config(cfg)
+    for key, values in exp.study.sweeps.items():  # every point is valid before any training
+        for value in values:
+            study_settings(exp, key, value)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(run_dir, exp.resume)

@@ -93,6 +93,23 @@ def test_array_solve_matches_spice(tmp_path: Path, rows: int, cols: int, seed: i
     assert error < 1e-2 * drop  # (ngspice prints 7 significant digits)
 
 
+@pytest.mark.parametrize("zeros", range(16))
+def test_zero_resistance_limits_match_spice(tmp_path: Path, zeros: int) -> None:
+    """Every combination of zero and non-zero word-line, bit-line, driver and sense
+    resistance (the solver's exact limits: merged lines, clamped end nodes)."""
+    _need_ngspice()
+    gen = torch.Generator().manual_seed(100 + zeros)
+    rows, cols = 6, 5
+    g = (1 + 99 * torch.rand(rows, cols, generator=gen, dtype=torch.float64)) * 1e-6
+    v = 0.2 * (2 * torch.rand(rows, generator=gen, dtype=torch.float64) - 1)
+    r = [0.0 if zeros >> k & 1 else value for k, value in enumerate((30.0, 20.0, 400.0, 300.0))]
+    ours = solve_array(g, *r) @ v
+    spice = spice_currents(tmp_path, netlist(g, v, *r), cols)
+    assert float((ours - spice).abs().max()) < 1e-6 * float(g.sum(0).max()) * 0.2
+    if zeros < 15:  # some resistance: the currents differ from the ideal array's
+        assert float((g.T @ v - spice).abs().max()) > 1e-4 * float(g.sum(0).max()) * 0.2
+
+
 def test_zero_resistance_is_the_ideal_array() -> None:
     g = torch.rand(7, 5, dtype=torch.float64) * 1e-4
     assert torch.equal(solve_array(g, 0.0, 0.0, 0.0, 0.0), g.T)
@@ -160,6 +177,9 @@ def test_layer_weights_reproduce_the_solved_arrays(mapping: str, cell_bits: int 
 
 
 def test_wire_resistance_config_sweep_key_and_errors() -> None:
+    assert crossbar.CrossbarConfig(array="ideal") == crossbar.CrossbarConfig()
+    assert crossbar.CrossbarConfig(array={"model": "ideal"}).with_setting(
+        "r_wire_ohm", 2.0).array.r_row_ohm == 2.0
     config = crossbar.CrossbarConfig().with_setting("r_wire_ohm", 2.0)
     assert config.array.r_row_ohm == config.array.r_col_ohm == 2.0
     assert crossbar.CrossbarConfig.from_dict(config.to_dict()) == config
@@ -168,5 +188,30 @@ def test_wire_resistance_config_sweep_key_and_errors() -> None:
         crossbar.CrossbarConfig(array={"model": "wire_resistance", "r_row_ohm": -1})
     with pytest.raises(ValueError, match=r"array.model='spice'"):
         crossbar.CrossbarConfig(array={"model": "spice"})
-    with pytest.raises(ValueError, match=r"array.r_row_ohm.*set crossbar.array first"):
+    with pytest.raises(ValueError, match=r"array.r_row_ohm=1.0.*set crossbar.array first"):
         crossbar.CrossbarConfig().with_setting("array.r_row_ohm", 1.0)
+
+
+def test_conv_layer_weights_reproduce_the_solved_arrays() -> None:
+    """A convolution whose kernels are split over row tiles: the matrix rows of each tile
+    (channel x kernel position) are its word lines."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=False)
+    r = 15.0
+    config = crossbar.CrossbarConfig(tile_rows=8, tile_cols=8).with_setting("r_wire_ohm", r)
+    layer = crossbar.to_crossbar(conv, crossbar.DeviceModel(), config)
+    assert layer.plan.n_tiles > 2
+    g = layer.g_uS.double()[0]  # [2, out, in*k]
+    w_eff = torch.zeros(5, 27, dtype=torch.float64)
+    for tile in layer.plan.tiles:
+        rows, cols = list(tile.rows), list(tile.cols)
+        m = [solve_array(g[k][cols][:, rows].T * 1e-6, r, r, 0.0, 0.0).T * 1e6 for k in (0, 1)]
+        w_eff[cols[0]:cols[-1] + 1][:, rows] += ((m[0] - m[1]) / 99.0).T
+    w_eff = w_eff * layer.slice_factors[0].double()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    expected = nn.functional.conv2d(x, w_eff.view(5, 3, 3, 3), padding=1)
+    with torch.no_grad():
+        y = layer.double()(x)
+    assert torch.allclose(y, expected, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(y, nn.functional.conv2d(x, conv.weight.double(), padding=1),
+                              rtol=1e-3)

@@ -44,7 +44,7 @@ class ArrayModel:
 def build_array(spec: object) -> ArrayModel | None:
     """An array model from an instance, ``None``, a name or ``{"model": name, **fields}``."""
     if spec is None or isinstance(spec, ArrayModel):
-        return spec
+        return None if spec is not None and spec.name == "ideal" else spec
     if isinstance(spec, str):
         spec = {"model": spec}
     if not isinstance(spec, Mapping):
@@ -59,5 +59,5 @@ def build_array(spec: object) -> ArrayModel | None:
     unknown = sorted(set(data) - known)
     if unknown:
         fail(f"array.{unknown[0]}", data[unknown[0]],
-             f"a field of the {name!r} array model: " + ", ".join(sorted(known)))
-    return cls(**data)
+             f"a field of the {name!r} array model: " + ", ".join(sorted(known) or ["none"]))
+    return None if name == "ideal" else cls(**data)  # one spelling of "ideal": None
