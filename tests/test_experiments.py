@@ -231,6 +231,16 @@ def test_wire_resistance_from_hydra_and_as_a_study_axis():
     assert xbar.array.r_sense_ohm == 50.0 and xbar.array.r_row_ohm == 10.0
 
 
+def test_bad_sweep_values_fail_before_any_work(tmp_path):
+    """A sweep point that cannot be built fails before training, and writes nothing."""
+    run_dir = tmp_path / "study"
+    cfg = _compose(TINY + ["~study.sweeps", "+study.sweeps={r_wire_ohm: [1.0, -3.0]}"],
+                   name="device_study")
+    with pytest.raises(ValueError, match=r"study.sweeps.r_wire_ohm.*r_row_ohm=-3.0"):
+        run_device_study(cfg, run_dir)
+    assert not run_dir.exists()
+
+
 # ---------------------------------------------------------------------------- CIFAR smoke
 def _fake_cifar(root: Path, n: int = 8) -> None:
     folder = root / "cifar-10-batches-py"
