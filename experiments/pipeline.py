@@ -309,6 +309,30 @@ def _fmt(x: object) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def environment(torch_device: torch.device) -> dict:
+    """What produced a run: Python, torch and package versions, the git commit of the code
+    (``None`` outside a git checkout), the torch device and thread count."""
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    versions = {}
+    for package in ("memxbar", "numpy", "hydra-core", "cvxpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+        git = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"python": platform.python_version(), "torch": torch.__version__, **versions,
+            "git_commit": git, "torch_device": str(torch_device),
+            "torch_threads": torch.get_num_threads()}
+
+
 def _array_line(xbar: Mapping) -> str:
     """The array model of a crossbar config (as a dict) in words."""
     array = xbar.get("array")
@@ -358,6 +382,11 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
               "(docs/crossbar.md, 'Programming cost')", "",
               "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
               f"Array model: {_array_line(m['crossbar'])}.", "",
+              "## Crossbar and periphery", "",
+              "| setting | value |", "|---|---|",
+              *[f"| {k} | {v} |" for k, v in m["crossbar"].items() if k != "array"], "",
+              "## Environment", "",
+              *[f"- {k}: {v}" for k, v in m["environment"].items()], "",
               "## Mapping plan (plan.json)", "",
               "| layer | shape | live rows | live cols | tiles | mapped weights |",
               "|---|---|---:|---:|---:|---:|"]
@@ -398,7 +427,8 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     check_run_dir(run_dir, exp.resume)
     save_config(cfg, run_dir)
     timings: dict[str, float] = {}
-    _, train, test, info, model, dense_acc, calibration = _prepare(exp, run_dir, timings)
+    torch_device, train, test, info, model, dense_acc, calibration = _prepare(exp, run_dir,
+                                                                              timings)
     n_dense = sum(p.numel() for p in model.parameters())
     with _timed(timings, "allocation"):
         exp, allocation = allocation_stage(model, train, exp, calibration)
@@ -438,6 +468,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,
         "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
+        "environment": environment(torch_device),
         "programming": {k: sum(c[k] for c in programming) / len(programming)
                         for k in programming[0]},
         "timings_s": timings,

@@ -134,6 +134,11 @@ def test_compress_outputs(digits_run):
     assert metrics["device"]["programming"]["model"] == "lognormal"
     report = (run_dir / "report.md").read_text()
     assert "## Programming a chip" in report and "programming: lognormal(sigma=" in report
+    env = metrics["environment"]
+    assert env["torch"] == torch.__version__ and env["torch_device"] == "cpu"
+    assert env["memxbar"] and env["python"].count(".") == 2
+    assert metrics["crossbar"]["tile_rows"] == 128 and metrics["crossbar"]["mapping"]
+    assert "| tile_rows | 128 |" in report and f"- torch: {torch.__version__}" in report
     assert json.loads((run_dir / "metrics.json").read_text()).keys() == metrics.keys()
     for name in ("report.md", "chip_accuracy.png", "stage_accuracy.png", "config.yaml",
                  "cost/report.md", "cost/cost.json", "cost/tiles_per_layer.png"):
