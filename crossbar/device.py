@@ -211,7 +211,8 @@ class DeviceModel:
         unknown = sorted(set(data) - set(FIELDS) - set(SHORTHANDS))
         if unknown:
             fail("device key", unknown[0], "one of " + ", ".join(FIELDS + SHORTHANDS))
-        return cls(**data)
+        # a shorthand set to null is not given (config files list them for overrides)
+        return cls(**{k: v for k, v in data.items() if not (k in SHORTHANDS and v is None)})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -15,6 +15,7 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
+import crossbar
 from crossbar import MappingPlan
 from experiments.collect import collect_rows
 from experiments.collect import main as collect_main
@@ -63,7 +64,7 @@ def test_default_and_study_configs_validate():
 
 
 def test_device_preset_group_and_override():
-    exp = load_compress_config(_compose(["device=rram_neurosim", "+device.read_sigma=0.02",
+    exp = load_compress_config(_compose(["device=rram_neurosim", "device.read_sigma=0.02",
                                          "admm.levels=4"]))
     assert exp.device.level_count == 4 and exp.device.read_noise.sigma == 0.02
     # ADMM's level count must fit the device (16 levels cannot live on 4-level cells).
@@ -205,14 +206,38 @@ def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_pa
 
 def test_device_group_takes_cell_models_and_new_periphery_keys():
     exp = load_compress_config(_compose([
-        "device=rram_cmo", "+device.t_inference_s=86400", "+device.programming.scale=2.0",
-        "+device.write_verify={tolerance_uS: 0.5, max_pulses: 10}",
+        "device=rram_cmo", "device.t_inference_s=86400", "device.programming.scale=2.0",
+        "device.write_verify={tolerance_uS: 0.5, max_pulses: 10}",
         "crossbar.drift_compensation=true", "crossbar.adc_noise=0.01", "admm.levels=null"]))
     assert exp.device.t_inference_s == 86400 and exp.device.programming.scale == 2.0
     assert exp.device.programming.coeffs_uS[0] > 0  # the preset's fit is kept
     assert exp.device.write_verify.max_pulses == 10 and exp.crossbar.drift_compensation
     with pytest.raises(ValueError, match="device.drift.model='linear'"):
-        load_compress_config(_compose(["+device.drift={model: linear}"]))
+        load_compress_config(_compose(["device.drift={model: linear}"]))
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "device").glob("*.yaml")))
+def test_every_device_field_overrides_without_plus(name):
+    """Each device group lists every DeviceModel field (and the 0.1 shorthands), so a plain
+    ``device.<field>=...`` works for every device choice; a preset's file equals its preset."""
+    import yaml
+
+    data = yaml.safe_load((CONF_DIR / "device" / f"{name}.yaml").read_text())
+    assert set(crossbar.device.FIELDS) | set(crossbar.device.SHORTHANDS) <= set(data)
+    base = load_compress_config(_compose([f"device={name}", "admm.levels=null"])).device
+    if name in crossbar.PRESETS:
+        assert base == crossbar.DeviceModel.preset(name)
+    exp = load_compress_config(_compose([f"device={name}", "admm.levels=null",
+                                         "device.g_max_uS=300", "device.t_inference_s=60"]))
+    assert exp.device.g_max_uS == 300 and exp.device.t_inference_s == 60
+    if base.programming is None or base.programming.name in ("lognormal", "gaussian"):
+        sigma = load_compress_config(_compose([f"device={name}", "admm.levels=null",
+                                               "device.prog_sigma=0.07"])).device
+        assert sigma.programming.sigma == 0.07
+    else:  # a shorthand that does not fit the preset's model names the field to set
+        with pytest.raises(ValueError, match="device.prog_sigma=0.07.*programming.<field>"):
+            load_compress_config(_compose([f"device={name}", "admm.levels=null",
+                                           "device.prog_sigma=0.07"]))
 
 
 def test_wire_resistance_from_hydra_and_as_a_study_axis():
