@@ -3,6 +3,7 @@ hard quantize -> retrain of the non-weight parameters (Yuan et al., ISLPED 2019)
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -28,6 +29,7 @@ from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols,
 from admm.noise import WeightNoise
 from admm.projections import pair_levels, project_levels
 
+_log = logging.getLogger("admm")
 STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
 
 
@@ -479,6 +481,8 @@ class Compressor:
                 except DivergenceError as exc:
                     raise DivergenceError(f"{exc}{_kept(checkpoint)}") from None
                 bar.set_postfix(loss=f"{loss:.4f}")
+                _log.info("%s epoch %d/%d: loss %.4f", STAGES[self.stage], self.epoch, total,
+                          loss)
                 if checkpoint is not None:
                     self.save(checkpoint)
             self._finish_stage(eval_fn)

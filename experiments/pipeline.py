@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import statistics
@@ -74,6 +75,8 @@ from experiments.guard import (  # noqa: E402
 from experiments.models import build_model  # noqa: E402
 from experiments.posttraining import obc_stage  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
+
+_log = logging.getLogger("experiments.pipeline")
 
 __all__ = [
     "CONF_DIR",
@@ -140,13 +143,40 @@ def _load(path: str | os.PathLike, device: torch.device) -> dict:
 
 
 def _timed(timings: dict, key: str):
+    """Time a stage into ``timings[key]`` and log its start and end."""
     class _Timer:
         def __enter__(self):
+            _log.info("stage %s: started", key)
             self.t0 = time.perf_counter()
 
-        def __exit__(self, *exc):
+        def __exit__(self, exc_type, *exc):
             timings[key] = round(time.perf_counter() - self.t0, 3)
+            if exc_type is None:
+                _log.info("stage %s: done in %.1f s", key, timings[key])
+            else:
+                _log.warning("stage %s: stopped after %.1f s (%s)", key, timings[key],
+                             exc_type.__name__)
     return _Timer()
+
+
+def collapse_warnings(dense_acc: float, compressed_acc: float, num_classes: int,
+                      compressor: str) -> list[str]:
+    """Loud warnings when compression destroyed the model: accuracy within 1.5x of chance
+    (100 / classes) or more than 20 points below the dense model."""
+    chance = 100.0 / num_classes
+    out = []
+    if compressed_acc <= 1.5 * chance:
+        out.append(f"the compressed model collapsed: {compressed_acc:.2f}% test accuracy, chance "
+                   f"is {chance:.2f}% (dense {dense_acc:.2f}%); the {compressor!r} constraints "
+                   "are more than it can meet here: loosen the pruning ratios or levels, or use "
+                   "compressor=admm (retrains) instead of post-training compression")
+    elif dense_acc - compressed_acc > 20.0:
+        out.append(f"compression cost {dense_acc - compressed_acc:.2f} points (dense "
+                   f"{dense_acc:.2f}% -> compressed {compressed_acc:.2f}%); check the "
+                   f"constraints of {compressor!r}")
+    for message in out:
+        _log.warning(message)
+    return out
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -348,6 +378,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
     m = metrics
     lines = [
         f"# Compression run: {m['model']} on {m['dataset']}", "",
+        *[f"> **Warning:** {w}\n" for w in m.get("warnings", [])],
         "## Accuracy (test set, %)", "", "| | accuracy |", "|---|---:|",
         f"| dense (software) | {m['dense_accuracy']:.2f} |",
         f"| compressed (software) | {m['compressed_accuracy']:.2f} |",
@@ -436,6 +467,8 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     with _timed(timings, exp.compressor):
         masks, scales, history = stage(model, (train, test), exp, run_dir)
     compressed_acc = evaluate(model, test)
+    _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", dense_acc, compressed_acc)
+    warnings_ = collapse_warnings(dense_acc, compressed_acc, info.num_classes, exp.compressor)
     plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json")
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
     with _timed(timings, "crossbar_eval"):
@@ -468,13 +501,17 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,
         "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
-        "environment": environment(torch_device),
+        "environment": environment(torch_device), "warnings": warnings_,
         "programming": {k: sum(c[k] for c in programming) / len(programming)
                         for k in programming[0]},
         "timings_s": timings,
     }
     write_json(run_dir / "metrics.json", metrics)
     write_compress_report(metrics, plan, history, run_dir)
+    _log.info("result: dense %.2f%%, compressed %.2f%% (software), %.2f +- %.2f%% on %d chips; "
+              "%.2fx compression, area -%.1f%%, energy -%.1f%%", dense_acc, compressed_acc,
+              mean, std, exp.eval.chips, metrics["compression_ratio"],
+              metrics["area_reduction_pct"], metrics["energy_reduction_pct"])
     return metrics
 
 

@@ -9,6 +9,7 @@ the layer.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -36,6 +37,8 @@ OPTIMIZERS = ("adam", "sgd")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+
+_log = logging.getLogger("experiments.train")
 
 def _device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameterless model)."""
@@ -171,6 +174,8 @@ def fit(
         acc = evaluate(model, test_loader)
         history.append({"epoch": epoch, "train_loss": loss, "test_acc": acc, "lr": epoch_lr})
         bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2f}%")
+        _log.info("pretrain epoch %d/%d: loss %.4f, test accuracy %.2f%%", epoch, epochs, loss,
+                  acc)
         if checkpoint is not None:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "schedule": schedule.state_dict(), "history": history,

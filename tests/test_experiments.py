@@ -128,6 +128,15 @@ def digits_run(tmp_path_factory):
     return run_dir, metrics
 
 
+def test_runs_log_stages_epochs_and_a_summary(tmp_path, caplog):
+    with caplog.at_level("INFO"):
+        run_compress(_compose(TINY), tmp_path)
+    text = caplog.text
+    for needle in ("stage pretrain: started", "stage pretrain: done in", "pretrain epoch 2/2",
+                   "prune epoch 1/", "stage cost: done", "result: dense"):
+        assert needle in text, needle
+
+
 def test_compress_outputs(digits_run):
     run_dir, metrics = digits_run
     assert METRIC_KEYS <= set(metrics)

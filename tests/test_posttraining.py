@@ -32,6 +32,23 @@ def test_obc_outputs(obc_run):
     report = (run_dir / "report.md").read_text()
     assert f"compressor: obc ({metrics['timings_s']['obc']:.1f} s)" in report
     assert metrics["compression_ratio"] > 1 and 0 <= metrics["compressed_accuracy"] <= 100
+    # a collapse is said loudly (metrics, report, log), not left at exit 0 in silence
+    collapsed = metrics["compressed_accuracy"] <= 15.0
+    assert bool(metrics["warnings"]) == (collapsed or metrics["dense_accuracy"]
+                                         - metrics["compressed_accuracy"] > 20)
+    if metrics["warnings"]:
+        assert "> **Warning:**" in report
+
+
+def test_collapse_warnings_name_the_cause(caplog):
+    from experiments.pipeline import collapse_warnings
+
+    with caplog.at_level("WARNING", logger="experiments.pipeline"):
+        out = collapse_warnings(95.6, 10.3, 10, "obc")
+    assert len(out) == 1 and "collapsed" in out[0] and "compressor=admm" in out[0]
+    assert "collapsed" in caplog.text
+    assert collapse_warnings(95.6, 70.0, 10, "admm")[0].startswith("compression cost 25.60")
+    assert collapse_warnings(95.6, 93.0, 10, "admm") == []
 
 
 def test_obc_checkpoint_masks_and_levels(obc_run):
