@@ -25,7 +25,9 @@ class LayerConstraint:
 
     ``levels`` quantizes onto a differential pair of devices with that many uniform levels (int)
     or those conductance values (tuple); ``None`` means no quantization. ``per_column`` gives each
-    output its own scale.
+    output its own scale. ``prune_outputs`` must be set to prune columns or blocks of the
+    model's final layer (the last Linear/Conv2d registered): its columns are the model's
+    outputs (classes), and pruning one silently kills that output.
     """
 
     pattern: str = "*"
@@ -38,6 +40,7 @@ class LayerConstraint:
     block: tuple[int, int] = (128, 128)
     levels: int | tuple[float, ...] | None = None
     per_column: bool = False
+    prune_outputs: bool = False
 
     def __post_init__(self) -> None:
         for key in ("row", "col", "block"):
@@ -46,6 +49,15 @@ class LayerConstraint:
             raise ValueError(f"block={self.block!r} out of range: need two integers >= 1")
         if self.levels is not None:
             pair_levels(self.levels)
+        if not isinstance(self.prune_outputs, bool):
+            raise ValueError(f"prune_outputs={self.prune_outputs!r} is invalid; allowed: true "
+                             "or false")
+
+    @property
+    def prunes_outputs(self) -> bool:
+        """Whether columns (outputs) can be removed: column or block pruning."""
+        return any(getattr(self, f"{k}_{s}") is not None
+                   for k in ("col", "block") for s in ("ratio", "keep"))
 
     @property
     def prunes(self) -> bool:
@@ -111,6 +123,16 @@ def select_layers(model: nn.Module,
                 raise ValueError(f"layer {n!r} is matched by both pattern="
                                  f"{chosen[n].pattern!r} and pattern={c.pattern!r}")
             chosen[n] = c
+    final = next(reversed(layers), None)
+    c = chosen.get(final)
+    if c is not None and c.prunes_outputs and not c.prune_outputs:
+        setting = next(f"{k}_{s}={getattr(c, f'{k}_{s}')!r}" for k in ("col", "block")
+                       for s in ("ratio", "keep") if getattr(c, f"{k}_{s}") is not None)
+        raise ValueError(
+            f"pattern={c.pattern!r} with {setting} prunes the output columns of the model's "
+            f"final layer {final!r} (each is a model output, e.g. a class); allowed: row "
+            "pruning or quantization only on it, a pattern that leaves it out, or "
+            "prune_outputs=True to prune outputs on purpose")
     return chosen
 
 

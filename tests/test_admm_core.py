@@ -208,3 +208,24 @@ def test_prune_only_layer_stays_pruned_through_every_stage():
     assert result.live_cols["3"].sum() <= 3 and "3" not in result.scales
     assert model[3].weight.requires_grad and not model[5].weight.requires_grad
     assert set(result.scales) == {"5"} and isinstance(result.scales["5"], float)
+
+
+def test_output_columns_of_the_final_layer_are_not_pruned_unless_asked():
+    """Pruning the final layer's columns kills model outputs (classes): refused, naming the
+    pattern and the way to ask for it; rows and quantization remain allowed."""
+    import pytest
+    from torch import nn
+
+    from admm import LayerConstraint, select_layers
+
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    with pytest.raises(ValueError, match=r"pattern='\*' with col_ratio=0.25 .* final layer '2'"
+                                         r".*prune_outputs=True"):
+        select_layers(model, [LayerConstraint(pattern="*", col_ratio=0.25)])
+    with pytest.raises(ValueError, match=r"block_keep=1 .* final layer '2'"):
+        select_layers(model, [LayerConstraint(pattern="2", block_keep=1, block=(2, 2))])
+    assert set(select_layers(model, [LayerConstraint(pattern="0", col_ratio=0.5),
+                                     LayerConstraint(pattern="2", row_ratio=0.5)])) == {"0", "2"}
+    chosen = select_layers(model, [LayerConstraint(pattern="*", col_ratio=0.25,
+                                                   prune_outputs=True)])
+    assert chosen["2"].prune_outputs
