@@ -25,9 +25,10 @@ class LayerConstraint:
 
     ``levels`` quantizes onto a differential pair of devices with that many uniform levels (int)
     or those conductance values (tuple); ``None`` means no quantization. ``per_column`` gives each
-    output its own scale. ``prune_outputs`` must be set to prune columns or blocks of the
-    model's final layer (the last Linear/Conv2d registered): its columns are the model's
-    outputs (classes), and pruning one silently kills that output.
+    output its own scale. ``prune_outputs`` must be set to prune columns of the model's final
+    layer (the last Linear/Conv2d registered): its columns are the model's outputs (classes),
+    and pruning one silently kills that output. (Block pruning is allowed there: it removes an
+    output only if every block of its column goes.)
     """
 
     pattern: str = "*"
@@ -55,9 +56,8 @@ class LayerConstraint:
 
     @property
     def prunes_outputs(self) -> bool:
-        """Whether columns (outputs) can be removed: column or block pruning."""
-        return any(getattr(self, f"{k}_{s}") is not None
-                   for k in ("col", "block") for s in ("ratio", "keep"))
+        """Whether whole columns (outputs) are pruned."""
+        return self.col_ratio is not None or self.col_keep is not None
 
     @property
     def prunes(self) -> bool:
@@ -126,8 +126,8 @@ def select_layers(model: nn.Module,
     final = next(reversed(layers), None)
     c = chosen.get(final)
     if c is not None and c.prunes_outputs and not c.prune_outputs:
-        setting = next(f"{k}_{s}={getattr(c, f'{k}_{s}')!r}" for k in ("col", "block")
-                       for s in ("ratio", "keep") if getattr(c, f"{k}_{s}") is not None)
+        setting = f"col_ratio={c.col_ratio!r}" if c.col_ratio is not None \
+            else f"col_keep={c.col_keep!r}"
         raise ValueError(
             f"pattern={c.pattern!r} with {setting} prunes the output columns of the model's "
             f"final layer {final!r} (each is a model output, e.g. a class); allowed: row "

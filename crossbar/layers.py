@@ -72,6 +72,7 @@ class CrossbarLayer(nn.Module):
     ) -> None:
         super().__init__()
         weight = matrix_view(source).detach().float()
+        self._weight_shape = tuple(source.weight.shape)
         if plan.in_features != weight.shape[1] or plan.out_features != weight.shape[0]:
             raise ValueError(
                 f"plan for layer {plan.name!r} has shape "
@@ -131,6 +132,16 @@ class CrossbarLayer(nn.Module):
         for t, tile in enumerate(self.plan.tiles):
             mask[t, list(tile.rows)] = True
         return mask.to(self.cell_mask.device)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weights this chip holds now (programmed, drifted, through the array model;
+        without read noise and converters), shaped like the source layer's ``weight``: a
+        read-only view for code that reads ``layer.weight`` (e.g. attention modules)."""
+        dev = self.device_model
+        g, g_ref = self._state_at_time()
+        values = self._values(*self._through_array(g, g_ref, dev.t_inference_s)).sum(0)
+        return values.reshape(self._weight_shape).detach()
 
     @property
     def n_devices(self) -> int:

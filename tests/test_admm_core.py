@@ -222,8 +222,8 @@ def test_output_columns_of_the_final_layer_are_not_pruned_unless_asked():
     with pytest.raises(ValueError, match=r"pattern='\*' with col_ratio=0.25 .* final layer '2'"
                                          r".*prune_outputs=True"):
         select_layers(model, [LayerConstraint(pattern="*", col_ratio=0.25)])
-    with pytest.raises(ValueError, match=r"block_keep=1 .* final layer '2'"):
-        select_layers(model, [LayerConstraint(pattern="2", block_keep=1, block=(2, 2))])
+    with pytest.raises(ValueError, match=r"col_keep=3 .* final layer '2'"):
+        select_layers(model, [LayerConstraint(pattern="2", col_keep=3)])
     assert set(select_layers(model, [LayerConstraint(pattern="0", col_ratio=0.5),
                                      LayerConstraint(pattern="2", row_ratio=0.5)])) == {"0", "2"}
     chosen = select_layers(model, [LayerConstraint(pattern="*", col_ratio=0.25,

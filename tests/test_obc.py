@@ -226,11 +226,11 @@ def test_obc_importance_selects_important_outputs():
     with torch.no_grad():
         lin[0].weight.copy_(torch.tensor([[3.0] * 5, [2.0] * 5, [1.0] * 5, [0.5] * 5]))
     x = torch.randn(100, 5)
-    plain = obc_compress(copy.deepcopy(lin), x, [LayerConstraint("0", col_keep=2)])
+    keep2 = [LayerConstraint("0", col_keep=2, prune_outputs=True)]  # outputs pruned on purpose
+    plain = obc_compress(copy.deepcopy(lin), x, keep2)
     assert plain.live_cols["0"].tolist() == [True, True, False, False]
     imp = {"0": torch.tensor([[0.0] * 5, [0.0] * 5, [1.0] * 5, [1.0] * 5])}
-    weighted = obc_compress(copy.deepcopy(lin), x, [LayerConstraint("0", col_keep=2)],
-                            importance=imp)
+    weighted = obc_compress(copy.deepcopy(lin), x, keep2, importance=imp)
     assert weighted.live_cols["0"].tolist() == [False, False, True, True]
 
 

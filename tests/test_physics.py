@@ -587,3 +587,17 @@ def test_a_drifted_chip_round_trips_through_its_state_dict() -> None:
         assert torch.equal(target(x), source(x))
     with pytest.raises(ValueError, match="bit_serial=False.*dac='bit_serial'"):
         crossbar.CrossbarConfig(dac_bits=4, dac="bit_serial", bit_serial=False)
+
+
+def test_converted_layers_keep_a_weight_view() -> None:
+    """Code that reads ``layer.weight`` (attention, weight tying, inspection) keeps working:
+    the chip's weights now, shaped like the source."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    lin = nn.Linear(10, 5)
+    for source in (conv, lin):
+        ideal = crossbar.to_crossbar(source, IDEAL, CONTINUOUS)
+        assert ideal.weight.shape == source.weight.shape
+        assert torch.allclose(ideal.weight, source.weight, atol=1e-6)
+        noisy = crossbar.to_crossbar(source, crossbar.DeviceModel(prog_sigma=0.2), CONTINUOUS)
+        assert not torch.allclose(noisy.weight, source.weight, atol=1e-3)
