@@ -23,7 +23,6 @@ from .device import PRESETS, DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
 from .programming_cost import PulseCost, programming_cost
-from .report import write_cost_report
 
 __all__ = [
     "ComponentTable",
@@ -55,3 +54,13 @@ __all__ = [
     "program",
     "to_crossbar",
 ]
+
+
+def __getattr__(name: str):
+    """``write_cost_report`` is imported on first use, so ``python -m crossbar.report`` does not
+    find its own module already imported (runpy's RuntimeWarning)."""
+    if name == "write_cost_report":
+        from .report import write_cost_report
+
+        return write_cost_report
+    raise AttributeError(f"module 'crossbar' has no attribute {name!r}")

@@ -234,8 +234,10 @@ class CostConfig:
             ``dac_bits`` / ``adc_bits`` as ``None`` (ideal converters still cost hardware).
         output_bits: width of an accumulated output (output register, buffer writes).
         baseline_weight_bits, baseline_dac_bits, baseline_adc_bits: precision of the dense,
-            unpruned baseline mapping.
-        baseline_cell_bits: bits per cell of the baseline; ``None`` = the same as the config.
+            unpruned baseline mapping (default: 8-bit weights, DAC and ADC, the same in the
+            library, the CLI and the Hydra ``cost/isaac`` group).
+        baseline_cell_bits: bits per cell of the baseline (default 4: 16-level cells, two
+            slices per 8-bit weight); ``None`` = the same as the config.
         pipelined: layers run as a pipeline (inference rate = 1 / slowest layer) instead of
             one after another (rate = 1 / sum of layer latencies).
         assume_mvms_per_sample: used, with a warning, for layers whose plan has no
@@ -248,10 +250,10 @@ class CostConfig:
     default_dac_bits: int = 8
     default_adc_bits: int = 8
     output_bits: int = 16
-    baseline_weight_bits: int = 16
+    baseline_weight_bits: int = 8
     baseline_dac_bits: int = 8
     baseline_adc_bits: int = 8
-    baseline_cell_bits: int | None = None
+    baseline_cell_bits: int | None = 4
     pipelined: bool = False
     assume_mvms_per_sample: int | None = None
 

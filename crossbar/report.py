@@ -141,8 +141,11 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
     for k in COMPONENTS:
         lines.append(f"| {k} | {_fmt(c.area_um2[k] * 1e-6)} | {_fmt(c.energy_pJ[k] * 1e-3)} |")
     if b:
+        cells = est.cost.baseline_cell_bits
         lines += ["", f"Baseline: the same layers dense and unpruned, weight bits "
-                  f"{est.cost.baseline_weight_bits}, DAC {est.cost.baseline_dac_bits} bit, "
+                  f"{est.cost.baseline_weight_bits} on "
+                  + (f"{cells}-bit cells" if cells is not None else "the config's cells")
+                  + f", DAC {est.cost.baseline_dac_bits} bit, "
                   f"ADC {est.cost.baseline_adc_bits} bit, same tiles, mapping and table."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -283,10 +286,32 @@ def _read_json(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def _from_run(ap: argparse.ArgumentParser, run: Path) -> tuple[MappingPlan, CrossbarConfig,
+                                                                dict]:
+    """The plan, crossbar settings and cost group a compress run used."""
+    import yaml
+
+    files = {name: run / name for name in ("plan.json", "metrics.json", "config.yaml")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        ap.error(f"--run {run}: {', '.join(missing)} missing; allowed: a finished "
+                 "`python -m experiments.compress` run folder")
+    metrics = _read_json(str(files["metrics.json"]))
+    if "crossbar" not in metrics:
+        ap.error(f"--run {run}: metrics.json has no 'crossbar' settings (a run of an older "
+                 "version); give --plan, --config and --out instead")
+    cost = (yaml.safe_load(files["config.yaml"].read_text()) or {}).get("cost") or {}
+    return MappingPlan.load(files["plan.json"]), CrossbarConfig.from_dict(
+        metrics["crossbar"]), dict(cost)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m crossbar.report``: write a cost report, or print the ISAAC check."""
     ap = argparse.ArgumentParser(prog="python -m crossbar.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="a finished compress run folder: reads its plan.json, the "
+                    "crossbar settings in metrics.json and the cost group in config.yaml "
+                    "(--out defaults to <run>/cost_rerun)")
     ap.add_argument("--plan", help="plan JSON written by MappingPlan.save")
     ap.add_argument("--config", help="CrossbarConfig JSON the plan was built with")
     ap.add_argument("--cost", help="CostConfig JSON (optional)")
@@ -303,15 +328,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = isaac_tile_comparison(args.table or "isaac")
         print(json.dumps(result, indent=2))
         return 0
-    missing = [k for k in ("plan", "config", "out") if getattr(args, k) is None]
-    if missing:
-        ap.error("missing " + ", ".join("--" + k for k in missing))
     overrides = {k: getattr(args, k) for k in ("table", "clock_MHz", "cols_per_adc")
                  if getattr(args, k) is not None}
-    cost = CostConfig.from_dict({**(_read_json(args.cost) if args.cost else {}), **overrides})
-    written = write_cost_report(
-        MappingPlan.load(args.plan), CrossbarConfig.from_dict(_read_json(args.config)),
-        args.out, cost, baseline=not args.no_baseline, plots=not args.no_plots)
+    if args.run is not None:
+        plan, xbar, cost_data = _from_run(ap, Path(args.run))
+        out = args.out or str(Path(args.run) / "cost_rerun")
+    else:
+        missing = [k for k in ("plan", "config", "out") if getattr(args, k) is None]
+        if missing:
+            ap.error("missing " + ", ".join("--" + k for k in missing) + " (or give --run)")
+        plan, xbar = MappingPlan.load(args.plan), CrossbarConfig.from_dict(
+            _read_json(args.config))
+        cost_data, out = _read_json(args.cost) if args.cost else {}, args.out
+    cost = CostConfig.from_dict({**cost_data, **overrides})
+    written = write_cost_report(plan, xbar, out, cost, baseline=not args.no_baseline,
+                                plots=not args.no_plots)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

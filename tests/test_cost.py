@@ -223,7 +223,8 @@ def test_dense_baseline_and_reduction():
     live = torch.zeros(8, 8, dtype=torch.bool)
     live[:2, :3] = True
     plan = MappingPlan({"fc": plan_layer("fc", "linear", live, cfg, mvms_per_sample=5)})
-    cost = TOY_COST.with_(baseline_weight_bits=8, baseline_dac_bits=2, baseline_adc_bits=8)
+    cost = TOY_COST.with_(baseline_weight_bits=8, baseline_dac_bits=2, baseline_adc_bits=8,
+                          baseline_cell_bits=None)  # the same cells as the config
     est = estimate(plan, cfg, cost, TOY)
     dense = dense_plan(plan, cfg)
     assert dense["fc"].mvms_per_sample == 5

@@ -86,3 +86,37 @@ def test_cli_isaac_check(capsys):
     assert main(["--isaac-check"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["paper_tile_power_mW"] == 330.0
+
+
+def test_cli_run_reproduces_a_runs_cost_numbers(tmp_path):
+    """``--run DIR`` reads what the run wrote (plan, crossbar settings, cost group) and gives
+    the run's numbers; the library, the CLI and the Hydra group share one baseline."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from experiments.pipeline import CONF_DIR
+
+    hydra_cost = yaml.safe_load((CONF_DIR / "cost" / "isaac.yaml").read_text())
+    library = CostConfig().to_dict()
+    for key in ("baseline_weight_bits", "baseline_cell_bits", "baseline_dac_bits",
+                "baseline_adc_bits"):
+        assert library[key] == hydra_cost[key], key
+    plan = _plan()
+    run = tmp_path / "run"
+    plan.save(run / "plan.json")
+    xbar = CFG
+    (run / "metrics.json").write_text(json.dumps({"crossbar": xbar.to_dict()}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"cost": {"cols_per_adc": 16}}))
+    write_cost_report(plan, xbar, run / "cost", CostConfig(cols_per_adc=16), plots=False)
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "crossbar.report",
+                          "--run", str(run), "--no-plots"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RuntimeWarning" not in out.stderr
+    first = json.loads((run / "cost" / "cost.json").read_text())
+    again = json.loads((run / "cost_rerun" / "cost.json").read_text())
+    assert again["compressed"]["totals"] == first["compressed"]["totals"]
+    assert again["reduction"] == first["reduction"]
+    assert "8 on 4-bit cells" in (run / "cost_rerun" / "report.md").read_text()
