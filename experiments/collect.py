@@ -26,7 +26,13 @@ from experiments.pipeline import plt, write_png
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_std"), ("compressed_accuracy", None),
            ("compression_ratio", None), ("energy_reduction_pct", None),
            ("area_reduction_pct", None))
-"""(metric, its spread or None) plotted against each swept key, when present."""
+"""(metric, its spread or None) plotted against each swept key, when present and varying."""
+LABELS = {"crossbar_accuracy_mean": "accuracy on chips (%, mean +- std)",
+          "compressed_accuracy": "compressed accuracy, software (%)",
+          "compression_ratio": "compression ratio (x)",
+          "energy_reduction_pct": "energy reduction vs dense (%)",
+          "area_reduction_pct": "area reduction vs dense (%)"}
+"""Axis labels of the plotted metrics (meaning and unit, not the metrics.json key)."""
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -84,8 +90,8 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("override.")]
     for key in keys:
         values = sorted({r.get(key) for r in rows}, key=_sort_key)
-        metrics = [(m, s) for m, s in PLOTTED
-                   if any(isinstance(r.get(m), (int, float)) for r in rows)]
+        metrics = [(m, s) for m, s in PLOTTED  # only metrics that vary across the runs
+                   if len({r.get(m) for r in rows if isinstance(r.get(m), (int, float))}) > 1]
         if len(values) < 2 or not metrics:
             continue
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2),
@@ -99,7 +105,7 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, linestyle="none")
             ax.set_xticks(xs, [str(v) for v, _ in pts], rotation=30, ha="right")
             ax.set_xlabel(key.removeprefix("override."))
-            ax.set_title(metric, fontsize=9)
+            ax.set_ylabel(LABELS[metric], fontsize=8)
         name = "collected_" + key.removeprefix("override.").replace("/", "_") + ".png"
         write_png(out_dir / name, fig)
         written.append(out_dir / name)

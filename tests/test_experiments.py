@@ -334,6 +334,24 @@ def test_collect_two_runs(tmp_path, capsys):
     assert (tmp_path / "collected_device.prog_sigma.png").is_file()
 
 
+def test_collect_plots_only_metrics_that_vary(tmp_path, monkeypatch):
+    """compression_ratio is 30 in both runs: not plotted; accuracy varies: plotted, with a
+    labelled axis."""
+    import matplotlib.pyplot as plt
+
+    from experiments import collect as collect_module
+
+    _fake_run(tmp_path, 0, 0.0, 98.0)
+    _fake_run(tmp_path, 1, 0.1, 96.5)
+    figures = []
+    monkeypatch.setattr(collect_module, "write_png", lambda path, fig: figures.append(fig))
+    collect_module.plot_rows(collect_rows(tmp_path), tmp_path)
+    assert len(figures) == 1
+    axes = figures[0].axes
+    assert [ax.get_ylabel() for ax in axes] == ["accuracy on chips (%, mean +- std)"]
+    plt.close(figures[0])
+
+
 def test_collect_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         collect_rows(tmp_path)
