@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from .config import CrossbarConfig
 from .converters import get_adc
 from .device import DeviceModel
 from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear, InputShapeError
-from .plan import MappingPlan, check_plan, crossbar_layers, plan_model
+from .plan import MappingPlan, check_plan, crossbar_layers, matches, plan_model
 
 
 def _release_freed_memory() -> None:
@@ -215,6 +215,8 @@ def to_crossbar(
     plan: MappingPlan | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
     scales: Mapping[str, float | torch.Tensor] | None = None,
+    digital: Sequence[str] = (),
+    devices: Mapping[str, DeviceModel] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with every Linear/Conv2d replaced by a crossbar layer.
 
@@ -233,6 +235,10 @@ def to_crossbar(
         scales: per layer name, the weight a full-range cell pair holds (a float, or one per
             output column): pass the quantizer's scales (``admm`` ``CompressResult.scales``)
             so its level grid is exactly the device's; default: each layer's largest |weight|.
+        digital: layer patterns (fnmatch, or ``re:`` + regex, on module names) kept digital:
+            not converted and not in the mapping plan (nor in its cost).
+        devices: per-layer devices, layer pattern -> ``DeviceModel`` for the layers it matches
+            (e.g. a more precise device for the first and last layer); others get ``device``.
 
     The copy's class is a subclass of the original that adds ``program(seed)``,
     ``calibrate(inputs)`` and ``mapping_plan``.
@@ -247,15 +253,22 @@ def to_crossbar(
             f"calibration=None is invalid with adc_bits={config.adc_bits} and "
             "adc_range='calibrated'; allowed: a batch of inputs, or adc_range='full_scale'"
         )
-    layers = list(crossbar_layers(model))
-    if not layers:
+    every = list(crossbar_layers(model))
+    if not every:
         raise ValueError(f"model {type(model).__name__} has no Linear or Conv2d layer to map "
                          "onto crossbars")
+    kept = _select("digital", digital, [n for n, _ in every])
+    layers = [(n, m) for n, m in every if n not in kept]
+    if not layers:
+        raise ValueError(f"digital={list(digital)!r} keeps every layer digital; allowed: "
+                         "patterns that leave at least one layer to map")
+    layer_devices = _layer_devices(devices, [n for n, _ in layers], device)
     if calibration is not None:
-        check_input(calibration, *layers[0], "calibration")
+        check_input(calibration, *every[0], "calibration")
     if plan is None:
-        with _input_errors(calibration, *layers[0], "calibration"):
-            plan = plan_model(model, config, masks=masks, example_input=calibration)
+        with _input_errors(calibration, *every[0], "calibration"):
+            plan = plan_model(model, config, masks=masks, example_input=calibration,
+                              exclude=kept)
     missing = [name for name, _ in layers if name not in plan.layers]
     if missing:
         raise ValueError(f"plan has no entry for layer {missing[0]!r}; it maps "
@@ -263,7 +276,7 @@ def to_crossbar(
     if isinstance(model, (nn.Linear, nn.Conv2d)):  # a bare layer converts to a crossbar layer
         cls = CrossbarConv2d if isinstance(model, nn.Conv2d) else CrossbarLinear
         check_plan(plan[""], config)
-        layer = cls(model, plan[""], device, config, seed=seed,
+        layer = cls(model, plan[""], layer_devices[""], config, seed=seed,
                     scale=(scales or {}).get(""))
         if calibration is not None:
             calibrate(layer, calibration)
@@ -272,7 +285,7 @@ def to_crossbar(
     for name, module in layers:
         cls = CrossbarConv2d if isinstance(module, nn.Conv2d) else CrossbarLinear
         check_plan(plan[name], config)
-        new = cls(module, plan[name], device, config, seed=seed,
+        new = cls(module, plan[name], layer_devices[name], config, seed=seed,
                   scale=(scales or {}).get(name))
         _set_submodule(xmodel, name, new.to(module.weight.device))
         _release_freed_memory()
@@ -281,6 +294,36 @@ def to_crossbar(
     if calibration is not None:
         calibrate(xmodel, calibration)
     return xmodel
+
+
+def _select(key: str, patterns: Sequence[str], names: Sequence[str]) -> set[str]:
+    """The layer names ``patterns`` match; a pattern that matches nothing is an error."""
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"{key}={patterns!r} is invalid; allowed: a list of layer patterns")
+    chosen = set()
+    for pattern in patterns:
+        hit = {n for n in names if matches(pattern, n)}
+        if not hit:
+            raise ValueError(f"{key} pattern {pattern!r} matches no Linear/Conv2d layer; "
+                             f"layers are {list(names)}")
+        chosen |= hit
+    return chosen
+
+
+def _layer_devices(devices: Mapping[str, DeviceModel] | None, names: Sequence[str],
+                   default: DeviceModel) -> dict[str, DeviceModel]:
+    """The device of every converted layer (a layer matched by two patterns is an error)."""
+    out: dict[str, DeviceModel] = {}
+    for pattern, dev in (devices or {}).items():
+        if not isinstance(dev, DeviceModel):
+            raise TypeError(f"devices[{pattern!r}] must be a crossbar.DeviceModel, got "
+                            f"{type(dev).__name__}")
+        for name in _select("devices", [pattern], names):
+            if name in out:
+                raise ValueError(f"layer {name!r} is matched by two devices patterns; allowed: "
+                                 "one pattern per layer")
+            out[name] = dev
+    return {name: out.get(name, default) for name in names}
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -18,10 +18,12 @@ Packing rule (one implementation, read by the simulator and the cost model):
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -363,24 +365,34 @@ def crossbar_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def matches(pattern: str, name: str) -> bool:
+    """Whether a module name matches a layer pattern: fnmatch (``"features.*"``) or, with the
+    prefix ``re:``, a regular expression matched against the whole name."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def plan_model(
     model: nn.Module,
     config: CrossbarConfig,
     masks: Mapping[str, torch.Tensor] | None = None,
     example_input: torch.Tensor | None = None,
+    exclude: Collection[str] = (),
 ) -> MappingPlan:
-    """Mapping plan of every Linear/Conv2d of ``model``.
+    """Mapping plan of every Linear/Conv2d of ``model`` but the ``exclude``d names (layers
+    kept digital).
 
     A weight is live where ``masks[name]`` (bool, matrix view or weight shape) is True, or, for
     layers without a mask, where it is non-zero, so an all-zero row or column never gets a
     device. With ``example_input``, ``mvms_per_sample`` is measured with one forward pass.
     """
-    layers = dict(crossbar_layers(model))
+    layers = {n: m for n, m in crossbar_layers(model) if n not in exclude}
     if not layers:
         raise ValueError(
             f"model {type(model).__name__} has no Linear or Conv2d layer to map onto crossbars"
         )
-    masks = dict(masks or {})
+    masks = {k: v for k, v in (masks or {}).items() if k not in exclude}
     unknown = sorted(set(masks) - set(layers))
     if unknown:
         fail("masks key", unknown[0], "names of Linear/Conv2d layers: " + ", ".join(layers))

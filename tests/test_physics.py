@@ -601,3 +601,26 @@ def test_converted_layers_keep_a_weight_view() -> None:
         assert torch.allclose(ideal.weight, source.weight, atol=1e-6)
         noisy = crossbar.to_crossbar(source, crossbar.DeviceModel(prog_sigma=0.2), CONTINUOUS)
         assert not torch.allclose(noisy.weight, source.weight, atol=1e-3)
+
+
+def test_digital_layers_and_per_layer_devices() -> None:
+    """Chosen layers stay digital (exact, not planned, not costed); per-layer devices by
+    pattern; patterns that match nothing or twice are refused before any work."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(),
+                          nn.Linear(8, 4))
+    noisy = crossbar.DeviceModel(prog_sigma=0.3)
+    precise = crossbar.DeviceModel(prog_sigma=0.01)
+    xmodel = crossbar.to_crossbar(model, noisy, CONTINUOUS, digital=["4"],
+                                  devices={"re:0|2": precise})
+    assert type(xmodel[4]) is nn.Linear and torch.equal(xmodel[4].weight, model[4].weight)
+    assert set(xmodel.mapping_plan.layers) == {"0", "2"}
+    assert xmodel[0].device_model == precise and xmodel[2].device_model == precise
+    only_first = crossbar.to_crossbar(model, noisy, CONTINUOUS, devices={"0": precise})
+    assert only_first[2].device_model == noisy
+    with pytest.raises(ValueError, match="digital pattern 'head' matches no"):
+        crossbar.to_crossbar(model, noisy, CONTINUOUS, digital=["head"])
+    with pytest.raises(ValueError, match="layer '2' is matched by two devices patterns"):
+        crossbar.to_crossbar(model, noisy, CONTINUOUS, devices={"2": precise, "re:.*": noisy})
+    with pytest.raises(ValueError, match="keeps every layer digital"):
+        crossbar.to_crossbar(model, noisy, CONTINUOUS, digital=["*"])
