@@ -20,7 +20,7 @@ from .cost import (
     model_cost,
 )
 from .device import PRESETS, DeviceModel
-from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear
+from .layers import CrossbarConv1d, CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
 from .programming_cost import PulseCost, programming_cost
 
@@ -35,6 +35,7 @@ __all__ = [
     "write_cost_report",
     "PRESETS",
     "CrossbarConfig",
+    "CrossbarConv1d",
     "CrossbarConv2d",
     "CrossbarLayer",
     "CrossbarLinear",

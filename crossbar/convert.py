@@ -13,8 +13,14 @@ from torch import nn
 from .config import CrossbarConfig
 from .converters import get_adc
 from .device import DeviceModel
-from .layers import CrossbarConv2d, CrossbarLayer, CrossbarLinear, InputShapeError
-from .plan import MappingPlan, check_plan, crossbar_layers, matches, plan_model
+from .layers import (
+    CrossbarConv1d,
+    CrossbarConv2d,
+    CrossbarLayer,
+    CrossbarLinear,
+    InputShapeError,
+)
+from .plan import MAPPABLE, MappingPlan, check_plan, crossbar_layers, matches, plan_model
 
 
 def _release_freed_memory() -> None:
@@ -44,6 +50,9 @@ def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
 
 def _expected_input(name: str, layer: nn.Module) -> str:
     """The input shape a model takes, described from its first Linear/Conv2d layer."""
+    if isinstance(layer, (nn.Conv1d, CrossbarConv1d)):
+        return (f"(N, {layer.in_channels}, L) (its first crossbar layer {name!r} is a 1-D "
+                f"convolution with {layer.in_channels} input channels)")
     if hasattr(layer, "in_channels"):
         return (f"(N, {layer.in_channels}, H, W) with the H x W the model was built for (its "
                 f"first crossbar layer {name!r} is a convolution with {layer.in_channels} "
@@ -54,7 +63,8 @@ def _expected_input(name: str, layer: nn.Module) -> str:
 
 def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
     """A ``what`` batch must be a non-empty floating tensor with a batch dimension, and
-    ``(N, C, H, W)`` with the layer's ``C`` when the first layer is a convolution (the crossbar
+    ``(N, C, H, W)`` (``(N, C, L)`` for Conv1d) with the layer's ``C`` when the first layer is
+    a convolution (the crossbar
     convolution gathers its live rows by index and would not notice extra channels)."""
     if not isinstance(inputs, torch.Tensor):
         raise ValueError(f"{what} batch of type {type(inputs).__name__} is invalid; allowed: a "
@@ -64,7 +74,8 @@ def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
                          "is invalid; allowed: a non-empty float tensor of shape "
                          f"{_expected_input(name, layer)}")
     channels = getattr(layer, "in_channels", None)
-    if channels is not None and (inputs.dim() != 4 or inputs.shape[1] != channels):
+    dims = 3 if isinstance(layer, (nn.Conv1d, CrossbarConv1d)) else 4
+    if channels is not None and (inputs.dim() != dims or inputs.shape[1] != channels):
         raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} is invalid; allowed: "
                          f"a tensor of shape {_expected_input(name, layer)}")
 
@@ -273,8 +284,8 @@ def to_crossbar(
     if missing:
         raise ValueError(f"plan has no entry for layer {missing[0]!r}; it maps "
                          f"{sorted(plan.layers)}")
-    if isinstance(model, (nn.Linear, nn.Conv2d)):  # a bare layer converts to a crossbar layer
-        cls = CrossbarConv2d if isinstance(model, nn.Conv2d) else CrossbarLinear
+    if isinstance(model, MAPPABLE):  # a bare layer converts to a crossbar layer
+        cls = _crossbar_class(model)
         check_plan(plan[""], config)
         layer = cls(model, plan[""], layer_devices[""], config, seed=seed,
                     scale=(scales or {}).get(""))
@@ -283,7 +294,7 @@ def to_crossbar(
         return layer
     xmodel = copy.deepcopy(model)
     for name, module in layers:
-        cls = CrossbarConv2d if isinstance(module, nn.Conv2d) else CrossbarLinear
+        cls = _crossbar_class(module)
         check_plan(plan[name], config)
         new = cls(module, plan[name], layer_devices[name], config, seed=seed,
                   scale=(scales or {}).get(name))
@@ -294,6 +305,12 @@ def to_crossbar(
     if calibration is not None:
         calibrate(xmodel, calibration)
     return xmodel
+
+
+def _crossbar_class(module: nn.Module) -> type[CrossbarLayer]:
+    if isinstance(module, nn.Conv2d):
+        return CrossbarConv2d
+    return CrossbarConv1d if isinstance(module, nn.Conv1d) else CrossbarLinear
 
 
 def _select(key: str, patterns: Sequence[str], names: Sequence[str]) -> set[str]:

@@ -763,3 +763,33 @@ class CrossbarConv2d(CrossbarLayer):
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         return self._accumulate(x, (x.shape[0], self.out_features, ho, wo))
+
+
+class CrossbarConv1d(CrossbarConv2d):
+    """``nn.Conv1d`` on crossbar tiles: a convolution of height 1 (the kernel ``[out, in, k]``
+    is mapped as ``[out, in*k]``; inputs ``[N, C, L]``)."""
+
+    def __init__(self, source: nn.Conv1d, plan: LayerPlan, device: DeviceModel,
+                 config: CrossbarConfig, seed: int = 0,
+                 scale: float | torch.Tensor | None = None) -> None:
+        if isinstance(source.padding, str):
+            raise ValueError(
+                f"layer {plan.name!r}: padding={source.padding!r} is not supported; allowed: "
+                "explicit integer padding")
+        as_2d = nn.Conv2d(source.in_channels, source.out_channels, (1, source.kernel_size[0]),
+                          stride=(1, source.stride[0]), padding=(0, source.padding[0]),
+                          dilation=(1, source.dilation[0]), groups=source.groups,
+                          bias=source.bias is not None, padding_mode=source.padding_mode,
+                          device=source.weight.device)
+        with torch.no_grad():
+            as_2d.weight.copy_(source.weight.unsqueeze(2))
+            if source.bias is not None:
+                as_2d.bias.copy_(source.bias)
+        super().__init__(as_2d, plan, device, config, seed, scale)
+        self._weight_shape = tuple(source.weight.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise InputShapeError(f"crossbar layer {self.plan.name!r}: input of shape "
+                                  f"{tuple(x.shape)}; expected [N, {self.in_channels}, L]")
+        return super().forward(x.unsqueeze(2)).squeeze(2)

@@ -36,7 +36,7 @@ from .io import atomic_write_text
 from .mappings import MAPPINGS, MappingStyle, mapping_style
 
 PLAN_FORMAT_VERSION = 1
-LAYER_KINDS = ("linear", "conv2d")
+LAYER_KINDS = ("linear", "conv1d", "conv2d")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class LayerPlan:
 
     Attributes:
         name: module name in the model (``model.named_modules()``).
-        kind: ``"linear"`` or ``"conv2d"``.
+        kind: ``"linear"``, ``"conv1d"`` or ``"conv2d"``.
         out_features: matrix columns (outputs / filters).
         in_features: matrix rows (``in`` or ``in*kh*kw``).
         row_unit: rows kept together when packing (``kh*kw`` for a conv that fits a tile, else 1).
@@ -358,10 +358,15 @@ def matrix_view(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().reshape(module.weight.shape[0], -1)
 
 
+MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+"""Layer types that map onto crossbars (a Conv1d is a Conv2d of height 1)."""
+
+
 def crossbar_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, module)`` for every Linear and Conv2d in ``model`` (the mappable layers)."""
+    """``(name, module)`` for every Linear, Conv1d and Conv2d in ``model`` (the mappable
+    layers)."""
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, MAPPABLE):
             yield name, module
 
 
@@ -407,11 +412,13 @@ def plan_model(
                      f"{tuple(weight.shape)} or {tuple(module.weight.shape)}")
         else:
             live = weight != 0
-        is_conv = isinstance(module, nn.Conv2d)
-        kernel = module.kernel_size[0] * module.kernel_size[1] if is_conv else 1
-        plans[name] = plan_layer(
-            name, "conv2d" if is_conv else "linear", live, config, kernel, mvms.get(name)
-        )
+        kind = "linear"
+        if isinstance(module, nn.Conv2d):
+            kind = "conv2d"
+        elif isinstance(module, nn.Conv1d):
+            kind = "conv1d"
+        kernel = math.prod(module.kernel_size) if kind != "linear" else 1
+        plans[name] = plan_layer(name, kind, live, config, kernel, mvms.get(name))
     return MappingPlan(plans)
 
 
@@ -423,15 +430,20 @@ def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             plan = getattr(module, "plan", None)
-            if isinstance(module, nn.Conv2d) or (plan is not None and plan.kind == "conv2d"):
+            kind = plan.kind if plan is not None else (
+                "conv2d" if isinstance(module, nn.Conv2d) else
+                "conv1d" if isinstance(module, nn.Conv1d) else "linear")
+            if kind == "conv2d":
                 counts[name] = int(output.shape[-1] * output.shape[-2])
+            elif kind == "conv1d":
+                counts[name] = int(output.shape[-1])
             else:
                 counts[name] = int(output[0].numel() // output.shape[-1]) if output.dim() > 2 \
                     else 1
         return record
 
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) or getattr(module, "is_crossbar", False):
+        if isinstance(module, MAPPABLE) or getattr(module, "is_crossbar", False):
             hooks.append(module.register_forward_hook(hook(name)))
     was_training = model.training
     model.eval()  # no BatchNorm statistics change, and a batch of one is fine

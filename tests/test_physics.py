@@ -624,3 +624,34 @@ def test_digital_layers_and_per_layer_devices() -> None:
         crossbar.to_crossbar(model, noisy, CONTINUOUS, devices={"2": precise, "re:.*": noisy})
     with pytest.raises(ValueError, match="keeps every layer digital"):
         crossbar.to_crossbar(model, noisy, CONTINUOUS, digital=["*"])
+
+
+class _Conv1dNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 6, 5, stride=2, padding=2, dilation=1)
+        self.head = nn.Linear(6 * 10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_conv1d_maps_onto_crossbars_exactly() -> None:
+    torch.manual_seed(0)
+    model = _Conv1dNet().eval()
+    x = torch.randn(8, 3, 20)
+    config = crossbar.CrossbarConfig(tile_rows=8, tile_cols=8)
+    xmodel = crossbar.to_crossbar(model, IDEAL, config, calibration=x)
+    assert isinstance(xmodel.conv, crossbar.CrossbarConv1d)
+    assert xmodel.conv.weight.shape == model.conv.weight.shape
+    plan = xmodel.mapping_plan
+    assert plan["conv"].kind == "conv1d" and plan["conv"].mvms_per_sample == 10
+    assert plan["conv"].row_unit == 5 and plan["conv"].n_tiles > 1  # 15 rows on 8-row tiles
+    with torch.no_grad():
+        assert torch.allclose(xmodel(x), model(x), atol=1e-5)
+    noisy = crossbar.to_crossbar(model, crossbar.DeviceModel(read_sigma=0.05),
+                                 config.with_(dac_bits=8, adc_bits=8), calibration=x)
+    with torch.no_grad():
+        assert not torch.equal(noisy(x), noisy(x))  # read noise per MVM on a 1-D conv too
+    with pytest.raises(ValueError, match=r"\(N, 3, L\)"):
+        crossbar.to_crossbar(model, IDEAL, config, calibration=torch.randn(8, 3, 4, 20))
