@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -268,7 +269,7 @@ def to_crossbar(
     if not every:
         raise ValueError(f"model {type(model).__name__} has no Linear or Conv2d layer to map "
                          "onto crossbars")
-    kept = _select("digital", digital, [n for n, _ in every])
+    kept = _select("digital", digital, [n for n, _ in every]) | _attention_projections(model)
     layers = [(n, m) for n, m in every if n not in kept]
     if not layers:
         raise ValueError(f"digital={list(digital)!r} keeps every layer digital; allowed: "
@@ -305,6 +306,24 @@ def to_crossbar(
     if calibration is not None:
         calibrate(xmodel, calibration)
     return xmodel
+
+
+def _attention_projections(model: nn.Module) -> set[str]:
+    """Linear layers inside ``nn.MultiheadAttention``: its forward reads the projection weights
+    directly (``F.multi_head_attention_forward``), so a crossbar layer there would never run.
+    They are kept digital, with a warning that says how to map attention onto crossbars."""
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            for child, sub in module.named_modules():
+                if child and isinstance(sub, nn.Linear):
+                    names.add(f"{name}.{child}" if name else child)
+    if names:
+        warnings.warn(
+            f"layers {sorted(names)} belong to nn.MultiheadAttention, whose forward reads their "
+            "weights directly; they stay digital (to put attention on crossbars, write its "
+            "projections as nn.Linear modules called in your forward)", stacklevel=3)
+    return names
 
 
 def _crossbar_class(module: nn.Module) -> type[CrossbarLayer]:

@@ -122,6 +122,9 @@ class CrossbarLayer(nn.Module):
         self.ref_converged: torch.Tensor | None = None
         self._pulses_known = True
         self.register_load_state_dict_post_hook(_after_load)
+        # fused fast paths (nn.TransformerEncoderLayer in eval mode) read ``weight`` directly
+        # and would skip the simulation; they stand down when a submodule has a forward hook
+        self.register_forward_pre_hook(_keep_module_forward)
         self._register_load_state_dict_pre_hook(_upgrade_state, with_module=True)
         self._program(seed)
 
@@ -619,6 +622,12 @@ def _column_scale(name: str, live: torch.Tensor, scale: float | torch.Tensor | N
         raise ValueError(f"scales[{name!r}]={scale!r} is invalid; allowed: a positive number or "
                          f"a tensor of {out} positive numbers (one per output)")
     return t.reshape(out, 1).clone()
+
+
+def _keep_module_forward(module: nn.Module, args: tuple) -> None:
+    """No-op forward pre-hook: its presence turns off PyTorch's fused Transformer fast path,
+    which reads ``linear.weight`` itself instead of calling the (crossbar) layer."""
+    return None
 
 
 def _after_load(module: CrossbarLayer, incompatible) -> None:
