@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import time
@@ -128,8 +129,6 @@ def plot(sweep: dict, path: str) -> None:
     ax.set_title("LeNet-5 on MNIST, ideal cells 1-100 uS, 8-bit DAC/ADC")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)

@@ -174,8 +174,6 @@ class DeviceModel:
     def with_(self, **changes: object) -> DeviceModel:
         """A copy with some fields (or 0.1 shorthand keys) changed, validated again."""
         data = self.to_dict()
-        for key in SHORTHANDS:
-            data.pop(key, None)
         if changes.get("n_levels") is not None:
             data["levels_uS"] = None
         data.update(changes)

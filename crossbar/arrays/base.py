@@ -17,13 +17,10 @@ from typing import ClassVar
 import torch
 
 from .._validate import fail
+from ..registry import Registry
 
-ARRAYS: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    ARRAYS[cls.name] = cls
-    return cls
+ARRAYS = Registry("array.model")
+register = ARRAYS.register
 
 
 class ArrayModel:
@@ -52,9 +49,7 @@ def build_array(spec: object) -> ArrayModel | None:
              + ", ".join(repr(k) for k in ARRAYS))
     data = dict(spec)
     name = data.pop("model", None)
-    if name not in ARRAYS:
-        fail("array.model", name, "one of " + ", ".join(repr(k) for k in ARRAYS))
-    cls = ARRAYS[name]
+    cls = ARRAYS.get(name)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -24,41 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from .._validate import check_float, fail
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..device import DeviceModel
 
 
-class Registry:
-    """Models of one concern by name (``programming``, ``read_noise``, ...)."""
-
-    def __init__(self, concern: str) -> None:
-        self.concern = concern
-        self._models: dict[str, type] = {}
-
-    def register(self, cls: type) -> type:
-        if cls.name in self._models:
-            raise ValueError(f"{self.concern} model {cls.name!r} is registered twice")
-        self._models[cls.name] = cls
-        return cls
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(sorted(self._models))
-
-    def get(self, name: object) -> type:
-        if name not in self._models:
-            fail(f"{self.concern}.model", name, "one of " + ", ".join(map(repr, self.names)))
-        return self._models[name]
-
-
 REGISTRY: dict[str, Registry] = {
-    concern: Registry(concern) for concern in ("programming", "read_noise", "drift", "faults")
+    concern: Registry(f"{concern}.model")
+    for concern in ("programming", "read_noise", "drift", "faults")
 }
 
 
@@ -122,6 +102,27 @@ def polynomial_sigma_uS(g_uS: torch.Tensor, coeffs: Sequence[float]) -> torch.Te
     for c in reversed(coeffs[:-1]):
         sigma = sigma * x + c
     return sigma.clamp_(min=0.0)
+
+
+@dataclass(frozen=True)
+class PolynomialSpread:
+    """A state-dependent spread ``scale * sigma(G)``, ``sigma`` a polynomial (uS): the fields
+    and checks shared by the programming and read-noise models fitted that way."""
+
+    coeffs_uS: tuple[float, ...] = (0.0,)
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "coeffs_uS", check_coefficients(self.key("coeffs_uS"),
+                                                                 self.coeffs_uS))
+        check_float(self.key("scale"), self.scale, 0.0, 100.0)
+
+    @property
+    def active(self) -> bool:
+        return self.scale > 0 and any(c != 0 for c in self.coeffs_uS)
+
+    def sigma_uS(self, g_uS: torch.Tensor) -> torch.Tensor:
+        return self.scale * polynomial_sigma_uS(g_uS, self.coeffs_uS)
 
 
 # ------------------------------------------------------------------------------ interfaces

@@ -11,27 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import check_float
-from .base import REGISTRY, ReadNoiseModel, check_coefficients, polynomial_sigma_uS
+from .base import REGISTRY, PolynomialSpread, ReadNoiseModel
 
 
 @REGISTRY["read_noise"].register
 @dataclass(frozen=True)
-class PolynomialReadNoise(ReadNoiseModel):
+class PolynomialReadNoise(PolynomialSpread, ReadNoiseModel):
     """``coeffs_uS``: ``(c0, c1, ...)`` of ``sigma(G)``; ``scale``: multiplier of the fit."""
 
     name = "polynomial"
-    coeffs_uS: tuple[float, ...] = (0.0,)
-    scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "coeffs_uS", check_coefficients(self.key("coeffs_uS"),
-                                                                 self.coeffs_uS))
-        check_float(self.key("scale"), self.scale, 0.0, 100.0)
-
-    @property
-    def active(self) -> bool:
-        return self.scale > 0 and any(c != 0 for c in self.coeffs_uS)
 
     def std_uS(self, g: torch.Tensor, device) -> torch.Tensor:
-        return self.scale * polynomial_sigma_uS(g.abs(), self.coeffs_uS)
+        return self.sigma_uS(g.abs())

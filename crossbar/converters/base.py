@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 
-from .._validate import fail
+from ..registry import Registry
 
 
 @dataclass
@@ -61,27 +61,15 @@ class ADC:
         raise NotImplementedError
 
 
-DACS: dict[str, DAC] = {}
-ADCS: dict[str, ADC] = {}
-
-
-def register_dac(cls: type[DAC]) -> type[DAC]:
-    DACS[cls.name] = cls()
-    return cls
-
-
-def register_adc(cls: type[ADC]) -> type[ADC]:
-    ADCS[cls.name] = cls()
-    return cls
+DACS = Registry("dac")
+ADCS = Registry("adc_range")
+register_dac = DACS.register
+register_adc = ADCS.register
 
 
 def get_dac(name: str) -> DAC:
-    if name not in DACS:
-        fail("dac", name, "one of " + ", ".join(repr(k) for k in DACS))
-    return DACS[name]
+    return DACS.instance(name)
 
 
 def get_adc(name: str) -> ADC:
-    if name not in ADCS:
-        fail("adc_range", name, "one of " + ", ".join(repr(k) for k in ADCS))
-    return ADCS[name]
+    return ADCS.instance(name)

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from .._validate import fail
+from ..registry import Registry
 
 
 class MappingStyle:
@@ -47,16 +47,10 @@ class MappingStyle:
         raise NotImplementedError
 
 
-MAPPINGS: dict[str, MappingStyle] = {}
-
-
-def register(cls: type[MappingStyle]) -> type[MappingStyle]:
-    MAPPINGS[cls.name] = cls()
-    return cls
+MAPPINGS = Registry("mapping")
+register = MAPPINGS.register
 
 
 def mapping_style(name: str) -> MappingStyle:
     """The registered style ``name`` (ValueError naming the choices otherwise)."""
-    if name not in MAPPINGS:
-        fail("mapping", name, "one of " + ", ".join(repr(k) for k in MAPPINGS))
-    return MAPPINGS[name]
+    return MAPPINGS.instance(name)
