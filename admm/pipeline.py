@@ -3,11 +3,13 @@ hard quantize -> retrain of the non-weight parameters (Yuan et al., ISLPED 2019)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -298,21 +300,55 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn =
     return total / count
 
 
+@contextlib.contextmanager
+def signals_deferred(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
+    """Hold back Python-level handling of ``signums`` for the block, then run the handlers of
+    the signals that arrived (once each, in arrival order) after it.
+
+    A handler that raises inside ``torch.save`` leaves its zip writer half written, and the
+    writer's clean-up then fails with an unrelated ``RuntimeError`` that hides the signal (seen
+    in CI: SIGTERM during a checkpoint exited 1 instead of 143). Outside the main thread the
+    handlers cannot be swapped and the block runs unguarded."""
+    arrived: list[int] = []
+    previous: dict[int, object] = {}
+    try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, lambda n, _f: arrived.append(n))
+    except ValueError:  # not the main thread
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
 def save_atomic(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, flushed to disk, then
-    ``os.replace``: a reader never sees a partial file."""
+    ``os.replace``: a reader never sees a partial file. SIGTERM/SIGINT arriving meanwhile are
+    handled after the write (:func:`signals_deferred`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with signals_deferred():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 class Compressor:

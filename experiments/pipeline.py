@@ -64,6 +64,7 @@ from experiments.config import (  # noqa: E402
 from experiments.datasets import DatasetInfo, make_loaders  # noqa: E402
 from experiments.guard import (  # noqa: E402
     DENSE_KEYS,
+    Terminated,
     check_constraints_fit,
     check_run_dir,
     dense_state,
@@ -664,6 +665,18 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     return metrics
 
 
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in ``exc``'s context/cause chain, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def hydra_run_dir() -> Path:
     """The current Hydra job's output directory."""
     from hydra.core.hydra_config import HydraConfig
@@ -677,7 +690,15 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
         run_dir = hydra_run_dir()
         print(f"run dir: {run_dir}", flush=True)
         with sigterm_as_exit(run_dir, "experiments." + run.__name__.removeprefix("run_")):
-            metrics = run(cfg, run_dir)
+            try:
+                metrics = run(cfg, run_dir)
+            except Exception as exc:
+                # a library clean-up that fails after SIGTERM hides the Terminated it unwound
+                # from; exit as terminated (143, resume hint printed) rather than as a failure
+                terminated = _cause(exc, Terminated)
+                if terminated is not None:
+                    raise terminated from exc
+                raise
         print(f"report: {run_dir / report}")
         return metrics
     return task

@@ -280,6 +280,39 @@ def test_sigterm_becomes_exit_143(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_sigterm_during_checkpoint_write_finishes_the_write_then_exits_143(tmp_path,
+                                                                          monkeypatch):
+    """Regression (CI): SIGTERM inside torch.save broke its zip writer, whose clean-up raised a
+    RuntimeError that hid the Terminated (exit 1, not 143). The write now completes first."""
+    path = tmp_path / "state.pt"
+    real_save = torch.save
+
+    def save_with_signal(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-write
+        time.sleep(0.2)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_with_signal)
+    with pytest.raises(Terminated) as info, sigterm_as_exit(tmp_path, "experiments.compress"):
+        save_atomic({"w": torch.arange(4.0)}, path)
+    assert info.value.code == 143
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(4.0))  # the write completed
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+def test_failure_that_hides_a_sigterm_exits_as_terminated():
+    from experiments.pipeline import _cause
+
+    try:
+        try:
+            raise Terminated(143)
+        except Terminated:
+            raise RuntimeError("unexpected pos 204992 vs 204884")  # noqa: B904
+    except RuntimeError as exc:
+        assert isinstance(_cause(exc, Terminated), Terminated)
+        assert _cause(exc, KeyError) is None
+
+
 # ------------------------------------------------------------------------ divergence guard
 class _NanAfter(nn.Module):
     """Identity until ``step`` forward passes in training mode, NaN from then on."""
