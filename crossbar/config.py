@@ -53,6 +53,13 @@ class CrossbarConfig:
             ``{"model": "wire_resistance", "r_row_ohm": ..., "r_col_ohm": ...,
             "r_driver_ohm": ..., "r_sense_ohm": ..., "read_voltage_V": ...}`` (IR drop, solved
             once per programmed chip and folded into the cached tile weights).
+        spare_rows, spare_cols: spare word lines and spare output column groups (the bit lines
+            of one output: a pair per weight slice, differential) per tile, beyond those the
+            plan uses. Fault-aware placement (:mod:`crossbar.repair`) may move logical rows and
+            outputs onto them; the cost model counts their devices and area.
+        output_calibration: per-output digital gain and offset after the ADCs (two registers
+            per output column, one multiply-add per output and matrix-vector product), fitted
+            per chip by :func:`crossbar.calibrate_outputs`; the cost model counts them.
     """
 
     tile_rows: int = 128
@@ -68,6 +75,9 @@ class CrossbarConfig:
     adc_noise: float = 0.0
     drift_compensation: bool = False
     array: ArrayModel | None = None
+    spare_rows: int = 0
+    spare_cols: int = 0
+    output_calibration: bool = False
 
     def __init__(self, tile_rows: int = 128, tile_cols: int = 128,
                  mapping: str = "differential", dac_bits: int | None = None,
@@ -75,6 +85,7 @@ class CrossbarConfig:
                  range_percentile: float = 100.0, dac: str = "parallel",
                  cell_bits: int | None = None, weight_bits: int = 8, adc_noise: float = 0.0,
                  drift_compensation: bool = False, array: object = None,
+                 spare_rows: int = 0, spare_cols: int = 0, output_calibration: bool = False,
                  bit_serial: bool | None = None) -> None:
         if bit_serial is not None:  # 0.1 shorthand
             if not isinstance(bit_serial, bool):
@@ -86,7 +97,9 @@ class CrossbarConfig:
                       dac_bits=dac_bits, adc_bits=adc_bits, adc_range=adc_range,
                       range_percentile=range_percentile, dac=dac, cell_bits=cell_bits,
                       weight_bits=weight_bits, adc_noise=adc_noise,
-                      drift_compensation=drift_compensation, array=build_array(array))
+                      drift_compensation=drift_compensation, array=build_array(array),
+                      spare_rows=spare_rows, spare_cols=spare_cols,
+                      output_calibration=output_calibration)
         for key, value in values.items():
             object.__setattr__(self, key, value)
         self._validate()
@@ -115,6 +128,10 @@ class CrossbarConfig:
                  "of the ADC's full scale: set adc_bits)")
         if not isinstance(self.drift_compensation, bool):
             fail("drift_compensation", self.drift_compensation, "true or false")
+        check_int("spare_rows", self.spare_rows, 0, 4096)
+        check_int("spare_cols", self.spare_cols, 0, 4096)
+        if not isinstance(self.output_calibration, bool):
+            fail("output_calibration", self.output_calibration, "true or false")
 
     @property
     def weight_slices(self) -> int:
