@@ -1,11 +1,13 @@
 """ADMM compression for memristor crossbars: crossbar-structured pruning, conductance-level
-quantization and masked retraining; post-training OBC compression, rate-distortion importance
-and budgeted per-layer allocation. Independent of the ``crossbar`` simulator: it only needs a set
+quantization and masked retraining (with knowledge distillation and forward perturbations such as
+weight noise); post-training OBC compression, rate-distortion importance and budgeted per-layer
+allocation. Independent of the ``crossbar`` simulator: it only needs a set
 of allowed device levels."""
 
 from admm.admm import ADMM, Projector
 from admm.allocation import Allocation, Candidate, allocate, min_cost
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
+from admm.distill import Distillation, distillation_loss, frozen_copy
 from admm.importance import (
     compute_importance,
     fisher_diagonal,
@@ -16,7 +18,9 @@ from admm.importance import (
     weighted_scale,
 )
 from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
+from admm.noise import WeightNoise, weight_noise
 from admm.obc import ObcLayer, obc_compress, obq_quantize, obs_prune
+from admm.perturbation import Perturbation
 from admm.pipeline import (
     CheckpointMismatchError,
     CompressConfig,
@@ -41,12 +45,13 @@ from admm.projections import (
 
 __all__ = [
     "ADMM", "Allocation", "Candidate", "CheckpointMismatchError", "CompressConfig",
-    "CompressResult", "Compressor", "DivergenceError", "LayerConstraint", "MaskedOptimizer",
-    "ObcLayer", "Projector", "allocate", "apply_masks",
-    "compress", "compute_importance", "crossbar_layers", "fisher_diagonal", "freeze_weights",
-    "hessian_diagonal", "importance_projectors", "keep_count", "live_cols", "live_rows",
-    "min_cost", "obc_compress", "obq_quantize", "obs_prune", "pair_levels", "project_blocks",
+    "CompressResult", "Compressor", "Distillation", "DivergenceError", "LayerConstraint",
+    "MaskedOptimizer", "ObcLayer", "Perturbation", "Projector", "WeightNoise", "allocate",
+    "apply_masks", "compress", "compute_importance", "crossbar_layers", "distillation_loss",
+    "fisher_diagonal", "freeze_weights", "frozen_copy", "hessian_diagonal",
+    "importance_projectors", "keep_count", "live_cols", "live_rows", "min_cost",
+    "obc_compress", "obq_quantize", "obs_prune", "pair_levels", "project_blocks",
     "project_cols", "project_levels", "project_rows", "round_to_levels", "save_atomic",
     "select_layers", "structured_mask", "topk_mask", "train_epoch", "weight_matrix",
-    "weighted_project_levels", "weighted_prune_mask", "weighted_scale",
+    "weight_noise", "weighted_project_levels", "weighted_prune_mask", "weighted_scale",
 ]

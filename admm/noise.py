@@ -12,15 +12,21 @@ state), the equivalent output noise is added: for ``y = W x`` the output error
 ``sigma^2 * (W^2)(x^2)`` -- one extra product with the squared weights (a convolution with the
 squared kernel for Conv2d). The noise scale is not differentiated; gradients flow through the
 noisy output as usual. Active in training mode only.
+
+:func:`weight_noise` makes it a perturbation in the sense of :mod:`admm.perturbation`; the
+pipeline's ``train_noise`` setting is ``weight_noise(train_noise, <compressed layers>)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from admm.constraints import crossbar_layers
+from admm.perturbation import Perturbation
 
 
 def _noise_std(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -60,3 +66,19 @@ class WeightNoise:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+def weight_noise(sigma: float, layers: Collection[str] | None = None) -> Perturbation:
+    """The perturbation (:mod:`admm.perturbation`) ``model -> WeightNoise(layers, sigma)``:
+    relative weight noise ``w * (1 + sigma * N(0, 1))`` on the Linear/Conv2d layers of the model
+    named in ``layers`` (default: all of them)."""
+    if not sigma >= 0:
+        raise ValueError(f"train_noise={sigma!r} is invalid; allowed: a number >= 0")
+    chosen = None if layers is None else set(layers)
+
+    def perturb(model: nn.Module) -> WeightNoise:
+        modules = {n: m for n, m in crossbar_layers(model).items()
+                   if chosen is None or n in chosen}
+        return WeightNoise(modules, sigma)
+
+    return perturb

@@ -1,5 +1,16 @@
 """The compression pipeline: prune-ADMM -> hard prune -> masked retrain -> quant-ADMM ->
-hard quantize -> retrain of the non-weight parameters (Yuan et al., ISLPED 2019)."""
+hard quantize -> retrain of the non-weight parameters (Yuan et al., ISLPED 2019).
+
+Two additions make the result survive the chip and recover accuracy:
+
+* a forward *perturbation* (``compress(..., perturbation=p)``), a callable
+  ``p(model) -> context manager`` that perturbs the training forward passes while active (protocol
+  in :mod:`admm.perturbation`), entered for every training epoch of the stages in
+  ``CompressConfig.perturb_stages`` and never during evaluation or checkpointing; ``train_noise``
+  is the built-in one (:func:`admm.noise.weight_noise`);
+* knowledge distillation from the dense model (``distill_weight``, ``distill_temperature``;
+  :mod:`admm.distill`) in every training stage.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ from tqdm.auto import tqdm
 
 from admm.admm import ADMM
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
+from admm.distill import Distillation, frozen_copy
 from admm.importance import (
     METHODS,
     LossFn,
@@ -28,11 +40,15 @@ from admm.importance import (
     importance_projectors,
 )
 from admm.masked import MaskedOptimizer, apply_masks, freeze_weights, live_cols, live_rows
-from admm.noise import WeightNoise
+from admm.noise import weight_noise
+from admm.perturbation import Perturbation
 from admm.projections import pair_levels, project_levels
 
 _log = logging.getLogger("admm")
 STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
+TRAINING_STAGES = STAGES[:-1]
+NOISE_STAGES = ("prune_retrain", "quant", "quant_retrain")
+"""The stages ``train_noise`` perturbs: every stage after the hard prune."""
 
 
 @dataclass
@@ -51,6 +67,15 @@ class CompressConfig:
     ``train_noise`` (relative sigma, >= 0) injects weight noise ``w * (1 + sigma * N)`` into the
     compressed layers during every stage after the hard prune (:mod:`admm.noise`), so the
     retrained model tolerates the programming variation of the cells it will be mapped to.
+
+    ``perturb_stages`` (names from :data:`TRAINING_STAGES`) are the stages in which the caller's
+    ``perturbation`` (:mod:`admm.perturbation`) is active: by default the masked retraining after
+    the hard prune and the retraining after the hard quantization.
+
+    ``distill_weight`` (``alpha`` in ``[0, 1]``) and ``distill_temperature`` (``T > 0``) add
+    knowledge distillation from the dense model to every training stage when ``alpha > 0``:
+    ``(1 - alpha) * loss + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al.,
+    2015; :mod:`admm.distill`).
     """
 
     constraints: Sequence[LayerConstraint]
@@ -70,6 +95,9 @@ class CompressConfig:
     importance: str | Mapping[str, Tensor] | None = None
     importance_samples: int = 512
     train_noise: float = 0.0
+    perturb_stages: Sequence[str] = ("prune_retrain", "quant_retrain")
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -90,6 +118,19 @@ class CompressConfig:
         if isinstance(self.train_noise, bool) or not isinstance(self.train_noise, (int, float)) \
                 or not self.train_noise >= 0:
             raise ValueError(f"train_noise={self.train_noise!r} out of range: a number >= 0")
+        if isinstance(self.perturb_stages, str) \
+                or not isinstance(self.perturb_stages, Sequence) \
+                or any(s not in TRAINING_STAGES for s in self.perturb_stages):
+            raise ValueError(f"perturb_stages={self.perturb_stages!r} invalid: a list of stage "
+                             f"names from {list(TRAINING_STAGES)}")
+        self.perturb_stages = tuple(dict.fromkeys(self.perturb_stages))
+        if not _is_number(self.distill_weight) or not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight={self.distill_weight!r} out of range: a number in "
+                             "[0.0, 1.0]")
+        if not _is_number(self.distill_temperature) \
+                or not 0 < self.distill_temperature < math.inf:
+            raise ValueError(f"distill_temperature={self.distill_temperature!r} out of range: "
+                             "a finite number > 0")
         if not 0 <= self.momentum <= 1:
             raise ValueError(f"momentum={self.momentum!r} out of range: a number in [0.0, 1.0]")
         if not self.weight_decay >= 0:
@@ -115,6 +156,10 @@ class CompressConfig:
             return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                                weight_decay=self.weight_decay)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -274,9 +319,11 @@ def set_loader_rng_state(loader: Iterable, state: Tensor | None) -> None:
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn = F.cross_entropy,
                 admm: ADMM | None = None,
-                on_step: Callable[[float], None] | None = None) -> float:
-    """One pass over ``loader``; with ``admm`` the penalty gradient is added after backward.
-    ``on_step(loss)`` runs after each optimizer step. Returns the mean task loss.
+                on_step: Callable[[float], None] | None = None,
+                distill: Distillation | None = None) -> float:
+    """One pass over ``loader``; with ``admm`` the penalty gradient is added after backward;
+    with ``distill`` the loss is :meth:`admm.distill.Distillation.loss` of ``loss_fn``.
+    ``on_step(loss)`` runs after each optimizer step. Returns the mean training loss.
 
     Raises :class:`DivergenceError` (before that batch's optimizer step) on a NaN/Inf loss."""
     device = next(model.parameters()).device
@@ -285,7 +332,10 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn =
     for batch, (x, y) in enumerate(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        out = model(x)
+        loss = loss_fn(out, y)
+        if distill is not None:
+            loss = distill.loss(x, out, loss)
         value = loss.item()
         check_finite_loss(model, value, x, f"batch {batch} of the epoch")
         loss.backward()
@@ -353,11 +403,25 @@ def save_atomic(obj: object, path: str | os.PathLike) -> None:
 
 class Compressor:
     """The pipeline as resumable state: stage, epoch, model, ADMM (W, Z, U, rho), masks, scales,
-    importance, optimizer, history and RNG, saved with :meth:`save` after every epoch."""
+    importance, optimizer, distillation teacher, history and RNG, saved with :meth:`save` after
+    every epoch.
+
+    ``perturbation`` (:mod:`admm.perturbation`) is entered for each training epoch of the stages
+    in ``config.perturb_stages``. With ``config.distill_weight > 0`` the teacher is a frozen copy
+    of ``teacher`` (default: ``model`` as it is now, before compression); it is stored in every
+    checkpoint and restored from it on resume."""
 
     def __init__(self, model: nn.Module, config: CompressConfig,
-                 loss_fn: LossFn = F.cross_entropy, fingerprint: Mapping | None = None) -> None:
+                 loss_fn: LossFn = F.cross_entropy, fingerprint: Mapping | None = None,
+                 perturbation: Perturbation | None = None,
+                 teacher: nn.Module | None = None) -> None:
+        if teacher is not None and config.distill_weight == 0:
+            raise ValueError("teacher is given but distill_weight=0: set distill_weight in "
+                             "(0.0, 1.0] to distil from it")
         self.model, self.config, self.loss_fn = model, config, loss_fn
+        self.perturbation = perturbation
+        self.teacher = frozen_copy(model if teacher is None else teacher) \
+            if config.distill_weight > 0 else None
         self.fingerprint = None if fingerprint is None else dict(fingerprint)
         self._loader: Iterable | None = None
         self._loader_rng: Tensor | None = None
@@ -373,6 +437,8 @@ class Compressor:
         self._loss_sum, self._loss_count = 0.0, 0
         self._skip_inactive()
         self._setup()
+        self._noise = weight_noise(config.train_noise, list(self.constraints)) \
+            if config.train_noise > 0 else None
 
     # ------------------------------------------------------------- importance
     def _given_importance(self) -> dict[str, Tensor]:
@@ -413,6 +479,21 @@ class Compressor:
 
     def _epochs(self) -> int:
         return getattr(self.config, f"{STAGES[self.stage]}_epochs")
+
+    def _perturbed(self) -> contextlib.ExitStack:
+        """The perturbations of the current stage (``train_noise`` in :data:`NOISE_STAGES`,
+        ``perturbation`` in ``config.perturb_stages``), entered together."""
+        stage, stack = STAGES[self.stage], contextlib.ExitStack()
+        if self._noise is not None and stage in NOISE_STAGES:
+            stack.enter_context(self._noise(self.model))
+        if self.perturbation is not None and stage in self.config.perturb_stages:
+            stack.enter_context(self.perturbation(self.model))
+        return stack
+
+    def _distillation(self) -> Distillation | None:
+        cfg = self.config
+        return None if self.teacher is None else \
+            Distillation(self.teacher, cfg.distill_weight, cfg.distill_temperature)
 
     def _setup(self) -> None:
         """Build the optimizer (and ADMM) of the current stage from the current state."""
@@ -497,15 +578,13 @@ class Compressor:
             total = self._epochs() if self.optimizer is not None else 0
             bar = tqdm(range(self.epoch, total), total=total, initial=self.epoch,
                        desc=STAGES[self.stage], disable=not cfg.progress, leave=False)
-            noisy = STAGES[self.stage] != "prune"
-            noise = WeightNoise({n: self.modules[n] for n in self.constraints},
-                                cfg.train_noise if noisy else 0.0)
             for _ in bar:
                 where = f"{STAGES[self.stage]} stage, epoch {self.epoch + 1}"
                 try:
-                    with noise:
+                    with self._perturbed():
                         loss = train_epoch(self.model, train_loader, self.optimizer,
-                                           self.loss_fn, self.admm, self._on_step)
+                                           self.loss_fn, self.admm, self._on_step,
+                                           self._distillation())
                 except DivergenceError as exc:
                     raise DivergenceError(f"{where}: {exc}{_kept(checkpoint)}") from None
                 self.epoch += 1
@@ -543,6 +622,7 @@ class Compressor:
             "history": list(self.history),
             "admm": None if self.admm is None else self.admm.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
             "rng": torch.get_rng_state(), "fingerprint": self.fingerprint,
             "loader_rng": loader_rng_state(self._loader) if self._loader is not None
             else self._loader_rng,
@@ -555,12 +635,19 @@ class Compressor:
         """Restore :meth:`state_dict`; a state of another model or another ``fingerprint``
         raises :class:`CheckpointMismatchError` before anything changes."""
         check_fingerprint(source, state.get("fingerprint"), self.fingerprint)
+        if self.teacher is not None and state.get("teacher") is None:
+            raise CheckpointMismatchError(
+                f"{source}: holds no distillation teacher, but distill_weight="
+                f"{self.config.distill_weight!r}: resume with distill_weight=0 (the settings "
+                "that wrote it) or start a new checkpoint")
         self.stage, self.epoch = int(state["stage"]), int(state["epoch"])
         self._steps_since_update = int(state["steps_since_update"])
         self._loss_sum, self._loss_count = float(state["loss_sum"]), int(state["loss_count"])
         for p in self.model.parameters():
             p.requires_grad_(True)
         load_model_state(self.model, state["model"], source)
+        if self.teacher is not None:
+            load_model_state(self.teacher, state["teacher"], f"{source} (teacher)")
         self.masks, self.scales = dict(state["masks"]), dict(state["scales"])
         self.importance = dict(state["importance"]) if "importance" in state \
             else self._given_importance()
@@ -598,19 +685,27 @@ def compress(model: nn.Module, train_loader: Iterable, config: CompressConfig,
              eval_fn: Callable[[nn.Module], float] | None = None,
              loss_fn: LossFn = F.cross_entropy,
              checkpoint: str | os.PathLike | None = None,
-             fingerprint: Mapping | None = None) -> CompressResult:
+             fingerprint: Mapping | None = None,
+             perturbation: Perturbation | None = None,
+             teacher: nn.Module | None = None) -> CompressResult:
     """Compress ``model`` in place; resume from ``checkpoint`` if that file exists.
 
     ``fingerprint`` (plain data, e.g. the config sections the result depends on) is stored in
     every checkpoint; resuming from one with another fingerprint, or of another model, raises
-    :class:`CheckpointMismatchError`."""
-    compressor = Compressor(model, config, loss_fn, fingerprint)
+    :class:`CheckpointMismatchError`.
+
+    ``perturbation(model)`` (:mod:`admm.perturbation`) perturbs the training forward passes of
+    the stages in ``config.perturb_stages``. ``teacher`` (with ``config.distill_weight > 0``;
+    default: a copy of ``model`` before compression) is the distillation teacher; a resumed run
+    uses the teacher stored in the checkpoint."""
+    compressor = Compressor(model, config, loss_fn, fingerprint, perturbation, teacher)
     if checkpoint is not None and Path(checkpoint).exists():
         compressor.load(checkpoint)
     return compressor.run(train_loader, eval_fn, checkpoint)
 
 
-__all__ = ["CheckpointMismatchError", "CompressConfig", "CompressResult", "Compressor",
-           "DivergenceError", "check_finite_loss", "check_finite_weights", "check_fingerprint",
-           "compress", "first_nonfinite_output", "load_model_state", "loader_rng_state",
+__all__ = ["NOISE_STAGES", "STAGES", "TRAINING_STAGES", "CheckpointMismatchError",
+           "CompressConfig", "CompressResult", "Compressor", "DivergenceError",
+           "check_finite_loss", "check_finite_weights", "check_fingerprint", "compress",
+           "first_nonfinite_output", "load_model_state", "loader_rng_state",
            "nonfinite_parameters", "save_atomic", "set_loader_rng_state", "train_epoch"]

@@ -255,6 +255,9 @@ class AdmmSettings:
     importance: str | None = None
     importance_samples: int = 512
     train_noise: float = 0.0
+    perturb_stages: list[str] = field(default_factory=lambda: ["prune_retrain", "quant_retrain"])
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:

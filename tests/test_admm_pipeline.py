@@ -127,11 +127,11 @@ def test_pipeline_meets_constraints_and_accuracy(digits, make, constraints, dens
             assert all(math.isfinite(layer[k]) for k in ("primal", "dual", "rho", "near"))
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     pass
 
 
-class _FailingLoader:
+class FailingLoader:
     """Iterates ``loader`` and raises on the ``fail_at``-th epoch (0-based)."""
 
     def __init__(self, loader, fail_at):
@@ -139,7 +139,7 @@ class _FailingLoader:
 
     def __iter__(self):
         if self.epochs == self.fail_at:
-            raise _Interrupted
+            raise Interrupted
         self.epochs += 1
         return iter(self.loader)
 
@@ -165,8 +165,8 @@ def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at, importance)
     ckpt = tmp_path / "admm.pt"
     interrupted = copy.deepcopy(start)
     torch.manual_seed(4)
-    with pytest.raises(_Interrupted):
-        compress(interrupted, _FailingLoader(loader, fail_at), cfg, checkpoint=ckpt)
+    with pytest.raises(Interrupted):
+        compress(interrupted, FailingLoader(loader, fail_at), cfg, checkpoint=ckpt)
     torch.manual_seed(123)                        # the checkpoint restores the RNG
     resumed = copy.deepcopy(start)
     res = compress(resumed, loader, cfg, checkpoint=ckpt)
