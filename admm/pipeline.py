@@ -46,6 +46,7 @@ from admm.projections import pair_levels, project_levels
 
 _log = logging.getLogger("admm")
 STAGES = ("prune", "prune_retrain", "quant", "quant_retrain", "done")
+LR_SCHEDULES = ("constant", "cosine")
 TRAINING_STAGES = STAGES[:-1]
 NOISE_STAGES = ("prune_retrain", "quant", "quant_retrain")
 """The stages ``train_noise`` perturbs: every stage after the hard prune."""
@@ -72,6 +73,11 @@ class CompressConfig:
     ``perturbation`` (:mod:`admm.perturbation`) is active: by default the masked retraining after
     the hard prune and the retraining after the hard quantization.
 
+    ``lr_schedule``: ``constant`` (``lr`` throughout) or ``cosine``: in every stage of ``E``
+    epochs, epoch ``e`` (from 0) trains at ``lr * (1 + cos(pi * e / E)) / 2`` (Loshchilov and
+    Hutter, "SGDR", ICLR 2017, without restarts within a stage); each stage starts again at
+    ``lr``.
+
     ``distill_weight`` (``alpha`` in ``[0, 1]``) and ``distill_temperature`` (``T > 0``) add
     knowledge distillation from the dense model to every training stage when ``alpha > 0``:
     ``(1 - alpha) * loss + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al.,
@@ -90,6 +96,7 @@ class CompressConfig:
     rho_max: float = 1.0
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 0.0
     importance: str | Mapping[str, Tensor] | None = None
@@ -115,6 +122,9 @@ class CompressConfig:
             raise ValueError(f"update_unit={self.update_unit!r} invalid: 'epoch' or 'step'")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer={self.optimizer!r} invalid: 'adam' or 'sgd'")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} invalid: one of "
+                             f"{list(LR_SCHEDULES)}")
         if isinstance(self.train_noise, bool) or not isinstance(self.train_noise, (int, float)) \
                 or not self.train_noise >= 0:
             raise ValueError(f"train_noise={self.train_noise!r} out of range: a number >= 0")
@@ -150,6 +160,12 @@ class CompressConfig:
             raise ValueError(f"rho={self.rho!r}, rho_factor={self.rho_factor!r}, "
                              f"rho_max={self.rho_max!r}: need rho > 0, rho_factor >= 1, "
                              "rho_max >= rho")
+
+    def epoch_lr(self, epoch: int, epochs: int) -> float:
+        """Learning rate of epoch ``epoch`` (from 0) of a stage of ``epochs`` epochs."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
     def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
@@ -490,6 +506,12 @@ class Compressor:
             stack.enter_context(self.perturbation(self.model))
         return stack
 
+    def _set_lr(self, lr: float) -> None:
+        optimizer = self.optimizer.optimizer if isinstance(self.optimizer, MaskedOptimizer) \
+            else self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
     def _distillation(self) -> Distillation | None:
         cfg = self.config
         return None if self.teacher is None else \
@@ -580,6 +602,7 @@ class Compressor:
                        desc=STAGES[self.stage], disable=not cfg.progress, leave=False)
             for _ in bar:
                 where = f"{STAGES[self.stage]} stage, epoch {self.epoch + 1}"
+                self._set_lr(cfg.epoch_lr(self.epoch, total))
                 try:
                     with self._perturbed():
                         loss = train_epoch(self.model, train_loader, self.optimizer,
@@ -704,7 +727,7 @@ def compress(model: nn.Module, train_loader: Iterable, config: CompressConfig,
     return compressor.run(train_loader, eval_fn, checkpoint)
 
 
-__all__ = ["NOISE_STAGES", "STAGES", "TRAINING_STAGES", "CheckpointMismatchError",
+__all__ = ["LR_SCHEDULES", "NOISE_STAGES", "STAGES", "TRAINING_STAGES", "CheckpointMismatchError",
            "CompressConfig", "CompressResult", "Compressor", "DivergenceError",
            "check_finite_loss", "check_finite_weights", "check_fingerprint", "compress",
            "first_nonfinite_output", "load_model_state", "loader_rng_state",

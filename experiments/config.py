@@ -250,6 +250,7 @@ class AdmmSettings:
     rho_max: float = 1.0
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     momentum: float = 0.9
     weight_decay: float = 0.0
     importance: str | None = None

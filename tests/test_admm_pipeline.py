@@ -4,6 +4,7 @@ Accuracy bound stated here and in docs/admm.md: after pruning + quantization the
 is at least the dense accuracy minus 0.05 (5 points).
 """
 
+import contextlib
 import copy
 import math
 
@@ -144,10 +145,11 @@ class FailingLoader:
         return iter(self.loader)
 
 
-@pytest.mark.parametrize("fail_at, importance", [(3, None), (7, None), (7, "fisher")])
-def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at, importance):
-    """fail_at 3 / 7: inside prune-ADMM / inside quant-ADMM. The Fisher importance is computed
-    once and resumed from the checkpoint, not recomputed."""
+@pytest.mark.parametrize("fail_at, importance, schedule", [
+    (3, None, "constant"), (7, None, "constant"), (7, "fisher", "constant"), (5, None, "cosine")])
+def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at, importance, schedule):
+    """fail_at 3 / 5 / 7: inside prune-ADMM / prune_retrain / quant-ADMM. The Fisher importance
+    is computed once and resumed from the checkpoint, not recomputed."""
     Xtr, ytr = digits[0][:512], digits[1][:512]
     loader = _loader(Xtr, ytr)
     torch.manual_seed(3)
@@ -156,7 +158,8 @@ def test_resume_matches_uninterrupted_run(digits, tmp_path, fail_at, importance)
                           LayerConstraint("2", row_ratio=0.5, levels=3)],
                          prune_epochs=4, prune_retrain_epochs=2, quant_epochs=3,
                          quant_retrain_epochs=1, rho=1e-2, rho_factor=1.5,
-                         importance=importance, importance_samples=128, progress=False)
+                         importance=importance, importance_samples=128, lr_schedule=schedule,
+                         progress=False)
 
     reference = copy.deepcopy(start)
     torch.manual_seed(4)
@@ -236,3 +239,27 @@ def test_importance_config_errors():
     with pytest.raises(ValueError, match=">= 0"):
         Compressor(_three_input_model(), CompressConfig(constraints,
                                                         importance={"0": -torch.ones(2, 3)}))
+
+
+# ------------------------------------------------------------------------ lr schedule
+def test_cosine_lr_schedule_per_stage(digits):
+    Xtr, ytr = digits[0][:256], digits[1][:256]
+    cfg = CompressConfig([LayerConstraint("0", col_ratio=0.5, levels=3)], prune_epochs=4,
+                         prune_retrain_epochs=2, quant_epochs=1, quant_retrain_epochs=3,
+                         lr=0.01, lr_schedule="cosine", progress=False,
+                         perturb_stages=("prune", "prune_retrain", "quant", "quant_retrain"))
+    seen = []
+
+    def probe(model):
+        optimizer = getattr(compressor.optimizer, "optimizer", compressor.optimizer)
+        seen.append(optimizer.param_groups[0]["lr"])
+        return contextlib.nullcontext()
+
+    compressor = Compressor(_mlp(), cfg, perturbation=probe)
+    compressor.run(_loader(Xtr, ytr))
+    expected = [0.01 * (1 + math.cos(math.pi * e / n)) / 2 for n in (4, 2, 1, 3)
+                for e in range(n)]
+    assert seen == pytest.approx(expected)
+    assert CompressConfig(cfg.constraints, lr=0.01).epoch_lr(3, 4) == 0.01
+    with pytest.raises(ValueError, match=r"lr_schedule='step' invalid: one of \['constant'"):
+        CompressConfig(cfg.constraints, lr_schedule="step")
