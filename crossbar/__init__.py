@@ -23,6 +23,7 @@ from .device import PRESETS, DeviceModel
 from .layers import CrossbarConv1d, CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
 from .programming_cost import PulseCost, programming_cost
+from .repair import RepairConfig
 
 __all__ = [
     "ComponentTable",
@@ -47,6 +48,7 @@ __all__ = [
     "calibrate",
     "programming_stats",
     "PulseCost",
+    "RepairConfig",
     "programming_cost",
     "set_inference_time",
     "mapping_plan",

@@ -32,17 +32,23 @@ class ProgrammedCells:
 
 
 def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: str,
-                  prefix: str = "") -> ProgrammedCells:
+                  prefix: str = "", stuck: torch.Tensor | None = None) -> ProgrammedCells:
     """Program ``target`` (uS, any shape) on chip ``seed``; ``prefix`` separates the streams of
-    the reference cells (``"reference_"``) from the weight cells'."""
+    the reference cells (``"reference_"``) from the weight cells'. ``stuck``: the stuck value
+    of each cell (NaN healthy), as the crossbar layers draw them per physical tile
+    (:func:`tile_faults`); by default each cell draws its fault from the ``faults`` stream in
+    ``target``'s own layout."""
     target = target.detach().to("cpu", torch.float32)
     programming = device.programming if device.active("programming") else None
-    settle = None
-    if device.active("faults"):  # a stuck cell ignores every pulse (and fails verify)
+    if stuck is None and device.active("faults"):
         uniform = torch.rand(target.shape, generator=stream(seed, layer, prefix + "faults"))
+        stuck = device.faults.stuck(uniform, device)
+    settle = None
+    if stuck is not None and bool(torch.isfinite(stuck).any()):
+        stuck = stuck.to("cpu", torch.float32)
 
-        def settle(g: torch.Tensor) -> torch.Tensor:
-            return device.faults.apply(g, uniform, device)
+        def settle(g: torch.Tensor) -> torch.Tensor:  # a stuck cell ignores every pulse
+            return torch.where(torch.isnan(stuck), g, stuck)
 
     normal = None
     if programming is not None:
@@ -68,3 +74,21 @@ def drifted(g: torch.Tensor, device: DeviceModel, seed: int, layer: str, prefix:
     normal = torch.randn(g.shape, generator=stream(seed, layer, prefix + "drift"))
     return device.drift.at_time(g, device.t_inference_s, normal.to(g.device, g.dtype), device,
                                 g if target is None else target)
+
+
+def tile_faults(shape: tuple[int, ...], device: DeviceModel, seed: int, layer: str, tile: int,
+                prefix: str = "", miss_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stuck cells of one physical tile array ``shape`` (e.g. ``[S, C, P_out, P_in]`` with the
+    spare lines), each tile from its own stream so placement can move logical cells over it:
+    ``(stuck, detected)``, the stuck conductance of every cell and the ones the test read
+    finds (a stuck cell is missed with probability ``miss_rate``), NaN where healthy / missed.
+    """
+    if not device.active("faults"):
+        nan = torch.full(shape, float("nan"))
+        return nan, nan
+    uniform = torch.rand(shape, generator=stream(seed, layer, f"{prefix}faults.tile{tile}"))
+    stuck = device.faults.stuck(uniform, device)
+    if miss_rate <= 0:
+        return stuck, stuck
+    miss = torch.rand(shape, generator=stream(seed, layer, f"{prefix}detection.tile{tile}"))
+    return stuck, torch.where(miss < miss_rate, torch.full_like(stuck, float("nan")), stuck)

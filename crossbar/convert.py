@@ -22,6 +22,7 @@ from .layers import (
     InputShapeError,
 )
 from .plan import MAPPABLE, MappingPlan, check_plan, crossbar_layers, matches, plan_model
+from .repair import RepairConfig
 
 
 def _release_freed_memory() -> None:
@@ -229,6 +230,7 @@ def to_crossbar(
     scales: Mapping[str, float | torch.Tensor] | None = None,
     digital: Sequence[str] = (),
     devices: Mapping[str, DeviceModel] | None = None,
+    repair: RepairConfig | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with every Linear/Conv2d replaced by a crossbar layer.
 
@@ -251,6 +253,9 @@ def to_crossbar(
             not converted and not in the mapping plan (nor in its cost).
         devices: per-layer devices, layer pattern -> ``DeviceModel`` for the layers it matches
             (e.g. a more precise device for the first and last layer); others get ``device``.
+        repair: fault repair at programming time (:class:`crossbar.RepairConfig`: test read,
+            fault-aware placement, pair compensation); default: compensation on when the
+            device has stuck-at faults, no placement.
 
     The copy's class is a subclass of the original that adds ``program(seed)``,
     ``calibrate(inputs)`` and ``mapping_plan``.
@@ -259,6 +264,8 @@ def to_crossbar(
         raise TypeError(f"device must be a crossbar.DeviceModel, got {type(device).__name__}")
     if not isinstance(config, CrossbarConfig):
         raise TypeError(f"config must be a crossbar.CrossbarConfig, got {type(config).__name__}")
+    if repair is not None and not isinstance(repair, RepairConfig):
+        raise TypeError(f"repair must be a crossbar.RepairConfig, got {type(repair).__name__}")
     if config.adc_bits is not None and get_adc(config.adc_range).needs_calibration \
             and calibration is None:
         raise ValueError(
@@ -289,7 +296,7 @@ def to_crossbar(
         cls = _crossbar_class(model)
         check_plan(plan[""], config)
         layer = cls(model, plan[""], layer_devices[""], config, seed=seed,
-                    scale=(scales or {}).get(""))
+                    scale=(scales or {}).get(""), repair=repair)
         if calibration is not None:
             calibrate(layer, calibration)
         return layer
@@ -298,7 +305,7 @@ def to_crossbar(
         cls = _crossbar_class(module)
         check_plan(plan[name], config)
         new = cls(module, plan[name], layer_devices[name], config, seed=seed,
-                  scale=(scales or {}).get(name))
+                  scale=(scales or {}).get(name), repair=repair)
         _set_submodule(xmodel, name, new.to(module.weight.device))
         _release_freed_memory()
     base = type(model)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chip import drifted, program_cells
+from .chip import drifted, program_cells, tile_faults
 from .conductance import slice_values
 from .config import CrossbarConfig
 from .converters import Drive, get_adc, get_dac
@@ -32,6 +32,7 @@ from .device import DeviceModel
 from .mappings import mapping_style
 from .periphery import signed_steps
 from .plan import LayerPlan, matrix_view
+from .repair import RepairConfig, place_tile, repaired
 from .streams import stream
 
 
@@ -69,6 +70,7 @@ class CrossbarLayer(nn.Module):
         config: CrossbarConfig,
         seed: int = 0,
         scale: float | torch.Tensor | None = None,
+        repair: RepairConfig | None = None,
     ) -> None:
         super().__init__()
         weight = matrix_view(source).detach().float()
@@ -110,6 +112,11 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=dev))
         self.register_buffer("adc_range", torch.zeros(n_tiles, n_slices, device=dev))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool, device=dev))
+        # per-output digital gain and offset after the ADCs (CrossbarConfig.output_calibration)
+        self.register_buffer("out_gain", torch.ones(self.out_features, device=dev))
+        self.register_buffer("out_offset", torch.zeros(self.out_features, device=dev))
+        self.repair = repair if repair is not None else RepairConfig()
+        self.repair_stats: dict = {}
         self._tiles = self._tile_indices()
         self._calibrating: str | None = None
         self._calibration_inputs: torch.Tensor | None = None
@@ -170,7 +177,8 @@ class CrossbarLayer(nn.Module):
         self._gens = {}
         self._noise_buffers = {}
         self._array_cache = {}
-        cells = program_cells(self.g_nominal_uS, dev, seed, self.plan.name)
+        targets, stuck, ref_target, ref_stuck = self._repair(seed)
+        cells = program_cells(targets, dev, seed, self.plan.name, stuck=stuck)
         mask = self.cell_mask.cpu()
         self.g_uS.copy_(cells.g_uS * mask)
         verified = cells.pulses is not None  # single-shot: one pulse per cell, kept implicit
@@ -179,12 +187,83 @@ class CrossbarLayer(nn.Module):
         self.converged = cells.converged | ~mask if verified else None
         if self.style.reference_columns:
             ref_mask = self._tile_row_mask().cpu()
-            target = torch.full(self.g_ref_uS.shape, self.style.reference_uS(dev))
-            ref = program_cells(target, dev, seed, self.plan.name, prefix="reference_")
+            ref = program_cells(ref_target, dev, seed, self.plan.name, prefix="reference_",
+                                stuck=ref_stuck)
             self.g_ref_uS.copy_(ref.g_uS * ref_mask)
             self.ref_pulses = ref.pulses * ref_mask if verified else None
             self.ref_converged = ref.converged | ~ref_mask if verified else None
         self._refresh()
+
+    def _repair(self, seed: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                          torch.Tensor | None]:
+        """Test read, fault-aware placement and compensation (:mod:`crossbar.repair`): the
+        targets to program and the stuck value of every cell (NaN healthy), for the weight
+        cells ``[S, C, out, in]`` and the reference cells ``[T, in]``."""
+        dev, style, plan = self.device_model, self.style, self.plan
+        nominal = self.g_nominal_uS.detach().cpu()
+        ref_target = torch.full(self.g_ref_uS.shape, style.reference_uS(dev)) \
+            if style.reference_columns else torch.zeros(0)
+        self.repair_stats = {}
+        if not dev.active("faults"):
+            return nominal, None, ref_target, None
+        repair, compensate = self.repair, self.repair.compensates(dev)
+        n_slices, n_cells = nominal.shape[:2]
+        nan = float("nan")
+        stuck = torch.full_like(nominal, nan)
+        detected = torch.full_like(nominal, nan)
+        ref_stuck = torch.full_like(ref_target, nan)
+        ref_detected = torch.full_like(ref_target, nan)
+        tile_of = torch.full((self.out_features, self.in_features), -1, dtype=torch.long)
+        factors = self.slice_factors.detach().cpu()[..., 0]  # [S, out]
+        error_before = error_after = 0.0
+        for t, tile in enumerate(plan.tiles):
+            rows = torch.tensor(tile.rows, dtype=torch.long)
+            cols = torch.tensor(tile.cols, dtype=torch.long)
+            shape = (n_slices, n_cells, len(cols) + self.config.spare_cols,
+                     len(rows) + self.config.spare_rows)
+            grid, found = tile_faults(shape, dev, seed, plan.name, t, miss_rate=repair.miss_rate)
+            ref_grid = ref_found = None
+            if style.reference_columns:
+                ref_grid, ref_found = tile_faults(shape[-1:], dev, seed, plan.name, t,
+                                                  prefix="reference_",
+                                                  miss_rate=repair.miss_rate)
+            row_at, col_at = torch.arange(len(rows)), torch.arange(len(cols))
+            if repair.placement:
+                block = nominal[:, :, cols.unsqueeze(1), rows.unsqueeze(0)].permute(0, 2, 3, 1)
+                row_at, col_at, before, after = place_tile(
+                    style, block, factors[:, cols], found, ref_found, dev, compensate,
+                    repair.placement_rounds)
+                error_before += before
+                error_after += after
+            at = (slice(None), slice(None), cols.unsqueeze(1), rows.unsqueeze(0))
+            stuck[at] = grid[:, :, col_at][:, :, :, row_at]
+            detected[at] = found[:, :, col_at][:, :, :, row_at]
+            tile_of[cols.unsqueeze(1), rows.unsqueeze(0)] = t
+            if ref_grid is not None:
+                ref_stuck[t, rows] = ref_grid[row_at]
+                ref_detected[t, rows] = ref_found[row_at]
+        ref_cell = None
+        if style.reference_columns:  # each weight's own tile's reference cell in its row
+            ref_cell = ref_detected[tile_of.clamp(min=0), torch.arange(self.in_features)]
+            ref_cell = torch.where(tile_of >= 0, ref_cell, torch.full_like(ref_cell, nan))
+            ref_cell = ref_cell.expand(n_slices, -1, -1)
+        targets, _ = repaired(style, nominal.movedim(1, -1), detected.movedim(1, -1), ref_cell,
+                              dev, compensate)
+        targets = targets.movedim(-1, 1)
+        live = self.cell_mask.cpu().bool().expand_as(nominal)
+        ref_live = self._tile_row_mask().cpu() if style.reference_columns else None
+        self.repair_stats = {
+            "stuck": int((~torch.isnan(stuck) & live).sum())
+            + (int((~torch.isnan(ref_stuck) & ref_live).sum()) if ref_live is not None else 0),
+            "detected": int((~torch.isnan(detected) & live).sum())
+            + (int((~torch.isnan(ref_detected) & ref_live).sum()) if ref_live is not None
+               else 0),
+            "compensated": int(((targets != nominal) & live & torch.isnan(stuck)).sum()),
+        }
+        if repair.placement:
+            self.repair_stats.update(placement_error_identity=error_before,
+                                     placement_error=error_after)
+        return targets, stuck, ref_target, (ref_stuck if style.reference_columns else None)
 
     def set_inference_time(self, t_inference_s: float) -> None:
         """Let the programmed chip drift to ``t_inference_s`` seconds after programming."""
@@ -525,6 +604,9 @@ class CrossbarLayer(nn.Module):
             out = drive.x.new_zeros(out_shape)
         if self.bias is not None:
             out = out.add_(self.bias.view(1, -1, *([1] * (out.dim() - 2))))
+        if self.config.output_calibration and self._calibrating is None:
+            shape = (1, -1, *([1] * (out.dim() - 2)))
+            out = out.mul_(self.out_gain.view(shape)).add_(self.out_offset.view(shape))
         return out
 
     @staticmethod
@@ -649,6 +731,9 @@ def _upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, *args) 
     """0.1 states hold one offset reference cell per weight slice ``[S, T, in]`` (all at the
     same target); one reference column per tile is the hardware the plan describes: keep the
     first slice's cells."""
+    for name, fill in (("out_gain", 1.0), ("out_offset", 0.0)):  # states before 0.2
+        if prefix + "g_uS" in state_dict and prefix + name not in state_dict:
+            state_dict[prefix + name] = torch.full_like(getattr(module, name), fill)
     key = prefix + "g_ref_uS"
     ref = state_dict.get(key)
     if ref is not None and ref.dim() == 3:
@@ -698,7 +783,8 @@ class CrossbarConv2d(CrossbarLayer):
 
     def __init__(self, source: nn.Conv2d, plan: LayerPlan, device: DeviceModel,
                  config: CrossbarConfig, seed: int = 0,
-                 scale: float | torch.Tensor | None = None) -> None:
+                 scale: float | torch.Tensor | None = None,
+                 repair: RepairConfig | None = None) -> None:
         if source.groups != 1:
             raise ValueError(
                 f"layer {plan.name!r}: Conv2d groups={source.groups} is not supported; allowed: "
@@ -719,7 +805,7 @@ class CrossbarConv2d(CrossbarLayer):
         self.stride = source.stride
         self.padding = source.padding
         self.dilation = source.dilation
-        super().__init__(source, plan, device, config, seed, scale)
+        super().__init__(source, plan, device, config, seed, scale, repair)
 
     @property
     def _kernel_area(self) -> int:
@@ -780,7 +866,8 @@ class CrossbarConv1d(CrossbarConv2d):
 
     def __init__(self, source: nn.Conv1d, plan: LayerPlan, device: DeviceModel,
                  config: CrossbarConfig, seed: int = 0,
-                 scale: float | torch.Tensor | None = None) -> None:
+                 scale: float | torch.Tensor | None = None,
+                 repair: RepairConfig | None = None) -> None:
         if isinstance(source.padding, str):
             raise ValueError(
                 f"layer {plan.name!r}: padding={source.padding!r} is not supported; allowed: "
@@ -794,7 +881,7 @@ class CrossbarConv1d(CrossbarConv2d):
             as_2d.weight.copy_(source.weight.unsqueeze(2))
             if source.bias is not None:
                 as_2d.bias.copy_(source.bias)
-        super().__init__(as_2d, plan, device, config, seed, scale)
+        super().__init__(as_2d, plan, device, config, seed, scale, repair)
         self._weight_shape = tuple(source.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

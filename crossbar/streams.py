@@ -19,13 +19,16 @@ import torch
 
 EFFECTS = ("programming", "write_verify", "faults", "drift", "reference_programming",
            "reference_write_verify", "reference_faults", "reference_drift", "read",
-           "adc_noise")
+           "adc_noise", "detection", "reference_detection", "training")
 
 
 def stream_seed(seed: int, layer: str, effect: str) -> int:
-    """A 63-bit seed derived from the chip seed, the layer's name and the effect."""
-    if effect not in EFFECTS:
-        raise ValueError(f"effect={effect!r} is invalid; allowed: one of {EFFECTS}")
+    """A 63-bit seed derived from the chip seed, the layer's name and the effect (an effect
+    drawn per physical tile is named ``<effect>.tile<t>``)."""
+    base, _, part = effect.partition(".")
+    if base not in EFFECTS or (part and not (part.startswith("tile") and part[4:].isdigit())):
+        raise ValueError(f"effect={effect!r} is invalid; allowed: one of {EFFECTS}, "
+                         "optionally with a '.tile<index>' suffix")
     digest = hashlib.blake2b(f"{int(seed)}/{layer}/{effect}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 

@@ -203,7 +203,8 @@ def test_programming_variation_follows_prog_sigma() -> None:
 
 def test_stuck_at_fractions_match_rates() -> None:
     device = crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=101.0, sa0_rate=0.05, sa1_rate=0.1)
-    xl = crossbar.to_crossbar(big_layer(), device, crossbar.CrossbarConfig())
+    xl = crossbar.to_crossbar(big_layer(), device, crossbar.CrossbarConfig(),
+                              repair=crossbar.RepairConfig(compensation=False))  # raw faults
     g_pos = xl.g_uS[0, 0].flatten()[1:]  # nominal 51 uS: any cell at a bound is stuck
     n = g_pos.numel()
     sa0 = float((g_pos == 1.0).sum()) / n

@@ -214,9 +214,10 @@ def stuck_map(layer: crossbar.CrossbarLayer) -> torch.Tensor:
 def test_sweeping_one_effect_keeps_the_others() -> None:
     model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 5))
     base = crossbar.DeviceModel(prog_sigma=0.05, sa0_rate=0.02, sa1_rate=0.02)
-    a = crossbar.to_crossbar(model, base, CONTINUOUS, seed=7)
-    b = crossbar.to_crossbar(model, base.with_(prog_sigma=0.2), CONTINUOUS, seed=7)
-    c = crossbar.to_crossbar(model, base.with_(sa1_rate=0.05), CONTINUOUS, seed=7)
+    raw = crossbar.RepairConfig(compensation=False)  # the streams, not the repair
+    a = crossbar.to_crossbar(model, base, CONTINUOUS, seed=7, repair=raw)
+    b = crossbar.to_crossbar(model, base.with_(prog_sigma=0.2), CONTINUOUS, seed=7, repair=raw)
+    c = crossbar.to_crossbar(model, base.with_(sa1_rate=0.05), CONTINUOUS, seed=7, repair=raw)
     for i in (0, 2):
         assert stuck_map(a[i]).any()
         assert torch.equal(stuck_map(a[i]), stuck_map(b[i]))  # same faults at any spread

@@ -179,9 +179,16 @@ class FaultModel(CellModel):
 
     concern: ClassVar[str] = "faults"
 
+    def stuck(self, uniform: torch.Tensor, device: DeviceModel) -> torch.Tensor:
+        """The conductance each stuck cell holds whatever it is programmed to, NaN for a
+        healthy cell (same shape as ``uniform``)."""
+        raise NotImplementedError
+
     def apply(self, g: torch.Tensor, uniform: torch.Tensor, device: DeviceModel
               ) -> torch.Tensor:
-        raise NotImplementedError
+        """``g`` with the stuck cells at their stuck values."""
+        stuck = self.stuck(uniform, device).to(g.dtype)
+        return torch.where(torch.isnan(stuck), g, stuck)
 
     @property
     def active(self) -> bool:

@@ -35,8 +35,9 @@ class StuckAtFaults(FaultModel):
     def active(self) -> bool:
         return self.sa0_rate > 0 or self.sa1_rate > 0
 
-    def apply(self, g: torch.Tensor, uniform: torch.Tensor, device) -> torch.Tensor:
+    def stuck(self, uniform: torch.Tensor, device) -> torch.Tensor:
         sa0 = uniform < self.sa0_rate
         sa1 = (uniform >= self.sa0_rate) & (uniform < self.sa0_rate + self.sa1_rate)
-        g = torch.where(sa0, torch.full_like(g, device.g_min_uS), g)
-        return torch.where(sa1, torch.full_like(g, device.g_max_uS), g)
+        out = torch.full_like(uniform, float("nan"))
+        out = torch.where(sa0, torch.full_like(out, device.g_min_uS), out)
+        return torch.where(sa1, torch.full_like(out, device.g_max_uS), out)
