@@ -1,5 +1,6 @@
 """Device-level memristor crossbar simulator and hardware cost model."""
 
+from .calibration import calibrate_outputs
 from .cells import WriteVerify
 from .config import CrossbarConfig
 from .convert import (
@@ -46,6 +47,7 @@ __all__ = [
     "Tile",
     "WriteVerify",
     "calibrate",
+    "calibrate_outputs",
     "programming_stats",
     "PulseCost",
     "RepairConfig",

@@ -105,6 +105,13 @@ class CrossbarModel:
         """Calibrate DAC and ADC ranges on a batch of inputs."""
         calibrate(self, inputs)
 
+    def calibrate_outputs(self, reference: nn.Module, inputs: torch.Tensor) -> dict:
+        """Fit per-output digital gains and offsets against ``reference`` (see
+        :func:`crossbar.calibrate_outputs`)."""
+        from .calibration import calibrate_outputs
+
+        return calibrate_outputs(self, reference, inputs)
+
     def set_inference_time(self, t_inference_s: float) -> None:
         """Let the programmed chip drift to ``t_inference_s`` (see :func:`set_inference_time`)."""
         set_inference_time(self, t_inference_s)

@@ -145,3 +145,50 @@ def test_placement_reduces_the_programmed_layer_error():
     assert math.isclose(stats["placement_error_identity"], e_plain, rel_tol=1e-5)
     assert math.isclose(stats["placement_error"], e_placed, rel_tol=1e-5)
     assert e_spares < e_placed < e_plain
+
+
+# ------------------------------------------------------------------ per-chip output calibration
+def _mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def test_output_calibration_recovers_a_known_gain_and_offset():
+    reference = _mlp(0)
+    distorted = _mlp(0)
+    with torch.no_grad():  # chip layer 0 = 2 * ref + 0.3, layer 2 = 0.5 * ref - 1 (per column)
+        distorted[0].weight.mul_(2.0)
+        distorted[0].bias.mul_(2.0).add_(0.3)
+        distorted[2].weight.mul_(0.5)
+        distorted[2].bias.mul_(0.5).sub_(torch.tensor([1.0, -1.0, 0.5, 0.0]))
+    cfg = crossbar.CrossbarConfig(output_calibration=True)
+    chip = crossbar.to_crossbar(distorted, crossbar.DeviceModel.ideal(), cfg)
+    x = torch.randn(300, 12, generator=torch.Generator().manual_seed(1))
+    stats = crossbar.calibrate_outputs(chip, reference, x)
+    assert torch.allclose(chip[0].out_gain, torch.full((8,), 0.5), atol=1e-5)
+    assert torch.allclose(chip[0].out_offset, torch.full((8,), -0.15), atol=1e-5)
+    assert torch.allclose(chip[2].out_gain, torch.full((4,), 2.0), atol=1e-4)
+    assert torch.allclose(chip[2].out_offset, torch.tensor([2.0, -2.0, 1.0, 0.0]), atol=1e-4)
+    assert stats["0"]["rmse_after"] < 1e-4 < stats["0"]["rmse_before"]
+    with torch.no_grad():
+        assert torch.allclose(chip(x), reference(x), atol=1e-4)
+    # stored with the chip's state
+    again = crossbar.to_crossbar(distorted, crossbar.DeviceModel.ideal(), cfg)
+    again.load_state_dict(chip.state_dict())
+    assert torch.equal(again[2].out_gain, chip[2].out_gain)
+
+
+def test_output_calibration_narrows_a_faulty_chip_and_needs_the_switch():
+    reference = _mlp(3)
+    dev = crossbar.DeviceModel(n_levels=16, prog_sigma=0.1, sa1_rate=0.02)
+    x = torch.randn(400, 12, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match="output_calibration=False"):
+        crossbar.calibrate_outputs(crossbar.to_crossbar(reference, dev,
+                                                        crossbar.CrossbarConfig()), reference, x)
+    chip = crossbar.to_crossbar(reference, dev, crossbar.CrossbarConfig(output_calibration=True),
+                                seed=4)
+    with torch.no_grad():
+        before = float((chip(x) - reference(x)).square().mean())
+        stats = chip.calibrate_outputs(reference, x)
+        after = float((chip(x) - reference(x)).square().mean())
+    assert after < before and stats["2"]["rmse_after"] <= stats["2"]["rmse_before"]
