@@ -496,15 +496,17 @@ class Compressor:
     def _epochs(self) -> int:
         return getattr(self.config, f"{STAGES[self.stage]}_epochs")
 
-    def _perturbed(self) -> contextlib.ExitStack:
+    @contextlib.contextmanager
+    def _perturbed(self) -> Iterator[None]:
         """The perturbations of the current stage (``train_noise`` in :data:`NOISE_STAGES`,
         ``perturbation`` in ``config.perturb_stages``), entered together."""
-        stage, stack = STAGES[self.stage], contextlib.ExitStack()
-        if self._noise is not None and stage in NOISE_STAGES:
-            stack.enter_context(self._noise(self.model))
-        if self.perturbation is not None and stage in self.config.perturb_stages:
-            stack.enter_context(self.perturbation(self.model))
-        return stack
+        stage = STAGES[self.stage]
+        with contextlib.ExitStack() as stack:
+            if self._noise is not None and stage in NOISE_STAGES:
+                stack.enter_context(self._noise(self.model))
+            if self.perturbation is not None and stage in self.config.perturb_stages:
+                stack.enter_context(self.perturbation(self.model))
+            yield
 
     def _set_lr(self, lr: float) -> None:
         optimizer = self.optimizer.optimizer if isinstance(self.optimizer, MaskedOptimizer) \
