@@ -15,10 +15,15 @@ Per tile ``t`` of a layer (``r`` live word lines, ``k`` outputs, ``bl`` bit line
     S&H samples, shift-adds, output-register updates = ADC conversions
     input-register bits = M * c * r * b_dac            (b_dac = 1 bit-serial, else dac_bits)
     buffer bits (layer) = M * (live rows * dac_bits + live outputs * output_bits)
+    calibration (output_calibration): M * k multiply-adds, M * k * 2 * calibration_bits
+        register bits read                               (once per output per MVM)
 
-    area = arrays * A_array + r * A_dac + n_adc * (A_adc + A_sa) + bl * A_sh
-           + r * dac_bits * A_ir + k * output_bits * A_or + arrays * A_buffer
+    area = arrays * A_array + spare cells * A_array / (R * C) + r * A_dac
+           + n_adc * (A_adc + A_sa) + bl * A_sh + r * dac_bits * A_ir + k * output_bits * A_or
+           + arrays * A_buffer [+ k * 2 * calibration_bits * A_creg + n_adc * A_mac]
     n_adc = ceil(k * S / cols_per_adc),  arrays = 2 (differential) or 1 (offset)
+    spare cells = (R + spare_rows) * (arrays * C + spare_cols * cpw * S) - arrays * R * C
+        (cpw = cells per weight slice: 2 differential, 1 offset; no read energy)
 
     t_cycle = max(t_array_read, ceil(k * S / n_adc) / f_clock)
     latency(layer) = M * c * max_t t_cycle;  power = energy / latency(model)
@@ -67,7 +72,14 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "input_register": ("bit", "bit"),
     "output_register": ("update", "bit"),
     "buffer": ("bit", "array"),
+    "calibration_register": ("bit read", "bit"),
+    "multiply_add": ("operation", "unit"),
 }
+#: Parts of the area and energy breakdown: the table's kinds plus ``spare_cells`` (the spare
+#: word lines and column groups of each physical array, priced per cell from ``crossbar``).
+PARTS: tuple[str, ...] = ("crossbar", "spare_cells", *[k for k in COMPONENTS if k != "crossbar"])
+#: Kinds a table may leave out: only looked up when the crossbar config uses them.
+OPTIONAL_KINDS = ("calibration_register", "multiply_add")
 #: Selectors that pick one entry of a kind.
 SELECTORS: dict[str, tuple[str, ...]] = {"crossbar": ("rows", "cols"), "dac": ("bits",),
                                          "adc": ("bits",)}
@@ -82,6 +94,8 @@ PLAUSIBLE: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "input_register": ((1e-15, 1e-12), (1e-14, 1e-11)),
     "output_register": ((1e-15, 1e-12), (1e-14, 1e-11)),
     "buffer": ((1e-15, 1e-12), (1e-11, 1e-7)),
+    "calibration_register": ((1e-17, 1e-13), (1e-14, 1e-11)),
+    "multiply_add": ((1e-14, 1e-10), (1e-11, 1e-7)),
 }
 TABLES_DIR = "data"
 
@@ -233,9 +247,12 @@ class CostConfig:
         default_dac_bits, default_adc_bits: resolution costed when the crossbar config leaves
             ``dac_bits`` / ``adc_bits`` as ``None`` (ideal converters still cost hardware).
         output_bits: width of an accumulated output (output register, buffer writes).
+        calibration_bits: width of each of the two per-output registers (gain, offset) of
+            ``CrossbarConfig.output_calibration``.
         baseline_weight_bits, baseline_dac_bits, baseline_adc_bits: precision of the dense,
-            unpruned baseline mapping (default: 8-bit weights, DAC and ADC, the same in the
-            library, the CLI and the Hydra ``cost/isaac`` group).
+            unpruned baseline mapping (default: 8-bit weights, parallel 8-bit DAC, 8-bit ADC,
+            the same in the library, the CLI and the Hydra ``cost/isaac`` group). The baseline
+            never takes the design's converters, spares or calibration: :func:`baseline_config`.
         baseline_cell_bits: bits per cell of the baseline (default 4: 16-level cells, two
             slices per 8-bit weight); ``None`` = the same as the config.
         pipelined: layers run as a pipeline (inference rate = 1 / slowest layer) instead of
@@ -250,6 +267,7 @@ class CostConfig:
     default_dac_bits: int = 8
     default_adc_bits: int = 8
     output_bits: int = 16
+    calibration_bits: int = 16
     baseline_weight_bits: int = 8
     baseline_dac_bits: int = 8
     baseline_adc_bits: int = 8
@@ -266,6 +284,7 @@ class CostConfig:
                     "baseline_adc_bits"):
             check_int(key, getattr(self, key), 1, 32)
         check_int("output_bits", self.output_bits, 1, 64)
+        check_int("calibration_bits", self.calibration_bits, 1, 64)
         check_int("baseline_weight_bits", self.baseline_weight_bits, 1, 32)
         check_optional_int("baseline_cell_bits", self.baseline_cell_bits, 1,
                            self.baseline_weight_bits)
@@ -299,6 +318,7 @@ class LayerCost:
     word_lines: int
     bit_lines: int
     devices: int
+    spare_devices: int
     weight_slices: int
     dacs: int
     adcs: int
@@ -308,6 +328,8 @@ class LayerCost:
     adc_conversions: int
     array_reads: int
     cells_read: int
+    calibration_register_bits: int
+    calibration_ops: int
     latency_ns: float
     area_um2: dict[str, float]
     energy_pJ: dict[str, float]
@@ -345,12 +367,25 @@ def _mvms(layer: LayerPlan, cost: CostConfig) -> int:
     return cost.assume_mvms_per_sample
 
 
+def spare_cells_per_tile(layer: LayerPlan, xbar: CrossbarConfig) -> int:
+    """Physical cells a tile has beyond its ``arrays x R x C``: ``spare_rows`` extra word lines
+    across all of its bit lines and ``spare_cols`` extra output column groups
+    (``cells_per_weight x weight_slices`` bit lines each, split over the tile's arrays) across
+    all of its word lines:
+    ``(R + spare_rows) (arrays C + spare_cols cpw S) - arrays R C``."""
+    bit_lines = layer.style.arrays_per_tile * layer.tile_cols
+    spare_bit_lines = xbar.spare_cols * layer.columns_per_output
+    return ((layer.tile_rows + xbar.spare_rows) * (bit_lines + spare_bit_lines)
+            - layer.tile_rows * bit_lines)
+
+
 def layer_cost(
     layer: LayerPlan, xbar: CrossbarConfig, cost: CostConfig, table: ComponentTable
 ) -> LayerCost:
     """Area, energy per inference and latency of one layer (equations: module docstring).
 
-    ``xbar`` gives the converter precisions and bit-serial mode the plan was built for.
+    ``xbar`` gives the converter precisions and bit-serial mode the plan was built for, the
+    spare lines of each tile and whether outputs are calibrated digitally.
     """
     check_plan(layer, xbar)
     dac_bits = _bits(xbar.dac_bits, cost.default_dac_bits)
@@ -366,6 +401,7 @@ def layer_cost(
     sh, sa = table.get("sample_hold"), table.get("shift_add")
     ir, orr, buf = table.get("input_register"), table.get("output_register"), table.get("buffer")
     cell_J = xb.energy_J / (layer.tile_rows * layer.tile_cols)
+    cell_m2 = xb.area_m2 / (layer.tile_rows * layer.tile_cols)
     read_s = xb.latency_s or 0.0
     clock_s = 1e-6 / cost.clock_MHz
 
@@ -375,6 +411,7 @@ def layer_cost(
     adcs_per_tile = layer.adcs_per_tile(cost.cols_per_adc)
     n_adcs = sum(adcs_per_tile)
     arrays = arrays_per_tile * layer.n_tiles
+    spare_cells = layer.n_tiles * spare_cells_per_tile(layer, xbar)
     t_cycle = max(
         (max(read_s, math.ceil(t.n_cols * layer.weight_slices / n) * clock_s)
          for t, n in zip(layer.tiles, adcs_per_tile, strict=True)),
@@ -383,10 +420,14 @@ def layer_cost(
     per_mvm = mvms * cycles
     conversions = per_mvm * signals
     buffer_bits = mvms * (len(layer.live_rows) * dac_bits + len(layer.live_cols) * cost.output_bits)
+    calib_bits = 2 * cost.calibration_bits * outputs if xbar.output_calibration else 0
+    calib_ops = mvms * outputs if xbar.output_calibration else 0
+    creg, mac = _calibration_parts(table, xbar.output_calibration)
 
     um2, pJ = 1e12, 1e12
     area = {
         "crossbar": arrays * xb.area_m2 * um2,
+        "spare_cells": spare_cells * cell_m2 * um2,
         "dac": rows * dac.area_m2 * um2,
         "adc": n_adcs * adc.area_m2 * um2,
         "sample_hold": bit_lines * sh.area_m2 * um2,
@@ -394,9 +435,12 @@ def layer_cost(
         "input_register": rows * dac_bits * ir.area_m2 * um2,
         "output_register": outputs * cost.output_bits * orr.area_m2 * um2,
         "buffer": arrays * buf.area_m2 * um2,
+        "calibration_register": calib_bits * creg.area_m2 * um2,
+        "multiply_add": (n_adcs if xbar.output_calibration else 0) * mac.area_m2 * um2,
     }
     energy = {
         "crossbar": per_mvm * cells * cell_J * pJ,
+        "spare_cells": 0.0,  # spare lines are neither driven nor sensed
         "dac": per_mvm * rows * dac.energy_J * pJ,
         "adc": conversions * adc.energy_J * pJ,
         "sample_hold": conversions * sh.energy_J * pJ,
@@ -404,6 +448,8 @@ def layer_cost(
         "input_register": per_mvm * rows * drive_bits * ir.energy_J * pJ,
         "output_register": conversions * orr.energy_J * pJ,
         "buffer": buffer_bits * buf.energy_J * pJ,
+        "calibration_register": mvms * calib_bits * creg.energy_J * pJ,
+        "multiply_add": calib_ops * mac.energy_J * pJ,
     }
     return LayerCost(
         name=layer.name,
@@ -414,6 +460,7 @@ def layer_cost(
         word_lines=rows,
         bit_lines=bit_lines,
         devices=layer.n_devices,
+        spare_devices=spare_cells,
         weight_slices=layer.weight_slices,
         dacs=rows,
         adcs=n_adcs,
@@ -423,10 +470,23 @@ def layer_cost(
         adc_conversions=conversions,
         array_reads=per_mvm * layer.n_tiles,
         cells_read=per_mvm * cells,
+        calibration_register_bits=calib_bits,
+        calibration_ops=calib_ops,
         latency_ns=per_mvm * t_cycle * 1e9,
         area_um2=area,
         energy_pJ=energy,
     )
+
+
+_NONE = Component("none", (), 0.0, 0.0, "not used")
+
+
+def _calibration_parts(table: ComponentTable, used: bool) -> tuple[Component, Component]:
+    """The table's calibration register and multiply-add entries, looked up only when output
+    calibration is on (a table without them serves every other config)."""
+    if not used:
+        return _NONE, _NONE
+    return table.get("calibration_register"), table.get("multiply_add")
 
 
 # ------------------------------------------------------------------------------- per model
@@ -480,8 +540,8 @@ class ModelCost:
         return self.total_energy_nJ * 1e-9 * self.inferences_per_s * 1e3
 
     def totals(self) -> dict:
-        keys = ("tiles", "arrays", "devices", "dacs", "adcs", "dac_drives", "adc_conversions",
-                "array_reads")
+        keys = ("tiles", "arrays", "devices", "spare_devices", "dacs", "adcs", "dac_drives",
+                "adc_conversions", "array_reads", "calibration_register_bits", "calibration_ops")
         data: dict = {k: self._sum(k) for k in keys}
         data.update(
             area_mm2=self.total_area_mm2,
@@ -500,7 +560,7 @@ class ModelCost:
 
 
 def _sum_dicts(dicts) -> dict[str, float]:
-    out = {k: 0.0 for k in COMPONENTS}
+    out = {k: 0.0 for k in PARTS}
     for d in dicts:
         for k, v in d.items():
             out[k] += v
@@ -522,12 +582,45 @@ def model_cost(
 
 # -------------------------------------------------------------------------------- baseline
 def baseline_config(xbar: CrossbarConfig, cost: CostConfig) -> CrossbarConfig:
-    """The crossbar config of the baseline: same tiles and mapping, baseline precision."""
+    """The one cost baseline's crossbar config: the design's tile size and mapping, and
+    nothing else of the design. Weights of ``baseline_weight_bits`` on ``baseline_cell_bits``
+    cells (``None``: the design's), a *parallel* ``baseline_dac_bits`` DAC and a
+    ``baseline_adc_bits`` ADC, no spare lines, no output calibration, ideal array. The
+    design's ``dac``, ``dac_bits``, ``adc_bits``, spares and calibration never reach it, so
+    every design of a model is compared with the same numbers."""
     cell_bits = xbar.cell_bits if cost.baseline_cell_bits is None else cost.baseline_cell_bits
     if cell_bits is not None:
         cell_bits = min(cell_bits, cost.baseline_weight_bits)
-    return xbar.with_(weight_bits=cost.baseline_weight_bits, dac_bits=cost.baseline_dac_bits,
-                      adc_bits=cost.baseline_adc_bits, cell_bits=cell_bits)
+    return CrossbarConfig(tile_rows=xbar.tile_rows, tile_cols=xbar.tile_cols,
+                          mapping=xbar.mapping, weight_bits=cost.baseline_weight_bits,
+                          cell_bits=cell_bits, dac="parallel", dac_bits=cost.baseline_dac_bits,
+                          adc_bits=cost.baseline_adc_bits)
+
+
+def baseline_description(cost: CostConfig) -> str:
+    """One sentence naming the baseline, written into every report."""
+    cells = (f"{cost.baseline_cell_bits}-bit cells" if cost.baseline_cell_bits is not None
+             else "the design's cells")
+    return (f"dense, unpruned model (every crossbar-mapped layer), {cost.baseline_weight_bits}"
+            f"-bit weights on {cells}, {cost.baseline_dac_bits}-bit inputs through parallel "
+            f"{cost.baseline_dac_bits}-bit DACs, {cost.baseline_adc_bits}-bit ADCs, no spare "
+            "lines or output calibration; same tile size, mapping, component table, clock and "
+            "ADC sharing as the design, whatever converters the design uses")
+
+
+def baseline_cost(
+    plan: MappingPlan,
+    xbar: CrossbarConfig,
+    cost: CostConfig | None = None,
+    table: str | os.PathLike | Mapping | ComponentTable | None = None,
+) -> ModelCost:
+    """Cost of the baseline (:func:`baseline_config`) of ``plan``'s model: each layer re-planned
+    dense with the baseline config, ``mvms_per_sample`` kept. The only baseline costing; the
+    library, ``python -m crossbar.report`` and the Hydra pipeline all reach it through
+    :func:`estimate`."""
+    cost = cost or CostConfig()
+    base_xbar = baseline_config(xbar, cost)
+    return model_cost(dense_plan(plan, base_xbar), base_xbar, cost, table)
 
 
 def dense_plan(plan: MappingPlan, xbar: CrossbarConfig) -> MappingPlan:
@@ -572,6 +665,8 @@ class CostEstimate:
         return {
             "crossbar_config": self.xbar.to_dict(),
             "cost_config": self.cost.to_dict(),
+            "baseline_description": baseline_description(self.cost),
+            "baseline_crossbar_config": baseline_config(self.xbar, self.cost).to_dict(),
             "compressed": self.compressed.to_dict(),
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "reduction": self.reduction,
@@ -585,13 +680,13 @@ def estimate(
     table: str | os.PathLike | Mapping | ComponentTable | None = None,
     baseline: bool = True,
 ) -> CostEstimate:
-    """Cost of ``plan`` and, with ``baseline``, of the dense unpruned model at baseline
-    precision (same tiles, mapping and table) with the reductions."""
+    """Cost of ``plan`` and, with ``baseline``, of the baseline (:func:`baseline_cost`: the
+    dense unpruned model at the baseline precision, independent of the design's converters)
+    with the reductions."""
     cost = cost or CostConfig()
     tab = load_table(cost.table if table is None else table)
     compressed = model_cost(plan, xbar, cost, tab)
     if not baseline:
         return CostEstimate(compressed, None, None, xbar, cost)
-    base_xbar = baseline_config(xbar, cost)
-    base = model_cost(dense_plan(plan, base_xbar), base_xbar, cost, tab)
+    base = baseline_cost(plan, xbar, cost, tab)
     return CostEstimate(compressed, base, reduction(compressed, base), xbar, cost)

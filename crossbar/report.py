@@ -27,11 +27,12 @@ import torch  # noqa: E402
 
 from .config import CrossbarConfig  # noqa: E402
 from .cost import (  # noqa: E402
-    COMPONENTS,
+    PARTS,
     ComponentTable,
     CostConfig,
     CostEstimate,
     ModelCost,
+    baseline_description,
     estimate,
     load_table,
     model_cost,
@@ -40,8 +41,9 @@ from .io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from .plan import MappingPlan, plan_layer  # noqa: E402
 
 LAYER_COLUMNS = ("tiles", "arrays", "live_rows", "live_cols", "word_lines", "bit_lines",
-                 "devices", "weight_slices", "dacs", "adcs", "mvms_per_sample", "input_cycles",
-                 "dac_drives", "adc_conversions", "array_reads", "cells_read", "latency_ns")
+                 "devices", "spare_devices", "weight_slices", "dacs", "adcs", "mvms_per_sample",
+                 "input_cycles", "dac_drives", "adc_conversions", "array_reads", "cells_read",
+                 "calibration_register_bits", "calibration_ops", "latency_ns")
 
 
 # ------------------------------------------------------------------------------ csv / md
@@ -101,20 +103,25 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
         f"DAC {x.dac_bits if x.dac_bits is not None else est.cost.default_dac_bits} bit"
         f"{' (bit-serial)' if x.bit_serial else ''}, "
         f"ADC {x.adc_bits if x.adc_bits is not None else est.cost.default_adc_bits} bit"
-        f"{' (ideal in the simulator; costed at the default)' if x.adc_bits is None else ''}.",
+        f"{' (ideal in the simulator; costed at the default)' if x.adc_bits is None else ''}; "
+        f"spare word lines / output column groups per tile {x.spare_rows} / {x.spare_cols}; "
+        f"output calibration {'on' if x.output_calibration else 'off'}.",
         "Equations and assumptions: docs/cost_model.md.",
+        "",
+        f"Baseline: {baseline_description(est.cost)}." if b else "No baseline was costed.",
         "",
         "## Per layer (compressed)",
         "",
         "| layer | tiles | live rows | live cols | DACs | ADCs | slices | ADC conv. | "
-        "area (mm2) | energy (nJ) | latency (us) |"
+        "spare devices | calib. MACs | area (mm2) | energy (nJ) | latency (us) |"
         + (" dense tiles | dense energy (nJ) |" if b else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if b else ""),
+        "|---|" + "---:|" * 12 + ("---:|---:|" if b else ""),
     ]
     base_by_name = {layer.name: layer for layer in b.layers} if b else {}
     for layer in c.layers:
         row = (f"| {layer.name} | {layer.tiles} | {layer.live_rows} | {layer.live_cols} | "
                f"{layer.dacs} | {layer.adcs} | {layer.weight_slices} | {layer.adc_conversions} | "
+               f"{layer.spare_devices} | {layer.calibration_ops} | "
                f"{_fmt(layer.total_area_um2 * 1e-6)} | {_fmt(layer.total_energy_pJ * 1e-3)} | "
                f"{_fmt(layer.latency_ns * 1e-3)} |")
         if b:
@@ -138,15 +145,8 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
         lines.append(row)
     lines += ["", "## Breakdown by component (compressed)", "",
               "| component | area (mm2) | energy (nJ) |", "|---|---:|---:|"]
-    for k in COMPONENTS:
+    for k in PARTS:
         lines.append(f"| {k} | {_fmt(c.area_um2[k] * 1e-6)} | {_fmt(c.energy_pJ[k] * 1e-3)} |")
-    if b:
-        cells = est.cost.baseline_cell_bits
-        lines += ["", f"Baseline: the same layers dense and unpruned, weight bits "
-                  f"{est.cost.baseline_weight_bits} on "
-                  + (f"{cells}-bit cells" if cells is not None else "the config's cells")
-                  + f", DAC {est.cost.baseline_dac_bits} bit, "
-                  f"ADC {est.cost.baseline_adc_bits} bit, same tiles, mapping and table."]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -182,7 +182,7 @@ def _breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
     variants = [("compressed", c)] + ([("dense baseline", b)] if b else [])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     bottoms = [0.0] * len(variants)
-    for comp in COMPONENTS:
+    for comp in PARTS:
         vals = [getattr(m, attr)[comp] * scale for _, m in variants]
         ax.bar([v for v, _ in variants], vals, bottom=bottoms, label=comp)
         bottoms = [x + y for x, y in zip(bottoms, vals, strict=True)]
@@ -275,7 +275,7 @@ def isaac_tile_comparison(table: str | os.PathLike | Mapping | ComponentTable = 
     out["gap_modelled_rows_area_pct"] = 100 * (mc.total_area_mm2 / paper_area - 1)
     out["gap_tile_power_pct"] = 100 * (mc.power_mW / out["paper_tile_power_mW"] - 1)
     out["gap_tile_area_pct"] = 100 * (mc.total_area_mm2 / out["paper_tile_area_mm2"] - 1)
-    for comp in COMPONENTS:
+    for comp in PARTS:
         out[f"model_power_mW_{comp}"] = mc.energy_pJ[comp] / mc.latency_ns
         out[f"model_area_mm2_{comp}"] = mc.area_um2[comp] * 1e-6
     return out

@@ -402,7 +402,8 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         lines.append(f"| {key} ({unit}) | {_fmt(m[f'{key}_{unit}'])} | "
                      f"{_fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% |")
     prog = m["programming"]
-    lines += ["", "Full cost report: [cost/report.md](cost/report.md).", "",
+    lines += ["", f"Baseline: {m['cost_baseline']}." if "cost_baseline" in m else "",
+              "", "Full cost report: [cost/report.md](cost/report.md).", "",
               "## Programming a chip (mean over chips)", "",
               f"- {prog['cells']:.0f} cells, " + (
                   f"write-verify: {prog['pulses_per_cell']:.2f} pulses per cell, "
@@ -499,6 +500,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "area_mm2": comp["area_mm2"], "energy_nJ": comp["energy_nJ"],
         "power_mW": comp["power_mW"], "baseline_area_mm2": base["area_mm2"],
         "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
+        "cost_baseline": cost["baseline_description"],
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,
         "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),

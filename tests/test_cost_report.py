@@ -119,4 +119,8 @@ def test_cli_run_reproduces_a_runs_cost_numbers(tmp_path):
     again = json.loads((run / "cost_rerun" / "cost.json").read_text())
     assert again["compressed"]["totals"] == first["compressed"]["totals"]
     assert again["reduction"] == first["reduction"]
-    assert "8 on 4-bit cells" in (run / "cost_rerun" / "report.md").read_text()
+    assert again["baseline"]["totals"] == first["baseline"]["totals"]
+    report = (run / "cost_rerun" / "report.md").read_text()
+    assert "Baseline: dense, unpruned model" in report
+    assert "8-bit weights on 4-bit cells, 8-bit inputs through parallel 8-bit DACs" in report
+    assert again["baseline_crossbar_config"]["dac"] == "parallel"
