@@ -15,8 +15,13 @@ pre-activation of the same layer on the same inputs; in closed form
 
     a_o = cov(y_chip, y_ref) / var(y_chip),   b_o = mean(y_ref) - a_o * mean(y_chip)
 
-(``a_o = 1`` when the column's output does not vary). The layer then outputs
-``a * y + b``: two registers per output column and one multiply-add per output, which the
+(``a_o = 1`` when the column's output does not vary). This is the correction with the least
+mean squared error on the calibration data, so it also shrinks a column whose error does not
+follow its signal (e.g. random missing weights) instead of amplifying that error, as the
+inverse fit (the chip regressed on the software, then inverted) would. The reference outputs
+are copied when captured: an in-place activation after the layer would overwrite them. The
+layer then outputs ``a * y + b``: two registers per output column and one
+multiply-add per output, which the
 cost model charges (``CrossbarConfig.output_calibration``). The gains and offsets are buffers
 of the layers, so they are saved with the chip's state dict.
 """
@@ -84,7 +89,8 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
     # the reference's pre-activations, and the order in which the chip runs its layers
     targets: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     hooks = [ref_modules[name].register_forward_hook(
-        lambda m, i, o, name=name: targets[name].append(o.detach())) for name in layers]
+        lambda m, i, o, name=name: targets[name].append(o.detach().clone()))  # before any
+        for name in layers]  # in-place activation overwrites it
     try:
         for batch in _batches(inputs, batch_size):
             reference(batch.to(next(reference.parameters()).device))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 
 from admm import CompressConfig, LayerConstraint
-from crossbar import CrossbarConfig, DeviceModel
+from crossbar import CrossbarConfig, DeviceModel, RepairConfig, WriteVerify
 from crossbar.cost import CostConfig
 from crossbar.device import SHORTHANDS as DEVICE_SHORTHANDS
 from experiments.allocation import AllocationSettings
@@ -51,12 +51,13 @@ TORCH_DEVICES = ("auto", "cpu", "cuda")
 SWEEPABLE = ("g_min_uS", "g_max_uS", "n_levels", "t_inference_s", "prog_sigma", "read_sigma",
              "sa0_rate", "sa1_rate") + tuple(
     f.name for f in dataclasses.fields(CrossbarConfig)
-    if f.name not in ("mapping", "adc_range", "dac", "drift_compensation", "array")) + (
-    "r_wire_ohm",)
+    if f.name not in ("mapping", "adc_range", "dac", "drift_compensation", "array",
+                      "spare_rows", "spare_cols", "output_calibration")) + ("r_wire_ohm",)
 """Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields, the
-0.1 shorthands, and any ``<effect>.<field>`` of the device's cell models (``EFFECT_KEY``)."""
+0.1 shorthands, any ``<effect>.<field>`` of the device's cell models (``EFFECT_KEY``), and
+``robustness.<field>`` (repair and calibration steps)."""
 EFFECT_KEY = re.compile(
-    r"^(programming|read_noise|drift|faults|write_verify|array)\.[a-zA-Z_]\w*$")
+    r"^(programming|read_noise|drift|faults|write_verify|array|robustness)\.[a-zA-Z_]\w*$")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -309,6 +310,66 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class RobustnessSettings:
+    """Keeping the compressed model's accuracy on imperfect chips (``robustness`` group; see
+    docs/robustness.md): repair at programming (``compensation``: null = on when the device has
+    stuck-at faults; ``placement``; ``miss_rate`` of the test read; ``spare_rows`` /
+    ``spare_cols`` per tile), per-chip ``output_calibration`` on ``calibration_samples``
+    training images, ``hardware_aware`` retraining (the simulator in the forward pass during
+    the stages ``admm.perturb_stages``), ``write_verify`` (null: the device's own setting; a
+    mapping of :class:`crossbar.WriteVerify` fields turns it on), and an ``ablation`` of the
+    chip accuracy without each step on ``ablation_chips`` chips."""
+
+    compensation: bool | None = None
+    placement: bool = True
+    miss_rate: float = 0.0
+    spare_rows: int = 0
+    spare_cols: int = 0
+    output_calibration: bool = True
+    calibration_samples: int = 512
+    hardware_aware: bool = True
+    write_verify: dict | None = None
+    ablation: bool = True
+    ablation_chips: int = 5
+
+    def __post_init__(self) -> None:
+        for key in ("placement", "output_calibration", "hardware_aware", "ablation"):
+            if not isinstance(getattr(self, key), bool):
+                _fail(key, getattr(self, key), "true or false")
+        if self.compensation is not None and not isinstance(self.compensation, bool):
+            _fail("compensation", self.compensation, "true, false or null (auto)")
+        _check_range("miss_rate", self.miss_rate, 0.0, 1.0)
+        _check_range("spare_rows", self.spare_rows, 0, 4096)
+        _check_range("spare_cols", self.spare_cols, 0, 4096)
+        _check_range("calibration_samples", self.calibration_samples, 2, 100_000)
+        _check_range("ablation_chips", self.ablation_chips, 1, 10_000)
+        if self.write_verify is not None:
+            if not isinstance(self.write_verify, Mapping):
+                _fail("write_verify", self.write_verify,
+                      "null or a mapping of tolerance_uS, max_pulses, pulse_sigma")
+            _library("write_verify", lambda d: WriteVerify(**d), _known(
+                "write_verify", self.write_verify, WriteVerify))
+
+    def repair(self) -> RepairConfig:
+        """The library's repair settings."""
+        return RepairConfig(compensation=self.compensation, placement=self.placement,
+                            miss_rate=self.miss_rate)
+
+    def apply(self, device: DeviceModel, xbar: CrossbarConfig
+              ) -> tuple[DeviceModel, CrossbarConfig]:
+        """The device (write-verify) and crossbar (spares, output calibration) these settings
+        make."""
+        if self.write_verify is not None:
+            device = device.with_(write_verify=WriteVerify(**self.write_verify))
+        return device, xbar.with_(spare_rows=self.spare_rows, spare_cols=self.spare_cols,
+                                  output_calibration=self.output_calibration)
+
+
+ROBUSTNESS_KEYS = ("spare_rows", "spare_cols", "output_calibration")
+"""CrossbarConfig fields set by the robustness group (refused in the crossbar group)."""
+
+
+@dataclass(frozen=True)
 class StudySettings:
     """Device study: ``source`` is a finished compress run directory (dense.pt, compressed.pt,
     plan.json) or ``None`` to pretrain and compress first; ``sweeps`` maps a setting (a
@@ -327,7 +388,7 @@ class StudySettings:
                 _fail(f"sweeps.{key}", values,
                       "a key among " + ", ".join(SWEEPABLE + ("sa_rate",))
                       + " or <effect>.<field> (e.g. programming.scale, drift.scale, "
-                      "write_verify.tolerance_uS, array.r_sense_ohm)")
+                      "write_verify.tolerance_uS, array.r_sense_ohm, robustness.placement)")
             if not isinstance(values, list) or not values:
                 _fail(f"sweeps.{key}", values, "a non-empty list of values")
         for m in self.models:
@@ -355,6 +416,7 @@ class CompressExperiment:
     obc: ObcSettings = field(default_factory=ObcSettings)
     allocation: AllocationSettings | None = None
     resume: bool = False
+    robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
 
     def __post_init__(self) -> None:
         """Weights are quantized onto levels the device can hold: an integer level count in
@@ -389,11 +451,13 @@ _TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "cross
         "eval")
 
 
-_OPTIONAL = ("compressor", "obc", "allocation", "resume")
+_OPTIONAL = ("compressor", "obc", "allocation", "resume", "robustness")
 """Top-level keys with defaults: ``compressor`` (admm | obc), the ``obc`` block
 (``experiments.posttraining.ObcSettings``), ``allocation`` (null or
 ``experiments.allocation.AllocationSettings``), ``resume`` (continue the run directory's
-last checkpoint, ``experiments.guard.check_run_dir``)."""
+last checkpoint, ``experiments.guard.check_run_dir``), ``robustness``
+(:class:`RobustnessSettings`: its device and crossbar settings are applied to ``device`` and
+``crossbar``)."""
 
 
 def _compressor(value: object) -> str:
@@ -443,6 +507,16 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
     seed = data["seed"]
     if not _type_ok(seed, int) or seed < 0:
         _fail("seed", seed, "an integer >= 0")
+    for key in ROBUSTNESS_KEYS:
+        if key in (data["crossbar"] or {}):
+            _fail(f"crossbar.{key}", data["crossbar"][key],
+                  f"not set in the crossbar group; use robustness.{key}")
+    robustness = build(RobustnessSettings, data.get("robustness"), "robustness")
+    device, xbar = robustness.apply(
+        _library("device", _device, _known("device", data["device"], DeviceModel, "preset",
+                                           *DEVICE_SHORTHANDS)),
+        _library("crossbar", CrossbarConfig.from_dict,
+                 _known("crossbar", data["crossbar"], CrossbarConfig, "bit_serial")))
     return dict(
         seed=seed,
         runtime=build(RuntimeSettings, data["runtime"], "runtime"),
@@ -450,10 +524,8 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         dataset=build(DatasetSettings, data["dataset"], "dataset"),
         train=build(TrainSettings, data["train"], "train"),
         admm=build(AdmmSettings, data["admm"], "admm"),
-        device=_library("device", _device, _known("device", data["device"], DeviceModel,
-                                                  "preset", *DEVICE_SHORTHANDS)),
-        crossbar=_library("crossbar", CrossbarConfig.from_dict,
-                          _known("crossbar", data["crossbar"], CrossbarConfig, "bit_serial")),
+        device=device,
+        crossbar=xbar,
         cost=_library("cost", CostConfig.from_dict, _known("cost", data["cost"], CostConfig)),
         eval=build(EvalSettings, data["eval"], "eval"),
         raw=data,
@@ -462,6 +534,7 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         allocation=None if data.get("allocation") is None
         else build(AllocationSettings, data["allocation"], "allocation"),
         resume=_resume(data.get("resume", False)),
+        robustness=robustness,
     )
 
 

@@ -60,10 +60,16 @@ CHECKPOINTS = ("pretrain_state.pt", "dense.pt", "admm_state.pt", "compressed.pt"
 DENSE_KEYS = ("seed", "model", "dataset", "train")
 """Config sections the dense model depends on (fingerprint of pretrain_state.pt, dense.pt)."""
 
-UNFINGERPRINTED = ("runtime", "eval", "resume", "study")
+UNFINGERPRINTED = ("runtime", "eval", "resume", "study", "robustness")
 """Sections that never change the compressed weights; every other section (``device``,
-``crossbar`` and ``cost`` included: the budgeted allocation reads them) is in the fingerprint of
-the compression checkpoints (admm_state.pt, compressed.pt)."""
+``crossbar`` and ``cost`` included: the budgeted allocation and hardware-aware retraining read
+them) is in the fingerprint of the compression checkpoints (admm_state.pt, compressed.pt). Of
+``robustness`` only ``hardware_aware`` and the repair settings it trains with are (the rest acts
+after compression)."""
+
+TRAINING_ROBUSTNESS = ("hardware_aware", "compensation", "placement", "miss_rate", "spare_rows",
+                       "spare_cols", "write_verify")
+"""``robustness`` keys that change the compressed weights when ``hardware_aware`` is on."""
 
 
 class Terminated(SystemExit):
@@ -75,7 +81,10 @@ def fingerprint(exp: CompressExperiment, keys: Iterable[str] | None = None) -> d
     plain data, stored in checkpoints and compared on resume."""
     raw = exp.raw
     names = list(keys) if keys is not None else [k for k in raw if k not in UNFINGERPRINTED]
-    return {k: raw[k] for k in names if k in raw}
+    fp = {k: raw[k] for k in names if k in raw}
+    if keys is None and exp.robustness.hardware_aware:
+        fp["robustness"] = {k: getattr(exp.robustness, k) for k in TRAINING_ROBUSTNESS}
+    return fp
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:

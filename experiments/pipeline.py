@@ -43,11 +43,15 @@ from crossbar import (  # noqa: E402
     CrossbarConfig,
     DeviceModel,
     MappingPlan,
+    RepairConfig,
+    calibrate_outputs,
     plan_model,
     programming_cost,
     programming_stats,
     to_crossbar,
 )
+from crossbar.convert import crossbar_modules  # noqa: E402
+from crossbar.hardware_aware import HardwareAware  # noqa: E402
 from crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crossbar.report import write_cost_report  # noqa: E402
 from experiments.allocation import (  # noqa: E402
@@ -57,6 +61,7 @@ from experiments.allocation import (  # noqa: E402
 )
 from experiments.config import (  # noqa: E402
     CompressExperiment,
+    RobustnessSettings,
     StudyExperiment,
     load_compress_config,
     load_study_config,
@@ -219,8 +224,14 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
         load_model_state(model, state["model"], target)
         return state["masks"], state["scales"], state["history"]
     config = exp.admm.compress_config(progress=exp.runtime.progress)
+    perturbation = None
+    if exp.robustness.hardware_aware:  # the chip in the forward pass of the retraining stages
+        perturbation = HardwareAware(exp.device, exp.crossbar, repair=exp.robustness.repair())
+        _log.info("hardware-aware retraining in stages %s: %s", ", ".join(
+            config.perturb_stages), exp.device.describe())
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
-                      checkpoint=run_dir / "admm_state.pt", fingerprint=fp)
+                      checkpoint=run_dir / "admm_state.pt", fingerprint=fp,
+                      perturbation=perturbation)
     save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
                  "levels": result.levels, "history": result.history, "fingerprint": fp}, target)
     return result.masks, result.scales, result.history
@@ -239,29 +250,87 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                     xbar: CrossbarConfig, calibration: torch.Tensor, test: DataLoader,
                     chips: int, seed: int, progress: bool = False, desc: str = "chips",
                     scales: Mapping[str, float | torch.Tensor] | None = None,
-                    programming: list[dict] | None = None) -> list[float]:
+                    programming: list[dict] | None = None, repair: RepairConfig | None = None,
+                    outputs: torch.Tensor | None = None,
+                    repairs: list[dict] | None = None) -> list[float]:
     """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
-    ``seed .. seed + chips - 1``), each calibrated on ``calibration`` right after programming
-    and evaluated ``device.t_inference_s`` later (drift). ``scales``: the
-    quantizer's scales, so a quantized model's level grid is the device's. ``programming``:
-    a list that receives each chip's programming cost (pulses, energy, time)."""
+    ``seed .. seed + chips - 1``), each repaired (``repair``) and calibrated on
+    ``calibration`` right after programming, its output columns then calibrated against
+    ``model`` on ``outputs`` (when ``xbar.output_calibration``), and evaluated
+    ``device.t_inference_s`` later (drift). ``scales``: the quantizer's scales, so a quantized model's level grid is
+    the device's. ``programming`` / ``repairs``: lists that receive each chip's programming
+    cost (pulses, energy, time) / repair and calibration statistics."""
+    if xbar.output_calibration and outputs is None:
+        raise ValueError("chip_accuracies: output_calibration needs calibration images "
+                         "(outputs=...)")
     # converters are calibrated when a chip is programmed (t = 0); the chip then drifts
     t_inference = device.t_inference_s
     xmodel = to_crossbar(model, device.with_(t_inference_s=0.0), xbar, calibration=calibration,
-                         seed=seed, plan=plan, scales=scales)
+                         seed=seed, plan=plan, scales=scales, repair=repair)
     accs = []
     for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
         if i:
             xmodel.set_inference_time(0.0)
             xmodel.program(seed + i)  # recalibrates on the stored calibration batch
+        if xbar.output_calibration:  # digital gain/offset per output, once after programming
+            fitted = calibrate_outputs(xmodel, model, outputs)
         if t_inference > 0:
             xmodel.set_inference_time(t_inference)
+        if repairs is not None:
+            stats = [m.repair_stats for _, m in crossbar_modules(xmodel)]
+            repairs.append({k: sum(s.get(k, 0) for s in stats)
+                            for k in ("stuck", "detected", "compensated",
+                                      "placement_error_identity", "placement_error")}
+                           | ({"output_rmse_before": sum(f["rmse_before"]
+                                                         for f in fitted.values()),
+                               "output_rmse_after": sum(f["rmse_after"]
+                                                        for f in fitted.values())}
+                              if xbar.output_calibration else {}))
         if programming is not None:
             cost = programming_cost(programming_stats(xmodel),
                                     verified=device.write_verify is not None)
             programming.append({k: v for k, v in cost.items() if k != "assumptions"})
         accs.append(evaluate(xmodel, test))
     return accs
+
+
+def robustness_ablation(model: nn.Module, plan: MappingPlan, exp: CompressExperiment,
+                        calibration: torch.Tensor, outputs: torch.Tensor | None,
+                        test: DataLoader, scales: Mapping, accs: list[float]) -> list[dict]:
+    """Chip accuracy on the first ``robustness.ablation_chips`` chips as the repair steps are
+    added one at a time (as mapped -> + compensation -> + placement -> + output calibration,
+    each only when the configuration uses it), and without write-verify when it is on; the
+    last step is the configured procedure (the main result's chips). Hardware-aware retraining
+    changes the model itself: its effect is measured by a second run with
+    ``robustness.hardware_aware=false``."""
+    rob, device, xbar = exp.robustness, exp.device, exp.crossbar
+    n = min(rob.ablation_chips, exp.eval.chips)
+    if not rob.ablation or ideal_device(device) == device.with_(t_inference_s=0.0):
+        return []
+    compensates = rob.repair().compensates(device)
+    steps = [("as mapped", RepairConfig(compensation=False), False)]
+    if compensates:
+        steps.append(("+ pair compensation", RepairConfig(compensation=True,
+                                                          miss_rate=rob.miss_rate), False))
+    if rob.placement and device.active("faults"):
+        steps.append(("+ fault-aware placement", rob.repair(), False))
+    rows = []
+    for name, repair, _ in steps:
+        got = chip_accuracies(model, plan, device, xbar.with_(output_calibration=False),
+                              calibration, test, n, exp.seed, scales=scales, repair=repair)
+        rows.append({"step": name, "accuracies": got})
+    if device.write_verify is not None and rob.write_verify is not None:
+        got = chip_accuracies(model, plan, device.with_(write_verify=None), xbar, calibration,
+                              test, n, exp.seed, scales=scales, repair=rob.repair(),
+                              outputs=outputs)
+        rows.append({"step": "all but write-verify", "accuracies": got})
+    last = "+ output calibration" if xbar.output_calibration else "configured procedure"
+    rows.append({"step": last + " (configured)", "accuracies": accs[:n]})
+    for row in rows:
+        row["mean"], row["std"] = _stats(row["accuracies"])
+        _log.info("ablation %-32s %.2f +- %.2f%% on %d chips", row["step"], row["mean"],
+                  row["std"], n)
+    return rows
 
 
 def ideal_device(device: DeviceModel) -> DeviceModel:
@@ -333,7 +402,57 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy through the pipeline")
     write_png(run_dir / "stage_accuracy.png", fig)
+    ablation = (metrics.get("robustness") or {}).get("ablation")
+    if ablation:
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        means = [r["mean"] for r in ablation]
+        ax.bar(range(len(ablation)), means, yerr=[r["std"] for r in ablation], capsize=4,
+               color="#2ca02c")
+        for r_i, r in enumerate(ablation):
+            ax.plot([r_i] * len(r["accuracies"]), r["accuracies"], "k.", markersize=3)
+        for y, label, style in ((metrics["dense_accuracy"], "dense (software)", ":"),
+                                (metrics["crossbar_ideal_accuracy"], "ideal devices", "--")):
+            ax.axhline(y, color="k", linestyle=style, label=label)
+        ax.set_xticks(range(len(ablation)), [r["step"] for r in ablation], rotation=20,
+                      ha="right", fontsize=7)
+        low = min(min(r["accuracies"]) for r in ablation)
+        ax.set_ylim(max(0.0, low - 2), 100)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Chip accuracy as repair steps are added "
+                     f"({len(ablation[0]['accuracies'])} chips)")
+        ax.legend(fontsize=7)
+        write_png(run_dir / "robustness_ablation.png", fig)
     return ["chip_accuracy.png", "stage_accuracy.png"]
+
+
+def _robustness_markdown(m: dict) -> list[str]:
+    """report.md's robustness section: the steps used and the ablation."""
+    rob = m.get("robustness")
+    if not rob:
+        return []
+    s, rep = rob["settings"], rob["repair_mean"]
+    calib = f"on ({s['calibration_samples']} images)" if s["output_calibration"] else "off"
+    lines = ["## Robustness (robustness group)", "",
+             f"- hardware-aware retraining: {'on' if s['hardware_aware'] else 'off'}; "
+             f"pair compensation: {s['compensation'] if s['compensation'] is not None else 'auto'}"
+             f"; fault-aware placement: {'on' if s['placement'] else 'off'}; test-read miss "
+             f"rate {s['miss_rate']}; spares per tile: {s['spare_rows']} rows, "
+             f"{s['spare_cols']} output columns; output calibration: "
+             f"{calib}"
+             f"; write-verify: {s['write_verify'] or 'the device setting'}",
+             f"- ideal devices: {m['crossbar_ideal_accuracy']:.2f} % with the design's "
+             f"digital calibration, {m['crossbar_ideal_uncalibrated_accuracy']:.2f} % without",
+             "- per chip (mean): " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}"
+                                               for k, v in rep.items())]
+    if rob["ablation"]:
+        n = len(rob["ablation"][0]["accuracies"])
+        lines += ["", f"Chip accuracy as the steps are added (the same {n} chips):", "",
+                  "| step | mean (%) | std | min |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['step']} | {r['mean']:.2f} | {r['std']:.2f} | "
+                  f"{min(r['accuracies']):.2f} |" for r in rob["ablation"]]
+        lines += ["", "Hardware-aware retraining changes the model: compare with a run with "
+                  "`robustness.hardware_aware=false`.", "![ablation](robustness_ablation.png)"]
+    return lines + [""]
 
 
 def _fmt(x: object) -> str:
@@ -388,6 +507,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f" +- {m['crossbar_accuracy_std']:.2f} (min {min(m['crossbar_accuracies']):.2f}) |",
         "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
         f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",
+        *_robustness_markdown(m),
         "## Compression", "",
         f"- weights: {m['dense_weights']} dense, {m['mapped_weights']} on live crossbar rows "
         f"and columns: **{m['compression_ratio']:.2f}x**",
@@ -473,13 +593,25 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     warnings_ = collapse_warnings(dense_acc, compressed_acc, info.num_classes, exp.compressor)
     plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json")
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
+    rob = exp.robustness
+    outputs = calibration_batch(train, rob.calibration_samples, torch_device, exp.seed + 1) \
+        if exp.crossbar.output_calibration else None
     with _timed(timings, "crossbar_eval"):
         ideal = chip_accuracies(model, plan, ideal_device(exp.device), exp.crossbar,
-                                calibration, xtest, 1, exp.seed, scales=scales)[0]
+                                calibration, xtest, 1, exp.seed, scales=scales,
+                                outputs=outputs)[0]
+        ideal_plain = ideal if not exp.crossbar.output_calibration else chip_accuracies(
+            model, plan, ideal_device(exp.device), exp.crossbar.with_(output_calibration=False),
+            calibration, xtest, 1, exp.seed, scales=scales)[0]
         programming: list[dict] = []
+        repairs: list[dict] = []
         accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
                                exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales,
-                               programming=programming)
+                               programming=programming, repair=rob.repair(), outputs=outputs,
+                               repairs=repairs)
+    with _timed(timings, "ablation"):
+        ablation = robustness_ablation(model, plan, exp, calibration, outputs, xtest, scales,
+                                       accs)
     with _timed(timings, "cost"):
         cost = cost_stage(plan, exp, run_dir / "cost")
     mean, std = _stats(accs)
@@ -489,6 +621,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "model": exp.model.name, "dataset": info.name, "parameters": n_dense,
         "dense_accuracy": dense_acc, "compressed_accuracy": compressed_acc,
         "crossbar_ideal_accuracy": ideal,
+        "crossbar_ideal_uncalibrated_accuracy": ideal_plain,
         "crossbar_accuracy_mean": mean, "crossbar_accuracy_std": std,
         "crossbar_accuracies": accs, "chips": exp.eval.chips,
         "crossbar_test_samples": len(xtest.dataset),
@@ -507,6 +640,10 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "environment": environment(torch_device), "warnings": warnings_,
         "programming": {k: sum(c[k] for c in programming) / len(programming)
                         for k in programming[0]},
+        "robustness": {"settings": dataclasses.asdict(rob),
+                       "repair_mean": {k: sum(r[k] for r in repairs) / len(repairs)
+                                       for k in repairs[0]},
+                       "ablation": ablation},
         "timings_s": timings,
     }
     write_json(run_dir / "metrics.json", metrics)
@@ -520,17 +657,31 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
 
 # ------------------------------------------------------------------------------ device study
 def study_settings(exp: StudyExperiment, key: str, value: object
-                   ) -> tuple[DeviceModel, CrossbarConfig]:
-    """Base device and crossbar config with one setting changed (``sa_rate``: SA0 = SA1 =
-    value / 2)."""
-    device, xbar = exp.device, exp.crossbar
+                   ) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
+    """Base device, crossbar config and robustness settings with one setting changed
+    (``sa_rate``: SA0 = SA1 = value / 2; ``robustness.<field>``: a repair or calibration
+    step, applied to the base device and crossbar group)."""
+    device, xbar, rob = exp.device, exp.crossbar, exp.robustness
     try:
         if key == "sa_rate":
-            return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar
+            return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar, rob
+        head, _, field_ = key.partition(".")
+        if head == "robustness":
+            if field_ in ("hardware_aware", "ablation", "ablation_chips"):
+                raise ValueError(f"{value!r} is not sweepable here; allowed: repair and "
+                                 "calibration steps (hardware_aware changes the compressed "
+                                 "model: compare two compress runs)")
+            if field_ not in {f.name for f in dataclasses.fields(RobustnessSettings)}:
+                raise ValueError(f"{value!r}: robustness has no field {field_!r}")
+            new = dataclasses.replace(rob, **{field_: value})
+            if new.write_verify is None and rob.write_verify is not None:
+                device = device.with_(write_verify=None)
+            device, xbar = new.apply(device, xbar)
+            return device, xbar, new
         if key in CrossbarConfig.__dataclass_fields__ or key == "r_wire_ohm" \
                 or key.startswith("array."):
-            return device, xbar.with_setting(key, value)
-        return device.with_setting(key, value), xbar
+            return device, xbar.with_setting(key, value), rob
+        return device.with_setting(key, value), xbar, rob
     except (ValueError, TypeError) as exc:
         raise ValueError(f"study.sweeps.{key}: {exc}") from None
 
@@ -628,13 +779,16 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
     chip_rows, summary = [], []
     for key, value in tqdm(jobs, desc="settings", disable=not exp.runtime.progress):
-        dev, xbar = study_settings(exp, key, value)
+        dev, xbar, rob = study_settings(exp, key, value)
+        outputs = calibration_batch(train, rob.calibration_samples, device, exp.seed + 1) \
+            if xbar.output_calibration else None
         for name in study.models:
             model.load_state_dict(dense if name == "dense" else compressed)
             plan = map_stage(model, masks if name == "compressed" else None, xbar, calibration)
             accs = chip_accuracies(model, plan, dev, xbar, calibration, xtest, exp.eval.chips,
                                    exp.seed, desc=f"{key}={value} {name}",
-                                   scales=scales if name == "compressed" else None)
+                                   scales=scales if name == "compressed" else None,
+                                   repair=rob.repair(), outputs=outputs)
             chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
                            "accuracy": a} for i, a in enumerate(accs)]
             mean, std = _stats(accs)

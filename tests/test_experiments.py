@@ -262,10 +262,10 @@ def test_wire_resistance_from_hydra_and_as_a_study_axis():
     study = load_study_config(_compose(["~study.sweeps",
                                         "+study.sweeps={r_wire_ohm: [0.0, 1.0, 10.0]}"],
                                        name="device_study"))
-    _, xbar = study_settings(study, "r_wire_ohm", 10.0)
+    _, xbar, _ = study_settings(study, "r_wire_ohm", 10.0)
     assert xbar.array.r_row_ohm == xbar.array.r_col_ohm == 10.0
     assert xbar.array.r_driver_ohm == 0.0
-    _, xbar = study_settings(dataclasses.replace(study, crossbar=xbar), "array.r_sense_ohm",
+    _, xbar, _ = study_settings(dataclasses.replace(study, crossbar=xbar), "array.r_sense_ohm",
                              50.0)
     assert xbar.array.r_sense_ohm == 50.0 and xbar.array.r_row_ohm == 10.0
 

@@ -150,7 +150,7 @@ def test_placement_reduces_the_programmed_layer_error():
 # ------------------------------------------------------------------ per-chip output calibration
 def _mlp(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+    return nn.Sequential(nn.Linear(12, 8), nn.ReLU(inplace=True), nn.Linear(8, 4))  # in place!
 
 
 def test_output_calibration_recovers_a_known_gain_and_offset():
@@ -178,17 +178,20 @@ def test_output_calibration_recovers_a_known_gain_and_offset():
     assert torch.equal(again[2].out_gain, chip[2].out_gain)
 
 
-def test_output_calibration_narrows_a_faulty_chip_and_needs_the_switch():
+def test_output_calibration_undoes_a_drifted_chip_and_needs_the_switch():
     reference = _mlp(3)
-    dev = crossbar.DeviceModel(n_levels=16, prog_sigma=0.1, sa1_rate=0.02)
+    # PCM a day after programming: every conductance has drifted down (a gain error per column)
+    dev = crossbar.DeviceModel.preset("pcm_aihwkit").with_(read_noise=None)
     x = torch.randn(400, 12, generator=torch.Generator().manual_seed(2))
     with pytest.raises(ValueError, match="output_calibration=False"):
         crossbar.calibrate_outputs(crossbar.to_crossbar(reference, dev,
                                                         crossbar.CrossbarConfig()), reference, x)
     chip = crossbar.to_crossbar(reference, dev, crossbar.CrossbarConfig(output_calibration=True),
                                 seed=4)
+    chip.set_inference_time(86400.0)
     with torch.no_grad():
         before = float((chip(x) - reference(x)).square().mean())
         stats = chip.calibrate_outputs(reference, x)
         after = float((chip(x) - reference(x)).square().mean())
-    assert after < before and stats["2"]["rmse_after"] <= stats["2"]["rmse_before"]
+    assert after < 0.1 * before
+    assert stats["0"]["gain_min"] > 1.2 and stats["2"]["rmse_after"] < stats["2"]["rmse_before"]

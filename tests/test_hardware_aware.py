@@ -1,0 +1,101 @@
+"""Hardware-aware training (crossbar.hardware_aware): the training forward is the simulator's
+forward (exactly for one chip, in distribution over chips), gradients flow straight through,
+and it plugs into admm.compress as a perturbation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import crossbar
+from crossbar.hardware_aware import HardwareAware
+
+DEV = crossbar.DeviceModel(n_levels=16, prog_sigma=0.1, read_sigma=0.02, sa0_rate=0.01,
+                           sa1_rate=0.01)
+CFG = crossbar.CrossbarConfig(tile_rows=16, tile_cols=8, dac_bits=6, adc_bits=6)
+
+
+def _x(n: int = 64, d: int = 20, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_training_forward_is_the_programmed_chip_exactly():
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 12)
+    x = _x()
+    layer.train()
+    torch.manual_seed(5)
+    with HardwareAware(DEV, CFG)(layer):
+        y = layer(x)
+    torch.manual_seed(5)
+    seed = int(torch.randint(0, 2**62, ()))
+    chip = crossbar.to_crossbar(layer, DEV, CFG, calibration=x, seed=seed)
+    with torch.no_grad():
+        assert torch.allclose(y, chip(x), atol=1e-5)
+        assert not torch.allclose(y, layer(x), atol=1e-2)  # it is not the software layer
+    layer.eval()
+    with HardwareAware(DEV, CFG)(layer), torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))  # eval: untouched
+
+
+def test_training_forward_matches_the_simulator_in_distribution():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 6))
+    x = _x(32)
+    model.train()
+    hwa = HardwareAware(DEV, CFG)
+    with torch.no_grad(), hwa(model):
+        trained = torch.stack([model(x) for _ in range(120)])
+    chip = crossbar.to_crossbar(model, DEV, CFG, calibration=x)
+    sims = []
+    with torch.no_grad():
+        for seed in range(120):
+            chip.program(1000 + seed)
+            sims.append(chip(x))
+    sims = torch.stack(sims)
+    # per output element: the mean and spread over chips agree (120 chips each)
+    spread = sims.std(0)
+    assert float((trained.mean(0) - sims.mean(0)).abs().mean()) < 0.25 * float(spread.mean())
+    ratio = float(trained.std(0).mean() / spread.mean())
+    assert 0.85 < ratio < 1.15, ratio
+    assert hwa.steps == 240  # a new chip per layer and step
+
+
+def test_gradients_are_those_of_the_programmed_weights():
+    torch.manual_seed(2)
+    layer = nn.Linear(20, 12)
+    x = _x().requires_grad_(True)
+    layer.train()
+    torch.manual_seed(7)
+    with HardwareAware(DEV, CFG)(layer):
+        layer(x).square().sum().backward()
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**62, ()))
+    chip = crossbar.to_crossbar(layer, DEV, CFG, calibration=x.detach(), seed=seed)
+    with torch.no_grad():
+        y = chip(x)
+    w_hw = chip.weight
+    # d/dx of sum(y^2) through the straight-through forward: 2 y W_hw
+    assert torch.allclose(x.grad, 2 * y @ w_hw, atol=1e-4)
+    assert torch.allclose(layer.weight.grad, 2 * y.T @ x.detach(), atol=1e-3)
+    assert torch.allclose(layer.bias.grad, 2 * y.sum(0), atol=1e-3)
+
+
+def test_hardware_aware_retraining_inside_admm_compress():
+    from admm import CompressConfig, LayerConstraint, compress
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = _x(96)
+    y = (x[:, :3].argmax(1))
+    loader = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+    hwa = HardwareAware(DEV, CFG)
+    config = CompressConfig(constraints=[LayerConstraint(pattern="0", row_keep=10, levels=16)],
+                            prune_epochs=1, prune_retrain_epochs=1, quant_epochs=1,
+                            quant_retrain_epochs=1, progress=False)
+    compress(model, loader, config, perturbation=hwa)
+    assert hwa.steps > 0
+    # only the retraining stages ran through the chip: 2 stages x 3 batches x 2 layers
+    assert hwa.steps == len(config.perturb_stages) * 3 * 2
+    assert all(not m._forward_hooks for m in model.modules())  # no hook left behind
