@@ -6,8 +6,8 @@ active, the model's training forward passes are perturbed: weight noise
 gradients (the ``crossbar`` package provides one; ``admm`` knows nothing of it). The pipeline
 (:func:`admm.pipeline.compress`) calls it once per training epoch of every stage named in
 ``CompressConfig.perturb_stages`` and wraps exactly that epoch's optimisation steps in the
-context; evaluation (``eval_fn``), the ADMM round at the end of an epoch and checkpointing run
-outside it.
+context; evaluation (``eval_fn``) and checkpointing run outside it (ADMM rounds at epoch
+boundaries too; with ``update_unit="step"`` a round may run inside, but it runs no forward pass).
 
 A perturbation must
 
