@@ -257,9 +257,10 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
     ``seed .. seed + chips - 1``), each repaired (``repair``) and calibrated on
     ``calibration`` right after programming, its output columns then calibrated against
     ``model`` on ``outputs`` (when ``xbar.output_calibration``), and evaluated
-    ``device.t_inference_s`` later (drift). ``scales``: the quantizer's scales, so a quantized model's level grid is
-    the device's. ``programming`` / ``repairs``: lists that receive each chip's programming
-    cost (pulses, energy, time) / repair and calibration statistics."""
+    ``device.t_inference_s`` later (drift). ``scales``: the quantizer's scales, so a
+    quantized model's level grid is the device's. ``programming`` / ``repairs``: lists that
+    receive each chip's programming cost (pulses, energy, time) / repair and calibration
+    statistics."""
     if xbar.output_calibration and outputs is None:
         raise ValueError("chip_accuracies: output_calibration needs calibration images "
                          "(outputs=...)")
