@@ -134,24 +134,6 @@ def repaired(style, nominal: torch.Tensor, stuck: torch.Tensor, ref_stuck: torch
     return targets, style.weights(held, ref, device)
 
 
-def _tile_error(style, nominal: torch.Tensor, ideal: torch.Tensor, grid: torch.Tensor,
-                ref_grid: torch.Tensor | None, factor2: torch.Tensor, device,
-                compensate: bool) -> torch.Tensor:
-    """Squared weight error ``[n_cols, n_rows, P]`` of placing each logical cell group
-    ``(o, i)`` on physical word line ``p`` (outputs already placed: ``grid`` holds the stuck
-    values of the outputs' physical columns ``[S, C, n_cols, P]``)."""
-    nom = nominal.unsqueeze(-2)                      # [S, n_cols, n_rows, 1, C]
-    st = grid.movedim(1, -1).unsqueeze(2)            # [S, n_cols, 1, P, C]
-    ref = None if ref_grid is None else ref_grid.view(1, 1, 1, -1)
-    _, held = repaired(style, nom.expand(*st.shape[:2], nom.shape[2], st.shape[3], -1),
-                       st.expand(-1, -1, nom.shape[2], -1, -1),
-                       None if ref is None else ref.expand(st.shape[0], st.shape[1],
-                                                           nom.shape[2], -1),
-                       device, compensate)
-    err = (held - ideal.unsqueeze(-1)).square() * factor2.view(-1, factor2.shape[1], 1, 1)
-    return err.sum(0)
-
-
 def place_tile(style, nominal: torch.Tensor, factors: torch.Tensor, grid: torch.Tensor,
                ref_grid: torch.Tensor | None, device, compensate: bool, rounds: int
                ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -167,46 +149,64 @@ def place_tile(style, nominal: torch.Tensor, factors: torch.Tensor, grid: torch.
     Returns ``(rows, cols, error_identity, error_placed)``: the physical word line of each
     logical row, the physical output column group of each logical output, and the total
     squared weight error of the identity placement and of the chosen one.
+
+    Only the physical cell groups with a stuck cell (or on a word line whose reference cell is
+    stuck) cost anything, so the assignment costs are accumulated over those ``M`` positions:
+    ``O(M n)`` per step instead of ``O(n^3)``.
     """
     from scipy.optimize import linear_sum_assignment
 
-    n_slices, n_cols, n_rows = nominal.shape[:3]
+    n_slices, n_cols, n_rows, n_cells = nominal.shape
     p_out, p_in = grid.shape[2], grid.shape[3]
-    healthy = torch.full_like(nominal, float("nan"))
-    _, ideal = repaired(style, nominal, healthy, None, device, False)   # [S, n_cols, n_rows]
+    _, ideal = repaired(style, nominal, torch.full_like(nominal, float("nan")), None, device,
+                        False)                                           # [S, n_cols, n_rows]
     factor2 = factors.square()
-    rows = torch.arange(n_rows)
-    cols = torch.arange(n_cols)
+    faulty = ~torch.isnan(grid).all(dim=1)                               # [S, P_out, P_in]
+    if ref_grid is not None:
+        faulty = faulty | ~torch.isnan(ref_grid).view(1, 1, -1)
+    pos_s, pos_q, pos_p = torch.nonzero(faulty, as_tuple=True)
+    if pos_s.numel() == 0:
+        return torch.arange(n_rows), torch.arange(n_cols), 0.0, 0.0
+    stuck_at = grid[pos_s, :, pos_q, pos_p]                              # [M, C]
+    ref_at = None if ref_grid is None else ref_grid[pos_p]               # [M]
 
-    def row_costs(cols: torch.Tensor) -> torch.Tensor:   # [n_rows, P_in]
-        return _tile_error(style, nominal, ideal, grid[:, :, cols], ref_grid, factor2, device,
-                           compensate).sum(0)
+    def error(use: torch.Tensor, nom: torch.Tensor, ideal_: torch.Tensor) -> torch.Tensor:
+        """Squared error of the cell groups ``nom[M', k, C]`` placed on the positions
+        ``use`` selects."""
+        st = stuck_at[use].unsqueeze(1).expand_as(nom)
+        ref = None if ref_at is None else ref_at[use].unsqueeze(1).expand(nom.shape[:2])
+        _, held = repaired(style, nom, st, ref, device, compensate)
+        return (held - ideal_).square()
 
-    def col_costs(rows: torch.Tensor) -> torch.Tensor:   # [n_cols, P_out]
-        # outputs placed on every physical column group, rows fixed: swap the roles
-        sub = grid[:, :, :, rows]                                   # [S, C, P_out, n_rows]
-        nom = nominal.unsqueeze(2)                                  # [S, n_cols, 1, n_rows, C]
-        st = sub.permute(0, 2, 3, 1).unsqueeze(1)                   # [S, 1, P_out, n_rows, C]
-        ref = None if ref_grid is None else ref_grid[rows].view(1, 1, 1, -1).expand(
-            n_slices, n_cols, p_out, -1)
-        _, held = repaired(style, nom.expand(-1, -1, p_out, -1, -1),
-                           st.expand(-1, n_cols, -1, -1, -1), ref, device, compensate)
-        err = (held - ideal.unsqueeze(2)).square() * factor2.view(n_slices, n_cols, 1, 1)
-        return err.sum(dim=(0, 3))
+    def row_costs(cols: torch.Tensor) -> torch.Tensor:                   # [n_rows, P_in]
+        output_at = torch.full((p_out,), -1, dtype=torch.long)
+        output_at[cols] = torch.arange(n_cols)
+        o = output_at[pos_q]
+        use = o >= 0
+        s_, o_, p_ = pos_s[use], o[use], pos_p[use]
+        err = error(use, nominal[s_, o_], ideal[s_, o_]) * factor2[s_, o_].unsqueeze(1)
+        return torch.zeros(n_rows, p_in, dtype=err.dtype).index_add_(1, p_, err.T)
+
+    def col_costs(rows: torch.Tensor) -> torch.Tensor:                   # [n_cols, P_out]
+        row_at = torch.full((p_in,), -1, dtype=torch.long)
+        row_at[rows] = torch.arange(n_rows)
+        i = row_at[pos_p]
+        use = i >= 0
+        s_, i_, q_ = pos_s[use], i[use], pos_q[use]
+        err = error(use, nominal[s_, :, i_], ideal[s_, :, i_]) * factor2[s_]
+        return torch.zeros(n_cols, p_out, dtype=err.dtype).index_add_(1, q_, err.T)
 
     def total(rows: torch.Tensor, cols: torch.Tensor) -> float:
         return float(row_costs(cols)[torch.arange(n_rows), rows].sum())
 
-    start = total(rows, cols)
-    best = start
-    if start > 0 or p_in > n_rows or p_out > n_cols:
+    rows, cols = torch.arange(n_rows), torch.arange(n_cols)
+    start = best = total(rows, cols)
+    if start > 0:
         for _ in range(rounds):
-            c = row_costs(cols).double().numpy()
-            r_idx, p_idx = linear_sum_assignment(c)
+            r_idx, p_idx = linear_sum_assignment(row_costs(cols).double().numpy())
             new_rows = torch.empty(n_rows, dtype=torch.long)
             new_rows[torch.as_tensor(r_idx)] = torch.as_tensor(p_idx)
-            c = col_costs(new_rows).double().numpy()
-            o_idx, q_idx = linear_sum_assignment(c)
+            o_idx, q_idx = linear_sum_assignment(col_costs(new_rows).double().numpy())
             new_cols = torch.empty(n_cols, dtype=torch.long)
             new_cols[torch.as_tensor(o_idx)] = torch.as_tensor(q_idx)
             err = total(new_rows, new_cols)

@@ -1,0 +1,103 @@
+"""Converter settings of a finished compress run: accuracy against energy.
+
+For every DAC (parallel / bit-serial, bits) and ADC resolution, the run's compressed model on
+ideal devices and on ``--chips`` programmed chips of the run's device (with the run's
+robustness steps), and the energy / area reduction against the fixed cost baseline
+(``crossbar.estimate``). Writes ``converter_sweep.json`` and ``converter_sweep.png`` (chip
+accuracy against energy) into the run directory.
+
+    .venv/bin/python benchmarks/converter_sweep.py outputs/<run> --chips 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from crossbar import MappingPlan, estimate  # noqa: E402
+from experiments import pipeline as P  # noqa: E402
+from experiments.config import load_compress_config  # noqa: E402
+from experiments.models import build_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--chips", type=int, default=3)
+    parser.add_argument("--dac", nargs="*", default=["parallel:4", "parallel:6", "parallel:8",
+                                                     "bit_serial:4", "bit_serial:6",
+                                                     "bit_serial:8"])
+    parser.add_argument("--adc", nargs="*", type=int, default=[6, 7, 8])
+    args = parser.parse_args()
+    from omegaconf import OmegaConf
+
+    torch.set_num_threads(1)
+    exp = load_compress_config(OmegaConf.load(args.run / "config.yaml"))
+    train, test, info = P.load_data(exp)
+    state = torch.load(args.run / "compressed.pt", weights_only=True)
+    model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
+    model.load_state_dict(state["model"])
+    model.eval()
+    calibration = P.calibration_batch(train, exp.eval.calibration_samples, "cpu", exp.seed)
+    outputs = P.calibration_batch(train, exp.robustness.calibration_samples, "cpu",
+                                  exp.seed + 1)
+    plan = MappingPlan.load(args.run / "plan.json")
+    xtest = P.crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
+    rows = []
+    for dac, adc in itertools.product(args.dac, args.adc):
+        kind, bits = dac.split(":")
+        xbar = exp.crossbar.with_(dac=kind, dac_bits=int(bits), adc_bits=adc)
+        out = outputs if xbar.output_calibration else None
+        ideal = P.chip_accuracies(model, plan, P.ideal_device(exp.device), xbar, calibration,
+                                  xtest, 1, exp.seed, scales=state["scales"], outputs=out)[0]
+        chips = P.chip_accuracies(model, plan, exp.device, xbar, calibration, xtest,
+                                  args.chips, exp.seed, scales=state["scales"],
+                                  repair=exp.robustness.repair(), outputs=out)
+        cost = estimate(plan, xbar, exp.cost)
+        mean, std = P._stats(chips)
+        row = {"dac": kind, "dac_bits": int(bits), "adc_bits": adc, "ideal": ideal,
+               "chips_mean": mean, "chips_std": std, "chips_min": min(chips),
+               "energy_nJ": cost.compressed.totals()["energy_nJ"],
+               "energy_reduction_pct": cost.reduction["energy_reduction_pct"],
+               "area_reduction_pct": cost.reduction["area_reduction_pct"]}
+        rows.append(row)
+        print(f"{kind:>10} {bits} b DAC, {adc} b ADC: ideal {ideal:.2f}%, chips {mean:.2f} +- "
+              f"{std:.2f}%, energy {row['energy_nJ']:.3g} nJ "
+              f"(-{row['energy_reduction_pct']:.2f}%), area -{row['area_reduction_pct']:.2f}%",
+              flush=True)
+    (args.run / "converter_sweep.json").write_text(json.dumps(rows, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for kind, marker in (("parallel", "o"), ("bit_serial", "s")):
+        sel = [r for r in rows if r["dac"] == kind]
+        if not sel:
+            continue
+        ax.errorbar([r["energy_nJ"] for r in sel], [r["chips_mean"] for r in sel],
+                    yerr=[r["chips_std"] for r in sel], fmt=marker, capsize=3,
+                    label=f"{kind} DAC ({args.chips} chips)")
+        for r in sel:
+            ax.annotate(f"{r['dac_bits']}/{r['adc_bits']}", (r["energy_nJ"], r["chips_mean"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(P.evaluate(model, test), color="k", linestyle="--", label="compressed (software)")
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per inference (nJ)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Converter settings: chip accuracy vs energy (labels DAC/ADC bits)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.run / "converter_sweep.png", dpi=150)
+
+
+if __name__ == "__main__":
+    main()
