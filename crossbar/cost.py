@@ -15,12 +15,12 @@ Per tile ``t`` of a layer (``r`` live word lines, ``k`` outputs, ``bl`` bit line
     S&H samples, shift-adds, output-register updates = ADC conversions
     input-register bits = M * c * r * b_dac            (b_dac = 1 bit-serial, else dac_bits)
     buffer bits (layer) = M * (live rows * dac_bits + live outputs * output_bits)
-    calibration (output_calibration): M * k multiply-adds, M * k * 2 * calibration_bits
-        register bits read                               (once per output per MVM)
+    calibration (output_calibration): M * o multiply-adds, M * o * 2 * calibration_bits
+        register bits read      (o = live outputs of the layer: once per output per MVM)
 
     area = arrays * A_array + spare cells * A_array / (R * C) + r * A_dac
            + n_adc * (A_adc + A_sa) + bl * A_sh + r * dac_bits * A_ir + k * output_bits * A_or
-           + arrays * A_buffer [+ k * 2 * calibration_bits * A_creg + n_adc * A_mac]
+           + arrays * A_buffer [+ o * 2 * calibration_bits * A_creg + n_adc * A_mac]
     n_adc = ceil(k * S / cols_per_adc),  arrays = 2 (differential) or 1 (offset)
     spare cells = (R + spare_rows) * (arrays * C + spare_cols * cpw * S) - arrays * R * C
         (cpw = cells per weight slice: 2 differential, 1 offset; no read energy)
@@ -420,8 +420,11 @@ def layer_cost(
     per_mvm = mvms * cycles
     conversions = per_mvm * signals
     buffer_bits = mvms * (len(layer.live_rows) * dac_bits + len(layer.live_cols) * cost.output_bits)
-    calib_bits = 2 * cost.calibration_bits * outputs if xbar.output_calibration else 0
-    calib_ops = mvms * outputs if xbar.output_calibration else 0
+    # one gain/offset pair per output of the layer, applied after the tiles' partial sums
+    # are added (crossbar.calibrate_outputs fits them per layer output, not per tile)
+    layer_outputs = len(layer.live_cols)
+    calib_bits = 2 * cost.calibration_bits * layer_outputs if xbar.output_calibration else 0
+    calib_ops = mvms * layer_outputs if xbar.output_calibration else 0
     creg, mac = _calibration_parts(table, xbar.output_calibration)
 
     um2, pJ = 1e12, 1e12

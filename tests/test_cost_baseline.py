@@ -172,6 +172,18 @@ def test_output_calibration_costs_by_hand(dac):
     assert wide.calibration_register_bits == 2 * 8 * 3
 
 
+def test_output_calibration_is_per_layer_output_not_per_tile():
+    cfg = CrossbarConfig(tile_rows=4, tile_cols=4, mapping="offset", dac_bits=4, adc_bits=4,
+                         output_calibration=True)
+    # 10 inputs over 4-row tiles: every one of the 3 outputs meets 3 tiles, one gain/offset
+    layer = plan_layer("fc", "linear", torch.ones(3, 10, dtype=torch.bool), cfg,
+                       mvms_per_sample=2)
+    assert layer.n_tiles == 3
+    cal = layer_cost(layer, cfg, TOY_COST, load_table(CAL_TOY))
+    assert cal.calibration_register_bits == 2 * 16 * 3
+    assert cal.calibration_ops == 2 * 3
+
+
 def test_calibration_entries_are_needed_only_when_used():
     cfg = CrossbarConfig(tile_rows=4, tile_cols=4, dac_bits=4, adc_bits=4)
     layer = plan_layer("fc", "linear", torch.ones(2, 4, dtype=torch.bool), cfg,
