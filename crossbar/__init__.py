@@ -21,6 +21,7 @@ from .cost import (
     model_cost,
 )
 from .device import PRESETS, DeviceModel
+from .hardware_aware import HardwareAware
 from .layers import CrossbarConv1d, CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
 from .programming_cost import PulseCost, programming_cost
@@ -42,6 +43,7 @@ __all__ = [
     "CrossbarLayer",
     "CrossbarLinear",
     "DeviceModel",
+    "HardwareAware",
     "LayerPlan",
     "MappingPlan",
     "Tile",
