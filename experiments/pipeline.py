@@ -252,7 +252,8 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                     scales: Mapping[str, float | torch.Tensor] | None = None,
                     programming: list[dict] | None = None, repair: RepairConfig | None = None,
                     outputs: torch.Tensor | None = None,
-                    repairs: list[dict] | None = None) -> list[float]:
+                    repairs: list[dict] | None = None,
+                    calibrations: list[dict] | None = None) -> list[float]:
     """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
     ``seed .. seed + chips - 1``), each repaired (``repair``) and calibrated on
     ``calibration`` right after programming, its output columns then calibrated against
@@ -260,7 +261,9 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
     ``device.t_inference_s`` later (drift). ``scales``: the quantizer's scales, so a
     quantized model's level grid is the device's. ``programming`` / ``repairs``: lists that
     receive each chip's programming cost (pulses, energy, time) / repair and calibration
-    statistics."""
+    statistics; ``calibrations``: receives the first chip's fitted output calibration (per
+    layer: gain range, largest offset, output error before and after)."""
+    calibrations = [] if calibrations is None else calibrations
     if xbar.output_calibration and outputs is None:
         raise ValueError("chip_accuracies: output_calibration needs calibration images "
                          "(outputs=...)")
@@ -287,6 +290,8 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                                "output_rmse_after": sum(f["rmse_after"]
                                                         for f in fitted.values())}
                               if xbar.output_calibration else {}))
+            if xbar.output_calibration and not i:  # the first chip's fitted gains, per layer
+                calibrations.append(fitted)
         if programming is not None:
             cost = programming_cost(programming_stats(xmodel),
                                     verified=device.write_verify is not None)
@@ -445,6 +450,15 @@ def _robustness_markdown(m: dict) -> list[str]:
              f"digital calibration, {m['crossbar_ideal_uncalibrated_accuracy']:.2f} % without",
              "- per chip (mean): " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}"
                                                for k, v in rep.items())]
+    cal = rob.get("output_calibration_chip0")
+    if cal:
+        lines += ["", "Output calibration of the first chip (per layer, least squares against "
+                  "the software model's pre-activations):", "",
+                  "| layer | gain min | gain max | largest offset | output RMSE before | after |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {c['gain_min']:.3f} | {c['gain_max']:.3f} | "
+                  f"{c['offset_max']:.3g} | {c['rmse_before']:.3g} | {c['rmse_after']:.3g} |"
+                  for name, c in cal.items()]
     if rob["ablation"]:
         n = len(rob["ablation"][0]["accuracies"])
         lines += ["", f"Chip accuracy as the steps are added (the same {n} chips):", "",
@@ -606,10 +620,11 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
             calibration, xtest, 1, exp.seed, scales=scales)[0]
         programming: list[dict] = []
         repairs: list[dict] = []
+        fitted: list[dict] = []
         accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
                                exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales,
                                programming=programming, repair=rob.repair(), outputs=outputs,
-                               repairs=repairs)
+                               repairs=repairs, calibrations=fitted)
     with _timed(timings, "ablation"):
         ablation = robustness_ablation(model, plan, exp, calibration, outputs, xtest, scales,
                                        accs)
@@ -644,6 +659,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "robustness": {"settings": dataclasses.asdict(rob),
                        "repair_mean": {k: sum(r[k] for r in repairs) / len(repairs)
                                        for k in repairs[0]},
+                       "output_calibration_chip0": fitted[0] if fitted else None,
                        "ablation": ablation},
         "timings_s": timings,
     }
