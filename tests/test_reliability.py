@@ -96,6 +96,14 @@ def _compose(overrides=()):
     ("eval.chips=0", ["eval.chips=0", "[1, 10000]"]),
     ("runtime.threads=0", ["runtime.threads=0", "[1, 1024]"]),
     ("dataset.subset=0", ["dataset.subset=0", ">= 1"]),
+    # robustness group
+    ("robustness.miss_rate=1.5", ["robustness.miss_rate=1.5", "[0.0, 1.0]"]),
+    ("robustness.spare_rows=-1", ["robustness.spare_rows=-1", "[0, 4096]"]),
+    ("robustness.placement=maybe", ["robustness.placement='maybe'", "bool"]),
+    ("robustness.calibration_samples=1", ["robustness.calibration_samples=1", "[2, 100000]"]),
+    ("+robustness.bogus=1", ["robustness.bogus=1", "a key of robustness"]),
+    ("robustness.write_verify={tolerance_uS: -1}", ["write_verify.tolerance_uS=-1", "0.0"]),
+    ("+crossbar.spare_cols=2", ["crossbar.spare_cols=2", "robustness.spare_cols"]),
 ])
 def test_bad_config_names_key_value_and_range(override, words):
     with pytest.raises(ValueError) as info:
