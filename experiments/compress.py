@@ -10,9 +10,10 @@ Hydra run directory; see docs/experiments.md.
 
 import hydra
 
-from experiments.pipeline import CONF_DIR, entry, run_compress
+from experiments.conf_source import config_path
+from experiments.pipeline import entry, run_compress
 
-main = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
+main = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(
     entry(run_compress, "report.md"))
 
 if __name__ == "__main__":

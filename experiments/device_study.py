@@ -9,9 +9,10 @@ Outputs (study.csv, study.json, metrics.json, study.md, plots) go into the Hydra
 
 import hydra
 
-from experiments.pipeline import CONF_DIR, entry, run_device_study
+from experiments.conf_source import config_path
+from experiments.pipeline import entry, run_device_study
 
-main = hydra.main(config_path=str(CONF_DIR), config_name="device_study", version_base="1.3")(
+main = hydra.main(config_path=config_path(), config_name="device_study", version_base="1.3")(
     entry(run_device_study, "study.md"))
 
 if __name__ == "__main__":
