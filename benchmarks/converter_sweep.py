@@ -35,7 +35,14 @@ def main() -> None:
                                                      "bit_serial:4", "bit_serial:6",
                                                      "bit_serial:8"])
     parser.add_argument("--adc", nargs="*", type=int, default=[6, 7, 8])
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw converter_sweep.png from the run's converter_sweep.json")
     args = parser.parse_args()
+    if args.plot_only:
+        rows = json.loads((args.run / "converter_sweep.json").read_text())
+        software = json.loads((args.run / "metrics.json").read_text())["compressed_accuracy"]
+        plot(rows, software, args.run / "converter_sweep.png")
+        return
     from omegaconf import OmegaConf
 
     torch.set_num_threads(1)
@@ -73,6 +80,12 @@ def main() -> None:
               f"(-{row['energy_reduction_pct']:.2f}%), area -{row['area_reduction_pct']:.2f}%",
               flush=True)
     (args.run / "converter_sweep.json").write_text(json.dumps(rows, indent=1))
+    plot(rows, P.evaluate(model, test), args.run / "converter_sweep.png")
+
+
+def plot(rows: list[dict], software: float, path: Path) -> None:
+    """Chip accuracy (mean +- std over the chips) against energy per inference, one marker
+    per converter setting, labelled DAC/ADC bits."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,18 +98,19 @@ def main() -> None:
             continue
         ax.errorbar([r["energy_nJ"] for r in sel], [r["chips_mean"] for r in sel],
                     yerr=[r["chips_std"] for r in sel], fmt=marker, capsize=3,
-                    label=f"{kind} DAC ({args.chips} chips)")
+                    label=f"{kind} DAC (chips: mean +- std)")
         for r in sel:
             ax.annotate(f"{r['dac_bits']}/{r['adc_bits']}", (r["energy_nJ"], r["chips_mean"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(P.evaluate(model, test), color="k", linestyle="--", label="compressed (software)")
+    ax.axhline(software, color="k", linestyle="--", label="compressed (software)")
     ax.set_xscale("log")
     ax.set_xlabel("energy per inference (nJ)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Converter settings: chip accuracy vs energy (labels DAC/ADC bits)")
+    ax.set_title("Chip accuracy vs energy per converter setting\n(labels: DAC / ADC bits)",
+                 fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(args.run / "converter_sweep.png", dpi=150)
+    fig.savefig(path, dpi=150)
 
 
 if __name__ == "__main__":

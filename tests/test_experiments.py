@@ -48,7 +48,7 @@ def test_experiment_configs_compose_and_validate(experiment):
     assert exp.model.name == experiment.split("_")[1]
     assert exp.admm.levels == 16 and exp.runtime.device in ("auto", "cpu")
     if experiment == "mnist_lenet5":
-        assert exp.dataset.name == "mnist" and exp.eval.chips == 25  # the acceptance run of issue 14
+        assert exp.dataset.name == "mnist" and exp.eval.chips == 25  # issue 14
         faults = exp.device.faults
         assert exp.device.programming.sigma == 0.1
         assert faults.sa0_rate + faults.sa1_rate == 0.005
