@@ -465,8 +465,9 @@ def _robustness_markdown(m: dict) -> list[str]:
                   "| step | mean (%) | std | min |", "|---|---:|---:|---:|"]
         lines += [f"| {r['step']} | {r['mean']:.2f} | {r['std']:.2f} | "
                   f"{min(r['accuracies']):.2f} |" for r in rob["ablation"]]
+        other = "false" if s["hardware_aware"] else "true"
         lines += ["", "Hardware-aware retraining changes the model: compare with a run with "
-                  "`robustness.hardware_aware=false`.", "![ablation](robustness_ablation.png)"]
+                  f"`robustness.hardware_aware={other}`.", "![ablation](robustness_ablation.png)"]
     return lines + [""]
 
 
