@@ -154,13 +154,18 @@ def to_container(cfg: DictConfig | Mapping) -> dict:
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Where and how to run: torch device (``auto`` = cuda when available), CPU threads
-    (``None`` = torch's default), progress bars."""
+    (``None`` = torch's default), progress bars, and ``cache_dir``: a folder of dense and
+    compressed models shared by runs, content-addressed by the settings each depends on
+    (``None`` = no cache)."""
 
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.cache_dir is not None and not str(self.cache_dir).strip():
+            _fail("cache_dir", self.cache_dir, "null or a directory path")
         if self.device not in TORCH_DEVICES:
             _fail("device", self.device, "one of " + ", ".join(TORCH_DEVICES))
         _check_range("threads", self.threads, 1, 1024, optional=True)

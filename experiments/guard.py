@@ -61,11 +61,16 @@ DENSE_KEYS = ("seed", "model", "dataset", "train")
 """Config sections the dense model depends on (fingerprint of pretrain_state.pt, dense.pt)."""
 
 UNFINGERPRINTED = ("runtime", "eval", "resume", "study", "robustness")
-"""Sections that never change the compressed weights; every other section (``device``,
-``crossbar`` and ``cost`` included: the budgeted allocation and hardware-aware retraining read
-them) is in the fingerprint of the compression checkpoints (admm_state.pt, compressed.pt). Of
-``robustness`` only ``hardware_aware`` and the repair settings it trains with are (the rest acts
-after compression)."""
+"""Sections that never change the compressed weights; every other section is in the fingerprint
+of the compression checkpoints (admm_state.pt, compressed.pt), ``device``, ``crossbar`` and
+``cost`` only when the compression reads them (:data:`HARDWARE_SECTIONS`). Of ``robustness``
+only ``hardware_aware`` and the repair settings it trains with are (the rest acts after
+compression)."""
+
+HARDWARE_SECTIONS = ("device", "crossbar", "cost")
+"""Read by the compression only with a budgeted ``allocation`` (it costs candidate layers) or
+hardware-aware retraining (the simulator in the forward pass); otherwise a change of them
+reuses the compressed model (resume, :func:`experiments.pipeline.cached`)."""
 
 TRAINING_ROBUSTNESS = ("hardware_aware", "compensation", "placement", "miss_rate", "spare_rows",
                        "spare_cols", "write_verify")
@@ -81,8 +86,11 @@ def fingerprint(exp: CompressExperiment, keys: Iterable[str] | None = None) -> d
     plain data, stored in checkpoints and compared on resume."""
     raw = exp.raw
     names = list(keys) if keys is not None else [k for k in raw if k not in UNFINGERPRINTED]
+    hardware_aware = exp.robustness.hardware_aware and exp.compressor == "admm"
+    if keys is None and exp.allocation is None and not hardware_aware:
+        names = [k for k in names if k not in HARDWARE_SECTIONS]
     fp = {k: raw[k] for k in names if k in raw}
-    if keys is None and exp.robustness.hardware_aware:
+    if keys is None and hardware_aware:
         fp["robustness"] = {k: getattr(exp.robustness, k) for k in TRAINING_ROBUSTNESS}
     return fp
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -197,6 +198,11 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     source = to_absolute_path(exp.train.checkpoint) if exp.train.checkpoint else None
     if source is None and target.exists():
         source = target
+    shared = cached(exp, "dense", fp)
+    if source is None and shared is not None and shared.exists():
+        _log.info("dense model reused from the cache: %s", shared)
+        save_atomic(_load(shared, device), target)
+        source = target
     if source is not None:
         restore_dense(model, loaders[0], _load(source, device), source,
                       fp if source == target else None)
@@ -207,7 +213,19 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
             checkpoint=run_dir / "pretrain_state.pt", fingerprint=fp)
     if source != target:
         save_atomic(dense_state(model, loaders[0], fp), target)
+    if shared is not None and not shared.exists():
+        save_atomic(_load(target, device), shared)
     return evaluate(model, loaders[1])
+
+
+def cached(exp: CompressExperiment, name: str, fp: Mapping) -> Path | None:
+    """``<runtime.cache_dir>/<name>-<hash>.pt``: a model shared by every run whose settings
+    ``fp`` (the checkpoint's fingerprint: only the sections it depends on) are the same;
+    ``None`` without a cache."""
+    if exp.runtime.cache_dir is None:
+        return None
+    key = hashlib.sha256(json.dumps(dict(fp), sort_keys=True, default=str).encode()).hexdigest()
+    return Path(to_absolute_path(exp.runtime.cache_dir)) / f"{name}-{key[:20]}.pt"
 
 
 def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
@@ -218,6 +236,10 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
     fp = fingerprint(exp)
+    shared = cached(exp, "compressed", fp)
+    if not target.exists() and shared is not None and shared.exists():
+        _log.info("compressed model reused from the cache: %s", shared)
+        save_atomic(_load(shared, device), target)
     if target.exists():
         state = _load(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)
@@ -232,8 +254,11 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
                       checkpoint=run_dir / "admm_state.pt", fingerprint=fp,
                       perturbation=perturbation)
-    save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
-                 "levels": result.levels, "history": result.history, "fingerprint": fp}, target)
+    state = {"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
+             "levels": result.levels, "history": result.history, "fingerprint": fp}
+    save_atomic(state, target)
+    if shared is not None:
+        save_atomic(state, shared)
     return result.masks, result.scales, result.history
 
 

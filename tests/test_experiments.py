@@ -355,3 +355,31 @@ def test_collect_plots_only_metrics_that_vary(tmp_path, monkeypatch):
 def test_collect_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         collect_rows(tmp_path)
+
+
+# ---------------------------------------------------------------------- model cache (issue 13)
+def test_device_only_change_reuses_the_cached_models(tmp_path, caplog):
+    cache = tmp_path / "cache"
+    base = TINY + [f"runtime.cache_dir={cache}", "robustness.hardware_aware=false",
+                   "robustness.ablation=false"]
+    first = run_compress(_compose(base), tmp_path / "a")
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["compressed", "dense"]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        second = run_compress(_compose(base + ["device.prog_sigma=0.2",
+                                               "crossbar.adc_bits=6"]), tmp_path / "b")
+    text = caplog.text
+    assert "dense model reused from the cache" in text
+    assert "compressed model reused from the cache" in text
+    assert second["compressed_accuracy"] == first["compressed_accuracy"]
+    assert second["device"]["programming"] != first["device"]["programming"]
+    assert "pretrain" not in " ".join(r.message for r in caplog.records
+                                      if "epoch" in r.message)  # nothing trained again
+    # hardware-aware retraining reads the device: a device change recompresses
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_compress(_compose(TINY + [f"runtime.cache_dir={cache}", "robustness.ablation=false",
+                                      "device.prog_sigma=0.3"]), tmp_path / "c")
+    assert "dense model reused" in caplog.text
+    assert "compressed model reused" not in caplog.text
+    assert len(list(cache.glob("compressed-*.pt"))) == 2
