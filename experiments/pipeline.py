@@ -364,6 +364,32 @@ def robustness_ablation(model: nn.Module, plan: MappingPlan, exp: CompressExperi
     return rows
 
 
+def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperiment,
+                      calibration: torch.Tensor, scales: Mapping, path: Path) -> None:
+    """Histogram of the target and the programmed conductances of every live cell of the first
+    chip (seed ``exp.seed``, repaired as the run repairs): the level grid, the programming
+    spread around it, and the stuck cells at the window's edges."""
+    xmodel = to_crossbar(model, exp.device.with_(t_inference_s=0.0),
+                         exp.crossbar.with_(output_calibration=False), calibration=calibration,
+                         seed=exp.seed, plan=plan, scales=scales, repair=exp.robustness.repair())
+    target, programmed = [], []
+    for _, layer in crossbar_modules(xmodel):
+        live = layer.cell_mask.bool().expand_as(layer.g_uS)
+        target.append(layer.g_nominal_uS[live].cpu())
+        programmed.append(layer.g_uS[live].cpu())
+    target_t, programmed_t = torch.cat(target).numpy(), torch.cat(programmed).numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    bins = 120
+    ax.hist(target_t, bins=bins, histtype="step", color="k", label="targets (level grid)")
+    ax.hist(programmed_t, bins=bins, alpha=0.6, color="C0", label="programmed (chip 0)")
+    ax.set_yscale("log")
+    ax.set_xlabel("conductance (uS)")
+    ax.set_ylabel("cells")
+    ax.set_title(f"Conductances of the {len(target_t)} live cells")
+    ax.legend(fontsize=7)
+    write_png(path, fig)
+
+
 def ideal_device(device: DeviceModel) -> DeviceModel:
     """The same conductance range and levels without variation, read noise, drift or faults."""
     return device.with_(programming=None, read_noise=None, drift=None, faults=None,
@@ -390,10 +416,24 @@ def _jsonable(x: object) -> object:
 
 
 def write_png(path: Path, fig) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    """The figure as ``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for
+    papers), both written atomically."""
+    for fmt, target in (("png", path), ("pdf", path.with_suffix(".pdf"))):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
+        atomic_write_bytes(target, buf.getvalue())
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+
+
+def ci95(values: Sequence[float]) -> float:
+    """Half width of the 95 % confidence interval of the mean (Student's t; 0 for one
+    value)."""
+    if len(values) < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values)
+                 / math.sqrt(len(values)))
 
 
 def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
@@ -411,15 +451,44 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
     fig, ax = plt.subplots(figsize=(5, 3.2))
     accs = metrics["crossbar_accuracies"]
     ax.bar(range(len(accs)), accs, color="#1f77b4")
+    mean, half = statistics.fmean(accs), ci95(accs)
+    ax.axhspan(mean - half, mean + half, color="C1", alpha=0.3,
+               label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
     for y, label, style in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
                             (metrics["dense_accuracy"], "dense (software)", ":")):
         ax.axhline(y, color="k", linestyle=style, label=label)
     ax.set_xlabel("programmed chip")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
-    ax.set_title("Accuracy per programmed chip")
+    ax.set_title(f"Accuracy per programmed chip ({len(accs)} chips)")
     ax.legend(fontsize=7)
     write_png(run_dir / "chip_accuracy.png", fig)
+    plots = ["chip_accuracy.png", "stage_accuracy.png"]
+    rounds = [h for h in history if h.get("event") == "admm_round"]
+    if rounds:
+        stages = list(dict.fromkeys(h["stage"] for h in rounds))
+        fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.4),
+                                 squeeze=False)
+        for ax, stage in zip(axes[0], stages, strict=True):
+            sel = [h for h in rounds if h["stage"] == stage]
+            for name in sel[0]["layers"]:
+                ax.plot(range(1, len(sel) + 1), [h["layers"][name]["primal"] for h in sel],
+                        label=name)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"ADMM round ({stage})")
+            ax.set_ylabel("primal residual ||W - Z||")
+            rho = ax.twinx()
+            rho.plot(range(1, len(sel) + 1), [next(iter(h["layers"].values()))["rho"]
+                                              for h in sel], "k--", label="rho")
+            rho.set_yscale("log")
+            rho.set_ylabel("rho (dashed)")
+            ax.legend(fontsize=6, loc="lower left")
+        fig.suptitle("ADMM convergence: residual per layer and penalty rho")
+        fig.tight_layout()
+        write_png(run_dir / "admm_residuals.png", fig)
+        plots.append("admm_residuals.png")
+    if (run_dir / "conductances.png").exists():
+        plots.append("conductances.png")
 
     evals = [h for h in history if h.get("event") == "eval"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -453,7 +522,7 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
                      f"({len(ablation[0]['accuracies'])} chips)")
         ax.legend(fontsize=7)
         write_png(run_dir / "robustness_ablation.png", fig)
-    return ["chip_accuracy.png", "stage_accuracy.png"]
+    return plots
 
 
 def _robustness_markdown(m: dict) -> list[str]:
@@ -545,7 +614,8 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"| compressed (software) | {m['compressed_accuracy']:.2f} |",
         f"| compressed on ideal crossbar | {m['crossbar_ideal_accuracy']:.2f} |",
         f"| compressed on {m['chips']} programmed chips | {m['crossbar_accuracy_mean']:.2f}"
-        f" +- {m['crossbar_accuracy_std']:.2f} (min {min(m['crossbar_accuracies']):.2f}) |",
+        f" +- {m['crossbar_accuracy_std']:.2f} (95 % CI of the mean +- "
+        f"{m.get('crossbar_accuracy_ci95', 0.0):.2f}; min {min(m['crossbar_accuracies']):.2f}) |",
         "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
         f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",
         *_robustness_markdown(m),
@@ -654,6 +724,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     with _timed(timings, "ablation"):
         ablation = robustness_ablation(model, plan, exp, calibration, outputs, xtest, scales,
                                        accs)
+    plot_conductances(model, plan, exp, calibration, scales, run_dir / "conductances.png")
     with _timed(timings, "cost"):
         cost = cost_stage(plan, exp, run_dir / "cost")
     mean, std = _stats(accs)
@@ -665,6 +736,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         "crossbar_ideal_accuracy": ideal,
         "crossbar_ideal_uncalibrated_accuracy": ideal_plain,
         "crossbar_accuracy_mean": mean, "crossbar_accuracy_std": std,
+        "crossbar_accuracy_ci95": ci95(accs),
         "crossbar_accuracies": accs, "chips": exp.eval.chips,
         "crossbar_test_samples": len(xtest.dataset),
         "accuracy_drop_ideal": dense_acc - ideal, "accuracy_drop_mean": dense_acc - mean,
