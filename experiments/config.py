@@ -370,6 +370,36 @@ class RobustnessSettings:
                                   output_calibration=self.output_calibration)
 
 
+@dataclass(frozen=True)
+class LayerSettings:
+    """Per-layer mapping (``layers`` section): ``digital`` layer patterns (fnmatch or ``re:``)
+    kept digital (not planned, simulated or costed), ``devices``: layer pattern -> a device
+    group mapping (fields, shorthands or ``preset: <name>``) for the layers it matches; other
+    layers use the ``device`` group. Patterns are checked against the model before any work."""
+
+    digital: list = field(default_factory=list)
+    devices: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for i, pattern in enumerate(self.digital):
+            if not isinstance(pattern, str) or not pattern:
+                _fail(f"digital[{i}]", pattern, "a layer name pattern (fnmatch or re:...)")
+        for pattern, data in self.devices.items():
+            if not isinstance(data, Mapping):
+                _fail(f"devices.{pattern}", data, "a device mapping (fields or preset: name)")
+
+    def device_models(self, robustness: RobustnessSettings) -> dict[str, DeviceModel]:
+        """``devices`` as ``DeviceModel``s (the robustness group's write-verify applied)."""
+        out = {}
+        for pattern, data in self.devices.items():
+            dev = _library(f"layers.devices.{pattern}", _device, _known(
+                f"layers.devices.{pattern}", data, DeviceModel, "preset", *DEVICE_SHORTHANDS))
+            if robustness.write_verify is not None:
+                dev = dev.with_(write_verify=WriteVerify(**robustness.write_verify))
+            out[pattern] = dev
+        return out
+
+
 ROBUSTNESS_KEYS = ("spare_rows", "spare_cols", "output_calibration")
 """CrossbarConfig fields set by the robustness group (refused in the crossbar group)."""
 
@@ -422,6 +452,8 @@ class CompressExperiment:
     allocation: AllocationSettings | None = None
     resume: bool = False
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
+    layers: LayerSettings = field(default_factory=LayerSettings)
+    layer_devices: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Weights are quantized onto levels the device can hold: an integer level count in
@@ -456,7 +488,7 @@ _TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "cross
         "eval")
 
 
-_OPTIONAL = ("compressor", "obc", "allocation", "resume", "robustness")
+_OPTIONAL = ("compressor", "obc", "allocation", "resume", "robustness", "layers")
 """Top-level keys with defaults: ``compressor`` (admm | obc), the ``obc`` block
 (``experiments.posttraining.ObcSettings``), ``allocation`` (null or
 ``experiments.allocation.AllocationSettings``), ``resume`` (continue the run directory's
@@ -517,6 +549,7 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
             _fail(f"crossbar.{key}", data["crossbar"][key],
                   f"not set in the crossbar group; use robustness.{key}")
     robustness = build(RobustnessSettings, data.get("robustness"), "robustness")
+    layers = build(LayerSettings, data.get("layers"), "layers")
     device, xbar = robustness.apply(
         _library("device", _device, _known("device", data["device"], DeviceModel, "preset",
                                            *DEVICE_SHORTHANDS)),
@@ -540,6 +573,8 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         else build(AllocationSettings, data["allocation"], "allocation"),
         resume=_resume(data.get("resume", False)),
         robustness=robustness,
+        layers=layers,
+        layer_devices=layers.device_models(robustness),
     )
 
 

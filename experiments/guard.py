@@ -67,7 +67,7 @@ of the compression checkpoints (admm_state.pt, compressed.pt), ``device``, ``cro
 only ``hardware_aware`` and the repair settings it trains with are (the rest acts after
 compression)."""
 
-HARDWARE_SECTIONS = ("device", "crossbar", "cost")
+HARDWARE_SECTIONS = ("device", "crossbar", "cost", "layers")
 """Read by the compression only with a budgeted ``allocation`` (it costs candidate layers) or
 hardware-aware retraining (the simulator in the forward pass); otherwise a change of them
 reuses the compressed model (resume, :func:`experiments.pipeline.cached`)."""

@@ -248,7 +248,8 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     config = exp.admm.compress_config(progress=exp.runtime.progress)
     perturbation = None
     if exp.robustness.hardware_aware:  # the chip in the forward pass of the retraining stages
-        perturbation = HardwareAware(exp.device, exp.crossbar, repair=exp.robustness.repair())
+        perturbation = HardwareAware(exp.device, exp.crossbar, repair=exp.robustness.repair(),
+                                     layers=mapped_layers(model, exp)[0])
         _log.info("hardware-aware retraining in stages %s: %s", ", ".join(
             config.perturb_stages), exp.device.describe())
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
@@ -263,9 +264,12 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
 
 
 def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
-              example: torch.Tensor, path: Path | None = None) -> MappingPlan:
-    """Masked mapping (``crossbar.plan_model`` with the ADMM masks); saved to ``path``."""
-    plan = plan_model(model, xbar, masks=masks, example_input=example)
+              example: torch.Tensor, path: Path | None = None,
+              exclude: Sequence[str] = ()) -> MappingPlan:
+    """Masked mapping (``crossbar.plan_model`` with the ADMM masks, without the ``exclude``d
+    digital layers); saved to ``path``."""
+    masks = None if masks is None else {k: v for k, v in masks.items() if k not in exclude}
+    plan = plan_model(model, xbar, masks=masks, example_input=example, exclude=exclude)
     if path is not None:
         plan.save(path)
     return plan
@@ -278,7 +282,8 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
                     programming: list[dict] | None = None, repair: RepairConfig | None = None,
                     outputs: torch.Tensor | None = None,
                     repairs: list[dict] | None = None,
-                    calibrations: list[dict] | None = None) -> list[float]:
+                    calibrations: list[dict] | None = None, digital: Sequence[str] = (),
+                    devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
     """Test accuracy (%) of ``model`` on ``chips`` programmed crossbar chips (seeds
     ``seed .. seed + chips - 1``), each repaired (``repair``) and calibrated on
     ``calibration`` right after programming, its output columns then calibrated against
@@ -295,7 +300,9 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
     # converters are calibrated when a chip is programmed (t = 0); the chip then drifts
     t_inference = device.t_inference_s
     xmodel = to_crossbar(model, device.with_(t_inference_s=0.0), xbar, calibration=calibration,
-                         seed=seed, plan=plan, scales=scales, repair=repair)
+                         seed=seed, plan=plan, scales=scales, repair=repair, digital=digital,
+                         devices={k: d.with_(t_inference_s=0.0)
+                                  for k, d in (devices or {}).items()})
     accs = []
     for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
         if i:
@@ -348,12 +355,13 @@ def robustness_ablation(model: nn.Module, plan: MappingPlan, exp: CompressExperi
     rows = []
     for name, repair, _ in steps:
         got = chip_accuracies(model, plan, device, xbar.with_(output_calibration=False),
-                              calibration, test, n, exp.seed, scales=scales, repair=repair)
+                              calibration, test, n, exp.seed, scales=scales, repair=repair,
+                              **layer_args(exp))
         rows.append({"step": name, "accuracies": got})
     if device.write_verify is not None and rob.write_verify is not None:
         got = chip_accuracies(model, plan, device.with_(write_verify=None), xbar, calibration,
                               test, n, exp.seed, scales=scales, repair=rob.repair(),
-                              outputs=outputs)
+                              outputs=outputs, **layer_args(exp))
         rows.append({"step": "all but write-verify", "accuracies": got})
     last = "+ output calibration" if xbar.output_calibration else "configured procedure"
     rows.append({"step": last + " (configured)", "accuracies": accs[:n]})
@@ -371,7 +379,8 @@ def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperime
     spread around it, and the stuck cells at the window's edges."""
     xmodel = to_crossbar(model, exp.device.with_(t_inference_s=0.0),
                          exp.crossbar.with_(output_calibration=False), calibration=calibration,
-                         seed=exp.seed, plan=plan, scales=scales, repair=exp.robustness.repair())
+                         seed=exp.seed, plan=plan, scales=scales, repair=exp.robustness.repair(),
+                         **layer_args(exp))
     target, programmed = [], []
     for _, layer in crossbar_modules(xmodel):
         live = layer.cell_mask.bool().expand_as(layer.g_uS)
@@ -388,6 +397,34 @@ def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperime
     ax.set_title(f"Conductances of the {len(target_t)} live cells")
     ax.legend(fontsize=7)
     write_png(path, fig)
+
+
+def layer_args(exp: CompressExperiment, ideal: bool = False) -> dict:
+    """``digital`` and per-layer ``devices`` of the ``layers`` section, as ``to_crossbar`` and
+    :func:`chip_accuracies` take them (``ideal``: every device without variation, noise,
+    drift or faults)."""
+    devices = {k: ideal_device(d) if ideal else d for k, d in exp.layer_devices.items()}
+    return {"digital": list(exp.layers.digital), "devices": devices}
+
+
+def mapped_layers(model: nn.Module, exp: CompressExperiment) -> tuple[list[str], list[str]]:
+    """``(mapped, digital)`` layer names; fails naming the ``layers`` pattern that matches no
+    layer (checked before any work)."""
+    from crossbar.convert import _layer_devices, _select
+    from crossbar.plan import crossbar_layers as mappable
+
+    names = [n for n, _ in mappable(model)]
+    try:
+        digital = sorted(_select("layers.digital", exp.layers.digital, names)) \
+            if exp.layers.digital else []
+        mapped = [n for n in names if n not in digital]
+        if not mapped:
+            raise ValueError(f"layers.digital={exp.layers.digital!r} keeps every layer digital; "
+                             "allowed: patterns that leave at least one layer to map")
+        _layer_devices(exp.layer_devices, mapped, exp.device)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"layers: {exc}") from None
+    return mapped, digital
 
 
 def ideal_device(device: DeviceModel) -> DeviceModel:
@@ -646,6 +683,11 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
               "(docs/crossbar.md, 'Programming cost')", "",
               "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
               f"Array model: {_array_line(m['crossbar'])}.", "",
+              *([f"Layers kept digital (not simulated or costed): "
+                 f"{', '.join(m['layers']['digital'])}.", ""]
+                if m.get("layers", {}).get("digital") else []),
+              *[f"Layers `{k}` on their own device: {DeviceModel.from_dict(d).describe()}"
+                for k, d in m.get("layers", {}).get("devices", {}).items()],
               "## Crossbar and periphery", "",
               "| setting | value |", "|---|---|",
               *[f"| {k} | {v} |" for k, v in m["crossbar"].items() if k != "array"], "",
@@ -673,6 +715,7 @@ def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
     model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
     model.to(device)
     check_constraints_fit(model, exp.admm)
+    mapped_layers(model, exp)  # layers.digital / layers.devices patterns fit the model
     check_budget(model, exp, train.dataset[0][0][None].to(device))
     with _timed(timings, "pretrain"):
         dense_acc = pretrain_stage(model, (train, test), exp, run_dir)
@@ -702,7 +745,8 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     compressed_acc = evaluate(model, test)
     _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", dense_acc, compressed_acc)
     warnings_ = collapse_warnings(dense_acc, compressed_acc, info.num_classes, exp.compressor)
-    plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json")
+    plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json",
+                     exclude=mapped_layers(model, exp)[1])
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
     rob = exp.robustness
     outputs = calibration_batch(train, rob.calibration_samples, torch_device, exp.seed + 1) \
@@ -710,17 +754,17 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     with _timed(timings, "crossbar_eval"):
         ideal = chip_accuracies(model, plan, ideal_device(exp.device), exp.crossbar,
                                 calibration, xtest, 1, exp.seed, scales=scales,
-                                outputs=outputs)[0]
+                                outputs=outputs, **layer_args(exp, ideal=True))[0]
         ideal_plain = ideal if not exp.crossbar.output_calibration else chip_accuracies(
             model, plan, ideal_device(exp.device), exp.crossbar.with_(output_calibration=False),
-            calibration, xtest, 1, exp.seed, scales=scales)[0]
+            calibration, xtest, 1, exp.seed, scales=scales, **layer_args(exp, ideal=True))[0]
         programming: list[dict] = []
         repairs: list[dict] = []
         fitted: list[dict] = []
         accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
                                exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales,
                                programming=programming, repair=rob.repair(), outputs=outputs,
-                               repairs=repairs, calibrations=fitted)
+                               repairs=repairs, calibrations=fitted, **layer_args(exp))
     with _timed(timings, "ablation"):
         ablation = robustness_ablation(model, plan, exp, calibration, outputs, xtest, scales,
                                        accs)
@@ -751,6 +795,8 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,
         "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
+        "layers": {"digital": mapped_layers(model, exp)[1],
+                   "devices": {k: d.to_dict() for k, d in exp.layer_devices.items()}},
         "environment": environment(torch_device), "warnings": warnings_,
         "programming": {k: sum(c[k] for c in programming) / len(programming)
                         for k in programming[0]},
@@ -891,6 +937,7 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     compressed_acc = evaluate(model, test)
     compressed = {k: v.clone() for k, v in model.state_dict().items()}
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
+    digital = mapped_layers(model, exp)[1]
     jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
     chip_rows, summary = [], []
     for key, value in tqdm(jobs, desc="settings", disable=not exp.runtime.progress):
@@ -899,11 +946,12 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
             if xbar.output_calibration else None
         for name in study.models:
             model.load_state_dict(dense if name == "dense" else compressed)
-            plan = map_stage(model, masks if name == "compressed" else None, xbar, calibration)
+            plan = map_stage(model, masks if name == "compressed" else None, xbar, calibration,
+                             exclude=digital)
             accs = chip_accuracies(model, plan, dev, xbar, calibration, xtest, exp.eval.chips,
                                    exp.seed, desc=f"{key}={value} {name}",
                                    scales=scales if name == "compressed" else None,
-                                   repair=rob.repair(), outputs=outputs)
+                                   repair=rob.repair(), outputs=outputs, **layer_args(exp))
             chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
                            "accuracy": a} for i, a in enumerate(accs)]
             mean, std = _stats(accs)

@@ -383,3 +383,26 @@ def test_device_only_change_reuses_the_cached_models(tmp_path, caplog):
     assert "dense model reused" in caplog.text
     assert "compressed model reused" not in caplog.text
     assert len(list(cache.glob("compressed-*.pt"))) == 2
+
+
+# ------------------------------------------------------------ per-layer mapping (issue 13)
+def test_layers_section_keeps_layers_digital_and_sets_per_layer_devices(tmp_path):
+    overrides = TINY + ["robustness.ablation=false", "+layers.digital=[classifier.4]",
+                        "+layers.devices={features.0: {prog_sigma: 0.0, sa0_rate: 0.0, "
+                        "sa1_rate: 0.0}}"]
+    metrics = run_compress(_compose(overrides), tmp_path / "run")
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    names = json.dumps(plan)
+    assert "classifier.4" not in names and "features.0" in names
+    assert metrics["mapped_weights"] < metrics["dense_weights"]
+    assert metrics["layers"]["digital"] == ["classifier.4"]
+    assert metrics["layers"]["devices"]["features.0"]["programming"]["sigma"] == 0.0
+    assert metrics["device"]["programming"] is not None
+    assert "kept digital" in (tmp_path / "run" / "report.md").read_text()
+    # a pattern that matches no layer fails before any work
+    with pytest.raises(ValueError, match="layers.*classifier.9"):
+        run_compress(_compose(TINY + ["+layers.digital=[classifier.9]"]), tmp_path / "bad")
+    assert not (tmp_path / "bad" / "dense.pt").exists()
+    with pytest.raises(ValueError, match="layers.devices.features.0.bogus"):
+        run_compress(_compose(TINY + ["+layers.devices={features.0: {bogus: 1}}"]),
+                     tmp_path / "bad2")
