@@ -427,6 +427,36 @@ def mapped_layers(model: nn.Module, exp: CompressExperiment) -> tuple[list[str],
     return mapped, digital
 
 
+def plot_tile_map(plan: MappingPlan, path: Path) -> None:
+    """One panel per mapped layer: its matrix ``[out, in]`` with the live weights (dark) and
+    the tiles the plan puts them on (outlines: each tile's rows x outputs, not necessarily
+    contiguous in the matrix, drawn over their span)."""
+    from matplotlib.patches import Rectangle
+
+    layers = list(plan)
+    cols = min(3, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.8 * rows), squeeze=False)
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        mask = layer.cell_mask().float().numpy()
+        ax.imshow(mask, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+        for t, tile in enumerate(layer.tiles):
+            r0, r1 = min(tile.rows), max(tile.rows)
+            c0, c1 = min(tile.cols), max(tile.cols)
+            ax.add_patch(Rectangle((r0 - 0.5, c0 - 0.5), r1 - r0 + 1, c1 - c0 + 1, fill=False,
+                                   edgecolor=f"C{t % 10}", linewidth=1.2))
+        ax.set_title(f"{layer.name}: {layer.n_tiles} tiles, {layer.mapped_weights} weights",
+                     fontsize=8)
+        ax.set_xlabel("input row (word line)", fontsize=7)
+        ax.set_ylabel("output", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle("Mapping plan: live weights (dark) and tiles (outlines)", fontsize=9)
+    fig.tight_layout()
+    write_png(path, fig)
+
+
 def ideal_device(device: DeviceModel) -> DeviceModel:
     """The same conductance range and levels without variation, read noise, drift or faults."""
     return device.with_(programming=None, read_noise=None, drift=None, faults=None,
@@ -524,8 +554,8 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
         fig.tight_layout()
         write_png(run_dir / "admm_residuals.png", fig)
         plots.append("admm_residuals.png")
-    if (run_dir / "conductances.png").exists():
-        plots.append("conductances.png")
+    plots += [name for name in ("conductances.png", "tile_map.png")
+              if (run_dir / name).exists()]
 
     evals = [h for h in history if h.get("event") == "eval"]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -769,6 +799,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         ablation = robustness_ablation(model, plan, exp, calibration, outputs, xtest, scales,
                                        accs)
     plot_conductances(model, plan, exp, calibration, scales, run_dir / "conductances.png")
+    plot_tile_map(plan, run_dir / "tile_map.png")
     with _timed(timings, "cost"):
         cost = cost_stage(plan, exp, run_dir / "cost")
     mean, std = _stats(accs)

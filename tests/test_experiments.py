@@ -399,6 +399,9 @@ def test_layers_section_keeps_layers_digital_and_sets_per_layer_devices(tmp_path
     assert metrics["layers"]["devices"]["features.0"]["programming"]["sigma"] == 0.0
     assert metrics["device"]["programming"] is not None
     assert "kept digital" in (tmp_path / "run" / "report.md").read_text()
+    for figure in ("tile_map", "conductances", "admm_residuals", "chip_accuracy"):
+        assert (tmp_path / "run" / f"{figure}.png").stat().st_size > 1000
+        assert (tmp_path / "run" / f"{figure}.pdf").stat().st_size > 1000
     # a pattern that matches no layer fails before any work
     with pytest.raises(ValueError, match="layers.*classifier.9"):
         run_compress(_compose(TINY + ["+layers.digital=[classifier.9]"]), tmp_path / "bad")
