@@ -252,12 +252,13 @@ class CrossbarLayer(nn.Module):
         targets = targets.movedim(-1, 1)
         live = self.cell_mask.cpu().bool().expand_as(nominal)
         ref_live = self._tile_row_mask().cpu() if style.reference_columns else None
+
+        def count(cells: torch.Tensor, ref: torch.Tensor) -> int:  # stuck live cells
+            n = int((~torch.isnan(cells) & live).sum())
+            return n if ref_live is None else n + int((~torch.isnan(ref) & ref_live).sum())
+
         self.repair_stats = {
-            "stuck": int((~torch.isnan(stuck) & live).sum())
-            + (int((~torch.isnan(ref_stuck) & ref_live).sum()) if ref_live is not None else 0),
-            "detected": int((~torch.isnan(detected) & live).sum())
-            + (int((~torch.isnan(ref_detected) & ref_live).sum()) if ref_live is not None
-               else 0),
+            "stuck": count(stuck, ref_stuck), "detected": count(detected, ref_detected),
             "compensated": int(((targets != nominal) & live & torch.isnan(stuck)).sum()),
         }
         if repair.placement:

@@ -182,9 +182,11 @@ def _breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
     variants = [("compressed", c)] + ([("dense baseline", b)] if b else [])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     bottoms = [0.0] * len(variants)
-    for comp in PARTS:
+    colors = plt.get_cmap("tab20").colors  # one distinct colour per component (> 10 parts)
+    for k, comp in enumerate(PARTS):
         vals = [getattr(m, attr)[comp] * scale for _, m in variants]
-        ax.bar([v for v, _ in variants], vals, bottom=bottoms, label=comp)
+        ax.bar([v for v, _ in variants], vals, bottom=bottoms, label=comp,
+               color=colors[k % len(colors)])
         bottoms = [x + y for x, y in zip(bottoms, vals, strict=True)]
     ax.set_ylabel(ylabel)
     ax.set_title(title)

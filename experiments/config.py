@@ -360,14 +360,19 @@ class RobustnessSettings:
         return RepairConfig(compensation=self.compensation, placement=self.placement,
                             miss_rate=self.miss_rate)
 
+    def programmed(self, device: DeviceModel) -> DeviceModel:
+        """``device`` with this group's write-verify, when it sets one."""
+        if self.write_verify is None:
+            return device
+        return device.with_(write_verify=WriteVerify(**self.write_verify))
+
     def apply(self, device: DeviceModel, xbar: CrossbarConfig
               ) -> tuple[DeviceModel, CrossbarConfig]:
         """The device (write-verify) and crossbar (spares, output calibration) these settings
         make."""
-        if self.write_verify is not None:
-            device = device.with_(write_verify=WriteVerify(**self.write_verify))
-        return device, xbar.with_(spare_rows=self.spare_rows, spare_cols=self.spare_cols,
-                                  output_calibration=self.output_calibration)
+        return self.programmed(device), xbar.with_(
+            spare_rows=self.spare_rows, spare_cols=self.spare_cols,
+            output_calibration=self.output_calibration)
 
 
 @dataclass(frozen=True)
@@ -392,11 +397,10 @@ class LayerSettings:
         """``devices`` as ``DeviceModel``s (the robustness group's write-verify applied)."""
         out = {}
         for pattern, data in self.devices.items():
-            dev = _library(f"layers.devices.{pattern}", _device, _known(
-                f"layers.devices.{pattern}", data, DeviceModel, "preset", *DEVICE_SHORTHANDS))
-            if robustness.write_verify is not None:
-                dev = dev.with_(write_verify=WriteVerify(**robustness.write_verify))
-            out[pattern] = dev
+            out[pattern] = robustness.programmed(_library(
+                f"layers.devices.{pattern}", _device, _known(
+                    f"layers.devices.{pattern}", data, DeviceModel, "preset",
+                    *DEVICE_SHORTHANDS)))
         return out
 
 

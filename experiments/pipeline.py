@@ -201,7 +201,7 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     shared = cached(exp, "dense", fp)
     if source is None and shared is not None and shared.exists():
         _log.info("dense model reused from the cache: %s", shared)
-        save_atomic(_load(shared, device), target)
+        atomic_write_bytes(target, shared.read_bytes())
         source = target
     if source is not None:
         restore_dense(model, loaders[0], _load(source, device), source,
@@ -214,7 +214,7 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     if source != target:
         save_atomic(dense_state(model, loaders[0], fp), target)
     if shared is not None and not shared.exists():
-        save_atomic(_load(target, device), shared)
+        atomic_write_bytes(shared, target.read_bytes())
     return evaluate(model, loaders[1])
 
 
@@ -239,7 +239,7 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     shared = cached(exp, "compressed", fp)
     if not target.exists() and shared is not None and shared.exists():
         _log.info("compressed model reused from the cache: %s", shared)
-        save_atomic(_load(shared, device), target)
+        atomic_write_bytes(target, shared.read_bytes())
     if target.exists():
         state = _load(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)
@@ -259,7 +259,7 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
              "levels": result.levels, "history": result.history, "fingerprint": fp}
     save_atomic(state, target)
     if shared is not None:
-        save_atomic(state, shared)
+        atomic_write_bytes(shared, target.read_bytes())
     return result.masks, result.scales, result.history
 
 
@@ -775,8 +775,9 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     compressed_acc = evaluate(model, test)
     _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", dense_acc, compressed_acc)
     warnings_ = collapse_warnings(dense_acc, compressed_acc, info.num_classes, exp.compressor)
+    digital = mapped_layers(model, exp)[1]
     plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json",
-                     exclude=mapped_layers(model, exp)[1])
+                     exclude=digital)
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
     rob = exp.robustness
     outputs = calibration_batch(train, rob.calibration_samples, torch_device, exp.seed + 1) \
@@ -826,7 +827,7 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
         **{k: v for k, v in red.items() if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,
         "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
-        "layers": {"digital": mapped_layers(model, exp)[1],
+        "layers": {"digital": digital,
                    "devices": {k: d.to_dict() for k, d in exp.layer_devices.items()}},
         "environment": environment(torch_device), "warnings": warnings_,
         "programming": {k: sum(c[k] for c in programming) / len(programming)
