@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from crossbar.io import atomic_write_text
-from experiments.pipeline import plt, write_png
+from experiments.plots import plt, write_png
 
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_std"), ("compressed_accuracy", None),
            ("compression_ratio", None), ("energy_reduction_pct", None),

@@ -413,26 +413,44 @@ class StudySettings:
     """Device study: ``source`` is a finished compress run directory (dense.pt, compressed.pt,
     plan.json) or ``None`` to pretrain and compress first; ``sweeps`` maps a setting (a
     ``DeviceModel`` or ``CrossbarConfig`` field, or ``sa_rate`` = total stuck-at rate split
-    evenly over SA0 and SA1) to the values tried, one setting at a time from the base config."""
+    evenly over SA0 and SA1) to the values tried, one setting at a time from the base config.
+    ``grids``: 2-D sweeps, each a mapping of exactly two settings to their values (the first
+    on the x axis, the second on y), every combination evaluated (a heat map each).
+    ``layer_sensitivity``: also evaluate the compressed model with only one mapped layer at a
+    time on the base device and the others on its ideal version."""
 
     sweeps: dict
     source: str | None = None
     models: list[str] = field(default_factory=lambda: ["dense", "compressed"])
+    grids: list = field(default_factory=list)
+    layer_sensitivity: bool = False
 
     def __post_init__(self) -> None:
         if not self.sweeps:
             _fail("sweeps", self.sweeps, "a mapping setting -> list of values")
         for key, values in self.sweeps.items():
-            if key not in SWEEPABLE + ("sa_rate",) and not EFFECT_KEY.match(str(key)):
-                _fail(f"sweeps.{key}", values,
-                      "a key among " + ", ".join(SWEEPABLE + ("sa_rate",))
-                      + " or <effect>.<field> (e.g. programming.scale, drift.scale, "
-                      "write_verify.tolerance_uS, array.r_sense_ohm, robustness.placement)")
-            if not isinstance(values, list) or not values:
-                _fail(f"sweeps.{key}", values, "a non-empty list of values")
+            _check_axis(f"sweeps.{key}", key, values)
+        if not self.models:
+            _fail("models", self.models, "a non-empty list of 'dense' and/or 'compressed'")
         for m in self.models:
             if m not in ("dense", "compressed"):
                 _fail("models", self.models, "a list of 'dense' and/or 'compressed'")
+        for i, grid in enumerate(self.grids):
+            if not isinstance(grid, dict) or len(grid) != 2:
+                _fail(f"grids[{i}]", grid, "a mapping of exactly two settings to their values, "
+                      "e.g. {prog_sigma: [0.0, 0.1], adc_bits: [4, 8]}")
+            for key, values in grid.items():
+                _check_axis(f"grids[{i}].{key}", key, values)
+
+
+def _check_axis(name: str, key: object, values: object) -> None:
+    """A study axis: a sweepable setting and a non-empty list of values."""
+    if key not in SWEEPABLE + ("sa_rate",) and not EFFECT_KEY.match(str(key)):
+        _fail(name, values, "a key among " + ", ".join(SWEEPABLE + ("sa_rate",))
+              + " or <effect>.<field> (e.g. programming.scale, drift.scale, "
+              "write_verify.tolerance_uS, array.r_sense_ohm, robustness.placement)")
+    if not isinstance(values, list) or not values:
+        _fail(name, values, "a non-empty list of values")
 
 
 # ------------------------------------------------------------------------------ experiments

@@ -27,10 +27,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import to_absolute_path  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -80,6 +76,15 @@ from experiments.guard import (  # noqa: E402
     sigterm_as_exit,
 )
 from experiments.models import build_model  # noqa: E402
+from experiments.plots import (  # noqa: E402
+    ci95,
+    plot_distributions,
+    plot_heatmap,
+    plot_layer_sensitivity,
+    plot_sweep,
+    plt,
+    write_png,
+)
 from experiments.posttraining import obc_stage  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
 
@@ -482,27 +487,6 @@ def _jsonable(x: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def write_png(path: Path, fig) -> None:
-    """The figure as ``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for
-    papers), both written atomically."""
-    for fmt, target in (("png", path), ("pdf", path.with_suffix(".pdf"))):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
-        atomic_write_bytes(target, buf.getvalue())
-    plt.close(fig)
-
-
-def ci95(values: Sequence[float]) -> float:
-    """Half width of the 95 % confidence interval of the mean (Student's t; 0 for one
-    value)."""
-    if len(values) < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values)
-                 / math.sqrt(len(values)))
-
-
 def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
     """The resolved config as ``config.yaml`` in the run directory."""
     data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
@@ -849,12 +833,11 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
 
 
 # ------------------------------------------------------------------------------ device study
-def study_settings(exp: StudyExperiment, key: str, value: object
-                   ) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
-    """Base device, crossbar config and robustness settings with one setting changed
-    (``sa_rate``: SA0 = SA1 = value / 2; ``robustness.<field>``: a repair or calibration
-    step, applied to the base device and crossbar group)."""
-    device, xbar, rob = exp.device, exp.crossbar, exp.robustness
+def apply_setting(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings, key: str,
+                  value: object) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
+    """``device``, ``xbar`` and ``rob`` with one setting changed (``sa_rate``: SA0 = SA1 =
+    value / 2; ``robustness.<field>``: a repair or calibration step, applied to the device and
+    crossbar config)."""
     try:
         if key == "sa_rate":
             return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar, rob
@@ -879,75 +862,88 @@ def study_settings(exp: StudyExperiment, key: str, value: object
         raise ValueError(f"study.sweeps.{key}: {exc}") from None
 
 
-def _log_axis(key: str, values: list) -> bool:
-    """Time after programming, wire resistance, and any positive axis spanning over two
-    decades, is shown on a log axis (drift and relaxation laws are linear in log t)."""
-    positive = [v for v in values if v > 0]
-    if key in ("t_inference_s", "r_wire_ohm") or key.endswith("_ohm"):
-        return bool(positive)
-    return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
+def study_settings(exp: StudyExperiment, key: str | Sequence[str], value: object
+                   ) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
+    """The study's base device, crossbar config and robustness settings with one setting
+    changed, or (``key`` and ``value`` pairs) a grid point's two settings."""
+    keys, values = ([key], [value]) if isinstance(key, str) else (list(key), list(value))
+    state = (exp.device, exp.crossbar, exp.robustness)
+    for k, v in zip(keys, values, strict=True):
+        state = apply_setting(*state, k, v)
+    return state
 
 
-AXIS_LABELS = {"t_inference_s": "time after programming",
-               "r_wire_ohm": "wire resistance per cell, word and bit line (ohm)"}
+def held_fixed(exp: CompressExperiment, n_test: int, chips: int) -> str:
+    """The settings a study holds fixed, in words (the caption of its figures)."""
+    x = exp.crossbar
+    device = "; ".join(line for line in exp.device.describe().splitlines()
+                       if not line.endswith(": none"))
+    dac = "ideal DAC" if x.dac_bits is None else f"{x.dac_bits}-bit {x.dac} DAC"
+    adc = "ideal ADC" if x.adc_bits is None else f"{x.adc_bits}-bit ADC ({x.adc_range})"
+    steps = [k for k, on in (("compensation", exp.robustness.compensation),
+                             ("placement", exp.robustness.placement),
+                             ("output calibration", x.output_calibration)) if on]
+    return (f"Held fixed unless swept: {exp.model.name} on {exp.dataset.name}; device "
+            f"{device}; {x.tile_rows}x{x.tile_cols} tiles, {x.mapping} mapping, {dac}, {adc}, "
+            f"array {_array_line(x.to_dict())}; repair: {', '.join(steps) or 'none'}. "
+            f"{chips} programmed chips per point, {n_test} test samples; error bands: 95 % CI "
+            f"of the mean over chips.")
 
 
-def _tick(key: str, value: float) -> str:
-    """Tick label: times after programming in human units, other values as numbers."""
-    if key != "t_inference_s" or value == 0:
-        return f"{value:g}"
-    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
-        if value >= seconds:
-            return f"{value / seconds:g} {unit}"
-    return f"{value:g} s"
+def _summary_row(accs: list[float], **fields: object) -> dict:
+    mean, std = _stats(accs)
+    return {**fields, "mean": mean, "std": std, "ci95": ci95(accs), "min": min(accs),
+            "max": max(accs), "chips": len(accs)}
 
 
-def _plot_study(rows: list[dict], run_dir: Path) -> list[str]:
+def _plot_study(rows: list[dict], chip_rows: list[dict], grids: list[dict],
+                sensitivity: list[dict], reference: dict, note: str, run_dir: Path
+                ) -> list[str]:
     names = []
+    software = {k: v for k, v in reference.items() if not isinstance(v, tuple)}
     for key in dict.fromkeys(r["setting"] for r in rows):
-        sub = [r for r in rows if r["setting"] == key]
-        values = list(dict.fromkeys(r["value"] for r in sub))
-        numeric = all(isinstance(v, (int, float)) for v in values)
-        fig, ax = plt.subplots(figsize=(5, 3.4))
-        for model in dict.fromkeys(r["model"] for r in sub):
-            pts = [r for r in sub if r["model"] == model]
-            xs = [r["value"] if numeric else values.index(r["value"]) for r in pts]
-            ax.errorbar(xs, [r["mean"] for r in pts], yerr=[r["std"] for r in pts],
-                        marker="o", capsize=4, label=model)
-        if not numeric:
-            ax.set_xticks(range(len(values)), ["ideal" if v is None else str(v)
-                                                for v in values])
-        elif _log_axis(key, values):
-            positive = [v for v in values if v > 0]
-            if len(positive) < len(values):  # 0 (e.g. just programmed) on a linear stretch
-                ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
-            else:
-                ax.set_xscale("log")
-            ax.set_xticks(values, [_tick(key, v) for v in values])
-            ax.minorticks_off()
-        ax.set_xlabel(AXIS_LABELS.get(key, key))
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"Accuracy vs {key} (mean +- std over chips)")
-        ax.legend(fontsize=8)
-        name = f"study_{key}.png"
-        write_png(run_dir / name, fig)
+        plot_sweep([r for r in rows if r["setting"] == key], key, run_dir / f"study_{key}.png",
+                   note, software)
+        plot_distributions([r for r in chip_rows if r["setting"] == key], key,
+                           run_dir / f"study_{key}_chips.png", note)
+        names += [f"study_{key}.png", f"study_{key}_chips.png"]
+    for xkey, ykey in dict.fromkeys((g["x_setting"], g["y_setting"]) for g in grids):
+        name = f"grid_{xkey}_{ykey}.png"
+        plot_heatmap([g for g in grids if (g["x_setting"], g["y_setting"]) == (xkey, ykey)],
+                     xkey, ykey, run_dir / name, note)
         names.append(name)
+    if sensitivity:
+        plot_layer_sensitivity(sensitivity, run_dir / "layer_sensitivity.png", note,
+                               {k: v for k, v in reference.items() if isinstance(v, tuple)})
+        names.append("layer_sensitivity.png")
     return names
 
 
 def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     """Accuracy of the dense and compressed model across device/periphery settings, Monte
-    Carlo over ``eval.chips`` programmed chips per setting. Writes study.csv (one row per
-    chip), study.json (mean/std per setting), metrics.json, study.md and plots."""
+    Carlo over ``eval.chips`` programmed chips per setting: one setting at a time
+    (``study.sweeps``), crossed pairs (``study.grids``, heat maps) and one layer at a time
+    (``study.layer_sensitivity``). Writes study.csv (one row per chip), study.json (mean, std
+    and 95 % CI per point), metrics.json, study.md and plots (PNG + PDF)."""
     exp = load_study_config(cfg)
-    for key, values in exp.study.sweeps.items():  # every point is valid before any training
+    study = exp.study
+    for key, values in study.sweeps.items():  # every point is valid before any training
         for value in values:
             study_settings(exp, key, value)
+    grid_jobs = [((xk, yk), (xv, yv)) for grid in study.grids
+                 for (xk, xs), (yk, ys) in [tuple(grid.items())] for xv in xs for yv in ys]
+    for keys, values in grid_jobs:  # every combination (a pair can clash, e.g. g_min > g_max)
+        try:
+            study_settings(exp, keys, values)
+        except ValueError as exc:
+            raise ValueError(f"study.grids point {dict(zip(keys, values, strict=True))}: "
+                             + str(exc).removeprefix("study.sweeps.")
+                             + " (the default grid sweeps the lognormal prog_sigma: set "
+                             "study.grids=[] to drop it)") from None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(run_dir, exp.resume)
     save_config(cfg, run_dir)
-    study = exp.study
     if study.source is not None:
         source = Path(to_absolute_path(study.source))
         for name in ("dense.pt", "compressed.pt"):
@@ -969,51 +965,123 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     compressed_acc = evaluate(model, test)
     compressed = {k: v.clone() for k, v in model.state_dict().items()}
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
-    digital = mapped_layers(model, exp)[1]
-    jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
-    chip_rows, summary = [], []
-    for key, value in tqdm(jobs, desc="settings", disable=not exp.runtime.progress):
-        dev, xbar, rob = study_settings(exp, key, value)
+    mapped, digital = mapped_layers(model, exp)
+    plans: dict[tuple[str, str], MappingPlan] = {}
+
+    def plan_of(name: str, xbar: CrossbarConfig) -> MappingPlan:
+        """The mapping plan depends on the model and the crossbar geometry: made once."""
+        key = (name, json.dumps(xbar.to_dict(), sort_keys=True, default=str))
+        if key not in plans:
+            model.load_state_dict(dense if name == "dense" else compressed)
+            plans[key] = map_stage(model, masks if name == "compressed" else None, xbar,
+                                   calibration, exclude=digital)
+        return plans[key]
+
+    def chips_of(name: str, dev: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings,
+                 desc: str, devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
         outputs = calibration_batch(train, rob.calibration_samples, device, exp.seed + 1) \
             if xbar.output_calibration else None
-        for name in study.models:
-            model.load_state_dict(dense if name == "dense" else compressed)
-            plan = map_stage(model, masks if name == "compressed" else None, xbar, calibration,
-                             exclude=digital)
-            accs = chip_accuracies(model, plan, dev, xbar, calibration, xtest, exp.eval.chips,
-                                   exp.seed, desc=f"{key}={value} {name}",
-                                   scales=scales if name == "compressed" else None,
-                                   repair=rob.repair(), outputs=outputs, **layer_args(exp))
-            chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
-                           "accuracy": a} for i, a in enumerate(accs)]
-            mean, std = _stats(accs)
-            summary.append({"setting": key, "value": value, "model": name, "mean": mean,
-                            "std": std, "min": min(accs), "max": max(accs), "chips": len(accs),
-                            "tiles": plan.n_tiles})
+        plan = plan_of(name, xbar)
+        model.load_state_dict(dense if name == "dense" else compressed)
+        args = layer_args(exp)
+        if devices is not None:
+            args["devices"] = devices
+        return chip_accuracies(model, plan, dev, xbar, calibration, xtest,
+                               exp.eval.chips, exp.seed, desc=desc,
+                               scales=scales if name == "compressed" else None,
+                               repair=rob.repair(), outputs=outputs, **args)
+
+    jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
+    chip_rows, summary, grids, sensitivity = [], [], [], []
+    quiet = not exp.runtime.progress
+    with _timed(timings, "sweeps"):
+        for key, value in tqdm(jobs, desc="settings", disable=quiet):
+            point = study_settings(exp, key, value)
+            for name in study.models:
+                accs = chips_of(name, *point, f"{key}={value} {name}")
+                chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
+                               "accuracy": a} for i, a in enumerate(accs)]
+                summary.append(_summary_row(accs, setting=key, value=value, model=name,
+                                            tiles=plan_of(name, point[1]).n_tiles))
+            _log.info("%s=%s: %s", key, value, ", ".join(
+                f"{r['model']} {r['mean']:.2f} +- {r['ci95']:.2f} %"
+                for r in summary[-len(study.models):]))
+    with _timed(timings, "grids"):
+        for (xk, yk), (xv, yv) in tqdm(grid_jobs, desc="grid points", disable=quiet):
+            for name in study.models:
+                accs = chips_of(name, *study_settings(exp, (xk, yk), (xv, yv)),
+                                f"{xk}={xv}, {yk}={yv} {name}")
+                grids.append(_summary_row(accs, x_setting=xk, x=xv, y_setting=yk, y=yv,
+                                          model=name, accuracies=accs))
+    reference: dict = {"compressed, software": compressed_acc, "dense, software": dense_acc}
+    if study.layer_sensitivity:
+        name = "compressed" if "compressed" in study.models else "dense"
+        from crossbar.convert import _layer_devices
+
+        per_layer = _layer_devices(exp.layer_devices, mapped, exp.device)
+        ideal = ideal_device(exp.device)
+        with _timed(timings, "layer_sensitivity"):
+            every = chips_of(name, exp.device, exp.crossbar, exp.robustness, "every layer")
+            for layer in tqdm(mapped, desc="layers", disable=quiet):
+                devices = {n: d if n == layer else ideal_device(d) for n, d in per_layer.items()}
+                accs = chips_of(name, ideal, exp.crossbar, exp.robustness, layer, devices)
+                sensitivity.append(_summary_row(accs, layer=layer, model=name,
+                                                accuracies=accs))
+            none = chips_of(name, ideal, exp.crossbar, exp.robustness, "no layer",
+                            {n: ideal_device(d) for n, d in per_layer.items()})
+        reference[f"every layer non-ideal ({name})"] = (statistics.fmean(every), ci95(every))
+        reference[f"ideal devices ({name})"] = (statistics.fmean(none), ci95(none))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(chip_rows[0]))
     writer.writeheader()
     writer.writerows(chip_rows)
     atomic_write_text(run_dir / "study.csv", buf.getvalue())
-    write_json(run_dir / "study.json", summary)
-    plots = _plot_study(summary, run_dir)
+    write_json(run_dir / "study.json", {"sweeps": summary, "grids": grids,
+                                        "layer_sensitivity": sensitivity})
+    note = held_fixed(exp, len(xtest.dataset), exp.eval.chips)
+    plots = _plot_study(summary, chip_rows, grids, sensitivity, reference, note, run_dir)
     metrics = {"model": exp.model.name, "dense_accuracy": dense_acc,
                "compressed_accuracy": compressed_acc, "chips": exp.eval.chips,
-               "crossbar_test_samples": len(xtest.dataset), "study": summary}
+               "crossbar_test_samples": len(xtest.dataset), "held_fixed": note,
+               "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
+               "environment": environment(device), "study": summary, "grids": grids,
+               "layer_sensitivity": sensitivity,
+               "layer_sensitivity_reference": {k: v for k, v in reference.items()
+                                               if isinstance(v, tuple)},
+               "timings_s": timings}
     write_json(run_dir / "metrics.json", metrics)
-    lines = [f"# Device study: {exp.model.name}", "",
-             f"Software accuracy: dense {dense_acc:.2f}%, compressed {compressed_acc:.2f}%. "
-             f"Each point: mean +- std over {exp.eval.chips} programmed chips, "
-             f"{len(xtest.dataset)} test samples. Base array model: "
-             f"{_array_line(exp.crossbar.to_dict())}.", "",
-             "| setting | value | model | mean (%) | std | min | max | tiles |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
-              f"{r['std']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {r['tiles']} |"
-              for r in summary]
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    atomic_write_text(run_dir / "study.md", "\n".join(lines) + "\n")
+    atomic_write_text(run_dir / "study.md", _study_markdown(metrics, plots))
+    _log.info("device study done: %d sweep points, %d grid points, %d layers; plots in %s",
+              len(summary), len(grids), len(sensitivity), run_dir)
     return metrics
+
+
+def _study_markdown(m: dict, plots: list[str]) -> str:
+    lines = [f"# Device study: {m['model']}", "",
+             f"Software accuracy: dense {m['dense_accuracy']:.2f}%, compressed "
+             f"{m['compressed_accuracy']:.2f}%. Each point: mean, std and 95 % CI of the mean "
+             f"over {m['chips']} programmed chips, {m['crossbar_test_samples']} test samples.",
+             "", m["held_fixed"], "", "## One setting at a time", "",
+             "| setting | value | model | mean (%) | 95 % CI | std | min | max | tiles |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
+              f"+-{r['ci95']:.2f} | {r['std']:.2f} | {r['min']:.2f} | {r['max']:.2f} | "
+              f"{r['tiles']} |" for r in m["study"]]
+    if m["grids"]:
+        lines += ["", "## Crossed settings (heat maps)", "",
+                  "| x | value | y | value | model | mean (%) | 95 % CI |",
+                  "|---|---|---|---|---|---:|---:|"]
+        lines += [f"| {g['x_setting']} | {g['x']} | {g['y_setting']} | {g['y']} | "
+                  f"{g['model']} | {g['mean']:.2f} | +-{g['ci95']:.2f} |" for g in m["grids"]]
+    if m["layer_sensitivity"]:
+        lines += ["", "## Per-layer sensitivity (only this layer on the non-ideal device)", "",
+                  "| layer | mean (%) | 95 % CI | min | max |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['layer']} | {r['mean']:.2f} | +-{r['ci95']:.2f} | {r['min']:.2f} | "
+                  f"{r['max']:.2f} |" for r in m["layer_sensitivity"]]
+        lines += [f"| *{k}* | {mean:.2f} | +-{half:.2f} | | |"
+                  for k, (mean, half) in m["layer_sensitivity_reference"].items()]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
 
 
 def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -184,32 +184,58 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert {(r["setting"], r["model"]) for r in rows} == {
         (s, m) for s in ("prog_sigma", "adc_bits") for m in ("dense", "compressed")}
     assert all(r["chips"] == 2 for r in rows)
+    for r in rows:  # 95 % CI of the mean of 2 chips: t(0.975, 1) * stdev / sqrt(2), and the
+        # sample stdev of 2 values is sqrt(2) x their population std ("std")
+        assert r["ci95"] == pytest.approx(12.7062 * r["std"], rel=1e-4)
     for name in ("study.csv", "study.json", "study.md", "study_prog_sigma.png",
-                 "study_adc_bits.png", "metrics.json"):
+                 "study_prog_sigma.pdf", "study_adc_bits.png", "study_adc_bits_chips.png",
+                 "study_adc_bits_chips.pdf", "grid_prog_sigma_adc_bits.png",
+                 "grid_prog_sigma_adc_bits.pdf", "layer_sensitivity.png", "metrics.json"):
         assert (tmp_path / name).is_file(), name
     assert len((tmp_path / "study.csv").read_text().strip().splitlines()) == 1 + 8 * 2
+    # the default grid: 4 x 3 points per model, each over the chips
+    grid = metrics["grids"]
+    assert len(grid) == 4 * 3 * 2 and all(len(g["accuracies"]) == 2 for g in grid)
+    ideal = [g for g in grid if g["x"] == 0.0 and g["y"] == 8 and g["model"] == "compressed"]
+    worst = [g for g in grid if g["x"] == 0.2 and g["y"] == 4 and g["model"] == "compressed"]
+    assert ideal[0]["mean"] > worst[0]["mean"]
+    # per-layer sensitivity: every mapped layer once, with the all/none references
+    layers = [r["layer"] for r in metrics["layer_sensitivity"]]
+    assert layers == list(MappingPlan.load(run_dir / "plan.json").layers)
+    ref = metrics["layer_sensitivity_reference"]
+    assert set(ref) == {"every layer non-ideal (compressed)", "ideal devices (compressed)"}
+    assert "Held fixed unless swept" in metrics["held_fixed"]
+    assert "2 programmed chips per point" in metrics["held_fixed"]
+    md = (tmp_path / "study.md").read_text()
+    assert "Per-layer sensitivity" in md and "grid_prog_sigma_adc_bits.png" in md
 
 
 def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_path):
     """t_inference_s (log x-axis) and an <effect>.<field> key sweep a drifting device; the
     same compressed model is evaluated at every point."""
-    from experiments.pipeline import _log_axis
+    from experiments.plots import log_axis
 
     run_dir, _ = digits_run
-    cfg = _compose(TINY + [f"study.source={run_dir}", "device=pcm_aihwkit", "~study.sweeps",
-                           "+study.sweeps={t_inference_s: [0, 3600, 1000000], "
-                           "drift.scale: [0.0, 2.0]}", "study.models=[compressed]"],
-                   name="device_study")
+    base = TINY + [f"study.source={run_dir}", "device=pcm_aihwkit", "~study.sweeps",
+                   "+study.sweeps={t_inference_s: [0, 3600, 1000000], drift.scale: [0.0, 2.0]}",
+                   "study.models=[compressed]", "study.layer_sensitivity=false"]
+    # the default grid sweeps the lognormal prog_sigma: refused before any work, saying how
+    # to drop it
+    with pytest.raises(ValueError, match=r"study.grids point.*prog_sigma.*study.grids=\[\]"):
+        run_device_study(_compose(base, name="device_study"), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    cfg = _compose(base + ["study.grids=[]"], name="device_study")
     rows = run_device_study(cfg, tmp_path)["study"]
     by_time = {r["value"]: r["mean"] for r in rows if r["setting"] == "t_inference_s"}
     assert set(by_time) == {0, 3600, 1000000}
     assert by_time[1000000] < by_time[0]  # a month and a half of PCM drift costs accuracy
     assert (tmp_path / "study_t_inference_s.png").is_file()
     assert (tmp_path / "study_drift.scale.png").is_file()
-    assert _log_axis("t_inference_s", [0, 3600]) and not _log_axis("adc_bits", [4, 8])
+    assert log_axis("t_inference_s", [0, 3600]) and not log_axis("adc_bits", [4, 8])
     with pytest.raises(ValueError, match="study.sweeps.drift.speed"):
         run_device_study(_compose(TINY + [f"study.source={run_dir}", "device=pcm_aihwkit",
-                                          "~study.sweeps", "+study.sweeps={drift.speed: [1]}"],
+                                          "~study.sweeps", "+study.sweeps={drift.speed: [1]}",
+                                          "study.grids=[]"],
                                   name="device_study"), tmp_path / "bad")
 
 

@@ -1,0 +1,346 @@
+"""Figures of the run layer: every figure is written as PNG (for report.md) and PDF (vector,
+for papers), axes say what they show and in which unit (not the config key), integer
+quantities get integer ticks, logarithmic quantities log axes, and error bars are 95 %
+confidence intervals of the mean over programmed chips (Student's t). The settings held fixed
+go into a caption under the axes.
+
+Plot functions take plain rows (dicts as study.json / collected.csv hold them), so they can
+be re-drawn from a finished run's files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from crossbar.io import atomic_write_bytes  # noqa: E402
+
+__all__ = ["axis_label", "ci95", "plt", "write_png"]
+
+ACCURACY = "test accuracy (%)"
+
+#: Axis labels (meaning and unit) of swept settings and metrics; other keys fall back to the
+#: key with underscores as spaces and the unit suffix spelled out (see :func:`axis_label`).
+LABELS = {
+    "prog_sigma": "programming variation (lognormal sigma of G)",
+    "read_sigma": "read noise (sigma, fraction of G)",
+    "sa_rate": "stuck-at cells (SA0 + SA1, fraction)",
+    "sa0_rate": "stuck-at-0 cells (fraction)",
+    "sa1_rate": "stuck-at-1 cells (fraction)",
+    "n_levels": "conductance levels per cell",
+    "g_min_uS": "minimum conductance (uS)",
+    "g_max_uS": "maximum conductance (uS)",
+    "t_inference_s": "time after programming",
+    "adc_bits": "ADC resolution (bits)",
+    "dac_bits": "DAC resolution (bits)",
+    "cell_bits": "bits per cell",
+    "weight_bits": "weight bits",
+    "adc_noise": "ADC noise (LSB rms)",
+    "tile_rows": "tile rows (word lines)",
+    "tile_cols": "tile columns (bit lines)",
+    "range_percentile": "converter range percentile (%)",
+    "r_wire_ohm": "wire resistance per cell, word and bit line (ohm)",
+    "spare_rows": "spare word lines per tile",
+    "spare_cols": "spare output columns per tile",
+    "crossbar_accuracy_mean": "accuracy on chips (%, mean, 95 % CI)",
+    "compressed_accuracy": "compressed accuracy, software (%)",
+    "dense_accuracy": "dense accuracy, software (%)",
+    "compression_ratio": "compression ratio (x)",
+    "energy_reduction_pct": "energy reduction vs baseline (%)",
+    "area_reduction_pct": "area reduction vs baseline (%)",
+    "energy_nJ": "energy per inference (nJ)",
+    "area_mm2": "chip area (mm2)",
+    "power_mW": "power (mW)",
+    "tiles": "crossbar tiles",
+}
+
+#: Quantities that only take integer values (integer ticks on their axes).
+INTEGER = {"n_levels", "adc_bits", "dac_bits", "cell_bits", "weight_bits", "tile_rows",
+           "tile_cols", "spare_rows", "spare_cols", "tiles", "chips"}
+
+_UNITS = (("_uS", " (uS)"), ("_ohm", " (ohm)"), ("_nJ", " (nJ)"), ("_pJ", " (pJ)"),
+          ("_mm2", " (mm2)"), ("_um2", " (um2)"), ("_pct", " (%)"), ("_s", " (s)"),
+          ("_bits", " (bits)"))
+
+
+def axis_label(key: str) -> str:
+    """What ``key`` (a swept setting, ``group.field`` or a metric) means, with its unit."""
+    base = key.rsplit(".", 1)[-1]
+    group = key.rsplit(".", 1)[0] if "." in key else ""
+    if base in LABELS:
+        label = LABELS[base]
+    else:
+        unit = ""
+        for suffix, text in _UNITS:
+            if base.endswith(suffix):
+                base, unit = base[: -len(suffix)], text
+                break
+        label = base.replace("_", " ") + unit
+    if group and group not in ("device", "crossbar", "override", "override.device",
+                               "override.crossbar"):
+        label = f"{group.removeprefix('override.')}: {label}"
+    return label
+
+
+def is_integer(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in INTEGER
+
+
+def ci95(values: Sequence[float]) -> float:
+    """Half width of the 95 % confidence interval of the mean (Student's t; 0 for one
+    value)."""
+    if len(values) < 2:
+        return 0.0
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values)
+                 / math.sqrt(len(values)))
+
+
+def write_png(path: Path, fig) -> None:
+    """The figure as ``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for
+    papers), both written atomically."""
+    for fmt, target in (("png", path), ("pdf", path.with_suffix(".pdf"))):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
+        atomic_write_bytes(target, buf.getvalue())
+    plt.close(fig)
+
+
+def caption(fig, text: str, width: int = 95) -> None:
+    """``text`` (the settings held fixed) in small print under the axes."""
+    if text:
+        fig.canvas.draw()  # place it under the lowest tick label or axis label
+        renderer = fig.canvas.get_renderer()
+        bottom = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes) / fig.bbox.height
+        fig.text(0.01, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), fontsize=6.5,
+                 va="top", ha="left", color="#333333")
+
+
+def _tick(key: str, value: object) -> str:
+    """Tick label: times after programming in human units, other values as numbers."""
+    if value is None:
+        return "ideal"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return str(value)
+    if key.rsplit(".", 1)[-1] != "t_inference_s" or value == 0:
+        return f"{value:g}"
+    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if value >= seconds:
+            return f"{value / seconds:g} {unit}"
+    return f"{value:g} s"
+
+
+def log_axis(key: str, values: Iterable) -> bool:
+    """Time after programming, resistances, and any positive axis spanning over two decades
+    go on a log axis (drift and relaxation laws are linear in log t)."""
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    positive = [v for v in values if v > 0]
+    base = key.rsplit(".", 1)[-1]
+    if base == "t_inference_s" or base.endswith("_ohm"):
+        return bool(positive)
+    return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
+
+
+def set_value_axis(ax, key: str, values: list, axis: str = "x") -> list[float]:
+    """Put ``values`` of ``key`` on ``ax``'s x (or y) axis: numbers at their value (log or
+    symlog where :func:`log_axis` says, integer ticks for integer quantities), anything else
+    (``None`` = ideal, strings, booleans) as evenly spaced categories. Returns the
+    coordinate of each value."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    setter = ax.set_xticks if axis == "x" else ax.set_yticks
+    scale = ax.set_xscale if axis == "x" else ax.set_yscale
+    if not numeric:
+        coords = list(range(len(values)))
+        setter(coords, [_tick(key, v) for v in values])
+        return [float(c) for c in coords]
+    if log_axis(key, values):
+        positive = [v for v in values if v > 0]
+        if len(positive) < len(values):  # 0 (e.g. just programmed) on a linear stretch
+            scale("symlog", linthresh=min(positive), linscale=0.5)
+        else:
+            scale("log")
+        setter(values, [_tick(key, v) for v in values])
+        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(plt.NullLocator())
+    elif is_integer(key):
+        (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
+    return [float(v) for v in values]
+
+
+# ------------------------------------------------------------------------------ study plots
+def plot_sweep(rows: Sequence[Mapping], key: str, path: Path, note: str = "",
+               reference: Mapping[str, float] | None = None) -> None:
+    """Accuracy against one swept setting: mean over chips with its 95 % CI band, one line
+    per model (rows: ``value``, ``model``, ``mean``, ``ci95``). ``reference``: horizontal
+    lines (label -> accuracy), e.g. the software accuracies."""
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    coords = dict(zip(map(repr, values), set_value_axis(ax, key, values), strict=True))
+    for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+        pts = [r for r in rows if r["model"] == model]
+        xs = [coords[repr(r["value"])] for r in pts]
+        mean = [r["mean"] for r in pts]
+        half = [r["ci95"] for r in pts]
+        ax.plot(xs, mean, marker="o", color=f"C{i}", label=f"{model} (mean, 95 % CI)")
+        ax.fill_between(xs, [m - h for m, h in zip(mean, half, strict=True)],
+                        [m + h for m, h in zip(mean, half, strict=True)], color=f"C{i}",
+                        alpha=0.25, linewidth=0)
+    for j, (label, acc) in enumerate((reference or {}).items()):
+        ax.axhline(acc, color="k", linestyle=(":", "--", "-.")[j % 3], linewidth=0.8,
+                   label=label)
+    ax.set_xlabel(axis_label(key))
+    ax.set_ylabel(ACCURACY)
+    title = "Accuracy vs time after programming (drift)" if key.endswith("t_inference_s") \
+        else f"Accuracy vs {axis_label(key).split(' (')[0]}"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    caption(fig, note)
+    write_png(path, fig)
+
+
+def plot_distributions(chip_rows: Sequence[Mapping], key: str, path: Path,
+                       note: str = "") -> None:
+    """Chip-accuracy distributions per swept value (violins with the chips as dots), one
+    colour per model (rows: ``value``, ``model``, ``accuracy``)."""
+    values = list(dict.fromkeys(r["value"] for r in chip_rows))
+    models = list(dict.fromkeys(r["model"] for r in chip_rows))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(values) * len(models) + 1.5), 3.4))
+    for m, model in enumerate(models):
+        pos, data = [], []
+        for v_i, value in enumerate(values):
+            accs = [r["accuracy"] for r in chip_rows
+                    if r["model"] == model and repr(r["value"]) == repr(value)]
+            if accs:
+                pos.append(v_i + (m - (len(models) - 1) / 2) * width)
+                data.append(accs)
+        if not data:
+            continue
+        spread = [d for d in data if len(set(d)) > 1]
+        if spread:  # a violin needs a spread; constant chips are shown by their dots only
+            parts = ax.violinplot(spread, [p for p, d in zip(pos, data, strict=True)
+                                           if len(set(d)) > 1],
+                                  widths=width * 0.95, showmedians=True, showextrema=False)
+            for body in parts["bodies"]:
+                body.set_facecolor(f"C{m}")
+                body.set_alpha(0.35)
+            parts["cmedians"].set_color(f"C{m}")
+        for p, d in zip(pos, data, strict=True):
+            ax.plot([p] * len(d), d, ".", color=f"C{m}", markersize=3,
+                    label=model if p == pos[0] else None)
+    ax.set_xticks(range(len(values)), [_tick(key, v) for v in values])
+    ax.set_xlabel(axis_label(key))
+    ax.set_ylabel(ACCURACY)
+    ax.set_title("Accuracy of every programmed chip (violin: distribution, bar: median)",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    caption(fig, note)
+    write_png(path, fig)
+
+
+def plot_heatmap(rows: Sequence[Mapping], xkey: str, ykey: str, path: Path,
+                 note: str = "") -> None:
+    """2-D sweep as a heat map of the mean accuracy over chips, one panel per model, each
+    cell annotated with mean and 95 % CI (rows: ``x``, ``y``, ``model``, ``mean``,
+    ``ci95``)."""
+    xs = list(dict.fromkeys(r["x"] for r in rows))
+    ys = list(dict.fromkeys(r["y"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lo = min(r["mean"] for r in rows)
+    hi = max(r["mean"] for r in rows)
+    fig, axes = plt.subplots(1, len(models), figsize=(0.9 * len(xs) * len(models) + 2.5,
+                                                      0.55 * len(ys) + 2.2), squeeze=False)
+    image = None
+    for ax, model in zip(axes[0], models, strict=True):
+        grid = [[math.nan] * len(xs) for _ in ys]
+        for r in rows:
+            if r["model"] == model:
+                i, j = ys.index(r["y"]), xs.index(r["x"])
+                grid[i][j] = r["mean"]
+                ax.text(j, i, f"{r['mean']:.1f}\n+-{r['ci95']:.1f}", ha="center", va="center",
+                        fontsize=6.5, color="w" if r["mean"] < (lo + hi) / 2 else "k")
+        image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=lo,
+                          vmax=hi)
+        ax.set_xticks(range(len(xs)), [_tick(xkey, v) for v in xs])
+        ax.set_yticks(range(len(ys)), [_tick(ykey, v) for v in ys])
+        ax.set_xlabel(axis_label(xkey))
+        ax.set_ylabel(axis_label(ykey))
+        ax.set_title(f"{model}: accuracy on chips (%)", fontsize=8)
+    fig.colorbar(image, ax=list(axes[0]), label="mean accuracy on chips (%)")
+    caption(fig, note)
+    write_png(path, fig)
+
+
+def plot_layer_sensitivity(rows: Sequence[Mapping], path: Path, note: str = "",
+                           reference: Mapping[str, tuple[float, float]] | None = None) -> None:
+    """Per-layer sensitivity: accuracy when only layer k is on the non-ideal device (all
+    other layers ideal), mean and 95 % CI over chips (rows: ``layer``, ``mean``, ``ci95``,
+    ``accuracies``). ``reference``: label -> (mean, ci95) drawn as horizontal bands, e.g.
+    every layer non-ideal and every layer ideal."""
+    layers = [r["layer"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(layers) + 2.5), 3.4))
+    ax.errorbar(range(len(layers)), [r["mean"] for r in rows], yerr=[r["ci95"] for r in rows],
+                fmt="o", capsize=4, color="C3", label="only this layer non-ideal (mean, 95 % CI)")
+    for i, r in enumerate(rows):
+        ax.plot([i] * len(r["accuracies"]), r["accuracies"], ".", color="#999999",
+                markersize=3)
+    for j, (label, (mean, half)) in enumerate((reference or {}).items()):
+        ax.axhline(mean, color=f"C{j}", linestyle="--", linewidth=0.9, label=label)
+        if half:
+            ax.axhspan(mean - half, mean + half, color=f"C{j}", alpha=0.15, linewidth=0)
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+    ax.set_xlabel("layer mapped onto the non-ideal device")
+    ax.set_ylabel(ACCURACY)
+    ax.set_title("Per-layer sensitivity (dots: chips)", fontsize=9)
+    ax.legend(fontsize=7)
+    caption(fig, note)
+    write_png(path, fig)
+
+
+# --------------------------------------------------------------------------- design points
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and accuracy
+    (higher), sorted by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(rows: Sequence[Mapping], labels: Sequence[str], path: Path,
+                costs: Sequence[str] = ("energy_nJ", "area_mm2"), note: str = "") -> None:
+    """Co-design Pareto front: accuracy on chips (mean, 95 % CI) against energy and against
+    area of each design point (one run each), the non-dominated points joined."""
+    fig, axes = plt.subplots(1, len(costs), figsize=(4.8 * len(costs), 3.6), squeeze=False)
+    for ax, cost in zip(axes[0], costs, strict=True):
+        pts = [(float(r[cost]), float(r["crossbar_accuracy_mean"])) for r in rows]
+        half = [float(r.get("crossbar_accuracy_ci95") or 0.0) for r in rows]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=half, fmt="o", capsize=3,
+                    color="#888888", label="design point (mean, 95 % CI)")
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", color="C3",
+                drawstyle="steps-post", label="Pareto front")
+        for i, text in enumerate(labels):
+            ax.annotate(text, pts[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+        costs_ = [p[0] for p in pts]
+        if min(costs_) > 0 and max(costs_) / min(costs_) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(axis_label(cost))
+        ax.set_ylabel(ACCURACY)
+        ax.legend(fontsize=7)
+    fig.suptitle("Accuracy on chips vs hardware cost per design point", fontsize=9)
+    caption(fig, note)
+    write_png(path, fig)
