@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .config import CrossbarConfig  # noqa: E402
 from .cost import (  # noqa: E402
@@ -153,14 +154,22 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
 
 
 # ----------------------------------------------------------------------------------- plots
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+FIGURE_FORMATS = ("png", "pdf")
+"""Every cost figure is written as PNG (for report.md) and PDF (vector, for papers)."""
+
+
+def _encode(fig) -> dict[str, bytes]:
+    out = {}
+    for fmt in FIGURE_FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
+        out[fmt] = buf.getvalue()
     plt.close(fig)
-    return buf.getvalue()
+    return out
 
 
-def _per_layer_plot(c: ModelCost, b: ModelCost | None, get, ylabel: str, title: str) -> bytes:
+def _per_layer_plot(c: ModelCost, b: ModelCost | None, get, ylabel: str, title: str,
+                    integer: bool = False):
     names = [layer.name for layer in c.layers]
     idx = range(len(names))
     width = 0.4 if b else 0.8
@@ -171,36 +180,68 @@ def _per_layer_plot(c: ModelCost, b: ModelCost | None, get, ylabel: str, title: 
     ax.bar([i + (width / 2 if b else 0) for i in idx], [get(layer) for layer in c.layers], width,
            label="compressed", color="#1f77b4")
     ax.set_xticks(list(idx), names, rotation=45, ha="right")
+    ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
+    if integer:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.legend()
-    return _png(fig)
+    return fig
+
+
+def _stack(ax, positions, models: Sequence, attr: str, scale: float, width: float,
+           labels: bool, hatch: str | None = None) -> None:
+    """Bars at ``positions`` stacked by component (one colour per component)."""
+    bottoms = [0.0] * len(models)
+    colors = plt.get_cmap("tab20").colors  # one distinct colour per component (> 10 parts)
+    for k, comp in enumerate(PARTS):
+        vals = [getattr(m, attr).get(comp, 0.0) * scale for m in models]
+        if not any(vals):
+            continue
+        ax.bar(positions, vals, width, bottom=bottoms, label=comp if labels else None,
+               color=colors[k % len(colors)], hatch=hatch, edgecolor="white" if hatch else None)
+        bottoms = [x + y for x, y in zip(bottoms, vals, strict=True)]
 
 
 def _breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
-                    ylabel: str, title: str) -> bytes:
+                    ylabel: str, title: str):
     variants = [("compressed", c)] + ([("dense baseline", b)] if b else [])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    bottoms = [0.0] * len(variants)
-    colors = plt.get_cmap("tab20").colors  # one distinct colour per component (> 10 parts)
-    for k, comp in enumerate(PARTS):
-        vals = [getattr(m, attr)[comp] * scale for _, m in variants]
-        ax.bar([v for v, _ in variants], vals, bottom=bottoms, label=comp,
-               color=colors[k % len(colors)])
-        bottoms = [x + y for x, y in zip(bottoms, vals, strict=True)]
+    _stack(ax, [v for v, _ in variants], [m for _, m in variants], attr, scale, 0.8, True)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
+    return fig
 
 
-def cost_plots(est: CostEstimate) -> dict[str, bytes]:
-    """PNG bytes by file name: per-layer tiles and energy (dense vs compressed), area and
-    energy by component."""
+def _layer_breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
+                          ylabel: str, title: str):
+    """Per layer, stacked by component: the compressed design (left bar of each pair) and the
+    dense baseline (right, hatched)."""
+    names = [layer.name for layer in c.layers]
+    width = 0.4 if b else 0.8
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 3), 3.8))
+    idx = list(range(len(names)))
+    _stack(ax, [i - (width / 2 if b else 0) for i in idx], list(c.layers), attr, scale, width,
+           True)
+    if b:
+        _stack(ax, [i + width / 2 for i in idx], list(b.layers), attr, scale, width, False,
+               hatch="//")
+    ax.set_xticks(idx, names, rotation=45, ha="right")
+    ax.set_xlabel("layer" + (" (left: compressed, right hatched: dense baseline)" if b else ""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def cost_figures(est: CostEstimate) -> dict[str, object]:
+    """Matplotlib figures by PNG file name: per-layer tiles and energy (dense vs compressed),
+    area and energy by component (whole model and per layer)."""
     c, b = est.compressed, est.baseline
     return {
         "tiles_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.tiles, "tiles",
-                                               "Crossbar tiles per layer"),
+                                               "Crossbar tiles per layer", integer=True),
         "energy_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.total_energy_pJ * 1e-3,
                                                 "energy / inference (nJ)", "Energy per layer"),
         "area_breakdown.png": _breakdown_plot(c, b, "area_um2", 1e-6, "area (mm2)",
@@ -208,7 +249,21 @@ def cost_plots(est: CostEstimate) -> dict[str, bytes]:
         "energy_breakdown.png": _breakdown_plot(c, b, "energy_pJ", 1e-3,
                                                 "energy / inference (nJ)",
                                                 "Energy by component"),
+        "area_per_layer_breakdown.png": _layer_breakdown_plot(
+            c, b, "area_um2", 1e-6, "area (mm2)", "Area per layer by component"),
+        "energy_per_layer_breakdown.png": _layer_breakdown_plot(
+            c, b, "energy_pJ", 1e-3, "energy / inference (nJ)",
+            "Energy per layer by component"),
     }
+
+
+def cost_plots(est: CostEstimate) -> dict[str, bytes]:
+    """File bytes by name: every figure of :func:`cost_figures` as ``.png`` and ``.pdf``."""
+    out = {}
+    for name, fig in cost_figures(est).items():
+        for fmt, data in _encode(fig).items():
+            out[str(Path(name).with_suffix("." + fmt))] = data
+    return out
 
 
 # ---------------------------------------------------------------------------------- writer
@@ -233,7 +288,7 @@ def write_cost_report(
     texts = {
         "cost.json": json.dumps(est.to_dict(), indent=2),
         "cost.csv": _csv_text(cost_rows(est)),
-        "report.md": markdown_report(est, list(images)),
+        "report.md": markdown_report(est, [n for n in images if n.endswith(".png")]),
     }
     for name, text in texts.items():
         atomic_write_text(out / name, text)

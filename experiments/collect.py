@@ -4,9 +4,11 @@
 
 Each run directory contributes one row: its Hydra overrides (``.hydra/overrides.yaml``, as
 ``override.<key>`` columns) and every scalar of its ``metrics.json`` (nested keys joined with
-``.``; lists are left out). Writes ``collected.csv`` and, for every override key that takes more
-than one value, ``collected_<key>.png`` (key metrics against that key, mean +- std where a run
-reports a spread) into ``--out`` (default: the multirun directory).
+``.``; lists are left out). Writes ``collected.csv``, for every override key that takes more
+than one value ``collected_<key>.png`` (the metrics that vary against that key; accuracy on chips
+with its 95 % CI over chips), and ``collected_pareto.png``, the co-design Pareto front (accuracy
+on chips against energy and area per run), into ``--out`` (default: the multirun directory).
+Every figure is also written as PDF.
 """
 
 from __future__ import annotations
@@ -21,18 +23,13 @@ from pathlib import Path
 import yaml
 
 from crossbar.io import atomic_write_text
-from experiments.plots import plt, write_png
+from experiments.plots import axis_label, plot_pareto, plt, set_value_axis, write_png
 
-PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_std"), ("compressed_accuracy", None),
+PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_ci95"), ("compressed_accuracy", None),
            ("compression_ratio", None), ("energy_reduction_pct", None),
            ("area_reduction_pct", None))
-"""(metric, its spread or None) plotted against each swept key, when present and varying."""
-LABELS = {"crossbar_accuracy_mean": "accuracy on chips (%, mean +- std)",
-          "compressed_accuracy": "compressed accuracy, software (%)",
-          "compression_ratio": "compression ratio (x)",
-          "energy_reduction_pct": "energy reduction vs dense (%)",
-          "area_reduction_pct": "area reduction vs dense (%)"}
-"""Axis labels of the plotted metrics (meaning and unit, not the metrics.json key)."""
+"""(metric, its 95 % CI half width or None) plotted against each swept key, when present and
+varying across the runs."""
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -84,31 +81,47 @@ def _sort_key(value: object) -> tuple:
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
+def _numbers(rows: list[dict], key: str) -> list[float]:
+    return [r[key] for r in rows if isinstance(r.get(key), (int, float))
+            and not isinstance(r.get(key), bool)]
+
+
 def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
-    """``collected_<key>.png`` for every override key with more than one value."""
+    """``collected_<key>.png`` (+ PDF) for every override key with more than one value: the
+    metrics that vary across the runs against it (accuracy on chips with its 95 % CI), and
+    ``collected_pareto.png`` when the runs differ in accuracy on chips and in energy or area."""
     written = []
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("override.")]
+    metrics = [(m, s) for m, s in PLOTTED if len(set(_numbers(rows, m))) > 1]
     for key in keys:
         values = sorted({r.get(key) for r in rows}, key=_sort_key)
-        metrics = [(m, s) for m, s in PLOTTED  # only metrics that vary across the runs
-                   if len({r.get(m) for r in rows if isinstance(r.get(m), (int, float))}) > 1]
         if len(values) < 2 or not metrics:
             continue
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2),
+        setting = key.removeprefix("override.")
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3),
                                  squeeze=False)
         for ax, (metric, spread) in zip(axes[0], metrics, strict=True):
             pts = sorted(((r.get(key), r) for r in rows if isinstance(r.get(metric), (int, float))),
                          key=lambda p: _sort_key(p[0]))
-            xs = list(range(len(pts)))
-            ys = [r[metric] for _, r in pts]
+            at = dict(zip(map(repr, values), set_value_axis(ax, setting, values), strict=True))
             err = [r.get(spread) or 0.0 for _, r in pts] if spread else None
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=4, linestyle="none")
-            ax.set_xticks(xs, [str(v) for v, _ in pts], rotation=30, ha="right")
-            ax.set_xlabel(key.removeprefix("override."))
-            ax.set_ylabel(LABELS[metric], fontsize=8)
-        name = "collected_" + key.removeprefix("override.").replace("/", "_") + ".png"
+            ax.errorbar([at[repr(v)] for v, _ in pts], [r[metric] for _, r in pts], yerr=err,
+                        marker="o", capsize=4, linestyle="none")
+            ax.set_xlabel(axis_label(setting))
+            ax.set_ylabel(axis_label(metric), fontsize=8)
+        fig.tight_layout()
+        name = "collected_" + setting.replace("/", "_") + ".png"
         write_png(out_dir / name, fig)
         written.append(out_dir / name)
+    costs = [c for c in ("energy_nJ", "area_mm2") if len(set(_numbers(rows, c))) > 1]
+    usable = [r for r in rows if all(isinstance(r.get(k), (int, float))
+                                     for k in ("crossbar_accuracy_mean", *costs))]
+    if costs and len(usable) > 1 and len(set(_numbers(usable, "crossbar_accuracy_mean"))) > 1:
+        varying = [k for k in keys if len({repr(r.get(k)) for r in usable}) > 1]
+        labels = [", ".join(f"{k.removeprefix('override.').rsplit('.', 1)[-1]}={r.get(k)}"
+                            for k in varying) or r["run"] for r in usable]
+        plot_pareto(usable, labels, out_dir / "collected_pareto.png", costs)
+        written.append(out_dir / "collected_pareto.png")
     return written
 
 

@@ -391,15 +391,29 @@ def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperime
         live = layer.cell_mask.bool().expand_as(layer.g_uS)
         target.append(layer.g_nominal_uS[live].cpu())
         programmed.append(layer.g_uS[live].cpu())
-    target_t, programmed_t = torch.cat(target).numpy(), torch.cat(programmed).numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    bins = 120
-    ax.hist(target_t, bins=bins, histtype="step", color="k", label="targets (level grid)")
-    ax.hist(programmed_t, bins=bins, alpha=0.6, color="C0", label="programmed (chip 0)")
+    target_t, programmed_t = torch.cat(target), torch.cat(programmed)
+    levels = torch.unique(target_t)
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    bins = torch.linspace(float(min(target_t.min(), programmed_t.min())),
+                          float(max(target_t.max(), programmed_t.max())), 161).numpy()
+    if len(levels) <= 32:  # one colour per target level: the spread each level programs to
+        cmap = plt.get_cmap("viridis")
+        for k, level in enumerate(levels):
+            sel = programmed_t[target_t == level].numpy()
+            ax.hist(sel, bins=bins, histtype="stepfilled", alpha=0.55,
+                    color=cmap(k / max(len(levels) - 1, 1)))
+            ax.axvline(float(level), color="k", linewidth=0.4, alpha=0.6)
+        ax.plot([], [], color=cmap(0.5), linewidth=6, alpha=0.55,
+                label="programmed, coloured by target level (chip 0)")
+        ax.plot([], [], color="k", linewidth=0.6, label=f"targets ({len(levels)} levels)")
+    else:
+        ax.hist(target_t.numpy(), bins=bins, histtype="step", color="k", label="targets")
+        ax.hist(programmed_t.numpy(), bins=bins, alpha=0.6, color="C0",
+                label="programmed (chip 0)")
     ax.set_yscale("log")
     ax.set_xlabel("conductance (uS)")
     ax.set_ylabel("cells")
-    ax.set_title(f"Conductances of the {len(target_t)} live cells")
+    ax.set_title(f"Target vs programmed conductance of the {len(target_t)} live cells")
     ax.legend(fontsize=7)
     write_png(path, fig)
 

@@ -339,7 +339,7 @@ def plot_pareto(rows: Sequence[Mapping], labels: Sequence[str], path: Path,
         if min(costs_) > 0 and max(costs_) / min(costs_) > 20:
             ax.set_xscale("log")
         ax.set_xlabel(axis_label(cost))
-        ax.set_ylabel(ACCURACY)
+        ax.set_ylabel(axis_label("crossbar_accuracy_mean"))
         ax.legend(fontsize=7)
     fig.suptitle("Accuracy on chips vs hardware cost per design point", fontsize=9)
     caption(fig, note)

@@ -30,13 +30,16 @@ def _plan() -> MappingPlan:
 def test_write_cost_report_files(tmp_path):
     plan = _plan()
     written = write_cost_report(plan, CFG, tmp_path, CostConfig(), table="isaac")
-    names = {"report.md", "cost.csv", "cost.json", "tiles_per_layer.png", "energy_per_layer.png",
-             "area_breakdown.png", "energy_breakdown.png"}
+    figures = {"tiles_per_layer", "energy_per_layer", "area_breakdown", "energy_breakdown",
+               "area_per_layer_breakdown", "energy_per_layer_breakdown"}
+    names = {"report.md", "cost.csv", "cost.json"} | {f"{f}.{ext}" for f in figures
+                                                      for ext in ("png", "pdf")}
     assert set(written) == names
     assert {p.name for p in tmp_path.iterdir()} == names  # no temporary files left
     for name in names:
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "tiles_per_layer.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "tiles_per_layer.pdf").read_bytes()[:4] == b"%PDF"
 
     est = estimate(plan, CFG, CostConfig())
     data = json.loads((tmp_path / "cost.json").read_text())
@@ -124,3 +127,23 @@ def test_cli_run_reproduces_a_runs_cost_numbers(tmp_path):
     assert "Baseline: dense, unpruned model" in report
     assert "8-bit weights on 4-bit cells, 8-bit inputs through parallel 8-bit DACs" in report
     assert again["baseline_crossbar_config"]["dac"] == "parallel"
+
+
+def test_per_layer_breakdown_bars_stack_to_each_layers_energy():
+    """Per layer, the stacked component bars of the compressed design add up to that layer's
+    energy; the dense baseline's (hatched) bars to the baseline layer's."""
+    import matplotlib.pyplot as plt
+
+    from crossbar.report import cost_figures
+
+    est = estimate(_plan(), CFG, CostConfig())
+    fig = cost_figures(est)["energy_per_layer_breakdown.png"]
+    ax = fig.axes[0]
+    for variant, hatched in ((est.compressed, False), (est.baseline, True)):
+        bars = [p for p in ax.patches if bool(p.get_hatch()) == hatched]
+        for i, layer in enumerate(variant.layers):
+            mine = [p for p in bars if abs(p.get_x() + p.get_width() / 2
+                                           - (i + (0.2 if hatched else -0.2))) < 1e-9]
+            assert sum(p.get_height() for p in mine) == pytest.approx(
+                layer.total_energy_pJ * 1e-3)
+    plt.close("all")

@@ -336,14 +336,17 @@ def test_cifar_configs_smoke(experiment, tmp_path):
 
 
 # ------------------------------------------------------------------------------- collect
-def _fake_run(root: Path, num: int, sigma: float, acc: float) -> None:
+def _fake_run(root: Path, num: int, sigma: float, acc: float, **extra) -> None:
     run = root / str(num)
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
-        [f"device.prog_sigma={sigma}", "hydra/launcher=local"]))
+    overrides = [f"device.prog_sigma={sigma}", "hydra/launcher=local"]
+    if "adc_bits" in extra:
+        overrides.append(f"crossbar.adc_bits={extra.pop('adc_bits')}")
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / "metrics.json").write_text(json.dumps({
-        "crossbar_accuracy_mean": acc, "crossbar_accuracy_std": 0.5, "compression_ratio": 30.0,
-        "crossbar_accuracies": [acc], "timings_s": {"admm": 1.0}}))
+        "crossbar_accuracy_mean": acc, "crossbar_accuracy_std": 0.5,
+        "crossbar_accuracy_ci95": 0.3, "compression_ratio": 30.0,
+        "crossbar_accuracies": [acc], "timings_s": {"admm": 1.0}, **extra}))
 
 
 def test_collect_two_runs(tmp_path, capsys):
@@ -374,8 +377,41 @@ def test_collect_plots_only_metrics_that_vary(tmp_path, monkeypatch):
     collect_module.plot_rows(collect_rows(tmp_path), tmp_path)
     assert len(figures) == 1
     axes = figures[0].axes
-    assert [ax.get_ylabel() for ax in axes] == ["accuracy on chips (%, mean +- std)"]
+    assert [ax.get_ylabel() for ax in axes] == ["accuracy on chips (%, mean, 95 % CI)"]
+    assert axes[0].get_xlabel() == "programming variation (lognormal sigma of G)"
     plt.close(figures[0])
+
+
+def test_collect_draws_the_pareto_front_of_design_points(tmp_path, monkeypatch):
+    from experiments import collect as collect_module
+    from experiments import plots
+    from experiments.plots import pareto_front
+
+    # (energy, accuracy): B beats A on both, D is dominated by C
+    points = {"A": (5.0, 95.0), "B": (4.0, 96.0), "C": (8.0, 98.0), "D": (9.0, 97.0),
+              "E": (2.0, 90.0)}
+    for i, (energy, acc) in enumerate(points.values()):
+        _fake_run(tmp_path, i, 0.05, acc, adc_bits=4 + i, energy_nJ=energy, area_mm2=1.0 + i)
+    rows = collect_rows(tmp_path)
+    pts = [(r["energy_nJ"], r["crossbar_accuracy_mean"]) for r in rows]
+    front = pareto_front(pts)
+    brute = [i for i, (e, a) in enumerate(pts)  # no other point at most as costly and better
+             if not any(e2 <= e and a2 >= a and (e2, a2) != (e, a) for e2, a2 in pts)]
+    assert sorted(front) == sorted(brute) == [1, 2, 4]
+    figures = []
+    for module in (collect_module, plots):
+        monkeypatch.setattr(module, "write_png",
+                            lambda path, fig: figures.append((path.name, fig)))
+    collect_module.plot_rows(rows, tmp_path)
+    assert "collected_pareto.png" in [name for name, _ in figures]
+    fig = dict(figures)["collected_pareto.png"]
+    assert [ax.get_xlabel() for ax in fig.axes] == ["energy per inference (nJ)",
+                                                    "chip area (mm2)"]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "adc_bits=5" in texts  # each point labelled by what varies
+    monkeypatch.undo()
+    collect_module.collect(tmp_path)
+    assert (tmp_path / "collected_pareto.pdf").is_file()
 
 
 def test_collect_missing_dir(tmp_path):
