@@ -51,11 +51,12 @@ TORCH_DEVICES = ("auto", "cpu", "cuda")
 SWEEPABLE = ("g_min_uS", "g_max_uS", "n_levels", "t_inference_s", "prog_sigma", "read_sigma",
              "sa0_rate", "sa1_rate") + tuple(
     f.name for f in dataclasses.fields(CrossbarConfig)
-    if f.name not in ("mapping", "adc_range", "dac", "drift_compensation", "array",
-                      "spare_rows", "spare_cols", "output_calibration")) + ("r_wire_ohm",)
-"""Settings a device study can sweep: numeric ``DeviceModel`` and ``CrossbarConfig`` fields, the
-0.1 shorthands, any ``<effect>.<field>`` of the device's cell models (``EFFECT_KEY``), and
-``robustness.<field>`` (repair and calibration steps)."""
+    if f.name not in ("array", "spare_rows", "spare_cols", "output_calibration")
+) + ("r_wire_ohm",)
+"""Settings a device study can sweep: numeric ``DeviceModel`` fields, ``CrossbarConfig`` fields
+(numbers and choices such as ``mapping``, ``dac``, ``drift_compensation``; the repair fields
+through ``robustness.<field>``), the 0.1 shorthands, any ``<effect>.<field>`` of the device's
+cell models (``EFFECT_KEY``), and ``robustness.<field>`` (repair and calibration steps)."""
 EFFECT_KEY = re.compile(
     r"^(programming|read_noise|drift|faults|write_verify|array|robustness)\.[a-zA-Z_]\w*$")
 

@@ -131,14 +131,16 @@ def _tick(key: str, value: object) -> str:
     """Tick label: times after programming in human units, other values as numbers."""
     if value is None:
         return "ideal"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if not isinstance(value, (int, float)):
         return str(value)
     if key.rsplit(".", 1)[-1] != "t_inference_s" or value == 0:
         return f"{value:g}"
-    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+    for unit, seconds in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
         if value >= seconds:
-            return f"{value / seconds:g} {unit}"
-    return f"{value:g} s"
+            return f"{value / seconds:.3g} {unit}"
+    return f"{value:.3g} s"
 
 
 def log_axis(key: str, values: Iterable) -> bool:

@@ -224,8 +224,15 @@ def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_pa
     with pytest.raises(ValueError, match=r"study.grids point.*prog_sigma.*study.grids=\[\]"):
         run_device_study(_compose(base, name="device_study"), tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
-    cfg = _compose(base + ["study.grids=[]"], name="device_study")
-    rows = run_device_study(cfg, tmp_path)["study"]
+    cfg = _compose(base + ["study.grids=[{t_inference_s: [0, 1000000], "
+                           "drift_compensation: [false, true]}]"], name="device_study")
+    metrics = run_device_study(cfg, tmp_path)
+    rows = metrics["study"]
+    grid = {(g["x"], g["y"]): g["mean"] for g in metrics["grids"]}
+    assert set(grid) == {(t, c) for t in (0, 1000000) for c in (False, True)}
+    # global drift compensation wins back most of what PCM drift costs after 11 days
+    assert grid[(1000000, True)] > grid[(1000000, False)]
+    assert (tmp_path / "grid_t_inference_s_drift_compensation.pdf").is_file()
     by_time = {r["value"]: r["mean"] for r in rows if r["setting"] == "t_inference_s"}
     assert set(by_time) == {0, 3600, 1000000}
     assert by_time[1000000] < by_time[0]  # a month and a half of PCM drift costs accuracy

@@ -1,0 +1,44 @@
+"""experiments.plots: axis labels with meaning and unit, tick labels, log and integer axes."""
+
+import matplotlib.pyplot as plt
+import pytest
+
+from experiments.plots import _tick, axis_label, ci95, log_axis, pareto_front, set_value_axis
+
+
+def test_axis_labels_name_the_quantity_and_its_unit():
+    assert axis_label("adc_bits") == "ADC resolution (bits)"
+    assert axis_label("override.crossbar.adc_bits") == "ADC resolution (bits)"
+    assert axis_label("device.g_max_uS") == "maximum conductance (uS)"
+    assert axis_label("array.r_sense_ohm") == "array: r sense (ohm)"  # unknown: unit spelled
+    assert axis_label("robustness.placement") == "robustness: placement"
+    assert axis_label("energy_nJ") == "energy per inference (nJ)"
+
+
+def test_tick_labels_and_log_axes():
+    assert _tick("t_inference_s", 86400) == "1 d" and _tick("t_inference_s", 1e6) == "11.6 d"
+    assert _tick("t_inference_s", 3.2e7) == "1.01 y" and _tick("t_inference_s", 30) == "30 s"
+    assert _tick("adc_bits", None) == "ideal" and _tick("drift_compensation", True) == "on"
+    assert log_axis("t_inference_s", [0, 60, 3600]) and log_axis("r_wire_ohm", [0.1, 1])
+    assert log_axis("g_max_uS", [1, 1000]) and not log_axis("g_max_uS", [10, 100])
+    assert not log_axis("adc_bits", [4, 6, 8]) and not log_axis("t_inference_s", [0])
+
+
+def test_value_axes_integer_ticks_and_categories():
+    fig, ax = plt.subplots()
+    assert set_value_axis(ax, "adc_bits", [4, 6, 8]) == [4.0, 6.0, 8.0]
+    ax.set_xlim(3.7, 8.3)
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # no 4.5-bit ticks
+    assert set_value_axis(ax, "adc_bits", [4, None], axis="y") == [0.0, 1.0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["4", "ideal"]
+    set_value_axis(ax, "t_inference_s", [0, 60, 86400])
+    assert ax.get_xscale() == "symlog"
+    plt.close(fig)
+
+
+def test_ci95_and_pareto_front_against_closed_forms():
+    assert ci95([1.0]) == 0.0
+    # n = 4, s = 1: t(0.975, 3) = 3.18245 -> 3.18245 / 2
+    assert ci95([-1.0, -1.0, 1.0, 1.0]) == pytest.approx(3.18245 * (4 / 3) ** 0.5 / 2, rel=1e-5)
+    assert pareto_front([(1, 90), (2, 89), (3, 95), (3, 94), (0.5, 80)]) == [4, 0, 2]
