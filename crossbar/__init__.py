@@ -1,5 +1,6 @@
 """Device-level memristor crossbar simulator and hardware cost model."""
 
+from .attention import CrossbarMultiheadAttention
 from .calibration import calibrate_outputs
 from .cells import WriteVerify
 from .config import CrossbarConfig
@@ -42,6 +43,7 @@ __all__ = [
     "CrossbarConv2d",
     "CrossbarLayer",
     "CrossbarLinear",
+    "CrossbarMultiheadAttention",
     "DeviceModel",
     "HardwareAware",
     "LayerPlan",

@@ -1,16 +1,17 @@
-"""Convert any PyTorch model to run its Linear/Conv2d layers on simulated crossbars."""
+"""Convert any PyTorch model to run its Linear/Conv1d/Conv2d layers and attention projections
+on simulated crossbars."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import ctypes
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from .attention import CrossbarMultiheadAttention
 from .config import CrossbarConfig
 from .converters import get_adc
 from .device import DeviceModel
@@ -239,7 +240,11 @@ def to_crossbar(
     devices: Mapping[str, DeviceModel] | None = None,
     repair: RepairConfig | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with every Linear/Conv2d replaced by a crossbar layer.
+    """A copy of ``model`` with every Linear/Conv1d/Conv2d (grouped and depthwise included)
+    replaced by a crossbar layer, and every ``nn.MultiheadAttention`` by a
+    :class:`~crossbar.attention.CrossbarMultiheadAttention` whose projections (named
+    ``<attention>.in_proj`` or ``.q_proj``/``.k_proj``/``.v_proj``, and ``<attention>.out_proj``)
+    are crossbar layers; attention's activation products stay digital.
 
     Args:
         model: any ``nn.Module`` (nested, Sequential or custom); other layers are untouched.
@@ -257,7 +262,8 @@ def to_crossbar(
             output column): pass the quantizer's scales (``admm`` ``CompressResult.scales``)
             so its level grid is exactly the device's; default: each layer's largest |weight|.
         digital: layer patterns (fnmatch, or ``re:`` + regex, on module names) kept digital:
-            not converted and not in the mapping plan (nor in its cost).
+            not converted and not in the mapping plan (nor in its cost). An attention module
+            whose projections are all digital stays the original ``nn.MultiheadAttention``.
         devices: per-layer devices, layer pattern -> ``DeviceModel`` for the layers it matches
             (e.g. a more precise device for the first and last layer); others get ``device``.
         repair: fault repair at programming time (:class:`crossbar.RepairConfig`: test read,
@@ -283,7 +289,7 @@ def to_crossbar(
     if not every:
         raise ValueError(f"model {type(model).__name__} has no Linear or Conv2d layer to map "
                          "onto crossbars")
-    kept = _select("digital", digital, [n for n, _ in every]) | _attention_projections(model)
+    kept = _select("digital", digital, [n for n, _ in every])
     layers = [(n, m) for n, m in every if n not in kept]
     if not layers:
         raise ValueError(f"digital={list(digital)!r} keeps every layer digital; allowed: "
@@ -307,7 +313,7 @@ def to_crossbar(
         if calibration is not None:
             calibrate(layer, calibration)
         return layer
-    xmodel = copy.deepcopy(model)
+    xmodel = _unpack_attention(copy.deepcopy(model), {n for n, _ in layers})
     for name, module in layers:
         cls = _crossbar_class(module)
         check_plan(plan[name], config)
@@ -315,29 +321,38 @@ def to_crossbar(
                   scale=(scales or {}).get(name), repair=repair)
         _set_submodule(xmodel, name, new.to(module.weight.device))
         _release_freed_memory()
-    base = type(model)
+    _no_nested_tensors(xmodel)
+    base = type(xmodel)
     xmodel.__class__ = type(f"Crossbar{base.__name__}", (CrossbarModel, base), {})
     if calibration is not None:
         calibrate(xmodel, calibration)
     return xmodel
 
 
-def _attention_projections(model: nn.Module) -> set[str]:
-    """Linear layers inside ``nn.MultiheadAttention``: its forward reads the projection weights
-    directly (``F.multi_head_attention_forward``), so a crossbar layer there would never run.
-    They are kept digital, with a warning that says how to map attention onto crossbars."""
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
-            for child, sub in module.named_modules():
-                if child and isinstance(sub, nn.Linear):
-                    names.add(f"{name}.{child}" if name else child)
-    if names:
-        warnings.warn(
-            f"layers {sorted(names)} belong to nn.MultiheadAttention, whose forward reads their "
-            "weights directly; they stay digital (to put attention on crossbars, write its "
-            "projections as nn.Linear modules called in your forward)", stacklevel=3)
-    return names
+def _unpack_attention(root: nn.Module, mapped: set[str]) -> nn.Module:
+    """Replace every ``nn.MultiheadAttention`` of ``root`` that has a projection in ``mapped``
+    by a :class:`CrossbarMultiheadAttention` (its projections digital ``nn.Linear`` modules,
+    ready to be replaced by name); returns the root (the new module if ``root`` itself is
+    one)."""
+    for name, module in list(root.named_modules()):
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.MultiheadAttention) and any(n.startswith(prefix)
+                                                             for n in mapped):
+            new = CrossbarMultiheadAttention(module)
+            if not name:
+                return new
+            _set_submodule(root, name, new)
+    return root
+
+
+def _no_nested_tensors(root: nn.Module) -> None:
+    """``nn.TransformerEncoder`` in eval mode turns a padded batch into a nested tensor (its
+    fast path, decided from the first layer's attributes alone); crossbar layers compute on
+    dense tensors, so an encoder that holds one keeps the padded path."""
+    for module in root.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(
+                isinstance(m, CrossbarLayer) for m in module.modules()):
+            module.use_nested_tensor = False
 
 
 def _crossbar_class(module: nn.Module) -> type[CrossbarLayer]:

@@ -628,11 +628,12 @@ def baseline_cost(
 
 def dense_plan(plan: MappingPlan, xbar: CrossbarConfig) -> MappingPlan:
     """The same layers dense and unpruned (all-True masks), mapped with ``xbar``;
-    ``mvms_per_sample`` copied."""
+    ``mvms_per_sample`` and convolution groups copied."""
     return MappingPlan({
         p.name: plan_layer(p.name, p.kind,
                            torch.ones(p.out_features, p.in_features, dtype=torch.bool),
-                           xbar, kernel_size=p.row_unit, mvms_per_sample=p.mvms_per_sample)
+                           xbar, kernel_size=p.row_unit, mvms_per_sample=p.mvms_per_sample,
+                           groups=p.groups)
         for p in plan
     })
 

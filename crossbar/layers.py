@@ -38,13 +38,18 @@ from .streams import stream
 
 @dataclass
 class _TileIndex:
-    """Where a tile's weights and inputs live in the layer's matrix (derived from the plan)."""
+    """Where the weights and inputs of the tiles one product computes live (derived from the
+    plan): one tile, or, in a grouped convolution, the tiles that hold the same group-local
+    rows and as many outputs each, computed together as one grouped convolution with one
+    group per tile (every tile keeps its own weights, read noise, ADCs and ranges)."""
 
-    cols: torch.Tensor  # output indices
-    rows: torch.Tensor  # matrix rows (linear) or input channels (conv)
-    row_slice: slice | None  # contiguous input range, else None (gather)
-    row_mask: torch.Tensor | None  # conv: [channels, kh*kw] rows of this tile, when partial
-    n_rows: int  # live word lines of the tile
+    tiles: tuple[int, ...]  # the plan's tile indices
+    cols: torch.Tensor  # output indices, tile after tile
+    rows: torch.Tensor  # matrix rows (linear) or group-local input channels (conv), shared
+    inputs: torch.Tensor  # input indices (rows or channels of x), tile after tile
+    input_slice: slice | None  # ``inputs`` as a contiguous range, else None (gather)
+    row_mask: torch.Tensor | None  # conv: [channels, kh*kw] rows of the tiles, when partial
+    n_rows: int  # live word lines of each tile
 
 
 class InputShapeError(ValueError):
@@ -59,6 +64,8 @@ def _as_slice(index: list[int]) -> slice | None:
 
 class CrossbarLayer(nn.Module):
     """Common state and periphery of :class:`CrossbarLinear` and :class:`CrossbarConv2d`."""
+
+    groups = 1
 
     is_crossbar = True
 
@@ -117,7 +124,7 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("out_offset", torch.zeros(self.out_features, device=dev))
         self.repair = repair if repair is not None else RepairConfig()
         self.repair_stats: dict = {}
-        self._tiles = self._tile_indices()
+        self._units = self._tile_indices()
         self._calibrating: str | None = None
         self._calibration_inputs: torch.Tensor | None = None
         self._gens: dict[str, list[torch.Generator]] = {}
@@ -318,6 +325,13 @@ class CrossbarLayer(nn.Module):
     def _tile_indices(self) -> list[_TileIndex]:
         raise NotImplementedError
 
+    @staticmethod
+    def _tile_major(m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+        """``[S, tiles*cols, ...]`` gathered for a unit of tiles -> ``[tiles*S, cols, ...]``
+        (each tile's slices together, the order of the unit's grouped product)."""
+        n = len(idx.tiles)
+        return m if n == 1 else m.unflatten(1, (n, -1)).transpose(0, 1).flatten(0, 1)
+
     def _state_at_time(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and reference conductances at the device's inference time."""
         dev, seed, name = self.device_model, int(self.program_seed), self.plan.name
@@ -348,8 +362,9 @@ class CrossbarLayer(nn.Module):
         rows picks, for every cell, the reference of its own tile."""
         onehot = torch.zeros(self.out_features, self.plan.n_tiles, device=self.g_uS.device,
                              dtype=self.g_uS.dtype)
-        for t, idx in enumerate(self._tiles):
-            onehot[idx.cols, t] = 1.0
+        for idx in self._units:
+            onehot[idx.cols, torch.tensor(idx.tiles, device=onehot.device).repeat_interleave(
+                idx.cols.numel() // len(idx.tiles))] = 1.0
         return onehot
 
     def _refresh(self) -> None:
@@ -359,7 +374,7 @@ class CrossbarLayer(nn.Module):
         dev = self.device_model
         g, g_ref = self._state_at_time()
         values = self._values(*self._through_array(g, g_ref, dev.t_inference_s))
-        self._tile_w = [self._gather(values, idx) for idx in self._tiles]
+        self._tile_w = [self._tile_major(self._gather(values, idx), idx) for idx in self._units]
         self._gain = 1.0
         if self.config.drift_compensation and dev.drift is not None and dev.t_inference_s > 0:
             programmed = self._values(*self._through_array(
@@ -367,18 +382,21 @@ class CrossbarLayer(nn.Module):
             now = float(values.abs().sum())
             self._gain = float(programmed.abs().sum()) / now if now > 0 else 1.0
         self._tile_var = None
-        if dev.active("read_noise") and self._tiles:
+        if dev.active("read_noise") and self._units:
             norm = self.style.norm_uS(dev)
             var = (dev.read_noise.std_uS(g, dev) / norm).square().sum(dim=1)
             var = var * self.cell_mask * self.slice_factors.square()
-            tile_var = [self._gather(var, idx).flatten(0, 1) for idx in self._tiles]
-            if g_ref is not None:
+            tile_var = [self._tile_major(self._gather(var, idx), idx).flatten(0, 1)
+                        for idx in self._units]
+            if g_ref is not None:  # each tile's reference column after its own outputs
                 ref_var = (dev.read_noise.std_uS(g_ref, dev) / norm).square()
-                tile_var = [torch.cat([v, self._gather_ref(ref_var[t], idx)])
-                            for t, (v, idx) in enumerate(zip(tile_var, self._tiles, strict=True))]
+                tile_var = [torch.cat([v.unflatten(0, (len(idx.tiles), -1)), torch.stack(
+                    [self._gather_ref(ref_var[t], idx) for t in idx.tiles])], dim=1).flatten(0, 1)
+                    for v, idx in zip(tile_var, self._units, strict=True)]
             self._tile_var = tile_var
-            self._ref_factor = [self.slice_factors.index_select(1, idx.cols).flatten()
-                                for idx in self._tiles]
+            self._ref_factor = [
+                self._tile_major(self.slice_factors.index_select(1, idx.cols), idx).flatten()
+                for idx in self._units]
         del values
 
     def _through_array(self, g: torch.Tensor, g_ref: torch.Tensor | None,
@@ -424,7 +442,7 @@ class CrossbarLayer(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):  # keep caches on the module's device and dtype
         out = super()._apply(fn, *args, **kwargs)
-        self._tiles = self._tile_indices()
+        self._units = self._tile_indices()
         moved = {}
         for (t, _, dtype), vals in self._array_cache.items():  # a move keeps the solve,
             new = tuple(None if v is None else fn(v) for v in vals)  # a new dtype re-solves
@@ -481,10 +499,9 @@ class CrossbarLayer(nn.Module):
         self._dac = (float(self.dac_range), bool(self.dac_signed))
         self._adc = self.adc_range.tolist()
         self._is_calibrated = bool(self.calibrated)
-        self._largest_factor = [
-            self.slice_factors.index_select(1, idx.cols).amax(dim=(1, 2)).tolist()
-            for idx in self._tiles
-        ]
+        factors = self.slice_factors.amax(dim=2)  # [S, out]
+        self._largest_factor = [factors[:, list(t.cols)].amax(dim=1).tolist()
+                                for t in self.plan.tiles]
 
     def _input_range(self, x: torch.Tensor) -> tuple[float, bool]:
         if self._dac[0] > 0:
@@ -507,53 +524,66 @@ class CrossbarLayer(nn.Module):
         full, signed = self._input_range(x)
         return self._dac_model.drive(x, full, signed, bits)
 
-    def _adc_steps(self, t: int, drive: Drive) -> list[float] | None:
-        """ADC step per weight slice of tile ``t`` (``None``: ideal or calibrating)."""
+    def _adc_steps(self, idx: _TileIndex, drive: Drive) -> list[float] | None:
+        """ADC step per weight slice of each tile of ``idx``, tile after tile (``None``: ideal
+        or calibrating)."""
         bits = self.config.adc_bits
         if bits is None or self._calibrating is not None:
             return None
-        full = drive.step * drive.max_code * self._tiles[t].n_rows
-        ranges = self._adc_model.ranges(
-            self.plan.name, self._adc[t] if self._is_calibrated else None,
-            [full * f for f in self._largest_factor[t]])
+        full = drive.step * drive.max_code * idx.n_rows
         q = signed_steps(bits)
-        return [max(r, 1e-30) / q for r in ranges]
+        steps = []
+        for t in idx.tiles:
+            ranges = self._adc_model.ranges(
+                self.plan.name, self._adc[t] if self._is_calibrated else None,
+                [full * f for f in self._largest_factor[t]])
+            steps += [max(r, 1e-30) / q for r in ranges]
+        return steps
 
-    def _record_adc(self, p: torch.Tensor, t: int) -> None:
+    def _record_adc(self, p: torch.Tensor, idx: _TileIndex) -> None:
+        """Calibration: widen each tile's per-slice ADC range to the partial sums ``p``
+        (``[N', tiles*S, cols, ...]``) seen."""
         per_slice = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1)
         peak = torch.stack([_peak(v, self.config.range_percentile) for v in per_slice])
-        self.adc_range[t] = torch.maximum(self.adc_range[t], peak)
+        tiles = list(idx.tiles)
+        self.adc_range[tiles] = torch.maximum(self.adc_range[tiles],
+                                              peak.view(len(tiles), -1))
 
-    def _read_noise(self, p: torch.Tensor, x2: torch.Tensor, t: int, idx: _TileIndex,
+    def _read_noise(self, p: torch.Tensor, x2: torch.Tensor, u: int, idx: _TileIndex,
                     k: torch.Tensor | float) -> torch.Tensor:
         """Add this matrix-vector product's read noise to the partial sums ``p`` (codes,
         ``[N', S*cols, ...]``). Every cell's read is ``G + std(G) N`` with a new ``N`` per
         product, so output ``j`` gets Gaussian noise of variance ``sum_i x_i^2 var_ij``: one
         product of ``x^2`` with the tile's variance matrix (exact, no per-sample conductances).
         The offset style's reference column is one more column of that product whose noise is
-        shared by every output of the tile (subtracted with each output's weight factor)."""
-        var = self._tile_var[t]
-        n_out = p.shape[1]
+        shared by every output of the tile (subtracted with each output's weight factor). A unit
+        of ``b`` tiles holds ``b`` such blocks, tile after tile (``u``: the unit's index)."""
+        var = self._tile_var[u]
+        n_out, b = p.shape[1], len(idx.tiles)
+        m = n_out // b  # outputs x slices of each tile
+        ones = [1] * (var.dim() - 1)
         if isinstance(k, torch.Tensor):  # per-slice scale, repeated over each slice's columns
             k_cols = k.repeat_interleave(n_out // k.numel())
         else:
             k_cols = None
-        if var.shape[0] > n_out:  # reference column: unscaled (per-output factors below)
-            own = var[:n_out] * (k_cols.square().view(-1, *([1] * (var.dim() - 1)))
-                                 if k_cols is not None else k * k)
-            var = torch.cat([own, var[n_out:]])
+        if var.shape[0] > n_out:  # reference columns: unscaled (per-output factors below)
+            blocks = var.unflatten(0, (b, -1))
+            own = blocks[:, :m] * (k_cols.square().view(b, m, *ones)
+                                   if k_cols is not None else k * k)
+            var = torch.cat([own, blocks[:, m:]], dim=1).flatten(0, 1)
         elif k_cols is not None:
-            var = var * k_cols.square().view(-1, *([1] * (var.dim() - 1)))
+            var = var * k_cols.square().view(-1, *ones)
         else:
             var = var * (k * k)
         std = self._tile_product(x2, var, idx).clamp_(min=0.0).sqrt_()
         if std.shape[1] == n_out:
             return p.addcmul_(std, self._normal(std, "read"))
-        std = std.mul_(self._normal(std, "read"))
-        p = p.add_(std[:, :n_out])
-        factor = self._ref_factor[t] * (k_cols if k_cols is not None else k)
-        shape = (1, n_out, *([1] * (p.dim() - 2)))
-        return p.sub_(std[:, n_out:] * factor.view(shape))
+        std = std.mul_(self._normal(std, "read")).unflatten(1, (b, -1))
+        own = p.unflatten(1, (b, m))  # a view: p changes in place
+        own.add_(std[:, :, :m])
+        factor = self._ref_factor[u] * (k_cols if k_cols is not None else k)
+        own.sub_(std[:, :, m:] * factor.view(1, b, m, *([1] * (p.dim() - 2))))
+        return p
 
     def _accumulate(self, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
         drive = self._drive(x)
@@ -563,10 +593,10 @@ class CrossbarLayer(nn.Module):
             x2 = drive.x if drive.plane_weights is not None else drive.x * drive.x
         adc_noise = self.config.adc_noise if self._calibrating is None else 0.0
         out = None
-        full_cover = all(idx.cols.numel() == self.out_features for idx in self._tiles)
-        for t, idx in enumerate(self._tiles):
-            steps = self._adc_steps(t, drive)
-            w = self._tile_w[t]
+        full_cover = all(idx.cols.numel() == self.out_features for idx in self._units)
+        for u, idx in enumerate(self._units):
+            steps = self._adc_steps(idx, drive)
+            w = self._tile_w[u]
             n_slices = w.shape[0]
             if steps is not None and len(steps) == 1:
                 k: torch.Tensor | float = drive.step / steps[0]
@@ -581,17 +611,17 @@ class CrossbarLayer(nn.Module):
                 w = w * k
             p = self._tile_product(drive.x, w.flatten(0, 1), idx)  # [N', S*cols, ...] codes
             if noisy:
-                p = self._read_noise(p, x2, t, idx, k)
+                p = self._read_noise(p, x2, u, idx, k)
             if steps is not None and adc_noise > 0:
                 q = signed_steps(self.config.adc_bits)
                 p = p.add_(self._normal(p, "adc_noise"), alpha=adc_noise * q)
             p = p.unflatten(1, (n_slices, -1))
             if self._calibrating == "adc":
-                self._record_adc(p, t)
+                self._record_adc(p, idx)
             if steps is not None:
                 q = signed_steps(self.config.adc_bits)
                 p = p.round_().clamp_(-q, q)
-            p, alpha = self._combine(p, steps, drive.plane_weights)
+            p, alpha = self._combine(p, steps, drive.plane_weights, len(idx.tiles))
             alpha *= self._gain
             if full_cover and out is None:
                 out = p if alpha == 1.0 else p.mul_(alpha)
@@ -612,9 +642,10 @@ class CrossbarLayer(nn.Module):
 
     @staticmethod
     def _combine(p: torch.Tensor, steps: list[float] | None,
-                 plane_w: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+                 plane_w: torch.Tensor | None, n_tiles: int = 1) -> tuple[torch.Tensor, float]:
         """Digital side: ADC codes times their step, shift-and-add over input bit planes
-        (dim 0 of ``[P*N, S, ...]``) and over weight slices (dim 1). A single scalar step is
+        (dim 0 of ``[P*N, S, ...]``) and over weight slices (dim 1; ``[P*N, tiles*S, ...]``
+        for a unit of ``n_tiles`` tiles, each tile's slices summed). A single scalar step is
         returned instead of applied, so the caller folds it into the accumulation."""
         alpha = 1.0
         if steps is not None:
@@ -627,6 +658,8 @@ class CrossbarLayer(nn.Module):
                 p = p.mul_(scale.view(1, -1, *([1] * (p.dim() - 2))))
         if plane_w is not None:
             p = torch.tensordot(plane_w, p.unflatten(0, (plane_w.numel(), -1)), dims=([0], [0]))
+        if n_tiles > 1:
+            return p.unflatten(1, (n_tiles, -1)).sum(dim=2).flatten(1, 2), alpha
         return (p.sum(dim=1) if p.shape[1] > 1 else p.squeeze(1)), alpha
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
@@ -660,8 +693,10 @@ class CrossbarLayer(nn.Module):
                     f"{changed[0]}={mine[changed[0]]!r}")
 
     def extra_repr(self) -> str:
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
         return (
-            f"{self.in_features} rows -> {self.out_features} cols, tiles={self.plan.n_tiles}, "
+            f"{self.in_features} rows -> {self.out_features} cols{groups}, "
+            f"tiles={self.plan.n_tiles}, "
             f"mapping={self.config.mapping}, dac_bits={self.config.dac_bits}, "
             f"adc_bits={self.config.adc_bits}"
         )
@@ -707,6 +742,11 @@ def _column_scale(name: str, live: torch.Tensor, scale: float | torch.Tensor | N
     return t.reshape(out, 1).clone()
 
 
+def _tile_inputs(x: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    """The inputs (dim 1 of ``x``) that drive the word lines of ``idx``'s tiles."""
+    return x[:, idx.input_slice] if idx.input_slice is not None else x.index_select(1, idx.inputs)
+
+
 def _keep_module_forward(module: nn.Module, args: tuple) -> None:
     """No-op forward pre-hook: its presence turns off PyTorch's fused Transformer fast path,
     which reads ``linear.weight`` itself instead of calling the (crossbar) layer."""
@@ -746,16 +786,14 @@ class CrossbarLinear(CrossbarLayer):
 
     def _tile_indices(self) -> list[_TileIndex]:
         dev = self.cell_mask.device
-        return [
-            _TileIndex(
-                cols=torch.tensor(t.cols, dtype=torch.long, device=dev),
-                rows=torch.tensor(t.rows, dtype=torch.long, device=dev),
-                row_slice=_as_slice(list(t.rows)),
-                row_mask=None,
-                n_rows=t.n_rows,
-            )
-            for t in self.plan.tiles
-        ]
+        out = []
+        for i, t in enumerate(self.plan.tiles):
+            rows = torch.tensor(t.rows, dtype=torch.long, device=dev)
+            out.append(_TileIndex(tiles=(i,), cols=torch.tensor(t.cols, dtype=torch.long,
+                                                                device=dev),
+                                  rows=rows, inputs=rows, input_slice=_as_slice(list(t.rows)),
+                                  row_mask=None, n_rows=t.n_rows))
+        return out
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
         # one advanced index: no [S, cols, in] intermediate per tile
@@ -765,8 +803,7 @@ class CrossbarLinear(CrossbarLayer):
         return ref.index_select(0, idx.rows).unsqueeze(0)  # [1, rows]
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        xt = x[:, idx.row_slice] if idx.row_slice is not None else x.index_select(1, idx.rows)
-        return F.linear(xt, w)
+        return F.linear(_tile_inputs(x, idx), w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -780,17 +817,21 @@ class CrossbarLinear(CrossbarLayer):
 
 class CrossbarConv2d(CrossbarLayer):
     """``nn.Conv2d`` on crossbar tiles: the im2col matrix ``W[out, in*kh*kw]`` is mapped; each
-    tile is computed as a convolution over the input channels whose kernel rows it holds."""
+    tile is computed as a convolution over the input channels whose kernel rows it holds.
+
+    Grouped and depthwise convolutions (``groups = G``): each group is its own matrix
+    ``[out/G, in/G*kh*kw]`` on its own tiles (:func:`crossbar.plan.plan_layer`); tiles of
+    different groups that hold the same group-local rows are computed together as one grouped
+    convolution (one product for all 128 tiles of a 128-channel depthwise layer)."""
 
     def __init__(self, source: nn.Conv2d, plan: LayerPlan, device: DeviceModel,
                  config: CrossbarConfig, seed: int = 0,
                  scale: float | torch.Tensor | None = None,
                  repair: RepairConfig | None = None) -> None:
-        if source.groups != 1:
+        if plan.groups != source.groups:
             raise ValueError(
-                f"layer {plan.name!r}: Conv2d groups={source.groups} is not supported; allowed: "
-                "groups=1 (map a grouped convolution as separate layers)"
-            )
+                f"plan for layer {plan.name!r} has groups={plan.groups}; allowed: "
+                f"groups={source.groups}, the layer's")
         if isinstance(source.padding, str):
             raise ValueError(
                 f"layer {plan.name!r}: padding={source.padding!r} is not supported; allowed: "
@@ -802,6 +843,7 @@ class CrossbarConv2d(CrossbarLayer):
                 "allowed: 'zeros'"
             )
         self.in_channels = source.in_channels
+        self.groups = source.groups
         self.kernel_size = source.kernel_size
         self.stride = source.stride
         self.padding = source.padding
@@ -812,43 +854,54 @@ class CrossbarConv2d(CrossbarLayer):
     def _kernel_area(self) -> int:
         return self.kernel_size[0] * self.kernel_size[1]
 
+    @property
+    def _group_channels(self) -> int:
+        return self.in_channels // self.groups
+
     def _tile_indices(self) -> list[_TileIndex]:
         dev = self.cell_mask.device
-        k = self._kernel_area
+        k, plan = self._kernel_area, self.plan
+        units: dict[object, list[int]] = {}  # tiles of the same local rows share a product
+        for t, tile in enumerate(plan.tiles):
+            units.setdefault((tile.rows, tile.n_cols) if self.groups > 1 else t, []).append(t)
         out = []
-        for t in self.plan.tiles:
-            channels = sorted({r // k for r in t.rows})
+        for tiles in units.values():
+            first = plan.tiles[tiles[0]]
+            channels = sorted({r // k for r in first.rows})
             mask = torch.zeros(len(channels), k, dtype=torch.bool)
             pos = {c: i for i, c in enumerate(channels)}
-            for r in t.rows:
+            for r in first.rows:
                 mask[pos[r // k], r % k] = True
-            out.append(
-                _TileIndex(
-                    cols=torch.tensor(t.cols, dtype=torch.long, device=dev),
-                    rows=torch.tensor(channels, dtype=torch.long, device=dev),
-                    row_slice=_as_slice(channels),
-                    row_mask=None if bool(mask.all()) else mask.to(dev),
-                    n_rows=t.n_rows,
-                )
-            )
+            inputs = [plan.group_of(plan.tiles[t].cols[0]) * self._group_channels + c
+                      for t in tiles for c in channels]
+            out.append(_TileIndex(
+                tiles=tuple(tiles),
+                cols=torch.tensor([c for t in tiles for c in plan.tiles[t].cols],
+                                  dtype=torch.long, device=dev),
+                rows=torch.tensor(channels, dtype=torch.long, device=dev),
+                inputs=torch.tensor(inputs, dtype=torch.long, device=dev),
+                input_slice=_as_slice(inputs),
+                row_mask=None if bool(mask.all()) else mask.to(dev),
+                n_rows=first.n_rows,
+            ))
         return out
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        w = m.view(m.shape[0], self.out_features, self.in_channels, self._kernel_area)
+        w = m.view(m.shape[0], self.out_features, self._group_channels, self._kernel_area)
         w = w[:, idx.cols.unsqueeze(1), idx.rows.unsqueeze(0)]  # one index, no intermediate
         if idx.row_mask is not None:
             w = w * idx.row_mask
         return w.unflatten(3, self.kernel_size)  # [S, cols, channels, kh, kw]
 
     def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        r = ref.view(1, self.in_channels, self._kernel_area).index_select(1, idx.rows)
+        r = ref.view(1, self._group_channels, self._kernel_area).index_select(1, idx.rows)
         if idx.row_mask is not None:
             r = r * idx.row_mask
         return r.unflatten(2, self.kernel_size)  # [1, channels, kh, kw]
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
-        xt = x[:, idx.row_slice] if idx.row_slice is not None else x.index_select(1, idx.rows)
-        return F.conv2d(xt, w, None, self.stride, self.padding, self.dilation)
+        return F.conv2d(_tile_inputs(x, idx), w, None, self.stride, self.padding, self.dilation,
+                        len(idx.tiles))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -1,12 +1,17 @@
 """Masked mapping: which rows and columns of a layer get devices, and how they pack into tiles.
 
 Matrix view (DESIGN.md): a Linear layer is ``W[out, in]``, a Conv2d layer ``W[out, in*kh*kw]``
-in im2col order. Inputs drive rows (word lines), outputs are read on columns (bit lines).
+in im2col order. Inputs drive rows (word lines), outputs are read on columns (bit lines). A
+grouped convolution (``groups = G``) is ``G`` independent matrices ``[out/G, in/G*kh*kw]``
+stacked along the outputs, i.e. its weight's own matrix view ``W[out, in/G*kh*kw]`` whose rows
+are *group-local*: row ``r`` of output ``o`` reads input channel ``(o // (out/G)) * in/G +
+r // (kh*kw)``.
 
 Packing rule (one implementation, read by the simulator and the cost model):
 
-1. Live columns (outputs with any live weight) are taken in order and cut into column groups of
-   ``outputs_per_tile``.
+1. Live columns (outputs with any live weight) are taken in order, group by group, and cut
+   into column groups of ``outputs_per_tile``; a column group never holds outputs of two
+   convolution groups, so every tile belongs to one group.
 2. Inside a column group, a row is live if any weight of that group's columns in it is live.
    Live rows are packed in order into tiles of ``tile_rows`` word lines, keeping each *row unit*
    together: for a convolution whose kernel fits a tile (``kh*kw <= tile_rows``) a unit is one
@@ -73,6 +78,8 @@ class LayerPlan:
         mvms_per_sample: matrix-vector products per input sample (1 for Linear, ``H_out*W_out``
             for Conv2d); ``None`` when no example input has been seen.
         tiles: the tiles, column group by column group.
+        groups: convolution groups (1 for Linear); tile rows are group-local (module
+            docstring) and every tile's columns lie in one group.
     """
 
     name: str
@@ -87,17 +94,26 @@ class LayerPlan:
     mapping: str
     mvms_per_sample: int | None
     tiles: tuple[Tile, ...] = field(default_factory=tuple)
+    groups: int = 1
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, LAYER_KINDS)
         check_choice("mapping", self.mapping, tuple(MAPPINGS))
         for key in ("out_features", "in_features", "row_unit", "tile_rows", "tile_cols",
-                    "outputs_per_tile", "weight_slices"):
+                    "outputs_per_tile", "weight_slices", "groups"):
             check_int(key, getattr(self, key), 1)
+        if self.out_features % self.groups or (self.kind == "linear" and self.groups != 1):
+            fail(f"{self.name}: groups", self.groups,
+                 "1 for a linear layer, else a divisor of out_features="
+                 f"{self.out_features}")
         seen: dict[tuple[int, ...], set[int]] = {}
         for t in self.tiles:
             if t.n_rows == 0 or t.n_cols == 0:
                 fail(f"{self.name}: tile shape", (t.n_rows, t.n_cols), "a non-empty tile")
+            if len({self.group_of(c) for c in t.cols}) > 1:
+                fail(f"{self.name}: tile cols", (min(t.cols), max(t.cols)),
+                     f"outputs of one group (groups={self.groups}, "
+                     f"{self.out_features // self.groups} outputs each)")
             rows = seen.setdefault(t.cols, set())
             if rows & set(t.rows):
                 fail(f"{self.name}: tile rows", sorted(rows & set(t.rows))[:5],
@@ -118,9 +134,17 @@ class LayerPlan:
     def n_tiles(self) -> int:
         return len(self.tiles)
 
+    def group_of(self, col: int) -> int:
+        """The convolution group output ``col`` belongs to (0 for a Linear)."""
+        return col // (self.out_features // self.groups)
+
     @property
     def live_rows(self) -> tuple[int, ...]:
-        return tuple(sorted({r for t in self.tiles for r in t.rows}))
+        """Inputs that drive a word line, as rows of the layer's full im2col input
+        (``group * in_features + row``: for a grouped convolution, input channel x kernel
+        position; the matrix rows themselves when ``groups == 1``)."""
+        return tuple(sorted({self.group_of(t.cols[0]) * self.in_features + r
+                             for t in self.tiles for r in t.rows}))
 
     @property
     def live_cols(self) -> tuple[int, ...]:
@@ -291,24 +315,33 @@ def plan_layer(
     config: CrossbarConfig,
     kernel_size: int = 1,
     mvms_per_sample: int | None = None,
+    groups: int = 1,
 ) -> LayerPlan:
     """Pack the live weights ``live`` (bool ``[out, in]``) of one layer into tiles.
 
     ``kernel_size`` is ``kh*kw`` for a Conv2d (the row unit when it fits a tile), 1 for Linear.
+    ``groups``: a grouped convolution's matrix view ``[out, in/groups*kh*kw]``; each group's
+    outputs are packed on their own tiles, with the rows live in that group.
     """
     if live.dim() != 2:
         fail(f"{name}: live mask shape", tuple(live.shape), "a 2-D [out, in] mask")
     live = live.detach().to("cpu", torch.bool)
     out_f, in_f = live.shape
+    if groups < 1 or out_f % groups:
+        fail(f"{name}: groups", groups, f"a divisor of the layer's {out_f} outputs")
     per_tile = outputs_per_tile(config)
     row_unit = kernel_size if kernel_size <= config.tile_rows else 1
-    live_cols = torch.nonzero(live.any(dim=1)).flatten().tolist()
+    live_out = live.any(dim=1)
+    per_group = out_f // groups
     tiles: list[Tile] = []
-    for start in range(0, len(live_cols), per_tile):
-        cols = live_cols[start:start + per_tile]
-        group_rows = torch.nonzero(live[cols].any(dim=0)).flatten().tolist()
-        tiles.extend(Tile(rows, tuple(cols)) for rows in _pack_rows(group_rows, row_unit,
-                                                                   config.tile_rows))
+    for g in range(groups):
+        first = g * per_group
+        live_cols = (torch.nonzero(live_out[first:first + per_group]).flatten() + first).tolist()
+        for start in range(0, len(live_cols), per_tile):
+            cols = live_cols[start:start + per_tile]
+            group_rows = torch.nonzero(live[cols].any(dim=0)).flatten().tolist()
+            tiles.extend(Tile(rows, tuple(cols)) for rows in _pack_rows(group_rows, row_unit,
+                                                                       config.tile_rows))
     return LayerPlan(
         name=name,
         kind=kind,
@@ -322,6 +355,7 @@ def plan_layer(
         mapping=config.mapping,
         mvms_per_sample=mvms_per_sample,
         tiles=tuple(tiles),
+        groups=groups,
     )
 
 
@@ -359,15 +393,70 @@ def matrix_view(module: nn.Module) -> torch.Tensor:
 
 
 MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
-"""Layer types that map onto crossbars (a Conv1d is a Conv2d of height 1)."""
+"""Layer types that map onto crossbars (a Conv1d is a Conv2d of height 1). The projections of
+an ``nn.MultiheadAttention`` map too (:func:`attention_projections`)."""
 
 
 def crossbar_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, module)`` for every Linear, Conv1d and Conv2d in ``model`` (the mappable
-    layers)."""
+    layers), and for every ``nn.MultiheadAttention`` its projections as ``nn.Linear`` views
+    named ``<attention>.in_proj`` (or ``q_proj``, ``k_proj``, ``v_proj``) and
+    ``<attention>.out_proj`` (:func:`attention_projections`)."""
+    attention: list[str] = []  # prefixes of the attention modules met so far
     for name, module in model.named_modules():
-        if isinstance(module, MAPPABLE):
+        if any(name.startswith(prefix) for prefix in attention):
+            continue  # out_proj: listed with its attention module
+        if isinstance(module, nn.MultiheadAttention):
+            prefix = f"{name}." if name else ""
+            attention.append(prefix)
+            for suffix, view in attention_projections(module):
+                yield prefix + suffix, view
+        elif isinstance(module, MAPPABLE):
             yield name, module
+
+
+def attention_projections(attention: nn.MultiheadAttention) -> list[tuple[str, nn.Linear]]:
+    """The static weight matrices of an ``nn.MultiheadAttention`` (embedding ``E``) as
+    ``nn.Linear`` modules sharing its parameters, named as under the attention module:
+    ``in_proj`` ``[3E, E]`` (the packed Q, K, V projection, when ``kdim == vdim == E``) or
+    ``q_proj`` ``[E, E]``, ``k_proj`` ``[E, kdim]``, ``v_proj`` ``[E, vdim]`` (biases: the
+    thirds of ``in_proj_bias``); and ``out_proj`` ``[E, E]``. Attention's own products
+    (``Q K^T``, softmax, ``x V``) multiply two activations: no static matrix, no crossbar."""
+    bias = attention.in_proj_bias
+    if attention._qkv_same_embed_dim:
+        views = [("in_proj", _linear_view(attention.in_proj_weight, bias))]
+    else:
+        weights = (attention.q_proj_weight, attention.k_proj_weight, attention.v_proj_weight)
+        biases = bias.chunk(3) if bias is not None else (None, None, None)
+        views = [(n, _linear_view(w, b)) for n, w, b in
+                 zip(("q_proj", "k_proj", "v_proj"), weights, biases, strict=True)]
+    return [*views, ("out_proj", attention.out_proj)]
+
+
+def _linear_view(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` whose weight and bias are ``weight`` and ``bias`` (shared, not
+    copied)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return layer
+
+
+def attention_inputs(packed: bool, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The projection calls of one attention forward, ``(projection, input)`` in order: the
+    packed ``in_proj`` is driven once per distinct input (self-attention: once, giving Q, K
+    and V; ``key is value``: query and key; else three times, a third of the outputs used each
+    time), separate projections once each. The simulator and :func:`measure_mvms` both
+    follow it."""
+    if not packed:
+        return [("q_proj", query), ("k_proj", key), ("v_proj", value)]
+    if query is key and key is value:
+        return [("in_proj", query)]
+    if key is value:
+        return [("in_proj", query), ("in_proj", key)]
+    return [("in_proj", query), ("in_proj", key), ("in_proj", value)]
 
 
 def matches(pattern: str, name: str) -> bool:
@@ -385,8 +474,9 @@ def plan_model(
     example_input: torch.Tensor | None = None,
     exclude: Collection[str] = (),
 ) -> MappingPlan:
-    """Mapping plan of every Linear/Conv2d of ``model`` but the ``exclude``d names (layers
-    kept digital).
+    """Mapping plan of every mapped layer of ``model`` (:func:`crossbar_layers`: Linear,
+    Conv1d, Conv2d with their groups, attention projections) but the ``exclude``d names
+    (layers kept digital).
 
     A weight is live where ``masks[name]`` (bool, matrix view or weight shape) is True, or, for
     layers without a mask, where it is non-zero, so an all-zero row or column never gets a
@@ -418,14 +508,20 @@ def plan_model(
         elif isinstance(module, nn.Conv1d):
             kind = "conv1d"
         kernel = math.prod(module.kernel_size) if kind != "linear" else 1
-        plans[name] = plan_layer(name, kind, live, config, kernel, mvms.get(name))
+        groups = module.groups if kind != "linear" else 1
+        plans[name] = plan_layer(name, kind, live, config, kernel, mvms.get(name), groups)
     return MappingPlan(plans)
 
 
 def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """Matrix-vector products per sample of each Linear/Conv2d (one forward on the example)."""
+    """Matrix-vector products per sample of each mapped layer (one forward on one example;
+    a layer called several times counts every call). An ``nn.MultiheadAttention`` counts its
+    projections' calls (:func:`attention_inputs`) from its inputs' token counts."""
     counts: dict[str, int] = {}
     hooks = []
+
+    def add(name: str, n: int) -> None:
+        counts[name] = counts.get(name, 0) + int(n)
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -434,16 +530,27 @@ def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
                 "conv2d" if isinstance(module, nn.Conv2d) else
                 "conv1d" if isinstance(module, nn.Conv1d) else "linear")
             if kind == "conv2d":
-                counts[name] = int(output.shape[-1] * output.shape[-2])
+                add(name, output.shape[-1] * output.shape[-2])
             elif kind == "conv1d":
-                counts[name] = int(output.shape[-1])
-            else:
-                counts[name] = int(output[0].numel() // output.shape[-1]) if output.dim() > 2 \
-                    else 1
+                add(name, output.shape[-1])
+            else:  # a batch of one: every other position of the output is one product
+                add(name, output.numel() // output.shape[-1])
+        return record
+
+    def attention_hook(prefix: str):
+        def record(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output) -> None:
+            query, key, value = (args[i] if len(args) > i else kwargs[k]
+                                 for i, k in enumerate(("query", "key", "value")))
+            for suffix, x in attention_inputs(module._qkv_same_embed_dim, query, key, value):
+                add(prefix + suffix, x.numel() // x.shape[-1])
+            add(prefix + "out_proj", query.numel() // query.shape[-1])
         return record
 
     for name, module in model.named_modules():
-        if isinstance(module, MAPPABLE) or getattr(module, "is_crossbar", False):
+        if isinstance(module, nn.MultiheadAttention):  # its forward never calls out_proj
+            hooks.append(module.register_forward_hook(
+                attention_hook(f"{name}." if name else ""), with_kwargs=True))
+        elif isinstance(module, MAPPABLE) or getattr(module, "is_crossbar", False):
             hooks.append(module.register_forward_hook(hook(name)))
     was_training = model.training
     model.eval()  # no BatchNorm statistics change, and a batch of one is fine

@@ -506,8 +506,8 @@ def test_presets_are_valid_and_unknown_preset_fails() -> None:
 
 
 def test_unsupported_layers_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="groups=2"):
-        crossbar.to_crossbar(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), IDEAL,
+    with pytest.raises(ValueError, match="padding='same' is not supported"):
+        crossbar.to_crossbar(nn.Sequential(nn.Conv2d(4, 4, 3, padding="same")), IDEAL,
                              crossbar.CrossbarConfig())
     with pytest.raises(ValueError, match="no Linear or Conv2d"):
         crossbar.to_crossbar(nn.Sequential(nn.ReLU()), IDEAL, crossbar.CrossbarConfig())

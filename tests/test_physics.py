@@ -658,23 +658,22 @@ def test_conv1d_maps_onto_crossbars_exactly() -> None:
         crossbar.to_crossbar(model, IDEAL, config, calibration=torch.randn(8, 3, 4, 20))
 
 
-def test_transformer_layers_convert_and_attention_projections_stay_digital() -> None:
+def test_transformer_layers_convert_with_their_attention_projections() -> None:
     torch.manual_seed(0)
     block = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0,
                                        batch_first=True).eval()
     x = torch.randn(4, 5, 16)
-    with pytest.warns(UserWarning, match=r"\['self_attn.out_proj'\] belong to "
-                                          "nn.MultiheadAttention"):
-        xblock = crossbar.to_crossbar(block, IDEAL, CONTINUOUS, calibration=x)
+    xblock = crossbar.to_crossbar(block, IDEAL, CONTINUOUS, calibration=x)
     assert isinstance(xblock.linear1, crossbar.CrossbarLinear)
-    assert type(xblock.self_attn.out_proj) is not crossbar.CrossbarLinear
-    assert set(xblock.mapping_plan.layers) == {"linear1", "linear2"}
+    assert isinstance(xblock.self_attn, crossbar.CrossbarMultiheadAttention)
+    assert isinstance(xblock.self_attn.out_proj, crossbar.CrossbarLinear)
+    assert set(xblock.mapping_plan.layers) == {"linear1", "linear2", "self_attn.in_proj",
+                                               "self_attn.out_proj"}
     with torch.no_grad():
         assert torch.allclose(xblock(x), block(x), atol=1e-4)
     # the fused fast path of nn.TransformerEncoderLayer (eval, no grad) would read .weight and
     # skip the simulation: with read noise, two passes must differ
-    with pytest.warns(UserWarning):
-        noisy = crossbar.to_crossbar(block, crossbar.DeviceModel(read_sigma=0.2), CONTINUOUS,
-                                     calibration=x)
+    noisy = crossbar.to_crossbar(block, crossbar.DeviceModel(read_sigma=0.2), CONTINUOUS,
+                                 calibration=x)
     with torch.inference_mode():
         assert not torch.equal(noisy(x), noisy(x))
