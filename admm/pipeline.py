@@ -408,6 +408,9 @@ def save_atomic(obj: object, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with signals_deferred():
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        umask = os.umask(0o022)  # the permissions open() would give (not mkstemp's 0o600)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(obj, f)

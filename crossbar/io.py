@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader never sees a partial file, and a crash leaves the old one."""
+"""Atomic file writes: a reader never sees a partial file, and a crash leaves the old one.
+Files get the permissions of an ordinary ``open()`` (``0o666`` less the process umask), not
+the ``0o600`` of a temporary file, so colleagues can read shared results."""
 
 from __future__ import annotations
 
@@ -7,11 +9,34 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where it exists: setting it to read it is not
+    thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """An open temporary file ``.<name>.<random>.tmp`` in ``path``'s folder (created if
+    needed) with the permissions ``open()`` would give ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file in the same folder, fsync it, then rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

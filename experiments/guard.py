@@ -15,15 +15,23 @@
   with them, so a resumed run ends exactly as an uninterrupted one.
 - **SIGTERM** (:func:`sigterm_as_exit`): turned into :class:`Terminated` (a ``SystemExit``), so
   the current epoch is abandoned between two atomic writes and the last checkpoint stays intact.
+- **Run folders** (:func:`open_run`): one run per folder at a time (an exclusive lock,
+  :func:`run_lock`); nothing in the folder is written until the run is accepted (the folder
+  holds no earlier result, or ``resume=true`` and every checkpoint there was written with the
+  settings it depends on); then stale temporary files of killed writes are removed and
+  ``config.yaml`` and ``.hydra/`` are written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import pickle
 import signal
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -45,8 +53,13 @@ __all__ = [
     "CHECKPOINTS",
     "DENSE_KEYS",
     "Terminated",
+    "RunLockedError",
     "check_constraints_fit",
+    "check_resume",
     "check_run_dir",
+    "clean_stale_temporaries",
+    "open_run",
+    "run_lock",
     "dense_state",
     "fingerprint",
     "load_checkpoint",
@@ -69,8 +82,9 @@ compression)."""
 
 HARDWARE_SECTIONS = ("device", "crossbar", "cost", "layers")
 """Read by the compression only with a budgeted ``allocation`` (it costs candidate layers) or
-hardware-aware retraining (the simulator in the forward pass); otherwise a change of them
-reuses the compressed model (resume, :func:`experiments.pipeline.cached`)."""
+hardware-aware retraining (the simulator in the forward pass; it does not read ``cost``);
+otherwise a change of them reuses the compressed model (resume, re-running only evaluation and
+cost; :func:`experiments.pipeline.cached`)."""
 
 TRAINING_ROBUSTNESS = ("hardware_aware", "compensation", "placement", "miss_rate", "spare_rows",
                        "spare_cols", "write_verify")
@@ -89,23 +103,127 @@ def fingerprint(exp: CompressExperiment, keys: Iterable[str] | None = None) -> d
     hardware_aware = exp.robustness.hardware_aware and exp.compressor == "admm"
     if keys is None and exp.allocation is None and not hardware_aware:
         names = [k for k in names if k not in HARDWARE_SECTIONS]
+    if keys is None and exp.allocation is None:  # only a budgeted allocation reads ``cost``
+        names = [k for k in names if k != "cost"]
     fp = {k: raw[k] for k in names if k in raw}
     if keys is None and hardware_aware:
         fp["robustness"] = {k: getattr(exp.robustness, k) for k in TRAINING_ROBUSTNESS}
     return fp
 
 
+RESULTS = CHECKPOINTS + ("config.yaml", "metrics.json", "report.md", "plan.json", "study.json",
+                         "study.csv", "study.md", "study_points.json")
+"""Files of an earlier run: a fresh run refuses a folder that holds any of them."""
+
+_log = logging.getLogger("experiments.guard")
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the run folder's lock."""
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse a fresh run in a directory holding checkpoints, and ``resume=true`` in one that
-    holds no earlier run (typically a new Hydra run directory: pass ``hydra.run.dir``)."""
-    found = [n for n in CHECKPOINTS if (run_dir / n).exists()]
+    """Refuse a fresh run in a directory holding results of an earlier run (checkpoints,
+    config, metrics or report: nothing is silently overwritten or mixed), and ``resume=true``
+    in one that holds no earlier run (typically a new Hydra run directory: pass
+    ``hydra.run.dir``)."""
+    found = [n for n in RESULTS if (run_dir / n).exists()]
     if found and not resume:
-        raise ValueError(f"resume=false, but {run_dir} already holds checkpoints of an earlier "
+        raise ValueError(f"resume=false, but {run_dir} already holds results of an earlier "
                          f"run ({', '.join(found)}); allowed: resume=true to continue that run, "
                          "or a new hydra.run.dir")
-    if resume and not found and not (run_dir / "config.yaml").exists():
+    if resume and not found:
         raise ValueError(f"resume=true, but {run_dir} holds no earlier run (no config.yaml or "
                          "checkpoint); allowed: hydra.run.dir=<the interrupted run's directory>")
+
+
+def check_resume(run_dir: Path, exp: CompressExperiment) -> None:
+    """``resume=true``: every checkpoint in ``run_dir`` was written with the settings it
+    depends on (dense: :data:`DENSE_KEYS`; compression: :func:`fingerprint`), checked before
+    anything is written; a mismatch names the file and the differing keys. A dense checkpoint
+    loaded from ``train.checkpoint`` is not this run's, so only the compression ones are
+    compared then."""
+    expected = {"dense.pt": fingerprint(exp, DENSE_KEYS),
+                "pretrain_state.pt": fingerprint(exp, DENSE_KEYS),
+                "compressed.pt": fingerprint(exp), "admm_state.pt": fingerprint(exp)}
+    if exp.train.checkpoint:  # dense.pt holds train.checkpoint's weights, not this run's
+        del expected["dense.pt"], expected["pretrain_state.pt"]
+    for name, fp in expected.items():
+        path = run_dir / name
+        if not path.exists():
+            continue
+        state = load_checkpoint(path)
+        if not isinstance(state, Mapping):
+            raise CheckpointMismatchError(f"{path}: holds a {type(state).__name__}, not a "
+                                          "checkpoint of this pipeline")
+        check_fingerprint(path, state.get("fingerprint"), fp)
+
+
+def clean_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> list[Path]:
+    """Remove the temporary files (``.<name>.<random>.tmp``) that an atomic write killed by
+    SIGKILL or a power cut leaves behind; only those older than ``older_than_s`` (a folder
+    shared by live runs, e.g. the model cache, keeps the ones being written)."""
+    removed = []
+    now = time.time()
+    for path in folder.glob(".*.tmp"):
+        try:
+            if now - path.stat().st_mtime >= older_than_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # finished or removed meanwhile
+            continue
+    if removed:
+        _log.info("removed %d stale temporary file(s) of interrupted writes in %s",
+                  len(removed), folder)
+    return removed
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` (an exclusive ``flock``, released by the kernel when the process
+    dies, so a killed run never leaves a stale lock) for the block; a second run in the same
+    folder fails at once naming the process that holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(f"{run_dir} is in use by another run (pid {holder}); allowed: "
+                             "wait for it to finish, or a new hydra.run.dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def open_run(run_dir: Path, exp: CompressExperiment, accept) -> Iterator[None]:
+    """Lock ``run_dir``, check it (:func:`check_run_dir`, and :func:`check_resume` for
+    ``resume=true``) before anything in it is written, then remove stale temporaries and call
+    ``accept()`` (which writes config.yaml and .hydra/). A refused run leaves the folder as it
+    was."""
+    accepted = False
+    try:
+        with run_lock(run_dir):
+            check_run_dir(run_dir, exp.resume)
+            if exp.resume:
+                check_resume(run_dir, exp)
+            clean_stale_temporaries(run_dir)
+            accept()
+            accepted = True
+            yield
+    except BaseException:
+        if not accepted:  # refused: leave no empty folder behind (Hydra creates it)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only succeeds when empty
+        raise
 
 
 def check_constraints_fit(model: nn.Module, admm: AdmmSettings) -> None:

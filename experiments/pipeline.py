@@ -14,6 +14,7 @@ and resumed: ``dense.pt`` (state dict), ``admm_state.pt`` (resumable ADMM state)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -23,8 +24,10 @@ import logging
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch  # noqa: E402
@@ -66,12 +69,13 @@ from experiments.config import (  # noqa: E402
 from experiments.datasets import DatasetInfo, make_loaders  # noqa: E402
 from experiments.guard import (  # noqa: E402
     DENSE_KEYS,
+    RunLockedError,
     Terminated,
     check_constraints_fit,
-    check_run_dir,
     dense_state,
     fingerprint,
     load_checkpoint,
+    open_run,
     restore_dense,
     sigterm_as_exit,
 )
@@ -211,6 +215,7 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     if source is not None:
         restore_dense(model, loaders[0], _load(source, device), source,
                       fp if source == target else None)
+        _log.info("dense model loaded from %s: pretraining skipped", source)
     else:
         t = exp.train
         fit(model, loaders, t.epochs, t.lr, t.optimizer, seed=exp.seed,
@@ -249,6 +254,8 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
         state = _load(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)
         load_model_state(model, state["model"], target)
+        _log.info("%s holds the compressed model of these settings: compression skipped; "
+                  "mapping, evaluation and cost run with the current settings", target)
         return state["masks"], state["scales"], state["history"]
     config = exp.admm.compress_config(progress=exp.runtime.progress)
     perturbation = None
@@ -508,6 +515,27 @@ def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
+def accept_run(cfg: DictConfig | Mapping, run_dir: Path) -> None:
+    """Write what records an accepted run: ``config.yaml`` and, under Hydra, ``.hydra/``
+    (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``, as Hydra writes them; the configs set
+    ``hydra.output_subdir: null`` so that Hydra itself writes nothing before the run directory
+    is checked)."""
+    save_config(cfg, run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    task = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) \
+        else dict(cfg)
+    task.pop("hydra", None)
+    files = {"config.yaml": OmegaConf.to_yaml(OmegaConf.create(task)),
+             "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})),
+             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
+    for name, text in files.items():
+        atomic_write_text(run_dir / ".hydra" / name, text)
+
+
 def _stats(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
@@ -758,9 +786,11 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     """
     exp = load_compress_config(cfg)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_run_dir(run_dir, exp.resume)
-    save_config(cfg, run_dir)
+    with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
+        return _run_compress(exp, run_dir)
+
+
+def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
     timings: dict[str, float] = {}
     torch_device, train, test, info, model, dense_acc, calibration = _prepare(exp, run_dir,
                                                                               timings)
@@ -955,9 +985,12 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
                              + " (the default grid sweeps the lognormal prog_sigma: set "
                              "study.grids=[] to drop it)") from None
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_run_dir(run_dir, exp.resume)
-    save_config(cfg, run_dir)
+    with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
+        return _run_device_study(exp, run_dir, grid_jobs)
+
+
+def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> dict:
+    study = exp.study
     if study.source is not None:
         source = Path(to_absolute_path(study.source))
         for name in ("dense.pt", "compressed.pt"):
@@ -1008,26 +1041,40 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
     chip_rows, summary, grids, sensitivity = [], [], [], []
     quiet = not exp.runtime.progress
+    points = StudyPoints(run_dir / "study_points.json", study_fingerprint(exp), exp.resume)
     with _timed(timings, "sweeps"):
         for key, value in tqdm(jobs, desc="settings", disable=quiet):
             point = study_settings(exp, key, value)
             for name in study.models:
-                accs = chips_of(name, *point, f"{key}={value} {name}")
+                accs = points.run(["sweep", key, value, name],
+                                  partial(chips_of, name, *point, f"{key}={value} {name}"))
+                if accs is None:
+                    continue
                 chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
                                "accuracy": a} for i, a in enumerate(accs)]
                 summary.append(_summary_row(accs, setting=key, value=value, model=name,
                                             tiles=plan_of(name, point[1]).n_tiles))
-            _log.info("%s=%s: %s", key, value, ", ".join(
-                f"{r['model']} {r['mean']:.2f} +- {r['ci95']:.2f} %"
-                for r in summary[-len(study.models):]))
+                _log.info("%s=%s %s: %.2f +- %.2f %% (95 %% CI)", key, value, name,
+                          summary[-1]["mean"], summary[-1]["ci95"])
     with _timed(timings, "grids"):
         for (xk, yk), (xv, yv) in tqdm(grid_jobs, desc="grid points", disable=quiet):
             for name in study.models:
-                accs = chips_of(name, *study_settings(exp, (xk, yk), (xv, yv)),
-                                f"{xk}={xv}, {yk}={yv} {name}")
+                accs = points.run(["grid", xk, xv, yk, yv, name], partial(
+                    chips_of, name, *study_settings(exp, (xk, yk), (xv, yv)),
+                    f"{xk}={xv}, {yk}={yv} {name}"))
+                if accs is None:
+                    continue
                 grids.append(_summary_row(accs, x_setting=xk, x=xv, y_setting=yk, y=yv,
                                           model=name, accuracies=accs))
-    reference: dict = {"compressed, software": compressed_acc, "dense, software": dense_acc}
+                _log.info("%s=%s, %s=%s %s: %.2f +- %.2f %% (95 %% CI)", xk, xv, yk, yv, name,
+                          grids[-1]["mean"], grids[-1]["ci95"])
+    # the software accuracies on the very samples the chips are evaluated on
+    same = f"software, same {len(xtest.dataset)} test samples"
+    model.load_state_dict(compressed)
+    software = {"compressed": evaluate(model, xtest)}
+    model.load_state_dict(dense)
+    software["dense"] = evaluate(model, xtest)
+    reference: dict = {f"{m}, {same}": software[m] for m in ("compressed", "dense")}
     if study.layer_sensitivity:
         name = "compressed" if "compressed" in study.models else "dense"
         from crossbar.convert import _layer_devices
@@ -1035,46 +1082,125 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
         per_layer = _layer_devices(exp.layer_devices, mapped, exp.device)
         ideal = ideal_device(exp.device)
         with _timed(timings, "layer_sensitivity"):
-            every = chips_of(name, exp.device, exp.crossbar, exp.robustness, "every layer")
+            every = points.run(["layers", "every", name], partial(
+                chips_of, name, exp.device, exp.crossbar, exp.robustness, "every layer"))
             for layer in tqdm(mapped, desc="layers", disable=quiet):
                 devices = {n: d if n == layer else ideal_device(d) for n, d in per_layer.items()}
-                accs = chips_of(name, ideal, exp.crossbar, exp.robustness, layer, devices)
-                sensitivity.append(_summary_row(accs, layer=layer, model=name,
-                                                accuracies=accs))
-            none = chips_of(name, ideal, exp.crossbar, exp.robustness, "no layer",
-                            {n: ideal_device(d) for n, d in per_layer.items()})
-        reference[f"every layer non-ideal ({name})"] = (statistics.fmean(every), ci95(every))
-        reference[f"ideal devices ({name})"] = (statistics.fmean(none), ci95(none))
+                accs = points.run(["layers", layer, name], partial(
+                    chips_of, name, ideal, exp.crossbar, exp.robustness, layer, devices))
+                if accs is not None:
+                    sensitivity.append(_summary_row(accs, layer=layer, model=name,
+                                                    accuracies=accs))
+            none = points.run(["layers", "none", name], partial(
+                chips_of, name, ideal, exp.crossbar, exp.robustness, "no layer",
+                {n: ideal_device(d) for n, d in per_layer.items()}))
+        for label, accs in ((f"every layer non-ideal ({name})", every),
+                            (f"ideal devices ({name})", none)):
+            if accs is not None:
+                reference[label] = (statistics.fmean(accs), ci95(accs))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(chip_rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=["setting", "value", "model", "chip", "accuracy"])
     writer.writeheader()
     writer.writerows(chip_rows)
     atomic_write_text(run_dir / "study.csv", buf.getvalue())
     write_json(run_dir / "study.json", {"sweeps": summary, "grids": grids,
-                                        "layer_sensitivity": sensitivity})
+                                        "layer_sensitivity": sensitivity,
+                                        "failed": points.failed})
     note = held_fixed(exp, len(xtest.dataset), exp.eval.chips)
     plots = _plot_study(summary, chip_rows, grids, sensitivity, reference, note, run_dir)
     metrics = {"model": exp.model.name, "dense_accuracy": dense_acc,
-               "compressed_accuracy": compressed_acc, "chips": exp.eval.chips,
+               "compressed_accuracy": compressed_acc,
+               "dense_accuracy_chip_samples": software["dense"],
+               "compressed_accuracy_chip_samples": software["compressed"],
+               "chips": exp.eval.chips,
                "crossbar_test_samples": len(xtest.dataset), "held_fixed": note,
                "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
                "environment": environment(device), "study": summary, "grids": grids,
                "layer_sensitivity": sensitivity,
                "layer_sensitivity_reference": {k: v for k, v in reference.items()
                                                if isinstance(v, tuple)},
-               "timings_s": timings}
+               "failed": points.failed, "reused_points": points.reused, "timings_s": timings}
     write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "study.md", _study_markdown(metrics, plots))
-    _log.info("device study done: %d sweep points, %d grid points, %d layers; plots in %s",
-              len(summary), len(grids), len(sensitivity), run_dir)
+    _log.info("device study done: %d sweep points, %d grid points, %d layers (%d reused from "
+              "an earlier attempt, %d failed); plots in %s", len(summary), len(grids),
+              len(sensitivity), points.reused, len(points.failed), run_dir)
+    if points.failed:
+        raise StudyPointsFailed(
+            f"{len(points.failed)} study point(s) failed: "
+            + "; ".join(f"{f['point']}: {f['error']}" for f in points.failed[:5])
+            + f". The finished points are in {run_dir / 'study.json'} and study.md; after a "
+            f"fix, python -m experiments.device_study resume=true hydra.run.dir={run_dir} "
+            "<same overrides> computes only the missing ones")
     return metrics
+
+
+class StudyPointsFailed(ValueError):
+    """Some points of a device study failed; the others were written."""
+
+
+def study_fingerprint(exp: StudyExperiment) -> dict:
+    """What a study point's accuracies depend on besides the point itself: every config
+    section but ``runtime``, ``resume`` and the lists of points (``study.sweeps``, ``grids``,
+    ``layer_sensitivity``)."""
+    raw = {k: v for k, v in exp.raw.items() if k not in ("runtime", "resume")}
+    raw["study"] = {k: v for k, v in dict(raw.get("study") or {}).items()
+                    if k not in ("sweeps", "grids", "layer_sensitivity")}
+    return json.loads(json.dumps(raw, sort_keys=True, default=str))
+
+
+class StudyPoints:
+    """The finished points of a device study (chip accuracies by point), written to ``path``
+    after every point, so an interrupted or partly failed study keeps them: with ``resume``
+    and the same :func:`study_fingerprint` they are reused, not recomputed. A point that
+    raises is recorded in :attr:`failed` and the study goes on."""
+
+    def __init__(self, path: Path, fp: dict, resume: bool) -> None:
+        self.path, self.fp = path, fp
+        self.done: dict[str, list[float]] = {}
+        self.failed: list[dict] = []
+        self.reused = 0
+        if resume and path.exists():
+            try:
+                data = json.loads(path.read_text())
+                same = data.get("fingerprint") == fp
+                points = data.get("points") if same else None
+            except (ValueError, AttributeError) as exc:
+                raise ValueError(f"{path} is unreadable ({exc}); allowed: a study_points.json "
+                                 "written by this program (or delete it to recompute)") from None
+            if same and isinstance(points, dict):
+                self.done = {k: v for k, v in points.items() if isinstance(v, list)}
+                _log.info("resume: %d finished study points reused from %s", len(self.done),
+                          path)
+            else:
+                _log.info("resume: the settings changed since %s; every point is recomputed",
+                          path)
+
+    def run(self, point: list, compute: Callable[[], list[float]]) -> list[float] | None:
+        key = json.dumps(point, default=str)
+        if key in self.done:
+            self.reused += 1
+            return self.done[key]
+        try:
+            accs = compute()
+        except Exception as exc:  # noqa: BLE001 - recorded, reported at the end; Ctrl-C/SIGTERM pass
+            label = " ".join(map(str, point))
+            self.failed.append({"point": label, "error": f"{type(exc).__name__}: {exc}"})
+            _log.error("study point %s failed: %s: %s", label, type(exc).__name__, exc)
+            return None
+        self.done[key] = accs
+        write_json(self.path, {"fingerprint": self.fp, "points": self.done})
+        return accs
 
 
 def _study_markdown(m: dict, plots: list[str]) -> str:
     lines = [f"# Device study: {m['model']}", "",
              f"Software accuracy: dense {m['dense_accuracy']:.2f}%, compressed "
-             f"{m['compressed_accuracy']:.2f}%. Each point: mean, std and 95 % CI of the mean "
-             f"over {m['chips']} programmed chips, {m['crossbar_test_samples']} test samples.",
+             f"{m['compressed_accuracy']:.2f}% (whole test set); dense "
+             f"{m['dense_accuracy_chip_samples']:.2f}%, compressed "
+             f"{m['compressed_accuracy_chip_samples']:.2f}% on the "
+             f"{m['crossbar_test_samples']} test samples the chips see. Each point: mean, std "
+             f"and 95 % CI of the mean over {m['chips']} programmed chips.",
              "", m["held_fixed"], "", "## One setting at a time", "",
              "| setting | value | model | mean (%) | 95 % CI | std | min | max | tiles |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -1094,6 +1220,9 @@ def _study_markdown(m: dict, plots: list[str]) -> str:
                   f"{r['max']:.2f} |" for r in m["layer_sensitivity"]]
         lines += [f"| *{k}* | {mean:.2f} | +-{half:.2f} | | |"
                   for k, (mean, half) in m["layer_sensitivity_reference"].items()]
+    if m["failed"]:
+        lines += ["", "## Failed points", "", "| point | error |", "|---|---|"]
+        lines += [f"| {f['point']} | {f['error']} |" for f in m["failed"]]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -1117,20 +1246,41 @@ def hydra_run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RunLockedError)
+"""What a run raises for bad settings, inputs or files (the messages name the key or file, the
+value and what is allowed): printed as one message, the traceback only with
+``HYDRA_FULL_ERROR=1``."""
+
+
 def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[DictConfig], dict]:
-    """Wrap ``run`` as a Hydra task function that prints where its report is."""
+    """Wrap ``run`` as a Hydra task function that prints where its report is; SIGTERM and
+    Ctrl-C print how to resume (exit 143 / 130); a bad setting or file is one error message
+    (exit 1)."""
+    command = "experiments." + run.__name__.removeprefix("run_")
+
     def task(cfg: DictConfig) -> dict:
         run_dir = hydra_run_dir()
         print(f"run dir: {run_dir}", flush=True)
-        with sigterm_as_exit(run_dir, "experiments." + run.__name__.removeprefix("run_")):
+        with sigterm_as_exit(run_dir, command):
             try:
                 metrics = run(cfg, run_dir)
+            except KeyboardInterrupt:
+                print(f"Interrupted (Ctrl-C): the last checkpoint in {run_dir} is kept. Resume "
+                      f"with: python -m {command} resume=true hydra.run.dir={run_dir} <same "
+                      "overrides>", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
             except Exception as exc:
                 # a library clean-up that fails after SIGTERM hides the Terminated it unwound
                 # from; exit as terminated (143, resume hint printed) rather than as a failure
                 terminated = _cause(exc, Terminated)
                 if terminated is not None:
                     raise terminated from exc
+                with contextlib.suppress(OSError):  # refused before any work: no empty folder
+                    run_dir.rmdir()  # (Hydra creates it); only succeeds when empty
+                if isinstance(exc, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                    print(f"Error: {exc}\n(the run in {run_dir} stopped; set HYDRA_FULL_ERROR=1 "
+                          "for the traceback)", file=sys.stderr, flush=True)
+                    raise SystemExit(1) from None
                 raise
         print(f"report: {run_dir / report}")
         return metrics

@@ -166,14 +166,18 @@ def set_value_axis(ax, key: str, values: list, axis: str = "x") -> list[float]:
         coords = list(range(len(values)))
         setter(coords, [_tick(key, v) for v in values])
         return [float(c) for c in coords]
-    if log_axis(key, values):
-        positive = [v for v in values if v > 0]
+    positive = [v for v in values if v > 0]
+    doubling = is_integer(key) and len(positive) == len(values) > 2 \
+        and max(values) / min(values) >= 8  # e.g. 4, 8, 16, 32 levels: a log2 axis
+    if log_axis(key, values) or doubling:
         if len(positive) < len(values):  # 0 (e.g. just programmed) on a linear stretch
             scale("symlog", linthresh=min(positive), linscale=0.5)
         else:
-            scale("log")
+            scale("log", base=2 if doubling else 10)
         setter(values, [_tick(key, v) for v in values])
         (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(plt.NullLocator())
+    elif len(values) <= 8:  # few values: a tick at each
+        setter(values, [_tick(key, v) for v in values])
     elif is_integer(key):
         (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
     return [float(v) for v in values]
@@ -269,7 +273,7 @@ def plot_heatmap(rows: Sequence[Mapping], xkey: str, ykey: str, path: Path,
             if r["model"] == model:
                 i, j = ys.index(r["y"]), xs.index(r["x"])
                 grid[i][j] = r["mean"]
-                ax.text(j, i, f"{r['mean']:.1f}\n+-{r['ci95']:.1f}", ha="center", va="center",
+                ax.text(j, i, f"{r['mean']:.2f}\n+-{r['ci95']:.2f}", ha="center", va="center",
                         fontsize=6.5, color="w" if r["mean"] < (lo + hi) / 2 else "k")
         image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", vmin=lo,
                           vmax=hi)

@@ -27,9 +27,15 @@ def test_tick_labels_and_log_axes():
 def test_value_axes_integer_ticks_and_categories():
     fig, ax = plt.subplots()
     assert set_value_axis(ax, "adc_bits", [4, 6, 8]) == [4.0, 6.0, 8.0]
-    ax.set_xlim(3.7, 8.3)
+    assert list(ax.get_xticks()) == [4, 6, 8]  # a tick at each value
+    set_value_axis(ax, "tile_rows", list(range(16, 160, 16)))  # 9 values: integer locator
+    ax.set_xlim(15.7, 144.3)
     fig.canvas.draw()
-    assert all(float(t).is_integer() for t in ax.get_xticks())  # no 4.5-bit ticks
+    assert all(float(t).is_integer() for t in ax.get_xticks())  # no fractional rows
+    fig2, ax2 = plt.subplots()
+    set_value_axis(ax2, "n_levels", [4, 8, 16, 32])
+    assert ax2.get_xscale() == "log" and ax2.xaxis.get_transform().base == 2
+    plt.close(fig2)
     assert set_value_axis(ax, "adc_bits", [4, None], axis="y") == [0.0, 1.0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["4", "ideal"]
     set_value_axis(ax, "t_inference_s", [0, 60, 86400])

@@ -268,7 +268,7 @@ def test_sigterm_and_resume_match_uninterrupted_run(reference_run, tmp_path):
 
 def test_resume_rules_and_changed_config(reference_run, tmp_path):
     ref_dir, _ = reference_run
-    with pytest.raises(ValueError, match="resume=false, but .* already holds checkpoints"):
+    with pytest.raises(ValueError, match="resume=false, but .* already holds results"):
         run_compress(_compose(RUN), ref_dir)
     with pytest.raises(ValueError, match="resume=true, but .* holds no earlier run"):
         run_compress(_compose(RUN + ["resume=true"]), tmp_path)

@@ -1,0 +1,251 @@
+"""Runs never lose data (issue 12): the six data-loss paths of the attack, as regression tests,
+plus the run lock, stale temporary files, file permissions and the Ctrl-C resume hint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from admm import CheckpointMismatchError
+from crossbar.io import atomic_write_text
+from experiments import pipeline
+from experiments.guard import RunLockedError, clean_stale_temporaries, run_lock
+from experiments.pipeline import run_compress, run_device_study
+from tests.test_reliability import RUN, _compose
+
+ROOT = Path(__file__).resolve().parents[1]
+FIN = RUN + ["robustness.hardware_aware=false"]
+"""The finished run's settings (without hardware-aware retraining the compressed model does not
+depend on device, crossbar or cost settings)."""
+STUDY = ["eval.chips=2", "eval.test_subset=60", "eval.calibration_samples=32",
+         "runtime.progress=false", "runtime.threads=1", "study.models=[compressed]",
+         "study.grids=[]", "study.layer_sensitivity=false", "~study.sweeps",
+         "+study.sweeps={adc_bits: [4, 6, 8]}"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("finished")
+    return run_dir, run_compress(_compose(FIN), run_dir)
+
+
+def _cli(run_dir: Path, *overrides: str, app: str = "compress", timeout: int = 300,
+         ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"experiments.{app}", *overrides,
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------------ the six data-loss paths
+def test_1_refused_resume_leaves_config_and_checkpoints_untouched(finished):
+    run_dir, _ = finished
+    before = _snapshot(run_dir)
+    with pytest.raises(CheckpointMismatchError, match=r"dense\.pt.*train\.lr"):
+        run_compress(_compose(FIN + ["resume=true", "train.lr=0.01"]), run_dir)
+    assert _snapshot(run_dir) == before  # config.yaml was overwritten before the fix
+
+
+def test_2_refused_rerun_leaves_hydra_records_untouched(tmp_path):
+    """Hydra itself wrote .hydra/ before the task ran: a refused re-run with other overrides
+    rewrote it, and experiments.collect then labelled the old metrics with them."""
+    run_dir = tmp_path / "run"
+    first = _cli(run_dir, *RUN, "eval.chips=1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "eval.chips=1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    before = _snapshot(run_dir)
+    again = _cli(run_dir, *RUN, "eval.chips=3", "device.prog_sigma=0.2")
+    assert again.returncode == 1
+    assert "already holds results" in again.stderr and "Traceback" not in again.stderr
+    assert _snapshot(run_dir) == before
+
+
+def test_3_fresh_run_in_a_folder_without_checkpoints_keeps_its_results(finished, tmp_path):
+    """The *.pt files were deleted: a fresh run overwrote metrics.json and report.md."""
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    for name in ("metrics.json", "report.md", "config.yaml"):
+        (run_dir / name).write_bytes((finished[0] / name).read_bytes())
+    before = _snapshot(run_dir)
+    with pytest.raises(ValueError, match="already holds results.*metrics.json"):
+        run_compress(_compose(RUN), run_dir)
+    assert _snapshot(run_dir) == before
+
+
+def test_4_two_runs_in_one_folder_the_second_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir):  # a live run holds the folder
+        with pytest.raises(RunLockedError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            run_compress(_compose(RUN), run_dir)
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    assert not (run_dir / ".lock").exists()
+    proc = subprocess.Popen(  # across processes: the kernel's flock
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from experiments.guard import run_lock\n"
+         f"with run_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); "
+         "time.sleep(30)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
+            run_compress(_compose(RUN), run_dir)
+        proc.kill()  # a killed run leaves no stale lock
+        proc.wait()
+        with run_lock(run_dir):
+            pass
+    finally:
+        proc.kill()
+
+
+def test_5_failed_cost_stage_resumes_with_a_corrected_cost_setting(finished, tmp_path,
+                                                                  monkeypatch, caplog):
+    """A failure after compression keeps the checkpoints; the corrected cost (or device,
+    crossbar) setting resumes from compressed.pt (not in its fingerprint) and re-runs only
+    mapping, evaluation and cost."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.yaml", "pretrain_state.pt", "dense.pt", "admm_state.pt",
+                 "compressed.pt"):
+        (run_dir / name).write_bytes((finished[0] / name).read_bytes())
+
+    def broken(*args, **kwargs):
+        raise ValueError("cost stage failed")
+
+    monkeypatch.setattr(pipeline, "cost_stage", broken)
+    with pytest.raises(ValueError, match="cost stage failed"):
+        run_compress(_compose(FIN + ["resume=true"]), run_dir)
+    monkeypatch.undo()
+    compressed = (run_dir / "compressed.pt").read_bytes()
+    with caplog.at_level("INFO"):
+        metrics = run_compress(_compose(FIN + ["resume=true", "cost.clock_MHz=50",
+                                               "crossbar.adc_bits=6"]), run_dir)
+    assert "compression skipped" in caplog.text and "pretraining skipped" in caplog.text
+    assert (run_dir / "compressed.pt").read_bytes() == compressed  # not retrained
+    assert metrics["compressed_accuracy"] == finished[1]["compressed_accuracy"]
+    assert metrics["crossbar"]["adc_bits"] == 6
+    # with hardware-aware retraining the simulator (device, crossbar) shapes the weights, the
+    # cost model does not: a corrected cost setting still resumes
+    from experiments.config import load_compress_config
+    from experiments.guard import fingerprint
+
+    fp = fingerprint(load_compress_config(_compose(RUN)))
+    assert "crossbar" in fp and "device" in fp and "cost" not in fp
+
+
+def test_6_device_study_keeps_finished_points_when_one_fails(finished, tmp_path, monkeypatch):
+    src, _ = finished
+    run_dir = tmp_path / "study"
+    real = pipeline.chip_accuracies
+
+    def flaky(model, plan, device, xbar, *args, **kwargs):
+        if xbar.adc_bits == 6:
+            raise RuntimeError("simulated failure at adc_bits=6")
+        return real(model, plan, device, xbar, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "chip_accuracies", flaky)
+    overrides = FIN + STUDY + [f"study.source={src}"]
+    with pytest.raises(ValueError, match=r"1 study point\(s\) failed: sweep adc_bits 6 "
+                                         r"compressed: RuntimeError.*resume=true"):
+        run_device_study(_compose_study(overrides), run_dir)
+    study = json.loads((run_dir / "study.json").read_text())
+    assert [r["value"] for r in study["sweeps"]] == [4, 8]  # the finished points are kept
+    assert study["failed"][0]["point"] == "sweep adc_bits 6 compressed"
+    assert "Failed points" in (run_dir / "study.md").read_text()
+    calls = []
+    monkeypatch.setattr(pipeline, "chip_accuracies",
+                        lambda *a, **k: calls.append(a[3].adc_bits) or real(*a, **k))
+    metrics = run_device_study(_compose_study(overrides + ["resume=true"]), run_dir)
+    assert calls == [6]  # only the missing point is computed
+    assert [r["value"] for r in metrics["study"]] == [4, 6, 8] and not metrics["failed"]
+    assert metrics["reused_points"] == 2
+
+
+def _compose_study(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(pipeline.CONF_DIR), version_base="1.3"):
+        return compose(config_name="device_study", overrides=list(overrides))
+
+
+# ------------------------------------------------------------------------ the rest of it
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    old = tmp_path / ".dense.pt.abc123.tmp"
+    new = tmp_path / ".metrics.json.def456.tmp"
+    kept = tmp_path / "dense.pt"
+    for p in (old, new, kept):
+        p.write_bytes(b"x")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert clean_stale_temporaries(tmp_path, older_than_s=3600) == [old]
+    assert new.exists() and kept.exists()
+    assert clean_stale_temporaries(tmp_path) == [new] and kept.exists()
+
+
+def test_a_run_cleans_the_temporaries_a_killed_write_left(finished, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("config.yaml", "pretrain_state.pt", "dense.pt", "admm_state.pt",
+                 "compressed.pt"):
+        (run_dir / name).write_bytes((finished[0] / name).read_bytes())
+    (run_dir / ".compressed.pt.xyz.tmp").write_bytes(b"half a checkpoint")
+    run_compress(_compose(FIN + ["resume=true"]), run_dir)
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_files_follow_the_umask(tmp_path):
+    from admm import save_atomic
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        save_atomic({"w": torch.zeros(1)}, tmp_path / "b.pt")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "c.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644  # was 0o600
+    assert stat.S_IMODE((tmp_path / "b.pt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "c.txt").stat().st_mode) == 0o600
+
+
+def test_ctrl_c_prints_the_resume_command(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.compress", *RUN,
+                             "train.epochs=200", f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "pretrain_state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Interrupted (Ctrl-C)" in err and f"resume=true hydra.run.dir={run_dir}" in err
+    assert "Traceback" not in err
+    assert torch.load(run_dir / "pretrain_state.pt", weights_only=True)  # readable
+
+
+def test_config_errors_are_one_message_without_a_traceback(tmp_path):
+    bad = _cli(tmp_path / "run", "admm.rho=-1", timeout=120)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("Error: admm.rho=-1") and "Traceback" not in bad.stderr
+    assert "HYDRA_FULL_ERROR=1" in bad.stderr
+    assert not (tmp_path / "run").exists()  # nothing left behind
+    full = subprocess.run([sys.executable, "-m", "experiments.compress", "admm.rho=-1",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr
