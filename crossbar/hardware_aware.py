@@ -27,6 +27,7 @@ pipeline maps them: their live weights are the mask's, or the non-zero ones.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -78,6 +79,7 @@ class HardwareAware:
         self.calibrate_converters = (config.dac_bits is not None or config.adc_bits is not None
                                      ) if calibrate_converters is None else calibrate_converters
         self.steps = 0
+        self._warned = False
 
     def __call__(self, model: nn.Module) -> contextlib.AbstractContextManager:
         return self._active(model)
@@ -85,11 +87,30 @@ class HardwareAware:
     @contextlib.contextmanager
     def _active(self, model: nn.Module) -> Iterator[None]:
         every = dict(crossbar_layers(model))
-        names = self.layers if self.layers is not None else list(every)
+        # nn.MultiheadAttention's forward reads its projection weights directly: a hook on
+        # them never fires, so they cannot have the chip in the training loop
+        attention = {n for n in every if n not in dict(model.named_modules())
+                     or _inside_attention(model, n)}
+        if self.layers is None:
+            names = [n for n in every if n not in attention]
+            if attention and not self._warned:
+                warnings.warn(f"HardwareAware: attention projections {sorted(attention)} are "
+                              "trained without the chip in the loop (nn.MultiheadAttention "
+                              "reads their weights directly); the other layers have it",
+                              stacklevel=3)
+                self._warned = True
+        else:
+            names = self.layers
         unknown = [n for n in names if n not in every]
         if unknown:
             raise ValueError(f"HardwareAware: layer {unknown[0]!r} is not a Linear/Conv layer "
                              f"of the model; allowed: {sorted(every)}")
+        inside = [n for n in names if n in attention]
+        if inside:
+            raise ValueError(f"HardwareAware: layer {inside[0]!r} is a projection of an "
+                             "nn.MultiheadAttention, whose forward reads its weights directly, "
+                             "so the chip cannot be put in its training loop; allowed: the "
+                             f"other layers ({sorted(set(every) - attention)})")
         with torch.no_grad():
             plan = plan_model(model, self.config,
                               masks={n: m for n, m in self.masks.items() if n in names},
@@ -122,6 +143,18 @@ class HardwareAware:
             y_w = _functional(module, x, w + (w_hw - w).detach())
             return y_w + (y_hw - y_w).detach()
         return hook
+
+
+def _inside_attention(model: nn.Module, name: str) -> bool:
+    """Whether layer ``name`` belongs to an ``nn.MultiheadAttention`` of ``model``."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            if isinstance(model.get_submodule(".".join(parts[:i])), nn.MultiheadAttention):
+                return True
+        except AttributeError:
+            continue
+    return False
 
 
 __all__ = ["HardwareAware"]

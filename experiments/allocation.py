@@ -135,9 +135,10 @@ def _distortion(W: torch.Tensor, c: LayerConstraint, imp: torch.Tensor | None) -
 
 def _cost(name: str, module: nn.Module, mask: torch.Tensor, exp: CompressExperiment,
           mvms: dict[str, int], table) -> float:
-    kind = "conv2d" if isinstance(module, nn.Conv2d) else "linear"
-    kernel = module.kernel_size[0] * module.kernel_size[1] if kind == "conv2d" else 1
-    lc = layer_cost(plan_layer(name, kind, mask, exp.crossbar, kernel, mvms.get(name)),
+    kind = "conv2d" if isinstance(module, (nn.Conv1d, nn.Conv2d)) else "linear"
+    kernel = math.prod(module.kernel_size) if kind == "conv2d" else 1
+    lc = layer_cost(plan_layer(name, kind, mask, exp.crossbar, kernel, mvms.get(name),
+                               groups=getattr(module, "groups", 1)),  # a group's own tiles
                     exp.crossbar, exp.cost, table)
     return {"tiles": float(lc.tiles), "area_mm2": lc.total_area_um2 * 1e-6,
             "energy_nJ": lc.total_energy_pJ * 1e-3}[exp.allocation.resource]

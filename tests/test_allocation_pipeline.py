@@ -2,6 +2,8 @@
 compressor, appears in report.md / metrics.json and respects the budget; an infeasible budget
 fails before any training."""
 
+import dataclasses
+
 import pytest
 import torch
 from test_experiments import TINY, _compose
@@ -85,3 +87,20 @@ def test_allocation_validation(override, words):
         load_compress_config(_compose([override]))
     for word in words:
         assert word in str(info.value)
+
+
+def test_candidate_cost_of_a_grouped_convolution_counts_each_groups_tiles():
+    """The allocation costs a depthwise layer as the simulator maps it: one group per tile
+    (64 channels, 3x3 -> 64 tiles), not the dense packing (1 tile)."""
+    from torch import nn
+
+    from crossbar.cost import load_table
+    from experiments.allocation import _cost
+
+    exp = load_compress_config(_compose(_alloc(12)))
+    conv = nn.Conv2d(64, 64, 3, groups=64)
+    mask = torch.ones(64, 9, dtype=torch.bool)
+    tiles = _cost("dw", conv, mask, dataclasses.replace(
+        exp, allocation=dataclasses.replace(exp.allocation, resource="tiles")),
+        {"dw": 1}, load_table(exp.cost.table))
+    assert tiles == 64

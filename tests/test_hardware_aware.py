@@ -4,6 +4,7 @@ and it plugs into admm.compress as a perturbation."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,3 +100,23 @@ def test_hardware_aware_retraining_inside_admm_compress():
     # only the retraining stages ran through the chip: 2 stages x 3 batches x 2 layers
     assert hwa.steps == len(config.perturb_stages) * 3 * 2
     assert all(not m._forward_hooks for m in model.modules())  # no hook left behind
+
+
+def test_attention_projections_are_left_out_loudly_and_refused_by_name():
+    """nn.MultiheadAttention reads its projection weights directly (no module call a hook
+    could see): by default they train without the chip, with a warning; naming one is an
+    error. The feed-forward layers of the same block do get the chip."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0,
+                                                     batch_first=True), nn.Flatten(),
+                          nn.Linear(4 * 16, 3)).train()
+    x = torch.randn(5, 4, 16)
+    hwa = HardwareAware(DEV, CFG)
+    with pytest.warns(UserWarning, match=r"attention projections \['0.self_attn.in_proj', "
+                                         r"'0.self_attn.out_proj'\]"), hwa(model):
+        model(x)
+    assert hwa.steps == 3  # linear1, linear2 and the head ran through a chip
+    with pytest.raises(ValueError, match="'0.self_attn.in_proj' is a projection of an "
+                                         "nn.MultiheadAttention"):
+        with HardwareAware(DEV, CFG, layers=["0.linear1", "0.self_attn.in_proj"])(model):
+            pass
