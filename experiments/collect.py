@@ -86,6 +86,11 @@ def _numbers(rows: list[dict], key: str) -> list[float]:
             and not isinstance(r.get(key), bool)]
 
 
+def _short(key: str) -> str:
+    """``override.crossbar.adc_bits`` -> ``adc_bits``."""
+    return key.removeprefix("override.").rsplit(".", 1)[-1]
+
+
 def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     """``collected_<key>.png`` (+ PDF) for every override key with more than one value: the
     metrics that vary across the runs against it (accuracy on chips with its 95 % CI), and
@@ -93,22 +98,32 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     written = []
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("override.")]
     metrics = [(m, s) for m, s in PLOTTED if len(set(_numbers(rows, m))) > 1]
+    varying = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
     for key in keys:
         values = sorted({r.get(key) for r in rows}, key=_sort_key)
         if len(values) < 2 or not metrics:
             continue
         setting = key.removeprefix("override.")
+        others = [k for k in varying if k != key]  # one line per combination of the others
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.3),
                                  squeeze=False)
         for ax, (metric, spread) in zip(axes[0], metrics, strict=True):
-            pts = sorted(((r.get(key), r) for r in rows if isinstance(r.get(metric), (int, float))),
-                         key=lambda p: _sort_key(p[0]))
             at = dict(zip(map(repr, values), set_value_axis(ax, setting, values), strict=True))
-            err = [r.get(spread) or 0.0 for _, r in pts] if spread else None
-            ax.errorbar([at[repr(v)] for v, _ in pts], [r[metric] for _, r in pts], yerr=err,
-                        marker="o", capsize=4, linestyle="none")
+            series: dict[str, list[dict]] = {}
+            for r in rows:
+                if isinstance(r.get(metric), (int, float)):
+                    label = ", ".join(f"{_short(k)}={r.get(k)}" for k in others)
+                    series.setdefault(label, []).append(r)
+            for label, sel in series.items():
+                sel = sorted(sel, key=lambda r: _sort_key(r.get(key)))
+                ax.errorbar([at[repr(r.get(key))] for r in sel], [r[metric] for r in sel],
+                            yerr=[r.get(spread) or 0.0 for r in sel] if spread else None,
+                            marker="o", capsize=4, linestyle="-" if others else "none",
+                            label=label or None)
             ax.set_xlabel(axis_label(setting))
             ax.set_ylabel(axis_label(metric), fontsize=8)
+            if others:
+                ax.legend(fontsize=6)
         fig.tight_layout()
         name = "collected_" + setting.replace("/", "_") + ".png"
         write_png(out_dir / name, fig)
@@ -117,10 +132,11 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     usable = [r for r in rows if all(isinstance(r.get(k), (int, float))
                                      for k in ("crossbar_accuracy_mean", *costs))]
     if costs and len(usable) > 1 and len(set(_numbers(usable, "crossbar_accuracy_mean"))) > 1:
-        varying = [k for k in keys if len({repr(r.get(k)) for r in usable}) > 1]
-        labels = [", ".join(f"{k.removeprefix('override.').rsplit('.', 1)[-1]}={r.get(k)}"
-                            for k in varying) or r["run"] for r in usable]
-        plot_pareto(usable, labels, out_dir / "collected_pareto.png", costs)
+        axes_ = [k for k in keys if len({repr(r.get(k)) for r in usable}) > 1]
+        labels = ["/".join(str(r.get(k)) for k in axes_) or r["run"] for r in usable]
+        note = ("point labels: " + " / ".join(_short(k) for k in axes_)) if axes_ else \
+            "point labels: run folder"
+        plot_pareto(usable, labels, out_dir / "collected_pareto.png", costs, note)
         written.append(out_dir / "collected_pareto.png")
     return written
 

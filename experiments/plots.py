@@ -348,5 +348,6 @@ def plot_pareto(rows: Sequence[Mapping], labels: Sequence[str], path: Path,
         ax.set_ylabel(axis_label("crossbar_accuracy_mean"))
         ax.legend(fontsize=7)
     fig.suptitle("Accuracy on chips vs hardware cost per design point", fontsize=9)
+    fig.tight_layout()
     caption(fig, note)
     write_png(path, fig)
