@@ -44,6 +44,12 @@ class LayerConstraint:
     prune_outputs: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ValueError(f"pattern={self.pattern!r} is invalid; allowed: a non-empty layer "
+                             "name pattern (string), e.g. 'features.0' or 'classifier.*'")
+        if not isinstance(self.per_column, bool):
+            raise ValueError(f"per_column={self.per_column!r} is invalid; allowed: true or "
+                             "false")
         for key in ("row", "col", "block"):
             keep_count(10**9, getattr(self, f"{key}_ratio"), getattr(self, f"{key}_keep"), key)
         if len(self.block) != 2 or any(not isinstance(b, int) or b < 1 for b in self.block):

@@ -127,9 +127,9 @@ class CompressConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} invalid: one of "
                              f"{list(LR_SCHEDULES)}")
-        if isinstance(self.train_noise, bool) or not isinstance(self.train_noise, (int, float)) \
-                or not self.train_noise >= 0:
-            raise ValueError(f"train_noise={self.train_noise!r} out of range: a number >= 0")
+        if not _is_number(self.train_noise) or not 0 <= self.train_noise <= 1:
+            raise ValueError(f"train_noise={self.train_noise!r} out of range: a number in "
+                             "[0.0, 1.0] (relative weight noise)")
         if isinstance(self.perturb_stages, str) \
                 or not isinstance(self.perturb_stages, Sequence) \
                 or any(s not in TRAINING_STAGES for s in self.perturb_stages):
@@ -140,16 +140,17 @@ class CompressConfig:
             raise ValueError(f"distill_weight={self.distill_weight!r} out of range: a number in "
                              "[0.0, 1.0]")
         if not _is_number(self.distill_temperature) \
-                or not 0 < self.distill_temperature < math.inf:
+                or not 0 < self.distill_temperature <= 100:
             raise ValueError(f"distill_temperature={self.distill_temperature!r} out of range: "
-                             "a finite number > 0")
-        if not 0 <= self.momentum <= 1:
+                             "a number in (0, 100]")
+        if not _is_number(self.momentum) or not 0 <= self.momentum <= 1:
             raise ValueError(f"momentum={self.momentum!r} out of range: a number in [0.0, 1.0]")
-        if not self.weight_decay >= 0:
+        if not _is_number(self.weight_decay) or not 0 <= self.weight_decay <= 1:
             raise ValueError(f"weight_decay={self.weight_decay!r} out of range: "
-                             "a number in [0.0, inf]")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr!r} out of range: must be > 0")
+                             "a number in [0.0, 1.0]")
+        if not _is_number(self.lr) or not 0 < self.lr <= 10:
+            raise ValueError(f"lr={self.lr!r} out of range: a number in (0, 10] (larger "
+                             "learning rates only diverge)")
         if not (self.importance is None or isinstance(self.importance, Mapping)
                 or (isinstance(self.importance, str) and self.importance in METHODS)):
             raise ValueError(f"importance={self.importance!r} invalid: None, a dict "
@@ -158,10 +159,11 @@ class CompressConfig:
                 or not isinstance(self.importance_samples, int) or self.importance_samples < 1:
             raise ValueError(f"importance_samples={self.importance_samples!r} out of range: "
                              "integer >= 1")
-        if not (self.rho > 0 and self.rho_factor >= 1 and self.rho_max >= self.rho):
+        if not all(_is_number(v) for v in (self.rho, self.rho_factor, self.rho_max)) \
+                or not (0 < self.rho <= self.rho_max <= 1e6 and 1 <= self.rho_factor <= 100):
             raise ValueError(f"rho={self.rho!r}, rho_factor={self.rho_factor!r}, "
-                             f"rho_max={self.rho_max!r}: need rho > 0, rho_factor >= 1, "
-                             "rho_max >= rho")
+                             f"rho_max={self.rho_max!r}: need 0 < rho <= rho_max <= 1e6 and "
+                             "rho_factor in [1, 100]")
 
     def epoch_lr(self, stage: str, epoch: int, epochs: int) -> float:
         """Learning rate of epoch ``epoch`` (from 0) of ``stage``, of ``epochs`` epochs."""

@@ -32,7 +32,7 @@ class Registry:
 
     def get(self, name: object) -> type:
         """The class registered as ``name`` (ValueError naming the key and the choices)."""
-        if name not in self._models:
+        if not isinstance(name, str) or name not in self._models:
             fail(self.key, name, "one of " + ", ".join(map(repr, self._models)))
         return self._models[name]
 

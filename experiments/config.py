@@ -98,6 +98,8 @@ def _type_name(annotation: object) -> str:
 def build(cls: type, data: Mapping | None, prefix: str) -> object:
     """Instantiate dataclass ``cls`` from ``data``: unknown keys and wrong types raise a
     ``ValueError`` naming ``prefix.key``; range checks run in the class's ``__post_init__``."""
+    if data is not None and not isinstance(data, Mapping):
+        _fail(prefix, data, f"a mapping of {prefix} settings (key: value)")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -125,6 +127,8 @@ def _check_range(key: str, value: float | int | None, low: float, high: float = 
 def _known(prefix: str, data: Mapping | None, cls: type, *extra: str) -> dict:
     """``data`` as a dict after checking that every key is a field of dataclass ``cls`` (or in
     ``extra``): an unknown key fails naming ``prefix.key``, its value and the allowed keys."""
+    if data is not None and not isinstance(data, Mapping):
+        _fail(prefix, data, f"a mapping of {prefix} settings (key: value)")
     data = dict(data or {})
     names = [f.name for f in dataclasses.fields(cls)] + list(extra)
     for key in data:
@@ -183,14 +187,34 @@ class ModelSettings:
     def from_dict(cls, data: Mapping) -> ModelSettings:
         data = dict(data)
         name = data.pop("name", None)
-        if name not in MODELS:
+        if not isinstance(name, str) or name not in MODELS:
             _fail("model.name", name, "one of " + ", ".join(sorted(MODELS)))
         params = inspect.signature(MODELS[name][0]).parameters
         for key, value in data.items():
             if key not in params:
                 _fail(f"model.{key}", value, f"a constructor argument of {name}: "
                       + ", ".join(params))
+            _check_model_argument(f"model.{key}", value)
         return cls(name, data)
+
+
+def _check_model_argument(key: str, value: object) -> None:
+    """Model hyper-parameters: sizes are integers in [1, 100000] (lists of them for layer
+    widths), rates finite numbers in [0, 1), switches booleans."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not 1 <= value <= 100_000:
+            _fail(key, value, "an integer in [1, 100000] (a layer size or count)")
+    elif isinstance(value, float):
+        if not (math.isfinite(value) and 0 <= value < 1):
+            _fail(key, value, "a number in [0, 1) (a rate, e.g. dropout)")
+    elif isinstance(value, (list, tuple)):
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                and 1 <= v <= 100_000 for v in value):
+            _fail(key, value, "a non-empty list of integers in [1, 100000] (layer widths)")
+    else:
+        _fail(key, value, "a number, a list of integers or a boolean")
 
 
 @dataclass(frozen=True)
@@ -209,6 +233,9 @@ class DatasetSettings:
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
             _fail("name", self.name, "one of " + ", ".join(DATASETS))
+        if self.name == "digits" and self.data_dir is not None:
+            _fail("data_dir", self.data_dir, "null: digits is embedded (scikit-learn), it reads "
+                  "no files")
         if self.name != "digits" and self.data_dir is None:
             _fail("data_dir", None, f"a directory holding the {self.name} files")
         for key in ("batch_size", "test_batch_size", "subset", "test_subset"):
@@ -230,11 +257,12 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         _check_range("epochs", self.epochs, 0, 10_000)
-        if not self.lr > 0:
-            _fail("lr", self.lr, "a number > 0")
+        if not 0 < self.lr <= 10:
+            _fail("lr", self.lr, "a number in (0, 10] (larger learning rates only diverge)")
         if self.optimizer not in OPTIMIZERS:
             _fail("optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
-        _check_range("weight_decay", self.weight_decay, 0.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+
 
 
 @dataclass(frozen=True)
@@ -601,13 +629,35 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
     )
 
 
+def check_cost_covers(xbar: CrossbarConfig, cost: CostConfig) -> None:
+    """Cross-group rule: the cost table prices the design and its dense baseline (tile size,
+    converter bits, ...). Checked on a one-layer probe plan before any work, so a setting the
+    table does not cover fails now, not in the cost stage after training."""
+    import torch
+
+    from crossbar import MappingPlan
+    from crossbar.cost import estimate
+    from crossbar.plan import plan_layer
+
+    probe = MappingPlan({"probe": plan_layer("probe", "linear", torch.ones(4, 4, dtype=torch.bool),
+                                             xbar, mvms_per_sample=1)})
+    try:
+        estimate(probe, xbar, cost)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise ValueError(f"crossbar/cost: the cost table {cost.table!r} cannot price this design: "
+                         f"{exc}") from None
+
+
 def load_compress_config(cfg: DictConfig | Mapping) -> CompressExperiment:
     """Validate a composed ``conf/config.yaml`` (see module docstring)."""
-    return CompressExperiment(**_load(cfg, ()))
+    fields = _load(cfg, ())
+    check_cost_covers(fields["crossbar"], fields["cost"])
+    return CompressExperiment(**fields)
 
 
 def load_study_config(cfg: DictConfig | Mapping) -> StudyExperiment:
     """Validate a composed ``conf/device_study.yaml``."""
     fields = _load(cfg, ("study",))
+    check_cost_covers(fields["crossbar"], fields["cost"])
     return StudyExperiment(**fields, study=build(StudySettings, fields["raw"].get("study"),
                                                  "study"))

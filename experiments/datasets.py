@@ -56,6 +56,11 @@ __all__ = [
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 """Names accepted by ``load_dataset`` and ``make_loaders``."""
 
+INPUT_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28),
+                "cifar10": (3, 32, 32)}
+"""``(C, H, W)`` of each dataset's images (``DatasetInfo.input_shape``), known before any file
+is read: the run layer builds the model from it to check the config before any work."""
+
 CHECKSUMS: dict[str, dict[str, tuple[str, str]]] = {
     "mnist": {  # SHA-256 of the official files (see ../shared/data/README.md)
         "train-images-idx3-ubyte.gz": (

@@ -248,10 +248,11 @@ def check_constraints_fit(model: nn.Module, admm: AdmmSettings) -> None:
                            f" blocks of {br}x{bc}")}
         for key, (n, what) in sizes.items():
             count = getattr(c, f"{key}_keep")
-            if count is not None and count > n:
+            if count is not None and (count > n or count < 1):  # 0: the layer is cut off
                 raise ValueError(
                     f"admm.constraints[{i}].{key}_keep={count} is invalid for layer {name!r} "
-                    f"(matrix view {out_n}x{in_n}: {what}); allowed: an integer in [0, {n}]")
+                    f"(matrix view {out_n}x{in_n}: {what}); allowed: an integer in [1, {n}] "
+                    "(0 would remove the whole layer)")
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:

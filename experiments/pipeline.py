@@ -66,7 +66,7 @@ from experiments.config import (  # noqa: E402
     load_compress_config,
     load_study_config,
 )
-from experiments.datasets import DatasetInfo, make_loaders  # noqa: E402
+from experiments.datasets import INPUT_SHAPES, DatasetInfo, make_loaders  # noqa: E402
 from experiments.guard import (  # noqa: E402
     DENSE_KEYS,
     RunLockedError,
@@ -785,9 +785,37 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     The config is validated before any work (``experiments.config.load_compress_config``).
     """
     exp = load_compress_config(cfg)
+    preflight(exp)
     run_dir = Path(run_dir)
     with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
         return _run_compress(exp, run_dir)
+
+
+def preflight(exp: CompressExperiment) -> None:
+    """Checks that need the model, before the run directory is touched: the model builds
+    from its settings and the dataset's input shape (on the ``meta`` device: no memory, no
+    compute), every ``admm`` constraint matches a layer and fits it, the ``layers`` patterns
+    match layers, and the files the run reads exist (``dataset.data_dir``,
+    ``train.checkpoint``, ``study.source``)."""
+    d, t = exp.dataset, exp.train
+    if d.data_dir is not None and not Path(to_absolute_path(d.data_dir)).is_dir():
+        raise ValueError(f"dataset.data_dir={d.data_dir!r} is invalid; allowed: an existing "
+                         f"directory holding the {d.name} files (relative to the directory the "
+                         "run starts in)")
+    if t.checkpoint is not None and not Path(to_absolute_path(t.checkpoint)).is_file():
+        raise ValueError(f"train.checkpoint={t.checkpoint!r} is invalid; allowed: an existing "
+                         "dense checkpoint file (relative to the directory the run starts in), "
+                         "or null to train")
+    with torch.device("meta"):
+        try:
+            model = build_model(exp.model.name, input_shape=INPUT_SHAPES[exp.dataset.name],
+                                **exp.model.kwargs)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"model: {exp.model.name} does not build with "
+                             f"{exp.model.kwargs or 'its defaults'} for {exp.dataset.name} "
+                             f"inputs {INPUT_SHAPES[exp.dataset.name]}: {exc}") from None
+    check_constraints_fit(model, exp.admm)
+    mapped_layers(model, exp)
 
 
 def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
@@ -970,6 +998,7 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     (``study.layer_sensitivity``). Writes study.csv (one row per chip), study.json (mean, std
     and 95 % CI per point), metrics.json, study.md and plots (PNG + PDF)."""
     exp = load_study_config(cfg)
+    preflight(exp)
     study = exp.study
     for key, values in study.sweeps.items():  # every point is valid before any training
         for value in values:

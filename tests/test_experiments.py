@@ -94,7 +94,7 @@ def test_local_launcher_composes():
     ("+train.foo=1", ["train.foo=1", "epochs"]),
     ("train.epochs=many", ["train.epochs='many'", "int"]),
     ("eval.chips=0", ["eval.chips=0", "[1, 10000]"]),
-    ("admm.lr=-1", ["admm.lr=-1", "> 0"]),
+    ("admm.lr=-1", ["admm.lr=-1", "(0, 10]"]),
     ("runtime.device=tpu", ["runtime.device='tpu'", "cuda"]),
     ("dataset.batch_size=0", ["dataset.batch_size=0", ">= 1"]),
     ("+cost.foo=2", ["cost", "foo"]),

@@ -68,9 +68,9 @@ def _compose(overrides=()):
     ("device.read_sigma=-1", ["device.read_sigma=-1", "[0.0, 1.0]"]),
     ("device.sa0_rate=-0.1", ["device.sa0_rate=-0.1", "[0.0, 1.0]"]),
     ("device.sa1_rate=1.5", ["device.sa1_rate=1.5", "[0.0, 1.0]"]),
-    ("train.lr=-1", ["train.lr=-1", "> 0"]),
-    ("admm.rho=-1", ["admm.rho=-1", "rho > 0"]),
-    ("admm.weight_decay=-1", ["admm.weight_decay=-1", "[0.0, inf]"]),
+    ("train.lr=-1", ["train.lr=-1", "(0, 10]"]),
+    ("admm.rho=-1", ["admm.rho=-1", "0 < rho"]),
+    ("admm.weight_decay=-1", ["admm.weight_decay=-1", "[0.0, 1.0]"]),
     ("admm.momentum=-1", ["admm.momentum=-1", "[0.0, 1.0]"]),
     # g_min >= g_max
     ("device.g_min_uS=100", ["device.g_min_uS=100", "below g_max_uS=100.0"]),
@@ -114,11 +114,11 @@ def test_bad_config_names_key_value_and_range(override, words):
 
 @pytest.mark.parametrize("overrides, words", [
     (["admm.constraints.1.row_ratio=null", "+admm.constraints.1.row_keep=151"],
-     ["admm.constraints[1].row_keep=151", "'features.3'", "150 crossbar rows", "[0, 150]"]),
+     ["admm.constraints[1].row_keep=151", "'features.3'", "150 crossbar rows", "[1, 150]"]),
     (["admm.constraints.2.col_ratio=null", "+admm.constraints.2.col_keep=121"],
-     ["admm.constraints[2].col_keep=121", "'classifier.0'", "120 crossbar columns", "[0, 120]"]),
+     ["admm.constraints[2].col_keep=121", "'classifier.0'", "120 crossbar columns", "[1, 120]"]),
     (["+admm.constraints.0.block_keep=2", "+admm.constraints.0.block=[32,32]"],
-     ["admm.constraints[0].block_keep=2", "'features.0'", "1 blocks of 32x32", "[0, 1]"]),
+     ["admm.constraints[0].block_keep=2", "'features.0'", "1 blocks of 32x32", "[1, 1]"]),
     (["admm.constraints.0.pattern=nope"], ["admm.constraints", "'nope'", "features.0"]),
 ])
 def test_pruning_count_vs_layer_fails_before_training(overrides, words, tmp_path):
