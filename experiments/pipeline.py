@@ -952,8 +952,11 @@ def held_fixed(exp: CompressExperiment, n_test: int, chips: int) -> str:
                        if not line.endswith(": none"))
     dac = "ideal DAC" if x.dac_bits is None else f"{x.dac_bits}-bit {x.dac} DAC"
     adc = "ideal ADC" if x.adc_bits is None else f"{x.adc_bits}-bit ADC ({x.adc_range})"
-    steps = [k for k, on in (("compensation", exp.robustness.compensation),
-                             ("placement", exp.robustness.placement),
+    rob = exp.robustness
+    compensation = rob.compensation if rob.compensation is not None \
+        else exp.device.faults is not None  # auto: on when the device has faults
+    steps = [k for k, on in (("pair compensation", compensation),
+                             ("fault-aware placement", rob.placement),
                              ("output calibration", x.output_calibration)) if on]
     return (f"Held fixed unless swept: {exp.model.name} on {exp.dataset.name}; device "
             f"{device}; {x.tile_rows}x{x.tile_cols} tiles, {x.mapping} mapping, {dac}, {adc}, "
@@ -1268,6 +1271,13 @@ def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | Non
     return None
 
 
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def hydra_run_dir() -> Path:
     """The current Hydra job's output directory."""
     from hydra.core.hydra_config import HydraConfig
@@ -1309,7 +1319,8 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
                 if isinstance(exc, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
                     print(f"Error: {exc}\n(the run in {run_dir} stopped; set HYDRA_FULL_ERROR=1 "
                           "for the traceback)", file=sys.stderr, flush=True)
-                    raise SystemExit(1) from None
+                    if not _multirun():  # a sweep goes on with its other jobs; Hydra reports
+                        raise SystemExit(1) from None  # the failure after the last one
                 raise
         print(f"report: {run_dir / report}")
         return metrics

@@ -208,6 +208,15 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert "2 programmed chips per point" in metrics["held_fixed"]
     md = (tmp_path / "study.md").read_text()
     assert "Per-layer sensitivity" in md and "grid_prog_sigma_adc_bits.png" in md
+    # the figures and study.md are redrawn from the files alone, the same
+    from experiments.replot import main as replot_main
+
+    for name in ("study.md", "grid_prog_sigma_adc_bits.png", "layer_sensitivity.png"):
+        (tmp_path / name).unlink()
+    assert replot_main([str(tmp_path)]) == 0
+    assert (tmp_path / "study.md").read_text() == md
+    assert (tmp_path / "grid_prog_sigma_adc_bits.png").is_file()
+    assert (tmp_path / "layer_sensitivity.pdf").is_file()
 
 
 def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_path):

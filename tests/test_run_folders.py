@@ -249,3 +249,16 @@ def test_config_errors_are_one_message_without_a_traceback(tmp_path):
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr
+
+
+def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
+    """A job refused for a bad value prints its one-line error; the sweep runs its other jobs
+    (their results are kept) and exits 1 at the end."""
+    out = subprocess.run([sys.executable, "-m", "experiments.compress", "-m",
+                          "crossbar.adc_bits=24,6", *RUN, "robustness.ablation=false",
+                          f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Error: crossbar/cost" in out.stderr
+    assert not (tmp_path / "0").exists()  # refused before any work: no folder
+    assert (tmp_path / "1" / "metrics.json").is_file()  # the next job ran to the end
