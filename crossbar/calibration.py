@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .convert import crossbar_modules
+from .layers import crossbar_modules
 
 
 class _Stop(Exception):

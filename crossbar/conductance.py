@@ -19,43 +19,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._grid import nearest, pair_differences
+from .mappings import mapping_style
+from .mappings.offset import reference_level
+
 if TYPE_CHECKING:
     from .device import DeviceModel
 
-
-def pair_differences(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All values ``l_i - l_j`` a differential pair of cells can represent.
-
-    Returns the sorted unique differences and, for each, the pair ``(i, j)`` with the lowest
-    total conductance ``l_i + l_j`` (the lowest read power among equal pairs).
-    """
-    n = levels.numel()
-    diff = (levels.unsqueeze(1) - levels.unsqueeze(0)).flatten().double()
-    total = (levels.unsqueeze(1) + levels.unsqueeze(0)).flatten()
-    # Equal differences of float levels differ by rounding: compare them on a grid of 1e-5 of
-    # the range, then sort by (difference, total) so each run starts with the cheapest pair.
-    key = torch.round(diff / (1e-5 * float(levels.max() - levels.min()))).to(torch.int64)
-    order = torch.argsort(total, stable=True)
-    order = order[torch.argsort(key[order], stable=True)]
-    k_sorted = key[order]
-    first = torch.ones_like(k_sorted, dtype=torch.bool)
-    first[1:] = k_sorted[1:] != k_sorted[:-1]
-    pick = order[first]
-    d_sorted = diff[pick]
-    return d_sorted.to(levels.dtype), pick // n, pick % n
-
-
-def nearest(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Index of the grid value nearest to each ``x`` (``grid`` sorted ascending; ties go low)."""
-    idx = torch.searchsorted(grid, x.contiguous()).clamp(1, grid.numel() - 1)
-    lo, hi = grid[idx - 1], grid[idx]
-    return torch.where((x - lo) <= (hi - x), idx - 1, idx)
+__all__ = ["conductance_to_values", "nearest", "pair_differences", "reference_conductance",
+           "slice_values", "values_to_conductance"]
 
 
 def reference_conductance(device: DeviceModel) -> tuple[float, float]:
     """``(G_ref, h)`` of the offset mapping: the reference conductance and its half range."""
-    from .mappings.offset import reference_level
-
     return reference_level(device)
 
 
@@ -66,8 +42,6 @@ def values_to_conductance(
     ``nominal``). Returns ``(G+, G-)`` for the differential mapping and ``(G, None)`` for the
     offset mapping. ``v`` is clipped to ``[-1, 1]`` first (a weight outside the range
     saturates)."""
-    from .mappings import mapping_style
-
     g = mapping_style(mapping).nominal(v, device)
     return g[..., 0], (g[..., 1] if g.shape[-1] > 1 else None)
 
@@ -77,8 +51,6 @@ def conductance_to_values(
 ) -> torch.Tensor:
     """Inverse of :func:`values_to_conductance`: ``(G+ - G-) / range`` or ``(G - G_ref) / h``
     (``g_other`` is ``G-`` or the reference conductance)."""
-    from .mappings import mapping_style
-
     style = mapping_style(mapping)
     if style.cells_per_weight == 2:
         return style.weights(torch.stack([g, g_other], -1), None, device)

@@ -21,6 +21,7 @@ from .layers import (
     CrossbarLayer,
     CrossbarLinear,
     InputShapeError,
+    crossbar_modules,
 )
 from .plan import MAPPABLE, MappingPlan, check_plan, crossbar_layers, matches, plan_model
 from .repair import RepairConfig
@@ -44,11 +45,6 @@ def _release_freed_memory() -> None:
 
 _MALLOC_TRIM: list = []
 
-
-def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
-    for name, module in model.named_modules():
-        if isinstance(module, CrossbarLayer):
-            yield name, module
 
 
 def _expected_input(name: str, layer: nn.Module) -> str:

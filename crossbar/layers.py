@@ -17,6 +17,7 @@ once per ``program()`` / inference time; the forward pass only adds read noise.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -943,3 +944,10 @@ class CrossbarConv1d(CrossbarConv2d):
             raise InputShapeError(f"crossbar layer {self.plan.name!r}: input of shape "
                                   f"{tuple(x.shape)}; expected [N, {self.in_channels}, L]")
         return super().forward(x.unsqueeze(2)).squeeze(2)
+
+
+def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
+    """``(name, layer)`` of every crossbar layer in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, CrossbarLayer):
+            yield name, module

@@ -88,7 +88,7 @@ class RepairConfig:
 
 def _snap(g: torch.Tensor, device) -> torch.Tensor:
     """Clip to the window and move to the nearest programmable level."""
-    from .conductance import nearest
+    from ._grid import nearest
 
     g = g.clamp(device.g_min_uS, device.g_max_uS)
     levels = device.conductance_levels(g.device)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -47,70 +45,20 @@ from admm import (
     weight_matrix,
     weighted_project_levels,
 )
-from admm.importance import METHODS
 from crossbar.cost import layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
+from experiments.config import (  # noqa: F401 - re-exported: the allocation block's schema
+    _PRUNE_KEYS,
+    RESOURCES,
+    SETTING_KEYS,
+    AllocationSettings,
+    CompressExperiment,
+    _plain,
+)
 from experiments.posttraining import labelled_subset
-
-if TYPE_CHECKING:
-    from experiments.config import CompressExperiment
 
 __all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
            "check_budget", "layer_candidates"]
-
-RESOURCES = ("tiles", "area_mm2", "energy_nJ")
-"""Units a budget can be given in."""
-
-SETTING_KEYS = ("row_ratio", "row_keep", "col_ratio", "col_keep", "block_ratio", "block_keep",
-                "levels", "pattern")
-"""Fields a candidate may set; the pruning ones replace all pruning fields of the layer's
-constraint; ``pattern`` (as in ``admm.LayerConstraint``, default all constrained layers)
-limits the layers the candidate is offered to."""
-
-_PRUNE_KEYS = SETTING_KEYS[:-2]
-
-
-@dataclass(frozen=True)
-class AllocationSettings:
-    """The ``allocation`` block: total ``budget`` in ``resource`` units, the ``candidates``
-    offered to every constrained layer, the ``importance`` (``fisher`` | ``hessian`` | null)
-    that weights the distortion, from ``n_samples`` seeded training images."""
-
-    budget: float | None = None
-    candidates: list[dict] = field(default_factory=list)
-    resource: str = "tiles"
-    importance: str | None = "fisher"
-    n_samples: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.budget is None or not (math.isfinite(self.budget) and self.budget > 0):
-            raise ValueError(f"budget={self.budget!r} is invalid; allowed: a number > 0")
-        if self.resource not in RESOURCES:
-            raise ValueError(f"resource={self.resource!r} is invalid; allowed: one of "
-                             + ", ".join(RESOURCES))
-        if self.importance is not None and self.importance not in METHODS:
-            raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or "
-                             "one of " + ", ".join(METHODS))
-        if not 1 <= self.n_samples <= 100_000:
-            raise ValueError(f"n_samples={self.n_samples!r} is invalid; allowed: an integer "
-                             "in [1, 100000]")
-        if not self.candidates:
-            raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: a non-empty "
-                             "list of settings such as {row_ratio: 0.5, levels: 16}")
-        for i, c in enumerate(self.candidates):
-            for key in c:
-                if key not in SETTING_KEYS:
-                    raise ValueError(f"candidates[{i}].{key}={c[key]!r} is invalid; allowed: "
-                                     "keys " + ", ".join(SETTING_KEYS))
-            try:
-                LayerConstraint(**_plain(c))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"candidates[{i}].{exc}") from None
-
-
-def _plain(setting: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in setting.items()}
-
 
 def layer_constraint(base: LayerConstraint, name: str, setting: dict) -> LayerConstraint:
     """``base`` for layer ``name`` only, with its pruning fields replaced by ``setting``'s (and

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 
 from admm import CompressConfig, LayerConstraint
+from admm.importance import METHODS
 from crossbar import CrossbarConfig, DeviceModel, RepairConfig, WriteVerify
 from crossbar.cost import CostConfig
 from crossbar.device import SHORTHANDS as DEVICE_SHORTHANDS
-from experiments.allocation import AllocationSettings
 from experiments.datasets import DATASETS
 from experiments.models import MODELS
-from experiments.posttraining import COMPRESSORS, ObcSettings
 from experiments.train import OPTIMIZERS
 
 __all__ = [
@@ -480,6 +479,92 @@ def _check_axis(name: str, key: object, values: object) -> None:
               "write_verify.tolerance_uS, array.r_sense_ohm, robustness.placement)")
     if not isinstance(values, list) or not values:
         _fail(name, values, "a non-empty list of values")
+
+
+# ------------------------------------------------------------ compressors and allocation
+COMPRESSORS = ("admm", "obc")
+"""Values of the top-level ``compressor`` key."""
+
+MAX_CALIBRATION = 1024
+"""Most calibration images the post-training path may use (OBC's setting)."""
+
+
+@dataclass(frozen=True)
+class ObcSettings:
+    """The ``obc`` block: ``n_calib`` training images (seeded draw, at most
+    :data:`MAX_CALIBRATION`) for the layer Hessians ``H = 2 X X^T / n`` and the importance,
+    ``percdamp`` (damping ``percdamp * mean(diag H)`` added to ``H``), ``importance``
+    (``None`` | ``"fisher"`` | ``"hessian"``: weights the bit-line / OBS group choice and the
+    level scale by the diagonal Fisher or Hessian of the loss)."""
+
+    n_calib: int = MAX_CALIBRATION
+    percdamp: float = 0.01
+    importance: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_calib <= MAX_CALIBRATION:
+            raise ValueError(f"n_calib={self.n_calib!r} is invalid; allowed: an integer in "
+                             f"[1, {MAX_CALIBRATION}]")
+        if not 0 <= self.percdamp <= 1:
+            raise ValueError(f"percdamp={self.percdamp!r} is invalid; allowed: a number in "
+                             "[0, 1]")
+        if self.importance is not None and self.importance not in METHODS:
+            raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or one "
+                             "of " + ", ".join(METHODS))
+
+
+RESOURCES = ("tiles", "area_mm2", "energy_nJ")
+"""Units a budget can be given in."""
+
+SETTING_KEYS = ("row_ratio", "row_keep", "col_ratio", "col_keep", "block_ratio", "block_keep",
+                "levels", "pattern")
+"""Fields a candidate may set; the pruning ones replace all pruning fields of the layer's
+constraint; ``pattern`` (as in ``admm.LayerConstraint``, default all constrained layers)
+limits the layers the candidate is offered to."""
+
+_PRUNE_KEYS = SETTING_KEYS[:-2]
+
+
+@dataclass(frozen=True)
+class AllocationSettings:
+    """The ``allocation`` block: total ``budget`` in ``resource`` units, the ``candidates``
+    offered to every constrained layer, the ``importance`` (``fisher`` | ``hessian`` | null)
+    that weights the distortion, from ``n_samples`` seeded training images."""
+
+    budget: float | None = None
+    candidates: list[dict] = field(default_factory=list)
+    resource: str = "tiles"
+    importance: str | None = "fisher"
+    n_samples: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.budget is None or not (math.isfinite(self.budget) and self.budget > 0):
+            raise ValueError(f"budget={self.budget!r} is invalid; allowed: a number > 0")
+        if self.resource not in RESOURCES:
+            raise ValueError(f"resource={self.resource!r} is invalid; allowed: one of "
+                             + ", ".join(RESOURCES))
+        if self.importance is not None and self.importance not in METHODS:
+            raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or "
+                             "one of " + ", ".join(METHODS))
+        if not 1 <= self.n_samples <= 100_000:
+            raise ValueError(f"n_samples={self.n_samples!r} is invalid; allowed: an integer "
+                             "in [1, 100000]")
+        if not self.candidates:
+            raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: a non-empty "
+                             "list of settings such as {row_ratio: 0.5, levels: 16}")
+        for i, c in enumerate(self.candidates):
+            for key in c:
+                if key not in SETTING_KEYS:
+                    raise ValueError(f"candidates[{i}].{key}={c[key]!r} is invalid; allowed: "
+                                     "keys " + ", ".join(SETTING_KEYS))
+            try:
+                LayerConstraint(**_plain(c))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"candidates[{i}].{exc}") from None
+
+
+def _plain(setting: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in setting.items()}
 
 
 # ------------------------------------------------------------------------------ experiments

@@ -13,54 +13,24 @@ mapping, simulation and cost stages.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from admm import compute_importance, obc_compress, save_atomic
-from admm.importance import METHODS
 from admm.pipeline import check_fingerprint, load_model_state
+from experiments.config import (  # noqa: F401 - re-exported: the obc block's schema
+    COMPRESSORS,
+    MAX_CALIBRATION,
+    CompressExperiment,
+    ObcSettings,
+)
+from experiments.guard import fingerprint, load_checkpoint
 from experiments.train import evaluate
 
-if TYPE_CHECKING:
-    from experiments.config import CompressExperiment
-
 __all__ = ["COMPRESSORS", "MAX_CALIBRATION", "ObcSettings", "labelled_subset", "obc_stage"]
-
-COMPRESSORS = ("admm", "obc")
-"""Values of the top-level ``compressor`` key."""
-
-MAX_CALIBRATION = 1024
-"""Most calibration images the post-training path may use (OBC's setting)."""
-
-
-@dataclass(frozen=True)
-class ObcSettings:
-    """The ``obc`` block: ``n_calib`` training images (seeded draw, at most
-    :data:`MAX_CALIBRATION`) for the layer Hessians ``H = 2 X X^T / n`` and the importance,
-    ``percdamp`` (damping ``percdamp * mean(diag H)`` added to ``H``), ``importance``
-    (``None`` | ``"fisher"`` | ``"hessian"``: weights the bit-line / OBS group choice and the
-    level scale by the diagonal Fisher or Hessian of the loss)."""
-
-    n_calib: int = MAX_CALIBRATION
-    percdamp: float = 0.01
-    importance: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n_calib <= MAX_CALIBRATION:
-            raise ValueError(f"n_calib={self.n_calib!r} is invalid; allowed: an integer in "
-                             f"[1, {MAX_CALIBRATION}]")
-        if not 0 <= self.percdamp <= 1:
-            raise ValueError(f"percdamp={self.percdamp!r} is invalid; allowed: a number in "
-                             "[0, 1]")
-        if self.importance is not None and self.importance not in METHODS:
-            raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or one "
-                             "of " + ", ".join(METHODS))
-
 
 def labelled_subset(loader: DataLoader, n: int, device: torch.device, seed: int,
                     batch_size: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -84,7 +54,6 @@ def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExpe
     the history holds the dense and compressed test accuracy (``eval`` events) and one
     ``obc_layer`` record per layer (OBS loss, ``layer_loss``)."""
     # guard imports experiments.config, which imports us
-    from experiments.guard import fingerprint, load_checkpoint
 
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device

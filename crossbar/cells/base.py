@@ -25,15 +25,24 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from .._validate import check_float, fail
 from ..registry import Registry
 
-if TYPE_CHECKING:
-    from ..device import DeviceModel
+
+class DeviceModel(Protocol):
+    """What a cell model reads of the device it belongs to (``crossbar.DeviceModel`` has it):
+    the conductance window. A protocol, not an import, so ``crossbar.device`` (which builds
+    the cell models) and the cells do not import each other."""
+
+    g_min_uS: float
+    g_max_uS: float
+
+    @property
+    def g_range_uS(self) -> float: ...
 
 
 REGISTRY: dict[str, Registry] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..conductance import nearest, pair_differences
+from .._grid import nearest, pair_differences
 from .base import MappingStyle, register
 
 

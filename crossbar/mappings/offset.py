@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..conductance import nearest
+from .._grid import nearest
 from .base import MappingStyle, register
 
 
