@@ -337,19 +337,25 @@ def set_loader_rng_state(loader: Iterable, state: Tensor | None) -> None:
         generator.set_state(state.cpu())
 
 
-def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn = F.cross_entropy,
-                admm: ADMM | None = None,
+def train_epoch(model: nn.Module, loader: Iterable, optimizer,
+                loss_fn: LossFn | None = F.cross_entropy, admm: ADMM | None = None,
                 on_step: Callable[[float], None] | None = None,
-                distill: Distillation | None = None) -> float:
-    """One pass over ``loader``; with ``admm`` the penalty gradient is added after backward;
-    with ``distill`` the loss is :meth:`admm.distill.Distillation.loss` of ``loss_fn``.
-    ``on_step(loss)`` runs after each optimizer step. Returns the mean training loss.
+                distill: Distillation | None = None, progress: bool = False) -> float:
+    """One pass over ``loader``: the one training loop of the project (ADMM stages,
+    retraining, and the run layer's dense pretraining). With ``admm`` the penalty gradient is
+    added after backward; with ``distill`` the loss is
+    :meth:`admm.distill.Distillation.loss` of ``loss_fn`` (default cross-entropy).
+    ``on_step(loss)`` runs after each optimizer step. Returns the mean training loss over the
+    samples seen (each batch weighted by its size, so a short last batch does not count as a
+    full one).
 
     Raises :class:`DivergenceError` (before that batch's optimizer step) on a NaN/Inf loss."""
-    device = next(model.parameters()).device
+    loss_fn = loss_fn or F.cross_entropy
+    device = next(model.parameters(), torch.empty(0)).device
     model.train()
     total, count = 0.0, 0
-    for batch, (x, y) in enumerate(loader):
+    batches = tqdm(loader, desc="train", leave=False) if progress else loader
+    for batch, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
@@ -362,7 +368,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer, loss_fn: LossFn =
         if admm is not None:
             admm.add_penalty_grad()
         optimizer.step()
-        total, count = total + value, count + 1
+        total, count = total + value * len(y), count + len(y)
         if on_step is not None:
             on_step(value)
     if count == 0:

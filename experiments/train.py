@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 from admm.pipeline import (
     DivergenceError,
     check_fingerprint,
-    check_finite_loss,
     check_finite_weights,
     load_model_state,
     loader_rng_state,
     save_atomic,
     set_loader_rng_state,
+    train_epoch,
 )
 
 __all__ = ["OPTIMIZERS", "evaluate", "fit", "make_optimizer", "train_epoch"]
@@ -66,37 +66,6 @@ def make_optimizer(
     raise ValueError(
         f"train.optimizer={name!r} is not a known optimizer; allowed: {list(OPTIMIZERS)}"
     )
-
-
-def train_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn | None = None,
-    progress: bool = False,
-) -> float:
-    """One pass over ``loader``: forward, ``loss_fn`` (default cross-entropy), backward, step.
-
-    Returns:
-        The mean training loss over the samples seen.
-    """
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    device = _device(model)
-    model.train()
-    total, count = 0.0, 0
-    for batch, (x, y) in enumerate(tqdm(loader, desc="train", leave=False, disable=not progress)):
-        x, y = x.to(device), y.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        value = loss.item()
-        check_finite_loss(model, value, x, f"batch {batch} of the epoch")
-        loss.backward()
-        optimizer.step()
-        total += value * len(y)
-        count += len(y)
-    if count == 0:
-        raise ValueError("train_epoch: the training loader yielded no batches (empty dataset)")
-    return total / count
 
 
 @torch.no_grad()

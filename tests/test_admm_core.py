@@ -229,3 +229,20 @@ def test_output_columns_of_the_final_layer_are_not_pruned_unless_asked():
     chosen = select_layers(model, [LayerConstraint(pattern="*", col_ratio=0.25,
                                                    prune_outputs=True)])
     assert chosen["2"].prune_outputs
+
+
+def test_one_training_loop_whose_loss_is_the_mean_over_samples():
+    """admm and the run layer train with the same loop (issue 12: they averaged the loss
+    differently); its loss is the mean over samples, a short last batch weighted by its size."""
+    import experiments.train
+    from admm import pipeline
+
+    assert experiments.train.train_epoch is pipeline.train_epoch
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        expected = float(torch.nn.functional.cross_entropy(model(x), y))  # mean over 4 samples
+    loader = [(x[:3], y[:3]), (x[3:], y[3:])]
+    got = pipeline.train_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.0))
+    assert got == pytest.approx(expected, rel=1e-6)
