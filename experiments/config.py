@@ -29,6 +29,7 @@ from crossbar.cost import CostConfig
 from crossbar.device import SHORTHANDS as DEVICE_SHORTHANDS
 from experiments.datasets import DATASETS
 from experiments.models import MODELS
+from experiments.registry import COMPRESSORS
 from experiments.train import OPTIMIZERS
 
 __all__ = [
@@ -482,8 +483,6 @@ def _check_axis(name: str, key: object, values: object) -> None:
 
 
 # ------------------------------------------------------------ compressors and allocation
-COMPRESSORS = ("admm", "obc")
-"""Values of the top-level ``compressor`` key."""
 
 MAX_CALIBRATION = 1024
 """Most calibration images the post-training path may use (OBC's setting)."""
@@ -634,7 +633,7 @@ last checkpoint, ``experiments.guard.check_run_dir``), ``robustness``
 
 
 def _compressor(value: object) -> str:
-    if value not in COMPRESSORS:
+    if not isinstance(value, str) or value not in COMPRESSORS:
         _fail("compressor", value, "one of " + ", ".join(COMPRESSORS))
     return value
 

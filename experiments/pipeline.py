@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from admm import compress, save_atomic  # noqa: E402
+from admm import CompressResult, compress, save_atomic  # noqa: E402
 from admm.pipeline import check_fingerprint, load_model_state  # noqa: E402
 from crossbar import (  # noqa: E402
     CrossbarConfig,
@@ -89,7 +89,8 @@ from experiments.plots import (  # noqa: E402
     plt,
     write_png,
 )
-from experiments.posttraining import obc_stage  # noqa: E402
+from experiments.posttraining import result_of  # noqa: E402
+from experiments.registry import get_compressor  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
 
 _log = logging.getLogger("experiments.pipeline")
@@ -239,10 +240,10 @@ def cached(exp: CompressExperiment, name: str, fp: Mapping) -> Path | None:
 
 
 def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
-                   exp: CompressExperiment, run_dir: Path) -> tuple[dict, dict, list[dict]]:
-    """ADMM prune, masked retrain, ADMM quantize, retrain (``admm.compress``; resumable from
-    ``admm_state.pt``); saves ``compressed.pt``. Returns (masks, quantizer scales, stage
-    history)."""
+                   exp: CompressExperiment, run_dir: Path) -> CompressResult:
+    """The ``admm`` compressor (``experiments.registry``): ADMM prune, masked retrain, ADMM
+    quantize, retrain (``admm.compress``; resumable from ``admm_state.pt``); saves
+    ``compressed.pt``."""
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
     fp = fingerprint(exp)
@@ -256,7 +257,7 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
         load_model_state(model, state["model"], target)
         _log.info("%s holds the compressed model of these settings: compression skipped; "
                   "mapping, evaluation and cost run with the current settings", target)
-        return state["masks"], state["scales"], state["history"]
+        return result_of(state)
     config = exp.admm.compress_config(progress=exp.runtime.progress)
     perturbation = None
     if exp.robustness.hardware_aware:  # the chip in the forward pass of the retraining stages
@@ -272,7 +273,7 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     save_atomic(state, target)
     if shared is not None:
         atomic_write_bytes(shared, target.read_bytes())
-    return result.masks, result.scales, result.history
+    return result
 
 
 def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
@@ -825,9 +826,9 @@ def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
     n_dense = sum(p.numel() for p in model.parameters())
     with _timed(timings, "allocation"):
         exp, allocation = allocation_stage(model, train, exp, calibration)
-    stage = obc_stage if exp.compressor == "obc" else compress_stage
     with _timed(timings, exp.compressor):
-        masks, scales, history = stage(model, (train, test), exp, run_dir)
+        result = get_compressor(exp.compressor)(model, (train, test), exp, run_dir)
+    masks, scales, history = result.masks, result.scales, result.history
     compressed_acc = evaluate(model, test)
     _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", dense_acc, compressed_acc)
     warnings_ = collapse_warnings(dense_acc, compressed_acc, info.num_classes, exp.compressor)
@@ -1040,7 +1041,8 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
         load_model_state(model, state["model"], source)
         masks, scales = state["masks"], state["scales"]
     else:
-        masks, scales, _ = compress_stage(model, (train, test), exp, run_dir)
+        result = compress_stage(model, (train, test), exp, run_dir)
+        masks, scales = result.masks, result.scales
     compressed_acc = evaluate(model, test)
     compressed = {k: v.clone() for k, v in model.state_dict().items()}
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from admm import compute_importance, obc_compress, save_atomic
+from admm import CompressResult, compute_importance, obc_compress, save_atomic
 from admm.pipeline import check_fingerprint, load_model_state
 from experiments.config import (  # noqa: F401 - re-exported: the obc block's schema
     COMPRESSORS,
@@ -46,14 +46,13 @@ def labelled_subset(loader: DataLoader, n: int, device: torch.device, seed: int,
 
 
 def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExperiment,
-              run_dir: Path) -> tuple[dict, dict, list[dict]]:
-    """Post-training OBC of the dense ``model`` in place under the ``admm`` group's constraints;
-    saves ``compressed.pt`` with the config fingerprint (or loads it, to resume, after checking
-    the fingerprint as ``experiments.pipeline.compress_stage`` does). Returns (masks, scales,
-    history);
-    the history holds the dense and compressed test accuracy (``eval`` events) and one
-    ``obc_layer`` record per layer (OBS loss, ``layer_loss``)."""
-    # guard imports experiments.config, which imports us
+              run_dir: Path) -> CompressResult:
+    """The ``obc`` compressor (``experiments.registry``): post-training OBC of the dense
+    ``model`` in place under the ``admm`` group's constraints; saves ``compressed.pt`` with the
+    config fingerprint (or loads it, to resume, after checking the fingerprint as
+    ``experiments.pipeline.compress_stage`` does). The result's history holds the dense and
+    compressed test accuracy (``eval`` events) and one ``obc_layer`` record per layer (OBS
+    loss, ``layer_loss``)."""
 
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
@@ -62,7 +61,7 @@ def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExpe
         state = load_checkpoint(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)  # e.g. compressor=admm there
         load_model_state(model, state["model"], target)
-        return state["masks"], state["scales"], state["history"]
+        return result_of(state)
     obc, test = exp.obc, loaders[1]
     calib = labelled_subset(loaders[0], obc.n_calib, device, exp.seed)
     constraints = exp.admm.layer_constraints()
@@ -74,7 +73,16 @@ def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExpe
                           percdamp=obc.percdamp, importance=importance)
     history += result.history
     history.append({"event": "eval", "stage": "obc", "metric": evaluate(model, test)})
-    save_atomic({"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
-                 "levels": result.levels, "history": history, "compressor": "obc",
-                 "fingerprint": fp}, target)
-    return result.masks, result.scales, history
+    state = {"model": model.state_dict(), "masks": result.masks, "scales": result.scales,
+             "levels": result.levels, "history": history, "compressor": "obc", "fingerprint": fp}
+    save_atomic(state, target)
+    return result_of(state)
+
+
+def result_of(state: dict) -> CompressResult:
+    """The ``admm.CompressResult`` of a ``compressed.pt`` checkpoint (any compressor)."""
+    masks = state["masks"]
+    return CompressResult(masks=masks, live_rows={k: m.any(dim=0) for k, m in masks.items()},
+                          live_cols={k: m.any(dim=1) for k, m in masks.items()},
+                          scales=state["scales"], levels=state.get("levels") or {},
+                          history=state["history"])

@@ -119,3 +119,24 @@ def test_obc_refuses_checkpoint_of_another_compressor(obc_run):
     run_dir, _ = obc_run
     with pytest.raises(ValueError, match="compressor='obc' in the checkpoint, 'admm' now"):
         run_compress(_compose([*OBC, "resume=true", "compressor=admm"]), run_dir)
+
+
+def test_compressors_are_one_registry():
+    """``compressor=<name>`` picks an adapter from experiments.registry (the config validation
+    reads the same names); both return an admm.CompressResult."""
+    import typing
+
+    from admm import CompressResult
+    from experiments.pipeline import compress_stage
+    from experiments.posttraining import obc_stage
+    from experiments.registry import COMPRESSORS, get_compressor
+
+    assert get_compressor("admm") is compress_stage and get_compressor("obc") is obc_stage
+    for name in COMPRESSORS:
+        assert typing.get_type_hints(get_compressor(name))["return"] is CompressResult
+    with pytest.raises(ValueError, match="compressor='sparsegpt' is invalid; allowed: one of "
+                                         "admm, obc"):
+        get_compressor("sparsegpt")
+    for bad in ("sparsegpt", [1]):
+        with pytest.raises(ValueError, match="compressor="):
+            load_compress_config(_compose([f"compressor={bad}"]))
