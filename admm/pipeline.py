@@ -84,6 +84,12 @@ class CompressConfig:
     knowledge distillation from the dense model to every training stage when ``alpha > 0``:
     ``(1 - alpha) * loss + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))`` (Hinton et al.,
     2015; :mod:`admm.distill`).
+
+    ``collapse_floor``: a metric (of ``eval_fn``) at or below which the model has collapsed,
+    e.g. 1.5x chance accuracy. A retraining stage (``prune_retrain``, ``quant_retrain``) is
+    meant to restore the accuracy its hard projection cost; one that ends at or below the
+    floor, from a dense model above it, raises :class:`DivergenceError` with the likely causes
+    instead of running the remaining stages (``None``: no such check).
     """
 
     constraints: Sequence[LayerConstraint]
@@ -108,6 +114,7 @@ class CompressConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 4.0
     progress: bool = True
+    collapse_floor: float | None = None
 
     def __post_init__(self) -> None:
         if not self.constraints:
@@ -155,6 +162,9 @@ class CompressConfig:
                 or (isinstance(self.importance, str) and self.importance in METHODS)):
             raise ValueError(f"importance={self.importance!r} invalid: None, a dict "
                              f"{{layer: tensor}} or one of {list(METHODS)}")
+        if self.collapse_floor is not None and not _is_number(self.collapse_floor):
+            raise ValueError(f"collapse_floor={self.collapse_floor!r} is invalid; allowed: a "
+                             "number or None")
         if isinstance(self.importance_samples, bool) \
                 or not isinstance(self.importance_samples, int) or self.importance_samples < 1:
             raise ValueError(f"importance_samples={self.importance_samples!r} out of range: "
@@ -576,9 +586,26 @@ class Compressor:
         if eval_fn is not None:
             self.history.append({"event": "eval", "stage": stage, "metric": float(eval_fn(
                 self.model))})
+            self._check_collapse(stage)
         self.stage, self.epoch, self._steps_since_update = self.stage + 1, 0, 0
         self._skip_inactive()
         self._setup()
+
+    def _check_collapse(self, stage: str) -> None:
+        """``config.collapse_floor``: stop when a retraining stage ends at the floor."""
+        floor = self.config.collapse_floor
+        evals = {h["stage"]: h["metric"] for h in self.history if h.get("event") == "eval"}
+        if floor is None or stage not in ("prune_retrain", "quant_retrain") \
+                or evals.get("dense", math.inf) <= floor or evals[stage] > floor:
+            return
+        cfg = self.config
+        raise DivergenceError(
+            f"the model collapsed: {evals[stage]:.2f} after the {stage} stage (dense "
+            f"{evals['dense']:.2f}, collapse floor {floor:.2f}), which should have restored "
+            "the accuracy the hard projection cost. Likely causes: the constraints remove more "
+            "than the model can lose (loosen the pruning ratios or raise the levels), or the "
+            f"learning rate (lr={cfg.lr}) is too high for retraining; stages so far: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in evals.items()))
 
     def _admm_round(self) -> None:
         loss = self._loss_sum / self._loss_count if self._loss_count else None

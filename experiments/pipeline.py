@@ -176,6 +176,30 @@ def _timed(timings: dict, key: str):
     return _Timer()
 
 
+def collapse_floor(test: DataLoader) -> float:
+    """1.5x chance accuracy (%) on ``test``'s labels: a model at or below it has collapsed."""
+    labels = test.dataset.tensors[1] if isinstance(test.dataset, TensorDataset) \
+        else torch.as_tensor([int(y) for _, y in test.dataset])
+    return 1.5 * 100.0 / max(int(labels.max()) + 1, 2)
+
+
+def check_dense(dense_acc: float, test: DataLoader, exp: CompressExperiment) -> None:
+    """Stop before compression when pretraining left the dense model at chance (a diverged
+    learning rate, too few epochs, or a wrong ``train.checkpoint``)."""
+    floor = collapse_floor(test)
+    if dense_acc <= floor:
+        from admm import DivergenceError
+
+        t = exp.train
+        raise DivergenceError(
+            f"the dense model is at chance after pretraining: {dense_acc:.2f}% test accuracy "
+            f"(collapse floor {floor:.2f}%); compressing it would be meaningless. Likely "
+            f"causes: train.lr={t.lr} too high or train.epochs={t.epochs} too few"
+            + (f", or train.checkpoint={t.checkpoint!r} is not a trained model of this "
+               "dataset" if t.checkpoint else "")
+            + "; start a new run directory with other settings")
+
+
 def collapse_warnings(dense_acc: float, compressed_acc: float, num_classes: int,
                       compressor: str) -> list[str]:
     """Loud warnings when compression destroyed the model: accuracy within 1.5x of chance
@@ -258,7 +282,8 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
         _log.info("%s holds the compressed model of these settings: compression skipped; "
                   "mapping, evaluation and cost run with the current settings", target)
         return result_of(state)
-    config = exp.admm.compress_config(progress=exp.runtime.progress)
+    config = dataclasses.replace(exp.admm.compress_config(progress=exp.runtime.progress),
+                                 collapse_floor=collapse_floor(loaders[1]))
     perturbation = None
     if exp.robustness.hardware_aware:  # the chip in the forward pass of the retraining stages
         perturbation = HardwareAware(exp.device, exp.crossbar, repair=exp.robustness.repair(),
@@ -776,6 +801,7 @@ def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
     check_budget(model, exp, train.dataset[0][0][None].to(device))
     with _timed(timings, "pretrain"):
         dense_acc = pretrain_stage(model, (train, test), exp, run_dir)
+    check_dense(dense_acc, test, exp)
     calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
     return device, train, test, info, model, dense_acc, calibration
 

@@ -262,3 +262,33 @@ def test_cosine_lr_schedule_per_stage(digits):
     assert CompressConfig(cfg.constraints, lr=0.01).epoch_lr("prune_retrain", 3, 4) == 0.01
     with pytest.raises(ValueError, match=r"lr_schedule='step' invalid: one of \['constant'"):
         CompressConfig(cfg.constraints, lr_schedule="step")
+
+
+def test_a_retraining_stage_that_ends_at_chance_stops_the_run(digits, tmp_path):
+    """collapse_floor: a retraining stage is meant to restore accuracy; one that ends at or
+    below the floor raises DivergenceError with the causes, before the next stage; the
+    checkpoint of the last finished epoch is kept. Without the floor the run goes on."""
+    from admm import DivergenceError
+
+    Xtr, ytr = digits[0][:256], digits[1][:256]
+    Xte, yte = digits[2], digits[3]
+    # keep 1 of 64 hidden units and 2 levels: the model cannot be more than near chance
+    constraints = [LayerConstraint("0", col_keep=1, levels=2)]
+    kw = dict(prune_epochs=1, prune_retrain_epochs=1, quant_epochs=1, quant_retrain_epochs=1,
+              lr=0.01, progress=False)
+    torch.manual_seed(0)
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(5):
+        train_epoch(model, _loader(Xtr, ytr), opt)
+    dense = _accuracy(Xte, yte)(model)
+    assert dense > 0.8
+    with pytest.raises(DivergenceError, match=r"collapsed: .* after the prune_retrain stage "
+                                              r"\(dense .*loosen the pruning ratios"):
+        compress(model, _loader(Xtr, ytr),
+                 CompressConfig(constraints, collapse_floor=0.45, **kw),
+                 eval_fn=_accuracy(Xte, yte), checkpoint=tmp_path / "admm.pt")
+    assert (tmp_path / "admm.pt").exists()
+    result = compress(_mlp(), _loader(Xtr, ytr), CompressConfig(constraints, **kw),
+                      eval_fn=_accuracy(Xte, yte))  # no floor: runs to the end
+    assert [h["stage"] for h in result.history if h["event"] == "eval"][-1] == "quant_retrain"

@@ -417,3 +417,12 @@ def test_empty_training_loader():
         compress(model, empty, _tiny_config())
     with pytest.raises(ValueError, match="no batches"):
         fit(model, (empty, _tiny_loader()), 1, 1e-3, progress=False)
+
+
+def test_dense_model_at_chance_stops_before_compression(tmp_path):
+    """Pretraining that leaves the model at chance (here: no epochs) stops the run with the
+    likely causes instead of compressing noise; dense.pt is kept."""
+    with pytest.raises(DivergenceError, match=r"dense model is at chance after pretraining.*"
+                                              r"train\.epochs=0 too few"):
+        run_compress(_compose(RUN + ["train.epochs=0"]), tmp_path)
+    assert (tmp_path / "dense.pt").exists() and not (tmp_path / "admm_state.pt").exists()
