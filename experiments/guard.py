@@ -70,6 +70,11 @@ __all__ = [
 CHECKPOINTS = ("pretrain_state.pt", "dense.pt", "admm_state.pt", "compressed.pt")
 """Checkpoints of a compress run, in pipeline order."""
 
+CHECKPOINT_KEYS = {"pretrain_state.pt": ("model", "optimizer"), "dense.pt": ("model",),
+                   "admm_state.pt": ("model", "stage"),
+                   "compressed.pt": ("model", "masks", "scales", "history")}
+"""Entries each checkpoint holds besides its fingerprint (a resume checks them first)."""
+
 DENSE_KEYS = ("seed", "model", "dataset", "train")
 """Config sections the dense model depends on (fingerprint of pretrain_state.pt, dense.pt)."""
 
@@ -153,9 +158,14 @@ def check_resume(run_dir: Path, exp: CompressExperiment) -> None:
         if not path.exists():
             continue
         state = load_checkpoint(path)
-        if not isinstance(state, Mapping):
-            raise CheckpointMismatchError(f"{path}: holds a {type(state).__name__}, not a "
-                                          "checkpoint of this pipeline")
+        missing = [k for k in ("fingerprint", *CHECKPOINT_KEYS[name])
+                   if not isinstance(state, Mapping) or k not in state]
+        if missing:
+            what = f"a {type(state).__name__}" if not isinstance(state, Mapping) \
+                else f"no {', '.join(missing)}"
+            raise CheckpointMismatchError(f"{path}: holds {what}, not a {name} written by this "
+                                          "pipeline; allowed: the run's own checkpoint (or "
+                                          "move the file away and resume from the one before)")
         check_fingerprint(path, state.get("fingerprint"), fp)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch  # noqa: E402
 from hydra.utils import to_absolute_path  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -569,7 +570,8 @@ def _stats(values: Sequence[float]) -> tuple[float, float]:
 def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     accs = metrics["crossbar_accuracies"]
-    ax.bar(range(len(accs)), accs, color="#1f77b4")
+    # points, not bars: accuracy axes are zoomed, and a bar on a zoomed axis misleads
+    ax.plot(range(len(accs)), accs, "o", color="#1f77b4", label="one programmed chip")
     mean, half = statistics.fmean(accs), ci95(accs)
     ax.axhspan(mean - half, mean + half, color="C1", alpha=0.3,
                label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
@@ -577,6 +579,7 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
                             (metrics["dense_accuracy"], "dense (software)", ":")):
         ax.axhline(y, color="k", linestyle=style, label=label)
     ax.set_xlabel("programmed chip")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
     ax.set_title(f"Accuracy per programmed chip ({len(accs)} chips)")
@@ -625,10 +628,11 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
     if ablation:
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         means = [r["mean"] for r in ablation]
-        ax.bar(range(len(ablation)), means, yerr=[r["std"] for r in ablation], capsize=4,
-               color="#2ca02c")
+        ax.errorbar(range(len(ablation)), means, yerr=[ci95(r["accuracies"]) for r in ablation],
+                    fmt="o", capsize=4, color="#2ca02c", label="mean, 95 % CI")
         for r_i, r in enumerate(ablation):
-            ax.plot([r_i] * len(r["accuracies"]), r["accuracies"], "k.", markersize=3)
+            ax.plot([r_i] * len(r["accuracies"]), r["accuracies"], ".", color="#777777",
+                    markersize=3)
         for y, label, style in ((metrics["dense_accuracy"], "dense (software)", ":"),
                                 (metrics["crossbar_ideal_accuracy"], "ideal devices", "--")):
             ax.axhline(y, color="k", linestyle=style, label=label)

@@ -262,3 +262,27 @@ def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
     assert "Error: crossbar/cost" in out.stderr
     assert not (tmp_path / "0").exists()  # refused before any work: no folder
     assert (tmp_path / "1" / "metrics.json").is_file()  # the next job ran to the end
+
+
+@pytest.mark.parametrize("name", ["pretrain_state.pt", "dense.pt", "admm_state.pt",
+                                  "compressed.pt"])
+@pytest.mark.parametrize("content", ["garbage", "foreign", "empty"])
+def test_corrupt_or_foreign_checkpoints_name_the_file_before_any_work(finished, tmp_path, name,
+                                                                       content):
+    """Each checkpoint a resume reads: truncated/garbage bytes, an empty file, or a torch file
+    of something else (no fingerprint) fail naming the file, before anything is written."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for n in ("config.yaml", "pretrain_state.pt", "dense.pt", "admm_state.pt",
+              "compressed.pt"):
+        (run_dir / n).write_bytes((finished[0] / n).read_bytes())
+    if content == "garbage":
+        (run_dir / name).write_bytes(b"\x80\x04not a checkpoint" * 10)
+    elif content == "empty":
+        (run_dir / name).write_bytes(b"")
+    else:
+        torch.save({"weights": torch.zeros(3)}, run_dir / name)
+    before = _snapshot(run_dir)
+    with pytest.raises(ValueError, match=str(run_dir / name).replace(".", r"\.")):
+        run_compress(_compose(FIN + ["resume=true"]), run_dir)
+    assert _snapshot(run_dir) == before
