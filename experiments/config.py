@@ -62,6 +62,18 @@ EFFECT_KEY = re.compile(
 
 
 # ---------------------------------------------------------------------------------- helpers
+def device_levels(n_levels: int | None, levels_uS: typing.Sequence[float] | None
+                  ) -> int | None:
+    """The device's level count, for the ``admm`` group's ``levels`` (the two groups share the
+    quantity, so the config interpolates it: ``${device_levels:${device.n_levels},
+    ${device.levels_uS}}``): ``len(levels_uS)`` for an explicit grid, ``n_levels`` otherwise,
+    ``None`` (no quantization) for a continuous device."""
+    return len(levels_uS) if levels_uS else n_levels
+
+
+OmegaConf.register_new_resolver("device_levels", device_levels, replace=True)
+
+
 def _fail(key: str, value: object, allowed: str) -> typing.NoReturn:
     raise ValueError(f"{key}={value!r} is invalid; allowed: {allowed}")
 

@@ -67,9 +67,13 @@ def test_device_preset_group_and_override():
     exp = load_compress_config(_compose(["device=rram_neurosim", "device.read_sigma=0.02",
                                          "admm.levels=4"]))
     assert exp.device.level_count == 4 and exp.device.read_noise.sigma == 0.02
-    # ADMM's level count must fit the device (16 levels cannot live on 4-level cells).
+    # admm.levels follows the device (interpolated), and an explicit value must fit it
+    # (16 levels cannot live on 4-level cells)
+    assert load_compress_config(_compose(["device=rram_neurosim"])).admm.levels == 4
+    assert load_compress_config(_compose(["device=pcm_aihwkit"])).admm.levels is None
+    assert load_compress_config(_compose(["device.n_levels=8"])).admm.levels == 8
     with pytest.raises(ValueError, match=r"admm.levels=16 is invalid; allowed: 4"):
-        load_compress_config(_compose(["device=rram_neurosim"]))
+        load_compress_config(_compose(["device=rram_neurosim", "admm.levels=16"]))
     exp = load_compress_config(_compose(["admm.levels=6"]))  # 6-level grid within 16 levels
     assert exp.admm.levels == 6
 
