@@ -11,6 +11,7 @@ out of range) is one ``ValueError`` naming the full key, the value and what is a
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import math
@@ -277,35 +278,9 @@ class TrainSettings:
 
 
 
-@dataclass(frozen=True)
-class AdmmSettings:
-    """The ``admm`` group: per-layer ``constraints`` (``admm.LayerConstraint`` fields; a
-    constraint without ``levels`` gets the group's ``levels``) and the ``CompressConfig`` stage
-    settings (epochs, rho schedule, optimizer)."""
-
-    constraints: list[dict]
-    levels: int | None = 16
-    per_column: bool = False
-    prune_epochs: int = 10
-    prune_retrain_epochs: int = 5
-    quant_epochs: int = 5
-    quant_retrain_epochs: int = 2
-    update_every: int = 1
-    update_unit: str = "epoch"
-    rho: float = 1e-3
-    rho_factor: float = 1.3
-    rho_max: float = 1.0
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    importance: str | None = None
-    importance_samples: int = 512
-    train_noise: float = 0.0
-    perturb_stages: list[str] = field(default_factory=lambda: ["prune_retrain", "quant_retrain"])
-    distill_weight: float = 0.0
-    distill_temperature: float = 4.0
+class _AdmmGroup:
+    """Methods of :class:`AdmmSettings` (whose fields are generated from
+    ``admm.CompressConfig``)."""
 
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:
@@ -337,6 +312,60 @@ class AdmmSettings:
         stage = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                  if f.name not in ("constraints", "levels", "per_column")}
         return CompressConfig(constraints=self.layer_constraints(), progress=progress, **stage)
+
+
+RUN_LAYER_FIELDS = ("constraints", "progress", "collapse_floor")
+"""``admm.CompressConfig`` fields the run layer sets itself (not keys of the ``admm`` group)."""
+
+CONFIG_TYPES = {"importance": str | None}
+"""Narrower config types where the library also takes objects YAML cannot hold (a dict of
+importance tensors)."""
+
+
+def _config_type(hint: object) -> object:
+    """A library annotation as the config validation checks it: ``Sequence[X]`` -> ``list[X]``,
+    ``Mapping`` -> ``dict``, recursively through unions."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        out = _config_type(args[0])
+        for a in args[1:]:
+            out = out | _config_type(a)
+        return out
+    if origin in (list, tuple, collections.abc.Sequence):
+        return list[_config_type(args[0])] if args else list
+    if origin in (dict, collections.abc.Mapping):
+        return dict
+    return hint
+
+
+def _admm_fields() -> list[tuple]:
+    """The ``admm`` group's fields: ``constraints`` (dicts of ``admm.LayerConstraint``
+    fields), the group-wide ``levels`` and ``per_column`` that a constraint without its own
+    inherits, then every ``admm.CompressConfig`` field the user sets, with its type and
+    default, read from the library class (so the two cannot drift apart)."""
+    hints = typing.get_type_hints(CompressConfig)
+    out: list[tuple] = [("constraints", list[dict]),
+                        ("levels", int | None, field(default=16)),
+                        ("per_column", bool, field(default=False))]
+    for f in dataclasses.fields(CompressConfig):
+        if f.name in RUN_LAYER_FIELDS:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if isinstance(default, (list, tuple)):
+            spec = field(default_factory=lambda d=tuple(default): list(d))
+        else:
+            spec = field(default=default)
+        out.append((f.name, CONFIG_TYPES.get(f.name, _config_type(hints[f.name])), spec))
+    return out
+
+
+AdmmSettings = dataclasses.make_dataclass(
+    "AdmmSettings", _admm_fields(), bases=(_AdmmGroup,), frozen=True,
+    namespace={"__module__": __name__, "__doc__": """The ``admm`` group: per-layer
+    ``constraints`` (``admm.LayerConstraint`` fields; a constraint without ``levels`` or
+    ``per_column`` gets the group's) and the ``admm.CompressConfig`` stage settings (epochs,
+    rho schedule, optimizer, ...), whose fields, types and defaults are generated from
+    ``CompressConfig`` itself."""})
 
 
 @dataclass(frozen=True)

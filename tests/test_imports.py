@@ -109,3 +109,24 @@ def test_the_check_sees_a_circle():
     assert "experiments.config" in graph["experiments.guard"]
     graph["experiments.config"] = graph["experiments.config"] | {"experiments.posttraining"}
     assert _circle(graph) is not None
+
+
+def test_the_admm_group_schema_is_built_from_the_library_config():
+    """No mirror class (issue 12): every admm.CompressConfig field a user sets is a key of the
+    admm group, with the library's default, generated from the class itself."""
+    import dataclasses
+
+    from admm import CompressConfig
+    from experiments.config import RUN_LAYER_FIELDS, AdmmSettings
+
+    group = {f.name: f for f in dataclasses.fields(AdmmSettings)}
+    for f in dataclasses.fields(CompressConfig):
+        if f.name in RUN_LAYER_FIELDS:
+            assert f.name not in group or f.name == "constraints"
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        mine = group[f.name]
+        got = mine.default if mine.default is not dataclasses.MISSING else mine.default_factory()
+        assert list(got) == list(default) if isinstance(default, tuple) else got == default
+    assert set(group) - {f.name for f in dataclasses.fields(CompressConfig)} == {"levels",
+                                                                               "per_column"}
