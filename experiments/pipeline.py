@@ -82,6 +82,7 @@ from experiments.guard import (  # noqa: E402
 )
 from experiments.models import build_model  # noqa: E402
 from experiments.plots import (  # noqa: E402
+    caption,
     ci95,
     plot_distributions,
     plot_heatmap,
@@ -449,6 +450,10 @@ def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperime
     ax.set_ylabel("cells")
     ax.set_title(f"Target vs programmed conductance of the {len(target_t)} live cells")
     ax.legend(fontsize=7)
+    caption(fig, f"Device: {exp.device.describe().splitlines()[0]}; "
+                 + "; ".join(line for line in exp.device.describe().splitlines()[1:]
+                             if not line.endswith(": none"))
+                 + f"; repair as the run repairs; chip seed {exp.seed}.")
     write_png(path, fig)
 
 
@@ -584,6 +589,7 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
     ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
     ax.set_title(f"Accuracy per programmed chip ({len(accs)} chips)")
     ax.legend(fontsize=7)
+    caption(fig, metrics.get("settings_caption", ""))
     write_png(run_dir / "chip_accuracy.png", fig)
     plots = ["chip_accuracy.png", "stage_accuracy.png"]
     rounds = [h for h in history if h.get("event") == "admm_round"]
@@ -644,6 +650,7 @@ def _plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[s
         ax.set_title(f"Chip accuracy as repair steps are added "
                      f"({len(ablation[0]['accuracies'])} chips)")
         ax.legend(fontsize=7)
+        caption(fig, metrics.get("settings_caption", ""))
         write_png(run_dir / "robustness_ablation.png", fig)
     return plots
 
@@ -917,6 +924,8 @@ def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
         "layers": {"digital": digital,
                    "devices": {k: d.to_dict() for k, d in exp.layer_devices.items()}},
         "environment": environment(torch_device), "warnings": warnings_,
+        "settings_caption": held_fixed(exp, len(xtest.dataset), exp.eval.chips,
+                                       prefix="Run settings"),
         "programming": {k: sum(c[k] for c in programming) / len(programming)
                         for k in programming[0]},
         "robustness": {"settings": dataclasses.asdict(rob),
@@ -976,8 +985,9 @@ def study_settings(exp: StudyExperiment, key: str | Sequence[str], value: object
     return state
 
 
-def held_fixed(exp: CompressExperiment, n_test: int, chips: int) -> str:
-    """The settings a study holds fixed, in words (the caption of its figures)."""
+def held_fixed(exp: CompressExperiment, n_test: int, chips: int,
+               prefix: str = "Held fixed unless swept") -> str:
+    """The settings a study holds fixed (or a run used), in words: the caption of figures."""
     x = exp.crossbar
     device = "; ".join(line for line in exp.device.describe().splitlines()
                        if not line.endswith(": none"))
@@ -989,10 +999,11 @@ def held_fixed(exp: CompressExperiment, n_test: int, chips: int) -> str:
     steps = [k for k, on in (("pair compensation", compensation),
                              ("fault-aware placement", rob.placement),
                              ("output calibration", x.output_calibration)) if on]
-    return (f"Held fixed unless swept: {exp.model.name} on {exp.dataset.name}; device "
+    per_point = " per point" if prefix.startswith("Held") else ""
+    return (f"{prefix}: {exp.model.name} on {exp.dataset.name}; device "
             f"{device}; {x.tile_rows}x{x.tile_cols} tiles, {x.mapping} mapping, {dac}, {adc}, "
             f"array {_array_line(x.to_dict())}; repair: {', '.join(steps) or 'none'}. "
-            f"{chips} programmed chips per point, {n_test} test samples; error bands: 95 % CI "
+            f"{chips} programmed chips{per_point}, {n_test} test samples; error bands: 95 % CI "
             f"of the mean over chips.")
 
 

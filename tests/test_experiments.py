@@ -154,6 +154,8 @@ def test_compress_outputs(digits_run):
     assert metrics["crossbar"]["tile_rows"] == 128 and metrics["crossbar"]["mapping"]
     assert "| tile_rows | 128 |" in report and f"- torch: {torch.__version__}" in report
     assert json.loads((run_dir / "metrics.json").read_text()).keys() == metrics.keys()
+    caption = metrics["settings_caption"]  # under the run's figures
+    assert caption.startswith("Run settings: lenet5 on digits") and "2 programmed chips," in caption
     for name in ("report.md", "chip_accuracy.png", "stage_accuracy.png", "config.yaml",
                  "cost/report.md", "cost/cost.json", "cost/tiles_per_layer.png"):
         assert (run_dir / name).is_file(), name
