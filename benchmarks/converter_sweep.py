@@ -47,7 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     exp = load_compress_config(OmegaConf.load(args.run / "config.yaml"))
-    train, test, info = P.load_data(exp)
+    train, test, info = P.load_data(exp.dataset, exp.seed)
     state = torch.load(args.run / "compressed.pt", weights_only=True)
     model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
     model.load_state_dict(state["model"])

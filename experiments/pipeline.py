@@ -52,6 +52,7 @@ from crossbar import (  # noqa: E402
     to_crossbar,
 )
 from crossbar.convert import crossbar_modules  # noqa: E402
+from crossbar.cost import CostConfig  # noqa: E402
 from crossbar.hardware_aware import HardwareAware  # noqa: E402
 from crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from crossbar.report import write_cost_report  # noqa: E402
@@ -62,8 +63,11 @@ from experiments.allocation import (  # noqa: E402
 )
 from experiments.config import (  # noqa: E402
     CompressExperiment,
+    DatasetSettings,
     RobustnessSettings,
+    RuntimeSettings,
     StudyExperiment,
+    TrainSettings,
     load_compress_config,
     load_study_config,
 )
@@ -116,12 +120,12 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 # ---------------------------------------------------------------------------------- set-up
-def setup_runtime(exp: CompressExperiment) -> torch.device:
+def setup_runtime(runtime: RuntimeSettings, seed: int) -> torch.device:
     """Seed torch, set CPU threads and pick the torch device (``auto``: cuda if available)."""
-    torch.manual_seed(exp.seed)
-    if exp.runtime.threads is not None:
-        torch.set_num_threads(exp.runtime.threads)
-    name = exp.runtime.device
+    torch.manual_seed(seed)
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    name = runtime.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -130,10 +134,9 @@ def setup_runtime(exp: CompressExperiment) -> torch.device:
     return torch.device(name)
 
 
-def load_data(exp: CompressExperiment) -> tuple[DataLoader, DataLoader, DatasetInfo]:
+def load_data(d: DatasetSettings, seed: int) -> tuple[DataLoader, DataLoader, DatasetInfo]:
     """Seeded train/test loaders of the dataset group."""
-    d = exp.dataset
-    return make_loaders(d.name, d.data_dir, batch_size=d.batch_size, seed=exp.seed,
+    return make_loaders(d.name, d.data_dir, batch_size=d.batch_size, seed=seed,
                         subset=d.subset, test_subset=d.test_subset,
                         test_batch_size=d.test_batch_size, verify=d.verify)
 
@@ -224,17 +227,18 @@ def collapse_warnings(dense_acc: float, compressed_acc: float, num_classes: int,
 
 # ---------------------------------------------------------------------------------- stages
 def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
-                   exp: CompressExperiment, run_dir: Path) -> float:
+                   train: TrainSettings, fp: Mapping, run_dir: Path, *, seed: int,
+                   progress: bool = False, cache_dir: str | None = None) -> float:
     """Dense model: load ``train.checkpoint`` (or a ``dense.pt`` already in ``run_dir``, to
-    resume), else train with ``experiments.train.fit`` (checkpointed every epoch to
-    ``pretrain_state.pt``); save ``dense.pt``. Returns the dense test accuracy (%)."""
+    resume; or the cache's model of fingerprint ``fp``), else train with
+    ``experiments.train.fit`` (checkpointed every epoch to ``pretrain_state.pt``); save
+    ``dense.pt`` with ``fp``. Returns the dense test accuracy (%)."""
     device = next(model.parameters()).device
     target = run_dir / "dense.pt"
-    fp = fingerprint(exp, DENSE_KEYS)
-    source = to_absolute_path(exp.train.checkpoint) if exp.train.checkpoint else None
+    source = to_absolute_path(train.checkpoint) if train.checkpoint else None
     if source is None and target.exists():
         source = target
-    shared = cached(exp, "dense", fp)
+    shared = cached(cache_dir, "dense", fp)
     if source is None and shared is not None and shared.exists():
         _log.info("dense model reused from the cache: %s", shared)
         atomic_write_bytes(target, shared.read_bytes())
@@ -244,9 +248,8 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
                       fp if source == target else None)
         _log.info("dense model loaded from %s: pretraining skipped", source)
     else:
-        t = exp.train
-        fit(model, loaders, t.epochs, t.lr, t.optimizer, seed=exp.seed,
-            weight_decay=t.weight_decay, progress=exp.runtime.progress,
+        fit(model, loaders, train.epochs, train.lr, train.optimizer, seed=seed,
+            weight_decay=train.weight_decay, progress=progress,
             checkpoint=run_dir / "pretrain_state.pt", fingerprint=fp)
     if source != target:
         save_atomic(dense_state(model, loaders[0], fp), target)
@@ -255,14 +258,14 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     return evaluate(model, loaders[1])
 
 
-def cached(exp: CompressExperiment, name: str, fp: Mapping) -> Path | None:
+def cached(cache_dir: str | None, name: str, fp: Mapping) -> Path | None:
     """``<runtime.cache_dir>/<name>-<hash>.pt``: a model shared by every run whose settings
     ``fp`` (the checkpoint's fingerprint: only the sections it depends on) are the same;
     ``None`` without a cache."""
-    if exp.runtime.cache_dir is None:
+    if cache_dir is None:
         return None
     key = hashlib.sha256(json.dumps(dict(fp), sort_keys=True, default=str).encode()).hexdigest()
-    return Path(to_absolute_path(exp.runtime.cache_dir)) / f"{name}-{key[:20]}.pt"
+    return Path(to_absolute_path(cache_dir)) / f"{name}-{key[:20]}.pt"
 
 
 def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
@@ -273,7 +276,7 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
     fp = fingerprint(exp)
-    shared = cached(exp, "compressed", fp)
+    shared = cached(exp.runtime.cache_dir, "compressed", fp)
     if not target.exists() and shared is not None and shared.exists():
         _log.info("compressed model reused from the cache: %s", shared)
         atomic_write_bytes(target, shared.read_bytes())
@@ -521,9 +524,9 @@ def ideal_device(device: DeviceModel) -> DeviceModel:
                         write_verify=None, t_inference_s=0.0)
 
 
-def cost_stage(plan: MappingPlan, exp: CompressExperiment, out_dir: Path) -> dict:
+def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_dir: Path) -> dict:
     """``crossbar.report.write_cost_report`` into ``out_dir``; returns cost.json's content."""
-    write_cost_report(plan, exp.crossbar, out_dir, cost=exp.cost)
+    write_cost_report(plan, xbar, out_dir, cost=cost)
     return json.loads((out_dir / "cost.json").read_text())
 
 
@@ -802,16 +805,19 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
 
 # --------------------------------------------------------------------------- compress run
 def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
-    device = setup_runtime(exp)
+    device = setup_runtime(exp.runtime, exp.seed)
     with _timed(timings, "data"):
-        train, test, info = load_data(exp)
+        train, test, info = load_data(exp.dataset, exp.seed)
     model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
     model.to(device)
     check_constraints_fit(model, exp.admm)
     mapped_layers(model, exp)  # layers.digital / layers.devices patterns fit the model
     check_budget(model, exp, train.dataset[0][0][None].to(device))
     with _timed(timings, "pretrain"):
-        dense_acc = pretrain_stage(model, (train, test), exp, run_dir)
+        dense_acc = pretrain_stage(model, (train, test), exp.train,
+                                   fingerprint(exp, DENSE_KEYS), run_dir, seed=exp.seed,
+                                   progress=exp.runtime.progress,
+                                   cache_dir=exp.runtime.cache_dir)
     check_dense(dense_acc, test, exp)
     calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
     return device, train, test, info, model, dense_acc, calibration
@@ -896,7 +902,7 @@ def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
     plot_conductances(model, plan, exp, calibration, scales, run_dir / "conductances.png")
     plot_tile_map(plan, run_dir / "tile_map.png")
     with _timed(timings, "cost"):
-        cost = cost_stage(plan, exp, run_dir / "cost")
+        cost = cost_stage(plan, exp.crossbar, exp.cost, run_dir / "cost")
     mean, std = _stats(accs)
     comp, base = cost["compressed"]["totals"], cost["baseline"]["totals"]
     red = cost["reduction"]

@@ -53,7 +53,7 @@ def test_candidate_patterns_limit_layers(tmp_path):
     cfg = [*_alloc(12)[:-1], "allocation={budget: 40, resource: energy_nJ, importance: null, "
            f"candidates: {cands}}}"]
     exp = load_compress_config(_compose(cfg))
-    train, _, info = load_data(exp)
+    train, _, info = load_data(exp.dataset, exp.seed)
     model = build_model("lenet5", input_shape=info.input_shape)
     out = layer_candidates(model, exp, train.dataset[0][0][None])
     assert [len(v) for v in out.values()] == [1, 1, 2, 2, 1]
