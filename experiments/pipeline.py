@@ -38,7 +38,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from admm import CompressResult, compress, save_atomic  # noqa: E402
+from admm import CompressResult, DivergenceError, compress, save_atomic  # noqa: E402
 from admm.pipeline import check_fingerprint, load_model_state  # noqa: E402
 from crossbar import (  # noqa: E402
     CrossbarConfig,
@@ -193,8 +193,6 @@ def check_dense(dense_acc: float, test: DataLoader, exp: CompressExperiment) -> 
     learning rate, too few epochs, or a wrong ``train.checkpoint``)."""
     floor = collapse_floor(test)
     if dense_acc <= floor:
-        from admm import DivergenceError
-
         t = exp.train
         raise DivergenceError(
             f"the dense model is at chance after pretraining: {dense_acc:.2f}% test accuracy "
@@ -1105,10 +1103,16 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
                                    calibration, exclude=digital)
         return plans[key]
 
+    output_batches: dict[int, torch.Tensor] = {}
+
     def chips_of(name: str, dev: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings,
                  desc: str, devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
-        outputs = calibration_batch(train, rob.calibration_samples, device, exp.seed + 1) \
-            if xbar.output_calibration else None
+        outputs = None
+        if xbar.output_calibration:  # drawn once per size, not once per point
+            n = rob.calibration_samples
+            if n not in output_batches:
+                output_batches[n] = calibration_batch(train, n, device, exp.seed + 1)
+            outputs = output_batches[n]
         plan = plan_of(name, xbar)
         model.load_state_dict(dense if name == "dense" else compressed)
         args = layer_args(exp)
@@ -1139,10 +1143,10 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
                           summary[-1]["mean"], summary[-1]["ci95"])
     with _timed(timings, "grids"):
         for (xk, yk), (xv, yv) in tqdm(grid_jobs, desc="grid points", disable=quiet):
+            point = study_settings(exp, (xk, yk), (xv, yv))
             for name in study.models:
                 accs = points.run(["grid", xk, xv, yk, yv, name], partial(
-                    chips_of, name, *study_settings(exp, (xk, yk), (xv, yv)),
-                    f"{xk}={xv}, {yk}={yv} {name}"))
+                    chips_of, name, *point, f"{xk}={xv}, {yk}={yv} {name}"))
                 if accs is None:
                     continue
                 grids.append(_summary_row(accs, x_setting=xk, x=xv, y_setting=yk, y=yv,
