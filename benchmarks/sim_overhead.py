@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--read-sigma", type=float, default=0.02,
                         help="relative read noise (0: the overhead without per-MVM noise)")
+    parser.add_argument("--noise-precision", choices=crossbar.config.NOISE_PRECISIONS,
+                        default="auto", help="read-noise variance product: auto (bfloat16 "
+                        "where the CPU has it natively) or exact (the model's dtype)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="results/sim_overhead.json")
     args = parser.parse_args()
@@ -115,7 +118,8 @@ def main() -> None:
     n, batch = args.n or setup["n"], args.batch or setup["batch"]
     model = build_model(args.model).eval()
     inputs = torch.randn(n, *setup["shape"])
-    xmodel = crossbar.to_crossbar(model, device(args.read_sigma), CONFIG,
+    config = CONFIG.with_(noise_precision=args.noise_precision)
+    xmodel = crossbar.to_crossbar(model, device(args.read_sigma), config,
                                   calibration=inputs[:batch]).eval()
 
     run_inference(model, inputs, batch)  # warm-up
@@ -126,7 +130,7 @@ def main() -> None:
         xbar.append(run_inference(xmodel, inputs, batch))
     result = {
         "model": args.model, "inputs": n, "batch": batch, "threads": args.threads,
-        "read_sigma": args.read_sigma,
+        "read_sigma": args.read_sigma, "noise_precision": args.noise_precision,
         "plain_s_median": statistics.median(plain),
         "crossbar_s_median": statistics.median(xbar),
         "ratio": statistics.median(xbar) / statistics.median(plain),

@@ -18,6 +18,9 @@ from .arrays import ArrayModel, build_array
 from .converters import ADCS, DACS
 from .mappings import MAPPINGS
 
+NOISE_PRECISIONS = ("auto", "exact")
+"""Choices of :attr:`CrossbarConfig.noise_precision`."""
+
 
 @dataclass(frozen=True, init=False)
 class CrossbarConfig:
@@ -60,6 +63,13 @@ class CrossbarConfig:
         output_calibration: per-output digital gain and offset after the ADCs (two registers
             per output column, one multiply-add per output and matrix-vector product), fitted
             per chip by :func:`crossbar.calibrate_outputs`; the cost model counts them.
+        noise_precision: arithmetic of the per-MVM read-noise variance product
+            ``sum_i x_i^2 var_ij`` (a simulation setting, not hardware): ``"auto"`` computes it
+            in bfloat16 with float32 accumulation on CPUs with native bfloat16 (AVX512-BF16 or
+            AMX), which makes noisy inference 1.2-1.25x faster and puts at most 0.6 % relative
+            error on each partial sum's noise standard deviation (the noise stays Gaussian
+            and per-MVM; docs/crossbar.md); elsewhere, and with ``"exact"``, it runs in the
+            model's dtype.
     """
 
     tile_rows: int = 128
@@ -78,6 +88,7 @@ class CrossbarConfig:
     spare_rows: int = 0
     spare_cols: int = 0
     output_calibration: bool = False
+    noise_precision: str = "auto"
 
     def __init__(self, tile_rows: int = 128, tile_cols: int = 128,
                  mapping: str = "differential", dac_bits: int | None = None,
@@ -86,7 +97,7 @@ class CrossbarConfig:
                  cell_bits: int | None = None, weight_bits: int = 8, adc_noise: float = 0.0,
                  drift_compensation: bool = False, array: object = None,
                  spare_rows: int = 0, spare_cols: int = 0, output_calibration: bool = False,
-                 bit_serial: bool | None = None) -> None:
+                 noise_precision: str = "auto", bit_serial: bool | None = None) -> None:
         if bit_serial is not None:  # 0.1 shorthand
             if not isinstance(bit_serial, bool):
                 fail("bit_serial", bit_serial, "true or false")
@@ -99,7 +110,7 @@ class CrossbarConfig:
                       weight_bits=weight_bits, adc_noise=adc_noise,
                       drift_compensation=drift_compensation, array=build_array(array),
                       spare_rows=spare_rows, spare_cols=spare_cols,
-                      output_calibration=output_calibration)
+                      output_calibration=output_calibration, noise_precision=noise_precision)
         for key, value in values.items():
             object.__setattr__(self, key, value)
         self._validate()
@@ -132,6 +143,7 @@ class CrossbarConfig:
         check_int("spare_cols", self.spare_cols, 0, 4096)
         if not isinstance(self.output_calibration, bool):
             fail("output_calibration", self.output_calibration, "true or false")
+        check_choice("noise_precision", self.noise_precision, NOISE_PRECISIONS)
 
     @property
     def weight_slices(self) -> int:

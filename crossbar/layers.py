@@ -17,6 +17,7 @@ once per ``program()`` / inference time; the forward pass only adds read noise.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -485,7 +486,11 @@ class CrossbarLayer(nn.Module):
                 with torch.inference_mode(inference):
                     chunk.normal_(generator=gen)
 
-            list(_noise_pool().map(fill, chunks, gens))
+            rest = [_noise_pool().submit(fill, c, g) for c, g in zip(chunks[1:], gens[1:],
+                                                                   strict=False)]
+            chunks[0].normal_(generator=gens[0])  # the calling thread draws the first chunk
+            for future in rest:
+                future.result()
         else:
             for chunk, gen in zip(chunks, gens, strict=False):
                 chunk.normal_(generator=gen)
@@ -576,7 +581,8 @@ class CrossbarLayer(nn.Module):
             var = var * k_cols.square().view(-1, *ones)
         else:
             var = var * (k * k)
-        std = self._tile_product(x2, var, idx).clamp_(min=0.0).sqrt_()
+        # a sum of non-negative products: no clamp needed before the root
+        std = self._tile_product(x2, var.to(x2.dtype), idx).to(p.dtype).sqrt_()
         if std.shape[1] == n_out:
             return p.addcmul_(std, self._normal(std, "read"))
         std = std.mul_(self._normal(std, "read")).unflatten(1, (b, -1))
@@ -586,12 +592,20 @@ class CrossbarLayer(nn.Module):
         own.sub_(std[:, :, m:] * factor.view(1, b, m, *([1] * (p.dim() - 2))))
         return p
 
+    def _bf16_variance(self, x2: torch.Tensor) -> bool:
+        """Whether the read-noise variance product runs in bfloat16 (``noise_precision``
+        ``"auto"`` on a CPU with native bfloat16, float32 models only)."""
+        return (self.config.noise_precision == "auto" and x2.dtype == torch.float32
+                and x2.device.type == "cpu" and _cpu_has_bf16())
+
     def _accumulate(self, x: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
         drive = self._drive(x)
         noisy = self._tile_var is not None and self._calibrating is None
         x2 = None
         if noisy:  # bit planes are 0/1: their square is themselves
             x2 = drive.x if drive.plane_weights is not None else drive.x * drive.x
+            if self._bf16_variance(x2):
+                x2 = x2.to(torch.bfloat16)
         adc_noise = self.config.adc_noise if self._calibrating is None else 0.0
         out = None
         full_cover = all(idx.cols.numel() == self.out_features for idx in self._units)
@@ -684,8 +698,11 @@ class CrossbarLayer(nn.Module):
             self.device_model = self.device_model.with_(t_inference_s=theirs_dev[
                 "t_inference_s"])
             mine_dev["t_inference_s"] = theirs_dev["t_inference_s"]
+        mine_cfg = self.config.to_dict()
+        if theirs_cfg is not None:  # simulation arithmetic, not a property of the chip
+            theirs_cfg["noise_precision"] = mine_cfg["noise_precision"]
         for key, mine, theirs in (("device", mine_dev, theirs_dev),
-                                  ("config", self.config.to_dict(), theirs_cfg)):
+                                  ("config", mine_cfg, theirs_cfg)):
             if theirs is not None and theirs != mine:
                 changed = sorted(k for k in mine if theirs.get(k) != mine[k])
                 raise ValueError(
@@ -704,6 +721,17 @@ class CrossbarLayer(nn.Module):
 
 
 _PERCENTILE_SAMPLE = 1 << 20
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions and matmuls natively on this CPU
+    (AVX512-BF16 or AMX); emulated bfloat16 would be slower than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 NOISE_CHUNKS = 2
 """Streams per noise effect and layer (a CPU draw runs one chunk per thread)."""
 _POOL: list[ThreadPoolExecutor] = []

@@ -52,7 +52,8 @@ TORCH_DEVICES = ("auto", "cpu", "cuda")
 SWEEPABLE = ("g_min_uS", "g_max_uS", "n_levels", "t_inference_s", "prog_sigma", "read_sigma",
              "sa0_rate", "sa1_rate") + tuple(
     f.name for f in dataclasses.fields(CrossbarConfig)
-    if f.name not in ("array", "spare_rows", "spare_cols", "output_calibration")
+    if f.name not in ("array", "spare_rows", "spare_cols", "output_calibration",
+                      "noise_precision")
 ) + ("r_wire_ohm",)
 """Settings a device study can sweep: numeric ``DeviceModel`` fields, ``CrossbarConfig`` fields
 (numbers and choices such as ``mapping``, ``dac``, ``drift_compensation``; the repair fields

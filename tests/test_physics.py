@@ -79,6 +79,46 @@ def test_conv_read_noise_is_independent_per_output_position() -> None:
     assert abs(corr) < 0.05
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_bf16_variance_product_keeps_the_noise_std_within_its_bound(kind, monkeypatch) -> None:
+    """``noise_precision="auto"`` computes ``sum_i x_i^2 var_ij`` in bfloat16 (forced here, so
+    any CPU runs the path): with the same draws, every output's noise is the exact one scaled
+    by the ratio of the two standard deviations, which must stay within the documented 0.6 %
+    (and differ somewhere: the bfloat16 path ran)."""
+    from crossbar import layers
+
+    monkeypatch.setattr(layers, "_cpu_has_bf16", lambda: True)
+    torch.manual_seed(3)
+    # one tile per output (60 and 54 rows): its noise is one draw times one std
+    model = nn.Linear(60, 30) if kind == "linear" else nn.Conv2d(6, 8, 3)
+    x = torch.randn(64, 60) if kind == "linear" else torch.randn(16, 6, 12, 12)
+    config = crossbar.CrossbarConfig(tile_rows=64, tile_cols=64, dac_bits=8)
+    out = {}
+    for name, precision, sigma in (("clean", "exact", 0.0), ("exact", "exact", 0.05),
+                                   ("auto", "auto", 0.05)):
+        layer = crossbar.to_crossbar(
+            model, crossbar.DeviceModel(prog_sigma=0.05, read_sigma=sigma),
+            config.with_(noise_precision=precision), calibration=x, seed=4)
+        with torch.no_grad():
+            out[name] = layer(x).double()
+    noise_exact, noise_auto = out["exact"] - out["clean"], out["auto"] - out["clean"]
+    big = noise_exact.abs() > 1e-3 * noise_exact.abs().max()  # away from float rounding
+    ratio = noise_auto[big] / noise_exact[big]
+    assert float((ratio - 1).abs().max()) < 0.006
+    assert float((ratio - 1).abs().max()) > 0  # the bfloat16 product was used
+
+
+def test_noise_precision_is_not_part_of_the_chip_state() -> None:
+    model = linear(20, 5)
+    device = crossbar.DeviceModel(read_sigma=0.05)
+    auto = crossbar.to_crossbar(model, device, CONTINUOUS)
+    exact = crossbar.to_crossbar(model, device, CONTINUOUS.with_(noise_precision="exact"), seed=9)
+    exact.load_state_dict(auto.state_dict())
+    assert torch.equal(exact.g_uS, auto.g_uS)
+    with pytest.raises(ValueError, match="noise_precision.*'auto', 'exact'"):
+        CONTINUOUS.with_(noise_precision="fast")
+
+
 def test_output_distribution_does_not_depend_on_batch_size() -> None:
     device = crossbar.DeviceModel(read_sigma=0.05)
     layer = crossbar.to_crossbar(linear(30, 4), device, CONTINUOUS)
