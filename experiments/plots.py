@@ -198,9 +198,10 @@ def plot_sweep(rows: Sequence[Mapping], key: str, path: Path, note: str = "",
         mean = [r["mean"] for r in pts]
         half = [r["ci95"] for r in pts]
         ax.plot(xs, mean, marker="o", color=f"C{i}", label=f"{model} (mean, 95 % CI)")
-        ax.fill_between(xs, [m - h for m, h in zip(mean, half, strict=True)],
-                        [m + h for m, h in zip(mean, half, strict=True)], color=f"C{i}",
-                        alpha=0.25, linewidth=0)
+        # the t interval of a few chips can pass 0 % or 100 %: an accuracy cannot
+        ax.fill_between(xs, [max(m - h, 0.0) for m, h in zip(mean, half, strict=True)],
+                        [min(m + h, 100.0) for m, h in zip(mean, half, strict=True)],
+                        color=f"C{i}", alpha=0.25, linewidth=0)
     for j, (label, acc) in enumerate((reference or {}).items()):
         ax.axhline(acc, color="k", linestyle=(":", "--", "-.")[j % 3], linewidth=0.8,
                    label=label)

@@ -170,6 +170,26 @@ def test_compress_outputs(digits_run):
     assert set(compressed["masks"]) <= {p.name for p in plan}
     report = (run_dir / "report.md").read_text()
     assert "compression" in report.lower() and "chip_accuracy.png" in report
+    assert "Array model: ideal (no wire resistance)." in report
+
+
+def test_wires_option_reevaluates_a_finished_run(tmp_path, caplog):
+    """``crossbar=wires`` on a finished run (resume): only evaluation and cost run again, on
+    chips with wire resistance, and the report names the array model. (Hardware-aware
+    retraining off: with it on, the compressed model depends on the crossbar and resuming
+    with another one is refused.)"""
+    copy = tmp_path / "run"
+    plain = TINY + ["robustness.hardware_aware=false"]
+    metrics = run_compress(_compose(plain), copy)
+    with caplog.at_level("INFO"):
+        again = run_compress(_compose(plain + ["resume=true", "crossbar=wires"]), copy)
+    assert "compression skipped" in caplog.text
+    assert again["compressed_accuracy"] == metrics["compressed_accuracy"]
+    assert again["crossbar"]["array"] == {"model": "wire_resistance", "r_row_ohm": 1.9,
+                                          "r_col_ohm": 5.6, "r_driver_ohm": 0.0,
+                                          "r_sense_ohm": 0.0, "read_voltage_V": 0.2}
+    report = (copy / "report.md").read_text()
+    assert "Array model: model=wire_resistance, r_row_ohm=1.9, r_col_ohm=5.6" in report
 
 
 def test_compress_resumes_from_artifacts(digits_run):

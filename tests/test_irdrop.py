@@ -113,6 +113,12 @@ def test_zero_resistance_limits_match_spice(tmp_path: Path, zeros: int) -> None:
 def test_zero_resistance_is_the_ideal_array() -> None:
     g = torch.rand(7, 5, dtype=torch.float64) * 1e-4
     assert torch.equal(solve_array(g, 0.0, 0.0, 0.0, 0.0), g.T)
+    # the elimination itself (not the shortcut above) tends to the ideal array: with 1 uohm
+    # wires the relative change of a current is of order r G (1e-6 ohm x 1e-4 S, x cells)
+    for r in ([1e-6] * 4, [1e-6, 0.0, 0.0, 0.0], [0.0, 1e-6, 0.0, 0.0], [0.0, 0.0, 0.0, 1e-6]):
+        m = solve_array(g, *r)
+        assert torch.allclose(m, g.T, rtol=1e-8, atol=0), r
+        assert not torch.equal(m, g.T), r  # the solve ran
 
 
 def test_one_row_two_columns_closed_form() -> None:

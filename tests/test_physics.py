@@ -146,7 +146,6 @@ def test_bit_serial_read_noise_mean_is_unbiased() -> None:
     # per-cycle oracle: plane p (weight 2^p step) reads the array anew
     g = conductances(noisy)[0]
     scale = noisy.slice_factors[0].double().numpy()[:, 0]
-    step = float(noisy.dac_range) / 15 if float(noisy.dac_range) > 0 else x.abs().max() / 15
     step = float(x.abs().max()) / 15
     code = np.round(x[0].double().numpy() / step).astype(int)
     var = np.zeros(3)
