@@ -1049,6 +1049,12 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     exp = load_study_config(cfg)
     preflight(exp)
     study = exp.study
+    swept = [*study.sweeps, *(k for grid in study.grids for k in grid)]
+    idle = sorted({k for k in swept if k in ("t_inference_s", "drift_compensation")})
+    if idle and not exp.device.active("drift"):
+        _log.warning("study sweeps %s on a device with no drift model (device.drift is null): "
+                     "its points will not differ; choose a device with drift (e.g. device="
+                     "rram_cmo or device=pcm_aihwkit) or set device.drift", ", ".join(idle))
     for key, values in study.sweeps.items():  # every point is valid before any training
         for value in values:
             study_settings(exp, key, value)

@@ -338,6 +338,21 @@ def test_wire_resistance_from_hydra_and_as_a_study_axis():
     assert xbar.array.r_sense_ohm == 50.0 and xbar.array.r_row_ohm == 10.0
 
 
+def test_time_sweep_on_a_device_without_drift_is_warned(tmp_path, caplog):
+    cfg = _compose(TINY + ["~study.sweeps", "+study.sweeps={t_inference_s: [0.0, 3600.0], "
+                           "r_wire_ohm: [-3.0]}"], name="device_study")
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="r_wire_ohm"):
+        run_device_study(cfg, tmp_path / "study")
+    assert "sweeps t_inference_s on a device with no drift model" in caplog.text
+    caplog.clear()
+    cfg = _compose(TINY + ["device=pcm_aihwkit", "admm.levels=null", "~study.sweeps",
+                           "+study.sweeps={t_inference_s: [0.0, 3600.0], r_wire_ohm: [-3.0]}"],
+                   name="device_study")
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match="r_wire_ohm"):
+        run_device_study(cfg, tmp_path / "study")
+    assert "no drift model" not in caplog.text
+
+
 def test_bad_sweep_values_fail_before_any_work(tmp_path):
     """A sweep point that cannot be built fails before training, and writes nothing."""
     run_dir = tmp_path / "study"
