@@ -136,8 +136,8 @@ class DeviceModel:
     @classmethod
     def preset(cls, name: str) -> DeviceModel:
         """A named preset (see :data:`PRESETS`)."""
-        if name not in PRESETS:
-            fail("device preset", name, "one of " + ", ".join(sorted(PRESETS)))
+        if not isinstance(name, str) or name not in PRESETS:
+            fail("preset", name, "one of " + ", ".join(sorted(PRESETS)))
         return PRESETS[name]()
 
     # ------------------------------------------------------------------------------ properties

@@ -6,7 +6,9 @@ out of range) is one ``ValueError`` naming the full key, the value and what is a
 ``device.prog_sigma=-0.1 is invalid; allowed: a finite number in [0.0, inf]``. The ``device``,
 ``crossbar`` and ``cost`` groups are validated by ``crossbar.DeviceModel``, ``CrossbarConfig`` and
 ``crossbar.cost.CostConfig`` themselves; the ``admm`` group by ``admm.LayerConstraint`` and
-``admm.CompressConfig``.
+``admm.CompressConfig``. Before that, Hydra composes each group onto a typed schema generated
+from the same classes (:mod:`experiments.schema`), so wrong types and unknown keys of a group
+already fail at composition.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from admm.importance import METHODS
 from crossbar import CrossbarConfig, DeviceModel, RepairConfig, WriteVerify
 from crossbar.cost import CostConfig
 from crossbar.device import SHORTHANDS as DEVICE_SHORTHANDS
+from experiments import schema
 from experiments.datasets import DATASETS
 from experiments.models import MODELS
 from experiments.registry import COMPRESSORS
+from experiments.schema import drop_missing
 from experiments.train import OPTIMIZERS
 
 __all__ = [
@@ -162,11 +166,11 @@ def _library(prefix: str, make, data: Mapping):
 def to_container(cfg: DictConfig | Mapping) -> dict:
     """Resolved plain ``dict`` of a ``DictConfig`` (without the ``hydra`` node)."""
     if isinstance(cfg, DictConfig):
-        data = OmegaConf.to_container(cfg, resolve=True)
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     else:
         data = dict(cfg)
     data.pop("hydra", None)
-    return data
+    return drop_missing(data)  # keys a group schema declares but the option leaves unset
 
 
 # ---------------------------------------------------------------------------------- groups
@@ -286,9 +290,16 @@ class _AdmmGroup:
     def __post_init__(self) -> None:
         if self.levels is not None and self.levels < 2:
             _fail("levels", self.levels, "an integer >= 2 (device levels) or null")
+        # built and validated once, here; every stage receives these typed objects
+        object.__setattr__(self, "_typed_constraints", tuple(self._build_constraints()))
         self.compress_config(progress=False)  # range checks of admm.CompressConfig
 
-    def layer_constraints(self) -> list[LayerConstraint]:
+    def layer_constraints(self) -> tuple[LayerConstraint, ...]:
+        """The constraints as ``admm.LayerConstraint`` objects (built at validation), with the
+        group's ``levels`` and ``per_column`` where a constraint sets neither."""
+        return self._typed_constraints
+
+    def _build_constraints(self) -> list[LayerConstraint]:
         out = []
         for i, c in enumerate(self.constraints):
             c = dict(c)
@@ -312,7 +323,8 @@ class _AdmmGroup:
     def compress_config(self, progress: bool) -> CompressConfig:
         stage = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                  if f.name not in ("constraints", "levels", "per_column")}
-        return CompressConfig(constraints=self.layer_constraints(), progress=progress, **stage)
+        return CompressConfig(constraints=list(self.layer_constraints()), progress=progress,
+                              **stage)
 
 
 RUN_LAYER_FIELDS = ("constraints", "progress", "collapse_floor")
@@ -787,3 +799,6 @@ def load_study_config(cfg: DictConfig | Mapping) -> StudyExperiment:
     check_cost_covers(fields["crossbar"], fields["cost"])
     return StudyExperiment(**fields, study=build(StudySettings, fields["raw"].get("study"),
                                                  "study"))
+
+
+schema.register()  # the group schemas in Hydra's ConfigStore, before any composition
