@@ -70,6 +70,7 @@ from experiments.config import (  # noqa: E402
     TrainSettings,
     load_compress_config,
     load_study_config,
+    to_container,
 )
 from experiments.datasets import INPUT_SHAPES, DatasetInfo, make_loaders  # noqa: E402
 from experiments.guard import (  # noqa: E402
@@ -96,7 +97,8 @@ from experiments.plots import (  # noqa: E402
     write_png,
 )
 from experiments.posttraining import result_of  # noqa: E402
-from experiments.registry import get_compressor  # noqa: E402
+from experiments.registry import CompressInputs, get_compressor  # noqa: E402
+from experiments.schema import drop_missing  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
 
 _log = logging.getLogger("experiments.pipeline")
@@ -188,12 +190,12 @@ def collapse_floor(test: DataLoader) -> float:
     return 1.5 * 100.0 / max(int(labels.max()) + 1, 2)
 
 
-def check_dense(dense_acc: float, test: DataLoader, exp: CompressExperiment) -> None:
-    """Stop before compression when pretraining left the dense model at chance (a diverged
-    learning rate, too few epochs, or a wrong ``train.checkpoint``)."""
+def check_dense(dense_acc: float, test: DataLoader, train: TrainSettings) -> None:
+    """Stop before compression when pretraining (``train`` settings) left the dense model at
+    chance (a diverged learning rate, too few epochs, or a wrong ``train.checkpoint``)."""
     floor = collapse_floor(test)
     if dense_acc <= floor:
-        t = exp.train
+        t = train
         raise DivergenceError(
             f"the dense model is at chance after pretraining: {dense_acc:.2f}% test accuracy "
             f"(collapse floor {floor:.2f}%); compressing it would be meaningless. Likely "
@@ -267,14 +269,14 @@ def cached(cache_dir: str | None, name: str, fp: Mapping) -> Path | None:
 
 
 def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
-                   exp: CompressExperiment, run_dir: Path) -> CompressResult:
-    """The ``admm`` compressor (``experiments.registry``): ADMM prune, masked retrain, ADMM
-    quantize, retrain (``admm.compress``; resumable from ``admm_state.pt``); saves
-    ``compressed.pt``."""
+                   inputs: CompressInputs) -> CompressResult:
+    """The ``admm`` compressor (``experiments.registry``; ``inputs.settings``: the ``admm``
+    group): ADMM prune, masked retrain, ADMM quantize, retrain (``admm.compress``; resumable
+    from ``admm_state.pt``); saves ``compressed.pt``."""
+    run_dir, fp, admm = inputs.run_dir, inputs.fingerprint, inputs.settings
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
-    fp = fingerprint(exp)
-    shared = cached(exp.runtime.cache_dir, "compressed", fp)
+    shared = cached(inputs.cache_dir, "compressed", fp)
     if not target.exists() and shared is not None and shared.exists():
         _log.info("compressed model reused from the cache: %s", shared)
         atomic_write_bytes(target, shared.read_bytes())
@@ -285,14 +287,14 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
         _log.info("%s holds the compressed model of these settings: compression skipped; "
                   "mapping, evaluation and cost run with the current settings", target)
         return result_of(state)
-    config = dataclasses.replace(exp.admm.compress_config(progress=exp.runtime.progress),
+    config = dataclasses.replace(admm.compress_config(progress=inputs.progress),
                                  collapse_floor=collapse_floor(loaders[1]))
     perturbation = None
-    if exp.robustness.hardware_aware:  # the chip in the forward pass of the retraining stages
-        perturbation = HardwareAware(exp.device, exp.crossbar, repair=exp.robustness.repair(),
-                                     layers=mapped_layers(model, exp)[0])
+    if inputs.hardware_aware:  # the chip in the forward pass of the retraining stages
+        perturbation = HardwareAware(inputs.device, inputs.crossbar, repair=inputs.repair,
+                                     layers=list(inputs.mapped))
         _log.info("hardware-aware retraining in stages %s: %s", ", ".join(
-            config.perturb_stages), exp.device.describe())
+            config.perturb_stages), inputs.device.describe())
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
                       checkpoint=run_dir / "admm_state.pt", fingerprint=fp,
                       perturbation=perturbation)
@@ -302,6 +304,20 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     if shared is not None:
         atomic_write_bytes(shared, target.read_bytes())
     return result
+
+
+def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str],
+                    compressor: str | None = None) -> CompressInputs:
+    """What the compressor (default ``exp.compressor``) reads of the validated experiment,
+    unpacked once by the run's orchestrator (after the allocation, which sets the ``admm``
+    constraints); ``mapped``: the layers on crossbars (:func:`mapped_layers`)."""
+    name = exp.compressor if compressor is None else compressor
+    rob = exp.robustness
+    return CompressInputs(
+        run_dir=run_dir, fingerprint=fingerprint(exp), settings=getattr(exp, name),
+        constraints=tuple(exp.admm.layer_constraints()), seed=exp.seed, device=exp.device,
+        crossbar=exp.crossbar, hardware_aware=rob.hardware_aware, repair=rob.repair(),
+        mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir)
 
 
 def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
@@ -373,17 +389,20 @@ def chip_accuracies(model: nn.Module, plan: MappingPlan, device: DeviceModel,
     return accs
 
 
-def robustness_ablation(model: nn.Module, plan: MappingPlan, exp: CompressExperiment,
-                        calibration: torch.Tensor, outputs: torch.Tensor | None,
-                        test: DataLoader, scales: Mapping, accs: list[float]) -> list[dict]:
-    """Chip accuracy on the first ``robustness.ablation_chips`` chips as the repair steps are
-    added one at a time (as mapped -> + compensation -> + placement -> + output calibration,
-    each only when the configuration uses it), and without write-verify when it is on; the
-    last step is the configured procedure (the main result's chips). Hardware-aware retraining
-    changes the model itself: its effect is measured by a second run with
-    ``robustness.hardware_aware=false``."""
-    rob, device, xbar = exp.robustness, exp.device, exp.crossbar
-    n = min(rob.ablation_chips, exp.eval.chips)
+def robustness_ablation(model: nn.Module, plan: MappingPlan, calibration: torch.Tensor,
+                        outputs: torch.Tensor | None, test: DataLoader, scales: Mapping,
+                        accs: list[float], *, device: DeviceModel, xbar: CrossbarConfig,
+                        rob: RobustnessSettings, chips: int, seed: int,
+                        digital: Sequence[str] = (),
+                        devices: Mapping[str, DeviceModel] | None = None) -> list[dict]:
+    """Chip accuracy on the first ``rob.ablation_chips`` chips (at most ``chips``, the run's
+    count, whose accuracies are ``accs``) as the repair steps are added one at a time (as
+    mapped -> + compensation -> + placement -> + output calibration, each only when the
+    configuration uses it), and without write-verify when it is on; the last step is the
+    configured procedure (the main result's chips). ``digital`` / ``devices``: the ``layers``
+    section (:func:`layer_args`). Hardware-aware retraining changes the model itself: its
+    effect is measured by a second run with ``robustness.hardware_aware=false``."""
+    n = min(rob.ablation_chips, chips)
     if not rob.ablation or ideal_device(device) == device.with_(t_inference_s=0.0):
         return []
     compensates = rob.repair().compensates(device)
@@ -396,13 +415,13 @@ def robustness_ablation(model: nn.Module, plan: MappingPlan, exp: CompressExperi
     rows = []
     for name, repair, _ in steps:
         got = chip_accuracies(model, plan, device, xbar.with_(output_calibration=False),
-                              calibration, test, n, exp.seed, scales=scales, repair=repair,
-                              **layer_args(exp))
+                              calibration, test, n, seed, scales=scales, repair=repair,
+                              **layer_args(digital, devices))
         rows.append({"step": name, "accuracies": got})
     if device.write_verify is not None and rob.write_verify is not None:
         got = chip_accuracies(model, plan, device.with_(write_verify=None), xbar, calibration,
-                              test, n, exp.seed, scales=scales, repair=rob.repair(),
-                              outputs=outputs, **layer_args(exp))
+                              test, n, seed, scales=scales, repair=rob.repair(),
+                              outputs=outputs, **layer_args(digital, devices))
         rows.append({"step": "all but write-verify", "accuracies": got})
     last = "+ output calibration" if xbar.output_calibration else "configured procedure"
     rows.append({"step": last + " (configured)", "accuracies": accs[:n]})
@@ -413,15 +432,19 @@ def robustness_ablation(model: nn.Module, plan: MappingPlan, exp: CompressExperi
     return rows
 
 
-def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperiment,
-                      calibration: torch.Tensor, scales: Mapping, path: Path) -> None:
+def plot_conductances(model: nn.Module, plan: MappingPlan, calibration: torch.Tensor,
+                      scales: Mapping, path: Path, *, device: DeviceModel,
+                      xbar: CrossbarConfig, repair: RepairConfig, seed: int,
+                      digital: Sequence[str] = (),
+                      devices: Mapping[str, DeviceModel] | None = None) -> None:
     """Histogram of the target and the programmed conductances of every live cell of the first
-    chip (seed ``exp.seed``, repaired as the run repairs): the level grid, the programming
-    spread around it, and the stuck cells at the window's edges."""
-    xmodel = to_crossbar(model, exp.device.with_(t_inference_s=0.0),
-                         exp.crossbar.with_(output_calibration=False), calibration=calibration,
-                         seed=exp.seed, plan=plan, scales=scales, repair=exp.robustness.repair(),
-                         **layer_args(exp))
+    chip (seed ``seed``, repaired with ``repair`` as the run repairs; ``digital`` /
+    ``devices``: the ``layers`` section): the level grid, the programming spread around it,
+    and the stuck cells at the window's edges."""
+    xmodel = to_crossbar(model, device.with_(t_inference_s=0.0),
+                         xbar.with_(output_calibration=False), calibration=calibration,
+                         seed=seed, plan=plan, scales=scales, repair=repair,
+                         **layer_args(digital, devices))
     target, programmed = [], []
     for _, layer in crossbar_modules(xmodel):
         live = layer.cell_mask.bool().expand_as(layer.g_uS)
@@ -451,36 +474,40 @@ def plot_conductances(model: nn.Module, plan: MappingPlan, exp: CompressExperime
     ax.set_ylabel("cells")
     ax.set_title(f"Target vs programmed conductance of the {len(target_t)} live cells")
     ax.legend(fontsize=7)
-    caption(fig, f"Device: {exp.device.describe().splitlines()[0]}; "
-                 + "; ".join(line for line in exp.device.describe().splitlines()[1:]
+    caption(fig, f"Device: {device.describe().splitlines()[0]}; "
+                 + "; ".join(line for line in device.describe().splitlines()[1:]
                              if not line.endswith(": none"))
-                 + f"; repair as the run repairs; chip seed {exp.seed}.")
+                 + f"; repair as the run repairs; chip seed {seed}.")
     write_png(path, fig)
 
 
-def layer_args(exp: CompressExperiment, ideal: bool = False) -> dict:
-    """``digital`` and per-layer ``devices`` of the ``layers`` section, as ``to_crossbar`` and
+def layer_args(digital: Sequence[str] = (), devices: Mapping[str, DeviceModel] | None = None,
+               ideal: bool = False) -> dict:
+    """The ``layers`` section's ``digital`` patterns and per-layer ``devices`` (pattern ->
+    device, ``CompressExperiment.layer_devices``) as ``to_crossbar`` and
     :func:`chip_accuracies` take them (``ideal``: every device without variation, noise,
     drift or faults)."""
-    devices = {k: ideal_device(d) if ideal else d for k, d in exp.layer_devices.items()}
-    return {"digital": list(exp.layers.digital), "devices": devices}
+    devices = {k: ideal_device(d) if ideal else d for k, d in (devices or {}).items()}
+    return {"digital": list(digital), "devices": devices}
 
 
-def mapped_layers(model: nn.Module, exp: CompressExperiment) -> tuple[list[str], list[str]]:
-    """``(mapped, digital)`` layer names; fails naming the ``layers`` pattern that matches no
-    layer (checked before any work)."""
+def mapped_layers(model: nn.Module, digital: Sequence[str], devices: Mapping[str, DeviceModel],
+                  device: DeviceModel) -> tuple[list[str], list[str]]:
+    """``(mapped, digital)`` layer names of ``model`` under the ``layers`` section
+    (``digital`` patterns, per-layer ``devices``; ``device``: the others' device); fails
+    naming the ``layers`` pattern that matches no layer (checked before any work)."""
     from crossbar.convert import _layer_devices, _select
     from crossbar.plan import crossbar_layers as mappable
 
     names = [n for n, _ in mappable(model)]
+    patterns = digital
     try:
-        digital = sorted(_select("layers.digital", exp.layers.digital, names)) \
-            if exp.layers.digital else []
+        digital = sorted(_select("layers.digital", patterns, names)) if patterns else []
         mapped = [n for n in names if n not in digital]
         if not mapped:
-            raise ValueError(f"layers.digital={exp.layers.digital!r} keeps every layer digital; "
+            raise ValueError(f"layers.digital={patterns!r} keeps every layer digital; "
                              "allowed: patterns that leave at least one layer to map")
-        _layer_devices(exp.layer_devices, mapped, exp.device)
+        _layer_devices(devices, mapped, device)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"layers: {exc}") from None
     return mapped, digital
@@ -543,9 +570,8 @@ def _jsonable(x: object) -> object:
 
 def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
     """The resolved config as ``config.yaml`` in the run directory."""
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    data.pop("hydra", None)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(
+        to_container(cfg))))
 
 
 def accept_run(cfg: DictConfig | Mapping, run_dir: Path) -> None:
@@ -559,9 +585,10 @@ def accept_run(cfg: DictConfig | Mapping, run_dir: Path) -> None:
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
-    task = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) \
-        else dict(cfg)
+    task = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False) \
+        if isinstance(cfg, DictConfig) else dict(cfg)
     task.pop("hydra", None)
+    task = drop_missing(task)  # keys a group schema declares but no option sets
     files = {"config.yaml": OmegaConf.to_yaml(OmegaConf.create(task)),
              "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})),
              "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
@@ -809,14 +836,15 @@ def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
     model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
     model.to(device)
     check_constraints_fit(model, exp.admm)
-    mapped_layers(model, exp)  # layers.digital / layers.devices patterns fit the model
+    # layers.digital / layers.devices patterns fit the model
+    mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
     check_budget(model, exp, train.dataset[0][0][None].to(device))
     with _timed(timings, "pretrain"):
         dense_acc = pretrain_stage(model, (train, test), exp.train,
                                    fingerprint(exp, DENSE_KEYS), run_dir, seed=exp.seed,
                                    progress=exp.runtime.progress,
                                    cache_dir=exp.runtime.cache_dir)
-    check_dense(dense_acc, test, exp)
+    check_dense(dense_acc, test, exp.train)
     calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
     return device, train, test, info, model, dense_acc, calibration
 
@@ -857,7 +885,7 @@ def preflight(exp: CompressExperiment) -> None:
                              f"{exp.model.kwargs or 'its defaults'} for {exp.dataset.name} "
                              f"inputs {INPUT_SHAPES[exp.dataset.name]}: {exc}") from None
     check_constraints_fit(model, exp.admm)
-    mapped_layers(model, exp)
+    mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
 
 
 def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
@@ -867,37 +895,42 @@ def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
     n_dense = sum(p.numel() for p in model.parameters())
     with _timed(timings, "allocation"):
         exp, allocation = allocation_stage(model, train, exp, calibration)
+    mapped, digital = mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
     with _timed(timings, exp.compressor):
-        result = get_compressor(exp.compressor)(model, (train, test), exp, run_dir)
+        result = get_compressor(exp.compressor)(model, (train, test),
+                                                compress_inputs(exp, run_dir, mapped))
     masks, scales, history = result.masks, result.scales, result.history
     compressed_acc = evaluate(model, test)
     _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", dense_acc, compressed_acc)
     warnings_ = collapse_warnings(dense_acc, compressed_acc, info.num_classes, exp.compressor)
-    digital = mapped_layers(model, exp)[1]
     plan = map_stage(model, masks, exp.crossbar, calibration, run_dir / "plan.json",
                      exclude=digital)
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
-    rob = exp.robustness
+    rob, layers = exp.robustness, {"digital": exp.layers.digital, "devices": exp.layer_devices}
     outputs = calibration_batch(train, rob.calibration_samples, torch_device, exp.seed + 1) \
         if exp.crossbar.output_calibration else None
     with _timed(timings, "crossbar_eval"):
         ideal = chip_accuracies(model, plan, ideal_device(exp.device), exp.crossbar,
                                 calibration, xtest, 1, exp.seed, scales=scales,
-                                outputs=outputs, **layer_args(exp, ideal=True))[0]
+                                outputs=outputs, **layer_args(**layers, ideal=True))[0]
         ideal_plain = ideal if not exp.crossbar.output_calibration else chip_accuracies(
             model, plan, ideal_device(exp.device), exp.crossbar.with_(output_calibration=False),
-            calibration, xtest, 1, exp.seed, scales=scales, **layer_args(exp, ideal=True))[0]
+            calibration, xtest, 1, exp.seed, scales=scales,
+            **layer_args(**layers, ideal=True))[0]
         programming: list[dict] = []
         repairs: list[dict] = []
         fitted: list[dict] = []
         accs = chip_accuracies(model, plan, exp.device, exp.crossbar, calibration, xtest,
                                exp.eval.chips, exp.seed, exp.runtime.progress, scales=scales,
                                programming=programming, repair=rob.repair(), outputs=outputs,
-                               repairs=repairs, calibrations=fitted, **layer_args(exp))
+                               repairs=repairs, calibrations=fitted, **layer_args(**layers))
     with _timed(timings, "ablation"):
-        ablation = robustness_ablation(model, plan, exp, calibration, outputs, xtest, scales,
-                                       accs)
-    plot_conductances(model, plan, exp, calibration, scales, run_dir / "conductances.png")
+        ablation = robustness_ablation(model, plan, calibration, outputs, xtest, scales, accs,
+                                       device=exp.device, xbar=exp.crossbar, rob=rob,
+                                       chips=exp.eval.chips, seed=exp.seed, **layers)
+    plot_conductances(model, plan, calibration, scales, run_dir / "conductances.png",
+                      device=exp.device, xbar=exp.crossbar, repair=rob.repair(),
+                      seed=exp.seed, **layers)
     plot_tile_map(plan, run_dir / "tile_map.png")
     with _timed(timings, "cost"):
         cost = cost_stage(plan, exp.crossbar, exp.cost, run_dir / "cost")
@@ -978,12 +1011,13 @@ def apply_setting(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSett
         raise ValueError(f"study.sweeps.{key}: {exc}") from None
 
 
-def study_settings(exp: StudyExperiment, key: str | Sequence[str], value: object
+def study_settings(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings,
+                   key: str | Sequence[str], value: object
                    ) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
-    """The study's base device, crossbar config and robustness settings with one setting
+    """The study's base ``device``, crossbar config and robustness settings with one setting
     changed, or (``key`` and ``value`` pairs) a grid point's two settings."""
     keys, values = ([key], [value]) if isinstance(key, str) else (list(key), list(value))
-    state = (exp.device, exp.crossbar, exp.robustness)
+    state = (device, xbar, rob)
     for k, v in zip(keys, values, strict=True):
         state = apply_setting(*state, k, v)
     return state
@@ -991,22 +1025,30 @@ def study_settings(exp: StudyExperiment, key: str | Sequence[str], value: object
 
 def held_fixed(exp: CompressExperiment, n_test: int, chips: int,
                prefix: str = "Held fixed unless swept") -> str:
+    """:func:`settings_caption` of a validated experiment (for ``experiments.replot``, which
+    rebuilds the experiment from a run's ``config.yaml``, and the orchestrators)."""
+    return settings_caption(n_test, chips, prefix, model=exp.model.name,
+                            dataset=exp.dataset.name, device=exp.device, xbar=exp.crossbar,
+                            rob=exp.robustness)
+
+
+def settings_caption(n_test: int, chips: int, prefix: str = "Held fixed unless swept", *,
+                     model: str, dataset: str, device: DeviceModel, xbar: CrossbarConfig,
+                     rob: RobustnessSettings) -> str:
     """The settings a study holds fixed (or a run used), in words: the caption of figures."""
-    x = exp.crossbar
-    device = "; ".join(line for line in exp.device.describe().splitlines()
-                       if not line.endswith(": none"))
-    dac = "ideal DAC" if x.dac_bits is None else f"{x.dac_bits}-bit {x.dac} DAC"
-    adc = "ideal ADC" if x.adc_bits is None else f"{x.adc_bits}-bit ADC ({x.adc_range})"
-    rob = exp.robustness
+    described = "; ".join(line for line in device.describe().splitlines()
+                          if not line.endswith(": none"))
+    dac = "ideal DAC" if xbar.dac_bits is None else f"{xbar.dac_bits}-bit {xbar.dac} DAC"
+    adc = "ideal ADC" if xbar.adc_bits is None else f"{xbar.adc_bits}-bit ADC ({xbar.adc_range})"
     compensation = rob.compensation if rob.compensation is not None \
-        else exp.device.faults is not None  # auto: on when the device has faults
+        else device.faults is not None  # auto: on when the device has faults
     steps = [k for k, on in (("pair compensation", compensation),
                              ("fault-aware placement", rob.placement),
-                             ("output calibration", x.output_calibration)) if on]
+                             ("output calibration", xbar.output_calibration)) if on]
     per_point = " per point" if prefix.startswith("Held") else ""
-    return (f"{prefix}: {exp.model.name} on {exp.dataset.name}; device "
-            f"{device}; {x.tile_rows}x{x.tile_cols} tiles, {x.mapping} mapping, {dac}, {adc}, "
-            f"array {_array_line(x.to_dict())}; repair: {', '.join(steps) or 'none'}. "
+    return (f"{prefix}: {model} on {dataset}; device {described}; "
+            f"{xbar.tile_rows}x{xbar.tile_cols} tiles, {xbar.mapping} mapping, {dac}, {adc}, "
+            f"array {_array_line(xbar.to_dict())}; repair: {', '.join(steps) or 'none'}. "
             f"{chips} programmed chips{per_point}, {n_test} test samples; error bands: 95 % CI "
             f"of the mean over chips.")
 
@@ -1055,14 +1097,15 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
         _log.warning("study sweeps %s on a device with no drift model (device.drift is null): "
                      "its points will not differ; choose a device with drift (e.g. device="
                      "rram_cmo or device=pcm_aihwkit) or set device.drift", ", ".join(idle))
+    base = (exp.device, exp.crossbar, exp.robustness)
     for key, values in study.sweeps.items():  # every point is valid before any training
         for value in values:
-            study_settings(exp, key, value)
+            study_settings(*base, key, value)
     grid_jobs = [((xk, yk), (xv, yv)) for grid in study.grids
                  for (xk, xs), (yk, ys) in [tuple(grid.items())] for xv in xs for yv in ys]
     for keys, values in grid_jobs:  # every combination (a pair can clash, e.g. g_min > g_max)
         try:
-            study_settings(exp, keys, values)
+            study_settings(*base, keys, values)
         except ValueError as exc:
             raise ValueError(f"study.grids point {dict(zip(keys, values, strict=True))}: "
                              + str(exc).removeprefix("study.sweeps.")
@@ -1086,73 +1129,49 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
     timings: dict[str, float] = {}
     device, train, test, _, model, dense_acc, calibration = _prepare(exp, run_dir, timings)
     dense = {k: v.clone() for k, v in model.state_dict().items()}
+    mapped, digital = mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
     if study.source is not None:
         source = Path(to_absolute_path(study.source)) / "compressed.pt"
         state = _load(source, device)
         load_model_state(model, state["model"], source)
         masks, scales = state["masks"], state["scales"]
     else:
-        result = compress_stage(model, (train, test), exp, run_dir)
+        result = compress_stage(model, (train, test),
+                                compress_inputs(exp, run_dir, mapped, compressor="admm"))
         masks, scales = result.masks, result.scales
     compressed_acc = evaluate(model, test)
     compressed = {k: v.clone() for k, v in model.state_dict().items()}
     xtest = crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
-    mapped, digital = mapped_layers(model, exp)
-    plans: dict[tuple[str, str], MappingPlan] = {}
-
-    def plan_of(name: str, xbar: CrossbarConfig) -> MappingPlan:
-        """The mapping plan depends on the model and the crossbar geometry: made once."""
-        key = (name, json.dumps(xbar.to_dict(), sort_keys=True, default=str))
-        if key not in plans:
-            model.load_state_dict(dense if name == "dense" else compressed)
-            plans[key] = map_stage(model, masks if name == "compressed" else None, xbar,
-                                   calibration, exclude=digital)
-        return plans[key]
-
-    output_batches: dict[int, torch.Tensor] = {}
-
-    def chips_of(name: str, dev: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings,
-                 desc: str, devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
-        outputs = None
-        if xbar.output_calibration:  # drawn once per size, not once per point
-            n = rob.calibration_samples
-            if n not in output_batches:
-                output_batches[n] = calibration_batch(train, n, device, exp.seed + 1)
-            outputs = output_batches[n]
-        plan = plan_of(name, xbar)
-        model.load_state_dict(dense if name == "dense" else compressed)
-        args = layer_args(exp)
-        if devices is not None:
-            args["devices"] = devices
-        return chip_accuracies(model, plan, dev, xbar, calibration, xtest,
-                               exp.eval.chips, exp.seed, desc=desc,
-                               scales=scales if name == "compressed" else None,
-                               repair=rob.repair(), outputs=outputs, **args)
-
+    study_chips = StudyChips(model, dense, compressed, masks, scales, calibration, train, xtest,
+                          torch_device=device, chips=exp.eval.chips, seed=exp.seed,
+                          exclude=digital, digital=exp.layers.digital,
+                          devices=exp.layer_devices)
+    base = (exp.device, exp.crossbar, exp.robustness)
     jobs = [(k, v) for k, vs in study.sweeps.items() for v in vs]
     chip_rows, summary, grids, sensitivity = [], [], [], []
     quiet = not exp.runtime.progress
-    points = StudyPoints(run_dir / "study_points.json", study_fingerprint(exp), exp.resume)
+    points = StudyPoints(run_dir / "study_points.json", study_fingerprint(exp.raw),
+                         exp.resume)
     with _timed(timings, "sweeps"):
         for key, value in tqdm(jobs, desc="settings", disable=quiet):
-            point = study_settings(exp, key, value)
+            point = study_settings(*base, key, value)
             for name in study.models:
-                accs = points.run(["sweep", key, value, name],
-                                  partial(chips_of, name, *point, f"{key}={value} {name}"))
+                accs = points.run(["sweep", key, value, name], partial(
+                    study_chips.accuracies, name, *point, f"{key}={value} {name}"))
                 if accs is None:
                     continue
                 chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
                                "accuracy": a} for i, a in enumerate(accs)]
                 summary.append(_summary_row(accs, setting=key, value=value, model=name,
-                                            tiles=plan_of(name, point[1]).n_tiles))
+                                            tiles=study_chips.plan(name, point[1]).n_tiles))
                 _log.info("%s=%s %s: %.2f +- %.2f %% (95 %% CI)", key, value, name,
                           summary[-1]["mean"], summary[-1]["ci95"])
     with _timed(timings, "grids"):
         for (xk, yk), (xv, yv) in tqdm(grid_jobs, desc="grid points", disable=quiet):
-            point = study_settings(exp, (xk, yk), (xv, yv))
+            point = study_settings(*base, (xk, yk), (xv, yv))
             for name in study.models:
                 accs = points.run(["grid", xk, xv, yk, yv, name], partial(
-                    chips_of, name, *point, f"{xk}={xv}, {yk}={yv} {name}"))
+                    study_chips.accuracies, name, *point, f"{xk}={xv}, {yk}={yv} {name}"))
                 if accs is None:
                     continue
                 grids.append(_summary_row(accs, x_setting=xk, x=xv, y_setting=yk, y=yv,
@@ -1174,16 +1193,16 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
         ideal = ideal_device(exp.device)
         with _timed(timings, "layer_sensitivity"):
             every = points.run(["layers", "every", name], partial(
-                chips_of, name, exp.device, exp.crossbar, exp.robustness, "every layer"))
+                study_chips.accuracies, name, *base, "every layer"))
             for layer in tqdm(mapped, desc="layers", disable=quiet):
                 devices = {n: d if n == layer else ideal_device(d) for n, d in per_layer.items()}
                 accs = points.run(["layers", layer, name], partial(
-                    chips_of, name, ideal, exp.crossbar, exp.robustness, layer, devices))
+                    study_chips.accuracies, name, ideal, *base[1:], layer, devices))
                 if accs is not None:
                     sensitivity.append(_summary_row(accs, layer=layer, model=name,
                                                     accuracies=accs))
             none = points.run(["layers", "none", name], partial(
-                chips_of, name, ideal, exp.crossbar, exp.robustness, "no layer",
+                study_chips.accuracies, name, ideal, *base[1:], "no layer",
                 {n: ideal_device(d) for n, d in per_layer.items()}))
         for label, accs in ((f"every layer non-ideal ({name})", every),
                             (f"ideal devices ({name})", none)):
@@ -1226,15 +1245,73 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
     return metrics
 
 
+class StudyChips:
+    """Chip accuracies of a device study's points: ``model`` with its ``dense`` or
+    ``compressed`` state on ``chips`` programmed chips (seeds ``seed`` on), evaluated on
+    ``test``, under one point's device, crossbar and robustness settings. A crossbar
+    geometry's mapping plan (without the ``exclude``d digital layers) is made once, an
+    output-calibration size's batch of ``train`` images drawn once, not once per point;
+    ``digital`` / ``devices``: the ``layers`` section (:func:`layer_args`)."""
+
+    def __init__(self, model: nn.Module, dense: Mapping[str, torch.Tensor],
+                 compressed: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                 scales: Mapping, calibration: torch.Tensor, train: DataLoader,
+                 test: DataLoader, *, torch_device: torch.device, chips: int, seed: int,
+                 exclude: Sequence[str] = (), digital: Sequence[str] = (),
+                 devices: Mapping[str, DeviceModel] | None = None) -> None:
+        self.model, self.dense, self.compressed = model, dense, compressed
+        self.masks, self.scales, self.calibration = masks, scales, calibration
+        self.train, self.test, self.torch_device = train, test, torch_device
+        self.chips, self.seed, self.exclude = chips, seed, exclude
+        self.digital, self.devices = digital, devices
+        self.plans: dict[tuple[str, str], MappingPlan] = {}
+        self.output_batches: dict[int, torch.Tensor] = {}
+
+    def _load(self, name: str) -> None:
+        self.model.load_state_dict(self.dense if name == "dense" else self.compressed)
+
+    def plan(self, name: str, xbar: CrossbarConfig) -> MappingPlan:
+        """The mapping plan depends on the model and the crossbar geometry: made once."""
+        key = (name, json.dumps(xbar.to_dict(), sort_keys=True, default=str))
+        if key not in self.plans:
+            self._load(name)
+            self.plans[key] = map_stage(self.model, self.masks if name == "compressed"
+                                        else None, xbar, self.calibration,
+                                        exclude=self.exclude)
+        return self.plans[key]
+
+    def accuracies(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
+                   rob: RobustnessSettings, desc: str,
+                   devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
+        """Model ``name``'s accuracy on each chip of device ``dev`` (``devices``: per-layer
+        devices instead of the ``layers`` section's)."""
+        outputs = None
+        if xbar.output_calibration:  # drawn once per size, not once per point
+            n = rob.calibration_samples
+            if n not in self.output_batches:
+                self.output_batches[n] = calibration_batch(self.train, n, self.torch_device,
+                                                           self.seed + 1)
+            outputs = self.output_batches[n]
+        plan = self.plan(name, xbar)
+        self._load(name)
+        args = layer_args(self.digital, self.devices)
+        if devices is not None:
+            args["devices"] = devices
+        return chip_accuracies(self.model, plan, dev, xbar, self.calibration, self.test,
+                               self.chips, self.seed, desc=desc,
+                               scales=self.scales if name == "compressed" else None,
+                               repair=rob.repair(), outputs=outputs, **args)
+
+
 class StudyPointsFailed(ValueError):
     """Some points of a device study failed; the others were written."""
 
 
-def study_fingerprint(exp: StudyExperiment) -> dict:
-    """What a study point's accuracies depend on besides the point itself: every config
-    section but ``runtime``, ``resume`` and the lists of points (``study.sweeps``, ``grids``,
-    ``layer_sensitivity``)."""
-    raw = {k: v for k, v in exp.raw.items() if k not in ("runtime", "resume")}
+def study_fingerprint(config: Mapping) -> dict:
+    """What a study point's accuracies depend on besides the point itself: every section of
+    the resolved ``config`` (``StudyExperiment.raw``) but ``runtime``, ``resume`` and the
+    lists of points (``study.sweeps``, ``grids``, ``layer_sensitivity``)."""
+    raw = {k: v for k, v in config.items() if k not in ("runtime", "resume")}
     raw["study"] = {k: v for k, v in dict(raw.get("study") or {}).items()
                     if k not in ("sweeps", "grids", "layer_sensitivity")}
     return json.loads(json.dumps(raw, sort_keys=True, default=str))

@@ -13,7 +13,6 @@ mapping, simulation and cost stages.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,10 +23,10 @@ from admm.pipeline import check_fingerprint, load_model_state
 from experiments.config import (  # noqa: F401 - re-exported: the obc block's schema
     COMPRESSORS,
     MAX_CALIBRATION,
-    CompressExperiment,
     ObcSettings,
 )
-from experiments.guard import fingerprint, load_checkpoint
+from experiments.guard import load_checkpoint
+from experiments.registry import CompressInputs
 from experiments.train import evaluate
 
 __all__ = ["COMPRESSORS", "MAX_CALIBRATION", "ObcSettings", "labelled_subset", "obc_stage"]
@@ -45,26 +44,26 @@ def labelled_subset(loader: DataLoader, n: int, device: torch.device, seed: int,
     return list(zip(x.split(batch_size), y.split(batch_size), strict=True))
 
 
-def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], exp: CompressExperiment,
-              run_dir: Path) -> CompressResult:
-    """The ``obc`` compressor (``experiments.registry``): post-training OBC of the dense
-    ``model`` in place under the ``admm`` group's constraints; saves ``compressed.pt`` with the
-    config fingerprint (or loads it, to resume, after checking the fingerprint as
-    ``experiments.pipeline.compress_stage`` does). The result's history holds the dense and
-    compressed test accuracy (``eval`` events) and one ``obc_layer`` record per layer (OBS
-    loss, ``layer_loss``)."""
+def obc_stage(model: nn.Module, loaders: Sequence[DataLoader], inputs: CompressInputs
+              ) -> CompressResult:
+    """The ``obc`` compressor (``experiments.registry``; ``inputs.settings``: the ``obc``
+    block): post-training OBC of the dense ``model`` in place under ``inputs.constraints``
+    (the ``admm`` group's); saves ``compressed.pt`` with ``inputs.fingerprint`` (or loads it,
+    to resume, after checking the fingerprint as ``experiments.pipeline.compress_stage``
+    does). The result's history holds the dense and compressed test accuracy (``eval``
+    events) and one ``obc_layer`` record per layer (OBS loss, ``layer_loss``)."""
 
-    target = run_dir / "compressed.pt"
+    target = inputs.run_dir / "compressed.pt"
     device = next(model.parameters()).device
-    fp = fingerprint(exp)
+    fp = inputs.fingerprint
     if target.exists():
         state = load_checkpoint(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)  # e.g. compressor=admm there
         load_model_state(model, state["model"], target)
         return result_of(state)
-    obc, test = exp.obc, loaders[1]
-    calib = labelled_subset(loaders[0], obc.n_calib, device, exp.seed)
-    constraints = exp.admm.layer_constraints()
+    obc, test = inputs.settings, loaders[1]
+    calib = labelled_subset(loaders[0], obc.n_calib, device, inputs.seed)
+    constraints = list(inputs.constraints)
     history = [{"event": "eval", "stage": "dense", "metric": evaluate(model, test)}]
     importance = None
     if obc.importance is not None:

@@ -1,24 +1,72 @@
 """Compressors by name: the top-level ``compressor`` key picks one.
 
-Each is an adapter with the same inputs, ``(model, (train, test) loaders, the validated
-experiment, run directory)``: it compresses ``model`` in place, resumable from its own
-checkpoint in the run directory (``compressed.pt`` with the config fingerprint), and returns
-an ``admm.CompressResult``. Entries are ``"module:function"`` strings, imported when the
-compressor is used, so this module imports nothing of the project and the config validation
-can list the names without importing the stages. Adding a compressor: its module (the
-adapter), one line here, its config block (``experiments.config``) and its docs.
+Each is an adapter ``(model, (train, test) loaders, inputs: CompressInputs) ->
+admm.CompressResult`` that reads nothing but its arguments: it compresses ``model`` in place,
+resumable from its own checkpoint in ``inputs.run_dir`` (``compressed.pt`` holding
+``inputs.fingerprint``, checked on resume), and returns an ``admm.CompressResult``. The run
+layer unpacks :class:`CompressInputs` once from the validated experiment
+(``experiments.pipeline.compress_inputs``); ``inputs.settings`` is the compressor's own config
+block, the experiment's field of the compressor's name (``admm`` -> the ``admm`` group, ``obc``
+-> the ``obc`` block).
+
+Entries are ``"module:function"`` strings, imported when the compressor is used, so this
+module imports nothing of the project (the types below only for type checkers) and the config
+validation can list the names without importing the stages.
+
+Adding a compressor: its module (the adapter, reading only :class:`CompressInputs`), one line
+in :data:`COMPRESSORS`, its config block (a field of that name in ``experiments.config``) and
+its docs.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from admm import LayerConstraint
+    from crossbar import CrossbarConfig, DeviceModel, RepairConfig
 
 COMPRESSORS: dict[str, str] = {
     "admm": "experiments.pipeline:compress_stage",    # ADMM prune/retrain/quantize/retrain
     "obc": "experiments.posttraining:obc_stage",      # post-training OBC (docs/obc.md)
 }
 """Values of the top-level ``compressor`` key -> their adapter."""
+
+
+@dataclass(frozen=True)
+class CompressInputs:
+    """Everything a compressor reads besides the model and the loaders."""
+
+    run_dir: Path
+    """Where the compressor writes (and resumes from) its checkpoints."""
+    fingerprint: Mapping[str, Any]
+    """The config sections the compressed model depends on, stored in ``compressed.pt`` and
+    compared on resume (``experiments.guard.fingerprint``)."""
+    settings: Any
+    """The compressor's own config block (``AdmmSettings`` for ``admm``, ``ObcSettings`` for
+    ``obc``)."""
+    constraints: Sequence[LayerConstraint]
+    """The ``admm`` group's per-layer constraints, which every compressor meets."""
+    seed: int
+    """The experiment's seed (calibration draws)."""
+    device: DeviceModel
+    """The chip's device (hardware-aware retraining)."""
+    crossbar: CrossbarConfig
+    """The crossbar and periphery (hardware-aware retraining)."""
+    hardware_aware: bool = False
+    """The chip in the forward pass of the retraining stages (``robustness.hardware_aware``)."""
+    repair: RepairConfig | None = None
+    """The repair when that chip is programmed (``robustness``)."""
+    mapped: Sequence[str] = ()
+    """The layers mapped on crossbars (not kept digital by the ``layers`` section)."""
+    progress: bool = False
+    """Progress bars (``runtime.progress``)."""
+    cache_dir: str | None = None
+    """The shared model cache (``runtime.cache_dir``), or None."""
 
 
 def get_compressor(name: str) -> Callable:

@@ -2,7 +2,6 @@
 compress pipeline and device study end to end on digits, a CIFAR-shaped smoke run of the paper's
 VGG-16 / ResNet-18 configs, and collect."""
 
-import dataclasses
 import json
 import pickle
 import subprocess
@@ -330,11 +329,11 @@ def test_wire_resistance_from_hydra_and_as_a_study_axis():
     study = load_study_config(_compose(["~study.sweeps",
                                         "+study.sweeps={r_wire_ohm: [0.0, 1.0, 10.0]}"],
                                        name="device_study"))
-    _, xbar, _ = study_settings(study, "r_wire_ohm", 10.0)
+    _, xbar, _ = study_settings(study.device, study.crossbar, study.robustness, "r_wire_ohm",
+                                10.0)
     assert xbar.array.r_row_ohm == xbar.array.r_col_ohm == 10.0
     assert xbar.array.r_driver_ohm == 0.0
-    _, xbar, _ = study_settings(dataclasses.replace(study, crossbar=xbar), "array.r_sense_ohm",
-                             50.0)
+    _, xbar, _ = study_settings(study.device, xbar, study.robustness, "array.r_sense_ohm", 50.0)
     assert xbar.array.r_sense_ohm == 50.0 and xbar.array.r_row_ohm == 10.0
 
 

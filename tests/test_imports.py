@@ -130,3 +130,26 @@ def test_the_admm_group_schema_is_built_from_the_library_config():
         assert list(got) == list(default) if isinstance(default, tuple) else got == default
     assert set(group) - {f.name for f in dataclasses.fields(CompressConfig)} == {"levels",
                                                                                "per_column"}
+
+
+ORCHESTRATORS = {"run_compress", "_run_compress", "run_device_study", "_run_device_study",
+                 "preflight", "_prepare", "compress_inputs", "held_fixed"}
+"""The functions of the run layer that unpack the validated experiment (``compress_inputs``:
+the compressors' inputs; ``held_fixed``: the caption, also for ``experiments.replot``)."""
+
+
+def test_stages_take_explicit_arguments_not_the_experiment():
+    """Issue 12: below the orchestrators, no stage takes the whole validated experiment
+    (``CompressExperiment`` / ``StudyExperiment``), only what it reads."""
+    bad = []
+    for path in (ROOT / "experiments").glob("*.py"):
+        if path.stem in ("allocation", "guard", "config"):  # not yet converted (allocation,
+            continue                                        # fingerprint) / the schema itself
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    and node.name not in ORCHESTRATORS:
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if any(a.annotation is not None and "Experiment" in ast.unparse(a.annotation)
+                       for a in args):
+                    bad.append(f"{path.stem}.{node.name}")
+    assert not bad, f"stages that take the experiment: {bad}"

@@ -129,11 +129,13 @@ def test_compressors_are_one_registry():
     from admm import CompressResult
     from experiments.pipeline import compress_stage
     from experiments.posttraining import obc_stage
-    from experiments.registry import COMPRESSORS, get_compressor
+    from experiments.registry import COMPRESSORS, CompressInputs, get_compressor
 
     assert get_compressor("admm") is compress_stage and get_compressor("obc") is obc_stage
-    for name in COMPRESSORS:
-        assert typing.get_type_hints(get_compressor(name))["return"] is CompressResult
+    for name in COMPRESSORS:  # one contract: (model, loaders, CompressInputs) -> CompressResult
+        hints = typing.get_type_hints(get_compressor(name))
+        assert hints["return"] is CompressResult and hints["inputs"] is CompressInputs
+        assert list(hints) == ["model", "loaders", "inputs", "return"]
     with pytest.raises(ValueError, match="compressor='sparsegpt' is invalid; allowed: one of "
                                          "admm, obc"):
         get_compressor("sparsegpt")
