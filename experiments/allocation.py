@@ -25,8 +25,10 @@ any training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -45,14 +47,14 @@ from admm import (
     weight_matrix,
     weighted_project_levels,
 )
-from crossbar.cost import layer_cost, load_table
+from crossbar import CrossbarConfig
+from crossbar.cost import CostConfig, layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
 from experiments.config import (  # noqa: F401 - re-exported: the allocation block's schema
     _PRUNE_KEYS,
     RESOURCES,
     SETTING_KEYS,
     AllocationSettings,
-    CompressExperiment,
     _plain,
 )
 from experiments.posttraining import labelled_subset
@@ -81,52 +83,55 @@ def _distortion(W: torch.Tensor, c: LayerConstraint, imp: torch.Tensor | None) -
     return float(err.sum() if imp is None else 0.5 * (imp.double() * err).sum()), mask
 
 
-def _cost(name: str, module: nn.Module, mask: torch.Tensor, exp: CompressExperiment,
-          mvms: dict[str, int], table) -> float:
+def _cost(name: str, module: nn.Module, mask: torch.Tensor, xbar: CrossbarConfig,
+          cost: CostConfig, resource: str, mvms: dict[str, int], table) -> float:
     kind = "conv2d" if isinstance(module, (nn.Conv1d, nn.Conv2d)) else "linear"
     kernel = math.prod(module.kernel_size) if kind == "conv2d" else 1
-    lc = layer_cost(plan_layer(name, kind, mask, exp.crossbar, kernel, mvms.get(name),
+    lc = layer_cost(plan_layer(name, kind, mask, xbar, kernel, mvms.get(name),
                                groups=getattr(module, "groups", 1)),  # a group's own tiles
-                    exp.crossbar, exp.cost, table)
+                    xbar, cost, table)
     return {"tiles": float(lc.tiles), "area_mm2": lc.total_area_um2 * 1e-6,
-            "energy_nJ": lc.total_energy_pJ * 1e-3}[exp.allocation.resource]
+            "energy_nJ": lc.total_energy_pJ * 1e-3}[resource]
 
 
 @torch.no_grad()
-def layer_candidates(model: nn.Module, exp: CompressExperiment, example: torch.Tensor,
+def layer_candidates(model: nn.Module, settings: AllocationSettings,
+                     constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
+                     cost: CostConfig, example: torch.Tensor,
                      importance: dict[str, torch.Tensor] | None = None,
                      ) -> dict[str, list[Candidate]]:
     """``{layer: [Candidate(error, cost, setting), ...]}`` for every Linear/Conv2d of
     ``model``: one per ``allocation.candidates`` entry for constrained layers, one fixed dense
-    candidate (``setting = {"fixed": "dense"}``) for the others."""
-    chosen = select_layers(model, exp.admm.layer_constraints())
+    candidate (``setting = {"fixed": "dense"}``) for the others. ``constraints``: the admm
+    group's; costs of ``settings.resource`` on ``xbar`` priced by ``cost``."""
+    chosen = select_layers(model, constraints)
     mvms = measure_mvms(model, example)
-    table = load_table(exp.cost.table)
+    table = load_table(cost.table)
+    price = functools.partial(_cost, xbar=xbar, cost=cost, resource=settings.resource,
+                              mvms=mvms, table=table)
     out: dict[str, list[Candidate]] = {}
     for name, module in crossbar_layers(model).items():
         W = weight_matrix(module).detach()
         if name not in chosen:
-            cost = _cost(name, module, torch.ones_like(W, dtype=torch.bool), exp, mvms, table)
-            out[name] = [Candidate(0.0, cost, {"fixed": "dense"})]
+            out[name] = [Candidate(0.0, price(name, module, torch.ones_like(W, dtype=torch.bool)),
+                                   {"fixed": "dense"})]
             continue
         imp = None if importance is None else importance[name].reshape(W.shape).to(W.device)
         out[name] = []
-        for setting in exp.allocation.candidates:
+        for setting in settings.candidates:
             if name not in select_layers(model, [LayerConstraint(setting.get("pattern", "*"))]):
                 continue
             c = layer_constraint(chosen[name], name, setting)
             error, mask = _distortion(W, c, imp)
-            out[name].append(Candidate(error, _cost(name, module, mask, exp, mvms, table),
-                                       dict(setting)))
+            out[name].append(Candidate(error, price(name, module, mask), dict(setting)))
         if not out[name]:
             raise ValueError(f"allocation.candidates: no candidate's pattern matches layer "
                              f"{name!r}, which the admm group constrains")
     return out
 
 
-def _require_feasible(candidates: dict[str, list[Candidate]], exp: CompressExperiment,
+def _require_feasible(candidates: dict[str, list[Candidate]], a: AllocationSettings,
                       when: str) -> None:
-    a = exp.allocation
     lowest = min_cost(candidates)
     if lowest > a.budget:
         raise ValueError(f"allocation.budget={a.budget!r} is infeasible: the least achievable "
@@ -135,35 +140,39 @@ def _require_feasible(candidates: dict[str, list[Candidate]], exp: CompressExper
                          "candidates")
 
 
-def check_budget(model: nn.Module, exp: CompressExperiment, example: torch.Tensor) -> None:
+def check_budget(model: nn.Module, settings: AllocationSettings | None,
+                 constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
+                 cost: CostConfig, example: torch.Tensor) -> None:
     """Fail before any training when no choice of candidates fits ``allocation.budget``
     (costs from the masks of the model's current weights; a no-op without allocation)."""
-    if exp.allocation is not None:
-        _require_feasible(layer_candidates(model, exp, example), exp, "before pretraining")
+    if settings is not None:
+        _require_feasible(layer_candidates(model, settings, constraints, xbar, cost, example),
+                          settings, "before pretraining")
 
 
-def allocation_stage(model: nn.Module, train: DataLoader, exp: CompressExperiment,
-                     example: torch.Tensor) -> tuple[CompressExperiment, dict | None]:
-    """Solve the allocation on the pretrained ``model``; returns the experiment with the
-    chosen per-layer constraints in its ``admm`` group (unchanged without allocation) and the
-    solver's choice (``admm.Allocation.summary()`` plus the ``importance`` used)."""
-    a = exp.allocation
+def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings | None,
+                     constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
+                     cost: CostConfig, example: torch.Tensor, seed: int,
+                     ) -> tuple[list[dict] | None, dict | None]:
+    """Solve the allocation on the pretrained ``model``; returns the chosen per-layer
+    constraints (``admm.LayerConstraint`` fields, for the ``admm`` group; ``None`` without
+    allocation) and the solver's choice (``admm.Allocation.summary()`` plus the
+    ``importance`` used)."""
     if a is None:
-        return exp, None
+        return None, None
     importance = None
     if a.importance is not None:
         device = next(model.parameters()).device
-        data = labelled_subset(train, a.n_samples, device, exp.seed)
+        data = labelled_subset(train, a.n_samples, device, seed)
         importance = compute_importance(model, data, a.importance, n_samples=a.n_samples)
-    candidates = layer_candidates(model, exp, example, importance)
-    _require_feasible(candidates, exp, "pretrained weights")
+    candidates = layer_candidates(model, a, constraints, xbar, cost, example, importance)
+    _require_feasible(candidates, a, "pretrained weights")
     result = allocate(candidates, a.budget, resource=a.resource)
-    chosen = select_layers(model, exp.admm.layer_constraints())
-    constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
-                                                       result.chosen[n].setting))
-                   for n in candidates if n in chosen]
-    exp = dataclasses.replace(exp, admm=dataclasses.replace(exp.admm, constraints=constraints))
-    return exp, {**result.summary(), "importance": a.importance}
+    chosen = select_layers(model, constraints)
+    chosen_constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
+                                                              result.chosen[n].setting))
+                          for n in candidates if n in chosen]
+    return chosen_constraints, {**result.summary(), "importance": a.importance}
 
 
 def allocation_markdown(summary: dict) -> str:

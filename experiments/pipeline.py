@@ -838,7 +838,8 @@ def _prepare(exp: CompressExperiment, run_dir: Path, timings: dict):
     check_constraints_fit(model, exp.admm)
     # layers.digital / layers.devices patterns fit the model
     mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
-    check_budget(model, exp, train.dataset[0][0][None].to(device))
+    check_budget(model, exp.allocation, exp.admm.layer_constraints(), exp.crossbar, exp.cost,
+                 train.dataset[0][0][None].to(device))
     with _timed(timings, "pretrain"):
         dense_acc = pretrain_stage(model, (train, test), exp.train,
                                    fingerprint(exp, DENSE_KEYS), run_dir, seed=exp.seed,
@@ -894,7 +895,11 @@ def _run_compress(exp: CompressExperiment, run_dir: Path) -> dict:
                                                                               timings)
     n_dense = sum(p.numel() for p in model.parameters())
     with _timed(timings, "allocation"):
-        exp, allocation = allocation_stage(model, train, exp, calibration)
+        chosen, allocation = allocation_stage(
+            model, train, exp.allocation, exp.admm.layer_constraints(), exp.crossbar, exp.cost,
+            calibration, exp.seed)
+        if chosen is not None:  # the allocation's per-layer constraints replace the group's
+            exp = dataclasses.replace(exp, admm=dataclasses.replace(exp.admm, constraints=chosen))
     mapped, digital = mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
     with _timed(timings, exp.compressor):
         result = get_compressor(exp.compressor)(model, (train, test),

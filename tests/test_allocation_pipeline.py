@@ -2,7 +2,6 @@
 compressor, appears in report.md / metrics.json and respects the budget; an infeasible budget
 fails before any training."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -55,12 +54,16 @@ def test_candidate_patterns_limit_layers(tmp_path):
     exp = load_compress_config(_compose(cfg))
     train, _, info = load_data(exp.dataset, exp.seed)
     model = build_model("lenet5", input_shape=info.input_shape)
-    out = layer_candidates(model, exp, train.dataset[0][0][None])
+    def candidates(e):
+        return layer_candidates(model, e.allocation, e.admm.layer_constraints(), e.crossbar,
+                                e.cost, train.dataset[0][0][None])
+
+    out = candidates(exp)
     assert [len(v) for v in out.values()] == [1, 1, 2, 2, 1]
     assert out["classifier.0"][1].cost < out["classifier.0"][0].cost
     bad = [*_alloc(12)[:-1], "allocation={budget: 40, candidates: [{pattern: 'features.*'}]}"]
     with pytest.raises(ValueError, match="no candidate's pattern matches layer 'classifier.0'"):
-        layer_candidates(model, load_compress_config(_compose(bad)), train.dataset[0][0][None])
+        candidates(load_compress_config(_compose(bad)))
 
 
 def test_candidate_replaces_pruning_fields():
@@ -100,7 +103,6 @@ def test_candidate_cost_of_a_grouped_convolution_counts_each_groups_tiles():
     exp = load_compress_config(_compose(_alloc(12)))
     conv = nn.Conv2d(64, 64, 3, groups=64)
     mask = torch.ones(64, 9, dtype=torch.bool)
-    tiles = _cost("dw", conv, mask, dataclasses.replace(
-        exp, allocation=dataclasses.replace(exp.allocation, resource="tiles")),
-        {"dw": 1}, load_table(exp.cost.table))
+    tiles = _cost("dw", conv, mask, exp.crossbar, exp.cost, "tiles", {"dw": 1},
+                  load_table(exp.cost.table))
     assert tiles == 64

@@ -133,9 +133,13 @@ def test_the_admm_group_schema_is_built_from_the_library_config():
 
 
 ORCHESTRATORS = {"run_compress", "_run_compress", "run_device_study", "_run_device_study",
-                 "preflight", "_prepare", "compress_inputs", "held_fixed"}
+                 "preflight", "_prepare", "compress_inputs", "held_fixed", "main",
+                 "fingerprint", "check_resume", "open_run"}
 """The functions of the run layer that unpack the validated experiment (``compress_inputs``:
-the compressors' inputs; ``held_fixed``: the caption, also for ``experiments.replot``)."""
+the compressors' inputs; ``held_fixed``: the caption, also for ``experiments.replot``), and
+the run-folder guards, which compare the run's identity, i.e. the whole validated config
+(``fingerprint`` reads every fingerprinted section, ``open_run``/``check_resume`` every
+checkpoint's fingerprint)."""
 
 
 def test_stages_take_explicit_arguments_not_the_experiment():
@@ -143,8 +147,8 @@ def test_stages_take_explicit_arguments_not_the_experiment():
     (``CompressExperiment`` / ``StudyExperiment``), only what it reads."""
     bad = []
     for path in (ROOT / "experiments").glob("*.py"):
-        if path.stem in ("allocation", "guard", "config"):  # not yet converted (allocation,
-            continue                                        # fingerprint) / the schema itself
+        if path.stem == "config":  # the experiment's own schema
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) \
                     and node.name not in ORCHESTRATORS:
