@@ -66,7 +66,8 @@ class CrossbarConfig:
         noise_precision: arithmetic of the per-MVM read-noise variance product
             ``sum_i x_i^2 var_ij`` (a simulation setting, not hardware): ``"auto"`` computes it
             in bfloat16 with float32 accumulation on CPUs with native bfloat16 (AVX512-BF16 or
-            AMX), which makes noisy inference 1.2-1.25x faster and puts at most 0.6 % relative
+            AMX), which makes LeNet-5's noisy inference 1.2x faster (VGG-16's, dominated by the
+            Gaussian draws, about the same) and puts at most 0.6 % relative
             error on each partial sum's noise standard deviation (the noise stays Gaussian
             and per-MVM; docs/crossbar.md); elsewhere, and with ``"exact"``, it runs in the
             model's dtype.
