@@ -52,6 +52,7 @@ class _TileIndex:
     input_slice: slice | None  # ``inputs`` as a contiguous range, else None (gather)
     row_mask: torch.Tensor | None  # conv: [channels, kh*kw] rows of the tiles, when partial
     n_rows: int  # live word lines of each tile
+    col_slice: slice | None = None  # ``cols`` as a contiguous range, else None (index_add)
 
 
 class InputShapeError(ValueError):
@@ -645,7 +646,10 @@ class CrossbarLayer(nn.Module):
             else:
                 if out is None:
                     out = p.new_zeros(out_shape)
-                out.index_add_(1, idx.cols, p, alpha=alpha)
+                if idx.col_slice is not None:  # a slice add is ~10x cheaper than index_add_
+                    out[:, idx.col_slice].add_(p, alpha=alpha)
+                else:
+                    out.index_add_(1, idx.cols, p, alpha=alpha)
         if out is None:  # nothing mapped: every weight pruned
             out = drive.x.new_zeros(out_shape)
         if self.bias is not None:
@@ -821,7 +825,8 @@ class CrossbarLinear(CrossbarLayer):
             out.append(_TileIndex(tiles=(i,), cols=torch.tensor(t.cols, dtype=torch.long,
                                                                 device=dev),
                                   rows=rows, inputs=rows, input_slice=_as_slice(list(t.rows)),
-                                  row_mask=None, n_rows=t.n_rows))
+                                  row_mask=None, n_rows=t.n_rows,
+                                  col_slice=_as_slice(list(t.cols))))
         return out
 
     def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
@@ -903,10 +908,11 @@ class CrossbarConv2d(CrossbarLayer):
                 mask[pos[r // k], r % k] = True
             inputs = [plan.group_of(plan.tiles[t].cols[0]) * self._group_channels + c
                       for t in tiles for c in channels]
+            cols = [c for t in tiles for c in plan.tiles[t].cols]
             out.append(_TileIndex(
                 tiles=tuple(tiles),
-                cols=torch.tensor([c for t in tiles for c in plan.tiles[t].cols],
-                                  dtype=torch.long, device=dev),
+                cols=torch.tensor(cols, dtype=torch.long, device=dev),
+                col_slice=_as_slice(cols),
                 rows=torch.tensor(channels, dtype=torch.long, device=dev),
                 inputs=torch.tensor(inputs, dtype=torch.long, device=dev),
                 input_slice=_as_slice(inputs),

@@ -542,3 +542,24 @@ def test_runs_unchanged_on_cuda() -> None:
     cpu = crossbar.to_crossbar(model.cpu(), IDEAL, crossbar.CrossbarConfig()).cuda()
     with torch.no_grad():
         assert rel_err(cpu(x), model.cuda()(x)) < 1e-4
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_outputs_spread_over_column_tiles_are_summed_in_place(pruned) -> None:
+    """Column groups of contiguous outputs are added by slice, scattered ones (pruned columns
+    leave gaps) by index: both reproduce the float layer on an ideal device."""
+    torch.manual_seed(5)
+    layer = nn.Linear(40, 300)
+    mask = torch.ones(300, 40, dtype=torch.bool)
+    if pruned:
+        mask[::3] = False  # every third output pruned: each tile's outputs are not a range
+        with torch.no_grad():
+            layer.weight[::3] = 0
+    config = crossbar.CrossbarConfig(tile_rows=32, tile_cols=64)
+    x = torch.randn(16, 40)
+    xl = crossbar.to_crossbar(layer, crossbar.DeviceModel.ideal(), config,
+                              masks={"": mask})
+    slices = [idx.col_slice is not None for idx in xl._units]
+    assert all(slices) if not pruned else not any(slices)
+    with torch.no_grad():
+        assert torch.allclose(xl(x), layer(x), atol=1e-5)
