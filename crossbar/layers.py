@@ -725,6 +725,8 @@ class CrossbarLayer(nn.Module):
 
 
 _PERCENTILE_SAMPLE = 1 << 20
+
+
 @functools.cache
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN runs bfloat16 convolutions and matmuls natively on this CPU
