@@ -315,7 +315,7 @@ def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str
     rob = exp.robustness
     return CompressInputs(
         run_dir=run_dir, fingerprint=fingerprint(exp), settings=getattr(exp, name),
-        constraints=tuple(exp.admm.layer_constraints()), seed=exp.seed, device=exp.device,
+        constraints=exp.admm.layer_constraints(), seed=exp.seed, device=exp.device,
         crossbar=exp.crossbar, hardware_aware=rob.hardware_aware, repair=rob.repair(),
         mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir)
 

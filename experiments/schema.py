@@ -42,7 +42,7 @@ def omegaconf_type(hint: object) -> object:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1 and len(args) < len(typing.get_args(hint)):
+        if len(args) == 1:  # X | None
             inner = omegaconf_type(args[0])
             return Any if inner is Any else Optional[inner]  # noqa: UP007, UP045
         return Any

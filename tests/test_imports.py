@@ -133,7 +133,7 @@ def test_the_admm_group_schema_is_built_from_the_library_config():
 
 
 ORCHESTRATORS = {"run_compress", "_run_compress", "run_device_study", "_run_device_study",
-                 "preflight", "_prepare", "compress_inputs", "held_fixed", "main",
+                 "preflight", "_prepare", "compress_inputs", "held_fixed",
                  "fingerprint", "check_resume", "open_run"}
 """The functions of the run layer that unpack the validated experiment (``compress_inputs``:
 the compressors' inputs; ``held_fixed``: the caption, also for ``experiments.replot``), and
