@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from admm.admm import ADMM
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
@@ -333,15 +333,28 @@ def check_fingerprint(source: object, saved: Mapping | None, current: Mapping | 
             "run directory")
 
 
-def loader_rng_state(loader: Iterable) -> Tensor | None:
-    """State of a ``DataLoader``'s shuffle generator (``None`` without one), checkpointed so a
-    resumed run sees the same batch order as an uninterrupted one."""
+def loader_rng_state(loader: Iterable) -> Tensor | dict | None:
+    """State of a ``DataLoader``'s training order, checkpointed so a resumed run sees the same
+    batch order as an uninterrupted one: the sampler's ``state_dict()`` where it has one (as
+    ``experiments.datasets.PassSampler`` does), else the shuffle generator's state (``None``
+    with neither)."""
+    sampler = getattr(loader, "sampler", None)
+    if callable(getattr(sampler, "state_dict", None)):
+        return {"sampler": sampler.state_dict()}
     generator = getattr(loader, "generator", None)
     return generator.get_state() if isinstance(generator, torch.Generator) else None
 
 
-def set_loader_rng_state(loader: Iterable, state: Tensor | None) -> None:
-    """Restore :func:`loader_rng_state` (no-op for ``None`` or a loader without generator)."""
+def set_loader_rng_state(loader: Iterable, state: Tensor | dict | None) -> None:
+    """Restore :func:`loader_rng_state` (no-op for ``None`` or a loader without either)."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(state, dict) and "sampler" in state:
+        if not callable(getattr(sampler, "load_state_dict", None)):
+            raise CheckpointMismatchError(
+                "the checkpoint holds a sampler state but the training loader's sampler "
+                f"({type(sampler).__name__}) has no load_state_dict; resume with the same loader")
+        sampler.load_state_dict(state["sampler"])
+        return
     generator = getattr(loader, "generator", None)
     if state is not None and isinstance(generator, torch.Generator):
         generator.set_state(state.cpu())

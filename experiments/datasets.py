@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 __all__ = [
     "CHECKSUMS",
@@ -42,6 +42,7 @@ __all__ = [
     "NUM_CLASSES",
     "ChecksumError",
     "DatasetInfo",
+    "PassSampler",
     "load_cifar10",
     "load_dataset",
     "load_digits",
@@ -445,6 +446,51 @@ def _take(ds: TensorDataset, n: int | None, key: str, generator: torch.Generator
     return TensorDataset(*(t[index] for t in ds.tensors))
 
 
+class PassSampler(Sampler[int]):
+    """Training order that depends only on ``(seed, passes completed)``.
+
+    Pass ``p`` visits the samples in ``randperm(n)`` drawn from a generator seeded with
+    ``BLAKE2b("seed/p")``; ``passes`` grows by one when a pass has been read to its end. So the
+    order cannot be disturbed by anything that is not a full pass over the data: an extra
+    ``iter(loader)`` (progress bars, ``next(iter(loader))`` for an example batch), a pass cut off
+    by an error, or the draws of ``DataLoader``'s own base seed. A shuffle drawn from a stateful
+    generator, as ``DataLoader(shuffle=True)`` does, advances on every ``iter()``.
+
+    ``state_dict()`` / ``load_state_dict()`` carry ``passes`` through checkpoints, so a resumed
+    run reads the same batches as an uninterrupted one.
+    """
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        if int(n) < 0:
+            raise ValueError(f"PassSampler: n={n!r} is invalid; allowed: n >= 0")
+        self.n, self.seed, self.passes = int(n), int(seed), 0
+
+    def order(self, p: int) -> torch.Tensor:
+        """The sample order of pass ``p`` (a pure function of ``seed`` and ``p``)."""
+        digest = hashlib.blake2b(f"{self.seed}/{int(p)}".encode(), digest_size=8).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
+        return torch.randperm(self.n, generator=gen)
+
+    def __iter__(self):
+        yield from self.order(self.passes).tolist()
+        self.passes += 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"passes": ...}``: what a checkpoint needs to restore the order."""
+        return {"passes": self.passes}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        passes = state.get("passes") if isinstance(state, dict) else None
+        if not isinstance(passes, int) or isinstance(passes, bool) or passes < 0:
+            raise ValueError(f"PassSampler state {state!r} is invalid; allowed: "
+                             "{'passes': a non-negative integer}")
+        self.passes = passes
+
+
 def make_loaders(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
@@ -459,8 +505,10 @@ def make_loaders(
     """Seeded train/test ``DataLoader`` objects for ``name`` and their ``DatasetInfo``.
 
     ``subset`` / ``test_subset`` keep a seeded random sample of that many training / test
-    samples (``None``: all). ``seed`` fixes both the subsets and the training shuffle order;
-    the test loader does not shuffle. ``test_batch_size`` defaults to ``batch_size``.
+    samples (``None``: all). ``seed`` fixes both the subsets and the training shuffle order
+    (a :class:`PassSampler`: the order of each pass depends only on the seed and the passes
+    completed); the test loader does not shuffle. ``test_batch_size`` defaults to
+    ``batch_size``.
     """
     for key, value in (("batch_size", batch_size), ("test_batch_size", test_batch_size)):
         if value is not None and int(value) <= 0:
@@ -481,8 +529,8 @@ def make_loaders(
         std=std,
     )
     train_loader = DataLoader(
-        train, batch_size=int(batch_size), shuffle=True, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(int(seed)),
+        train, batch_size=int(batch_size), sampler=PassSampler(len(train), int(seed)),
+        num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)),
     )
     test_loader = DataLoader(
         test, batch_size=int(test_batch_size or batch_size), shuffle=False,

@@ -36,7 +36,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from admm import CompressResult, DivergenceError, compress, save_atomic  # noqa: E402
 from admm.pipeline import check_fingerprint, load_model_state  # noqa: E402
@@ -258,13 +259,19 @@ def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     return evaluate(model, loaders[1])
 
 
+CACHE_FORMAT = 2
+"""Bumped when the same settings train another model (2: the training order of
+``experiments.datasets.PassSampler``), so older cache entries are not reused."""
+
+
 def cached(cache_dir: str | None, name: str, fp: Mapping) -> Path | None:
     """``<runtime.cache_dir>/<name>-<hash>.pt``: a model shared by every run whose settings
     ``fp`` (the checkpoint's fingerprint: only the sections it depends on) are the same;
     ``None`` without a cache."""
     if cache_dir is None:
         return None
-    key = hashlib.sha256(json.dumps(dict(fp), sort_keys=True, default=str).encode()).hexdigest()
+    keyed = {"cache_format": CACHE_FORMAT, **dict(fp)}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
     return Path(to_absolute_path(cache_dir)) / f"{name}-{key[:20]}.pt"
 
 
@@ -1441,7 +1448,7 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
     def task(cfg: DictConfig) -> dict:
         run_dir = hydra_run_dir()
         print(f"run dir: {run_dir}", flush=True)
-        with sigterm_as_exit(run_dir, command):
+        with sigterm_as_exit(run_dir, command), logging_redirect_tqdm():
             try:
                 metrics = run(cfg, run_dir)
             except KeyboardInterrupt:

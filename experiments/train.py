@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from admm.pipeline import (
     DivergenceError,
@@ -102,7 +102,7 @@ def fit(
     learning-rate schedule from ``lr`` to 0, evaluating on the test loader after each epoch.
 
     ``seed`` seeds torch's global generator (dropout, any unseeded sampling); the training
-    order is fixed by the loader's own generator (see ``make_loaders``).
+    order is fixed by the loader's sampler (see ``make_loaders``).
 
     With ``checkpoint``, the state (model, optimizer, schedule, history, global and loader RNG,
     ``fingerprint``) is saved atomically after every epoch, and an existing checkpoint is

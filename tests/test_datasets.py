@@ -236,6 +236,37 @@ def test_make_loaders_digits_subset_is_seeded() -> None:
     assert first != other
 
 
+def _orders(loader, passes: int) -> list[list[int]]:
+    return [[int(v) for _, y in loader for v in y] for _ in range(passes)]
+
+
+def test_training_order_is_not_disturbed_by_extra_iterators() -> None:
+    """The order of pass p depends only on (seed, passes completed): an extra ``iter()`` (what
+    ``tqdm.auto``'s asyncio class does in its constructor), a peeked batch or a pass cut off
+    change nothing (issue 19: progress bars changed every result)."""
+    from tqdm.asyncio import tqdm_asyncio  # the class tqdm.auto resolves to in a terminal
+
+    from experiments.datasets import PassSampler
+    plain = _orders(make_loaders("digits", batch_size=64, seed=1, subset=300)[0], 3)
+    loader = make_loaders("digits", batch_size=64, seed=1, subset=300)[0]
+    disturbed = []
+    for _ in range(3):
+        iter(loader)  # never read
+        next(iter(loader))  # one batch read, pass abandoned
+        disturbed.append([int(v) for _, y in tqdm_asyncio(loader, disable=True) for v in y])
+    assert disturbed == plain
+    assert plain[0] != plain[1] != plain[2]  # a new order each pass
+    assert sorted(plain[0]) == sorted(plain[1])  # every sample once per pass
+    sampler = loader.sampler
+    assert isinstance(sampler, PassSampler) and sampler.state_dict() == {"passes": 3}
+    resumed = make_loaders("digits", batch_size=64, seed=1, subset=300)[0]
+    resumed.sampler.load_state_dict({"passes": 2})
+    assert _orders(resumed, 1)[0] == plain[2]
+    for bad in ({"passes": -1}, {"passes": 1.5}, {"passes": True}, {}, [2]):
+        with pytest.raises(ValueError, match="PassSampler state"):
+            resumed.sampler.load_state_dict(bad)
+
+
 def test_make_loaders_idx_info(tmp_path: Path) -> None:
     write_idx_set(tmp_path)
     train, test, info = make_loaders("mnist", tmp_path, batch_size=4, verify=False)

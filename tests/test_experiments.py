@@ -131,6 +131,16 @@ def digits_run(tmp_path_factory):
     return run_dir, metrics
 
 
+def test_progress_bars_do_not_change_results(digits_run, tmp_path):
+    """``runtime.progress`` is display only: bars on give the same metrics as bars off (the
+    fixture), so the interactive path is the tested one too (issue 19)."""
+    _, metrics = digits_run
+    shown = run_compress(_compose(TINY + ["runtime.progress=true"]), tmp_path)
+    for key in ("dense_accuracy", "compressed_accuracy", "crossbar_ideal_accuracy",
+                "crossbar_accuracies", "compression_ratio", "tiles", "energy_nJ"):
+        assert shown[key] == metrics[key], key
+
+
 def test_runs_log_stages_epochs_and_a_summary(tmp_path, caplog):
     with caplog.at_level("INFO"):
         run_compress(_compose(TINY), tmp_path)
