@@ -63,7 +63,7 @@ class Allocation:
         """Markdown table: one row per layer plus the total against the budget."""
         lines = [f"| layer | setting | error | {self.resource} |", "|---|---|---:|---:|"]
         for n, c in self.chosen.items():
-            setting = ", ".join(f"{k}={v}" for k, v in c.setting.items()) or str(self.choice[n])
+            setting = ", ".join(f"{k}={v}" for k, v in c.setting.items()) or "unpruned"
             lines.append(f"| {n} | {setting} | {c.error:.6g} | {c.cost:.6g} |")
         lines.append(f"| **total** | budget {self.budget:.6g} | {self.total_error:.6g} | "
                      f"{self.total_cost:.6g} |")

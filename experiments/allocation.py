@@ -13,7 +13,12 @@ For layer ``l`` and candidate ``k`` of the pretrained model:
   ``||w - P(w)||^2`` (not comparable across layers of different sensitivity);
 * cost ``c_lk``: ``crossbar.plan.plan_layer`` on the projection's mask, then
   ``crossbar.cost.layer_cost`` with the run's ``crossbar`` and ``cost`` groups: tiles,
-  area (mm^2) or energy per inference (nJ); layer costs add up to the model's total.
+  area (mm^2) or energy per inference (nJ); or, for a compression-ratio budget ``R``, the
+  weights on live rows x columns, with the budget ``sum_l dense_l / R``; layer costs add up to
+  the model's total.
+
+``candidates: auto`` offers every layer each pair of kept-row and kept-column fractions of
+``experiments.config.AUTO_KEEP`` (as counts of that layer), so the user states only the budget.
 
 Layers without a constraint stay dense and count with their fixed cost. ``admm.allocate``
 (cvxpy MILP, HiGHS) picks one candidate per layer minimising ``sum e`` with ``sum c <= budget``;
@@ -52,6 +57,7 @@ from crossbar.cost import CostConfig, layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
 from experiments.config import (  # noqa: F401 - re-exported: the allocation block's schema
     _PRUNE_KEYS,
+    AUTO_KEEP,
     RESOURCES,
     SETTING_KEYS,
     AllocationSettings,
@@ -60,7 +66,8 @@ from experiments.config import (  # noqa: F401 - re-exported: the allocation blo
 from experiments.posttraining import labelled_subset
 
 __all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
-           "check_budget", "layer_candidates"]
+           "auto_candidates", "budget_range", "check_budget", "layer_candidates",
+           "layer_importance", "milp_budget"]
 
 def layer_constraint(base: LayerConstraint, name: str, setting: dict) -> LayerConstraint:
     """``base`` for layer ``name`` only, with its pruning fields replaced by ``setting``'s (and
@@ -87,11 +94,27 @@ def _cost(name: str, module: nn.Module, mask: torch.Tensor, xbar: CrossbarConfig
           cost: CostConfig, resource: str, mvms: dict[str, int], table) -> float:
     kind = "conv2d" if isinstance(module, (nn.Conv1d, nn.Conv2d)) else "linear"
     kernel = math.prod(module.kernel_size) if kind == "conv2d" else 1
-    lc = layer_cost(plan_layer(name, kind, mask, xbar, kernel, mvms.get(name),
-                               groups=getattr(module, "groups", 1)),  # a group's own tiles
-                    xbar, cost, table)
+    plan = plan_layer(name, kind, mask, xbar, kernel, mvms.get(name),
+                      groups=getattr(module, "groups", 1))  # a group's own tiles
+    if resource == "compression":
+        return float(plan.mapped_weights)
+    lc = layer_cost(plan, xbar, cost, table)
     return {"tiles": float(lc.tiles), "area_mm2": lc.total_area_um2 * 1e-6,
             "energy_nJ": lc.total_energy_pJ * 1e-3}[resource]
+
+
+def auto_candidates(shape: tuple[int, int], final: bool) -> list[dict]:
+    """``candidates: auto`` for a layer of matrix view ``shape = (out, in)``: every pair of
+    kept-row and kept-column counts from the :data:`AUTO_KEEP` fractions (at least one;
+    a full count is left unset); the ``final`` layer keeps all its outputs."""
+    out_n, in_n = shape
+
+    def counts(n: int) -> list[int]:
+        return sorted({max(1, round(f * n)) for f in AUTO_KEEP}, reverse=True)
+
+    cols = [out_n] if final else counts(out_n)
+    return [{k: v for k, v, n in (("row_keep", r, in_n), ("col_keep", c, out_n)) if v < n}
+            for r in counts(in_n) for c in cols]
 
 
 @torch.no_grad()
@@ -101,16 +124,19 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
                      importance: dict[str, torch.Tensor] | None = None,
                      ) -> dict[str, list[Candidate]]:
     """``{layer: [Candidate(error, cost, setting), ...]}`` for every Linear/Conv2d of
-    ``model``: one per ``allocation.candidates`` entry for constrained layers, one fixed dense
-    candidate (``setting = {"fixed": "dense"}``) for the others. ``constraints``: the admm
-    group's; costs of ``settings.resource`` on ``xbar`` priced by ``cost``."""
+    ``model``: one per ``allocation.candidates`` entry (or :func:`auto_candidates`) for
+    constrained layers, one fixed dense candidate (``setting = {"fixed": "dense"}``) for the
+    others. ``constraints``: the admm group's; costs of ``settings.resource`` on ``xbar``
+    priced by ``cost``."""
     chosen = select_layers(model, constraints)
     mvms = measure_mvms(model, example)
     table = load_table(cost.table)
     price = functools.partial(_cost, xbar=xbar, cost=cost, resource=settings.resource,
                               mvms=mvms, table=table)
     out: dict[str, list[Candidate]] = {}
-    for name, module in crossbar_layers(model).items():
+    layers = crossbar_layers(model)
+    final = next(reversed(layers))
+    for name, module in layers.items():
         W = weight_matrix(module).detach()
         if name not in chosen:
             out[name] = [Candidate(0.0, price(name, module, torch.ones_like(W, dtype=torch.bool)),
@@ -118,7 +144,9 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
             continue
         imp = None if importance is None else importance[name].reshape(W.shape).to(W.device)
         out[name] = []
-        for setting in settings.candidates:
+        offered = settings.candidates if settings.candidates != "auto" else auto_candidates(
+            tuple(W.shape), final=name == final and not chosen[name].prune_outputs)
+        for setting in offered:
             if name not in select_layers(model, [LayerConstraint(setting.get("pattern", "*"))]):
                 continue
             c = layer_constraint(chosen[name], name, setting)
@@ -130,14 +158,37 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
     return out
 
 
+def milp_budget(candidates: dict[str, list[Candidate]], a: AllocationSettings,
+                budget: float) -> float:
+    """The knapsack's budget in cost units: ``budget`` itself, or for a compression ratio the
+    weights it leaves, ``sum_l dense_l / ratio`` (a layer's dense cost is its largest)."""
+    if a.resource != "compression":
+        return budget
+    return sum(max(c.cost for c in cs) for cs in candidates.values()) / budget
+
+
+def budget_range(candidates: dict[str, list[Candidate]], a: AllocationSettings,
+                 ) -> tuple[float, float]:
+    """``(loose, tight)``: the budgets of no compression (every layer's costliest candidate)
+    and of the cheapest choice, in ``a.resource`` units (a ratio for ``compression``)."""
+    most = sum(max(c.cost for c in cs) for cs in candidates.values())
+    least = min_cost(candidates)
+    if a.resource == "compression":
+        return most / most, most / least
+    return most, least
+
+
 def _require_feasible(candidates: dict[str, list[Candidate]], a: AllocationSettings,
                       when: str) -> None:
-    lowest = min_cost(candidates)
-    if lowest > a.budget:
-        raise ValueError(f"allocation.budget={a.budget!r} is infeasible: the least achievable "
-                         f"total {a.resource} with these candidates is {lowest:.6g} ({when}; "
-                         "cheapest candidate of every layer); raise the budget or add cheaper "
-                         "candidates")
+    if a.budget is None:  # an accuracy budget searches inside the feasible range
+        return
+    tight = budget_range(candidates, a)[1]
+    if a.tighter * (a.budget - tight) > 1e-9 * abs(tight):
+        what = "the largest achievable compression ratio" if a.resource == "compression" \
+            else f"the least achievable total {a.resource}"
+        raise ValueError(f"allocation.budget={a.budget!r} is infeasible: {what} with these "
+                         f"candidates is {tight:.6g} ({when}; cheapest candidate of every "
+                         "layer); loosen the budget or add cheaper candidates")
 
 
 def check_budget(model: nn.Module, settings: AllocationSettings | None,
@@ -145,7 +196,7 @@ def check_budget(model: nn.Module, settings: AllocationSettings | None,
                  cost: CostConfig, example: torch.Tensor) -> None:
     """Fail before any training when no choice of candidates fits ``allocation.budget``
     (costs from the masks of the model's current weights; a no-op without allocation)."""
-    if settings is not None:
+    if settings is not None and settings.budget is not None:
         _require_feasible(layer_candidates(model, settings, constraints, xbar, cost, example),
                           settings, "before pretraining")
 
@@ -157,22 +208,36 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     """Solve the allocation on the pretrained ``model``; returns the chosen per-layer
     constraints (``admm.LayerConstraint`` fields, for the ``admm`` group; ``None`` without
     allocation) and the solver's choice (``admm.Allocation.summary()`` plus the
-    ``importance`` used)."""
+    ``importance`` used and, for a compression ratio, the ``ratio`` asked for)."""
     if a is None:
         return None, None
-    importance = None
-    if a.importance is not None:
-        device = next(model.parameters()).device
-        data = labelled_subset(train, a.n_samples, device, seed)
-        importance = compute_importance(model, data, a.importance, n_samples=a.n_samples)
-    candidates = layer_candidates(model, a, constraints, xbar, cost, example, importance)
+    if a.budget is None:
+        raise ValueError("allocation_stage: an accuracy budget (max_drop) is searched by "
+                         "experiments.search, which runs this stage once per resource budget")
+    candidates = layer_candidates(model, a, constraints, xbar, cost, example,
+                                  layer_importance(model, train, a, seed))
     _require_feasible(candidates, a, "pretrained weights")
-    result = allocate(candidates, a.budget, resource=a.resource)
+    result = allocate(candidates, milp_budget(candidates, a, a.budget),
+                      resource="weights" if a.resource == "compression" else a.resource)
     chosen = select_layers(model, constraints)
     chosen_constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
                                                               result.chosen[n].setting))
                           for n in candidates if n in chosen]
-    return chosen_constraints, {**result.summary(), "importance": a.importance}
+    summary = {**result.summary(), "importance": a.importance}
+    if a.resource == "compression":
+        summary["ratio"] = a.budget
+    return chosen_constraints, summary
+
+
+def layer_importance(model: nn.Module, train: DataLoader, a: AllocationSettings, seed: int
+                     ) -> dict[str, torch.Tensor] | None:
+    """``a.importance`` of every weight (``admm.compute_importance`` on ``a.n_samples`` seeded
+    training images), or ``None`` without."""
+    if a.importance is None:
+        return None
+    device = next(model.parameters()).device
+    data = labelled_subset(train, a.n_samples, device, seed)
+    return compute_importance(model, data, a.importance, n_samples=a.n_samples)
 
 
 def allocation_markdown(summary: dict) -> str:
@@ -186,10 +251,11 @@ def allocation_markdown(summary: dict) -> str:
         budget=summary["budget"], min_cost=summary["min_cost"], resource=summary["resource"])
     imp = summary["importance"]
     kind = f"1/2 sum imp (w - P(w))^2, {imp} importance" if imp else "||w - P(w)||^2"
+    ratio = f" (a {summary['ratio']:.4g}x compression ratio)" if "ratio" in summary else ""
     return "\n".join([
         "## Budgeted allocation", "",
         f"Per-layer settings chosen by the MILP (admm.allocate, HiGHS) to minimise the total "
-        f"distortion ({kind}) with total {result.resource} <= {result.budget:.6g} "
+        f"distortion ({kind}) with total {result.resource} <= {result.budget:.6g}{ratio} "
         f"(least achievable {result.min_cost:.6g}). Errors and costs are estimated on the "
         "projection of the dense weights; the mapping plan below is the compressed model's.",
         "", result.to_markdown(), ""])

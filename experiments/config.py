@@ -566,8 +566,10 @@ class ObcSettings:
                              "of " + ", ".join(METHODS))
 
 
-RESOURCES = ("tiles", "area_mm2", "energy_nJ")
-"""Units a budget can be given in."""
+RESOURCES = ("compression", "tiles", "area_mm2", "energy_nJ")
+"""Units a budget can be given in: ``compression`` is a structured compression ratio (dense
+weights / weights on live crossbar rows x columns, >= 1; larger is tighter), the others a
+total the design must stay under (smaller is tighter)."""
 
 SETTING_KEYS = ("row_ratio", "row_keep", "col_ratio", "col_keep", "block_ratio", "block_keep",
                 "levels", "pattern")
@@ -577,35 +579,90 @@ limits the layers the candidate is offered to."""
 
 _PRUNE_KEYS = SETTING_KEYS[:-2]
 
+AUTO_KEEP = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03)
+"""Fractions of a layer's rows and of its columns that ``candidates: auto`` offers (every
+pair; at least one row and column; the final layer keeps all its outputs unless its
+constraint sets ``prune_outputs``). A geometric ladder, about 1.4x apart: the search decides,
+from the user's model and data, where on it each layer sits."""
+
 
 @dataclass(frozen=True)
 class AllocationSettings:
-    """The ``allocation`` block: total ``budget`` in ``resource`` units, the ``candidates``
-    offered to every constrained layer, the ``importance`` (``fisher`` | ``hessian`` | null)
-    that weights the distortion, from ``n_samples`` seeded training images."""
+    """The ``allocation`` block: the pipeline chooses each constrained layer's kept rows and
+    columns (and levels, where a candidate gives them) from a budget.
+
+    * a resource budget: ``budget`` in ``resource`` units (a compression ratio, a tile count, an
+      area in mm^2 or an energy per inference in nJ);
+    * or an accuracy budget: ``max_drop``, the largest allowed drop (points) of the mean chip
+      accuracy from dense on the configured device and converters; the pipeline searches the
+      resource budget by bisection on a log scale (``search_steps`` compressions, each
+      evaluated on ``search_chips`` chips; ``search_range`` ``[loose, tight]`` in resource
+      units, default from the candidates: no compression to the cheapest choice).
+
+    ``candidates``: ``auto`` (the :data:`AUTO_KEEP` ladder of kept rows x columns for every
+    layer) or a list of settings offered to every constrained layer. ``importance`` (``fisher``
+    | ``hessian`` | null) weights the distortion, from ``n_samples`` seeded training images."""
 
     budget: float | None = None
-    candidates: list[dict] = field(default_factory=list)
-    resource: str = "tiles"
+    candidates: list[dict] | str = "auto"
+    resource: str = "compression"
     importance: str | None = "fisher"
     n_samples: int = 1024
+    max_drop: float | None = None
+    search_steps: int = 6
+    search_chips: int = 5
+    search_range: list[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.budget is None or not (math.isfinite(self.budget) and self.budget > 0):
+        if (self.budget is None) == (self.max_drop is None):
+            raise ValueError(f"budget={self.budget!r} is invalid with max_drop={self.max_drop!r}; "
+                             "allowed: exactly one of them (a resource budget, or the largest "
+                             "allowed accuracy drop in points, which searches the budget)")
+        if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
             raise ValueError(f"budget={self.budget!r} is invalid; allowed: a number > 0")
         if self.resource not in RESOURCES:
             raise ValueError(f"resource={self.resource!r} is invalid; allowed: one of "
                              + ", ".join(RESOURCES))
+        if self.resource == "compression" and self.budget is not None and self.budget < 1:
+            raise ValueError(f"budget={self.budget!r} is invalid for resource=compression; "
+                             "allowed: a compression ratio >= 1")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop)
+                                               and 0 <= self.max_drop <= 100):
+            raise ValueError(f"max_drop={self.max_drop!r} is invalid; allowed: accuracy points "
+                             "in [0, 100]")
+        if not 1 <= self.search_steps <= 30:
+            raise ValueError(f"search_steps={self.search_steps!r} is invalid; allowed: an "
+                             "integer in [1, 30]")
+        if not 1 <= self.search_chips <= 1000:
+            raise ValueError(f"search_chips={self.search_chips!r} is invalid; allowed: an "
+                             "integer in [1, 1000]")
+        if self.search_range is not None:
+            r = self.search_range
+            if len(r) != 2 or not all(math.isfinite(v) and v > 0 for v in r) or r[0] == r[1] \
+                    or (self.resource == "compression") != (r[0] < r[1]):
+                order = "loose < tight (ratios)" if self.resource == "compression" \
+                    else "loose > tight"
+                raise ValueError(f"search_range={r!r} is invalid; allowed: null or [loose, "
+                                 f"tight], two numbers > 0 in {self.resource} units with "
+                                 f"{order}")
         if self.importance is not None and self.importance not in METHODS:
             raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or "
                              "one of " + ", ".join(METHODS))
         if not 1 <= self.n_samples <= 100_000:
             raise ValueError(f"n_samples={self.n_samples!r} is invalid; allowed: an integer "
                              "in [1, 100000]")
+        if isinstance(self.candidates, str):
+            if self.candidates != "auto":
+                raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: auto or "
+                                 "a non-empty list of settings such as {row_ratio: 0.5}")
+            return
         if not self.candidates:
-            raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: a non-empty "
-                             "list of settings such as {row_ratio: 0.5, levels: 16}")
+            raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: auto or a "
+                             "non-empty list of settings such as {row_ratio: 0.5, levels: 16}")
         for i, c in enumerate(self.candidates):
+            if not isinstance(c, dict):
+                raise ValueError(f"candidates[{i}]={c!r} is invalid; allowed: a mapping of "
+                                 "keys " + ", ".join(SETTING_KEYS))
             for key in c:
                 if key not in SETTING_KEYS:
                     raise ValueError(f"candidates[{i}].{key}={c[key]!r} is invalid; allowed: "
@@ -614,6 +671,15 @@ class AllocationSettings:
                 LayerConstraint(**_plain(c))
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"candidates[{i}].{exc}") from None
+
+    @property
+    def tighter(self) -> int:
+        """+1 where a larger budget is tighter (compression ratio), -1 otherwise."""
+        return 1 if self.resource == "compression" else -1
+
+    def fixed(self, budget: float) -> AllocationSettings:
+        """These settings with a resource ``budget`` (no search): one point of the search."""
+        return dataclasses.replace(self, budget=float(budget), max_drop=None)
 
 
 def _plain(setting: dict) -> dict:

@@ -153,11 +153,15 @@ def check_resume(run_dir: Path, exp: CompressExperiment) -> None:
                 "compressed.pt": fingerprint(exp), "admm_state.pt": fingerprint(exp)}
     if exp.train.checkpoint:  # dense.pt holds train.checkpoint's weights, not this run's
         del expected["dense.pt"], expected["pretrain_state.pt"]
+    search = exp.allocation is not None and exp.allocation.max_drop is not None
     for name, fp in expected.items():
         path = run_dir / name
         if not path.exists():
             continue
         state = load_checkpoint(path)
+        if search and name in ("compressed.pt", "admm_state.pt") and isinstance(state, Mapping):
+            # an accuracy-budget search holds the compression of the budget it chose
+            fp, state = searched(fp), {**state, "fingerprint": searched(state.get("fingerprint"))}
         missing = [k for k in ("fingerprint", *CHECKPOINT_KEYS[name])
                    if not isinstance(state, Mapping) or k not in state]
         if missing:
@@ -167,6 +171,16 @@ def check_resume(run_dir: Path, exp: CompressExperiment) -> None:
                                           "pipeline; allowed: the run's own checkpoint (or "
                                           "move the file away and resume from the one before)")
         check_fingerprint(path, state.get("fingerprint"), fp)
+
+
+def searched(fp: Mapping | None) -> Mapping | None:
+    """A compression fingerprint without the ``allocation`` keys an accuracy-budget search
+    sets per point (``budget``, ``max_drop``): what a search run's own checkpoints share with
+    its settings."""
+    if not isinstance(fp, Mapping) or not isinstance(fp.get("allocation"), Mapping):
+        return fp
+    return {**fp, "allocation": {k: v for k, v in fp["allocation"].items()
+                                 if k not in ("budget", "max_drop")}}
 
 
 def clean_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> list[Path]:

@@ -60,7 +60,9 @@ from crossbar.report import write_cost_report  # noqa: E402
 from experiments.allocation import (  # noqa: E402
     allocation_markdown,
     allocation_stage,
+    budget_range,
     check_budget,
+    layer_candidates,
 )
 from experiments.config import (  # noqa: E402
     CompressExperiment,
@@ -100,6 +102,7 @@ from experiments.plots import (  # noqa: E402
 from experiments.posttraining import result_of  # noqa: E402
 from experiments.registry import CompressInputs, get_compressor  # noqa: E402
 from experiments.schema import drop_missing  # noqa: E402
+from experiments.search import budget_search  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
 
 _log = logging.getLogger("experiments.pipeline")
@@ -866,7 +869,24 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     preflight(exp)
     run_dir = Path(run_dir)
     with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
-        return _run_compress(exp, run_dir)
+        if exp.allocation is None or exp.allocation.max_drop is None:
+            return _run_compress(exp, run_dir)
+        metrics = budget_search(exp, run_dir, budget_bounds(exp), run_compress, _run_compress,
+                                load_compress_config)
+        write_json(run_dir / "metrics.json", metrics)
+        return metrics
+
+
+def budget_bounds(exp: CompressExperiment) -> tuple[float, float]:
+    """``(loose, tight)`` budgets of ``exp.allocation``'s candidates: no compression and the
+    cheapest choice (costs depend on the kept counts only, so a freshly built model prices
+    them)."""
+    model = build_model(exp.model.name, input_shape=INPUT_SHAPES[exp.dataset.name],
+                        **exp.model.kwargs)
+    example = torch.zeros(1, *INPUT_SHAPES[exp.dataset.name])
+    candidates = layer_candidates(model, exp.allocation, exp.admm.layer_constraints(),
+                                  exp.crossbar, exp.cost, example)
+    return budget_range(candidates, exp.allocation)
 
 
 def preflight(exp: CompressExperiment) -> None:

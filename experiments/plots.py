@@ -352,3 +352,38 @@ def plot_pareto(rows: Sequence[Mapping], labels: Sequence[str], path: Path,
     fig.tight_layout()
     caption(fig, note)
     write_png(path, fig)
+
+
+def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
+                       chosen: float, path: Path, note: str = "") -> None:
+    """Accuracy-budget search: chip accuracy (mean, 95 % CI) and software accuracy against the
+    compression ratio and against the energy per inference of every point tried, with the
+    dense accuracy, the allowed floor ``dense - max_drop`` and the chosen point."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), squeeze=False)
+    rows = sorted(points, key=lambda p: p["compression_ratio"])
+    for ax, key in zip(axes[0], ("compression_ratio", "energy_nJ"), strict=True):
+        x = [float(p[key]) for p in rows]
+        ax.errorbar(x, [p["chip_mean"] for p in rows], yerr=[p["chip_ci95"] for p in rows],
+                    fmt="o-", capsize=3, color="C0", label="chips (mean, 95 % CI)")
+        ax.plot(x, [p["compressed_accuracy"] for p in rows], "s--", color="C2", ms=4,
+                label="software (compressed)")
+        for p, xv in zip(rows, x, strict=True):
+            ax.annotate(str(p["step"]), (xv, p["chip_mean"]), fontsize=6, xytext=(3, -9),
+                        textcoords="offset points")
+        pick = [p for p in rows if p["budget"] == chosen]
+        if pick:
+            ax.plot([float(pick[0][key])], [pick[0]["chip_mean"]], "*", ms=14, color="C3",
+                    label="chosen", zorder=5)
+        ax.axhline(dense, color="k", lw=0.8, label="dense (software)")
+        ax.axhline(dense - max_drop, color="C3", lw=0.8, ls=":",
+                   label=f"allowed: dense - {max_drop:g}")
+        if min(x) > 0 and max(x) / min(x) > 3:
+            ax.set_xscale("log")
+        ax.set_xlabel("compression ratio (x)" if key == "compression_ratio"
+                      else axis_label(key))
+        ax.set_ylabel(ACCURACY)
+        ax.legend(fontsize=7)
+    fig.suptitle("Accuracy-budget search: points tried (numbers: bisection step)", fontsize=9)
+    fig.tight_layout()
+    caption(fig, note)
+    write_png(path, fig)

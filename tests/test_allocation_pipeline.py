@@ -3,6 +3,8 @@ compressor, appears in report.md / metrics.json and respects the budget; an infe
 fails before any training."""
 
 
+import json
+
 import pytest
 import torch
 from test_experiments import TINY, _compose
@@ -75,7 +77,14 @@ def test_candidate_replaces_pruning_fields():
 
 @pytest.mark.parametrize("override, words", [
     ("allocation={budget: -1, candidates: [{levels: 4}]}", ["allocation.budget=-1", "> 0"]),
-    ("allocation={budget: 3}", ["allocation.candidates=[]", "non-empty"]),
+    ("allocation={budget: 3, candidates: []}", ["allocation.candidates=[]", "non-empty"]),
+    ("allocation={candidates: auto}",
+     ["allocation.budget=None", "max_drop=None", "exactly one"]),
+    ("allocation={budget: 0.5}", ["allocation.budget=0.5", "ratio >= 1"]),
+    ("allocation={max_drop: -1}", ["allocation.max_drop=-1", "[0, 100]"]),
+    ("allocation={max_drop: 1, search_range: [10, 2]}",
+     ["allocation.search_range=[10, 2]", "loose < tight"]),
+    ("allocation={budget: 3, candidates: every}", ["allocation.candidates='every'", "auto"]),
     ("allocation={budget: 3, resource: mm2, candidates: [{levels: 4}]}",
      ["allocation.resource='mm2'", "tiles, area_mm2, energy_nJ"]),
     ("allocation={budget: 3, candidates: [{rows: 4}]}", ["allocation.candidates[0].rows=4",
@@ -106,3 +115,87 @@ def test_candidate_cost_of_a_grouped_convolution_counts_each_groups_tiles():
     tiles = _cost("dw", conv, mask, exp.crossbar, exp.cost, "tiles", {"dw": 1},
                   load_table(exp.cost.table))
     assert tiles == 64
+
+
+# ------------------------------------------------------------ budgets (issue 19)
+def test_bisection_converges_on_the_tightest_budget_that_meets():
+    """Log-scale bisection against a monotone oracle: every budget tried lies in the bracket,
+    the tightest that met is within the final bracket of the true threshold."""
+    from experiments.search import bisect_budgets
+    for threshold in (1.3, 7.0, 31.0, 90.0):
+        tried = bisect_budgets(1.0, 100.0, lambda b, t=threshold: b <= t, steps=8)
+        assert len(tried) == 8 and all(1.0 < b < 100.0 for b, _ in tried)
+        assert all(ok == (b <= threshold) for b, ok in tried)
+        met = max((b for b, ok in tried if ok), default=1.0)
+        assert met <= threshold < met * 100.0 ** (2.0 ** -8) * 1.001  # bracket width
+
+
+def test_compression_budget_is_reached_by_admm(tmp_path):
+    """A compression-ratio budget with ``candidates: auto``: the MILP's per-layer kept rows and
+    columns are exactly the ones ADMM ends on, and the mapped model meets the ratio."""
+    cfg = [*TINY, "robustness.hardware_aware=false", "robustness.ablation=false",
+           "admm.prune_epochs=2", "admm.prune_retrain_epochs=2",
+           "allocation={budget: 4, n_samples: 128}"]
+    metrics = run_compress(_compose(cfg), tmp_path)
+    alloc = metrics["allocation"]
+    assert alloc["resource"] == "weights" and alloc["ratio"] == 4
+    assert metrics["compression_ratio"] >= 4
+    masks = torch.load(tmp_path / "compressed.pt", weights_only=True)["masks"]
+    pruned = 0
+    for name, row in alloc["layers"].items():
+        setting, mask = row["setting"], masks[name]
+        assert int(mask.any(0).sum()) == setting.get("row_keep", mask.shape[1]), name
+        assert int(mask.any(1).sum()) == setting.get("col_keep", mask.shape[0]), name
+        pruned += bool(setting)
+    assert pruned >= 2  # the budget needs several layers pruned
+    assert "col_keep" not in alloc["layers"]["classifier.4"]["setting"]  # outputs kept
+    report = (tmp_path / "report.md").read_text()
+    assert "(a 4x compression ratio)" in report
+
+
+def test_auto_candidates_cover_the_ladder_and_keep_outputs():
+    from experiments.allocation import auto_candidates
+    inner = auto_candidates((120, 400), final=False)
+    assert {} in inner and len(inner) == 100  # 10 row x 10 column fractions, one unpruned
+    assert {"row_keep": 12, "col_keep": 4} in inner  # 3 % of each, rounded
+    last = auto_candidates((10, 84), final=True)
+    assert all("col_keep" not in c for c in last) and len(last) == 10
+    tiny = auto_candidates((2, 3), final=False)  # at least one row and column, no repeats
+    assert len(tiny) == len({tuple(sorted(c.items())) for c in tiny}) == 6
+
+
+def test_accuracy_budget_search_stops_within_its_budget(tmp_path, caplog):
+    """``allocation.max_drop``: bisection over the compression ratio, one run folder per
+    point, one dense model for all, the chosen point re-evaluated in the run folder from the
+    cached compressed model; report, figure and metrics list every point."""
+    cfg = [*TINY, "robustness.hardware_aware=false", "eval.chips=3",
+           "admm.prune_epochs=2", "admm.prune_retrain_epochs=2",
+           "allocation={max_drop: 25, search_steps: 2, search_chips: 2, n_samples: 128, "
+           "search_range: [1.5, 6]}"]
+    with caplog.at_level("INFO"):
+        metrics = run_compress(_compose(cfg), tmp_path)
+    search = metrics["search"]
+    points = search["points"]
+    assert [p["step"] for p in points] == [1, 2] and points[0]["budget"] == 3.0
+    assert points[1]["budget"] == (4.243 if points[0]["meets"] else 2.121)
+    met = [p for p in points if p["meets"]]
+    assert met and search["chosen_budget"] == max(p["budget"] for p in met)
+    assert all(p["drop"] <= 25 for p in met) and all(p["chips"] == 2 for p in points)
+    chosen = next(p for p in points if p["budget"] == search["chosen_budget"])
+    assert metrics["compression_ratio"] == chosen["compression_ratio"] >= chosen["budget"]
+    assert metrics["chips"] == 3 and metrics["compressed_accuracy"] == chosen[
+        "compressed_accuracy"]  # the point's model, evaluated on the run's chips
+    assert len(list((tmp_path / "search" / "cache").glob("dense-*.pt"))) == 1
+    assert "compressed model reused from the cache" in caplog.text
+    for p in points:
+        assert (tmp_path / p["folder"] / "report.md").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Budget search" in report and "**(chosen)**" in report
+    assert (tmp_path / "budget_search.png").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())["search"] == search
+    # resumed: every point reused, nothing trained again
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = run_compress(_compose([*cfg, "resume=true"]), tmp_path)
+    assert caplog.text.count("reused from") >= 2 and "pretrain epoch" not in caplog.text
+    assert again["search"]["points"] == points
