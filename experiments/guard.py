@@ -48,6 +48,7 @@ from admm.pipeline import (
     set_loader_rng_state,
 )
 from experiments.config import AdmmSettings, CompressExperiment
+from experiments.registry import RETRAINING
 
 __all__ = [
     "CHECKPOINTS",
@@ -105,7 +106,7 @@ def fingerprint(exp: CompressExperiment, keys: Iterable[str] | None = None) -> d
     plain data, stored in checkpoints and compared on resume."""
     raw = exp.raw
     names = list(keys) if keys is not None else [k for k in raw if k not in UNFINGERPRINTED]
-    hardware_aware = exp.robustness.hardware_aware and exp.compressor == "admm"
+    hardware_aware = exp.robustness.hardware_aware and exp.compressor in RETRAINING
     if keys is None and exp.allocation is None and not hardware_aware:
         names = [k for k in names if k not in HARDWARE_SECTIONS]
     if keys is None and exp.allocation is None:  # only a budgeted allocation reads ``cost``

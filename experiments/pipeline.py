@@ -39,7 +39,13 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-from admm import CompressResult, DivergenceError, compress, save_atomic  # noqa: E402
+from admm import (  # noqa: E402
+    CompressResult,
+    DivergenceError,
+    LayerConstraint,
+    compress,
+    save_atomic,
+)
 from admm.pipeline import check_fingerprint, load_model_state  # noqa: E402
 from crossbar import (  # noqa: E402
     CrossbarConfig,
@@ -65,6 +71,7 @@ from experiments.allocation import (  # noqa: E402
     layer_candidates,
 )
 from experiments.config import (  # noqa: E402
+    AllocationSettings,
     CompressExperiment,
     DatasetSettings,
     RobustnessSettings,
@@ -100,7 +107,7 @@ from experiments.plots import (  # noqa: E402
     write_png,
 )
 from experiments.posttraining import result_of  # noqa: E402
-from experiments.registry import CompressInputs, get_compressor  # noqa: E402
+from experiments.registry import SETTINGS_BLOCK, CompressInputs, get_compressor  # noqa: E402
 from experiments.schema import drop_missing  # noqa: E402
 from experiments.search import budget_search  # noqa: E402
 from experiments.train import evaluate, fit  # noqa: E402
@@ -324,7 +331,7 @@ def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str
     name = exp.compressor if compressor is None else compressor
     rob = exp.robustness
     return CompressInputs(
-        run_dir=run_dir, fingerprint=fingerprint(exp), settings=getattr(exp, name),
+        run_dir=run_dir, fingerprint=fingerprint(exp), settings=getattr(exp, SETTINGS_BLOCK[name]),
         constraints=exp.admm.layer_constraints(), seed=exp.seed, device=exp.device,
         crossbar=exp.crossbar, hardware_aware=rob.hardware_aware, repair=rob.repair(),
         mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir)
@@ -871,22 +878,24 @@ def run_compress(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
         if exp.allocation is None or exp.allocation.max_drop is None:
             return _run_compress(exp, run_dir)
-        metrics = budget_search(exp, run_dir, budget_bounds(exp), run_compress, _run_compress,
+        shape = INPUT_SHAPES[exp.dataset.name]
+        bounds = budget_bounds(build_model(exp.model.name, input_shape=shape, **exp.model.kwargs),
+                               torch.zeros(1, *shape), exp.allocation,
+                               exp.admm.layer_constraints(), exp.crossbar, exp.cost)
+        metrics = budget_search(exp, run_dir, bounds, run_compress, _run_compress,
                                 load_compress_config)
         write_json(run_dir / "metrics.json", metrics)
         return metrics
 
 
-def budget_bounds(exp: CompressExperiment) -> tuple[float, float]:
-    """``(loose, tight)`` budgets of ``exp.allocation``'s candidates: no compression and the
-    cheapest choice (costs depend on the kept counts only, so a freshly built model prices
-    them)."""
-    model = build_model(exp.model.name, input_shape=INPUT_SHAPES[exp.dataset.name],
-                        **exp.model.kwargs)
-    example = torch.zeros(1, *INPUT_SHAPES[exp.dataset.name])
-    candidates = layer_candidates(model, exp.allocation, exp.admm.layer_constraints(),
-                                  exp.crossbar, exp.cost, example)
-    return budget_range(candidates, exp.allocation)
+def budget_bounds(model: nn.Module, example: torch.Tensor, a: AllocationSettings,
+                  constraints: Sequence[LayerConstraint], xbar: CrossbarConfig, cost: CostConfig
+                  ) -> tuple[float, float]:
+    """``(loose, tight)`` budgets of ``a``'s candidates: no compression and the cheapest
+    choice (costs depend on the kept counts only, so a freshly built ``model`` prices them;
+    no importance needed)."""
+    a = dataclasses.replace(a, importance=None)
+    return budget_range(layer_candidates(model, a, constraints, xbar, cost, example), a)
 
 
 def preflight(exp: CompressExperiment) -> None:

@@ -32,9 +32,16 @@ if TYPE_CHECKING:
 
 COMPRESSORS: dict[str, str] = {
     "admm": "experiments.pipeline:compress_stage",    # ADMM prune/retrain/quantize/retrain
+    "magnitude": "experiments.magnitude:magnitude_stage",  # magnitude prune + fine-tune
     "obc": "experiments.posttraining:obc_stage",      # post-training OBC (docs/obc.md)
 }
 """Values of the top-level ``compressor`` key -> their adapter."""
+
+SETTINGS_BLOCK: dict[str, str] = {"admm": "admm", "magnitude": "admm", "obc": "obc"}
+"""The config block each compressor reads as ``CompressInputs.settings``."""
+
+RETRAINING = ("admm", "magnitude")
+"""Compressors that retrain (so hardware-aware retraining changes their model)."""
 
 
 @dataclass(frozen=True)

@@ -199,3 +199,21 @@ def test_accuracy_budget_search_stops_within_its_budget(tmp_path, caplog):
         again = run_compress(_compose([*cfg, "resume=true"]), tmp_path)
     assert caplog.text.count("reused from") >= 2 and "pretrain epoch" not in caplog.text
     assert again["search"]["points"] == points
+
+
+def test_magnitude_baseline_trains_as_long_on_the_same_allocation(tmp_path, caplog):
+    """``compressor=magnitude``: the same allocation as ADMM's at the budget, no ADMM epochs
+    (hard structured magnitude projection at once), their epochs spent on fine-tuning."""
+    cfg = [*TINY, "compressor=magnitude", "robustness.hardware_aware=false",
+           "robustness.ablation=false", "admm.prune_epochs=2", "admm.prune_retrain_epochs=2",
+           "allocation={budget: 4, n_samples: 128}"]
+    with caplog.at_level("INFO"):
+        metrics = run_compress(_compose(cfg), tmp_path)
+    text = caplog.text
+    assert "prune epoch" not in text and "quant epoch" not in text
+    assert "prune_retrain epoch 4/4" in text and "quant_retrain epoch 2/2" in text
+    assert metrics["compressor"] == "magnitude" and metrics["compression_ratio"] >= 4
+    masks = torch.load(tmp_path / "compressed.pt", weights_only=True)["masks"]
+    for name, row in metrics["allocation"]["layers"].items():
+        assert int(masks[name].any(0).sum()) == row["setting"].get("row_keep",
+                                                                   masks[name].shape[1])

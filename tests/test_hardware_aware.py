@@ -120,3 +120,25 @@ def test_attention_projections_are_left_out_loudly_and_refused_by_name():
                                          "nn.MultiheadAttention"):
         with HardwareAware(DEV, CFG, layers=["0.linear1", "0.self_attn.in_proj"])(model):
             pass
+
+
+def test_converter_aware_step_is_the_simulators_quantized_forward():
+    """With an ideal device the training forward is the simulator's DAC/ADC-quantized output
+    (ranges calibrated on the batch, as ``crossbar.calibrate`` sets them at inference), not
+    the float layer's; coarser converters move it further from the float layer."""
+    ideal = crossbar.DeviceModel(n_levels=None)
+    layer = nn.Linear(20, 12)
+    layer.train()
+    x = _x()
+    errors = []
+    for bits in (8, 4, 3):
+        cfg = crossbar.CrossbarConfig(tile_rows=16, tile_cols=8, dac_bits=bits, adc_bits=bits)
+        with HardwareAware(ideal, cfg)(layer):
+            y = layer(x)
+        chip = crossbar.to_crossbar(layer, ideal, cfg, calibration=x, seed=0)
+        with torch.no_grad():
+            assert torch.allclose(y, chip(x), atol=1e-5), bits
+            errors.append(float((y - F.linear(x, layer.weight, layer.bias)).abs().mean()))
+    assert 0 < errors[0] < errors[1] < errors[2]
+    y.sum().backward()  # straight through: the float layer's gradient
+    assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()

@@ -134,8 +134,9 @@ def test_the_admm_group_schema_is_built_from_the_library_config():
 
 ORCHESTRATORS = {"run_compress", "_run_compress", "run_device_study", "_run_device_study",
                  "preflight", "_prepare", "compress_inputs", "held_fixed",
-                 "fingerprint", "check_resume", "open_run"}
-"""The functions of the run layer that unpack the validated experiment (``compress_inputs``:
+                 "fingerprint", "check_resume", "open_run", "budget_search"}
+"""The functions of the run layer that unpack the validated experiment (``budget_search``: runs
+whole runs, one per budget; ``compress_inputs``:
 the compressors' inputs; ``held_fixed``: the caption, also for ``experiments.replot``), and
 the run-folder guards, which compare the run's identity, i.e. the whole validated config
 (``fingerprint`` reads every fingerprinted section, ``open_run``/``check_resume`` every
