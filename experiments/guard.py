@@ -87,10 +87,10 @@ only ``hardware_aware`` and the repair settings it trains with are (the rest act
 compression)."""
 
 HARDWARE_SECTIONS = ("device", "crossbar", "cost", "layers")
-"""Read by the compression only with a budgeted ``allocation`` (it costs candidate layers) or
-hardware-aware retraining (the simulator in the forward pass; it does not read ``cost``);
-otherwise a change of them reuses the compressed model (resume, re-running only evaluation and
-cost; :func:`experiments.pipeline.cached`)."""
+"""Read by the compression only with a budgeted ``allocation`` (it costs candidate layers:
+``crossbar`` and ``cost``) or hardware-aware retraining (the simulator in the forward pass:
+``device``, ``crossbar`` and ``layers``); otherwise a change of them reuses the compressed
+model (resume, re-running only evaluation and cost; :func:`experiments.pipeline.cached`)."""
 
 TRAINING_ROBUSTNESS = ("hardware_aware", "compensation", "placement", "miss_rate", "spare_rows",
                        "spare_cols", "write_verify")
@@ -107,10 +107,10 @@ def fingerprint(exp: CompressExperiment, keys: Iterable[str] | None = None) -> d
     raw = exp.raw
     names = list(keys) if keys is not None else [k for k in raw if k not in UNFINGERPRINTED]
     hardware_aware = exp.robustness.hardware_aware and exp.compressor in RETRAINING
-    if keys is None and exp.allocation is None and not hardware_aware:
-        names = [k for k in names if k not in HARDWARE_SECTIONS]
-    if keys is None and exp.allocation is None:  # only a budgeted allocation reads ``cost``
-        names = [k for k in names if k != "cost"]
+    if keys is None:
+        reads = ({"crossbar", "cost"} if exp.allocation is not None else set()) \
+            | ({"device", "crossbar", "layers"} if hardware_aware else set())
+        names = [k for k in names if k not in HARDWARE_SECTIONS or k in reads]
     fp = {k: raw[k] for k in names if k in raw}
     if keys is None and hardware_aware:
         fp["robustness"] = {k: getattr(exp.robustness, k) for k in TRAINING_ROBUSTNESS}

@@ -142,6 +142,13 @@ def test_5_failed_cost_stage_resumes_with_a_corrected_cost_setting(finished, tmp
 
     fp = fingerprint(load_compress_config(_compose(RUN)))
     assert "crossbar" in fp and "device" in fp and "cost" not in fp
+    # a budgeted allocation costs layers (crossbar, cost) but reads no device: without
+    # hardware-aware retraining a device change (e.g. a drift time) reuses the model
+    budget = ["robustness.hardware_aware=false", "allocation={budget: 4}"]
+    fp = fingerprint(load_compress_config(_compose(RUN + budget)))
+    assert "crossbar" in fp and "cost" in fp and "device" not in fp and "layers" not in fp
+    fp = fingerprint(load_compress_config(_compose(RUN + budget[:1])))
+    assert not {"crossbar", "cost", "device", "layers"} & set(fp)
 
 
 def test_6_device_study_keeps_finished_points_when_one_fails(finished, tmp_path, monkeypatch):

@@ -1,0 +1,112 @@
+"""ADMM against the simple baseline and OBC at the same per-layer budget: accuracy curves.
+
+For every compression ratio, the budgeted allocation (``allocation.budget=<ratio>``,
+``candidates: auto``, Fisher distortion) picks each layer's kept rows x columns once from the
+dense model (the allocation stage runs before the compressor and is deterministic, so all three
+compressors get the same per-layer structure), then each compressor meets it:
+
+* ``admm``: ADMM prune, masked retrain, ADMM quantize, retrain (the ``admm`` group's schedule);
+* ``magnitude``: structured magnitude pruning + fine-tuning + distillation, the same epochs;
+* ``obc``: post-training OBC on calibration images, no retraining.
+
+Every point is a whole run (its own folder under ``--out``; one dense model through the model
+cache), with chips of the experiment's device. Writes ``curves.json``, ``curves.md`` and
+``curves.png`` (software and mean chip accuracy against the ratio, per compressor) in ``--out``.
+Finished points are reused when the script runs again.
+
+    .venv/bin/python benchmarks/compressor_curves.py --out outputs/curves_digits \
+        --ratios 4 8 16 30 -- eval.chips=5
+    .venv/bin/python benchmarks/compressor_curves.py --out outputs/curves_mnist \
+        --ratios 10 30 60 -- +experiment=mnist_lenet5 allocation.max_drop=null eval.chips=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from experiments.pipeline import CONF_DIR, run_compress  # noqa: E402
+from experiments.plots import ACCURACY, plt, write_png  # noqa: E402
+
+COMPRESSORS = ("admm", "magnitude", "obc")
+KEYS = ("compression_ratio", "tiles", "energy_nJ", "dense_accuracy", "compressed_accuracy",
+        "crossbar_ideal_accuracy", "crossbar_accuracy_mean", "crossbar_accuracy_std",
+        "crossbar_accuracy_ci95", "chips")
+
+
+def point(out: Path, compressor: str, ratio: float, overrides: list[str]) -> dict:
+    """One whole run (reused when its metrics.json exists)."""
+    folder = out / f"{compressor}_{ratio:g}x"
+    if (folder / "metrics.json").exists():
+        m = json.loads((folder / "metrics.json").read_text())
+    else:
+        cfg = [*overrides, f"compressor={compressor}", f"runtime.cache_dir={out / 'cache'}",
+               "runtime.progress=false", "robustness.ablation=false",
+               f"allocation.budget={ratio}" if any(o.startswith("+experiment") for o in overrides)
+               else f"allocation={{budget: {ratio}}}"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            m = run_compress(compose(config_name="config", overrides=cfg), folder)
+    return {"compressor": compressor, "ratio": ratio, **{k: m[k] for k in KEYS},
+            "allocation": {n: r["setting"] for n, r in m["allocation"]["layers"].items()}}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), sharey=True)
+    for ax, key, what in ((axes[0], "compressed_accuracy", "software (compressed)"),
+                          (axes[1], "crossbar_accuracy_mean", "chips (mean, 95 % CI)")):
+        for i, c in enumerate(COMPRESSORS):
+            pts = sorted((r for r in rows if r["compressor"] == c),
+                         key=lambda r: r["compression_ratio"])
+            if not pts:
+                continue
+            yerr = [r["crossbar_accuracy_ci95"] for r in pts] if key != "compressed_accuracy" \
+                else None
+            ax.errorbar([r["compression_ratio"] for r in pts], [r[key] for r in pts],
+                        yerr=yerr, fmt="o-", capsize=3, color=f"C{i}", label=c)
+        ax.axhline(rows[0]["dense_accuracy"], color="k", lw=0.8, label="dense")
+        ax.set_xscale("log")
+        ax.set_xlabel("structured compression ratio (x)")
+        ax.set_title(what, fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(ACCURACY)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    write_png(path, fig)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| ratio asked | compressor | ratio reached | tiles | software | ideal crossbar "
+             "| chips (mean +- std) |", "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["ratio"], COMPRESSORS.index(r["compressor"]))):
+        lines.append(f"| {r['ratio']:g}x | {r['compressor']} | {r['compression_ratio']:.2f}x | "
+                     f"{r['tiles']} | {r['compressed_accuracy']:.2f} | "
+                     f"{r['crossbar_ideal_accuracy']:.2f} | {r['crossbar_accuracy_mean']:.2f} "
+                     f"+- {r['crossbar_accuracy_std']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ratios", type=float, nargs="+", required=True)
+    parser.add_argument("--compressors", nargs="+", default=list(COMPRESSORS),
+                        choices=COMPRESSORS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of every run (after --)")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    rows = [point(out, c, r, args.overrides) for r in args.ratios for c in args.compressors]
+    (out / "curves.json").write_text(json.dumps(rows, indent=2))
+    (out / "curves.md").write_text(markdown(rows))
+    plot(rows, out / "curves.png", "Compressors at the same per-layer budget: "
+         + " ".join(args.overrides))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
