@@ -579,6 +579,11 @@ limits the layers the candidate is offered to."""
 
 _PRUNE_KEYS = SETTING_KEYS[:-2]
 
+DISTORTIONS = ("output", *METHODS)
+"""How the allocation measures a candidate's distortion (``allocation.importance``):
+``output`` runs the model with the layer projected and measures the change of its outputs;
+``fisher`` / ``hessian`` estimate the loss increase from the weight change."""
+
 AUTO_KEEP = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03)
 """Fractions of a layer's rows and of its columns that ``candidates: auto`` offers (every
 pair; at least one row and column; the final layer keeps all its outputs unless its
@@ -600,13 +605,15 @@ class AllocationSettings:
       units, default from the candidates: no compression to the cheapest choice).
 
     ``candidates``: ``auto`` (the :data:`AUTO_KEEP` ladder of kept rows x columns for every
-    layer) or a list of settings offered to every constrained layer. ``importance`` (``fisher``
-    | ``hessian`` | null) weights the distortion, from ``n_samples`` seeded training images."""
+    layer) or a list of settings offered to every constrained layer. ``importance``: how each
+    candidate's distortion is measured, from ``n_samples`` seeded training images
+    (:data:`DISTORTIONS`: ``output``, the measured change of the model's outputs; ``fisher`` |
+    ``hessian``, a weight-space estimate; null: the plain weight error)."""
 
     budget: float | None = None
     candidates: list[dict] | str = "auto"
     resource: str = "compression"
-    importance: str | None = "fisher"
+    importance: str | None = "output"
     n_samples: int = 1024
     max_drop: float | None = None
     search_steps: int = 6
@@ -645,9 +652,9 @@ class AllocationSettings:
                 raise ValueError(f"search_range={r!r} is invalid; allowed: null or [loose, "
                                  f"tight], two numbers > 0 in {self.resource} units with "
                                  f"{order}")
-        if self.importance is not None and self.importance not in METHODS:
+        if self.importance is not None and self.importance not in DISTORTIONS:
             raise ValueError(f"importance={self.importance!r} is invalid; allowed: null or "
-                             "one of " + ", ".join(METHODS))
+                             "one of " + ", ".join(DISTORTIONS))
         if not 1 <= self.n_samples <= 100_000:
             raise ValueError(f"n_samples={self.n_samples!r} is invalid; allowed: an integer "
                              "in [1, 100000]")

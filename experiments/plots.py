@@ -21,7 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from crossbar.io import atomic_write_bytes  # noqa: E402
 
@@ -363,10 +363,11 @@ def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
     rows = sorted(points, key=lambda p: p["compression_ratio"])
     for ax, key in zip(axes[0], ("compression_ratio", "energy_nJ"), strict=True):
         x = [float(p[key]) for p in rows]
+        line = "-" if key == "compression_ratio" else ""  # energy need not be monotonic
         ax.errorbar(x, [p["chip_mean"] for p in rows], yerr=[p["chip_ci95"] for p in rows],
-                    fmt="o-", capsize=3, color="C0", label="chips (mean, 95 % CI)")
-        ax.plot(x, [p["compressed_accuracy"] for p in rows], "s--", color="C2", ms=4,
-                label="software (compressed)")
+                    fmt="o" + line, capsize=3, color="C0", label="chips (mean, 95 % CI)")
+        ax.plot(x, [p["compressed_accuracy"] for p in rows], marker="s", color="C2", ms=4,
+                label="software (compressed)", ls="--" if line else "none")
         for p, xv in zip(rows, x, strict=True):
             ax.annotate(str(p["step"]), (xv, p["chip_mean"]), fontsize=6, xytext=(3, -9),
                         textcoords="offset points")
@@ -379,6 +380,9 @@ def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
                    label=f"allowed: dense - {max_drop:g}")
         if min(x) > 0 and max(x) / min(x) > 3:
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(ScalarFormatter())
+            ax.tick_params(axis="x", which="minor", labelsize=6)
         ax.set_xlabel("compression ratio (x)" if key == "compression_ratio"
                       else axis_label(key))
         ax.set_ylabel(ACCURACY)

@@ -116,8 +116,8 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
             folder = run_dir / "search" / f"step{step}_{budget:g}"
             config = _point_config(exp.raw, budget, a.search_chips, cache)
             config["resume"] = (folder / "config.yaml").exists()
-            _log.info("budget search step %d/%d: %s budget %.4g (bracket %.4g .. %.4g)", step,
-                      a.search_steps, a.resource, budget, loose, tight)
+            _log.info("budget search step %d/%d: %s budget %.4g (searched %.4g .. %.4g)",
+                      step, a.search_steps, a.resource, budget, loose, tight)
             try:
                 record = _record(step, budget, run_point(config, folder), a.max_drop)
             except DivergenceError as exc:  # the model collapsed at this budget: too tight

@@ -92,7 +92,7 @@ def test_candidate_replaces_pruning_fields():
     ("allocation={budget: 3, candidates: [{row_ratio: 1.5}]}",
      ["allocation.candidates[0].row_ratio=1.5"]),
     ("allocation={budget: 3, importance: l1, candidates: [{levels: 4}]}",
-     ["allocation.importance='l1'", "fisher"]),
+     ["allocation.importance='l1'", "output, fisher, hessian"]),
 ])
 def test_allocation_validation(override, words):
     with pytest.raises(ValueError) as info:
@@ -217,3 +217,30 @@ def test_magnitude_baseline_trains_as_long_on_the_same_allocation(tmp_path, capl
     for name, row in metrics["allocation"]["layers"].items():
         assert int(masks[name].any(0).sum()) == row["setting"].get("row_keep",
                                                                    masks[name].shape[1])
+
+
+def test_output_distortion_is_the_measured_kl_of_the_outputs():
+    """``importance: output``: the mean KL(softmax f(x) || softmax f_P(x)) of the model with one
+    layer's weight replaced by its projection, computed in batches; zero for the identity
+    projection; the model is left as it was."""
+    from experiments.allocation import OutputDistortion, _distortion
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)).eval()
+    x = torch.randn(300, 16)
+    before = [p.clone() for p in model.parameters()]
+    measure = OutputDistortion(model, x, batch=128)
+    hidden = model[2]
+    W = hidden.weight.detach().clone()
+    assert measure(hidden, W.clone()) == pytest.approx(0.0, abs=1e-7)
+    _, mask, P = _distortion(W, LayerConstraint(col_keep=2), None)  # a 2-neuron bottleneck
+    assert int(mask.any(1).sum()) == 2
+    got = measure(hidden, P)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with torch.no_grad():
+        reference = model(x).log_softmax(1)
+        hidden.weight.copy_(P)
+        direct = float(torch.nn.functional.kl_div(model(x).log_softmax(1), reference,
+                                                  log_target=True, reduction="batchmean"))
+    assert got == pytest.approx(direct, rel=1e-5) and got > 1e-3
