@@ -5,7 +5,7 @@ allocation. Independent of the ``crossbar`` simulator: it only needs a set
 of allowed device levels."""
 
 from admm.admm import ADMM, Projector
-from admm.allocation import Allocation, Candidate, allocate, min_cost
+from admm.allocation import Allocation, Candidate, Link, allocate, min_cost
 from admm.constraints import LayerConstraint, crossbar_layers, select_layers, weight_matrix
 from admm.distill import Distillation, distillation_loss, frozen_copy
 from admm.importance import (
@@ -44,7 +44,7 @@ from admm.projections import (
 )
 
 __all__ = [
-    "ADMM", "Allocation", "Candidate", "CheckpointMismatchError", "CompressConfig",
+    "ADMM", "Allocation", "Candidate", "CheckpointMismatchError", "CompressConfig", "Link",
     "CompressResult", "Compressor", "Distillation", "DivergenceError", "LayerConstraint",
     "MaskedOptimizer", "ObcLayer", "Perturbation", "Projector", "WeightNoise", "allocate",
     "apply_masks", "compress", "compute_importance", "crossbar_layers", "distillation_loss",

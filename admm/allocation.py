@@ -35,6 +35,8 @@ class Candidate:
     error: float
     cost: float
     setting: Mapping[str, Any] = field(default_factory=dict)
+    kept: tuple[int, int] | None = None
+    """Kept (input rows, output columns), where the caller links layers (:class:`Link`)."""
 
 
 @dataclass
@@ -70,6 +72,20 @@ class Allocation:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Link:
+    """A linear coupling of two layers' choices: ``sum_k below_coef[k] x[below, k] <=
+    sum_j above_coef[j] x[above, j]``. For example the kept input rows of a layer are at most
+    the rows its previous layer's kept outputs feed (``below_coef``: each candidate's kept
+    rows; ``above_coef``: each candidate's kept outputs times the rows one output feeds), so
+    the budget is not spent on rows that read a pruned output."""
+
+    below: str
+    below_coef: Sequence[float]
+    above: str
+    above_coef: Sequence[float]
+
+
 def _validate(candidates: Mapping[str, Sequence[Candidate]], budget: float) -> None:
     if not candidates:
         raise ValueError("allocation: no layers given")
@@ -90,14 +106,17 @@ def min_cost(candidates: Mapping[str, Sequence[Candidate]]) -> float:
 
 
 def allocate(candidates: Mapping[str, Sequence[Candidate]], budget: float,
-             resource: str = "cost", solver: str = "HIGHS") -> Allocation:
-    """Choose one candidate per layer minimising the total error with total cost ``<= budget``.
+             resource: str = "cost", solver: str = "HIGHS", links: Sequence[Link] = ()
+             ) -> Allocation:
+    """Choose one candidate per layer minimising the total error with total cost ``<= budget``
+    and every :class:`Link` met.
 
     Solves the multiple-choice knapsack above exactly (MILP, HiGHS branch and bound with zero
     relative gap by default). Raises ``ValueError`` naming the minimum achievable cost when the
-    budget is infeasible. ``resource`` names the budget's unit in the report (``"tiles"``,
-    ``"area_um2"``, ``"energy_pJ"``). ``solver`` is a cvxpy solver name; cvxpy is imported here,
-    not with ``admm``, because it doubles the package's import time.
+    budget is infeasible (or, with links, when no choice meets both). ``resource`` names the
+    budget's unit in the report (``"tiles"``, ``"area_um2"``, ``"energy_pJ"``). ``solver`` is
+    a cvxpy solver name; cvxpy is imported here, not with ``admm``, because it doubles the
+    package's import time.
     """
     import cvxpy as cp
 
@@ -113,9 +132,27 @@ def allocate(candidates: Mapping[str, Sequence[Candidate]], budget: float,
     cost = np.array([c.cost for _, _, c in flat], dtype=float)
     member = np.array([[n == m for m, _, _ in flat] for n in names], dtype=float)
     x = cp.Variable(len(flat), boolean=True)
-    problem = cp.Problem(cp.Minimize(error @ x), [member @ x == 1, cost @ x <= budget])
+    rows = []
+    for link in links:
+        for name, coef in ((link.below, link.below_coef), (link.above, link.above_coef)):
+            if name not in candidates or len(coef) != len(candidates[name]):
+                raise ValueError(f"allocation: link coefficients of layer {name!r} must match "
+                                 "its candidates, one each")
+        row = np.zeros(len(flat))
+        for i, (n, k, _) in enumerate(flat):
+            row[i] = (link.below_coef[k] if n == link.below else 0.0) \
+                - (link.above_coef[k] if n == link.above else 0.0)
+        rows.append(row)
+    constraints = [member @ x == 1, cost @ x <= budget]
+    if rows:
+        constraints.append(np.array(rows) @ x <= 0)
+    problem = cp.Problem(cp.Minimize(error @ x), constraints)
     options = {"mip_rel_gap": 0.0} if solver == cp.HIGHS else {}
     problem.solve(solver=solver, **options)
+    if rows and problem.status in (cp.INFEASIBLE, cp.INFEASIBLE_INACCURATE):
+        raise ValueError(f"allocation: budget={budget:.6g} {resource} is infeasible with the "
+                         f"links between layers ({len(rows)}: kept rows at most what the "
+                         "previous layer's kept outputs feed); loosen the budget")
     if x.value is None or problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
         raise RuntimeError(f"allocation: solver {solver} returned status {problem.status!r}")
     choice = {}
@@ -133,4 +170,4 @@ def allocate(candidates: Mapping[str, Sequence[Candidate]], budget: float,
                       resource=resource)
 
 
-__all__ = ["Allocation", "Candidate", "allocate", "min_cost"]
+__all__ = ["Allocation", "Candidate", "Link", "allocate", "min_cost"]

@@ -5,19 +5,21 @@ setting of ``allocation.candidates`` (pruning ratios/counts and/or ``levels``; a
 replaces the pruning fields and, when it gives them, the levels of the layer's constraint).
 For layer ``l`` and candidate ``k`` of the pretrained model:
 
-* distortion ``e_lk`` of projecting the layer's weights onto the candidate's constraint set
-  ``P`` (structured prune + conductance-level projection), the other layers dense. With
-  ``allocation.importance: output`` (the default) it is measured: the model runs on
-  ``n_samples`` seeded training images with the layer projected, and
-  ``e = mean_x KL(softmax f(x) || softmax f_P(x))``, the change of the model's output
-  distribution (the output distortion of rate-distortion compression, Gao et al., ICML 2019,
-  who find such distortions close to additive over layers). It sees what a weight-space
-  estimate does not, such as a bottleneck of a few neurons in a hidden layer (on digits the
-  Fisher allocation kept 4 of 84 outputs of ``classifier.2`` at 7.7x, where the compressed
-  model reached 78 % against 95 % at 6.4x; BENCHMARKS.md). With ``fisher`` / ``hessian`` it is
-  the estimate ``e = 1/2 sum_i imp_i (w_i - P(w)_i)^2`` of the loss increase with ``imp`` the
-  diagonal Fisher or Hessian and ``P`` importance-weighted; with ``null`` the plain
-  ``||w - P(w)||^2`` (not comparable across layers of different sensitivity);
+* distortion ``e_lk`` of compressing the layer to the candidate's structure and levels, the
+  other layers dense. With ``allocation.importance: output`` (the default) it is measured: the
+  layer is pruned and quantized with Optimal Brain Surgeon compensation of its kept weights on
+  its inputs from ``n_samples`` seeded training images (``admm.obc.ObcLayer``: the in-layer
+  least-squares repair that retraining approximates), and
+  ``e = sum_x ||f(x) - f_P(x)||^2 / sum_x ||f(x)||^2`` is the relative change of the model's
+  outputs (the output distortion of rate-distortion compression, Gao et al., ICML 2019, who
+  find such distortions close to additive over layers). Measured on the dense MNIST LeNet-5,
+  a plain projection's output change saturates for most candidates at a 30x budget, and
+  weight-space estimates miss bottlenecks (on digits the Fisher allocation kept 4 of 84
+  outputs of ``classifier.2`` at 7.7x: software accuracy 78 % against 95 % at 6.4x;
+  BENCHMARKS.md). With ``fisher`` / ``hessian`` it is the estimate
+  ``e = 1/2 sum_i imp_i (w_i - P(w)_i)^2`` of the loss increase with ``imp`` the diagonal
+  Fisher or Hessian and ``P`` importance-weighted; with ``null`` the plain ``||w - P(w)||^2``
+  (not comparable across layers of different sensitivity);
 * cost ``c_lk``: ``crossbar.plan.plan_layer`` on the projection's mask, then
   ``crossbar.cost.layer_cost`` with the run's ``crossbar`` and ``cost`` groups: tiles,
   area (mm^2) or energy per inference (nJ); or, for a compression-ratio budget ``R``, the
@@ -26,6 +28,13 @@ For layer ``l`` and candidate ``k`` of the pretrained model:
 
 ``candidates: auto`` offers every layer each pair of kept-row and kept-column fractions of
 ``experiments.config.AUTO_KEEP`` (as counts of that layer), so the user states only the budget.
+
+Layers are linked where one feeds the next directly (:func:`feeding_links`: activations,
+pooling, flatten between them; found by a probe): the next layer keeps at most ``s`` rows per
+kept output of the previous (``s``: the rows one output channel spans, ``kh*kw`` or the
+positions of a flattened map) and the previous keeps at most as many outputs as the next keeps
+rows, so the budget is not spent on rows that read a pruned output or outputs nobody reads.
+Without the links the MILP kept 42 rows of a layer fed by 4 kept outputs (MNIST, 30x).
 
 Layers without a constraint stay dense and count with their fixed cost. ``admm.allocate``
 (cvxpy MILP, HiGHS) picks one candidate per layer minimising ``sum e`` with ``sum c <= budget``;
@@ -38,12 +47,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import logging
 import math
 import re
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -51,6 +61,7 @@ from admm import (
     Allocation,
     Candidate,
     LayerConstraint,
+    Link,
     allocate,
     compute_importance,
     crossbar_layers,
@@ -60,6 +71,7 @@ from admm import (
     weight_matrix,
     weighted_project_levels,
 )
+from admm.obc import ObcLayer
 from crossbar import CrossbarConfig
 from crossbar.cost import CostConfig, layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
@@ -76,6 +88,9 @@ from experiments.posttraining import labelled_subset
 __all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
            "auto_candidates", "budget_range", "check_budget", "layer_candidates",
            "layer_importance", "milp_budget", "OutputDistortion"]
+
+_log = logging.getLogger("experiments.allocation")
+
 
 def layer_constraint(base: LayerConstraint, name: str, setting: dict) -> LayerConstraint:
     """``base`` for layer ``name`` only, with its pruning fields replaced by ``setting``'s (and
@@ -99,25 +114,44 @@ def _distortion(W: torch.Tensor, c: LayerConstraint, imp: torch.Tensor | None) -
 
 
 class OutputDistortion:
-    """``e = mean_x KL(softmax f(x) || softmax f_P(x))`` of replacing one layer's weight by
-    ``P`` (module docstring), on the fixed images ``x`` (in batches of ``batch``)."""
+    """The measured distortion of compressing one layer, the others dense (module docstring):
+    the layer's weight is projected onto the candidate's structure and levels with Optimal
+    Brain Surgeon compensation of the kept weights (``admm.obc.ObcLayer`` on the layer's
+    inputs from ``x``: the least-squares repair retraining approximates), then
+    ``e = sum_x ||f(x) - f_P(x)||^2 / sum_x ||f(x)||^2``, the relative change of the model's
+    outputs on ``x`` (in batches of ``batch``)."""
 
     @torch.no_grad()
-    def __init__(self, model: nn.Module, x: torch.Tensor, batch: int = 512) -> None:
-        self.model, self.batches = model, x.split(batch)
-        self.reference = [F.log_softmax(model(b), 1) for b in self.batches]
+    def __init__(self, model: nn.Module, x: torch.Tensor, batch: int = 512,
+                 percdamp: float = 0.01) -> None:
+        self.model, self.batches, self.percdamp = model, x.split(batch), percdamp
+        self.reference = [model(b) for b in self.batches]
+        self.energy = sum(float(r.double().pow(2).sum()) for r in self.reference)
+        self._obc: dict[int, ObcLayer] = {}
+
+    def _layer(self, module: nn.Module) -> ObcLayer:
+        """The layer's OBC state with its input Hessian from the dense model on ``x``."""
+        if id(module) not in self._obc:
+            layer = ObcLayer(module)
+            hook = module.register_forward_pre_hook(lambda _m, a: layer.add_batch(a[0]))
+            try:
+                for b in self.batches:
+                    self.model(b)
+            finally:
+                hook.remove()
+            self._obc[id(module)] = layer
+        return self._obc[id(module)]
 
     @torch.no_grad()
-    def __call__(self, module: nn.Module, P: torch.Tensor) -> float:
-        saved = module.weight.data
-        module.weight.data = P.reshape(saved.shape).to(saved.dtype)
+    def __call__(self, module: nn.Module, constraint: LayerConstraint) -> float:
+        saved = module.weight.data.clone()
         try:
-            total = sum(float(F.kl_div(F.log_softmax(self.model(b), 1), ref, log_target=True,
-                                       reduction="sum"))
+            self._layer(module).compress(constraint, self.percdamp)
+            total = sum(float((self.model(b) - ref).double().pow(2).sum())
                         for b, ref in zip(self.batches, self.reference, strict=True))
         finally:
             module.weight.data = saved
-        return total / sum(len(b) for b in self.batches)
+        return total / max(self.energy, 1e-30)
 
 
 def _cost(name: str, module: nn.Module, mask: torch.Tensor, xbar: CrossbarConfig,
@@ -172,7 +206,7 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
         W = weight_matrix(module).detach()
         if name not in chosen:
             out[name] = [Candidate(0.0, price(name, module, torch.ones_like(W, dtype=torch.bool)),
-                                   {"fixed": "dense"})]
+                                   {"fixed": "dense"}, kept=(W.shape[1], W.shape[0]))]
             continue
         imp = None if importance is None else importance[name].reshape(W.shape).to(W.device)
         out[name] = []
@@ -182,13 +216,96 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
             if name not in select_layers(model, [LayerConstraint(setting.get("pattern", "*"))]):
                 continue
             c = layer_constraint(chosen[name], name, setting)
-            error, mask, P = _distortion(W, c, imp)
+            error, mask, _ = _distortion(W, c, imp)
             if outputs is not None:
-                error = outputs(module, P)
-            out[name].append(Candidate(error, price(name, module, mask), dict(setting)))
+                error = outputs(module, c)
+            out[name].append(Candidate(error, price(name, module, mask), dict(setting),
+                                       kept=(int(mask.any(0).sum()), int(mask.any(1).sum()))))
         if not out[name]:
             raise ValueError(f"allocation.candidates: no candidate's pattern matches layer "
                              f"{name!r}, which the admm group constrains")
+    return out
+
+
+@torch.no_grad()
+def feeding_links(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[str, int]]:
+    """``{layer: (previous layer, rows per output)}`` where each output (channel) of the
+    previous layer feeds its own block of ``rows per output`` input rows of the layer and
+    nothing else: a plain chain (activations with f(0) = 0, pooling, flatten), no BatchNorm
+    shift and no residual add between them. Found by a probe on ``example``: zeroing output
+    channel 0 of the previous layer zeroes exactly the layer's input rows of that channel
+    (the first ``kh*kw`` of a convolution, the first ``in / out`` features of a Linear after a
+    flatten) and changes no other input of it."""
+    layers = crossbar_layers(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        return lambda _m, args: seen.__setitem__(name, args[0].detach().clone())
+
+    was_training = model.training
+    model.eval()
+    hooks = [m.register_forward_pre_hook(keep(n)) for n, m in layers.items()]
+    try:
+        model(example)
+        base = dict(seen)
+        links: dict[str, tuple[str, int]] = {}
+        for prev_name, prev in layers.items():
+            width = weight_matrix(prev).shape[0]
+            if width < 2:
+                continue
+            zero = prev.register_forward_hook(
+                lambda _m, _a, out: out.index_fill(1 if out.dim() > 2 else -1,
+                                                   torch.tensor([0], device=out.device), 0.0))
+            try:
+                seen.clear()
+                model(example)
+            finally:
+                zero.remove()
+            for name, module in layers.items():
+                rows = _rows_per_output(module, width)
+                if name == prev_name or rows is None or name not in seen:
+                    continue
+                before, after = base[name], seen[name]
+                if isinstance(module, nn.Linear):
+                    before, after = before.flatten(0, -2), after.flatten(0, -2)
+                    dead, rest = (slice(None), slice(0, rows)), (slice(None), slice(rows, None))
+                else:
+                    dead, rest = (slice(None), slice(0, 1)), (slice(None), slice(1, None))
+                if bool((after[dead] == 0).all()) and bool((before[dead] != 0).any()) \
+                        and torch.equal(after[rest], before[rest]):
+                    links[name] = (prev_name, rows)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return links
+
+
+def _rows_per_output(module: nn.Module, width: int) -> int | None:
+    """Input rows of ``module`` one input channel spans, if its inputs are ``width``
+    channels (``None`` otherwise)."""
+    if isinstance(module, nn.Linear):
+        n = module.in_features
+        return n // width if n % width == 0 else None
+    if getattr(module, "groups", 1) != 1 or module.in_channels != width:
+        return None
+    return math.prod(module.kernel_size)
+
+
+def layer_links(candidates: dict[str, list[Candidate]], links: dict[str, tuple[str, int]],
+                constrained: Sequence[str]) -> list[Link]:
+    """Two :class:`admm.Link` for every fed pair of constrained layers (``s`` rows per output):
+    the layer keeps at most ``s`` input rows per kept output of the layer feeding it (no row
+    reads a pruned output), and that layer keeps at most as many outputs as the layer keeps
+    rows (no kept output feeds only pruned rows): ``c_prev <= r <= s c_prev``."""
+    out = []
+    for name, (prev, rows) in links.items():
+        if name not in constrained or prev not in constrained:
+            continue
+        kept_rows = [float(c.kept[0]) for c in candidates[name]]
+        kept_outputs = [float(c.kept[1]) for c in candidates[prev]]
+        out += [Link(name, kept_rows, prev, [rows * k for k in kept_outputs]),
+                Link(prev, kept_outputs, name, kept_rows)]
     return out
 
 
@@ -235,6 +352,41 @@ def check_budget(model: nn.Module, settings: AllocationSettings | None,
                           settings, "before pretraining")
 
 
+_CANDIDATES: dict[str, dict[str, list[Candidate]]] = {}
+"""The last measured candidate table (the budget search solves one table at many budgets)."""
+
+
+def _memo_key(model: nn.Module, a: AllocationSettings, constraints: Sequence[LayerConstraint],
+              xbar: CrossbarConfig, cost: CostConfig, seed: int) -> str:
+    """What the candidate table depends on: the weights and every setting but the budget."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(repr((a.fixed(1.0), tuple(constraints), xbar, cost, seed)).encode())
+    return digest.hexdigest()
+
+
+def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettings,
+                        constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
+                        cost: CostConfig, example: torch.Tensor, seed: int,
+                        ) -> dict[str, list[Candidate]]:
+    """:func:`layer_candidates` with ``a.importance``'s distortion on ``a.n_samples`` seeded
+    training images."""
+    if a.importance != "output":
+        return layer_candidates(model, a, constraints, xbar, cost, example,
+                                layer_importance(model, train, a, seed))
+    device = next(model.parameters()).device
+    x = torch.cat([b[0] for b in labelled_subset(train, a.n_samples, device, seed)])
+    was_training = model.training
+    model.eval()
+    try:
+        return layer_candidates(model, a, constraints, xbar, cost, example,
+                                outputs=OutputDistortion(model, x))
+    finally:
+        model.train(was_training)
+
+
 def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings | None,
                      constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
                      cost: CostConfig, example: torch.Tensor, seed: int,
@@ -248,29 +400,32 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     if a.budget is None:
         raise ValueError("allocation_stage: an accuracy budget (max_drop) is searched by "
                          "experiments.search, which runs this stage once per resource budget")
-    if a.importance == "output":
-        device = next(model.parameters()).device
-        x = torch.cat([b[0] for b in labelled_subset(train, a.n_samples, device, seed)])
-        was_training = model.training
-        model.eval()
-        try:
-            candidates = layer_candidates(model, a, constraints, xbar, cost, example,
-                                          outputs=OutputDistortion(model, x))
-        finally:
-            model.train(was_training)
+    key = _memo_key(model, a, constraints, xbar, cost, seed)
+    if key not in _CANDIDATES:  # the budget search asks again at every point
+        _CANDIDATES.clear()
+        _CANDIDATES[key] = _measure_candidates(model, train, a, constraints, xbar, cost,
+                                               example, seed)
     else:
-        candidates = layer_candidates(model, a, constraints, xbar, cost, example,
-                                      layer_importance(model, train, a, seed))
+        _log.info("allocation: candidates' distortions and costs reused (same dense model and "
+                  "settings)")
+    candidates = _CANDIDATES[key]
     _require_feasible(candidates, a, "pretrained weights")
-    result = allocate(candidates, milp_budget(candidates, a, a.budget),
-                      resource="weights" if a.resource == "compression" else a.resource)
     chosen = select_layers(model, constraints)
+    links = feeding_links(model, example)
+    result = allocate(candidates, milp_budget(candidates, a, a.budget),
+                      resource="weights" if a.resource == "compression" else a.resource,
+                      links=layer_links(candidates, links, list(chosen)))
     chosen_constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
                                                               result.chosen[n].setting))
                           for n in candidates if n in chosen]
-    summary = {**result.summary(), "importance": a.importance}
+    summary = {**result.summary(), "importance": a.importance,
+               "links": {n: {"fed_by": p, "rows_per_output": r} for n, (p, r) in links.items()
+                         if n in chosen and p in chosen}}
     if a.resource == "compression":
         summary["ratio"] = a.budget
+    _log.info("allocation (%s %g): %s", a.resource, a.budget, "; ".join(
+        f"{n} {', '.join(f'{k}={v}' for k, v in c.setting.items()) or 'unpruned'}"
+        for n, c in result.chosen.items()))
     return chosen_constraints, summary
 
 

@@ -581,8 +581,9 @@ _PRUNE_KEYS = SETTING_KEYS[:-2]
 
 DISTORTIONS = ("output", *METHODS)
 """How the allocation measures a candidate's distortion (``allocation.importance``):
-``output`` runs the model with the layer projected and measures the change of its outputs;
-``fisher`` / ``hessian`` estimate the loss increase from the weight change."""
+``output`` compresses the layer (with OBS compensation) and measures the relative change of
+the model's outputs; ``fisher`` / ``hessian`` estimate the loss increase from the weight
+change (``experiments.allocation``)."""
 
 AUTO_KEEP = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03)
 """Fractions of a layer's rows and of its columns that ``candidates: auto`` offers (every

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from admm.allocation import Candidate, allocate, min_cost
+from admm.allocation import Candidate, Link, allocate, min_cost
 
 
 def _instance(rng, n_layers, n_options):
@@ -35,6 +35,45 @@ def test_allocation_matches_brute_force(seed):
     assert result.total_error == pytest.approx(_brute_force(cands, budget), abs=1e-9)
     for name, k in result.choice.items():
         assert result.chosen[name] is cands[name][k]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_linked_allocation_matches_brute_force(seed):
+    """With :class:`Link` constraints between consecutive layers (kept rows of the next at
+    most s x the kept outputs of the previous, and outputs at most rows), the MILP's optimum is
+    the brute-force optimum over the choices that meet every link."""
+    rng = random.Random(100 + seed)
+    n_layers, n_options = rng.randint(2, 4), rng.randint(2, 4)
+    cands = {f"layer{l}": [Candidate(error=rng.uniform(0, 10), cost=rng.randint(1, 20),
+                                     kept=(rng.randint(1, 8), rng.randint(1, 8)))
+                           for _ in range(n_options)] for l in range(n_layers)}
+    names = list(cands)
+    links = []
+    for prev, name in zip(names, names[1:]):
+        s = rng.choice([1, 2])
+        rows = [float(c.kept[0]) for c in cands[name]]
+        outs = [float(c.kept[1]) for c in cands[prev]]
+        links += [Link(name, rows, prev, [s * o for o in outs]), Link(prev, outs, name, rows)]
+
+    def ok(combo):
+        pick = dict(zip(names, combo, strict=True))
+        return all(sum(lk.below_coef[k] for k in [pick[lk.below]]) <=
+                   sum(lk.above_coef[k] for k in [pick[lk.above]]) + 1e-9 for lk in links)
+
+    budget = rng.uniform(min_cost(cands), sum(max(c.cost for c in o) for o in cands.values()))
+    best = None
+    for combo in itertools.product(*(range(n_options) for _ in names)):
+        chosen = [cands[n][k] for n, k in zip(names, combo, strict=True)]
+        if ok(combo) and sum(c.cost for c in chosen) <= budget:
+            err = sum(c.error for c in chosen)
+            best = err if best is None or err < best else best
+    if best is None:
+        with pytest.raises(ValueError, match="infeasible with the links"):
+            allocate(cands, budget, links=links)
+        return
+    result = allocate(cands, budget, links=links)
+    assert result.total_error == pytest.approx(best, abs=1e-9)
+    assert ok(tuple(result.choice[n] for n in names))
 
 
 def test_infeasible_budget_names_minimum_cost():

@@ -219,11 +219,12 @@ def test_magnitude_baseline_trains_as_long_on_the_same_allocation(tmp_path, capl
                                                                    masks[name].shape[1])
 
 
-def test_output_distortion_is_the_measured_kl_of_the_outputs():
-    """``importance: output``: the mean KL(softmax f(x) || softmax f_P(x)) of the model with one
-    layer's weight replaced by its projection, computed in batches; zero for the identity
-    projection; the model is left as it was."""
-    from experiments.allocation import OutputDistortion, _distortion
+def test_output_distortion_is_the_measured_output_change_after_obs_repair():
+    """``importance: output``: the layer is compressed with OBS compensation on its inputs
+    (``admm.obc.ObcLayer``), the others dense, and the distortion is the relative squared
+    change of the model's outputs; zero for no compression; the model is left as it was."""
+    from admm.obc import ObcLayer
+    from experiments.allocation import OutputDistortion
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 32), torch.nn.ReLU(),
@@ -232,15 +233,43 @@ def test_output_distortion_is_the_measured_kl_of_the_outputs():
     before = [p.clone() for p in model.parameters()]
     measure = OutputDistortion(model, x, batch=128)
     hidden = model[2]
-    W = hidden.weight.detach().clone()
-    assert measure(hidden, W.clone()) == pytest.approx(0.0, abs=1e-7)
-    _, mask, P = _distortion(W, LayerConstraint(col_keep=2), None)  # a 2-neuron bottleneck
-    assert int(mask.any(1).sum()) == 2
-    got = measure(hidden, P)
+    assert measure(hidden, LayerConstraint()) == pytest.approx(0.0, abs=1e-12)
+    c = LayerConstraint(row_keep=8, levels=4)
+    got = measure(hidden, c)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with torch.no_grad():
-        reference = model(x).log_softmax(1)
-        hidden.weight.copy_(P)
-        direct = float(torch.nn.functional.kl_div(model(x).log_softmax(1), reference,
-                                                  log_target=True, reduction="batchmean"))
-    assert got == pytest.approx(direct, rel=1e-5) and got > 1e-3
+        reference = model(x)
+        obc = ObcLayer(hidden)
+        obc.add_batch(torch.relu(model[0](x)))
+        obc.compress(c)
+        direct = float((model(x) - reference).pow(2).sum() / reference.pow(2).sum())
+    assert got == pytest.approx(direct, rel=1e-5) and got > 1e-4
+
+
+def test_feeding_links_follow_the_chain_and_stop_at_shifts_and_adds():
+    """LeNet-5: each layer's input rows are fed by the previous layer's outputs (25 taps or 25
+    positions per channel, one feature per neuron); a BatchNorm shift or a residual add in
+    between breaks the link (a pruned output is then not a dead input)."""
+    from experiments.allocation import feeding_links
+    model = build_model("lenet5", input_shape=(1, 28, 28))
+    x = torch.randn(8, 1, 28, 28)
+    assert feeding_links(model, x) == {"features.3": ("features.0", 25),
+                                       "classifier.0": ("features.3", 25),
+                                       "classifier.2": ("classifier.0", 1),
+                                       "classifier.4": ("classifier.2", 1)}
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+            self.norm, self.c = torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)
+
+        def forward(self, v):
+            h = torch.relu(self.a(v))
+            h = h + torch.relu(self.b(h))  # residual: b's output is not b2's only input
+            return self.c(self.norm(h))  # BatchNorm shifts a zero output
+
+    net = Residual()
+    with torch.no_grad():
+        net.norm.running_mean.fill_(0.5)
+    assert feeding_links(net, torch.randn(16, 8)) == {"b": ("a", 1)}
