@@ -397,6 +397,10 @@ class EvalSettings:
         _check_range("test_subset", self.test_subset, 1, 10**9, optional=True)
 
 
+HARDWARE_AWARE_EFFECTS = ("chip", "converters")
+"""What the retraining forward simulates (``robustness.hardware_aware_effects``)."""
+
+
 @dataclass(frozen=True)
 class RobustnessSettings:
     """Keeping the compressed model's accuracy on imperfect chips (``robustness`` group; see
@@ -404,7 +408,10 @@ class RobustnessSettings:
     stuck-at faults; ``placement``; ``miss_rate`` of the test read; ``spare_rows`` /
     ``spare_cols`` per tile), per-chip ``output_calibration`` on ``calibration_samples``
     training images, ``hardware_aware`` retraining (the simulator in the forward pass during
-    the stages ``admm.perturb_stages``), ``write_verify`` (null: the device's own setting; a
+    the stages ``admm.perturb_stages``; ``hardware_aware_effects``: ``chip``, a newly
+    programmed chip with every device effect and the converters, or ``converters``, the
+    device's conductance grid and the DAC/ADC with ranges calibrated on each batch on an
+    otherwise ideal device), ``write_verify`` (null: the device's own setting; a
     mapping of :class:`crossbar.WriteVerify` fields turns it on), and an ``ablation`` of the
     chip accuracy without each step on ``ablation_chips`` chips."""
 
@@ -416,6 +423,7 @@ class RobustnessSettings:
     output_calibration: bool = True
     calibration_samples: int = 512
     hardware_aware: bool = True
+    hardware_aware_effects: str = "chip"
     write_verify: dict | None = None
     ablation: bool = True
     ablation_chips: int = 5
@@ -431,6 +439,9 @@ class RobustnessSettings:
         _check_range("spare_cols", self.spare_cols, 0, 4096)
         _check_range("calibration_samples", self.calibration_samples, 2, 100_000)
         _check_range("ablation_chips", self.ablation_chips, 1, 10_000)
+        if self.hardware_aware_effects not in HARDWARE_AWARE_EFFECTS:
+            _fail("hardware_aware_effects", self.hardware_aware_effects,
+                  "one of " + ", ".join(HARDWARE_AWARE_EFFECTS))
         if self.write_verify is not None:
             if not isinstance(self.write_verify, Mapping):
                 _fail("write_verify", self.write_verify,

@@ -92,8 +92,8 @@ HARDWARE_SECTIONS = ("device", "crossbar", "cost", "layers")
 ``device``, ``crossbar`` and ``layers``); otherwise a change of them reuses the compressed
 model (resume, re-running only evaluation and cost; :func:`experiments.pipeline.cached`)."""
 
-TRAINING_ROBUSTNESS = ("hardware_aware", "compensation", "placement", "miss_rate", "spare_rows",
-                       "spare_cols", "write_verify")
+TRAINING_ROBUSTNESS = ("hardware_aware", "hardware_aware_effects", "compensation", "placement",
+                       "miss_rate", "spare_rows", "spare_cols", "write_verify")
 """``robustness`` keys that change the compressed weights when ``hardware_aware`` is on."""
 
 

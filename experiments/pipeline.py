@@ -308,10 +308,14 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
                                  collapse_floor=collapse_floor(loaders[1]))
     perturbation = None
     if inputs.hardware_aware:  # the chip in the forward pass of the retraining stages
-        perturbation = HardwareAware(inputs.device, inputs.crossbar, repair=inputs.repair,
+        chip = inputs.hardware_aware_effects == "chip"
+        device = inputs.device if chip else ideal_device(inputs.device)
+        perturbation = HardwareAware(device, inputs.crossbar,
+                                     repair=inputs.repair if chip else None,
                                      layers=list(inputs.mapped))
-        _log.info("hardware-aware retraining in stages %s: %s", ", ".join(
-            config.perturb_stages), inputs.device.describe())
+        _log.info("hardware-aware retraining in stages %s (%s): %s", ", ".join(
+            config.perturb_stages), "the chip" if chip else "converters and conductance grid",
+            device.describe())
     result = compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
                       checkpoint=run_dir / "admm_state.pt", fingerprint=fp,
                       perturbation=perturbation)
@@ -333,7 +337,8 @@ def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str
     return CompressInputs(
         run_dir=run_dir, fingerprint=fingerprint(exp), settings=getattr(exp, SETTINGS_BLOCK[name]),
         constraints=exp.admm.layer_constraints(), seed=exp.seed, device=exp.device,
-        crossbar=exp.crossbar, hardware_aware=rob.hardware_aware, repair=rob.repair(),
+        crossbar=exp.crossbar, hardware_aware=rob.hardware_aware,
+        hardware_aware_effects=rob.hardware_aware_effects, repair=rob.repair(),
         mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir)
 
 

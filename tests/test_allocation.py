@@ -49,7 +49,7 @@ def test_linked_allocation_matches_brute_force(seed):
                            for _ in range(n_options)] for l in range(n_layers)}
     names = list(cands)
     links = []
-    for prev, name in zip(names, names[1:]):
+    for prev, name in zip(names, names[1:], strict=False):
         s = rng.choice([1, 2])
         rows = [float(c.kept[0]) for c in cands[name]]
         outs = [float(c.kept[1]) for c in cands[prev]]

@@ -142,3 +142,25 @@ def test_converter_aware_step_is_the_simulators_quantized_forward():
     assert 0 < errors[0] < errors[1] < errors[2]
     y.sum().backward()  # straight through: the float layer's gradient
     assert layer.weight.grad is not None and torch.isfinite(layer.weight.grad).all()
+
+
+def test_converters_only_mode_trains_on_the_grid_and_converters(tmp_path, caplog):
+    """``robustness.hardware_aware_effects=converters``: the retraining forward is the
+    simulator on the device's ideal version (its conductance grid, no variation, noise or
+    faults) with the DAC/ADC; the setting is part of the compressed model's fingerprint."""
+    from test_experiments import TINY, _compose
+
+    from experiments.config import load_compress_config
+    from experiments.guard import fingerprint
+    from experiments.pipeline import run_compress
+    cfg = [*TINY, "robustness.ablation=false", "robustness.hardware_aware_effects=converters",
+           "device.prog_sigma=0.3"]
+    with caplog.at_level("INFO"):
+        run_compress(_compose(cfg), tmp_path)
+    line = next(r.message for r in caplog.records if "hardware-aware retraining" in r.message)
+    assert "(converters and conductance grid)" in line and "sigma=0.3" not in line
+    fp = fingerprint(load_compress_config(_compose(cfg)))
+    assert fp["robustness"]["hardware_aware_effects"] == "converters"
+    with pytest.raises(ValueError, match="robustness.hardware_aware_effects='noise'.*chip, "
+                                         "converters"):
+        load_compress_config(_compose([*TINY, "robustness.hardware_aware_effects=noise"]))
