@@ -30,19 +30,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
+from admm import DivergenceError  # noqa: E402
 from experiments.pipeline import CONF_DIR, run_compress  # noqa: E402
 from experiments.plots import ACCURACY, plt, write_png  # noqa: E402
 
 COMPRESSORS = ("admm", "magnitude", "obc")
-KEYS = ("compression_ratio", "tiles", "energy_nJ", "dense_accuracy", "compressed_accuracy",
-        "crossbar_ideal_accuracy", "crossbar_accuracy_mean", "crossbar_accuracy_std",
+KEYS = ("dataset", "model", "compression_ratio", "tiles", "energy_nJ", "dense_accuracy",
+        "compressed_accuracy", "crossbar_ideal_accuracy", "crossbar_accuracy_mean", "crossbar_accuracy_std",
         "crossbar_accuracy_ci95", "chips")
 
 
 def point(out: Path, compressor: str, ratio: float, overrides: list[str]) -> dict:
     """One whole run (reused when its metrics.json exists)."""
     folder = out / f"{compressor}_{ratio:g}x"
+    if (folder / "collapsed.txt").exists():
+        return {"compressor": compressor, "ratio": ratio,
+                "collapsed": (folder / "collapsed.txt").read_text()}
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
     else:
@@ -51,12 +56,17 @@ def point(out: Path, compressor: str, ratio: float, overrides: list[str]) -> dic
                f"allocation.budget={ratio}" if any(o.startswith("+experiment") for o in overrides)
                else f"allocation={{budget: {ratio}}}"]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            m = run_compress(compose(config_name="config", overrides=cfg), folder)
+            try:
+                m = run_compress(compose(config_name="config", overrides=cfg), folder)
+            except DivergenceError as exc:  # the compressor's model collapsed at this budget
+                (folder / "collapsed.txt").write_text(str(exc))
+                return {"compressor": compressor, "ratio": ratio, "collapsed": str(exc)}
     return {"compressor": compressor, "ratio": ratio, **{k: m[k] for k in KEYS},
             "allocation": {n: r["setting"] for n, r in m["allocation"]["layers"].items()}}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    rows = [r for r in rows if "collapsed" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), sharey=True)
     for ax, key, what in ((axes[0], "compressed_accuracy", "software (compressed)"),
                           (axes[1], "crossbar_accuracy_mean", "chips (mean, 95 % CI)")):
@@ -71,6 +81,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                         yerr=yerr, fmt="o-", capsize=3, color=f"C{i}", label=c)
         ax.axhline(rows[0]["dense_accuracy"], color="k", lw=0.8, label="dense")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
         ax.set_xlabel("structured compression ratio (x)")
         ax.set_title(what, fontsize=9)
         ax.legend(fontsize=7)
@@ -84,6 +96,10 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| ratio asked | compressor | ratio reached | tiles | software | ideal crossbar "
              "| chips (mean +- std) |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["ratio"], COMPRESSORS.index(r["compressor"]))):
+        if "collapsed" in r:
+            lines.append(f"| {r['ratio']:g}x | {r['compressor']} | | | collapsed (stopped by "
+                         "the collapse guard) | | |")
+            continue
         lines.append(f"| {r['ratio']:g}x | {r['compressor']} | {r['compression_ratio']:.2f}x | "
                      f"{r['tiles']} | {r['compressed_accuracy']:.2f} | "
                      f"{r['crossbar_ideal_accuracy']:.2f} | {r['crossbar_accuracy_mean']:.2f} "
@@ -103,7 +119,9 @@ def main() -> None:
     rows = [point(out, c, r, args.overrides) for r in args.ratios for c in args.compressors]
     (out / "curves.json").write_text(json.dumps(rows, indent=2))
     (out / "curves.md").write_text(markdown(rows))
-    plot(rows, out / "curves.png", "Compressors at the same per-layer budget: "
+    done = [r for r in rows if "collapsed" not in r]
+    what = f"{done[0]['model']} on {done[0]['dataset']}" if done else ""
+    plot(rows, out / "curves.png", f"Compressors at the same per-layer budget, {what}: "
          + " ".join(args.overrides))
     print(markdown(rows))
 
