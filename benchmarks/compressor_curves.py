@@ -38,8 +38,8 @@ from experiments.plots import ACCURACY, plt, write_png  # noqa: E402
 
 COMPRESSORS = ("admm", "magnitude", "obc")
 KEYS = ("dataset", "model", "compression_ratio", "tiles", "energy_nJ", "dense_accuracy",
-        "compressed_accuracy", "crossbar_ideal_accuracy", "crossbar_accuracy_mean", "crossbar_accuracy_std",
-        "crossbar_accuracy_ci95", "chips")
+        "compressed_accuracy", "crossbar_ideal_accuracy", "crossbar_accuracy_mean",
+        "crossbar_accuracy_std", "crossbar_accuracy_ci95", "chips")
 
 
 def point(out: Path, compressor: str, ratio: float, overrides: list[str]) -> dict:
