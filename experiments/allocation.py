@@ -51,7 +51,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ from admm import (
     weight_matrix,
     weighted_project_levels,
 )
-from admm.obc import ObcLayer
+from admm.obc import ObcLayer, layer_inputs
 from crossbar import CrossbarConfig
 from crossbar.cost import CostConfig, layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
@@ -117,40 +117,79 @@ class OutputDistortion:
     """The measured distortion of compressing one layer, the others dense (module docstring):
     the layer's weight is projected onto the candidate's structure and levels with Optimal
     Brain Surgeon compensation of the kept weights (``admm.obc.ObcLayer`` on the layer's
-    inputs from ``x``: the least-squares repair retraining approximates), then
-    ``e = sum_x ||f(x) - f_P(x)||^2 / sum_x ||f(x)||^2``, the relative change of the model's
-    outputs on ``x`` (in batches of ``batch``)."""
+    inputs from ``x``: the least-squares repair retraining approximates); where the candidate
+    prunes outputs and ``successors`` names the layer they feed, that layer is refit by least
+    squares to its dense outputs from the inputs it now gets (``W' = W X X'^T (X' X'^T)^-1``,
+    the reconstruction of channel pruning, He et al., ICCV 2017), as retraining would let it
+    compensate; then ``e = sum_x ||f(x) - f_P(x)||^2 / sum_x ||f(x)||^2``, the relative change
+    of the model's outputs on ``x`` (in batches of ``batch``)."""
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, x: torch.Tensor, batch: int = 512,
-                 percdamp: float = 0.01) -> None:
+                 percdamp: float = 0.01, successors: Mapping[str, str] | None = None) -> None:
         self.model, self.batches, self.percdamp = model, x.split(batch), percdamp
         self.reference = [model(b) for b in self.batches]
         self.energy = sum(float(r.double().pow(2).sum()) for r in self.reference)
+        modules = dict(model.named_modules())
+        self.successors = {id(modules[a]): modules[b] for a, b in (successors or {}).items()}
         self._obc: dict[int, ObcLayer] = {}
+        self._dense_inputs: dict[int, list[torch.Tensor]] = {}
+
+    def _inputs(self, module: nn.Module) -> list[torch.Tensor]:
+        """``module``'s input for every batch in the current model."""
+        got: list[torch.Tensor] = []
+        hook = module.register_forward_pre_hook(lambda _m, a: got.append(a[0].detach()))
+        try:
+            for b in self.batches:
+                self.model(b)
+        finally:
+            hook.remove()
+        return got
 
     def _layer(self, module: nn.Module) -> ObcLayer:
         """The layer's OBC state with its input Hessian from the dense model on ``x``."""
         if id(module) not in self._obc:
             layer = ObcLayer(module)
-            hook = module.register_forward_pre_hook(lambda _m, a: layer.add_batch(a[0]))
-            try:
-                for b in self.batches:
-                    self.model(b)
-            finally:
-                hook.remove()
+            for inp in self._inputs(module):
+                layer.add_batch(inp)
             self._obc[id(module)] = layer
         return self._obc[id(module)]
 
+    def _refit(self, successor: nn.Module) -> None:
+        """Least-squares refit of ``successor`` to its dense outputs from its current inputs."""
+        if id(successor) not in self._dense_inputs:  # taken before the layer is compressed
+            raise RuntimeError("OutputDistortion: dense successor inputs missing")
+        A = B = None
+        for now, dense in zip(self._inputs(successor), self._dense_inputs[id(successor)],
+                              strict=True):
+            Xn, Xd = layer_inputs(successor, now).double(), layer_inputs(successor, dense).double()
+            A = Xn @ Xn.T if A is None else A + Xn @ Xn.T
+            B = Xn @ Xd.T if B is None else B + Xn @ Xd.T
+        dead = torch.diagonal(A) == 0  # inputs of pruned outputs: no signal, weight 0
+        A[dead, dead] = 1.0
+        A += self.percdamp * torch.diagonal(A).mean() * torch.eye(len(A), dtype=A.dtype,
+                                                                   device=A.device)
+        W = weight_matrix(successor).detach().double()
+        refit = torch.linalg.solve(A, B @ W.T).T  # W X X'^T (X' X'^T)^-1, A symmetric
+        successor.weight.data = refit.reshape(successor.weight.shape).to(successor.weight.dtype)
+
     @torch.no_grad()
     def __call__(self, module: nn.Module, constraint: LayerConstraint) -> float:
+        successor = self.successors.get(id(module)) if constraint.prunes_outputs else None
+        if successor is not None and id(successor) not in self._dense_inputs:
+            self._dense_inputs[id(successor)] = self._inputs(successor)
         saved = module.weight.data.clone()
+        kept = None if successor is None else successor.weight.data.clone()
         try:
             self._layer(module).compress(constraint, self.percdamp)
+            if successor is not None:
+                self._refit(successor)
             total = sum(float((self.model(b) - ref).double().pow(2).sum())
                         for b, ref in zip(self.batches, self.reference, strict=True))
         finally:
             module.weight.data = saved
+            if successor is not None:
+                successor.weight.data = kept
         return total / max(self.energy, 1e-30)
 
 
@@ -378,11 +417,14 @@ def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettin
                                 layer_importance(model, train, a, seed))
     device = next(model.parameters()).device
     x = torch.cat([b[0] for b in labelled_subset(train, a.n_samples, device, seed)])
+    modules = dict(model.named_modules())
+    successors = {prev: name for name, (prev, _) in feeding_links(model, example).items()
+                  if isinstance(modules[name], (nn.Linear, nn.Conv2d))}  # OBC's input views
     was_training = model.training
     model.eval()
     try:
         return layer_candidates(model, a, constraints, xbar, cost, example,
-                                outputs=OutputDistortion(model, x))
+                                outputs=OutputDistortion(model, x, successors=successors))
     finally:
         model.train(was_training)
 

@@ -273,3 +273,24 @@ def test_feeding_links_follow_the_chain_and_stop_at_shifts_and_adds():
     with torch.no_grad():
         net.norm.running_mean.fill_(0.5)
     assert feeding_links(net, torch.randn(16, 8)) == {"b": ("a", 1)}
+
+
+def test_pruned_outputs_are_measured_after_the_next_layer_is_refit():
+    """A candidate that prunes a layer's outputs is measured with the layer they feed refit by
+    least squares (channel-pruning reconstruction): where that is the output layer, the refit
+    minimises exactly the measured change, so it is never worse than no refit."""
+    from experiments.allocation import OutputDistortion
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(),
+                                torch.nn.Linear(24, 6)).eval()
+    x = torch.randn(400, 12)
+    plain = OutputDistortion(model, x, percdamp=0.0)
+    refit = OutputDistortion(model, x, percdamp=0.0, successors={"0": "2"})
+    before = [p.clone() for p in model.parameters()]
+    for keep in (20, 12, 6):
+        c = LayerConstraint(col_keep=keep)
+        a, b = plain(model[0], c), refit(model[0], c)
+        assert 0 < b < a, keep
+    assert refit(model[0], LayerConstraint(row_keep=6)) == plain(model[0],
+                                                                 LayerConstraint(row_keep=6))
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
