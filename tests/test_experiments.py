@@ -52,6 +52,10 @@ def test_experiment_configs_compose_and_validate(experiment):
         assert exp.device.programming.sigma == 0.1
         assert faults.sa0_rate + faults.sa1_rate == 0.005
         assert exp.device.level_count == 16
+        assert exp.device.read_noise.sigma == 0.02  # issue 19: read noise per MVM
+        a = exp.allocation  # issue 19: a budget, not hand-set rates
+        assert a.max_drop == 1.0 and a.budget is None and a.candidates == "auto"
+        assert exp.admm.constraints == [{"pattern": "*"}]
 
 
 def test_default_and_study_configs_validate():
@@ -120,7 +124,7 @@ def test_entry_point_prints_config():
     out = subprocess.run([sys.executable, "-m", "experiments.compress", "--cfg", "job",
                           "+experiment=mnist_lenet5"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True).stdout
-    assert "name: mnist" in out and "pattern: classifier.0" in out
+    assert "name: mnist" in out and "max_drop: 1.0" in out and "pattern: '*'" in out
 
 
 # ------------------------------------------------------------------------------ pipeline
