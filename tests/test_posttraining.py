@@ -101,7 +101,7 @@ def test_admm_group_importance_reaches_compress_config():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("compressor=gptq", ["compressor='gptq'", "admm, obc"]),
+    ("compressor=gptq", ["compressor='gptq'", "admm, magnitude, obc"]),
     ("obc.n_calib=2048", ["obc.n_calib=2048", "[1, 1024]"]),
     ("obc.percdamp=-1", ["obc.percdamp=-1", "[0, 1]"]),
     ("obc.importance=l2", ["obc.importance='l2'", "fisher"]),
@@ -131,13 +131,15 @@ def test_compressors_are_one_registry():
     from experiments.posttraining import obc_stage
     from experiments.registry import COMPRESSORS, CompressInputs, get_compressor
 
+    from experiments.magnitude import magnitude_stage
     assert get_compressor("admm") is compress_stage and get_compressor("obc") is obc_stage
+    assert get_compressor("magnitude") is magnitude_stage
     for name in COMPRESSORS:  # one contract: (model, loaders, CompressInputs) -> CompressResult
         hints = typing.get_type_hints(get_compressor(name))
         assert hints["return"] is CompressResult and hints["inputs"] is CompressInputs
         assert list(hints) == ["model", "loaders", "inputs", "return"]
     with pytest.raises(ValueError, match="compressor='sparsegpt' is invalid; allowed: one of "
-                                         "admm, obc"):
+                                         "admm, magnitude, obc"):
         get_compressor("sparsegpt")
     for bad in ("sparsegpt", [1]):
         with pytest.raises(ValueError, match="compressor="):

@@ -30,6 +30,8 @@ ALLOWED = {  # key pattern -> the kinds of "bad" value that are in fact legitima
     r"robustness\.spare_(rows|cols)|seed": {"zero"},
     r"runtime\.cache_dir": {"str"},                  # any folder name
     r"model\.hidden": {"list"},                      # layer widths [1, 2]
+    r"allocation\.max_drop": {"zero"},               # no accuracy drop allowed
+    r"allocation\.search_range": {"list"},           # ratios 1x .. 2x
 }
 
 GROUPS = [[], ["model=mlp", "admm=mlp_digits"], ["+experiment=mnist_lenet5"]]
