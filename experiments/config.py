@@ -408,10 +408,10 @@ class RobustnessSettings:
     stuck-at faults; ``placement``; ``miss_rate`` of the test read; ``spare_rows`` /
     ``spare_cols`` per tile), per-chip ``output_calibration`` on ``calibration_samples``
     training images, ``hardware_aware`` retraining (the simulator in the forward pass during
-    the stages ``admm.perturb_stages``; ``hardware_aware_effects``: ``chip``, a newly
-    programmed chip with every device effect and the converters, or ``converters``, the
-    device's conductance grid and the DAC/ADC with ranges calibrated on each batch on an
-    otherwise ideal device), ``write_verify`` (null: the device's own setting; a
+    the stages ``admm.perturb_stages``; ``hardware_aware_effects``: ``converters`` (default),
+    the device's conductance grid and the DAC/ADC with ranges calibrated on each batch on an
+    otherwise ideal device, or ``chip``, a newly programmed chip with every device effect and
+    the converters), ``write_verify`` (null: the device's own setting; a
     mapping of :class:`crossbar.WriteVerify` fields turns it on), and an ``ablation`` of the
     chip accuracy without each step on ``ablation_chips`` chips."""
 
@@ -423,7 +423,7 @@ class RobustnessSettings:
     output_calibration: bool = True
     calibration_samples: int = 512
     hardware_aware: bool = True
-    hardware_aware_effects: str = "chip"
+    hardware_aware_effects: str = "converters"
     write_verify: dict | None = None
     ablation: bool = True
     ablation_chips: int = 5

@@ -66,7 +66,7 @@ class CompressInputs:
     """The crossbar and periphery (hardware-aware retraining)."""
     hardware_aware: bool = False
     """The chip in the forward pass of the retraining stages (``robustness.hardware_aware``)."""
-    hardware_aware_effects: str = "chip"
+    hardware_aware_effects: str = "converters"
     """``chip``: every device effect and the converters; ``converters``: the conductance grid
     and the DAC/ADC on an ideal device (``robustness.hardware_aware_effects``)."""
     repair: RepairConfig | None = None
