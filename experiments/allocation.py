@@ -267,34 +267,48 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
 
 
 @torch.no_grad()
+@torch.no_grad()
 def feeding_links(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[str, int]]:
     """``{layer: (previous layer, rows per output)}`` where each output (channel) of the
     previous layer feeds its own block of ``rows per output`` input rows of the layer and
     nothing else: a plain chain (activations with f(0) = 0, pooling, flatten), no BatchNorm
-    shift and no residual add between them. Found by a probe on ``example``: zeroing output
-    channel 0 of the previous layer zeroes exactly the layer's input rows of that channel
-    (the first ``kh*kw`` of a convolution, the first ``in / out`` features of a Linear after a
-    flatten) and changes no other input of it."""
+    shift and no residual add between them. Found by a probe on ``example``: zeroing the
+    previous layer's most active output channel ``j`` (largest positive output, so that it
+    reaches the next layer through a ReLU) zeroes exactly the layer's input rows of that
+    channel (its ``kh*kw`` rows of a convolution, its ``in / out`` features of a Linear after
+    a flatten) and changes no other input of it."""
     layers = crossbar_layers(model)
     seen: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
 
     def keep(name: str):
         return lambda _m, args: seen.__setitem__(name, args[0].detach().clone())
 
+    def activity(name: str):
+        def hook(_m, _a, out):
+            dims = [d for d in range(out.dim()) if d != (1 if out.dim() > 2 else out.dim() - 1)]
+            outputs[name] = out.detach().clamp_min(0).sum(dims)
+        return hook
+
     was_training = model.training
     model.eval()
     hooks = [m.register_forward_pre_hook(keep(n)) for n, m in layers.items()]
+    probes = [m.register_forward_hook(activity(n)) for n, m in layers.items()]
     try:
         model(example)
+        for h in probes:
+            h.remove()
         base = dict(seen)
         links: dict[str, tuple[str, int]] = {}
         for prev_name, prev in layers.items():
             width = weight_matrix(prev).shape[0]
-            if width < 2:
+            if width < 2 or prev_name not in outputs:
                 continue
+            j = int(outputs[prev_name].argmax())
             zero = prev.register_forward_hook(
-                lambda _m, _a, out: out.index_fill(1 if out.dim() > 2 else -1,
-                                                   torch.tensor([0], device=out.device), 0.0))
+                lambda _m, _a, out, j=j: out.index_fill(1 if out.dim() > 2 else -1,
+                                                        torch.tensor([j], device=out.device),
+                                                        0.0))
             try:
                 seen.clear()
                 model(example)
@@ -307,14 +321,16 @@ def feeding_links(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[st
                 before, after = base[name], seen[name]
                 if isinstance(module, nn.Linear):
                     before, after = before.flatten(0, -2), after.flatten(0, -2)
-                    dead, rest = (slice(None), slice(0, rows)), (slice(None), slice(rows, None))
+                    span = slice(j * rows, (j + 1) * rows)
                 else:
-                    dead, rest = (slice(None), slice(0, 1)), (slice(None), slice(1, None))
-                if bool((after[dead] == 0).all()) and bool((before[dead] != 0).any()) \
-                        and torch.equal(after[rest], before[rest]):
+                    span = slice(j, j + 1)
+                rest = torch.ones(before.shape[1], dtype=torch.bool, device=before.device)
+                rest[span] = False
+                if bool((after[:, span] == 0).all()) and bool((before[:, span] != 0).any()) \
+                        and torch.equal(after[:, rest], before[:, rest]):
                     links[name] = (prev_name, rows)
     finally:
-        for h in hooks:
+        for h in hooks + probes:
             h.remove()
         model.train(was_training)
     return links

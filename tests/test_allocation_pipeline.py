@@ -253,10 +253,13 @@ def test_feeding_links_follow_the_chain_and_stop_at_shifts_and_adds():
     from experiments.allocation import feeding_links
     model = build_model("lenet5", input_shape=(1, 28, 28))
     x = torch.randn(8, 1, 28, 28)
-    assert feeding_links(model, x) == {"features.3": ("features.0", 25),
-                                       "classifier.0": ("features.3", 25),
-                                       "classifier.2": ("classifier.0", 1),
-                                       "classifier.4": ("classifier.2", 1)}
+    links = {"features.3": ("features.0", 25), "classifier.0": ("features.3", 25),
+             "classifier.2": ("classifier.0", 1), "classifier.4": ("classifier.2", 1)}
+    assert feeding_links(model, x) == links
+    with torch.no_grad():  # a dead first neuron (never passes its ReLU) does not hide a link
+        model.classifier[0].bias[0] = -1e4
+        model.features[0].bias[0] = -1e4
+    assert feeding_links(model, x) == links
 
     class Residual(torch.nn.Module):
         def __init__(self):
