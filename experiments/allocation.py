@@ -508,14 +508,18 @@ def allocation_markdown(summary: dict) -> str:
         total_error=summary["total_error"], total_cost=summary["total_cost"],
         budget=summary["budget"], min_cost=summary["min_cost"], resource=summary["resource"])
     imp = summary["importance"]
-    kind = "mean KL of the model's outputs with the layer projected, measured" \
-        if imp == "output" else f"1/2 sum imp (w - P(w))^2, {imp} importance" if imp \
+    links = {n: r["fed_by"] for n, r in summary.get("links", {}).items()}
+    kind = "relative change of the model's outputs with the layer compressed and OBS-repaired, " \
+        "measured" if imp == "output" else f"1/2 sum imp (w - P(w))^2, {imp} importance" if imp \
         else "||w - P(w)||^2"
     ratio = f" (a {summary['ratio']:.4g}x compression ratio)" if "ratio" in summary else ""
     return "\n".join([
         "## Budgeted allocation", "",
         f"Per-layer settings chosen by the MILP (admm.allocate, HiGHS) to minimise the total "
         f"distortion ({kind}) with total {result.resource} <= {result.budget:.6g}{ratio} "
-        f"(least achievable {result.min_cost:.6g}). Errors and costs are estimated on the "
-        "projection of the dense weights; the mapping plan below is the compressed model's.",
+        f"(least achievable {result.min_cost:.6g})"
+        + (f", fed layers linked ({', '.join(f'{p} -> {n}' for n, p in links.items())}: kept "
+           "rows at most what the kept outputs feed)" if links else "")
+        + ". Errors and costs are estimated on the dense model; the mapping plan below is the "
+        "compressed model's.",
         "", result.to_markdown(), ""])

@@ -178,7 +178,7 @@ def search_markdown(search: dict, figure: str | None) -> str:
     rows = sorted(search["points"], key=lambda p: p["budget"] * (1 if search["resource"]
                                                                  == "compression" else -1))
     lines = ["## Budget search", "",
-             f"Accuracy budget: mean chip accuracy at most {search['max_drop']:g} points below "
+             f"Accuracy budget: mean chip accuracy at most {search['max_drop']:g} point(s) below "
              f"dense. Bisection on log({search['resource']}) over "
              f"{search['range'][0]:.4g} .. {search['range'][1]:.4g}, {search['steps']} steps, "
              f"{search['chips_per_point']} chips per point; chosen: {search['resource']} "

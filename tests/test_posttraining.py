@@ -127,11 +127,10 @@ def test_compressors_are_one_registry():
     import typing
 
     from admm import CompressResult
+    from experiments.magnitude import magnitude_stage
     from experiments.pipeline import compress_stage
     from experiments.posttraining import obc_stage
     from experiments.registry import COMPRESSORS, CompressInputs, get_compressor
-
-    from experiments.magnitude import magnitude_stage
     assert get_compressor("admm") is compress_stage and get_compressor("obc") is obc_stage
     assert get_compressor("magnitude") is magnitude_stage
     for name in COMPRESSORS:  # one contract: (model, loaders, CompressInputs) -> CompressResult
