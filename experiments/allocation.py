@@ -34,7 +34,8 @@ pooling, flatten between them; found by a probe): the next layer keeps at most `
 kept output of the previous (``s``: the rows one output channel spans, ``kh*kw`` or the
 positions of a flattened map) and the previous keeps at most as many outputs as the next keeps
 rows, so the budget is not spent on rows that read a pruned output or outputs nobody reads.
-Without the links the MILP kept 42 rows of a layer fed by 4 kept outputs (MNIST, 30x).
+Without the links the MILP kept 42 rows of a layer fed by 4 kept outputs (MNIST, 30x). Links
+apply to ``candidates: auto``; a user's own candidate list need not offer matching counts.
 
 Layers without a constraint stay dense and count with their fixed cost. ``admm.allocate``
 (cvxpy MILP, HiGHS) picks one candidate per layer minimising ``sum e`` with ``sum c <= budget``;
@@ -255,6 +256,8 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
             if name not in select_layers(model, [LayerConstraint(setting.get("pattern", "*"))]):
                 continue
             c = layer_constraint(chosen[name], name, setting)
+            if name == final and c.prunes_outputs and not c.prune_outputs:
+                continue  # the model's outputs (classes) are not pruned unless asked
             error, mask, _ = _distortion(W, c, imp)
             if outputs is not None:
                 error = outputs(module, c)
@@ -469,7 +472,9 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     candidates = _CANDIDATES[key]
     _require_feasible(candidates, a, "pretrained weights")
     chosen = select_layers(model, constraints)
-    links = feeding_links(model, example)
+    # fed layers are linked where the pipeline builds the candidates (a user's own list need
+    # not offer matching row and output counts)
+    links = feeding_links(model, example) if a.candidates == "auto" else {}
     result = allocate(candidates, milp_budget(candidates, a, a.budget),
                       resource="weights" if a.resource == "compression" else a.resource,
                       links=layer_links(candidates, links, list(chosen)))

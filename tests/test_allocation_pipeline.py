@@ -29,7 +29,7 @@ def test_allocation_choice_in_report_and_within_budget(tmp_path):
     metrics = run_compress(_compose(_alloc(12)), tmp_path)
     alloc = metrics["allocation"]
     assert alloc["resource"] == "tiles" and alloc["budget"] == 12
-    assert alloc["total_cost"] <= 12 and alloc["min_cost"] == 6
+    assert alloc["total_cost"] <= 12 and alloc["min_cost"] == 7  # outputs of the last layer kept
     assert alloc["total_cost"] == sum(r["cost"] for r in alloc["layers"].values())
     assert metrics["tiles"] <= 12  # the compressed model's mapping fits too
     report = (tmp_path / "report.md").read_text()
@@ -44,8 +44,8 @@ def test_allocation_choice_in_report_and_within_budget(tmp_path):
 
 
 def test_infeasible_budget_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r"allocation.budget=5 is infeasible.* tiles .* is 6 "):
-        run_compress(_compose(_alloc(5)), tmp_path)
+    with pytest.raises(ValueError, match=r"allocation.budget=6 is infeasible.* tiles .* is 7 "):
+        run_compress(_compose(_alloc(6)), tmp_path)
     assert not (tmp_path / "dense.pt").exists()
 
 
