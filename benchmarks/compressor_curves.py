@@ -42,7 +42,7 @@ KEYS = ("dataset", "model", "compression_ratio", "tiles", "energy_nJ", "dense_ac
         "crossbar_accuracy_std", "crossbar_accuracy_ci95", "chips")
 
 
-def point(out: Path, compressor: str, ratio: float, overrides: list[str]) -> dict:
+def point(out: Path, compressor: str, ratio: float, overrides: list[str], cache: Path) -> dict:
     """One whole run (reused when its metrics.json exists)."""
     folder = out / f"{compressor}_{ratio:g}x"
     if (folder / "collapsed.txt").exists():
@@ -51,7 +51,7 @@ def point(out: Path, compressor: str, ratio: float, overrides: list[str]) -> dic
     if (folder / "metrics.json").exists():
         m = json.loads((folder / "metrics.json").read_text())
     else:
-        cfg = [*overrides, f"compressor={compressor}", f"runtime.cache_dir={out / 'cache'}",
+        cfg = [*overrides, f"compressor={compressor}", f"runtime.cache_dir={cache}",
                "runtime.progress=false", "robustness.ablation=false",
                f"allocation.budget={ratio}" if any(o.startswith("+experiment") for o in overrides)
                else f"allocation={{budget: {ratio}}}"]
@@ -113,10 +113,14 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", required=True)
     parser.add_argument("--compressors", nargs="+", default=list(COMPRESSORS),
                         choices=COMPRESSORS)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="model cache shared with other runs (default: <out>/cache)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of every run (after --)")
     args = parser.parse_args()
     out = args.out.resolve()
-    rows = [point(out, c, r, args.overrides) for r in args.ratios for c in args.compressors]
+    cache = (args.cache or out / "cache").resolve()
+    rows = [point(out, c, r, args.overrides, cache) for r in args.ratios
+            for c in args.compressors]
     (out / "curves.json").write_text(json.dumps(rows, indent=2))
     (out / "curves.md").write_text(markdown(rows))
     done = [r for r in rows if "collapsed" not in r]
