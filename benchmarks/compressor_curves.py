@@ -66,8 +66,13 @@ def point(out: Path, compressor: str, ratio: float, overrides: list[str], cache:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Software and chip accuracy against the ratio per compressor; the axis spans 25 points
+    below dense, and a point under it is drawn on its floor (a down triangle) with its value."""
     rows = [r for r in rows if "collapsed" not in r]
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), sharey=True)
+    dense = rows[0]["dense_accuracy"]
+    floor = max(min(min(r["compressed_accuracy"], r["crossbar_accuracy_mean"]) for r in rows) - 1,
+                dense - 25)
     for ax, key, what in ((axes[0], "compressed_accuracy", "software (compressed)"),
                           (axes[1], "crossbar_accuracy_mean", "chips (mean, 95 % CI)")):
         for i, c in enumerate(COMPRESSORS):
@@ -75,11 +80,19 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                          key=lambda r: r["compression_ratio"])
             if not pts:
                 continue
+            x = [r["compression_ratio"] for r in pts]
+            y = [max(r[key], floor) for r in pts]
             yerr = [r["crossbar_accuracy_ci95"] for r in pts] if key != "compressed_accuracy" \
                 else None
-            ax.errorbar([r["compression_ratio"] for r in pts], [r[key] for r in pts],
-                        yerr=yerr, fmt="o-", capsize=3, color=f"C{i}", label=c)
-        ax.axhline(rows[0]["dense_accuracy"], color="k", lw=0.8, label="dense")
+            ax.errorbar(x, y, yerr=yerr, fmt="-", capsize=3, color=f"C{i}", label=c)
+            for xv, r in zip(x, pts, strict=True):
+                low = r[key] < floor
+                ax.plot([xv], [max(r[key], floor)], "v" if low else "o", color=f"C{i}")
+                if low:
+                    ax.annotate(f"{r[key]:.0f} %", (xv, floor), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points", color=f"C{i}")
+        ax.axhline(dense, color="k", lw=0.8, label="dense")
+        ax.set_ylim(floor - 0.5, dense + 1.5)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(ScalarFormatter())
