@@ -29,6 +29,7 @@ import copy
 import json
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
     ``finish(exp, run_dir)``: the pipeline inside the accepted run folder; ``load``: config
     validation (``load_compress_config``)."""
     a: AllocationSettings = exp.allocation
+    started = time.monotonic()
     loose, tight = a.search_range or budget_range
     cache = exp.runtime.cache_dir or str((run_dir / "search" / "cache").resolve())
     state_path = run_dir / "search" / SEARCH_FILE
@@ -162,7 +164,8 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
     metrics["search"] = {"max_drop": a.max_drop, "resource": a.resource,
                          "range": [loose, tight], "steps": a.search_steps,
                          "chips_per_point": a.search_chips, "chosen_budget": best["budget"],
-                         "met": bool(met), "warning": warning, "points": points}
+                         "met": bool(met), "warning": warning, "points": points,
+                         "wall_s": time.monotonic() - started}
     if warning:
         metrics["warnings"] = [*metrics.get("warnings", []), warning]
     plot_budget_search(ran, metrics["dense_accuracy"], a.max_drop, best["budget"],
@@ -183,7 +186,8 @@ def search_markdown(search: dict, figure: str | None) -> str:
              f"{search['range'][0]:.4g} .. {search['range'][1]:.4g}, {search['steps']} steps, "
              f"{search['chips_per_point']} chips per point; chosen: {search['resource']} "
              f"{search['chosen_budget']:g}" + ("" if search["met"] else
-                                               " (**no point met the budget**)") + ".", "",
+                                               " (**no point met the budget**)")
+             + (f"; {search['wall_s'] / 60:.1f} min" if "wall_s" in search else "") + ".", "",
              "| step | budget | compression | tiles | energy (nJ) | software | chips (mean +- std)"
              " | drop | meets |", "|---:|---:|---:|---:|---:|---:|---:|---:|:--|"]
     for p in rows:
