@@ -3,9 +3,11 @@ against the targets of the project (docs/experiments.md, "Reproduction").
 
     .venv/bin/python benchmarks/reproduce_mnist.py [extra Hydra overrides ...]
 
-is the same as ``python -m experiments.compress +experiment=mnist_lenet5`` followed by a
-check of its metrics.json; prints each target with its measured value and PASS/MISS, and exits
-non-zero if any target is missed. The run directory is outputs/mnist_lenet5/<date>/<time>.
+is the same as ``python -m experiments.compress +experiment=mnist_lenet5`` (the accuracy
+budget: the pipeline searches the compression ratio that keeps the mean chip accuracy within
+1.0 point of dense) followed by a check of its metrics.json against issue 19's acceptance;
+prints each target with its measured value and PASS/MISS, and exits non-zero if any target is
+missed. The run directory is outputs/mnist_lenet5/<date>/<time>.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (  # (metric, comparison, bound, label)
     ("dense_accuracy", ">=", 99.0, "dense test accuracy (%)"),
     ("compression_ratio", ">=", 30.0, "structured compression ratio (x)"),
-    ("accuracy_drop_ideal", "<=", 0.3, "accuracy drop, ideal devices (points)"),
-    ("accuracy_drop_mean", "<=", 1.0, "accuracy drop, 10 chips, 10% var + 0.5% SA (points)"),
+    ("accuracy_drop_ideal", "<=", 0.5, "accuracy drop, ideal devices (points)"),
+    ("accuracy_drop_mean", "<=", 1.0, "accuracy drop, chip mean, 10% var + 0.5% SA + 2% read "
+     "noise (points)"),
+    ("accuracy_drop_worst", "<=", 2.0, "accuracy drop, worst chip (points)"),
     ("area_reduction_pct", ">=", 95.0, "area reduction vs dense 8-bit mapping (%)"),
     ("energy_reduction_pct", ">=", 95.0, "energy reduction vs dense 8-bit mapping (%)"),
 )
@@ -30,6 +34,8 @@ TARGETS = (  # (metric, comparison, bound, label)
 def check(metrics: dict) -> list[tuple[str, float, str, float, bool]]:
     """(label, measured, comparison, bound, met) for every target."""
     out = []
+    metrics = {**metrics, "accuracy_drop_worst": metrics["dense_accuracy"]
+               - min(metrics["crossbar_accuracies"])}
     for key, op, bound, label in TARGETS:
         value = float(metrics[key])
         out.append((label, value, op, bound, value >= bound if op == ">=" else value <= bound))
