@@ -387,7 +387,9 @@ def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
                       else axis_label(key))
         ax.set_ylabel(ACCURACY)
         ax.legend(fontsize=7)
-    fig.suptitle("Accuracy-budget search: points tried (numbers: bisection step)", fontsize=9)
+    chips = sorted({p["chips"] for p in rows})
+    fig.suptitle("Accuracy-budget search: points tried (numbers: bisection step; "
+                 f"{'/'.join(map(str, chips))} chips each)", fontsize=9)
     fig.tight_layout()
     caption(fig, note)
     write_png(path, fig)
