@@ -21,7 +21,8 @@ CANDIDATES = ("[{row_ratio: 0.25, levels: 16}, {row_ratio: 0.5, col_ratio: 0.5, 
 
 def _alloc(budget, extra=""):
     return [*TINY, "compressor=obc", "obc.n_calib=128", "crossbar=small32_lowres",
-            f"allocation={{budget: {budget}, resource: tiles, n_samples: 128{extra}, "
+            f"allocation={{budget: {budget}, resource: tiles, n_samples: 128, importance: fisher"
+            f"{extra}, "
             f"candidates: {CANDIDATES}}}"]
 
 
