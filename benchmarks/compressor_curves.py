@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from admm import DivergenceError  # noqa: E402
 from experiments.pipeline import CONF_DIR, run_compress  # noqa: E402
@@ -94,8 +94,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.axhline(dense, color="k", lw=0.8, label="dense")
         ax.set_ylim(floor - 0.5, dense + 1.5)
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ticks = sorted({round(r["compression_ratio"], 1) for r in rows})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("structured compression ratio (x)")
         ax.set_title(what, fontsize=9)
         ax.legend(fontsize=7)
