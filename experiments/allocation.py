@@ -111,7 +111,7 @@ def _distortion(W: torch.Tensor, c: LayerConstraint, imp: torch.Tensor | None) -
     else:
         P = W * mask
     err = (W - P).double().pow(2)
-    return float(err.sum() if imp is None else 0.5 * (imp.double() * err).sum()), mask, P
+    return float(err.sum() if imp is None else 0.5 * (imp.double() * err).sum()), mask
 
 
 class OutputDistortion:
@@ -226,14 +226,14 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
                      constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
                      cost: CostConfig, example: torch.Tensor,
                      importance: dict[str, torch.Tensor] | None = None,
-                     outputs: OutputDistortion | None = None,
+                     outputs: OutputDistortion | None = None, errors: bool = True,
                      ) -> dict[str, list[Candidate]]:
     """``{layer: [Candidate(error, cost, setting), ...]}`` for every Linear/Conv2d of
     ``model``: one per ``allocation.candidates`` entry (or :func:`auto_candidates`) for
     constrained layers, one fixed dense candidate (``setting = {"fixed": "dense"}``) for the
     others. ``constraints``: the admm group's; costs of ``settings.resource`` on ``xbar``
     priced by ``cost``; errors measured by ``outputs`` where given, else from ``importance``
-    (module docstring)."""
+    (module docstring); ``errors=False``: costs only (errors 0, masks by plain magnitude)."""
     chosen = select_layers(model, constraints)
     mvms = measure_mvms(model, example)
     table = load_table(cost.table)
@@ -258,9 +258,11 @@ def layer_candidates(model: nn.Module, settings: AllocationSettings,
             c = layer_constraint(chosen[name], name, setting)
             if name == final and c.prunes_outputs and not c.prune_outputs:
                 continue  # the model's outputs (classes) are not pruned unless asked
-            error, mask, _ = _distortion(W, c, imp)
-            if outputs is not None:
-                error = outputs(module, c)
+            if outputs is not None or not errors:  # the mask only fixes the kept counts
+                mask = c.prune_mask(W)
+                error = outputs(module, c) if outputs is not None else 0.0
+            else:
+                error, mask = _distortion(W, c, imp)
             out[name].append(Candidate(error, price(name, module, mask), dict(setting),
                                        kept=(int(mask.any(0).sum()), int(mask.any(1).sum()))))
         if not out[name]:
@@ -406,8 +408,8 @@ def check_budget(model: nn.Module, settings: AllocationSettings | None,
     """Fail before any training when no choice of candidates fits ``allocation.budget``
     (costs from the masks of the model's current weights; a no-op without allocation)."""
     if settings is not None and settings.budget is not None:
-        _require_feasible(layer_candidates(model, settings, constraints, xbar, cost, example),
-                          settings, "before pretraining")
+        _require_feasible(layer_candidates(model, settings, constraints, xbar, cost, example,
+                                           errors=False), settings, "before pretraining")
 
 
 _CANDIDATES: dict[str, dict[str, list[Candidate]]] = {}
@@ -428,16 +430,16 @@ def _memo_key(model: nn.Module, a: AllocationSettings, constraints: Sequence[Lay
 def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettings,
                         constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
                         cost: CostConfig, example: torch.Tensor, seed: int,
-                        ) -> dict[str, list[Candidate]]:
+                        links: Mapping[str, tuple[str, int]]) -> dict[str, list[Candidate]]:
     """:func:`layer_candidates` with ``a.importance``'s distortion on ``a.n_samples`` seeded
-    training images."""
+    training images (``links``: :func:`feeding_links`, whose fed layers are refit)."""
     if a.importance != "output":
         return layer_candidates(model, a, constraints, xbar, cost, example,
                                 layer_importance(model, train, a, seed))
     device = next(model.parameters()).device
     x = torch.cat([b[0] for b in labelled_subset(train, a.n_samples, device, seed)])
     modules = dict(model.named_modules())
-    successors = {prev: name for name, (prev, _) in feeding_links(model, example).items()
+    successors = {prev: name for name, (prev, _) in links.items()
                   if isinstance(modules[name], (nn.Linear, nn.Conv2d))}  # OBC's input views
     was_training = model.training
     model.eval()
@@ -461,11 +463,12 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     if a.budget is None:
         raise ValueError("allocation_stage: an accuracy budget (max_drop) is searched by "
                          "experiments.search, which runs this stage once per resource budget")
+    feeding = feeding_links(model, example)
     key = _memo_key(model, a, constraints, xbar, cost, seed)
     if key not in _CANDIDATES:  # the budget search asks again at every point
         _CANDIDATES.clear()
         _CANDIDATES[key] = _measure_candidates(model, train, a, constraints, xbar, cost,
-                                               example, seed)
+                                               example, seed, feeding)
     else:
         _log.info("allocation: candidates' distortions and costs reused (same dense model and "
                   "settings)")
@@ -474,7 +477,7 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     chosen = select_layers(model, constraints)
     # fed layers are linked where the pipeline builds the candidates (a user's own list need
     # not offer matching row and output counts)
-    links = feeding_links(model, example) if a.candidates == "auto" else {}
+    links = feeding if a.candidates == "auto" else {}
     result = allocate(candidates, milp_budget(candidates, a, a.budget),
                       resource="weights" if a.resource == "compression" else a.resource,
                       links=layer_links(candidates, links, list(chosen)))

@@ -898,9 +898,9 @@ def budget_bounds(model: nn.Module, example: torch.Tensor, a: AllocationSettings
                   ) -> tuple[float, float]:
     """``(loose, tight)`` budgets of ``a``'s candidates: no compression and the cheapest
     choice (costs depend on the kept counts only, so a freshly built ``model`` prices them;
-    no importance needed)."""
-    a = dataclasses.replace(a, importance=None)
-    return budget_range(layer_candidates(model, a, constraints, xbar, cost, example), a)
+    no distortion is computed)."""
+    return budget_range(layer_candidates(model, a, constraints, xbar, cost, example,
+                                         errors=False), a)
 
 
 def preflight(exp: CompressExperiment) -> None:
