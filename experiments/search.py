@@ -101,10 +101,11 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
     loose, tight = a.search_range or budget_range
     cache = exp.runtime.cache_dir or str((run_dir / "search" / "cache").resolve())
     state_path = run_dir / "search" / SEARCH_FILE
-    done: dict[str, dict] = {}
+    settings = _point_config(exp.raw, 0.0, a.search_chips, cache)  # every point's, but budget
+    done: dict[float, dict] = {}
     if state_path.exists():
         saved = json.loads(state_path.read_text())
-        if saved.get("settings") == _point_config(exp.raw, 0.0, a.search_chips, cache):
+        if saved.get("settings") == settings:
             done = {float(k): v for k, v in saved.get("points", {}).items()}
     points: list[dict] = []
 
@@ -135,8 +136,7 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
                       "%.2f): %s", step, record["compression_ratio"], record["chip_mean"],
                       record["drop"], a.max_drop, "meets" if record["meets"] else "misses")
         atomic_write_text(state_path, json.dumps(
-            {"settings": _point_config(exp.raw, 0.0, a.search_chips, cache),
-             "points": {str(k): v for k, v in done.items()}}, indent=2))
+            {"settings": settings, "points": {str(k): v for k, v in done.items()}}, indent=2))
         return record["meets"]
 
     bisect_budgets(loose, tight, meets, a.search_steps)
