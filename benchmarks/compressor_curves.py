@@ -33,7 +33,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from admm import DivergenceError  # noqa: E402
-from experiments.pipeline import CONF_DIR, run_compress  # noqa: E402
+from experiments.conf_source import CONF_DIR  # noqa: E402
+from experiments.pipeline import run_compress  # noqa: E402
 from experiments.plots import ACCURACY, plt, write_png  # noqa: E402
 
 COMPRESSORS = ("admm", "magnitude", "obc")

@@ -22,9 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crossbar import MappingPlan, estimate  # noqa: E402
-from experiments import pipeline as P  # noqa: E402
+from experiments import data as D  # noqa: E402
+from experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
 from experiments.config import load_compress_config  # noqa: E402
 from experiments.models import build_model  # noqa: E402
+from experiments.train import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -47,28 +49,29 @@ def main() -> None:
 
     torch.set_num_threads(1)
     exp = load_compress_config(OmegaConf.load(args.run / "config.yaml"))
-    train, test, info = P.load_data(exp.dataset, exp.seed)
+    train, test, info = D.load_data(exp.dataset, exp.seed)
     state = torch.load(args.run / "compressed.pt", weights_only=True)
     model = build_model(exp.model.name, input_shape=info.input_shape, **exp.model.kwargs)
     model.load_state_dict(state["model"])
     model.eval()
-    calibration = P.calibration_batch(train, exp.eval.calibration_samples, "cpu", exp.seed)
-    outputs = P.calibration_batch(train, exp.robustness.calibration_samples, "cpu",
+    calibration = D.calibration_batch(train, exp.eval.calibration_samples, "cpu", exp.seed)
+    outputs = D.calibration_batch(train, exp.robustness.calibration_samples, "cpu",
                                   exp.seed + 1)
     plan = MappingPlan.load(args.run / "plan.json")
-    xtest = P.crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
+    xtest = D.crossbar_test_loader(test, exp.eval.test_subset, exp.seed)
     rows = []
     for dac, adc in itertools.product(args.dac, args.adc):
         kind, bits = dac.split(":")
         xbar = exp.crossbar.with_(dac=kind, dac_bits=int(bits), adc_bits=adc)
         out = outputs if xbar.output_calibration else None
-        ideal = P.chip_accuracies(model, plan, P.ideal_device(exp.device), xbar, calibration,
-                                  xtest, 1, exp.seed, scales=state["scales"], outputs=out)[0]
-        chips = P.chip_accuracies(model, plan, exp.device, xbar, calibration, xtest,
-                                  args.chips, exp.seed, scales=state["scales"],
-                                  repair=exp.robustness.repair(), outputs=out)
+        design = ChipDesign(exp.device, xbar, exp.robustness.repair())
+        common = {"calibration": calibration, "test": xtest, "seed": exp.seed,
+                  "scales": state["scales"], "outputs": out}
+        ideal = evaluate_chips(model, plan, design.ideal().with_(repair=None), chips=1,
+                               **common).mean
+        run = evaluate_chips(model, plan, design, chips=args.chips, **common)
+        chips, mean, std = run.accuracies, run.mean, run.std
         cost = estimate(plan, xbar, exp.cost)
-        mean, std = P._stats(chips)
         row = {"dac": kind, "dac_bits": int(bits), "adc_bits": adc, "ideal": ideal,
                "chips_mean": mean, "chips_std": std, "chips_min": min(chips),
                "energy_nJ": cost.compressed.totals()["energy_nJ"],
@@ -80,7 +83,7 @@ def main() -> None:
               f"(-{row['energy_reduction_pct']:.2f}%), area -{row['area_reduction_pct']:.2f}%",
               flush=True)
     (args.run / "converter_sweep.json").write_text(json.dumps(rows, indent=1))
-    plot(rows, P.evaluate(model, test), args.run / "converter_sweep.png")
+    plot(rows, evaluate(model, test), args.run / "converter_sweep.png")
 
 
 def plot(rows: list[dict], software: float, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Monte Carlo over chips: time of ``experiments.pipeline.chip_accuracies`` for K programmed
+"""Monte Carlo over chips: time of ``experiments.chips.evaluate_chips`` for K programmed
 chips (program, recalibrate the DAC/ADC ranges on the calibration batch, evaluate the test
 set) against K plain PyTorch evaluations of the same model on the same test set.
 
@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import crossbar  # noqa: E402
 from crossbar.io import atomic_write_text  # noqa: E402
+from experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
 from experiments.models import build_model  # noqa: E402
-from experiments.pipeline import chip_accuracies, map_stage  # noqa: E402
+from experiments.stages import map_stage  # noqa: E402
 from experiments.train import evaluate  # noqa: E402
 
 CONFIG = crossbar.CrossbarConfig(tile_rows=128, tile_cols=128, dac_bits=8, adc_bits=8)
@@ -75,9 +76,10 @@ def main() -> None:
             evaluate(model, test)
         plain = time.perf_counter() - start
         start = time.perf_counter()
-        chip_accuracies(model, plan, device, xbar, calibration, test, args.chips, seed=0,
-                        repair=crossbar.RepairConfig() if repair else None,
-                        outputs=outputs if xbar.output_calibration else None)
+        design = ChipDesign(device, xbar, crossbar.RepairConfig() if repair else None)
+        evaluate_chips(model, plan, design, calibration=calibration, test=test,
+                       chips=args.chips, seed=0,
+                       outputs=outputs if xbar.output_calibration else None)
         chips = time.perf_counter() - start
         rows.append({"setting": name, "chips": args.chips, "plain_s": plain, "chips_s": chips,
                      "ratio": chips / plain, "load_average_1min": float(load)})

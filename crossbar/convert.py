@@ -3,25 +3,28 @@ on simulated crossbars."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import ctypes
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .attention import CrossbarMultiheadAttention
+from .calibration import calibrate_outputs
 from .config import CrossbarConfig
 from .converters import get_adc
 from .device import DeviceModel
-from .layers import (
+from .layers import (  # program, calibrate, check_input: defined with the layers, re-exported
     CrossbarConv1d,
     CrossbarConv2d,
     CrossbarLayer,
     CrossbarLinear,
-    InputShapeError,
+    _input_errors,
+    calibrate,
+    check_input,
     crossbar_modules,
+    program,
 )
 from .plan import MAPPABLE, MappingPlan, check_plan, crossbar_layers, matches, plan_model
 from .repair import RepairConfig
@@ -46,51 +49,6 @@ def _release_freed_memory() -> None:
 _MALLOC_TRIM: list = []
 
 
-
-def _expected_input(name: str, layer: nn.Module) -> str:
-    """The input shape a model takes, described from its first Linear/Conv2d layer."""
-    if isinstance(layer, (nn.Conv1d, CrossbarConv1d)):
-        return (f"(N, {layer.in_channels}, L) (its first crossbar layer {name!r} is a 1-D "
-                f"convolution with {layer.in_channels} input channels)")
-    if hasattr(layer, "in_channels"):
-        return (f"(N, {layer.in_channels}, H, W) with the H x W the model was built for (its "
-                f"first crossbar layer {name!r} is a convolution with {layer.in_channels} "
-                "input channels)")
-    return (f"(N, ..., {layer.in_features}) as the model was built for (its first crossbar "
-            f"layer {name!r} is a linear layer with {layer.in_features} inputs)")
-
-
-def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
-    """A ``what`` batch must be a non-empty floating tensor with a batch dimension, and
-    ``(N, C, H, W)`` (``(N, C, L)`` for Conv1d) with the layer's ``C`` when the first layer is
-    a convolution (the crossbar
-    convolution gathers its live rows by index and would not notice extra channels)."""
-    if not isinstance(inputs, torch.Tensor):
-        raise ValueError(f"{what} batch of type {type(inputs).__name__} is invalid; allowed: a "
-                         f"float tensor of shape {_expected_input(name, layer)}")
-    if inputs.dim() < 2 or inputs.shape[0] == 0 or not inputs.is_floating_point():
-        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} and dtype {inputs.dtype} "
-                         "is invalid; allowed: a non-empty float tensor of shape "
-                         f"{_expected_input(name, layer)}")
-    channels = getattr(layer, "in_channels", None)
-    dims = 3 if isinstance(layer, (nn.Conv1d, CrossbarConv1d)) else 4
-    if channels is not None and (inputs.dim() != dims or inputs.shape[1] != channels):
-        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} is invalid; allowed: "
-                         f"a tensor of shape {_expected_input(name, layer)}")
-
-
-@contextlib.contextmanager
-def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) -> Iterator[None]:
-    """Turn a shape error of a forward pass on ``inputs`` into one ``ValueError`` naming the
-    batch's shape and the expected input shape."""
-    try:
-        yield
-    except (RuntimeError, InputShapeError) as exc:  # PyTorch's shape errors, a crossbar layer's
-        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} does not fit the model; "
-                         f"allowed: inputs of shape {_expected_input(name, layer)} (cause: "
-                         f"{str(exc).strip().splitlines()[0]})") from None
-
-
 class CrossbarModel:
     """Methods added to a converted model (its class becomes a subclass of the original)."""
 
@@ -105,8 +63,6 @@ class CrossbarModel:
     def calibrate_outputs(self, reference: nn.Module, inputs: torch.Tensor) -> dict:
         """Fit per-output digital gains and offsets against ``reference`` (see
         :func:`crossbar.calibrate_outputs`)."""
-        from .calibration import calibrate_outputs
-
         return calibrate_outputs(self, reference, inputs)
 
     def set_inference_time(self, t_inference_s: float) -> None:
@@ -116,34 +72,6 @@ class CrossbarModel:
     @property
     def mapping_plan(self) -> MappingPlan:
         return mapping_plan(self)
-
-
-def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None) -> None:
-    """Program a new chip: re-sample every layer's cells from ``seed`` (same seed, same chip;
-    each layer and effect from its own derived stream, :mod:`crossbar.streams`).
-
-    Calibrated converter ranges belong to one chip, so a calibrated model is recalibrated on
-    ``calibration`` or, by default, on the batch it was last calibrated on (kept by
-    :func:`calibrate`). A model that holds calibrated ranges but no batch (e.g. loaded from a
-    state dict) is refused before anything changes: pass ``calibration=``.
-    """
-    layers = [m for _, m in crossbar_modules(model)]
-    if not layers:
-        raise ValueError("program: the model has no crossbar layer; convert it first")
-    if calibration is None:
-        calibration = getattr(model, "_calibration_inputs", None)
-    if calibration is None and any(bool(m.calibrated) for m in layers):
-        raise ValueError(
-            f"program(seed={seed}): this model's DAC/ADC ranges were calibrated for the chip it "
-            "holds and it keeps no calibration batch (loaded from a state dict?); allowed: "
-            "program(model, seed, calibration=inputs) or to_crossbar(..., calibration=inputs)")
-    if calibration is not None:  # follow the model's device and dtype (``.to()``, ``.double()``)
-        calibration = calibration.to(layers[0].g_uS.device, layers[0].g_uS.dtype)
-        check_input(calibration, *next(crossbar_modules(model)), "calibration")
-    for module in layers:
-        module._program(seed)
-    if calibration is not None:
-        calibrate(model, calibration)
 
 
 def set_inference_time(model: nn.Module, t_inference_s: float) -> None:
@@ -176,51 +104,6 @@ def programming_stats(model: nn.Module) -> dict:
 def mapping_plan(model: nn.Module) -> MappingPlan:
     """The mapping plan of a converted model (the one its simulator and cost model use)."""
     return MappingPlan({name: m.plan for name, m in crossbar_modules(model)})
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
-    """Set each layer's DAC range (largest |input|, signed or not) and each tile's ADC range
-    (largest |partial sum| per weight slice) from one batch; read noise is off meanwhile."""
-    named = list(crossbar_modules(model))
-    if not named:
-        raise ValueError("calibrate: the model has no crossbar layer; convert it first")
-    layers = [m for _, m in named]
-    check_input(inputs, *named[0], "calibration")
-    if not bool(torch.isfinite(inputs).all()):
-        raise ValueError(f"calibration batch of shape {tuple(inputs.shape)} holds NaN or inf "
-                         "values; allowed: finite inputs")
-    was_training = model.training
-    model.eval()
-    saved = [(m.dac_range.clone(), m.dac_signed.clone(), m.adc_range.clone(),
-              m.calibrated.clone()) for m in layers]
-    for m in layers:
-        m.dac_range.zero_()
-        m.dac_signed.fill_(False)
-        m.adc_range.zero_()
-        m.calibrated.fill_(False)
-    try:
-        for phase in ("dac", "adc"):
-            for m in layers:
-                m._calibrating = phase
-                m._sync_ranges()  # the DAC phase's ranges drive the ADC phase
-            with _input_errors(inputs, *named[0], "calibration"):
-                model(inputs)
-        for m in layers:
-            m.calibrated.fill_(True)
-        model._calibration_inputs = inputs.detach()  # recalibrates the next program(seed)
-    except BaseException:  # a failed calibration leaves the earlier ranges in place
-        for m, (dac, signed, adc, done) in zip(layers, saved, strict=True):
-            m.dac_range.copy_(dac)
-            m.dac_signed.copy_(signed)
-            m.adc_range.copy_(adc)
-            m.calibrated.copy_(done)
-        raise
-    finally:
-        for m in layers:
-            m._calibrating = None
-            m._sync_ranges()
-        model.train(was_training)
 
 
 def to_crossbar(
@@ -285,12 +168,12 @@ def to_crossbar(
     if not every:
         raise ValueError(f"model {type(model).__name__} has no Linear or Conv2d layer to map "
                          "onto crossbars")
-    kept = _select("digital", digital, [n for n, _ in every])
+    kept = match_layers("digital", digital, [n for n, _ in every])
     layers = [(n, m) for n, m in every if n not in kept]
     if not layers:
         raise ValueError(f"digital={list(digital)!r} keeps every layer digital; allowed: "
                          "patterns that leave at least one layer to map")
-    layer_devices = _layer_devices(devices, [n for n, _ in layers], device)
+    per_layer = layer_devices(devices, [n for n, _ in layers], device)
     if calibration is not None:
         check_input(calibration, *every[0], "calibration")
     if plan is None:
@@ -304,7 +187,7 @@ def to_crossbar(
     if isinstance(model, MAPPABLE):  # a bare layer converts to a crossbar layer
         cls = _crossbar_class(model)
         check_plan(plan[""], config)
-        layer = cls(model, plan[""], layer_devices[""], config, seed=seed,
+        layer = cls(model, plan[""], per_layer[""], config, seed=seed,
                     scale=(scales or {}).get(""), repair=repair)
         if calibration is not None:
             calibrate(layer, calibration)
@@ -313,7 +196,7 @@ def to_crossbar(
     for name, module in layers:
         cls = _crossbar_class(module)
         check_plan(plan[name], config)
-        new = cls(module, plan[name], layer_devices[name], config, seed=seed,
+        new = cls(module, plan[name], per_layer[name], config, seed=seed,
                   scale=(scales or {}).get(name), repair=repair)
         _set_submodule(xmodel, name, new.to(module.weight.device))
         _release_freed_memory()
@@ -357,7 +240,7 @@ def _crossbar_class(module: nn.Module) -> type[CrossbarLayer]:
     return CrossbarConv1d if isinstance(module, nn.Conv1d) else CrossbarLinear
 
 
-def _select(key: str, patterns: Sequence[str], names: Sequence[str]) -> set[str]:
+def match_layers(key: str, patterns: Sequence[str], names: Sequence[str]) -> set[str]:
     """The layer names ``patterns`` match; a pattern that matches nothing is an error."""
     if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
         raise ValueError(f"{key}={patterns!r} is invalid; allowed: a list of layer patterns")
@@ -371,15 +254,15 @@ def _select(key: str, patterns: Sequence[str], names: Sequence[str]) -> set[str]
     return chosen
 
 
-def _layer_devices(devices: Mapping[str, DeviceModel] | None, names: Sequence[str],
-                   default: DeviceModel) -> dict[str, DeviceModel]:
+def layer_devices(devices: Mapping[str, DeviceModel] | None, names: Sequence[str],
+                  default: DeviceModel) -> dict[str, DeviceModel]:
     """The device of every converted layer (a layer matched by two patterns is an error)."""
     out: dict[str, DeviceModel] = {}
     for pattern, dev in (devices or {}).items():
         if not isinstance(dev, DeviceModel):
             raise TypeError(f"devices[{pattern!r}] must be a crossbar.DeviceModel, got "
                             f"{type(dev).__name__}")
-        for name in _select("devices", [pattern], names):
+        for name in match_layers("devices", [pattern], names):
             if name in out:
                 raise ValueError(f"layer {name!r} is matched by two devices patterns; allowed: "
                                  "one pattern per layer")

@@ -17,6 +17,7 @@ once per ``program()`` / inference time; the forward pass only adds read noise.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -174,8 +175,6 @@ class CrossbarLayer(nn.Module):
     def program(self, seed: int) -> None:
         """Program a new chip (same seed, same chip) and recalibrate its converters on the
         stored calibration batch (see :func:`crossbar.program`)."""
-        from .convert import program
-
         program(self, seed)
 
     def _program(self, seed: int) -> None:
@@ -987,3 +986,126 @@ def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
     for name, module in model.named_modules():
         if isinstance(module, CrossbarLayer):
             yield name, module
+
+
+# ---------------------------------------------------------------- programming a chip
+# Programming and calibrating a model's chip (every crossbar layer in it), and the checks
+# of its input batches. ``CrossbarLayer.program`` is the same operation on a bare layer, so
+# it lives here, with the layers; :mod:`crossbar.convert` and the package re-export it.
+
+
+def _expected_input(name: str, layer: nn.Module) -> str:
+    """The input shape a model takes, described from its first Linear/Conv2d layer."""
+    if isinstance(layer, (nn.Conv1d, CrossbarConv1d)):
+        return (f"(N, {layer.in_channels}, L) (its first crossbar layer {name!r} is a 1-D "
+                f"convolution with {layer.in_channels} input channels)")
+    if hasattr(layer, "in_channels"):
+        return (f"(N, {layer.in_channels}, H, W) with the H x W the model was built for (its "
+                f"first crossbar layer {name!r} is a convolution with {layer.in_channels} "
+                "input channels)")
+    return (f"(N, ..., {layer.in_features}) as the model was built for (its first crossbar "
+            f"layer {name!r} is a linear layer with {layer.in_features} inputs)")
+
+
+def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
+    """A ``what`` batch must be a non-empty floating tensor with a batch dimension, and
+    ``(N, C, H, W)`` (``(N, C, L)`` for Conv1d) with the layer's ``C`` when the first layer is
+    a convolution (the crossbar
+    convolution gathers its live rows by index and would not notice extra channels)."""
+    if not isinstance(inputs, torch.Tensor):
+        raise ValueError(f"{what} batch of type {type(inputs).__name__} is invalid; allowed: a "
+                         f"float tensor of shape {_expected_input(name, layer)}")
+    if inputs.dim() < 2 or inputs.shape[0] == 0 or not inputs.is_floating_point():
+        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} and dtype {inputs.dtype} "
+                         "is invalid; allowed: a non-empty float tensor of shape "
+                         f"{_expected_input(name, layer)}")
+    channels = getattr(layer, "in_channels", None)
+    dims = 3 if isinstance(layer, (nn.Conv1d, CrossbarConv1d)) else 4
+    if channels is not None and (inputs.dim() != dims or inputs.shape[1] != channels):
+        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} is invalid; allowed: "
+                         f"a tensor of shape {_expected_input(name, layer)}")
+
+
+@contextlib.contextmanager
+def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) -> Iterator[None]:
+    """Turn a shape error of a forward pass on ``inputs`` into one ``ValueError`` naming the
+    batch's shape and the expected input shape."""
+    try:
+        yield
+    except (RuntimeError, InputShapeError) as exc:  # PyTorch's shape errors, a crossbar layer's
+        raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} does not fit the model; "
+                         f"allowed: inputs of shape {_expected_input(name, layer)} (cause: "
+                         f"{str(exc).strip().splitlines()[0]})") from None
+
+
+def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None) -> None:
+    """Program a new chip: re-sample every layer's cells from ``seed`` (same seed, same chip;
+    each layer and effect from its own derived stream, :mod:`crossbar.streams`).
+
+    Calibrated converter ranges belong to one chip, so a calibrated model is recalibrated on
+    ``calibration`` or, by default, on the batch it was last calibrated on (kept by
+    :func:`calibrate`). A model that holds calibrated ranges but no batch (e.g. loaded from a
+    state dict) is refused before anything changes: pass ``calibration=``.
+    """
+    layers = [m for _, m in crossbar_modules(model)]
+    if not layers:
+        raise ValueError("program: the model has no crossbar layer; convert it first")
+    if calibration is None:
+        calibration = getattr(model, "_calibration_inputs", None)
+    if calibration is None and any(bool(m.calibrated) for m in layers):
+        raise ValueError(
+            f"program(seed={seed}): this model's DAC/ADC ranges were calibrated for the chip it "
+            "holds and it keeps no calibration batch (loaded from a state dict?); allowed: "
+            "program(model, seed, calibration=inputs) or to_crossbar(..., calibration=inputs)")
+    if calibration is not None:  # follow the model's device and dtype (``.to()``, ``.double()``)
+        calibration = calibration.to(layers[0].g_uS.device, layers[0].g_uS.dtype)
+        check_input(calibration, *next(crossbar_modules(model)), "calibration")
+    for module in layers:
+        module._program(seed)
+    if calibration is not None:
+        calibrate(model, calibration)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
+    """Set each layer's DAC range (largest |input|, signed or not) and each tile's ADC range
+    (largest |partial sum| per weight slice) from one batch; read noise is off meanwhile."""
+    named = list(crossbar_modules(model))
+    if not named:
+        raise ValueError("calibrate: the model has no crossbar layer; convert it first")
+    layers = [m for _, m in named]
+    check_input(inputs, *named[0], "calibration")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError(f"calibration batch of shape {tuple(inputs.shape)} holds NaN or inf "
+                         "values; allowed: finite inputs")
+    was_training = model.training
+    model.eval()
+    saved = [(m.dac_range.clone(), m.dac_signed.clone(), m.adc_range.clone(),
+              m.calibrated.clone()) for m in layers]
+    for m in layers:
+        m.dac_range.zero_()
+        m.dac_signed.fill_(False)
+        m.adc_range.zero_()
+        m.calibrated.fill_(False)
+    try:
+        for phase in ("dac", "adc"):
+            for m in layers:
+                m._calibrating = phase
+                m._sync_ranges()  # the DAC phase's ranges drive the ADC phase
+            with _input_errors(inputs, *named[0], "calibration"):
+                model(inputs)
+        for m in layers:
+            m.calibrated.fill_(True)
+        model._calibration_inputs = inputs.detach()  # recalibrates the next program(seed)
+    except BaseException:  # a failed calibration leaves the earlier ranges in place
+        for m, (dac, signed, adc, done) in zip(layers, saved, strict=True):
+            m.dac_range.copy_(dac)
+            m.dac_signed.copy_(signed)
+            m.adc_range.copy_(adc)
+            m.calibrated.copy_(done)
+        raise
+    finally:
+        for m in layers:
+            m._calibrating = None
+            m._sync_ranges()
+        model.train(was_training)

@@ -27,7 +27,8 @@ For layer ``l`` and candidate ``k`` of the pretrained model:
   the model's total.
 
 ``candidates: auto`` offers every layer each pair of kept-row and kept-column fractions of
-``experiments.config.AUTO_KEEP`` (as counts of that layer), so the user states only the budget.
+``experiments.compressors.settings.AUTO_KEEP`` (as counts of that layer), so the user states
+only the budget.
 
 Layers are linked where one feeds the next directly (:func:`feeding_links`: activations,
 pooling, flatten between them; found by a probe): the next layer keeps at most ``s`` rows per
@@ -76,15 +77,15 @@ from admm.obc import ObcLayer, layer_inputs
 from crossbar import CrossbarConfig
 from crossbar.cost import CostConfig, layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
-from experiments.config import (  # noqa: F401 - re-exported: the allocation block's schema
-    _PRUNE_KEYS,
+from experiments.compressors.settings import (  # noqa: F401 (AllocationSettings re-exported)
     AUTO_KEEP,
+    PRUNE_KEYS,
     RESOURCES,
     SETTING_KEYS,
     AllocationSettings,
-    _plain,
+    plain_setting,
 )
-from experiments.posttraining import labelled_subset
+from experiments.data import labelled_subset
 
 __all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
            "auto_candidates", "budget_range", "check_budget", "layer_candidates",
@@ -96,7 +97,7 @@ _log = logging.getLogger("experiments.allocation")
 def layer_constraint(base: LayerConstraint, name: str, setting: dict) -> LayerConstraint:
     """``base`` for layer ``name`` only, with its pruning fields replaced by ``setting``'s (and
     its levels, when ``setting`` gives them)."""
-    changes = {k: None for k in _PRUNE_KEYS} | _plain(setting)
+    changes = {k: None for k in PRUNE_KEYS} | plain_setting(setting)
     changes.pop("pattern", None)
     return dataclasses.replace(base, pattern="re:" + re.escape(name), **changes)
 

@@ -2,7 +2,7 @@
 
     python -m experiments.compress                       # digits + LeNet-5, a few minutes on CPU
     python -m experiments.compress +experiment=mnist_lenet5
-    python -m experiments.compress -m device.prog_sigma=0,0.1 hydra/launcher=local
+    python -m experiments.compress -m device.programming.sigma=0,0.1 hydra/launcher=local
 
 Outputs (config, checkpoints, plan.json, metrics.json, report.md, plots, cost/) go into the
 Hydra run directory; see docs/experiments.md.
@@ -11,7 +11,8 @@ Hydra run directory; see docs/experiments.md.
 import hydra
 
 from experiments.conf_source import config_path
-from experiments.pipeline import entry, run_compress
+from experiments.pipeline import run_compress
+from experiments.runtime import entry
 
 main = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(
     entry(run_compress, "report.md"))

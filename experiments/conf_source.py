@@ -9,8 +9,10 @@ the mapping existed) the apps read ``conf/`` beside ``experiments/`` as a folder
 """
 
 from importlib.util import find_spec
+from pathlib import Path
 
-from experiments.pipeline import CONF_DIR
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+"""The checkout's Hydra config directory."""
 
 CONF_PACKAGE = "experiments.conf"
 """The importable name of ``conf/`` (pyproject.toml ``[tool.setuptools] package-dir``)."""

@@ -118,7 +118,7 @@ class DatasetInfo:
     and the normalisation applied (per-channel mean and std on the [0, 1] pixel scale)."""
 
     name: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     num_classes: int
     train_size: int
     test_size: int
@@ -501,6 +501,7 @@ def make_loaders(
     test_batch_size: int | None = None,
     verify: bool = True,
     num_workers: int = 0,
+    splits: tuple[TensorDataset, TensorDataset] | None = None,
 ) -> tuple[DataLoader, DataLoader, DatasetInfo]:
     """Seeded train/test ``DataLoader`` objects for ``name`` and their ``DatasetInfo``.
 
@@ -508,21 +509,24 @@ def make_loaders(
     samples (``None``: all). ``seed`` fixes both the subsets and the training shuffle order
     (a :class:`PassSampler`: the order of each pass depends only on the seed and the passes
     completed); the test loader does not shuffle. ``test_batch_size`` defaults to
-    ``batch_size``.
+    ``batch_size``. ``splits``: your own ``(train, test)`` instead of a built-in data set
+    (``name`` is then its label; its classes are counted from the labels, and no normalisation
+    is recorded: the data come as the user prepared them).
     """
     for key, value in (("batch_size", batch_size), ("test_batch_size", test_batch_size)):
         if value is not None and int(value) <= 0:
             raise ValueError(f"dataset.{key}={value!r} is invalid; allowed: a positive integer")
-    train, test = load_dataset(name, data_dir, verify=verify)
+    train, test = load_dataset(name, data_dir, verify=verify) if splits is None else splits
     generator = torch.Generator().manual_seed(int(seed))
     train = _take(train, subset, "subset", generator)
     test = _take(test, test_subset, "test_subset", generator)
-    channels, height, width = (int(d) for d in train.tensors[0].shape[1:])
-    mean, std = _normalisation(name)
+    mean, std = _normalisation(name) if splits is None else ((), ())
+    classes = NUM_CLASSES if splits is None else 1 + max(
+        int(train.tensors[1].max()), int(test.tensors[1].max()))
     info = DatasetInfo(
         name=name,
-        input_shape=(channels, height, width),
-        num_classes=NUM_CLASSES,
+        input_shape=tuple(int(d) for d in train.tensors[0].shape[1:]),
+        num_classes=classes,
         train_size=len(train),
         test_size=len(test),
         mean=mean,

@@ -47,8 +47,8 @@ from admm.pipeline import (
     loader_rng_state,
     set_loader_rng_state,
 )
-from experiments.config import AdmmSettings, CompressExperiment
-from experiments.registry import RETRAINING
+from experiments.compressors.settings import RETRAINING, AdmmSettings
+from experiments.settings import CompressExperiment
 
 __all__ = [
     "CHECKPOINTS",

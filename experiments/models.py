@@ -17,10 +17,13 @@ the shape-dependent arguments from a dataset's ``DatasetInfo.input_shape``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from experiments.checks import import_target
 
 __all__ = ["MLP", "LeNet5", "VGG16", "ResNet18", "BasicBlock", "MODELS", "build_model"]
 
@@ -203,22 +206,31 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[[tuple[int, int, int]], dict]]
 
 
 def build_model(
-    name: str, *, input_shape: Sequence[int] | None = None, **kwargs: object
+    name: str, *, input_shape: Sequence[int] | None = None, target: str | None = None,
+    data_classes: int | None = None, **kwargs: object
 ) -> nn.Module:
-    """Build the model registered under ``name`` with constructor ``kwargs``.
+    """Build the model registered under ``name`` with constructor ``kwargs``, or (``target``)
+    the user's model that the dotted path names (``model._target_``).
 
     ``input_shape`` (C, H, W), e.g. ``DatasetInfo.input_shape``, fills the shape arguments
     (``in_features`` for ``mlp``; ``in_channels``/``input_size`` for ``lenet5``; ``in_channels``
     for ``vgg16``/``resnet18``). An explicit kwarg that disagrees with it is an error.
+    ``data_classes``, the data's class count, fills ``num_classes`` where the config leaves it
+    unset. A user's constructor receives ``input_shape`` (a tuple) and ``num_classes`` from the
+    data when it takes parameters of those names and the config does not set them.
 
     Raises:
         ValueError: unknown ``name``, or a shape kwarg that contradicts ``input_shape``.
     """
+    if target is not None:
+        return _build_target(target, input_shape, data_classes, kwargs)
     if name not in MODELS:
         raise ValueError(
             f"model.name={name!r} is not a known model; allowed: {sorted(MODELS)}"
         )
     cls, shape_kwargs = MODELS[name]
+    if data_classes is not None and "num_classes" in inspect.signature(cls).parameters:
+        kwargs.setdefault("num_classes", int(data_classes))
     if input_shape is not None:
         c, h, w = (int(s) for s in input_shape)
         for key, value in shape_kwargs((c, h, w)).items():
@@ -229,6 +241,20 @@ def build_model(
                     f"allowed: {value!r} (or leave it unset)"
                 )
     return cls(**kwargs)
+
+
+def _build_target(target: str, input_shape: Sequence[int] | None, num_classes: int | None,
+                  kwargs: dict) -> nn.Module:
+    builder = import_target("model._target_", target)
+    params = inspect.signature(builder).parameters
+    for key, value in (("input_shape", input_shape), ("num_classes", num_classes)):
+        if key in params and key not in kwargs and value is not None:
+            kwargs[key] = tuple(int(v) for v in value) if key == "input_shape" else int(value)
+    model = builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model._target_={target!r} is invalid; allowed: a constructor that "
+                         f"returns a torch.nn.Module (it returned {type(model).__name__})")
+    return model
 
 
 def _same(given: object, expected: object) -> bool:

@@ -73,8 +73,16 @@ _UNITS = (("_uS", " (uS)"), ("_ohm", " (ohm)"), ("_nJ", " (nJ)"), ("_pJ", " (pJ)
           ("_bits", " (bits)"))
 
 
+CELL_FIELDS = {"programming.sigma": "prog_sigma", "read_noise.sigma": "read_sigma",
+               "faults.sa0_rate": "sa0_rate", "faults.sa1_rate": "sa1_rate"}
+"""Fields of the device's cell models labelled as the study's flat sweep keys."""
+
+
 def axis_label(key: str) -> str:
     """What ``key`` (a swept setting, ``group.field`` or a metric) means, with its unit."""
+    for path, flat in CELL_FIELDS.items():
+        if key.removeprefix("override.").removeprefix("device.") == path:
+            key = flat
     base = key.rsplit(".", 1)[-1]
     group = key.rsplit(".", 1)[0] if "." in key else ""
     if base in LABELS:

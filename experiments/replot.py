@@ -19,7 +19,8 @@ import yaml
 
 from crossbar.io import atomic_write_text
 from experiments.config import load_study_config
-from experiments.pipeline import _plot_study, _study_markdown, held_fixed, write_json
+from experiments.reports import held_fixed, plot_study, study_markdown
+from experiments.runtime import write_json
 
 
 def replot_study(run_dir: str | Path) -> list[str]:
@@ -45,10 +46,10 @@ def replot_study(run_dir: str | Path) -> list[str]:
                        f"dense, {same}": metrics["dense_accuracy_chip_samples"]}
     reference.update({k: tuple(v) for k, v in metrics["layer_sensitivity_reference"].items()})
     metrics["held_fixed"] = held_fixed(exp, metrics["crossbar_test_samples"], metrics["chips"])
-    plots = _plot_study(metrics["study"], chip_rows, metrics["grids"],
+    plots = plot_study(metrics["study"], chip_rows, metrics["grids"],
                         metrics["layer_sensitivity"], reference, metrics["held_fixed"], run_dir)
     write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "study.md", _study_markdown(metrics, plots))
+    atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
     return plots
 
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from admm import DivergenceError
 from crossbar.io import atomic_write_text
-from experiments.config import AllocationSettings, CompressExperiment
 from experiments.plots import plot_budget_search
+from experiments.settings import AllocationSettings, CompressExperiment
 
 __all__ = ["SEARCH_FILE", "bisect_budgets", "budget_search", "search_markdown"]
 
@@ -140,22 +140,9 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
         return record["meets"]
 
     bisect_budgets(loose, tight, meets, a.search_steps)
+    best, warning = _choose(points, a)
     met = [p for p in points if p["meets"]]
     ran = [p for p in points if "failed" not in p]
-    if met:
-        best = max(met, key=lambda p: a.tighter * p["budget"])
-        warning = None
-    elif not ran:
-        raise DivergenceError(
-            "budget search: the model collapsed at every budget tried ("
-            + ", ".join(f"{p['budget']:g}" for p in points) + f" {a.resource}); give "
-            "allocation.search_range a looser end, or more retraining epochs")
-    else:
-        best = max(ran, key=lambda p: p["chip_mean"])
-        warning = (f"no budget tried met allocation.max_drop={a.max_drop}: the most accurate "
-                   f"point ({a.resource} {best['budget']:g}) drops {best['drop']:.2f} points; "
-                   "widen allocation.search_range toward looser budgets or allow a larger drop")
-        _log.warning(warning)
     chosen = _point_config(exp.raw, best["budget"], exp.eval.chips, cache)
     chosen["eval"] = dict(exp.raw["eval"])
     chosen["robustness"] = dict(exp.raw.get("robustness") or {})
@@ -174,6 +161,26 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
     atomic_write_text(report, report.read_text() + "\n" + search_markdown(
         metrics["search"], "budget_search.png"))
     return metrics
+
+
+def _choose(points: list[dict], a: AllocationSettings) -> tuple[dict, str | None]:
+    """The tightest point that met the accuracy budget; else the most accurate one, with a
+    warning; a DivergenceError when every point collapsed."""
+    met = [p for p in points if p["meets"]]
+    ran = [p for p in points if "failed" not in p]
+    if met:
+        return max(met, key=lambda p: a.tighter * p["budget"]), None
+    if not ran:
+        raise DivergenceError(
+            "budget search: the model collapsed at every budget tried ("
+            + ", ".join(f"{p['budget']:g}" for p in points) + f" {a.resource}); give "
+            "allocation.search_range a looser end, or more retraining epochs")
+    best = max(ran, key=lambda p: p["chip_mean"])
+    warning = (f"no budget tried met allocation.max_drop={a.max_drop}: the most accurate "
+               f"point ({a.resource} {best['budget']:g}) drops {best['drop']:.2f} points; "
+               "widen allocation.search_range toward looser budgets or allow a larger drop")
+    _log.warning(warning)
+    return best, warning
 
 
 def search_markdown(search: dict, figure: str | None) -> str:

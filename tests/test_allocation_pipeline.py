@@ -12,8 +12,9 @@ from test_experiments import TINY, _compose
 from admm import LayerConstraint
 from experiments.allocation import layer_candidates, layer_constraint
 from experiments.config import load_compress_config
+from experiments.data import load_data
 from experiments.models import build_model
-from experiments.pipeline import load_data, run_compress
+from experiments.pipeline import run_compress
 
 CANDIDATES = ("[{row_ratio: 0.25, levels: 16}, {row_ratio: 0.5, col_ratio: 0.5, levels: 16},"
               " {row_ratio: 0.75, col_ratio: 0.75, levels: 4}]")

@@ -99,7 +99,7 @@ def test_cli_run_reproduces_a_runs_cost_numbers(tmp_path):
 
     import yaml
 
-    from experiments.pipeline import CONF_DIR
+    from experiments.conf_source import CONF_DIR
 
     hydra_cost = yaml.safe_load((CONF_DIR / "cost" / "isaac.yaml").read_text())
     library = CostConfig().to_dict()

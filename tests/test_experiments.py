@@ -18,8 +18,10 @@ import crossbar
 from crossbar import MappingPlan
 from experiments.collect import collect_rows
 from experiments.collect import main as collect_main
+from experiments.conf_source import CONF_DIR
 from experiments.config import load_compress_config, load_study_config
-from experiments.pipeline import CONF_DIR, run_compress, run_device_study
+from experiments.pipeline import run_compress
+from experiments.study import run_device_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ADMM = ["admm.prune_epochs=1", "admm.prune_retrain_epochs=1", "admm.quant_epochs=1",
@@ -67,8 +69,8 @@ def test_default_and_study_configs_validate():
 
 
 def test_device_preset_group_and_override():
-    exp = load_compress_config(_compose(["device=rram_neurosim", "device.read_sigma=0.02",
-                                         "admm.levels=4"]))
+    exp = load_compress_config(_compose(["device=rram_neurosim", "admm.levels=4",
+                                         "device.read_noise={model: relative, sigma: 0.02}"]))
     assert exp.device.level_count == 4 and exp.device.read_noise.sigma == 0.02
     # admm.levels follows the device (interpolated), and an explicit value must fit it
     # (16 levels cannot live on 4-level cells)
@@ -96,7 +98,7 @@ def test_local_launcher_composes():
 
 
 @pytest.mark.parametrize("override, words", [
-    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, 1.0]"]),
+    ("device.programming.sigma=-0.1", ["device.programming.sigma=-0.1", "[0.0, 3.0]"]),
     ("crossbar.adc_bits=40", ["crossbar.adc_bits=40", "[1, 24]"]),
     ("+train.foo=1", ["train.foo=1", "epochs"]),
     ("train.epochs=many", ["train.epochs='many'", "int"]),
@@ -306,33 +308,32 @@ def test_device_group_takes_cell_models_and_new_periphery_keys():
         load_compress_config(_compose(["device.drift={model: linear}"]))
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "device").glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted({p.stem for p in (CONF_DIR / "device").glob("*.yaml")}
+                                         | set(crossbar.PRESETS)))
 def test_every_device_field_overrides_without_plus(name):
-    """Each device group lists every DeviceModel field (and the 0.1 shorthands), so a plain
-    ``device.<field>=...`` works for every device choice; a preset's file equals its preset."""
-    import yaml
-
-    data = yaml.safe_load((CONF_DIR / "device" / f"{name}.yaml").read_text())
-    assert set(crossbar.device.FIELDS) | set(crossbar.device.SHORTHANDS) <= set(data)
-    base = load_compress_config(_compose([f"device={name}", "admm.levels=null"])).device
+    """Each device option (a file, or a preset registered from Python) lists every DeviceModel
+    field, so a plain ``device.<field>=...`` works for every device choice; a preset's option
+    equals its preset."""
+    cfg = _compose([f"device={name}", "admm.levels=null"])
+    assert set(crossbar.device.FIELDS) <= set(cfg.device)
+    base = load_compress_config(cfg).device
     if name in crossbar.PRESETS:
         assert base == crossbar.DeviceModel.preset(name)
     exp = load_compress_config(_compose([f"device={name}", "admm.levels=null",
                                          "device.g_max_uS=300", "device.t_inference_s=60"]))
     assert exp.device.g_max_uS == 300 and exp.device.t_inference_s == 60
-    if base.programming is None or base.programming.name in ("lognormal", "gaussian"):
+    if base.programming is not None and base.programming.name in ("lognormal", "gaussian"):
         sigma = load_compress_config(_compose([f"device={name}", "admm.levels=null",
-                                               "device.prog_sigma=0.07"])).device
+                                               "device.programming.sigma=0.07"])).device
         assert sigma.programming.sigma == 0.07
-    else:  # a shorthand that does not fit the preset's model names the field to set
-        with pytest.raises(ValueError, match="device.prog_sigma=0.07.*programming.<field>"):
-            load_compress_config(_compose([f"device={name}", "admm.levels=null",
-                                           "device.prog_sigma=0.07"]))
+    with pytest.raises(ValueError, match="device.prog_sigma=0.07 is invalid"):  # no shorthands
+        load_compress_config(_compose([f"device={name}", "admm.levels=null",
+                                       "+device.prog_sigma=0.07"]))
 
 
 def test_wire_resistance_from_hydra_and_as_a_study_axis():
     from experiments.config import load_study_config
-    from experiments.pipeline import study_settings
+    from experiments.study import study_settings
 
     exp = load_compress_config(_compose(
         ["crossbar.array={model: wire_resistance, r_row_ohm: 2.0, r_col_ohm: 3.0}"]))
@@ -391,7 +392,7 @@ def _fake_cifar(root: Path, n: int = 8) -> None:
 def test_cifar_configs_smoke(experiment, tmp_path):
     _fake_cifar(tmp_path / "data")
     overrides = [f"+experiment={experiment}", f"dataset.data_dir={tmp_path / 'data'}",
-                 "+dataset.verify=false", "dataset.subset=8", "dataset.batch_size=4",
+                 "dataset.verify=false", "dataset.subset=8", "dataset.batch_size=4",
                  "dataset.test_batch_size=4", "dataset.test_subset=4", "train.epochs=1",
                  "train.lr=0.01", "eval.chips=1", "eval.test_subset=4",
                  "eval.calibration_samples=4", "runtime.device=cpu", "runtime.threads=1",
@@ -409,7 +410,7 @@ def test_cifar_configs_smoke(experiment, tmp_path):
 def _fake_run(root: Path, num: int, sigma: float, acc: float, **extra) -> None:
     run = root / str(num)
     (run / ".hydra").mkdir(parents=True)
-    overrides = [f"device.prog_sigma={sigma}", "hydra/launcher=local"]
+    overrides = [f"device.programming.sigma={sigma}", "hydra/launcher=local"]
     if "adc_bits" in extra:
         overrides.append(f"crossbar.adc_bits={extra.pop('adc_bits')}")
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -425,12 +426,12 @@ def test_collect_two_runs(tmp_path, capsys):
     assert collect_main([str(tmp_path)]) == 0
     assert "collected.csv" in capsys.readouterr().out
     rows = collect_rows(tmp_path)
-    assert [r["override.device.prog_sigma"] for r in rows] == [0.0, 0.1]
+    assert [r["override.device.programming.sigma"] for r in rows] == [0.0, 0.1]
     assert rows[1]["crossbar_accuracy_mean"] == 96.5 and rows[0]["timings_s.admm"] == 1.0
     assert "crossbar_accuracies" not in rows[0]
     text = (tmp_path / "collected.csv").read_text().splitlines()
-    assert len(text) == 3 and "override.device.prog_sigma" in text[0]
-    assert (tmp_path / "collected_device.prog_sigma.png").is_file()
+    assert len(text) == 3 and "override.device.programming.sigma" in text[0]
+    assert (tmp_path / "collected_device.programming.sigma.png").is_file()
 
 
 def test_collect_plots_only_metrics_that_vary(tmp_path, monkeypatch):
@@ -496,10 +497,10 @@ def test_device_only_change_reuses_the_cached_models(tmp_path, caplog):
     base = TINY + [f"runtime.cache_dir={cache}", "robustness.hardware_aware=false",
                    "robustness.ablation=false"]
     first = run_compress(_compose(base), tmp_path / "a")
-    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["compressed", "dense"]
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*.pt")) == ["compressed", "dense"]
     caplog.clear()
     with caplog.at_level("INFO"):
-        second = run_compress(_compose(base + ["device.prog_sigma=0.2",
+        second = run_compress(_compose(base + ["device.programming.sigma=0.2",
                                                "crossbar.adc_bits=6"]), tmp_path / "b")
     text = caplog.text
     assert "dense model reused from the cache" in text
@@ -512,7 +513,7 @@ def test_device_only_change_reuses_the_cached_models(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level("INFO"):
         run_compress(_compose(TINY + [f"runtime.cache_dir={cache}", "robustness.ablation=false",
-                                      "device.prog_sigma=0.3"]), tmp_path / "c")
+                                      "device.programming.sigma=0.3"]), tmp_path / "c")
     assert "dense model reused" in caplog.text
     assert "compressed model reused" not in caplog.text
     assert len(list(cache.glob("compressed-*.pt"))) == 2
@@ -521,8 +522,8 @@ def test_device_only_change_reuses_the_cached_models(tmp_path, caplog):
 # ------------------------------------------------------------ per-layer mapping (issue 13)
 def test_layers_section_keeps_layers_digital_and_sets_per_layer_devices(tmp_path):
     overrides = TINY + ["robustness.ablation=false", "+layers.digital=[classifier.4]",
-                        "+layers.devices={features.0: {prog_sigma: 0.0, sa0_rate: 0.0, "
-                        "sa1_rate: 0.0}}"]
+                        "+layers.devices={features.0: {programming: {model: lognormal, "
+                        "sigma: 0.0}, faults: null}}"]
     metrics = run_compress(_compose(overrides), tmp_path / "run")
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     names = json.dumps(plan)

@@ -154,7 +154,7 @@ def test_converters_only_mode_trains_on_the_grid_and_converters(tmp_path, caplog
     from experiments.guard import fingerprint
     from experiments.pipeline import run_compress
     cfg = [*TINY, "robustness.ablation=false", "robustness.hardware_aware_effects=converters",
-           "device.prog_sigma=0.3"]
+           "device.programming.sigma=0.3"]
     with caplog.at_level("INFO"):
         run_compress(_compose(cfg), tmp_path)
     line = next(r.message for r in caplog.records if "hardware-aware retraining" in r.message)

@@ -41,9 +41,9 @@ def test_obc_outputs(obc_run):
 
 
 def test_collapse_warnings_name_the_cause(caplog):
-    from experiments.pipeline import collapse_warnings
+    from experiments.stages import collapse_warnings
 
-    with caplog.at_level("WARNING", logger="experiments.pipeline"):
+    with caplog.at_level("WARNING", logger="experiments.stages"):
         out = collapse_warnings(95.6, 10.3, 10, "obc")
     assert len(out) == 1 and "collapsed" in out[0] and "compressor=admm" in out[0]
     assert "collapsed" in caplog.text
@@ -127,10 +127,11 @@ def test_compressors_are_one_registry():
     import typing
 
     from admm import CompressResult
-    from experiments.magnitude import magnitude_stage
-    from experiments.pipeline import compress_stage
-    from experiments.posttraining import obc_stage
-    from experiments.registry import COMPRESSORS, CompressInputs, get_compressor
+    from experiments.compressors.admm import compress_stage
+    from experiments.compressors.base import CompressInputs
+    from experiments.compressors.magnitude import magnitude_stage
+    from experiments.compressors.obc import obc_stage
+    from experiments.compressors.registry import COMPRESSORS, get_compressor
     assert get_compressor("admm") is compress_stage and get_compressor("obc") is obc_stage
     assert get_compressor("magnitude") is magnitude_stage
     for name in COMPRESSORS:  # one contract: (model, loaders, CompressInputs) -> CompressResult

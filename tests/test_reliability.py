@@ -26,10 +26,11 @@ from admm import (
     compress,
     save_atomic,
 )
+from experiments.conf_source import CONF_DIR
 from experiments.config import load_compress_config
 from experiments.guard import Terminated, load_checkpoint, sigterm_as_exit
 from experiments.models import build_model
-from experiments.pipeline import CONF_DIR, run_compress
+from experiments.pipeline import run_compress
 from experiments.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,17 +60,17 @@ def _compose(overrides=()):
     ("+eval.foo=1", ["eval.foo=1", "chips"]),
     ("+runtime.foo=1", ["runtime.foo=1", "threads"]),
     # wrong types
-    # wrong types fail when Hydra composes the group onto its schema (experiments/schema.py)
-    ("admm.lr=abc", ["admm.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"]),
-    ("crossbar.tile_rows=1.5", ["crossbar.tile_rows=1.5", "could not be converted to Integer"]),
+    # wrong types fail in the loader (experiments.config), the one validation path
+    ("admm.lr=abc", ["admm.lr='abc' is invalid", "a value of type float"]),
+    ("crossbar.tile_rows=1.5", ["crossbar.tile_rows=1.5", "an integer in [1, inf]"]),
     ("admm.constraints=5", ["admm.constraints=5", "list"]),
     ("resume=maybe", ["resume='maybe'", "true or false"]),
     ("train.lr=nan", ["train.lr=nan", "float"]),
     # negative rates and sigmas
-    ("device.prog_sigma=-0.1", ["device.prog_sigma=-0.1", "[0.0, 1.0]"]),
-    ("device.read_sigma=-1", ["device.read_sigma=-1", "[0.0, 1.0]"]),
-    ("device.sa0_rate=-0.1", ["device.sa0_rate=-0.1", "[0.0, 1.0]"]),
-    ("device.sa1_rate=1.5", ["device.sa1_rate=1.5", "[0.0, 1.0]"]),
+    ("device.programming.sigma=-0.1", ["device.programming.sigma=-0.1", "[0.0, 3.0]"]),
+    ("device.read_noise.sigma=-1", ["device.read_noise.sigma=-1", "[0.0, 1.0]"]),
+    ("device.faults.sa0_rate=-0.1", ["device.faults.sa0_rate=-0.1", "[0.0, 1.0]"]),
+    ("device.faults.sa1_rate=1.5", ["device.faults.sa1_rate=1.5", "[0.0, 1.0]"]),
     ("train.lr=-1", ["train.lr=-1", "(0, 10]"]),
     ("admm.rho=-1", ["admm.rho=-1", "0 < rho"]),
     ("admm.weight_decay=-1", ["admm.weight_decay=-1", "[0.0, 1.0]"]),
@@ -312,7 +313,7 @@ def test_sigterm_during_checkpoint_write_finishes_the_write_then_exits_143(tmp_p
 
 
 def test_failure_that_hides_a_sigterm_exits_as_terminated():
-    from experiments.pipeline import _cause
+    from experiments.runtime import _cause
 
     try:
         try:

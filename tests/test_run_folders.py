@@ -18,8 +18,11 @@ import torch
 from admm import CheckpointMismatchError
 from crossbar.io import atomic_write_text
 from experiments import pipeline
+from experiments import study as study_module
+from experiments.conf_source import CONF_DIR
 from experiments.guard import RunLockedError, clean_stale_temporaries, run_lock
-from experiments.pipeline import run_compress, run_device_study
+from experiments.pipeline import run_compress
+from experiments.study import run_device_study
 from tests.test_reliability import RUN, _compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +70,7 @@ def test_2_refused_rerun_leaves_hydra_records_untouched(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     assert "eval.chips=1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     before = _snapshot(run_dir)
-    again = _cli(run_dir, *RUN, "eval.chips=3", "device.prog_sigma=0.2")
+    again = _cli(run_dir, *RUN, "eval.chips=3", "device.programming.sigma=0.2")
     assert again.returncode == 1
     assert "already holds results" in again.stderr and "Traceback" not in again.stderr
     assert _snapshot(run_dir) == before
@@ -154,14 +157,14 @@ def test_5_failed_cost_stage_resumes_with_a_corrected_cost_setting(finished, tmp
 def test_6_device_study_keeps_finished_points_when_one_fails(finished, tmp_path, monkeypatch):
     src, _ = finished
     run_dir = tmp_path / "study"
-    real = pipeline.chip_accuracies
+    real = study_module.evaluate_chips
 
-    def flaky(model, plan, device, xbar, *args, **kwargs):
-        if xbar.adc_bits == 6:
+    def flaky(model, plan, design, **kwargs):
+        if design.crossbar.adc_bits == 6:
             raise RuntimeError("simulated failure at adc_bits=6")
-        return real(model, plan, device, xbar, *args, **kwargs)
+        return real(model, plan, design, **kwargs)
 
-    monkeypatch.setattr(pipeline, "chip_accuracies", flaky)
+    monkeypatch.setattr(study_module, "evaluate_chips", flaky)
     overrides = FIN + STUDY + [f"study.source={src}"]
     with pytest.raises(ValueError, match=r"1 study point\(s\) failed: sweep adc_bits 6 "
                                          r"compressed: RuntimeError.*resume=true"):
@@ -171,8 +174,8 @@ def test_6_device_study_keeps_finished_points_when_one_fails(finished, tmp_path,
     assert study["failed"][0]["point"] == "sweep adc_bits 6 compressed"
     assert "Failed points" in (run_dir / "study.md").read_text()
     calls = []
-    monkeypatch.setattr(pipeline, "chip_accuracies",
-                        lambda *a, **k: calls.append(a[3].adc_bits) or real(*a, **k))
+    monkeypatch.setattr(study_module, "evaluate_chips",
+                        lambda *a, **k: calls.append(a[2].crossbar.adc_bits) or real(*a, **k))
     metrics = run_device_study(_compose_study(overrides + ["resume=true"]), run_dir)
     assert calls == [6]  # only the missing point is computed
     assert [r["value"] for r in metrics["study"]] == [4, 6, 8] and not metrics["failed"]
@@ -182,7 +185,7 @@ def test_6_device_study_keeps_finished_points_when_one_fails(finished, tmp_path,
 def _compose_study(overrides):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(pipeline.CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="device_study", overrides=list(overrides))
 
 

@@ -16,8 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from experiments.conf_source import CONF_DIR
 from experiments.config import load_compress_config
-from experiments.pipeline import CONF_DIR, preflight
+from experiments.stages import preflight
 
 BAD = {"str": "abc", "negative": -1, "zero": 0, "nan": math.nan, "inf": math.inf,
        "huge": 1e30, "negative_float": -0.5, "list": [1, 2]}

@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from admm import CompressResult
-from experiments.pipeline import compress_stage
-from experiments.registry import CompressInputs
+from experiments.compressors.admm import compress_stage
+from experiments.compressors.base import CompressInputs
 
 __all__ = ["magnitude_settings", "magnitude_stage"]
 
@@ -34,7 +34,7 @@ def magnitude_settings(admm):
 
 def magnitude_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
                     inputs: CompressInputs) -> CompressResult:
-    """The ``magnitude`` compressor (``experiments.registry``; ``inputs.settings``: the ``admm``
+    """The ``magnitude`` compressor (``inputs.settings``: the ``admm``
     group): :func:`magnitude_settings` run by the ``admm`` adapter (resumable, cached,
     hardware-aware retraining as configured)."""
     return compress_stage(model, loaders, dataclasses.replace(

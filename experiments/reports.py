@@ -1,0 +1,409 @@
+"""Figures and Markdown of the runs, from their metrics: report.md of the compress run, study.md
+and the figures of the device study (``experiments.replot`` redraws them from a finished
+run's files through these public names), and the settings captions."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+
+from crossbar import CrossbarConfig, DeviceModel, MappingPlan, to_crossbar
+from crossbar.convert import crossbar_modules
+from crossbar.io import atomic_write_text
+from experiments.allocation import allocation_markdown
+from experiments.chips import ChipDesign, mean_std
+from experiments.plots import (
+    caption,
+    ci95,
+    plot_distributions,
+    plot_heatmap,
+    plot_layer_sensitivity,
+    plot_sweep,
+    plt,
+    write_png,
+)
+from experiments.settings import CompressExperiment, RobustnessSettings
+
+
+def plot_conductances(model: nn.Module, plan: MappingPlan, calibration: torch.Tensor,
+                      scales: Mapping, path: Path, *, design: ChipDesign, seed: int) -> None:
+    """Histogram of the target and the programmed conductances of every live cell of the first
+    chip (seed ``seed``) of ``design``, repaired as the run repairs: the level grid, the
+    programming spread around it, and the stuck cells at the window's edges."""
+    device = design.device
+    xmodel = to_crossbar(model, device.with_(t_inference_s=0.0),
+                         design.crossbar.with_(output_calibration=False), calibration=calibration,
+                         seed=seed, plan=plan, scales=scales, repair=design.repair,
+                         digital=list(design.digital), devices=dict(design.devices))
+    target, programmed = [], []
+    for _, layer in crossbar_modules(xmodel):
+        live = layer.cell_mask.bool().expand_as(layer.g_uS)
+        target.append(layer.g_nominal_uS[live].cpu())
+        programmed.append(layer.g_uS[live].cpu())
+    target_t, programmed_t = torch.cat(target), torch.cat(programmed)
+    levels = torch.unique(target_t)
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    bins = torch.linspace(float(min(target_t.min(), programmed_t.min())),
+                          float(max(target_t.max(), programmed_t.max())), 161).numpy()
+    if len(levels) <= 32:  # one colour per target level: the spread each level programs to
+        cmap = plt.get_cmap("viridis")
+        for k, level in enumerate(levels):
+            sel = programmed_t[target_t == level].numpy()
+            ax.hist(sel, bins=bins, histtype="stepfilled", alpha=0.55,
+                    color=cmap(k / max(len(levels) - 1, 1)))
+            ax.axvline(float(level), color="k", linewidth=0.4, alpha=0.6)
+        ax.plot([], [], color=cmap(0.5), linewidth=6, alpha=0.55,
+                label="programmed, coloured by target level (chip 0)")
+        ax.plot([], [], color="k", linewidth=0.6, label=f"targets ({len(levels)} levels)")
+    else:
+        ax.hist(target_t.numpy(), bins=bins, histtype="step", color="k", label="targets")
+        ax.hist(programmed_t.numpy(), bins=bins, alpha=0.6, color="C0",
+                label="programmed (chip 0)")
+    ax.set_yscale("log")
+    ax.set_xlabel("conductance (uS)")
+    ax.set_ylabel("cells")
+    ax.set_title(f"Target vs programmed conductance of the {len(target_t)} live cells")
+    ax.legend(fontsize=7)
+    caption(fig, f"Device: {device.describe().splitlines()[0]}; "
+                 + "; ".join(line for line in device.describe().splitlines()[1:]
+                             if not line.endswith(": none"))
+                 + f"; repair as the run repairs; chip seed {seed}.")
+    write_png(path, fig)
+
+
+def plot_tile_map(plan: MappingPlan, path: Path) -> None:
+    """One panel per mapped layer: its matrix ``[out, in]`` with the live weights (dark) and
+    the tiles the plan puts them on (outlines: each tile's rows x outputs, not necessarily
+    contiguous in the matrix, drawn over their span)."""
+    from matplotlib.patches import Rectangle
+
+    layers = list(plan)
+    cols = min(3, len(layers))
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 2.8 * rows), squeeze=False)
+    for ax, layer in zip(axes.flat, layers, strict=False):
+        mask = layer.cell_mask().float().numpy()
+        ax.imshow(mask, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+        for t, tile in enumerate(layer.tiles):
+            r0, r1 = min(tile.rows), max(tile.rows)
+            c0, c1 = min(tile.cols), max(tile.cols)
+            ax.add_patch(Rectangle((r0 - 0.5, c0 - 0.5), r1 - r0 + 1, c1 - c0 + 1, fill=False,
+                                   edgecolor=f"C{t % 10}", linewidth=1.2))
+        ax.set_title(f"{layer.name}: {layer.n_tiles} tiles, {layer.mapped_weights} weights",
+                     fontsize=8)
+        ax.set_xlabel("input row (word line)", fontsize=7)
+        ax.set_ylabel("output", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle("Mapping plan: live weights (dark) and tiles (outlines)", fontsize=9)
+    fig.tight_layout()
+    write_png(path, fig)
+
+
+def plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[str]:
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    accs = metrics["crossbar_accuracies"]
+    # points, not bars: accuracy axes are zoomed, and a bar on a zoomed axis misleads
+    ax.plot(range(len(accs)), accs, "o", color="#1f77b4", label="one programmed chip")
+    mean, half = statistics.fmean(accs), ci95(accs)
+    ax.axhspan(mean - half, mean + half, color="C1", alpha=0.3,
+               label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
+    for y, label, style in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
+                            (metrics["dense_accuracy"], "dense (software)", ":")):
+        ax.axhline(y, color="k", linestyle=style, label=label)
+    ax.set_xlabel("programmed chip")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
+    ax.set_title(f"Accuracy per programmed chip ({len(accs)} chips)")
+    ax.legend(fontsize=7)
+    caption(fig, metrics.get("settings_caption", ""))
+    write_png(run_dir / "chip_accuracy.png", fig)
+    plots = ["chip_accuracy.png", "stage_accuracy.png"]
+    rounds = [h for h in history if h.get("event") == "admm_round"]
+    if rounds:
+        stages = list(dict.fromkeys(h["stage"] for h in rounds))
+        fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.4),
+                                 squeeze=False)
+        for ax, stage in zip(axes[0], stages, strict=True):
+            sel = [h for h in rounds if h["stage"] == stage]
+            for name in sel[0]["layers"]:
+                ax.plot(range(1, len(sel) + 1), [h["layers"][name]["primal"] for h in sel],
+                        label=name)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"ADMM round ({stage})")
+            ax.set_ylabel("primal residual ||W - Z||")
+            rho = ax.twinx()
+            rho.plot(range(1, len(sel) + 1), [next(iter(h["layers"].values()))["rho"]
+                                              for h in sel], "k--", label="rho")
+            rho.set_yscale("log")
+            rho.set_ylabel("rho (dashed)")
+            ax.legend(fontsize=6, loc="lower left")
+        fig.suptitle("ADMM convergence: residual per layer and penalty rho")
+        fig.tight_layout()
+        write_png(run_dir / "admm_residuals.png", fig)
+        plots.append("admm_residuals.png")
+    plots += [name for name in ("conductances.png", "tile_map.png")
+              if (run_dir / name).exists()]
+
+    evals = [h for h in history if h.get("event") == "eval"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    labels = [h["stage"] for h in evals] + ["crossbar ideal", "crossbar chips"]
+    values = [h["metric"] for h in evals] + [metrics["crossbar_ideal_accuracy"],
+                                             metrics["crossbar_accuracy_mean"]]
+    ax.plot(range(len(values)), values, marker="o")
+    ax.errorbar([len(values) - 1], [values[-1]], yerr=[metrics["crossbar_accuracy_std"]],
+                capsize=4, color="C1")
+    ax.set_xticks(range(len(values)), labels, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy through the pipeline")
+    write_png(run_dir / "stage_accuracy.png", fig)
+    _plot_ablation(metrics, run_dir)
+    return plots
+
+
+def _plot_ablation(metrics: dict, run_dir: Path) -> None:
+    """robustness_ablation.png: chip accuracy as the repair steps are added."""
+    ablation = (metrics.get("robustness") or {}).get("ablation")
+    if not ablation:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    means = [r["mean"] for r in ablation]
+    ax.errorbar(range(len(ablation)), means, yerr=[ci95(r["accuracies"]) for r in ablation],
+                fmt="o", capsize=4, color="#2ca02c", label="mean, 95 % CI")
+    for r_i, r in enumerate(ablation):
+        ax.plot([r_i] * len(r["accuracies"]), r["accuracies"], ".", color="#777777",
+                markersize=3)
+    for y, label, style in ((metrics["dense_accuracy"], "dense (software)", ":"),
+                            (metrics["crossbar_ideal_accuracy"], "ideal devices", "--")):
+        ax.axhline(y, color="k", linestyle=style, label=label)
+    ax.set_xticks(range(len(ablation)), [r["step"] for r in ablation], rotation=20,
+                  ha="right", fontsize=7)
+    low = min(min(r["accuracies"]) for r in ablation)
+    ax.set_ylim(max(0.0, low - 2), 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Chip accuracy as repair steps are added "
+                 f"({len(ablation[0]['accuracies'])} chips)")
+    ax.legend(fontsize=7)
+    caption(fig, metrics.get("settings_caption", ""))
+    write_png(run_dir / "robustness_ablation.png", fig)
+
+
+def robustness_markdown(m: dict) -> list[str]:
+    """report.md's robustness section: the steps used and the ablation."""
+    rob = m.get("robustness")
+    if not rob:
+        return []
+    s, rep = rob["settings"], rob["repair_mean"]
+    calib = f"on ({s['calibration_samples']} images)" if s["output_calibration"] else "off"
+    lines = ["## Robustness (robustness group)", "",
+             f"- hardware-aware retraining: {'on' if s['hardware_aware'] else 'off'}; "
+             f"pair compensation: {s['compensation'] if s['compensation'] is not None else 'auto'}"
+             f"; fault-aware placement: {'on' if s['placement'] else 'off'}; test-read miss "
+             f"rate {s['miss_rate']}; spares per tile: {s['spare_rows']} rows, "
+             f"{s['spare_cols']} output columns; output calibration: "
+             f"{calib}"
+             f"; write-verify: {s['write_verify'] or 'the device setting'}",
+             f"- ideal devices: {m['crossbar_ideal_accuracy']:.2f} % with the design's "
+             f"digital calibration, {m['crossbar_ideal_uncalibrated_accuracy']:.2f} % without",
+             "- per chip (mean): " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}"
+                                               for k, v in rep.items())]
+    cal = rob.get("output_calibration_chip0")
+    if cal:
+        lines += ["", "Output calibration of the first chip (per layer, least squares against "
+                  "the software model's pre-activations):", "",
+                  "| layer | gain min | gain max | largest offset | output RMSE before | after |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {c['gain_min']:.3f} | {c['gain_max']:.3f} | "
+                  f"{c['offset_max']:.3g} | {c['rmse_before']:.3g} | {c['rmse_after']:.3g} |"
+                  for name, c in cal.items()]
+    if rob["ablation"]:
+        n = len(rob["ablation"][0]["accuracies"])
+        lines += ["", f"Chip accuracy as the steps are added (the same {n} chips):", "",
+                  "| step | mean (%) | std | min |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['step']} | {r['mean']:.2f} | {r['std']:.2f} | "
+                  f"{min(r['accuracies']):.2f} |" for r in rob["ablation"]]
+        other = "false" if s["hardware_aware"] else "true"
+        lines += ["", "Hardware-aware retraining changes the model: compare with a run with "
+                  f"`robustness.hardware_aware={other}`.", "![ablation](robustness_ablation.png)"]
+    return lines + [""]
+
+
+def fmt(x: object) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def array_line(xbar: Mapping) -> str:
+    """The array model of a crossbar config (as a dict) in words."""
+    array = xbar.get("array")
+    if array is None:
+        return "ideal (no wire resistance)"
+    return ", ".join(f"{k}={v}" for k, v in array.items())
+
+
+def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
+                          run_dir: Path) -> None:
+    """report.md: accuracy, compression, cost and per-layer mapping, with plots."""
+    plots = plots_compress(metrics, history, run_dir)
+    m = metrics
+    lines = [
+        f"# Compression run: {m['model']} on {m['dataset']}", "",
+        *[f"> **Warning:** {w}\n" for w in m.get("warnings", [])],
+        "## Accuracy (test set, %)", "", "| | accuracy |", "|---|---:|",
+        f"| dense (software) | {m['dense_accuracy']:.2f} |",
+        f"| compressed (software) | {m['compressed_accuracy']:.2f} |",
+        f"| compressed on ideal crossbar | {m['crossbar_ideal_accuracy']:.2f} |",
+        f"| compressed on {m['chips']} programmed chips | {m['crossbar_accuracy_mean']:.2f}"
+        f" +- {m['crossbar_accuracy_std']:.2f} (95 % CI of the mean +- "
+        f"{m.get('crossbar_accuracy_ci95', 0.0):.2f}; min {min(m['crossbar_accuracies']):.2f}) |",
+        "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
+        f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",
+        *robustness_markdown(m),
+        "## Compression", "",
+        f"- weights: {m['dense_weights']} dense, {m['mapped_weights']} on live crossbar rows "
+        f"and columns: **{m['compression_ratio']:.2f}x**",
+        f"- conductance levels per device: {m['levels']}",
+        f"- tiles: {m['tiles']} (dense baseline {m['baseline_tiles']})",
+        f"- compressor: {m['compressor']} ({m['timings_s'][m['compressor']]:.1f} s)", "",
+        *([allocation_markdown(m["allocation"])] if m.get("allocation") else []),
+        "## Hardware cost (vs dense baseline)", "",
+        "| | compressed | dense baseline | reduction |", "|---|---:|---:|---:|",
+    ]
+    for key, unit in (("area", "mm2"), ("energy", "nJ"), ("power", "mW")):
+        lines.append(f"| {key} ({unit}) | {fmt(m[f'{key}_{unit}'])} | "
+                     f"{fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% |")
+    prog = m["programming"]
+    lines += ["", f"Baseline: {m['cost_baseline']}." if "cost_baseline" in m else "",
+              "", "Full cost report: [cost/report.md](cost/report.md).", "",
+              "## Programming a chip (mean over chips)", "",
+              f"- {prog['cells']:.0f} cells, " + (
+                  f"write-verify: {prog['pulses_per_cell']:.2f} pulses per cell, "
+                  f"{prog['failed_cells']:.1f} cells left outside the band"
+                  if m["device"]["write_verify"] else "single-shot (one pulse per cell)"),
+              f"- energy {prog['energy_uJ']:.3g} uJ (cell-only lower bound), time "
+              f"{prog['time_serial_s']:.3g} s one cell at a time, "
+              f"{prog['time_tiles_parallel_s']:.3g} s with tiles in parallel "
+              "(docs/crossbar.md, 'Programming cost')", "",
+              "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
+              f"Array model: {array_line(m['crossbar'])}.", "",
+              *([f"Layers kept digital (not simulated or costed): "
+                 f"{', '.join(m['layers']['digital'])}.", ""]
+                if m.get("layers", {}).get("digital") else []),
+              *[f"Layers `{k}` on their own device: {DeviceModel.from_dict(d).describe()}"
+                for k, d in m.get("layers", {}).get("devices", {}).items()],
+              "## Crossbar and periphery", "",
+              "| setting | value |", "|---|---|",
+              *[f"| {k} | {v} |" for k, v in m["crossbar"].items() if k != "array"], "",
+              "## Environment", "",
+              *[f"- {k}: {v}" for k, v in m["environment"].items()], "",
+              "## Mapping plan (plan.json)", "",
+              "| layer | shape | live rows | live cols | tiles | mapped weights |",
+              "|---|---|---:|---:|---:|---:|"]
+    for row in plan.summary():
+        lines.append(f"| {row['layer']} | {row['shape'][0]}x{row['shape'][1]} | "
+                     f"{row['live_rows']} | {row['live_cols']} | {row['tiles']} | "
+                     f"{row['mapped_weights']} |")
+    lines += ["", "## Stage timings (s)", ""]
+    lines += [f"- {k}: {v:.1f}" for k, v in m["timings_s"].items()]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += [f"![{p}](cost/{p})" for p in ("tiles_per_layer.png", "energy_breakdown.png")]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def held_fixed(exp: CompressExperiment, n_test: int, chips: int,
+               prefix: str = "Held fixed unless swept") -> str:
+    """:func:`settings_caption` of a validated experiment (for ``experiments.replot``, which
+    rebuilds the experiment from a run's ``config.yaml``, and the orchestrators)."""
+    return settings_caption(n_test, chips, prefix, model=exp.model.name,
+                            dataset=exp.dataset.name, device=exp.device, xbar=exp.crossbar,
+                            rob=exp.robustness)
+
+
+def settings_caption(n_test: int, chips: int, prefix: str = "Held fixed unless swept", *,
+                     model: str, dataset: str, device: DeviceModel, xbar: CrossbarConfig,
+                     rob: RobustnessSettings) -> str:
+    """The settings a study holds fixed (or a run used), in words: the caption of figures."""
+    described = "; ".join(line for line in device.describe().splitlines()
+                          if not line.endswith(": none"))
+    dac = "ideal DAC" if xbar.dac_bits is None else f"{xbar.dac_bits}-bit {xbar.dac} DAC"
+    adc = "ideal ADC" if xbar.adc_bits is None else f"{xbar.adc_bits}-bit ADC ({xbar.adc_range})"
+    compensation = rob.compensation if rob.compensation is not None \
+        else device.faults is not None  # auto: on when the device has faults
+    steps = [k for k, on in (("pair compensation", compensation),
+                             ("fault-aware placement", rob.placement),
+                             ("output calibration", xbar.output_calibration)) if on]
+    per_point = " per point" if prefix.startswith("Held") else ""
+    return (f"{prefix}: {model} on {dataset}; device {described}; "
+            f"{xbar.tile_rows}x{xbar.tile_cols} tiles, {xbar.mapping} mapping, {dac}, {adc}, "
+            f"array {array_line(xbar.to_dict())}; repair: {', '.join(steps) or 'none'}. "
+            f"{chips} programmed chips{per_point}, {n_test} test samples; error bands: 95 % CI "
+            f"of the mean over chips.")
+
+
+def summary_row(accs: list[float], **fields: object) -> dict:
+    mean, std = mean_std(accs)
+    return {**fields, "mean": mean, "std": std, "ci95": ci95(accs), "min": min(accs),
+            "max": max(accs), "chips": len(accs)}
+
+
+def plot_study(rows: list[dict], chip_rows: list[dict], grids: list[dict],
+                sensitivity: list[dict], reference: dict, note: str, run_dir: Path
+                ) -> list[str]:
+    names = []
+    software = {k: v for k, v in reference.items() if not isinstance(v, tuple)}
+    for key in dict.fromkeys(r["setting"] for r in rows):
+        plot_sweep([r for r in rows if r["setting"] == key], key, run_dir / f"study_{key}.png",
+                   note, software)
+        plot_distributions([r for r in chip_rows if r["setting"] == key], key,
+                           run_dir / f"study_{key}_chips.png", note)
+        names += [f"study_{key}.png", f"study_{key}_chips.png"]
+    for xkey, ykey in dict.fromkeys((g["x_setting"], g["y_setting"]) for g in grids):
+        name = f"grid_{xkey}_{ykey}.png"
+        plot_heatmap([g for g in grids if (g["x_setting"], g["y_setting"]) == (xkey, ykey)],
+                     xkey, ykey, run_dir / name, note)
+        names.append(name)
+    if sensitivity:
+        plot_layer_sensitivity(sensitivity, run_dir / "layer_sensitivity.png", note,
+                               {k: v for k, v in reference.items() if isinstance(v, tuple)})
+        names.append("layer_sensitivity.png")
+    return names
+
+
+def study_markdown(m: dict, plots: list[str]) -> str:
+    lines = [f"# Device study: {m['model']}", "",
+             f"Software accuracy: dense {m['dense_accuracy']:.2f}%, compressed "
+             f"{m['compressed_accuracy']:.2f}% (whole test set); dense "
+             f"{m['dense_accuracy_chip_samples']:.2f}%, compressed "
+             f"{m['compressed_accuracy_chip_samples']:.2f}% on the "
+             f"{m['crossbar_test_samples']} test samples the chips see. Each point: mean, std "
+             f"and 95 % CI of the mean over {m['chips']} programmed chips.",
+             "", m["held_fixed"], "", "## One setting at a time", "",
+             "| setting | value | model | mean (%) | 95 % CI | std | min | max | tiles |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
+              f"+-{r['ci95']:.2f} | {r['std']:.2f} | {r['min']:.2f} | {r['max']:.2f} | "
+              f"{r['tiles']} |" for r in m["study"]]
+    if m["grids"]:
+        lines += ["", "## Crossed settings (heat maps)", "",
+                  "| x | value | y | value | model | mean (%) | 95 % CI |",
+                  "|---|---|---|---|---|---:|---:|"]
+        lines += [f"| {g['x_setting']} | {g['x']} | {g['y_setting']} | {g['y']} | "
+                  f"{g['model']} | {g['mean']:.2f} | +-{g['ci95']:.2f} |" for g in m["grids"]]
+    if m["layer_sensitivity"]:
+        lines += ["", "## Per-layer sensitivity (only this layer on the non-ideal device)", "",
+                  "| layer | mean (%) | 95 % CI | min | max |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['layer']} | {r['mean']:.2f} | +-{r['ci95']:.2f} | {r['min']:.2f} | "
+                  f"{r['max']:.2f} |" for r in m["layer_sensitivity"]]
+        lines += [f"| *{k}* | {mean:.2f} | +-{half:.2f} | | |"
+                  for k, (mean, half) in m["layer_sensitivity_reference"].items()]
+    if m["failed"]:
+        lines += ["", "## Failed points", "", "| point | error |", "|---|---|"]
+        lines += [f"| {f['point']} | {f['error']} |" for f in m["failed"]]
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"

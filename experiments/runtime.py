@@ -1,0 +1,190 @@
+"""What every run shares around its stages: the torch device and threads, timed stages with log
+lines, atomic JSON, the accepted run's config files, the environment record, and the Hydra task
+wrapper of the apps (:func:`entry`: the run folder, clear errors, Ctrl-C and SIGTERM)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from crossbar.io import atomic_write_text
+from experiments.config import to_container
+from experiments.guard import RunLockedError, Terminated, sigterm_as_exit
+from experiments.settings import RuntimeSettings
+
+_log = logging.getLogger("experiments.runtime")
+
+
+
+
+def setup_runtime(runtime: RuntimeSettings, seed: int) -> torch.device:
+    """Seed torch, set CPU threads and pick the torch device (``auto``: cuda if available)."""
+    torch.manual_seed(seed)
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    name = runtime.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("runtime.device='cuda' is invalid here; allowed: 'cpu' or 'auto' "
+                         "(no CUDA device is available)")
+    return torch.device(name)
+
+
+def timed(timings: dict, key: str):
+    """Time a stage into ``timings[key]`` and log its start and end."""
+    class _Timer:
+        def __enter__(self):
+            _log.info("stage %s: started", key)
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, exc_type, *exc):
+            timings[key] = round(time.perf_counter() - self.t0, 3)
+            if exc_type is None:
+                _log.info("stage %s: done in %.1f s", key, timings[key])
+            else:
+                _log.warning("stage %s: stopped after %.1f s (%s)", key, timings[key],
+                             exc_type.__name__)
+    return _Timer()
+
+
+def write_json(path: Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(x: object) -> object:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def save_config(cfg: DictConfig | Mapping, run_dir: Path) -> None:
+    """The resolved config as ``config.yaml`` in the run directory."""
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(
+        to_container(cfg))))
+
+
+def accept_run(cfg: DictConfig | Mapping, run_dir: Path) -> None:
+    """Write what records an accepted run: ``config.yaml`` and, under Hydra, ``.hydra/``
+    (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``, as Hydra writes them; the configs set
+    ``hydra.output_subdir: null`` so that Hydra itself writes nothing before the run directory
+    is checked)."""
+    save_config(cfg, run_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    task = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False) \
+        if isinstance(cfg, DictConfig) else dict(cfg)
+    task.pop("hydra", None)
+    files = {"config.yaml": OmegaConf.to_yaml(OmegaConf.create(task)),
+             "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})),
+             "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hc.overrides.task)))}
+    for name, text in files.items():
+        atomic_write_text(run_dir / ".hydra" / name, text)
+
+
+def environment(torch_device: torch.device) -> dict:
+    """What produced a run: Python, torch and package versions, the git commit of the code
+    (``None`` outside a git checkout), the torch device and thread count."""
+    import importlib.metadata
+    import platform
+    import subprocess
+
+    versions = {}
+    for package in ("memxbar", "numpy", "hydra-core", "cvxpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+        git = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    return {"python": platform.python_version(), "torch": torch.__version__, **versions,
+            "git_commit": git, "torch_device": str(torch_device),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in ``exc``'s context/cause chain, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def hydra_run_dir() -> Path:
+    """The current Hydra job's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RunLockedError)
+"""What a run raises for bad settings, inputs or files (the messages name the key or file, the
+value and what is allowed): printed as one message, the traceback only with
+``HYDRA_FULL_ERROR=1``."""
+
+
+def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[DictConfig], dict]:
+    """Wrap ``run`` as a Hydra task function that prints where its report is; SIGTERM and
+    Ctrl-C print how to resume (exit 143 / 130); a bad setting or file is one error message
+    (exit 1)."""
+    command = "experiments." + run.__name__.removeprefix("run_")
+
+    def task(cfg: DictConfig) -> dict:
+        run_dir = hydra_run_dir()
+        print(f"run dir: {run_dir}", flush=True)
+        with sigterm_as_exit(run_dir, command), logging_redirect_tqdm():
+            try:
+                metrics = run(cfg, run_dir)
+            except KeyboardInterrupt:
+                print(f"Interrupted (Ctrl-C): the last checkpoint in {run_dir} is kept. Resume "
+                      f"with: python -m {command} resume=true hydra.run.dir={run_dir} <same "
+                      "overrides>", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
+            except Exception as exc:
+                # a library clean-up that fails after SIGTERM hides the Terminated it unwound
+                # from; exit as terminated (143, resume hint printed) rather than as a failure
+                terminated = _cause(exc, Terminated)
+                if terminated is not None:
+                    raise terminated from exc
+                with contextlib.suppress(OSError):  # refused before any work: no empty folder
+                    run_dir.rmdir()  # (Hydra creates it); only succeeds when empty
+                if isinstance(exc, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                    print(f"Error: {exc}\n(the run in {run_dir} stopped; set HYDRA_FULL_ERROR=1 "
+                          "for the traceback)", file=sys.stderr, flush=True)
+                    if not _multirun():  # a sweep goes on with its other jobs; Hydra reports
+                        raise SystemExit(1) from None  # the failure after the last one
+                raise
+        print(f"report: {run_dir / report}")
+        return metrics
+    return task

@@ -1,0 +1,256 @@
+"""The stages of a run as plain functions (DESIGN.md "Data flow"): checks before any work,
+pretrain (or load), allocation bounds, masked mapping and the cost report. Every stage writes a
+plain artifact into the run directory, so a run can be stopped, inspected and resumed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import to_absolute_path
+from torch import nn
+from torch.utils.data import DataLoader
+
+from admm import DivergenceError, LayerConstraint, save_atomic
+from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model
+from crossbar.convert import layer_devices as _devices_of_layers
+from crossbar.convert import match_layers
+from crossbar.cost import CostConfig
+from crossbar.io import atomic_write_bytes
+from crossbar.plan import crossbar_layers as mappable
+from crossbar.report import write_cost_report
+from experiments.allocation import budget_range, check_budget, layer_candidates
+from experiments.compressors.base import cache_lock, cached
+from experiments.data import calibration_batch, collapse_floor, data_shape, load_data
+from experiments.datasets import DatasetInfo
+from experiments.guard import (
+    DENSE_KEYS,
+    check_constraints_fit,
+    dense_state,
+    fingerprint,
+    load_checkpoint,
+    restore_dense,
+)
+from experiments.models import build_model
+from experiments.runtime import setup_runtime, timed
+from experiments.settings import (
+    AllocationSettings,
+    CompressExperiment,
+    ModelSettings,
+    TrainSettings,
+)
+from experiments.train import evaluate, fit
+
+_log = logging.getLogger("experiments.stages")
+
+
+def check_dense(dense_acc: float, test: DataLoader, train: TrainSettings) -> None:
+    """Stop before compression when pretraining (``train`` settings) left the dense model at
+    chance (a diverged learning rate, too few epochs, or a wrong ``train.checkpoint``)."""
+    floor = collapse_floor(test)
+    if dense_acc <= floor:
+        t = train
+        raise DivergenceError(
+            f"the dense model is at chance after pretraining: {dense_acc:.2f}% test accuracy "
+            f"(collapse floor {floor:.2f}%); compressing it would be meaningless. Likely "
+            f"causes: train.lr={t.lr} too high or train.epochs={t.epochs} too few"
+            + (f", or train.checkpoint={t.checkpoint!r} is not a trained model of this "
+               "dataset" if t.checkpoint else "")
+            + "; start a new run directory with other settings")
+
+
+def collapse_warnings(dense_acc: float, compressed_acc: float, num_classes: int,
+                      compressor: str) -> list[str]:
+    """Loud warnings when compression destroyed the model: accuracy within 1.5x of chance
+    (100 / classes) or more than 20 points below the dense model."""
+    chance = 100.0 / num_classes
+    out = []
+    if compressed_acc <= 1.5 * chance:
+        out.append(f"the compressed model collapsed: {compressed_acc:.2f}% test accuracy, chance "
+                   f"is {chance:.2f}% (dense {dense_acc:.2f}%); the {compressor!r} constraints "
+                   "are more than it can meet here: loosen the pruning ratios or levels, or use "
+                   "compressor=admm (retrains) instead of post-training compression")
+    elif dense_acc - compressed_acc > 20.0:
+        out.append(f"compression cost {dense_acc - compressed_acc:.2f} points (dense "
+                   f"{dense_acc:.2f}% -> compressed {compressed_acc:.2f}%); check the "
+                   f"constraints of {compressor!r}")
+    for message in out:
+        _log.warning(message)
+    return out
+
+
+def pretrain_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
+                   train: TrainSettings, fp: Mapping, run_dir: Path, *, seed: int,
+                   progress: bool = False, cache_dir: str | None = None) -> float:
+    """Dense model: load ``train.checkpoint`` (or a ``dense.pt`` already in ``run_dir``, to
+    resume; or the cache's model of fingerprint ``fp``), else train with
+    ``experiments.train.fit`` (checkpointed every epoch to ``pretrain_state.pt``); save
+    ``dense.pt`` with ``fp``. Returns the dense test accuracy (%)."""
+    shared = cached(cache_dir, "dense", fp)
+    with cache_lock(shared):  # parallel sweep jobs: one trains, the others wait and reuse
+        _dense_model(model, loaders, train, fp, run_dir, seed, progress, shared)
+    return evaluate(model, loaders[1])
+
+
+def _dense_model(model: nn.Module, loaders: tuple[DataLoader, DataLoader], train: TrainSettings,
+                 fp: Mapping, run_dir: Path, seed: int, progress: bool, shared: Path | None
+                 ) -> None:
+    device = next(model.parameters()).device
+    target = run_dir / "dense.pt"
+    source = to_absolute_path(train.checkpoint) if train.checkpoint else None
+    if source is None and target.exists():
+        source = target
+    if source is None and shared is not None and shared.exists():
+        _log.info("dense model reused from the cache: %s", shared)
+        atomic_write_bytes(target, shared.read_bytes())
+        source = target
+    if source is not None:
+        restore_dense(model, loaders[0], load_checkpoint(source, device), source,
+                      fp if source == target else None)
+        _log.info("dense model loaded from %s: pretraining skipped", source)
+    else:
+        fit(model, loaders, train.epochs, train.lr, train.optimizer, seed=seed,
+            weight_decay=train.weight_decay, progress=progress,
+            checkpoint=run_dir / "pretrain_state.pt", fingerprint=fp)
+    if source != target:
+        save_atomic(dense_state(model, loaders[0], fp), target)
+    if shared is not None and not shared.exists():
+        atomic_write_bytes(shared, target.read_bytes())
+
+
+def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
+              example: torch.Tensor, path: Path | None = None,
+              exclude: Sequence[str] = ()) -> MappingPlan:
+    """Masked mapping (``crossbar.plan_model`` with the ADMM masks, without the ``exclude``d
+    digital layers); saved to ``path``."""
+    masks = None if masks is None else {k: v for k, v in masks.items() if k not in exclude}
+    plan = plan_model(model, xbar, masks=masks, example_input=example, exclude=exclude)
+    if path is not None:
+        plan.save(path)
+    return plan
+
+
+def mapped_layers(model: nn.Module, digital: Sequence[str], devices: Mapping[str, DeviceModel],
+                  device: DeviceModel) -> tuple[list[str], list[str]]:
+    """``(mapped, digital)`` layer names of ``model`` under the ``layers`` section
+    (``digital`` patterns, per-layer ``devices``; ``device``: the others' device); fails
+    naming the ``layers`` pattern that matches no layer (checked before any work)."""
+    names = [n for n, _ in mappable(model)]
+    patterns = digital
+    try:
+        digital = sorted(match_layers("layers.digital", patterns, names)) if patterns else []
+        mapped = [n for n in names if n not in digital]
+        if not mapped:
+            raise ValueError(f"layers.digital={patterns!r} keeps every layer digital; "
+                             "allowed: patterns that leave at least one layer to map")
+        _devices_of_layers(devices, mapped, device)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"layers: {exc}") from None
+    return mapped, digital
+
+
+def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_dir: Path) -> dict:
+    """``crossbar.report.write_cost_report`` into ``out_dir``; returns cost.json's content."""
+    write_cost_report(plan, xbar, out_dir, cost=cost)
+    return json.loads((out_dir / "cost.json").read_text())
+
+
+def budget_bounds(model: nn.Module, example: torch.Tensor, a: AllocationSettings,
+                  constraints: Sequence[LayerConstraint], xbar: CrossbarConfig, cost: CostConfig
+                  ) -> tuple[float, float]:
+    """``(loose, tight)`` budgets of ``a``'s candidates: no compression and the cheapest
+    choice (costs depend on the kept counts only, so a freshly built ``model`` prices them;
+    no distortion is computed)."""
+    return budget_range(layer_candidates(model, a, constraints, xbar, cost, example,
+                                         errors=False), a)
+
+
+def preflight(exp: CompressExperiment) -> None:
+    """Checks that need the model, before the run directory is touched: the model builds
+    from its settings and the dataset's input shape (on the ``meta`` device: no memory, no
+    compute), every ``admm`` constraint matches a layer and fits it, the ``layers`` patterns
+    match layers, and the files the run reads exist (``dataset.data_dir``,
+    ``train.checkpoint``, ``study.source``)."""
+    d, t = exp.dataset, exp.train
+    if d.data_dir is not None and not Path(to_absolute_path(d.data_dir)).is_dir():
+        raise ValueError(f"dataset.data_dir={d.data_dir!r} is invalid; allowed: an existing "
+                         f"directory holding the {d.name} files (relative to the directory the "
+                         "run starts in)")
+    if t.checkpoint is not None and not Path(to_absolute_path(t.checkpoint)).is_file():
+        raise ValueError(f"train.checkpoint={t.checkpoint!r} is invalid; allowed: an existing "
+                         "dense checkpoint file (relative to the directory the run starts in), "
+                         "or null to train")
+    shape = data_shape(exp.dataset)
+    with torch.device("meta"):
+        try:
+            model = make_model(exp.model, *shape)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"model: {exp.model.name} does not build with "
+                             f"{exp.model.kwargs or 'its defaults'} for {exp.dataset.name} "
+                             f"inputs {shape[0]}: {exc}") from None
+    check_constraints_fit(model, exp.admm)
+    mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
+
+
+@dataclass
+class Prepared:
+    """What every run has once its dense model stands: the torch device, the loaders and the
+    data set's description, the dense ``model`` and its test accuracy, the converters'
+    ``calibration`` batch, and the layers ``mapped`` on crossbars and kept ``digital``."""
+
+    torch_device: torch.device
+    train: DataLoader
+    test: DataLoader
+    info: DatasetInfo
+    model: nn.Module
+    dense_acc: float
+    calibration: torch.Tensor
+    mapped: list[str]
+    digital: list[str]
+
+
+def prepare(exp: CompressExperiment, run_dir: Path, timings: dict) -> Prepared:
+    """Data, model and dense model (pretrained, loaded or reused from the cache) of a run
+    whose settings :func:`preflight` checked."""
+    device = setup_runtime(exp.runtime, exp.seed)
+    with timed(timings, "data"):
+        train, test, info = load_data(exp.dataset, exp.seed)
+    model = make_model(exp.model, info.input_shape, info.num_classes)
+    model.to(device)
+    mapped, digital = mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
+    check_budget(model, exp.allocation, exp.admm.layer_constraints(), exp.crossbar, exp.cost,
+                 train.dataset[0][0][None].to(device))
+    with timed(timings, "pretrain"):
+        dense_acc = pretrain_stage(model, (train, test), exp.train,
+                                   fingerprint(exp, DENSE_KEYS), run_dir, seed=exp.seed,
+                                   progress=exp.runtime.progress,
+                                   cache_dir=exp.runtime.cache_dir)
+    check_dense(dense_acc, test, exp.train)
+    rob, wv = exp.robustness, exp.device.write_verify
+    _log.info("the robustness group sets on the chip: %d spare rows and %d spare columns per "
+              "tile, output calibration %s, write-verify %s (the device and crossbar of "
+              "metrics.json include them)", rob.spare_rows, rob.spare_cols,
+              "on" if rob.output_calibration else "off",
+              "off" if wv is None else f"tolerance {wv.tolerance_uS} uS, at most "
+              f"{wv.max_pulses} pulses")
+    calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
+    return Prepared(device, train, test, info, model, dense_acc, calibration, mapped, digital)
+
+
+def layer_devices(devices: Mapping[str, DeviceModel], mapped: Sequence[str],
+                  device: DeviceModel) -> dict[str, DeviceModel]:
+    """Each ``mapped`` layer's device: the ``layers.devices`` pattern that matches it, else
+    ``device``."""
+    return _devices_of_layers(devices, mapped, device)
+
+
+def make_model(m: ModelSettings, input_shape: tuple[int, ...], num_classes: int
+               ) -> nn.Module:
+    """The model group's model for inputs of ``input_shape`` and ``num_classes`` classes: a
+    built-in one by ``model.name`` or the user's by ``model._target_``."""
+    return build_model(m.name, input_shape=input_shape, target=m.target,
+                       data_classes=num_classes, **m.kwargs)

@@ -1,0 +1,407 @@
+"""The device study (``python -m experiments.device_study``): accuracy of the dense and the
+compressed model across device and periphery settings, Monte Carlo over programmed chips per
+point: one setting at a time, crossed pairs (heat maps) and one layer at a time. Every finished
+point is kept (``study_points.json``), so an interrupted study resumes where it stopped."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from admm.pipeline import load_model_state
+from crossbar import CrossbarConfig, DeviceModel, MappingPlan
+from crossbar.io import atomic_write_text
+from experiments.chips import ChipDesign, evaluate_chips, ideal_device
+from experiments.compressors.admm import compress_stage
+from experiments.compressors.registry import compress_inputs
+from experiments.config import load_study_config
+from experiments.data import calibration_batch, crossbar_test_loader
+from experiments.guard import load_checkpoint, open_run
+from experiments.plots import ci95
+from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
+from experiments.runtime import accept_run, environment, timed, write_json
+from experiments.settings import RobustnessSettings, StudyExperiment
+from experiments.stages import Prepared, layer_devices, map_stage, preflight, prepare
+from experiments.train import evaluate
+
+_log = logging.getLogger("experiments.study")
+
+
+def apply_setting(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings, key: str,
+                  value: object) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
+    """``device``, ``xbar`` and ``rob`` with one setting changed (``sa_rate``: SA0 = SA1 =
+    value / 2; ``robustness.<field>``: a repair or calibration step, applied to the device and
+    crossbar config)."""
+    try:
+        if key == "sa_rate":
+            return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar, rob
+        head, _, field_ = key.partition(".")
+        if head == "robustness":
+            if field_ in ("hardware_aware", "ablation", "ablation_chips"):
+                raise ValueError(f"{value!r} is not sweepable here; allowed: repair and "
+                                 "calibration steps (hardware_aware changes the compressed "
+                                 "model: compare two compress runs)")
+            if field_ not in {f.name for f in dataclasses.fields(RobustnessSettings)}:
+                raise ValueError(f"{value!r}: robustness has no field {field_!r}")
+            new = dataclasses.replace(rob, **{field_: value})
+            if new.write_verify is None and rob.write_verify is not None:
+                device = device.with_(write_verify=None)
+            device, xbar = new.apply(device, xbar)
+            return device, xbar, new
+        if key in CrossbarConfig.__dataclass_fields__ or key == "r_wire_ohm" \
+                or key.startswith("array."):
+            return device, xbar.with_setting(key, value), rob
+        return device.with_setting(key, value), xbar, rob
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"study.sweeps.{key}: {exc}") from None
+
+
+def study_settings(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSettings,
+                   key: str | Sequence[str], value: object
+                   ) -> tuple[DeviceModel, CrossbarConfig, RobustnessSettings]:
+    """The study's base ``device``, crossbar config and robustness settings with one setting
+    changed, or (``key`` and ``value`` pairs) a grid point's two settings."""
+    keys, values = ([key], [value]) if isinstance(key, str) else (list(key), list(value))
+    state = (device, xbar, rob)
+    for k, v in zip(keys, values, strict=True):
+        state = apply_setting(*state, k, v)
+    return state
+
+
+def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
+    """Accuracy of the dense and compressed model across device/periphery settings, Monte
+    Carlo over ``eval.chips`` programmed chips per setting: one setting at a time
+    (``study.sweeps``), crossed pairs (``study.grids``, heat maps) and one layer at a time
+    (``study.layer_sensitivity``). Writes study.csv (one row per chip), study.json (mean, std
+    and 95 % CI per point), metrics.json, study.md and plots (PNG + PDF)."""
+    exp = load_study_config(cfg)
+    preflight(exp)
+    study = exp.study
+    swept = [*study.sweeps, *(k for grid in study.grids for k in grid)]
+    idle = sorted({k for k in swept if k in ("t_inference_s", "drift_compensation")})
+    if idle and not exp.device.active("drift"):
+        _log.warning("study sweeps %s on a device with no drift model (device.drift is null): "
+                     "its points will not differ; choose a device with drift (e.g. device="
+                     "rram_cmo or device=pcm_aihwkit) or set device.drift", ", ".join(idle))
+    base = (exp.device, exp.crossbar, exp.robustness)
+    for key, values in study.sweeps.items():  # every point is valid before any training
+        for value in values:
+            study_settings(*base, key, value)
+    grid_jobs = [((xk, yk), (xv, yv)) for grid in study.grids
+                 for (xk, xs), (yk, ys) in [tuple(grid.items())] for xv in xs for yv in ys]
+    for keys, values in grid_jobs:  # every combination (a pair can clash, e.g. g_min > g_max)
+        try:
+            study_settings(*base, keys, values)
+        except ValueError as exc:
+            raise ValueError(f"study.grids point {dict(zip(keys, values, strict=True))}: "
+                             + str(exc).removeprefix("study.sweeps.")
+                             + " (the default grid sweeps the lognormal prog_sigma: set "
+                             "study.grids=[] to drop it)") from None
+    run_dir = Path(run_dir)
+    with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
+        return _run_device_study(exp, run_dir, grid_jobs)
+
+
+def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> dict:
+    study = exp.study
+    if study.source is not None:
+        source = Path(to_absolute_path(study.source))
+        for name in ("dense.pt", "compressed.pt"):
+            if not (source / name).is_file():
+                raise FileNotFoundError(f"study.source={study.source!r}: {source / name} is "
+                                        "missing; point it at a finished compress run")
+        exp = dataclasses.replace(exp, train=dataclasses.replace(
+            exp.train, checkpoint=str(source / "dense.pt")))
+    timings: dict[str, float] = {}
+    p = prepare(exp, run_dir, timings)
+    chips, compressed_acc = _study_chips(exp, p, run_dir)
+    points = StudyPoints(run_dir / "study_points.json", study_fingerprint(exp.raw), exp.resume)
+    quiet = not exp.runtime.progress
+    with timed(timings, "sweeps"):
+        summary, chip_rows = _sweeps(exp, chips, points, quiet)
+    with timed(timings, "grids"):
+        grids = _grids(exp, chips, points, grid_jobs, quiet)
+    reference = _software_reference(chips)
+    sensitivity: list[dict] = []
+    if study.layer_sensitivity:
+        with timed(timings, "layer_sensitivity"):
+            sensitivity = _layer_sensitivity(exp, chips, points, p.mapped, reference, quiet)
+    return _write_study(exp, run_dir, chips, p, points, timings, compressed_acc=compressed_acc,
+                        summary=summary, chip_rows=chip_rows, grids=grids,
+                        sensitivity=sensitivity, reference=reference)
+
+
+def _study_chips(exp: StudyExperiment, p: Prepared, run_dir: Path) -> tuple[StudyChips, float]:
+    """The compressed model (from ``study.source`` or compressed here with ``admm``) beside
+    the dense one, ready for the chips; and its software test accuracy."""
+    model, study = p.model, exp.study
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    if study.source is not None:
+        source = Path(to_absolute_path(study.source)) / "compressed.pt"
+        state = load_checkpoint(source, p.torch_device)
+        load_model_state(model, state["model"], source)
+        masks, scales = state["masks"], state["scales"]
+    else:
+        result = compress_stage(model, (p.train, p.test),
+                                compress_inputs(exp, run_dir, p.mapped, compressor="admm"))
+        masks, scales = result.masks, result.scales
+    compressed_acc = evaluate(model, p.test)
+    compressed = {k: v.clone() for k, v in model.state_dict().items()}
+    xtest = crossbar_test_loader(p.test, exp.eval.test_subset, exp.seed)
+    chips = StudyChips(model, dense, compressed, masks, scales, p.calibration, p.train, xtest,
+                       torch_device=p.torch_device, chips=exp.eval.chips, seed=exp.seed,
+                       exclude=p.digital, digital=exp.layers.digital,
+                       devices=exp.layer_devices)
+    return chips, compressed_acc
+
+
+def _sweeps(exp: StudyExperiment, chips: StudyChips, points: StudyPoints, quiet: bool
+            ) -> tuple[list[dict], list[dict]]:
+    """One setting at a time: a summary row per point and model, and a row per chip."""
+    base = (exp.device, exp.crossbar, exp.robustness)
+    jobs = [(k, v) for k, vs in exp.study.sweeps.items() for v in vs]
+    summary, chip_rows = [], []
+    for key, value in tqdm(jobs, desc="settings", disable=quiet):
+        point = study_settings(*base, key, value)
+        for name in exp.study.models:
+            accs = points.run(["sweep", key, value, name], partial(
+                chips.accuracies, name, *point, f"{key}={value} {name}"))
+            if accs is None:
+                continue
+            chip_rows += [{"setting": key, "value": value, "model": name, "chip": i,
+                           "accuracy": a} for i, a in enumerate(accs)]
+            summary.append(summary_row(accs, setting=key, value=value, model=name,
+                                       tiles=chips.plan(name, point[1]).n_tiles))
+            _log.info("%s=%s %s: %.2f +- %.2f %% (95 %% CI)", key, value, name,
+                      summary[-1]["mean"], summary[-1]["ci95"])
+    return summary, chip_rows
+
+
+def _grids(exp: StudyExperiment, chips: StudyChips, points: StudyPoints, grid_jobs: list,
+           quiet: bool) -> list[dict]:
+    """Crossed pairs of settings: a row per grid point and model."""
+    base = (exp.device, exp.crossbar, exp.robustness)
+    grids = []
+    for (xk, yk), (xv, yv) in tqdm(grid_jobs, desc="grid points", disable=quiet):
+        point = study_settings(*base, (xk, yk), (xv, yv))
+        for name in exp.study.models:
+            accs = points.run(["grid", xk, xv, yk, yv, name], partial(
+                chips.accuracies, name, *point, f"{xk}={xv}, {yk}={yv} {name}"))
+            if accs is None:
+                continue
+            grids.append(summary_row(accs, x_setting=xk, x=xv, y_setting=yk, y=yv,
+                                     model=name, accuracies=accs))
+            _log.info("%s=%s, %s=%s %s: %.2f +- %.2f %% (95 %% CI)", xk, xv, yk, yv, name,
+                      grids[-1]["mean"], grids[-1]["ci95"])
+    return grids
+
+
+def _software_reference(chips: StudyChips) -> dict:
+    """The software accuracies on the very samples the chips are evaluated on."""
+    same = f"software, same {len(chips.test.dataset)} test samples"
+    out = {}
+    for name in ("compressed", "dense"):
+        chips._load(name)
+        out[f"{name}, {same}"] = evaluate(chips.model, chips.test)
+    return out
+
+
+def _layer_sensitivity(exp: StudyExperiment, chips: StudyChips, points: StudyPoints,
+                       mapped: list[str], reference: dict, quiet: bool) -> list[dict]:
+    """Only one mapped layer at a time on the base device, the others on its ideal version;
+    the every-layer and no-layer references go into ``reference``."""
+    name = "compressed" if "compressed" in exp.study.models else "dense"
+    base = (exp.device, exp.crossbar, exp.robustness)
+    per_layer = layer_devices(exp.layer_devices, mapped, exp.device)
+    ideal = ideal_device(exp.device)
+    every = points.run(["layers", "every", name], partial(
+        chips.accuracies, name, *base, "every layer"))
+    sensitivity = []
+    for layer in tqdm(mapped, desc="layers", disable=quiet):
+        devices = {n: d if n == layer else ideal_device(d) for n, d in per_layer.items()}
+        accs = points.run(["layers", layer, name], partial(
+            chips.accuracies, name, ideal, *base[1:], layer, devices))
+        if accs is not None:
+            sensitivity.append(summary_row(accs, layer=layer, model=name, accuracies=accs))
+    none = points.run(["layers", "none", name], partial(
+        chips.accuracies, name, ideal, *base[1:], "no layer",
+        {n: ideal_device(d) for n, d in per_layer.items()}))
+    for label, accs in ((f"every layer non-ideal ({name})", every),
+                        (f"ideal devices ({name})", none)):
+        if accs is not None:
+            reference[label] = (statistics.fmean(accs), ci95(accs))
+    return sensitivity
+
+
+def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prepared,
+                 points: StudyPoints, timings: dict, *, compressed_acc: float,
+                 summary: list[dict], chip_rows: list[dict], grids: list[dict],
+                 sensitivity: list[dict], reference: dict) -> dict:
+    """study.csv, study.json, the figures, metrics.json and study.md; raises
+    :class:`StudyPointsFailed` after writing them when a point failed."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["setting", "value", "model", "chip", "accuracy"])
+    writer.writeheader()
+    writer.writerows(chip_rows)
+    atomic_write_text(run_dir / "study.csv", buf.getvalue())
+    write_json(run_dir / "study.json", {"sweeps": summary, "grids": grids,
+                                        "layer_sensitivity": sensitivity,
+                                        "failed": points.failed})
+    n_test = len(chips.test.dataset)
+    note = held_fixed(exp, n_test, exp.eval.chips)
+    plots = plot_study(summary, chip_rows, grids, sensitivity, reference, note, run_dir)
+    same = f"software, same {n_test} test samples"
+    metrics = {"model": exp.model.name, "dense_accuracy": p.dense_acc,
+               "compressed_accuracy": compressed_acc,
+               "dense_accuracy_chip_samples": reference[f"dense, {same}"],
+               "compressed_accuracy_chip_samples": reference[f"compressed, {same}"],
+               "chips": exp.eval.chips, "crossbar_test_samples": n_test, "held_fixed": note,
+               "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
+               "environment": environment(p.torch_device), "study": summary, "grids": grids,
+               "layer_sensitivity": sensitivity,
+               "layer_sensitivity_reference": {k: v for k, v in reference.items()
+                                               if isinstance(v, tuple)},
+               "failed": points.failed, "reused_points": points.reused, "timings_s": timings}
+    write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
+    _log.info("device study done: %d sweep points, %d grid points, %d layers (%d reused from "
+              "an earlier attempt, %d failed); plots in %s", len(summary), len(grids),
+              len(sensitivity), points.reused, len(points.failed), run_dir)
+    if points.failed:
+        raise StudyPointsFailed(
+            f"{len(points.failed)} study point(s) failed: "
+            + "; ".join(f"{f['point']}: {f['error']}" for f in points.failed[:5])
+            + f". The finished points are in {run_dir / 'study.json'} and study.md; after a "
+            f"fix, python -m experiments.device_study resume=true hydra.run.dir={run_dir} "
+            "<same overrides> computes only the missing ones")
+    return metrics
+
+
+class StudyChips:
+    """Chip accuracies of a device study's points: ``model`` with its ``dense`` or
+    ``compressed`` state on ``chips`` programmed chips (seeds ``seed`` on), evaluated on
+    ``test``, under one point's device, crossbar and robustness settings. A crossbar
+    geometry's mapping plan (without the ``exclude``d digital layers) is made once, an
+    output-calibration size's batch of ``train`` images drawn once, not once per point;
+    ``digital`` / ``devices``: the ``layers`` section."""
+
+    def __init__(self, model: nn.Module, dense: Mapping[str, torch.Tensor],
+                 compressed: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                 scales: Mapping, calibration: torch.Tensor, train: DataLoader,
+                 test: DataLoader, *, torch_device: torch.device, chips: int, seed: int,
+                 exclude: Sequence[str] = (), digital: Sequence[str] = (),
+                 devices: Mapping[str, DeviceModel] | None = None) -> None:
+        self.model, self.dense, self.compressed = model, dense, compressed
+        self.masks, self.scales, self.calibration = masks, scales, calibration
+        self.train, self.test, self.torch_device = train, test, torch_device
+        self.chips, self.seed, self.exclude = chips, seed, exclude
+        self.digital, self.devices = digital, devices
+        self.plans: dict[tuple[str, str], MappingPlan] = {}
+        self.output_batches: dict[int, torch.Tensor] = {}
+
+    def _load(self, name: str) -> None:
+        self.model.load_state_dict(self.dense if name == "dense" else self.compressed)
+
+    def plan(self, name: str, xbar: CrossbarConfig) -> MappingPlan:
+        """The mapping plan depends on the model and the crossbar geometry: made once."""
+        key = (name, json.dumps(xbar.to_dict(), sort_keys=True, default=str))
+        if key not in self.plans:
+            self._load(name)
+            self.plans[key] = map_stage(self.model, self.masks if name == "compressed"
+                                        else None, xbar, self.calibration,
+                                        exclude=self.exclude)
+        return self.plans[key]
+
+    def accuracies(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
+                   rob: RobustnessSettings, desc: str,
+                   devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
+        """Model ``name``'s accuracy on each chip of device ``dev`` (``devices``: per-layer
+        devices instead of the ``layers`` section's)."""
+        outputs = None
+        if xbar.output_calibration:  # drawn once per size, not once per point
+            n = rob.calibration_samples
+            if n not in self.output_batches:
+                self.output_batches[n] = calibration_batch(self.train, n, self.torch_device,
+                                                           self.seed + 1)
+            outputs = self.output_batches[n]
+        plan = self.plan(name, xbar)
+        self._load(name)
+        design = ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
+                            dict(self.devices or {}) if devices is None else dict(devices))
+        return evaluate_chips(self.model, plan, design, calibration=self.calibration,
+                              test=self.test, chips=self.chips, seed=self.seed, desc=desc,
+                              scales=self.scales if name == "compressed" else None,
+                              outputs=outputs).accuracies
+
+
+class StudyPointsFailed(ValueError):
+    """Some points of a device study failed; the others were written."""
+
+
+def study_fingerprint(config: Mapping) -> dict:
+    """What a study point's accuracies depend on besides the point itself: every section of
+    the resolved ``config`` (``StudyExperiment.raw``) but ``runtime``, ``resume`` and the
+    lists of points (``study.sweeps``, ``grids``, ``layer_sensitivity``)."""
+    raw = {k: v for k, v in config.items() if k not in ("runtime", "resume")}
+    raw["study"] = {k: v for k, v in dict(raw.get("study") or {}).items()
+                    if k not in ("sweeps", "grids", "layer_sensitivity")}
+    return json.loads(json.dumps(raw, sort_keys=True, default=str))
+
+
+class StudyPoints:
+    """The finished points of a device study (chip accuracies by point), written to ``path``
+    after every point, so an interrupted or partly failed study keeps them: with ``resume``
+    and the same :func:`study_fingerprint` they are reused, not recomputed. A point that
+    raises is recorded in :attr:`failed` and the study goes on."""
+
+    def __init__(self, path: Path, fp: dict, resume: bool) -> None:
+        self.path, self.fp = path, fp
+        self.done: dict[str, list[float]] = {}
+        self.failed: list[dict] = []
+        self.reused = 0
+        if resume and path.exists():
+            try:
+                data = json.loads(path.read_text())
+                same = data.get("fingerprint") == fp
+                points = data.get("points") if same else None
+            except (ValueError, AttributeError) as exc:
+                raise ValueError(f"{path} is unreadable ({exc}); allowed: a study_points.json "
+                                 "written by this program (or delete it to recompute)") from None
+            if same and isinstance(points, dict):
+                self.done = {k: v for k, v in points.items() if isinstance(v, list)}
+                _log.info("resume: %d finished study points reused from %s", len(self.done),
+                          path)
+            else:
+                _log.info("resume: the settings changed since %s; every point is recomputed",
+                          path)
+
+    def run(self, point: list, compute: Callable[[], list[float]]) -> list[float] | None:
+        key = json.dumps(point, default=str)
+        if key in self.done:
+            self.reused += 1
+            return self.done[key]
+        try:
+            accs = compute()
+        except Exception as exc:  # noqa: BLE001 - recorded, reported at the end; Ctrl-C/SIGTERM pass
+            label = " ".join(map(str, point))
+            self.failed.append({"point": label, "error": f"{type(exc).__name__}: {exc}"})
+            _log.error("study point %s failed: %s: %s", label, type(exc).__name__, exc)
+            return None
+        self.done[key] = accs
+        write_json(self.path, {"fingerprint": self.fp, "points": self.done})
+        return accs
