@@ -35,6 +35,10 @@ ALLOWED = {  # key pattern -> the kinds of "bad" value that are in fact legitima
     r"allocation\.search_range": {"list"},           # ratios 1x .. 2x
 }
 
+EXTRA = ("device.preset", "model._target_", "dataset._target_")
+"""Keys no shipped option file sets: a device preset under the fields, your own model and data
+(``_target_``), each set to every bad value and to a path that does not import."""
+
 GROUPS = [[], ["model=mlp", "admm=mlp_digits"], ["+experiment=mnist_lenet5"]]
 """The default (LeNet-5 on digits), the MLP, and the MNIST reproduction (needs
 ../shared/data/mnist, there in CI)."""
@@ -86,6 +90,9 @@ def _cases():
         for group in ("device", "crossbar", "cost", "admm", "model", "dataset", "train",
                       "eval", "runtime", "robustness", "layers"):
             yield overrides, base, f"{group}.bogus_key", "unknown", 1
+        for key in EXTRA:  # keys a user may add that no option file sets
+            for kind, value in {**BAD, "path": "nowhere_pkg.Thing"}.items():
+                yield overrides, base, key, kind, value
 
 
 def test_every_bad_value_is_refused_before_any_work_naming_its_key(capsys):
@@ -93,7 +100,7 @@ def test_every_bad_value_is_refused_before_any_work_naming_its_key(capsys):
     problems = []
     for overrides, base, key, kind, value in _cases():
         data = copy.deepcopy(base)
-        if kind == "unknown":
+        if kind == "unknown" or key in EXTRA:
             group, _, leaf = key.partition(".")
             data.setdefault(group, {})[leaf] = value
         else:
