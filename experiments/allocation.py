@@ -79,6 +79,7 @@ from crossbar.cost import CostConfig, layer_cost, load_table
 from crossbar.plan import measure_mvms, plan_layer
 from experiments.compressors.settings import (  # noqa: F401 (AllocationSettings re-exported)
     AUTO_KEEP,
+    MEASURED,
     PRUNE_KEYS,
     RESOURCES,
     SETTING_KEYS,
@@ -86,6 +87,7 @@ from experiments.compressors.settings import (  # noqa: F401 (AllocationSettings
     plain_setting,
 )
 from experiments.data import labelled_subset
+from experiments.greedy import GreedyTrajectory
 
 __all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
            "auto_candidates", "budget_range", "check_budget", "layer_candidates",
@@ -123,15 +125,22 @@ class OutputDistortion:
     prunes outputs and ``successors`` names the layer they feed, that layer is refit by least
     squares to its dense outputs from the inputs it now gets (``W' = W X X'^T (X' X'^T)^-1``,
     the reconstruction of channel pruning, He et al., ICCV 2017), as retraining would let it
-    compensate; then ``e = sum_x ||f(x) - f_P(x)||^2 / sum_x ||f(x)||^2``, the relative change
-    of the model's outputs on ``x`` (in batches of ``batch``)."""
+    compensate; then (``measure="output"``) ``e = sum_x ||f(x) - f_P(x)||^2 / sum_x ||f(x)||^2``,
+    the relative change of the model's outputs on ``x`` (in batches of ``batch``), or
+    (``measure="kl"``) the mean Kullback-Leibler divergence of the compressed model's class
+    distribution from the dense one's, ``e = mean_x KL(softmax f(x) || softmax f_P(x))``: the
+    change of the predictions, blind to what the softmax ignores (a shift common to all
+    logits)."""
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, x: torch.Tensor, batch: int = 512,
-                 percdamp: float = 0.01, successors: Mapping[str, str] | None = None) -> None:
+                 percdamp: float = 0.01, successors: Mapping[str, str] | None = None,
+                 measure: str = "output") -> None:
         self.model, self.batches, self.percdamp = model, x.split(batch), percdamp
+        self.measure = measure
         self.reference = [model(b) for b in self.batches]
-        self.energy = sum(float(r.double().pow(2).sum()) for r in self.reference)
+        self.energy = sum(float(r.double().pow(2).sum()) for r in self.reference) \
+            if measure == "output" else float(len(x))
         modules = dict(model.named_modules())
         self.successors = {id(modules[a]): modules[b] for a, b in (successors or {}).items()}
         self._obc: dict[int, ObcLayer] = {}
@@ -186,13 +195,20 @@ class OutputDistortion:
             self._layer(module).compress(constraint, self.percdamp)
             if successor is not None:
                 self._refit(successor)
-            total = sum(float((self.model(b) - ref).double().pow(2).sum())
+            total = sum(self._change(self.model(b), ref)
                         for b, ref in zip(self.batches, self.reference, strict=True))
         finally:
             module.weight.data = saved
             if successor is not None:
                 successor.weight.data = kept
         return total / max(self.energy, 1e-30)
+
+    def _change(self, out: torch.Tensor, ref: torch.Tensor) -> float:
+        if self.measure == "output":
+            return float((out - ref).double().pow(2).sum())
+        p = torch.log_softmax(ref.double().flatten(1), dim=1)
+        q = torch.log_softmax(out.double().flatten(1), dim=1)
+        return float((p.exp() * (p - q)).sum())
 
 
 def _cost(name: str, module: nn.Module, mask: torch.Tensor, xbar: CrossbarConfig,
@@ -431,10 +447,17 @@ def _memo_key(model: nn.Module, a: AllocationSettings, constraints: Sequence[Lay
 def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettings,
                         constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
                         cost: CostConfig, example: torch.Tensor, seed: int,
-                        links: Mapping[str, tuple[str, int]]) -> dict[str, list[Candidate]]:
+                        links: Mapping[str, tuple[str, int]], lr: float = 1e-3,
+                        ) -> dict[str, list[Candidate]] | GreedyTrajectory:
     """:func:`layer_candidates` with ``a.importance``'s distortion on ``a.n_samples`` seeded
-    training images (``links``: :func:`feeding_links`, whose fed layers are refit)."""
-    if a.importance != "output":
+    training images (``links``: :func:`feeding_links`, whose fed layers are refit); for
+    ``a.method == "greedy"`` the costs only, in a :class:`GreedyTrajectory` (fine-tuned with
+    Adam at ``lr``, the admm group's rate)."""
+    if a.method == "greedy":
+        costs = layer_candidates(model, a, constraints, xbar, cost, example, errors=False)
+        return GreedyTrajectory(model, train, costs, links, seed=seed, n_samples=a.n_samples,
+                                steps=a.finetune_steps, step=a.greedy_step, lr=lr)
+    if a.importance not in MEASURED:
         return layer_candidates(model, a, constraints, xbar, cost, example,
                                 layer_importance(model, train, a, seed))
     device = next(model.parameters()).device
@@ -446,14 +469,15 @@ def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettin
     model.eval()
     try:
         return layer_candidates(model, a, constraints, xbar, cost, example,
-                                outputs=OutputDistortion(model, x, successors=successors))
+                                outputs=OutputDistortion(model, x, successors=successors,
+                                                         measure=a.importance))
     finally:
         model.train(was_training)
 
 
 def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings | None,
                      constraints: Sequence[LayerConstraint], xbar: CrossbarConfig,
-                     cost: CostConfig, example: torch.Tensor, seed: int,
+                     cost: CostConfig, example: torch.Tensor, seed: int, lr: float = 1e-3,
                      ) -> tuple[list[dict] | None, dict | None]:
     """Solve the allocation on the pretrained ``model``; returns the chosen per-layer
     constraints (``admm.LayerConstraint`` fields, for the ``admm`` group; ``None`` without
@@ -469,23 +493,35 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     if key not in _CANDIDATES:  # the budget search asks again at every point
         _CANDIDATES.clear()
         _CANDIDATES[key] = _measure_candidates(model, train, a, constraints, xbar, cost,
-                                               example, seed, feeding)
+                                               example, seed, feeding, lr)
     else:
-        _log.info("allocation: candidates' distortions and costs reused (same dense model and "
-                  "settings)")
+        _log.info("allocation: candidates' %s reused (same dense model and settings)",
+                  "greedy trajectory" if a.method == "greedy" else "distortions and costs")
     candidates = _CANDIDATES[key]
-    _require_feasible(candidates, a, "pretrained weights")
     chosen = select_layers(model, constraints)
     # fed layers are linked where the pipeline builds the candidates (a user's own list need
     # not offer matching row and output counts)
     links = feeding if a.candidates == "auto" else {}
-    result = allocate(candidates, milp_budget(candidates, a, a.budget),
-                      resource="weights" if a.resource == "compression" else a.resource,
-                      links=layer_links(candidates, links, list(chosen)))
+    if a.method == "greedy":
+        trajectory, candidates = candidates, candidates.candidates
+        _require_feasible(candidates, a, "pretrained weights")
+        choice = trajectory.choice(milp_budget(candidates, a, a.budget))
+        picked = {n: candidates[n][k] for n, k in choice.items()}
+        result = Allocation(choice=choice, chosen=picked,
+                            total_error=trajectory.chosen_loss,
+                            total_cost=sum(c.cost for c in picked.values()),
+                            budget=milp_budget(candidates, a, a.budget),
+                            min_cost=min_cost(candidates),
+                            resource="weights" if a.resource == "compression" else a.resource)
+    else:
+        _require_feasible(candidates, a, "pretrained weights")
+        result = allocate(candidates, milp_budget(candidates, a, a.budget),
+                          resource="weights" if a.resource == "compression" else a.resource,
+                          links=layer_links(candidates, links, list(chosen)))
     chosen_constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
                                                               result.chosen[n].setting))
                           for n in candidates if n in chosen]
-    summary = {**result.summary(), "importance": a.importance,
+    summary = {**result.summary(), "importance": a.importance, "method": a.method,
                "links": {n: {"fed_by": p, "rows_per_output": r} for n, (p, r) in links.items()
                          if n in chosen and p in chosen}}
     if a.resource == "compression":
@@ -500,7 +536,7 @@ def layer_importance(model: nn.Module, train: DataLoader, a: AllocationSettings,
                      ) -> dict[str, torch.Tensor] | None:
     """``a.importance`` of every weight (``admm.compute_importance`` on ``a.n_samples`` seeded
     training images), or ``None`` without (or for the measured ``output`` distortion)."""
-    if a.importance in (None, "output"):
+    if a.importance is None or a.importance in MEASURED:
         return None
     device = next(model.parameters()).device
     data = labelled_subset(train, a.n_samples, device, seed)
@@ -518,9 +554,11 @@ def allocation_markdown(summary: dict) -> str:
         budget=summary["budget"], min_cost=summary["min_cost"], resource=summary["resource"])
     imp = summary["importance"]
     links = {n: r["fed_by"] for n, r in summary.get("links", {}).items()}
-    kind = "relative change of the model's outputs with the layer compressed and OBS-repaired, " \
-        "measured" if imp == "output" else f"1/2 sum imp (w - P(w))^2, {imp} importance" if imp \
-        else "||w - P(w)||^2"
+    kind = {"output": "relative change of the model's outputs with the layer compressed and "
+                      "OBS-repaired, measured",
+            "kl": "KL divergence of the model's predictions with the layer compressed and "
+                  "OBS-repaired, measured",
+            None: "||w - P(w)||^2"}.get(imp, f"1/2 sum imp (w - P(w))^2, {imp} importance")
     ratio = f" (a {summary['ratio']:.4g}x compression ratio)" if "ratio" in summary else ""
     return "\n".join([
         "## Budgeted allocation", "",

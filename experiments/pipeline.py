@@ -118,7 +118,7 @@ def _compress(exp: CompressExperiment, p: Prepared, run_dir: Path, timings: dict
     with timed(timings, "allocation"):
         chosen, allocation = allocation_stage(
             p.model, p.train, exp.allocation, exp.admm.layer_constraints(), exp.crossbar,
-            exp.cost, p.calibration, exp.seed)
+            exp.cost, p.calibration, exp.seed, lr=exp.admm.lr)
         if chosen is not None:
             exp = dataclasses.replace(exp, admm=dataclasses.replace(exp.admm, constraints=chosen))
     with timed(timings, exp.compressor):

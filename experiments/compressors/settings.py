@@ -159,11 +159,19 @@ limits the layers the candidate is offered to."""
 PRUNE_KEYS = SETTING_KEYS[:-2]
 
 
-DISTORTIONS = ("output", *METHODS)
+METHODS_OF_ALLOCATION = ("milp", "greedy")
+"""How the per-layer settings are chosen (``allocation.method``): ``milp``, the knapsack over
+one-shot distortions (``admm.allocate``); ``greedy``, NetAdapt-style steps scored by short
+fine-tuning (``experiments.greedy``)."""
+
+MEASURED = ("output", "kl")
+"""Distortions measured on the model (``experiments.allocation.OutputDistortion``)."""
+
+DISTORTIONS = (*MEASURED, *METHODS)
 """How the allocation measures a candidate's distortion (``allocation.importance``):
 ``output`` compresses the layer (with OBS compensation) and measures the relative change of
-the model's outputs; ``fisher`` / ``hessian`` estimate the loss increase from the weight
-change (``experiments.allocation``)."""
+the model's outputs, ``kl`` the divergence of its predictions; ``fisher`` / ``hessian``
+estimate the loss increase from the weight change (``experiments.allocation``)."""
 
 
 AUTO_KEEP = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03)
@@ -201,8 +209,25 @@ class AllocationSettings:
     search_steps: int = 6
     search_chips: int = 5
     search_range: list[float] | None = None
+    method: str = "milp"
+    finetune_steps: int = 50
+    greedy_step: float = 0.75
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS_OF_ALLOCATION:
+            raise ValueError(f"method={self.method!r} is invalid; allowed: one of "
+                             + ", ".join(METHODS_OF_ALLOCATION))
+        if self.method == "greedy" and self.candidates != "auto":
+            raise ValueError(f"method='greedy' is invalid with candidates={self.candidates!r}; "
+                             "allowed: candidates: auto (the greedy search steps down its "
+                             "ladder) or method: milp")
+        if not 1 <= self.finetune_steps <= 100_000:
+            raise ValueError(f"finetune_steps={self.finetune_steps!r} is invalid; allowed: an "
+                             "integer in [1, 100000]")
+        if not (math.isfinite(self.greedy_step) and 0.05 <= self.greedy_step <= 0.99):
+            raise ValueError(f"greedy_step={self.greedy_step!r} is invalid; allowed: a number "
+                             "in [0.05, 0.99] (each iteration's resource target, as a fraction "
+                             "of the last)")
         if (self.budget is None) == (self.max_drop is None):
             raise ValueError(f"budget={self.budget!r} is invalid with max_drop={self.max_drop!r}; "
                              "allowed: exactly one of them (a resource budget, or the largest "
