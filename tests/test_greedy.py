@@ -42,8 +42,8 @@ def test_each_iteration_meets_its_target_and_keeps_the_links():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
     picked = {n: costs[n][k] for n, k in choice.items()}
     assert sum(c.cost for c in picked.values()) <= budget
-    cost_path = [s.cost for s in traj.states]
-    assert all(b < a_ for a_, b in zip(cost_path, cost_path[1:], strict=False))  # every iteration cuts
+    cost_path = [s.cost for s in traj.states]  # every iteration cuts:
+    assert all(b < a_ for a_, b in zip(cost_path, cost_path[1:], strict=False))
     assert cost_path[1] <= 0.6 * cost_path[0]  # the first meets its target (one layer can)
     for state in traj.states:
         for name, (prev, per_output) in traj.links.items():
