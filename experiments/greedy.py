@@ -78,6 +78,7 @@ class GreedyTrajectory:
         start = _State(dense, self._cost(dense), math.nan,
                        {k: v.detach().clone() for k, v in model.state_dict().items()})
         self.states = [start]
+        self.branches: dict[float, _State] = {}
         self.chosen_loss = math.nan
 
     # ------------------------------------------------------------------ resource and links
@@ -170,10 +171,12 @@ class GreedyTrajectory:
             total = sum(float(F.cross_entropy(model(x), y, reduction="sum")) for x, y in self.held)
         return total / sum(len(y) for _, y in self.held)
 
-    def _iterate(self) -> bool:
-        """One NetAdapt iteration from the last state; False when no layer can shrink."""
-        last = self.states[-1]
-        target = last.cost * self.step
+    def _iterate(self, budget: float, last: _State | None = None) -> _State | None:
+        """One NetAdapt iteration from ``last`` (default the trajectory's last state) toward
+        ``budget`` (its target: the last cost times ``step``, but not below the budget, so the
+        trajectory lands on it); the new state, or None when no layer can shrink."""
+        last = self.states[-1] if last is None else last
+        target = max(last.cost * self.step, budget)
         iteration = len(self.states)
         best: _State | None = None
         proposals = [p for name in self.ladders for dim in (0, 1)
@@ -187,28 +190,38 @@ class GreedyTrajectory:
                 if best is None or loss < best.loss:
                     best = _State(kept, self._cost(kept), loss, {
                         k: v.detach().clone() for k, v in self.model.state_dict().items()})
-        if best is None:
-            return False
-        self.states.append(best)
-        _log.info("greedy allocation %d: cost %.6g (target %.6g), held-out loss %.4f: %s",
-                  iteration, best.cost, target, best.loss,
-                  "; ".join(f"{n} {r}x{c}" for n, (r, c) in best.kept.items()))
-        return True
+        if best is not None:
+            _log.info("greedy allocation %d: cost %.6g (target %.6g), held-out loss %.4f: %s",
+                      iteration, best.cost, target, best.loss,
+                      "; ".join(f"{n} {r}x{c}" for n, (r, c) in best.kept.items()))
+        return best
 
     def choice(self, budget: float) -> dict[str, int]:
-        """The candidate index per layer of the first state whose cost is within ``budget``
-        (the trajectory is extended as far as needed); ValueError when no state reaches it."""
+        """The candidate index per layer of the state for ``budget``: the trajectory is extended
+        as far as needed; where its first state within the budget undershoots it by more than
+        a step (a looser point asked after a tighter one), one iteration branches from the
+        state before toward the budget (kept for that budget). ValueError when no state
+        reaches it."""
         was_training = self.model.training
         saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         try:
             while self.states[-1].cost > budget:
-                if not self._iterate():
+                new = self._iterate(budget)
+                if new is None:
                     raise ValueError(f"allocation: the greedy search cannot reach the budget "
                                      f"{budget:.6g} (least reached {self.states[-1].cost:.6g})")
+                self.states.append(new)
+            i = next(k for k, s in enumerate(self.states) if s.cost <= budget)
+            state = self.states[i]
+            if i and state.cost < budget * self.step:
+                if budget not in self.branches:
+                    branch = self._iterate(budget, self.states[i - 1])
+                    ok = branch is not None and branch.cost <= budget
+                    self.branches[budget] = branch if ok else state
+                state = self.branches[budget]
         finally:
             self.model.load_state_dict(saved)
             self.model.train(was_training)
-        state = next(s for s in self.states if s.cost <= budget)
         self.chosen_loss = state.loss  # the held-out loss after its short fine-tuning
         out = {}
         for name, cs in self.candidates.items():

@@ -60,6 +60,11 @@ def test_the_search_is_deterministic_and_extends_on_demand():
     n = len(first.states)
     first.choice(budget / 2)  # a tighter point of the accuracy-budget search: more iterations
     assert len(first.states) > n and first.choice(budget) == second.choice(budget)
+    looser = budget * 0.9  # asked after tighter ones: a branch lands just within it
+    picked = first.choice(looser)
+    cost = sum(first.candidates[n][k].cost for n, k in picked.items())
+    undershot = next(s.cost for s in first.states if s.cost <= looser)
+    assert undershot <= cost <= looser
 
 
 @pytest.mark.parametrize("key, value, words", [
