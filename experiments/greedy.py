@@ -42,6 +42,10 @@ __all__ = ["GreedyTrajectory"]
 
 _log = logging.getLogger("experiments.greedy")
 
+LANDING = 0.97
+"""A state within a budget but below this fraction of it undershoots it: :meth:`choice`
+branches toward the budget instead (the accuracy-budget search asks budgets out of order)."""
+
 
 @dataclass
 class _State:
@@ -69,7 +73,9 @@ class GreedyTrajectory:
                             sorted({c.kept[1] for c in cs}, reverse=True))
                         for n, cs in candidates.items() if _prunable(cs)}
         device = next(model.parameters()).device
-        self.held = labelled_subset(train, n_samples, device, seed + 1)
+        n_held = min(n_samples, len(train.dataset) // 4)  # at most a quarter of the data
+        self.held = labelled_subset(train, n_held, device, seed + 1)
+        self.held_index = seeded_draw(len(train.dataset), n_held, seed + 1)
         self.modules = dict(model.named_modules())
         dense = {n: max(cs, key=lambda c: c.cost).kept for n, cs in candidates.items()
                  if _prunable(cs)}
@@ -154,9 +160,10 @@ class GreedyTrajectory:
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         device = next(model.parameters()).device
         order = seeded_draw(len(ds), len(ds), self.seed * 100_003 + iteration)
+        order = order[~torch.isin(order, self.held_index)]  # never fit on the scoring images
         model.train()
         for t in range(self.steps):
-            index = order[(t * self.batch) % len(ds):][: self.batch]
+            index = order[(t * self.batch) % len(order):][: self.batch]
             items = [ds[int(i)] for i in index]
             x = torch.stack([p[0] for p in items]).to(device)
             y = torch.as_tensor([int(p[1]) for p in items], device=device)
@@ -197,11 +204,11 @@ class GreedyTrajectory:
         return best
 
     def choice(self, budget: float) -> dict[str, int]:
-        """The candidate index per layer of the state for ``budget``: the trajectory is extended
-        as far as needed; where its first state within the budget undershoots it by more than
-        a step (a looser point asked after a tighter one), one iteration branches from the
-        state before toward the budget (kept for that budget). ValueError when no state
-        reaches it."""
+        """The candidate index per layer of the state for ``budget``: the trajectory is
+        extended as far as needed; where its first state within the budget undershoots it
+        (costs less than :data:`LANDING` of it: a looser point asked after a tighter one), one
+        iteration branches from the state before toward the budget (kept for that budget).
+        ValueError when no state reaches it."""
         was_training = self.model.training
         saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         try:
@@ -213,7 +220,7 @@ class GreedyTrajectory:
                 self.states.append(new)
             i = next(k for k, s in enumerate(self.states) if s.cost <= budget)
             state = self.states[i]
-            if i and state.cost < budget * self.step:
+            if i and state.cost < budget * LANDING:
                 if budget not in self.branches:
                     branch = self._iterate(budget, self.states[i - 1])
                     ok = branch is not None and branch.cost <= budget
