@@ -20,11 +20,10 @@ from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model
 from crossbar.convert import layer_devices as _devices_of_layers
 from crossbar.convert import match_layers
 from crossbar.cost import CostConfig
-from crossbar.io import atomic_write_bytes
 from crossbar.plan import crossbar_layers as mappable
 from crossbar.report import write_cost_report
 from experiments.allocation import budget_range, check_budget, layer_candidates
-from experiments.compressors.base import cache_lock, cached
+from experiments.cache import cache_lock, cached, check_cache_dir, reuse, store
 from experiments.data import calibration_batch, collapse_floor, data_shape, load_data
 from experiments.datasets import DatasetInfo
 from experiments.guard import (
@@ -104,9 +103,7 @@ def _dense_model(model: nn.Module, loaders: tuple[DataLoader, DataLoader], train
     source = to_absolute_path(train.checkpoint) if train.checkpoint else None
     if source is None and target.exists():
         source = target
-    if source is None and shared is not None and shared.exists():
-        _log.info("dense model reused from the cache: %s", shared)
-        atomic_write_bytes(target, shared.read_bytes())
+    if source is None and reuse(shared, fp, target, "dense"):
         source = target
     if source is not None:
         restore_dense(model, loaders[0], load_checkpoint(source, device), source,
@@ -118,8 +115,7 @@ def _dense_model(model: nn.Module, loaders: tuple[DataLoader, DataLoader], train
             checkpoint=run_dir / "pretrain_state.pt", fingerprint=fp)
     if source != target:
         save_atomic(dense_state(model, loaders[0], fp), target)
-    if shared is not None and not shared.exists():
-        atomic_write_bytes(shared, target.read_bytes())
+    store(shared, target)
 
 
 def map_stage(model: nn.Module, masks: Mapping[str, torch.Tensor] | None, xbar: CrossbarConfig,
@@ -184,6 +180,7 @@ def preflight(exp: CompressExperiment) -> None:
         raise ValueError(f"train.checkpoint={t.checkpoint!r} is invalid; allowed: an existing "
                          "dense checkpoint file (relative to the directory the run starts in), "
                          "or null to train")
+    check_cache_dir(exp.runtime.cache_dir)
     shape = data_shape(exp.dataset)
     with torch.device("meta"):
         try:

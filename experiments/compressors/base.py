@@ -4,22 +4,17 @@ compressor's work (:func:`stored_or_run`)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock, Timeout
-from hydra.utils import to_absolute_path
 from torch import nn
 
 from admm import CompressResult, save_atomic
 from admm.pipeline import check_fingerprint, load_model_state
-from crossbar.io import atomic_write_bytes
+from experiments.cache import cache_lock, cached, reuse, store
 from experiments.guard import load_checkpoint
 
 if TYPE_CHECKING:
@@ -64,48 +59,6 @@ class CompressInputs:
     """The shared model cache (``runtime.cache_dir``), or None."""
 
 
-CACHE_FORMAT = 2
-"""Bumped when the same settings train another model (2: the training order of
-``experiments.datasets.PassSampler``), so older cache entries are not reused."""
-
-
-def cached(cache_dir: str | None, name: str, fp: Mapping) -> Path | None:
-    """``<runtime.cache_dir>/<name>-<hash>.pt``: a model shared by every run whose settings
-    ``fp`` (the checkpoint's fingerprint: only the sections it depends on) are the same;
-    ``None`` without a cache."""
-    if cache_dir is None:
-        return None
-    keyed = {"cache_format": CACHE_FORMAT, **dict(fp)}
-    key = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
-    return Path(to_absolute_path(cache_dir)) / f"{name}-{key[:20]}.pt"
-
-
-@contextlib.contextmanager
-def cache_lock(entry: Path | None) -> Iterator[None]:
-    """Hold ``<entry>.lock`` (a ``filelock`` file lock) while a cache entry is looked up and,
-    when missing, made: of the sweep jobs that need the same model (joblib, Slurm), one trains
-    it and the others wait here, then reuse it. No-op without a cache (``entry`` None)."""
-    if entry is None:
-        yield
-        return
-    lock = FileLock(str(entry) + ".lock")
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            _log.info("waiting for another run making the same model: %s", entry)
-            lock.acquire()
-    except OSError as exc:
-        raise ValueError(f"runtime.cache_dir={str(entry.parent)!r} is invalid: cannot lock "
-                         f"{entry.name} there ({exc}); allowed: a writable directory, or null "
-                         "for no cache") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def result_of(state: dict) -> CompressResult:
     """The ``admm.CompressResult`` of a ``compressed.pt`` checkpoint (any compressor)."""
     masks = state["masks"]
@@ -133,9 +86,8 @@ def _stored_or_run(model: nn.Module, inputs: CompressInputs,
     run_dir, fp = inputs.run_dir, inputs.fingerprint
     target = run_dir / "compressed.pt"
     device = next(model.parameters()).device
-    if not target.exists() and shared is not None and shared.exists():
-        _log.info("compressed model reused from the cache: %s", shared)
-        atomic_write_bytes(target, shared.read_bytes())
+    if not target.exists():
+        reuse(shared, fp, target, "compressed")
     if target.exists():
         state = load_checkpoint(target, device)
         check_fingerprint(target, state.get("fingerprint"), fp)
@@ -148,6 +100,5 @@ def _stored_or_run(model: nn.Module, inputs: CompressInputs,
              "levels": result.levels, "history": result.history, "compressor": name,
              "fingerprint": fp}
     save_atomic(state, target)
-    if shared is not None:
-        atomic_write_bytes(shared, target.read_bytes())
+    store(shared, target)
     return result
