@@ -23,6 +23,7 @@ from .layers import (  # program, calibrate, check_input: defined with the layer
     _input_errors,
     calibrate,
     check_input,
+    check_seed,
     crossbar_modules,
     program,
 )
@@ -158,6 +159,7 @@ def to_crossbar(
         raise TypeError(f"config must be a crossbar.CrossbarConfig, got {type(config).__name__}")
     if repair is not None and not isinstance(repair, RepairConfig):
         raise TypeError(f"repair must be a crossbar.RepairConfig, got {type(repair).__name__}")
+    check_seed("to_crossbar: seed", seed)
     if config.adc_bits is not None and get_adc(config.adc_range).needs_calibration \
             and calibration is None:
         raise ValueError(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -1038,6 +1039,18 @@ def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) 
                          f"{str(exc).strip().splitlines()[0]})") from None
 
 
+def check_seed(key: str, seed: object) -> int:
+    """A chip seed: an integer in [0, 2**63) (not a bool, float or string: distinct values
+    must be distinct chips)."""
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)  # ints, numpy ints
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value < 2**63:
+        raise ValueError(f"{key}={seed!r} is invalid; allowed: an integer in [0, 2**63)")
+    return value
+
+
 def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None) -> None:
     """Program a new chip: re-sample every layer's cells from ``seed`` (same seed, same chip;
     each layer and effect from its own derived stream, :mod:`crossbar.streams`).
@@ -1047,6 +1060,7 @@ def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None
     :func:`calibrate`). A model that holds calibrated ranges but no batch (e.g. loaded from a
     state dict) is refused before anything changes: pass ``calibration=``.
     """
+    check_seed("program: seed", seed)
     layers = [m for _, m in crossbar_modules(model)]
     if not layers:
         raise ValueError("program: the model has no crossbar layer; convert it first")

@@ -64,7 +64,20 @@ def to_container(cfg: DictConfig | Mapping) -> dict:
     else:
         data = dict(cfg)
     data.pop("hydra", None)
+    _check_required(data, "")
     return data
+
+
+def _check_required(data: object, prefix: str) -> None:
+    """OmegaConf's ``???`` (a value required) anywhere is an error naming the key, never a
+    default."""
+    items = data.items() if isinstance(data, Mapping) else enumerate(data) \
+        if isinstance(data, list) else ()
+    for key, value in items:
+        name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix.rstrip('.')}[{key}]"
+        if isinstance(value, str) and value == "???":
+            fail(name, value, "a value: '???' marks a required value that was never given")
+        _check_required(value, name + ".")
 
 
 _TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "crossbar", "cost",

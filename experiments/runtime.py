@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -141,6 +142,18 @@ def _multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def bad_job_name() -> str | None:
+    """What is wrong with ``hydra.job.name``, which names the log file in the run folder
+    (``<name>.log``; ``../x`` would write outside it), or None: checked before any record."""
+    from hydra.core.hydra_config import HydraConfig
+
+    name = HydraConfig.get().job.name if HydraConfig.initialized() else "run"
+    if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)):
+        return None
+    return (f"hydra.job.name={name!r} is invalid; allowed: a plain file name (letters, digits, "
+            "'_', '.', '-'): it names the log file in the run folder")
+
+
 def hydra_run_dir() -> Path:
     """The current Hydra job's output directory."""
     from hydra.core.hydra_config import HydraConfig
@@ -163,6 +176,12 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
     def task(cfg: DictConfig) -> dict:
         run_dir = hydra_run_dir()
         print(f"run dir: {run_dir}", flush=True)
+        bad = bad_job_name()
+        if bad:
+            with contextlib.suppress(OSError):  # refused before any work: no empty folder
+                run_dir.rmdir()
+            print(f"Error: {bad}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
         with sigterm_as_exit(run_dir, command), logging_redirect_tqdm():
             try:
                 metrics = run(cfg, run_dir)

@@ -1,0 +1,61 @@
+"""Issue 22 regressions: required means required (``???`` is an error naming the key, never a
+default), chip seeds are integers that name distinct chips, and ``hydra.job.name`` cannot
+write the log outside the run folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_experiments import _compose
+from torch import nn
+
+import crossbar
+from experiments.config import load_compress_config
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=???", "train.lr"),                       # trained with the default lr before
+    ("runtime.cache_dir=???", "runtime.cache_dir"),     # a folder named '???' before
+    ("device.g_max_uS=???", "device.g_max_uS"),
+    ("admm.constraints.0.pattern=???", "admm.constraints[0].pattern"),
+])
+def test_a_required_value_left_unset_is_an_error_naming_the_key(override, key):
+    with pytest.raises(ValueError, match=rf"{key.replace('[', '.').replace(']', '.')}='\?\?\?' "
+                                         r"is invalid; allowed: a value"):
+        load_compress_config(_compose([override]))
+
+
+def _chip():
+    model = nn.Sequential(nn.Linear(4, 3))
+    return model, crossbar.CrossbarConfig(adc_bits=None, dac_bits=None)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.5, 1.9, "1", True, None])
+def test_chip_seeds_are_integers_in_range(seed):
+    model, config = _chip()
+    with pytest.raises(ValueError, match="seed=.* is invalid; allowed: an integer in"):
+        crossbar.to_crossbar(model, crossbar.DeviceModel(n_levels=16), config, seed=seed)
+    chip = crossbar.to_crossbar(model, crossbar.DeviceModel(n_levels=16), config, seed=0)
+    with pytest.raises(ValueError, match=r"program: seed=.* is invalid"):
+        chip.program(seed)
+
+
+def test_integer_like_seeds_are_the_same_chip():
+    model, config = _chip()
+    device = crossbar.DeviceModel(n_levels=16, prog_sigma=0.1)
+    chips = [crossbar.to_crossbar(model, device, config, seed=s)
+             for s in (7, np.int64(7), torch.tensor(7))]
+    g = [next(m for _, m in crossbar.convert.crossbar_modules(c)).g_uS for c in chips]
+    assert torch.equal(g[0], g[1]) and torch.equal(g[0], g[2])
+
+
+def test_a_job_name_that_leaves_the_run_folder_is_refused(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "experiments.compress", "hydra.job.name=../evil",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    assert out.returncode == 1 and "hydra.job.name='../evil' is invalid" in out.stderr
+    assert not (tmp_path / "evil.log").exists() and not (tmp_path / "run").exists()
