@@ -24,11 +24,16 @@ def current_umask() -> int:
     return mask
 
 
+TEMP_SUFFIX = ".memxbar-tmp"
+"""The ending of the temporary files of :func:`atomic_write_bytes`: a run cleans up only these
+(``experiments.guard.clean_stale_temporaries``), never a user's own ``.*.tmp``."""
+
+
 def temporary_beside(path: Path) -> tuple[int, str]:
-    """An open temporary file ``.<name>.<random>.tmp`` in ``path``'s folder (created if
-    needed) with the permissions ``open()`` would give ``path``."""
+    """An open temporary file ``.<name>.<random>`` + :data:`TEMP_SUFFIX` in ``path``'s folder
+    (created if needed) with the permissions ``open()`` would give ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.fchmod(fd, 0o666 & ~current_umask())
     return fd, tmp
 

@@ -30,6 +30,7 @@ import logging
 import os
 import pickle
 import signal
+import stat
 import sys
 import time
 import zipfile
@@ -47,6 +48,7 @@ from admm.pipeline import (
     loader_rng_state,
     set_loader_rng_state,
 )
+from crossbar.io import TEMP_SUFFIX
 from experiments.compressors.settings import RETRAINING, AdmmSettings
 from experiments.settings import CompressExperiment
 
@@ -185,12 +187,13 @@ def searched(fp: Mapping | None) -> Mapping | None:
 
 
 def clean_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> list[Path]:
-    """Remove the temporary files (``.<name>.<random>.tmp``) that an atomic write killed by
-    SIGKILL or a power cut leaves behind; only those older than ``older_than_s`` (a folder
+    """Remove the temporary files this program's atomic writes name
+    (``.<name>.<random>`` + ``crossbar.io.TEMP_SUFFIX``) that a write killed by SIGKILL or a
+    power cut leaves behind, no other file; only those older than ``older_than_s`` (a folder
     shared by live runs, e.g. the model cache, keeps the ones being written)."""
     removed = []
     now = time.time()
-    for path in folder.glob(".*.tmp"):
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
         try:
             if now - path.stat().st_mtime >= older_than_s:
                 path.unlink()
@@ -204,28 +207,74 @@ def clean_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> list[Pat
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path) -> Iterator[RunLock]:
     """Hold ``run_dir/.lock`` (an exclusive ``flock``, released by the kernel when the process
     dies, so a killed run never leaves a stale lock) for the block; a second run in the same
-    folder fails at once naming the process that holds it."""
+    folder fails at once naming the process that holds it. The lock file is opened without
+    following a symlink and must be a regular file of one link (nothing outside the folder is
+    written through it); after locking, the path must still name the locked file (else it was
+    replaced or removed meanwhile, and the lock is taken again), so no two runs ever hold the
+    folder. The holder's pid is written by :meth:`RunLock.claim` (once the run is accepted), and
+    :meth:`RunLock.release_unclaimed` removes a lock file this run created but never claimed (a
+    refused run leaves the folder as it was)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    for _ in range(100):
+        existed = path.exists() or path.is_symlink()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise ValueError(f"{path} cannot be opened as the run folder's lock "
+                             f"({exc.strerror}); allowed: a regular file or none (a symlink is "
+                             "refused)") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise ValueError(f"{path} is not a plain file of its own (a hard link or a special "
+                             "file); allowed: a regular file or none")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(f"{run_dir} is in use by another run (pid {holder}); allowed: "
+                                 "wait for it to finish, or a new hydra.run.dir") from None
+        try:
+            now = os.stat(path, follow_symlinks=False)
+            same = (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file that was removed or replaced meanwhile: again
+    else:
+        raise RunLockedError(f"{run_dir}: the lock file keeps changing; allowed: one run per "
+                             "folder")
+    lock = RunLock(fd, path, created=not existed)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RunLockedError(f"{run_dir} is in use by another run (pid {holder}); allowed: "
-                             "wait for it to finish, or a new hydra.run.dir") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        yield
+        yield lock
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        os.close(fd)
+        os.close(fd)  # the flock goes with it
+
+
+class RunLock:
+    """The held lock of a run folder (:func:`run_lock`)."""
+
+    def __init__(self, fd: int, path: Path, created: bool) -> None:
+        self.fd, self.path, self.created, self.claimed = fd, path, created, False
+
+    def claim(self) -> None:
+        """Write this process's pid into the lock file (named to a second run)."""
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        self.claimed = True
+
+    def release_unclaimed(self) -> None:
+        """Remove the lock file if this run created it and never claimed the folder (safe: a
+        run that locks a removed file notices and locks again)."""
+        if self.created and not self.claimed:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 @contextlib.contextmanager
@@ -236,12 +285,17 @@ def open_run(run_dir: Path, exp: CompressExperiment, accept) -> Iterator[None]:
     was."""
     accepted = False
     try:
-        with run_lock(run_dir):
-            check_run_dir(run_dir, exp.resume)
-            if exp.resume:
-                check_resume(run_dir, exp)
-            clean_stale_temporaries(run_dir)
-            accept()
+        with run_lock(run_dir) as lock:
+            try:
+                check_run_dir(run_dir, exp.resume)
+                if exp.resume:
+                    check_resume(run_dir, exp)
+                clean_stale_temporaries(run_dir)
+                accept()
+                lock.claim()
+            except BaseException:
+                lock.release_unclaimed()
+                raise
             accepted = True
             yield
     except BaseException:

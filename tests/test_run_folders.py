@@ -90,15 +90,17 @@ def test_3_fresh_run_in_a_folder_without_checkpoints_keeps_its_results(finished,
 
 def test_4_two_runs_in_one_folder_the_second_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    with run_lock(run_dir):  # a live run holds the folder
+    with run_lock(run_dir) as lock:  # a live run holds the folder
+        lock.claim()
         with pytest.raises(RunLockedError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
             run_compress(_compose(RUN), run_dir)
         assert [p.name for p in run_dir.iterdir()] == [".lock"]
-    assert not (run_dir / ".lock").exists()
+    assert (run_dir / ".lock").is_file()  # the lock file stays (never unlinked once claimed)
     proc = subprocess.Popen(  # across processes: the kernel's flock
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from experiments.guard import run_lock\n"
-         f"with run_lock(Path({str(run_dir)!r})):\n    print('locked', flush=True); "
+         f"with run_lock(Path({str(run_dir)!r})) as lock:\n    lock.claim(); "
+         "print('locked', flush=True); "
          "time.sleep(30)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -191,16 +193,42 @@ def _compose_study(overrides):
 
 # ------------------------------------------------------------------------ the rest of it
 def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
-    old = tmp_path / ".dense.pt.abc123.tmp"
-    new = tmp_path / ".metrics.json.def456.tmp"
+    old = tmp_path / ".dense.pt.abc123.memxbar-tmp"
+    new = tmp_path / ".metrics.json.def456.memxbar-tmp"
     kept = tmp_path / "dense.pt"
-    for p in (old, new, kept):
+    users = tmp_path / ".my_notes.tmp"  # the user's own temporary: not ours to delete
+    for p in (old, new, kept, users):
         p.write_bytes(b"x")
     past = time.time() - 7200
     os.utime(old, (past, past))
+    os.utime(users, (past, past))
     assert clean_stale_temporaries(tmp_path, older_than_s=3600) == [old]
     assert new.exists() and kept.exists()
-    assert clean_stale_temporaries(tmp_path) == [new] and kept.exists()
+    assert clean_stale_temporaries(tmp_path) == [new] and kept.exists() and users.exists()
+
+
+def test_the_lock_follows_no_link_and_stays(tmp_path):
+    from experiments.guard import run_lock
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"\.lock cannot be opened .*symlink is refused"):
+        with run_lock(run_dir):
+            pass
+    assert outside.read_text() == "keep me"
+    (run_dir / ".lock").unlink()
+    os.link(outside, run_dir / ".lock")  # a hard link to a file outside
+    with pytest.raises(ValueError, match="not a plain file of its own"):
+        with run_lock(run_dir):
+            pass
+    assert outside.read_text() == "keep me"
+    (run_dir / ".lock").unlink()
+    with run_lock(run_dir):
+        inode = (run_dir / ".lock").stat().st_ino
+    assert (run_dir / ".lock").stat().st_ino == inode  # never unlinked: one lock file
 
 
 def test_a_run_cleans_the_temporaries_a_killed_write_left(finished, tmp_path):
@@ -209,9 +237,9 @@ def test_a_run_cleans_the_temporaries_a_killed_write_left(finished, tmp_path):
     for name in ("config.yaml", "pretrain_state.pt", "dense.pt", "admm_state.pt",
                  "compressed.pt"):
         (run_dir / name).write_bytes((finished[0] / name).read_bytes())
-    (run_dir / ".compressed.pt.xyz.tmp").write_bytes(b"half a checkpoint")
+    (run_dir / ".compressed.pt.xyz.memxbar-tmp").write_bytes(b"half a checkpoint")
     run_compress(_compose(FIN + ["resume=true"]), run_dir)
-    assert not list(run_dir.glob(".*.tmp"))
+    assert not list(run_dir.glob(".*.memxbar-tmp"))
 
 
 def test_files_follow_the_umask(tmp_path):
