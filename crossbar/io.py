@@ -5,7 +5,9 @@ the ``0o600`` of a temporary file, so colleagues can read shared results."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -56,3 +58,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """UTF-8 text counterpart of :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Run a side command line (``python -m crossbar.report``, ``experiments.collect``,
+    ``experiments.replot``) in the apps' error style: a bad argument, file or folder is one
+    ``Error: ...`` line naming it on stderr (exit 1); the traceback only with ``--debug`` or
+    ``HYDRA_FULL_ERROR=1``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    args = [a for a in args if a != "--debug"]
+    try:
+        return main(args)
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as exc:
+        if debug:
+            raise
+        text = str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc}"
+        print(f"Error: {text}\n(set HYDRA_FULL_ERROR=1 or pass --debug for the traceback)",
+              file=sys.stderr, flush=True)
+        return 1

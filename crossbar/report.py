@@ -38,7 +38,7 @@ from .cost import (  # noqa: E402
     load_table,
     model_cost,
 )
-from .io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from .io import atomic_write_bytes, atomic_write_text, run_cli  # noqa: E402
 from .plan import MappingPlan, plan_layer  # noqa: E402
 
 LAYER_COLUMNS = ("tiles", "arrays", "live_rows", "live_cols", "word_lines", "bit_lines",
@@ -339,8 +339,30 @@ def isaac_tile_comparison(table: str | os.PathLike | Mapping | ComponentTable = 
 
 
 # ------------------------------------------------------------------------------------- cli
-def _read_json(path: str) -> dict:
-    return json.loads(Path(path).read_text())
+def _read_json(path: str, what: str = "file") -> dict:
+    """A JSON object from ``path``; a missing, unreadable or non-object file fails naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{what} {path} is not a JSON file ({exc}); allowed: the JSON the "
+                         "pipeline writes") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} holds a JSON {type(data).__name__}; allowed: a JSON "
+                         "object")
+    return data
+
+
+def _load_plan(path: str | Path) -> MappingPlan:
+    """``MappingPlan.load`` naming the file in any failure."""
+    try:
+        return MappingPlan.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--plan {path} does not exist") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: {exc}); "
+                         "allowed: plan.json written by MappingPlan.save") from None
 
 
 def _from_run(ap: argparse.ArgumentParser, run: Path) -> tuple[MappingPlan, CrossbarConfig,
@@ -353,12 +375,12 @@ def _from_run(ap: argparse.ArgumentParser, run: Path) -> tuple[MappingPlan, Cros
     if missing:
         ap.error(f"--run {run}: {', '.join(missing)} missing; allowed: a finished "
                  "`python -m experiments.compress` run folder")
-    metrics = _read_json(str(files["metrics.json"]))
+    metrics = _read_json(str(files["metrics.json"]), "--run's metrics.json")
     if "crossbar" not in metrics:
         ap.error(f"--run {run}: metrics.json has no 'crossbar' settings (a run of an older "
                  "version); give --plan, --config and --out instead")
     cost = (yaml.safe_load(files["config.yaml"].read_text()) or {}).get("cost") or {}
-    return MappingPlan.load(files["plan.json"]), CrossbarConfig.from_dict(
+    return _load_plan(files["plan.json"]), CrossbarConfig.from_dict(
         metrics["crossbar"]), dict(cost)
 
 
@@ -394,9 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = [k for k in ("plan", "config", "out") if getattr(args, k) is None]
         if missing:
             ap.error("missing " + ", ".join("--" + k for k in missing) + " (or give --run)")
-        plan, xbar = MappingPlan.load(args.plan), CrossbarConfig.from_dict(
-            _read_json(args.config))
-        cost_data, out = _read_json(args.cost) if args.cost else {}, args.out
+        plan, xbar = _load_plan(args.plan), CrossbarConfig.from_dict(
+            _read_json(args.config, "--config"))
+        cost_data, out = _read_json(args.cost, "--cost") if args.cost else {}, args.out
     cost = CostConfig.from_dict({**cost_data, **overrides})
     written = write_cost_report(plan, xbar, out, cost, baseline=not args.no_baseline,
                                 plots=not args.no_plots)
@@ -406,4 +428,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

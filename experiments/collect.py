@@ -17,12 +17,13 @@ import argparse
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from crossbar.io import atomic_write_text
+from crossbar.io import atomic_write_text, run_cli
 from experiments.plots import axis_label, plot_pareto, plt, set_value_axis, write_png
 
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_ci95"), ("compressed_accuracy", None),
@@ -60,20 +61,54 @@ def _overrides(run_dir: Path) -> dict:
     return out
 
 
+JOB_MARKERS = ("config.yaml", ".hydra", "compress.log", "device_study.log", "pipeline.log")
+"""Files a job of a sweep leaves in its folder from its start."""
+
+
+def job_dirs(root: Path) -> list[Path]:
+    """The job folders below ``root``: those holding a file a started job writes."""
+    found = {p.parent.parent if p.parent.name == ".hydra" else p.parent
+             for name in JOB_MARKERS for p in root.rglob(name)}
+    return sorted(d for d in found if d != root or (root / "metrics.json").exists())
+
+
+def left_out(multirun_dir: str | Path) -> list[str]:
+    """The job folders below ``multirun_dir`` without a readable ``metrics.json`` (failed,
+    interrupted or still running), relative to it."""
+    root = Path(multirun_dir)
+    return [str(d.relative_to(root)) or "." for d in job_dirs(root)
+            if not _metrics(d / "metrics.json")]
+
+
+def _metrics(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def collect_rows(multirun_dir: str | Path) -> list[dict]:
-    """One row per ``metrics.json`` below ``multirun_dir`` (sorted by run directory)."""
+    """One row per readable ``metrics.json`` below ``multirun_dir`` (sorted by run directory;
+    a device study's row has ``kind: device_study`` and its scalar results)."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory (expected a Hydra multirun dir)")
     rows = []
     for path in sorted(root.rglob("metrics.json")):
+        metrics = _metrics(path)
+        if metrics is None:
+            continue  # unreadable: reported by left_out
         run_dir = path.parent
-        row = {"run": str(run_dir.relative_to(root))}
+        row = {"run": str(run_dir.relative_to(root)) or ".",
+               "kind": "device_study" if "study" in metrics else "compress"}
         row.update(_overrides(run_dir))
-        row.update(_flatten(json.loads(path.read_text())))
+        row.update(_flatten(metrics))
         rows.append(row)
     if not rows:
-        raise FileNotFoundError(f"no metrics.json below {root}; did the runs finish?")
+        raise FileNotFoundError(f"no readable metrics.json below {root}; did the runs finish? "
+                                "allowed: a Hydra multirun folder (or a run folder) of "
+                                "finished runs")
     return rows
 
 
@@ -153,7 +188,12 @@ def collect(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict
     writer.writerows(rows)
     atomic_write_text(out / "collected.csv", buf.getvalue())
     written = {"collected.csv": out / "collected.csv"}
-    written.update({p.name: p for p in plot_rows(rows, out)})
+    missing = left_out(multirun_dir)
+    if missing:
+        atomic_write_text(out / "collected_left_out.txt", "\n".join(missing) + "\n")
+        written["collected_left_out.txt"] = out / "collected_left_out.txt"
+    written.update({p.name: p for p in plot_rows([r for r in rows if r["kind"] == "compress"],
+                                                 out)})
     return written
 
 
@@ -165,8 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = collect(args.multirun_dir, args.out)
     for name, path in written.items():
         print(f"{name}: {path}")
+    missing = left_out(args.multirun_dir)
+    if missing:
+        print(f"left out: {len(missing)} job(s) without a readable metrics.json (failed, "
+              f"interrupted or running): {', '.join(missing)}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

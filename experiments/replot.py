@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from crossbar.io import atomic_write_text
+from crossbar.io import atomic_write_text, run_cli
 from experiments.config import load_study_config
 from experiments.reports import held_fixed, plot_study, study_markdown
 from experiments.runtime import write_json
@@ -63,4 +63,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))
