@@ -140,8 +140,8 @@ class CrossbarConfig:
                  "of the ADC's full scale: set adc_bits)")
         if not isinstance(self.drift_compensation, bool):
             fail("drift_compensation", self.drift_compensation, "true or false")
-        check_int("spare_rows", self.spare_rows, 0, 4096)
-        check_int("spare_cols", self.spare_cols, 0, 4096)
+        check_int("spare_rows", self.spare_rows, 0, min(4096, self.tile_rows))  # spares are
+        check_int("spare_cols", self.spare_cols, 0, min(4096, self.tile_cols))  # of the tile
         if not isinstance(self.output_calibration, bool):
             fail("output_calibration", self.output_calibration, "true or false")
         check_choice("noise_precision", self.noise_precision, NOISE_PRECISIONS)

@@ -122,11 +122,15 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
                   f"not set in the crossbar group; use robustness.{key}")
     robustness = build(RobustnessSettings, data.get("robustness"), "robustness")
     layers = build(LayerSettings, data.get("layers"), "layers")
-    device, xbar = robustness.apply(
-        library_call("device", device_from_dict, known_keys(
-            "device", data["device"], DeviceModel, "preset")),
-        library_call("crossbar", CrossbarConfig.from_dict, known_keys(
-            "crossbar", data["crossbar"], CrossbarConfig, "bit_serial")))
+    plain_device = library_call("device", device_from_dict, known_keys(
+        "device", data["device"], DeviceModel, "preset"))
+    plain_xbar = library_call("crossbar", CrossbarConfig.from_dict, known_keys(
+        "crossbar", data["crossbar"], CrossbarConfig, "bit_serial"))
+    try:  # the robustness group's spares, calibration and write-verify on the chip
+        device, xbar = robustness.apply(plain_device, plain_xbar)
+    except ValueError as exc:
+        raise ValueError(f"robustness.{exc} (with crossbar.tile_rows={plain_xbar.tile_rows}, "
+                         f"tile_cols={plain_xbar.tile_cols})") from None
     return dict(
         seed=seed,
         runtime=build(RuntimeSettings, data["runtime"], "runtime"),

@@ -59,3 +59,14 @@ def test_a_job_name_that_leaves_the_run_folder_is_refused(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 1 and "hydra.job.name='../evil' is invalid" in out.stderr
     assert not (tmp_path / "evil.log").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("robustness.spare_rows=4096", "robustness.spare_rows=4096 is invalid; allowed: an integer "
+                                   "in [0, 128]"),   # the documented maximum, 32x the tile
+    ("robustness.spare_cols=129", "robustness.spare_cols=129 is invalid; allowed: an integer "
+                                  "in [0, 128]"),
+])
+def test_spares_are_bounded_by_the_tile(override, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        load_compress_config(_compose([override]))
