@@ -451,9 +451,9 @@ def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettin
                         ) -> dict[str, list[Candidate]] | GreedyTrajectory:
     """:func:`layer_candidates` with ``a.importance``'s distortion on ``a.n_samples`` seeded
     training images (``links``: :func:`feeding_links`, whose fed layers are refit); for
-    ``a.method == "greedy"`` the costs only, in a :class:`GreedyTrajectory` (fine-tuned with
+    ``a.chosen_method == "greedy"`` the costs only, in a :class:`GreedyTrajectory` (fine-tuned with
     Adam at ``lr``, the admm group's rate)."""
-    if a.method == "greedy":
+    if a.chosen_method == "greedy":
         costs = layer_candidates(model, a, constraints, xbar, cost, example, errors=False)
         return GreedyTrajectory(model, train, costs, links, seed=seed, n_samples=a.n_samples,
                                 steps=a.finetune_steps, step=a.greedy_step, lr=lr)
@@ -496,13 +496,13 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
                                                example, seed, feeding, lr)
     else:
         _log.info("allocation: candidates' %s reused (same dense model and settings)",
-                  "greedy trajectory" if a.method == "greedy" else "distortions and costs")
+                  "greedy trajectory" if a.chosen_method == "greedy" else "distortions and costs")
     candidates = _CANDIDATES[key]
     chosen = select_layers(model, constraints)
     # fed layers are linked where the pipeline builds the candidates (a user's own list need
     # not offer matching row and output counts)
     links = feeding if a.candidates == "auto" else {}
-    if a.method == "greedy":
+    if a.chosen_method == "greedy":
         trajectory, candidates = candidates, candidates.candidates
         _require_feasible(candidates, a, "pretrained weights")
         choice = trajectory.choice(milp_budget(candidates, a, a.budget))
@@ -521,7 +521,7 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
     chosen_constraints = [dataclasses.asdict(layer_constraint(chosen[n], n,
                                                               result.chosen[n].setting))
                           for n in candidates if n in chosen]
-    summary = {**result.summary(), "importance": a.importance, "method": a.method,
+    summary = {**result.summary(), "importance": a.importance, "method": a.chosen_method,
                "links": {n: {"fed_by": p, "rows_per_output": r} for n, (p, r) in links.items()
                          if n in chosen and p in chosen}}
     if a.resource == "compression":

@@ -94,7 +94,7 @@ def test_candidate_replaces_pruning_fields():
     ("allocation={budget: 3, candidates: [{row_ratio: 1.5}]}",
      ["allocation.candidates[0].row_ratio=1.5"]),
     ("allocation={budget: 3, importance: l1, candidates: [{levels: 4}]}",
-     ["allocation.importance='l1'", "output, fisher, hessian"]),
+     ["allocation.importance='l1'", "output, kl, fisher, hessian"]),
 ])
 def test_allocation_validation(override, words):
     with pytest.raises(ValueError) as info:

@@ -68,7 +68,7 @@ def test_the_search_is_deterministic_and_extends_on_demand():
 
 
 @pytest.mark.parametrize("key, value, words", [
-    ("method", "annealing", "method='annealing' is invalid; allowed: one of milp, greedy"),
+    ("method", "annealing", "method='annealing' is invalid; allowed: one of auto, milp, greedy"),
     ("greedy_step", 1.0, "greedy_step=1.0 is invalid"),
     ("finetune_steps", 0, "finetune_steps=0 is invalid"),
     ("candidates", [{"row_ratio": 0.5}], "method='greedy' is invalid with candidates"),

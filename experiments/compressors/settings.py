@@ -159,10 +159,11 @@ limits the layers the candidate is offered to."""
 PRUNE_KEYS = SETTING_KEYS[:-2]
 
 
-METHODS_OF_ALLOCATION = ("milp", "greedy")
+METHODS_OF_ALLOCATION = ("auto", "milp", "greedy")
 """How the per-layer settings are chosen (``allocation.method``): ``milp``, the knapsack over
 one-shot distortions (``admm.allocate``); ``greedy``, NetAdapt-style steps scored by short
-fine-tuning (``experiments.greedy``)."""
+fine-tuning (``experiments.greedy``); ``auto``: ``greedy`` on the ``candidates: auto`` ladder,
+``milp`` on a list of candidates (which the greedy steps cannot walk)."""
 
 MEASURED = ("output", "kl")
 """Distortions measured on the model (``experiments.allocation.OutputDistortion``)."""
@@ -209,7 +210,7 @@ class AllocationSettings:
     search_steps: int = 6
     search_chips: int = 5
     search_range: list[float] | None = None
-    method: str = "milp"
+    method: str = "auto"
     finetune_steps: int = 50
     greedy_step: float = 0.75
 
@@ -285,6 +286,13 @@ class AllocationSettings:
                 LayerConstraint(**plain_setting(c))
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"candidates[{i}].{exc}") from None
+
+    @property
+    def chosen_method(self) -> str:
+        """``method`` with ``auto`` resolved (:data:`METHODS_OF_ALLOCATION`)."""
+        if self.method != "auto":
+            return self.method
+        return "greedy" if self.candidates == "auto" else "milp"
 
     @property
     def tighter(self) -> int:
