@@ -31,7 +31,7 @@ from experiments.compressors.admm import compress_stage
 from experiments.compressors.registry import compress_inputs
 from experiments.config import load_study_config
 from experiments.data import calibration_batch, crossbar_test_loader
-from experiments.guard import load_checkpoint, open_run
+from experiments.guard import DENSE_KEYS, fingerprint, load_checkpoint, open_run
 from experiments.plots import ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import accept_run, environment, timed, write_json
@@ -91,6 +91,7 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     and 95 % CI per point), metrics.json, study.md and plots (PNG + PDF)."""
     exp = load_study_config(cfg)
     preflight(exp)
+    check_source(exp)
     study = exp.study
     swept = [*study.sweeps, *(k for grid in study.grids for k in grid)]
     idle = sorted({k for k in swept if k in ("t_inference_s", "drift_compensation")})
@@ -115,6 +116,43 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     run_dir = Path(run_dir)
     with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
         return _run_device_study(exp, run_dir, grid_jobs)
+
+
+SOURCE_KEYS = (*DENSE_KEYS, "compressor")
+"""What ``study.source``'s models and the study must share: the model, data, pretraining and
+compressor (the device, crossbar and compression settings may differ: evaluating a model on
+other devices is what a study is for)."""
+
+
+def check_source(exp: StudyExperiment) -> None:
+    """``study.source``'s models were made from this study's model, data, pretraining and
+    compressor (:data:`SOURCE_KEYS`), compared with the compressed model's stored fingerprint
+    before any work; the first difference is named."""
+    if exp.study.source is None:
+        return
+    source = Path(to_absolute_path(exp.study.source))
+    for name in ("dense.pt", "compressed.pt"):
+        if not (source / name).is_file():
+            raise FileNotFoundError(f"study.source={exp.study.source!r}: {source / name} is "
+                                    "missing; point it at a finished compress run")
+    state = load_checkpoint(source / "compressed.pt")
+    stored = state.get("fingerprint") if isinstance(state, Mapping) else None
+    if not isinstance(stored, Mapping):
+        raise ValueError(f"study.source={exp.study.source!r}: {source / 'compressed.pt'} holds "
+                         "no settings fingerprint; allowed: a compress run of this version")
+    mine = fingerprint(exp)
+    for key in SOURCE_KEYS:
+        theirs, ours = stored.get(key, "<unset>"), mine.get(key, "<unset>")
+        if key == "train" and isinstance(theirs, Mapping) and isinstance(ours, Mapping):
+            theirs, ours = ({k: v for k, v in d.items() if k != "checkpoint"}
+                            for d in (theirs, ours))
+        if key == "compressor":
+            theirs = theirs if theirs != "<unset>" else "admm"
+            ours = ours if ours != "<unset>" else "admm"
+        if theirs != ours:
+            raise ValueError(f"study.source={exp.study.source!r} was made with {key}={theirs!r}, "
+                             f"this study has {key}={ours!r}; allowed: the compress run's own "
+                             f"{key} settings repeated here")
 
 
 def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> dict:

@@ -4,6 +4,7 @@ VGG-16 / ResNet-18 configs, and collect."""
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -258,6 +259,26 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert (tmp_path / "study.md").read_text() == md
     assert (tmp_path / "grid_prog_sigma_adc_bits.png").is_file()
     assert (tmp_path / "layer_sensitivity.pdf").is_file()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=3", "was made with train="),
+    ("compressor=magnitude", "was made with compressor='admm', this study has "
+                             "compressor='magnitude'"),
+    ("model.name=mlp", "was made with model="),
+])
+def test_a_study_source_made_with_other_settings_is_refused(digits_run, tmp_path, override,
+                                                            words):
+    """Issue 22: ``study.source`` is checked against the study's own model, data, pretraining
+    and compressor before any work (the device may differ: that is what a study varies)."""
+    run_dir, _ = digits_run
+    base = TINY + [f"study.source={run_dir}", "study.models=[compressed]", "study.grids=[]",
+                   "~study.sweeps", "+study.sweeps={adc_bits: [6]}"]
+    extra = ["admm=mlp_digits"] if override.startswith("model") else []
+    with pytest.raises(ValueError, match=re.escape(words)):
+        run_device_study(_compose(base + [override, *extra], name="device_study"),
+                         tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_path):
