@@ -420,6 +420,10 @@ def device_from_dict(data: Mapping) -> DeviceModel:
     if preset is None:
         return DeviceModel.from_dict(data)
     base = DeviceModel.preset(preset).to_dict()
+    if set(base) <= set(data):  # every field given too: the preset would change nothing
+        fail("preset", preset, f"a preset with only the fields it changes; here every field "
+             f"is set as well (another device option), so it would be ignored: choose the "
+             f"option device={preset} instead")
     unknown = sorted(set(data) - set(base))
     if unknown:
         fail(f"key {unknown[0]}", data[unknown[0]], "one of preset, " + ", ".join(base))

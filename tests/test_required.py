@@ -70,3 +70,12 @@ def test_a_job_name_that_leaves_the_run_folder_is_refused(tmp_path):
 def test_spares_are_bounded_by_the_tile(override, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
         load_compress_config(_compose([override]))
+
+
+def test_a_preset_that_would_be_ignored_is_refused():
+    with pytest.raises(ValueError, match=r"device.preset='rram_neurram' is invalid.*would be "
+                                         r"ignored: choose the option device=rram_neurram"):
+        load_compress_config(_compose(["+device.preset=rram_neurram"]))
+    exp = load_compress_config(_compose([
+        "+layers.devices={features.0: {preset: rram_neurram, n_levels: 8}}", "admm.levels=16"]))
+    assert exp.layer_devices["features.0"].n_levels == 8  # a preset with its changes: acts
