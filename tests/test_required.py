@@ -79,3 +79,10 @@ def test_a_preset_that_would_be_ignored_is_refused():
     exp = load_compress_config(_compose([
         "+layers.devices={features.0: {preset: rram_neurram, n_levels: 8}}", "admm.levels=16"]))
     assert exp.layer_devices["features.0"].n_levels == 8  # a preset with its changes: acts
+
+
+@pytest.mark.parametrize("value", [1e-300, 1e-9])
+def test_a_wire_resistance_the_solver_cannot_take_is_refused(value):
+    with pytest.raises(ValueError, match=r"array.r_row_ohm=.* is invalid; allowed: 0 \(no "
+                                         r"resistance\) or a number in \[1e-06, 1e6\] ohm"):
+        crossbar.CrossbarConfig(array={"model": "wire_resistance", "r_row_ohm": value})

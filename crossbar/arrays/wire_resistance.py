@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import check_float
+from .._validate import check_float, fail
 from .base import ArrayModel, register
 from .solve import solve_array
+
+MIN_RESISTANCE_OHM = 1e-6
+"""The smallest non-zero resistance accepted (a micro-ohm, far below any wire segment; smaller
+values make the nodal conductances overflow the Cholesky solve)."""
 
 
 @register
@@ -31,7 +35,11 @@ class WireResistanceArray(ArrayModel):
 
     def __post_init__(self) -> None:
         for key in ("r_row_ohm", "r_col_ohm", "r_driver_ohm", "r_sense_ohm"):
-            check_float(f"array.{key}", getattr(self, key), 0.0, 1e6)
+            value = getattr(self, key)
+            check_float(f"array.{key}", value, 0.0, 1e6)
+            if 0.0 < value < MIN_RESISTANCE_OHM:  # 1/r would overflow the network solve
+                fail(f"array.{key}", value, f"0 (no resistance) or a number in "
+                     f"[{MIN_RESISTANCE_OHM:g}, 1e6] ohm")
         check_float("array.read_voltage_V", self.read_voltage_V, 0.0, 10.0, low_open=True)
 
     @property
