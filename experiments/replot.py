@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +34,9 @@ def replot_study(run_dir: str | Path) -> list[str]:
         raise FileNotFoundError(f"{run_dir} lacks {', '.join(missing)}; allowed: the folder of a "
                                 "finished python -m experiments.device_study run")
     exp = load_study_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    points = json.loads((run_dir / "study_points.json").read_text())["points"]
+    metrics = _json(run_dir / "metrics.json")
+    points = _json(run_dir / "study_points.json").get("points")
+    _check_points(run_dir, points, metrics)
     chip_rows = []
     for key, accs in points.items():
         point = json.loads(key)
@@ -51,6 +54,39 @@ def replot_study(run_dir: str | Path) -> list[str]:
     write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
     return plots
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not JSON ({exc}); allowed: the file the study wrote") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}; allowed: the file the "
+                         "study wrote")
+    return data
+
+
+def _check_points(run_dir: Path, points: object, metrics: dict) -> None:
+    """Every point's chip accuracies are numbers in [0, 100], and each sweep row of
+    metrics.json is the mean of its point's chips (else the files do not belong together)."""
+    where = run_dir / "study_points.json"
+    if not isinstance(points, dict):
+        raise ValueError(f"{where} has no 'points' mapping; allowed: the file the study wrote")
+    for key, accs in points.items():
+        if not isinstance(accs, list) or not accs or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool)
+                and math.isfinite(a) and 0 <= a <= 100 for a in accs):
+            raise ValueError(f"{where}: point {key} holds {accs!r}; allowed: a non-empty list "
+                             "of accuracies in [0, 100] (%)")
+    for row in metrics.get("study") or []:
+        key = json.dumps(["sweep", row.get("setting"), row.get("value"), row.get("model")],
+                         default=str)
+        accs = points.get(key)
+        if accs is not None and abs(statistics.fmean(accs) - row.get("mean", math.nan)) > 1e-6:
+            raise ValueError(f"{run_dir / 'metrics.json'}: the mean of {key} is {row.get('mean')}"
+                             f" but study_points.json's chips average {statistics.fmean(accs)};"
+                             " allowed: the two files of one study")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -259,6 +259,17 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert (tmp_path / "study.md").read_text() == md
     assert (tmp_path / "grid_prog_sigma_adc_bits.png").is_file()
     assert (tmp_path / "layer_sensitivity.pdf").is_file()
+    # files that do not belong together, or accuracies that are not numbers: refused (issue 22)
+    saved = (tmp_path / "study_points.json").read_text()
+    points = json.loads(saved)
+    key = next(iter(points["points"]))
+    for bad, words in ((["98.1", 97.0], "allowed: a non-empty list of accuracies"),
+                       ([v + 1.0 for v in points["points"][key]], "average")):
+        (tmp_path / "study_points.json").write_text(json.dumps(
+            {**points, "points": {**points["points"], key: bad}}))
+        with pytest.raises(ValueError, match=words):
+            replot_main([str(tmp_path)])
+    (tmp_path / "study_points.json").write_text(saved)
 
 
 @pytest.mark.parametrize("override, words", [
