@@ -998,13 +998,13 @@ def crossbar_modules(model: nn.Module) -> Iterator[tuple[str, CrossbarLayer]]:
 def _expected_input(name: str, layer: nn.Module) -> str:
     """The input shape a model takes, described from its first Linear/Conv2d layer."""
     if isinstance(layer, (nn.Conv1d, CrossbarConv1d)):
-        return (f"(N, {layer.in_channels}, L) (its first crossbar layer {name!r} is a 1-D "
+        return (f"(N, {layer.in_channels}, L) (its first layer {name!r} is a 1-D "
                 f"convolution with {layer.in_channels} input channels)")
     if hasattr(layer, "in_channels"):
         return (f"(N, {layer.in_channels}, H, W) with the H x W the model was built for (its "
-                f"first crossbar layer {name!r} is a convolution with {layer.in_channels} "
+                f"first layer {name!r} is a convolution with {layer.in_channels} "
                 "input channels)")
-    return (f"(N, ..., {layer.in_features}) as the model was built for (its first crossbar "
+    return (f"(N, ..., {layer.in_features}) as the model was built for (its first "
             f"layer {name!r} is a linear layer with {layer.in_features} inputs)")
 
 
@@ -1037,6 +1037,15 @@ def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) 
         raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} does not fit the model; "
                          f"allowed: inputs of shape {_expected_input(name, layer)} (cause: "
                          f"{str(exc).strip().splitlines()[0]})") from None
+
+
+def first_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The model's first Linear/Conv layer in module order, kept digital or on crossbars: the
+    one its inputs enter (a crossbar layer further in may take other channels)."""
+    for name, module in model.named_modules():
+        if isinstance(module, (CrossbarLayer, nn.Linear, nn.Conv1d, nn.Conv2d)):
+            return name, module
+    return next(crossbar_modules(model))
 
 
 def check_seed(key: str, seed: object) -> int:
@@ -1073,7 +1082,7 @@ def program(model: nn.Module, seed: int, calibration: torch.Tensor | None = None
             "program(model, seed, calibration=inputs) or to_crossbar(..., calibration=inputs)")
     if calibration is not None:  # follow the model's device and dtype (``.to()``, ``.double()``)
         calibration = calibration.to(layers[0].g_uS.device, layers[0].g_uS.dtype)
-        check_input(calibration, *next(crossbar_modules(model)), "calibration")
+        check_input(calibration, *first_layer(model), "calibration")
     for module in layers:
         module._program(seed)
     if calibration is not None:
@@ -1088,7 +1097,8 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
     if not named:
         raise ValueError("calibrate: the model has no crossbar layer; convert it first")
     layers = [m for _, m in named]
-    check_input(inputs, *named[0], "calibration")
+    first = first_layer(model)  # the model's input layer, digital or on crossbars
+    check_input(inputs, *first, "calibration")
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError(f"calibration batch of shape {tuple(inputs.shape)} holds NaN or inf "
                          "values; allowed: finite inputs")
@@ -1106,7 +1116,7 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
             for m in layers:
                 m._calibrating = phase
                 m._sync_ranges()  # the DAC phase's ranges drive the ADC phase
-            with _input_errors(inputs, *named[0], "calibration"):
+            with _input_errors(inputs, *first, "calibration"):
                 model(inputs)
         for m in layers:
             m.calibrated.fill_(True)

@@ -86,3 +86,23 @@ def test_a_wire_resistance_the_solver_cannot_take_is_refused(value):
     with pytest.raises(ValueError, match=r"array.r_row_ohm=.* is invalid; allowed: 0 \(no "
                                          r"resistance\) or a number in \[1e-06, 1e6\] ohm"):
         crossbar.CrossbarConfig(array={"model": "wire_resistance", "r_row_ohm": value})
+
+
+def test_the_first_layer_kept_digital_with_calibrated_converters(tmp_path):
+    """Issue 25: the calibration batch is the model's own input, checked against its first
+    layer (digital here), not the first crossbar layer (6 channels)."""
+    from test_experiments import TINY
+
+    from experiments.pipeline import run_compress
+
+    metrics = run_compress(_compose([*TINY, "+layers.digital=[features.0]",
+                                     "robustness.ablation=false"]), tmp_path)
+    assert metrics["layers"]["digital"] == ["features.0"]
+    assert metrics["crossbar_accuracy_mean"] > 20  # ran on chips, not refused
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.Flatten())
+    x = torch.randn(8, 1, 8, 8)
+    chip = crossbar.to_crossbar(conv, crossbar.DeviceModel(n_levels=16),
+                                crossbar.CrossbarConfig(dac_bits=6, adc_bits=6), calibration=x,
+                                digital=["0"])
+    chip.program(3)  # recalibrates on the stored batch: the model's input, 1 channel
+    assert chip(x).shape == (8, 2 * 4 * 4)
