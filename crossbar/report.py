@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import style  # noqa: E402
 from .config import CrossbarConfig  # noqa: E402
 from .cost import (  # noqa: E402
     PARTS,
@@ -40,6 +41,8 @@ from .cost import (  # noqa: E402
 )
 from .io import atomic_write_bytes, atomic_write_text, run_cli  # noqa: E402
 from .plan import MappingPlan, plan_layer  # noqa: E402
+
+style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs
 
 LAYER_COLUMNS = ("tiles", "arrays", "live_rows", "live_cols", "word_lines", "bit_lines",
                  "devices", "spare_devices", "weight_slices", "dacs", "adcs", "mvms_per_sample",
@@ -162,7 +165,7 @@ def _encode(fig) -> dict[str, bytes]:
     out = {}
     for fmt in FIGURE_FORMATS:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=style.PNG_DPI, bbox_inches="tight")
         out[fmt] = buf.getvalue()
     plt.close(fig)
     return out

@@ -23,7 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
+from crossbar import style  # noqa: E402
 from crossbar.io import atomic_write_bytes  # noqa: E402
+
+style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs (crossbar/style.py)
 
 __all__ = ["axis_label", "ci95", "plt", "write_png"]
 
@@ -120,7 +123,7 @@ def write_png(path: Path, fig) -> None:
     papers), both written atomically."""
     for fmt, target in (("png", path), ("pdf", path.with_suffix(".pdf"))):
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=style.PNG_DPI, bbox_inches="tight")
         atomic_write_bytes(target, buf.getvalue())
     plt.close(fig)
 
