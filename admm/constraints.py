@@ -105,7 +105,7 @@ def crossbar_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The model's Linear and Conv2d modules by name (the layers that map onto crossbars)."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
     if not layers:
-        raise ValueError("model has no Linear or Conv2d layer to compress")
+        raise ValueError("model has no Linear, Conv1d, Conv2d or attention projection to compress")
     return layers
 
 

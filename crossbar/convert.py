@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -27,7 +28,15 @@ from .layers import (  # program, calibrate, check_input: defined with the layer
     crossbar_modules,
     program,
 )
-from .plan import MAPPABLE, MappingPlan, check_plan, crossbar_layers, matches, plan_model
+from .plan import (
+    MAPPABLE,
+    MappingPlan,
+    check_plan,
+    crossbar_layers,
+    matches,
+    plan_model,
+    unmapped_layers,
+)
 from .repair import RepairConfig
 
 
@@ -167,9 +176,13 @@ def to_crossbar(
             "adc_range='calibrated'; allowed: a batch of inputs, or adc_range='full_scale'"
         )
     every = list(crossbar_layers(model))
+    skipped = unmapped_layers(model)
+    if skipped:
+        warnings.warn("to_crossbar: these layers stay digital (not simulated): " + "; ".join(
+            f"{name} ({why})" for name, why in skipped), stacklevel=2)
     if not every:
-        raise ValueError(f"model {type(model).__name__} has no Linear or Conv2d layer to map "
-                         "onto crossbars")
+        raise ValueError(f"model {type(model).__name__} has no Linear, Conv1d, Conv2d or "
+                         "attention projection to map onto crossbars")
     kept = match_layers("digital", digital, [n for n, _ in every])
     layers = [(n, m) for n, m in every if n not in kept]
     if not layers:

@@ -397,6 +397,32 @@ MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 an ``nn.MultiheadAttention`` map too (:func:`attention_projections`)."""
 
 
+UNMAPPED = {
+    nn.RNNBase: "a recurrent layer (RNN/LSTM/GRU): its gate matrices are not mapped yet",
+    nn.ConvTranspose1d: "a transposed convolution: not mapped yet",
+    nn.ConvTranspose2d: "a transposed convolution: not mapped yet",
+    nn.ConvTranspose3d: "a transposed convolution: not mapped yet",
+    nn.Conv3d: "a 3-D convolution: not mapped yet",
+    nn.Bilinear: "a bilinear layer: not mapped yet",
+    nn.Embedding: "an embedding: a table lookup, no matrix-vector product to map",
+    nn.EmbeddingBag: "an embedding: a table lookup, no matrix-vector product to map",
+}
+"""Weighted layers that stay digital whatever the ``layers`` section says: neither simulated
+nor costed, and named so (:func:`unmapped_layers`)."""
+
+
+def unmapped_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, why)`` of every weighted layer of ``model`` that stays digital because no
+    crossbar mapping exists for its type (:data:`UNMAPPED`): the run reports name them."""
+    out = []
+    for name, module in model.named_modules():
+        for kind, why in UNMAPPED.items():
+            if isinstance(module, kind):
+                out.append((name or type(module).__name__, f"{type(module).__name__}, {why}"))
+                break
+    return out
+
+
 def crossbar_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, module)`` for every Linear, Conv1d and Conv2d in ``model`` (the mappable
     layers), and for every ``nn.MultiheadAttention`` its projections as ``nn.Linear`` views
@@ -485,7 +511,8 @@ def plan_model(
     layers = {n: m for n, m in crossbar_layers(model) if n not in exclude}
     if not layers:
         raise ValueError(
-            f"model {type(model).__name__} has no Linear or Conv2d layer to map onto crossbars"
+            f"model {type(model).__name__} has no Linear, Conv1d, Conv2d or attention "
+            "projection to map onto crossbars"
         )
     masks = {k: v for k, v in (masks or {}).items() if k not in exclude}
     unknown = sorted(set(masks) - set(layers))

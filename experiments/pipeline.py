@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from admm import CompressResult
 from crossbar import MappingPlan
+from crossbar.plan import unmapped_layers
 from experiments.allocation import allocation_stage
 from experiments.chips import ChipDesign, ChipRun, evaluate_chips, robustness_ablation
 from experiments.compressors.registry import compress_inputs, get_compressor
@@ -93,7 +94,7 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     compressed_acc = evaluate(p.model, p.test)
     _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", p.dense_acc, compressed_acc)
     warnings_ = collapse_warnings(p.dense_acc, compressed_acc, p.info.num_classes,
-                                  exp.compressor)
+                                  exp.compressor) + unmapped_warnings(p.model)
     plan = map_stage(p.model, result.masks, exp.crossbar, p.calibration, run_dir / "plan.json",
                      exclude=p.digital)
     chips = _chips(exp, p, plan, result, run_dir, timings)
@@ -109,6 +110,16 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
               exp.eval.chips, metrics["compression_ratio"], metrics["area_reduction_pct"],
               metrics["energy_reduction_pct"])
     return metrics
+
+
+def unmapped_warnings(model: torch.nn.Module) -> list[str]:
+    """A warning per weighted layer that stays digital because no crossbar mapping exists for
+    its type (``crossbar.plan.unmapped_layers``): not simulated, not costed."""
+    out = [f"layer {name!r} stays digital, neither simulated on the chips nor costed: {why}"
+           for name, why in unmapped_layers(model)]
+    for message in out:
+        _log.warning(message)
+    return out
 
 
 def _compress(exp: CompressExperiment, p: Prepared, run_dir: Path, timings: dict

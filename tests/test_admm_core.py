@@ -51,7 +51,7 @@ def test_select_layers_errors():
         select_layers(_net(), [LayerConstraint("conv9")])
     with pytest.raises(ValueError, match="matched by both"):
         select_layers(_net(), [LayerConstraint("*"), LayerConstraint("0")])
-    with pytest.raises(ValueError, match="no Linear or Conv2d"):
+    with pytest.raises(ValueError, match="no Linear, Conv1d, Conv2d or attention projection"):
         select_layers(nn.Sequential(nn.ReLU()), [LayerConstraint("*")])
 
 

@@ -509,7 +509,7 @@ def test_unsupported_layers_fail_clearly() -> None:
     with pytest.raises(ValueError, match="padding='same' is not supported"):
         crossbar.to_crossbar(nn.Sequential(nn.Conv2d(4, 4, 3, padding="same")), IDEAL,
                              crossbar.CrossbarConfig())
-    with pytest.raises(ValueError, match="no Linear or Conv2d"):
+    with pytest.raises(ValueError, match="no Linear, Conv1d, Conv2d or attention projection"):
         crossbar.to_crossbar(nn.Sequential(nn.ReLU()), IDEAL, crossbar.CrossbarConfig())
     with pytest.raises(ValueError, match="tile_cols"):
         crossbar.to_crossbar(nn.Linear(3, 3), IDEAL,

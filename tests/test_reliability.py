@@ -406,11 +406,11 @@ def test_calibration_batch_of_wrong_shape(lenet, batch, words):
 
 def test_model_without_crossbar_layer():
     model = nn.Sequential(nn.Flatten(), nn.ReLU())
-    with pytest.raises(ValueError, match="no Linear or Conv2d layer"):
+    with pytest.raises(ValueError, match="no Linear, Conv1d, Conv2d or attention projection"):
         crossbar.to_crossbar(model, crossbar.DeviceModel(), crossbar.CrossbarConfig())
-    with pytest.raises(ValueError, match="no Linear or Conv2d layer"):
+    with pytest.raises(ValueError, match="no Linear, Conv1d, Conv2d or attention projection"):
         crossbar.plan_model(model, crossbar.CrossbarConfig())
-    with pytest.raises(ValueError, match="no Linear or Conv2d layer"):
+    with pytest.raises(ValueError, match="no Linear, Conv1d, Conv2d or attention projection"):
         compress(model, _tiny_loader(), _tiny_config())
 
 

@@ -106,3 +106,36 @@ def test_the_first_layer_kept_digital_with_calibrated_converters(tmp_path):
                                 digital=["0"])
     chip.program(3)  # recalibrates on the stored batch: the model's input, 1 channel
     assert chip(x).shape == (8, 2 * 4 * 4)
+
+
+class _Speech(nn.Module):
+    """A keyword spotter of the issue's kind: an embedding, a GRU and a linear read-out."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.up = nn.ConvTranspose1d(16, 16, 2)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, tokens):
+        h, _ = self.gru(self.embed(tokens))
+        return self.head(h[:, -1])
+
+
+def test_layers_that_stay_digital_are_named():
+    """Issue 25: GRU/LSTM, transposed convolutions and embeddings are not mapped: say so by
+    name (library warning; the run's warnings and report)."""
+    from crossbar.plan import unmapped_layers
+    from experiments.pipeline import unmapped_warnings
+
+    model = _Speech()
+    named = dict(unmapped_layers(model))
+    assert set(named) == {"embed", "gru", "up"}
+    assert "GRU" in named["gru"] and "table lookup" in named["embed"]
+    with pytest.warns(UserWarning, match=r"stay digital.*gru \(GRU"):
+        crossbar.to_crossbar(model, crossbar.DeviceModel(n_levels=16),
+                             crossbar.CrossbarConfig(adc_bits=None, dac_bits=None))
+    messages = unmapped_warnings(model)
+    assert len(messages) == 3 and all("neither simulated on the chips nor costed" in m
+                                      for m in messages)
