@@ -17,6 +17,7 @@ from crossbar.convert import crossbar_modules
 from crossbar.io import atomic_write_text
 from experiments.allocation import allocation_markdown
 from experiments.chips import ChipDesign, mean_std
+from experiments.compressors.settings import RETRAINING
 from experiments.plots import (
     caption,
     ci95,
@@ -201,9 +202,11 @@ def robustness_markdown(m: dict) -> list[str]:
     if not rob:
         return []
     s, rep = rob["settings"], rob["repair_mean"]
+    retraining = ("on" if s["hardware_aware"] else "off") if m.get("compressor", "admm") \
+        in RETRAINING else f"none ({m.get('compressor')} does not retrain)"
     calib = f"on ({s['calibration_samples']} images)" if s["output_calibration"] else "off"
     lines = ["## Robustness (robustness group)", "",
-             f"- hardware-aware retraining: {'on' if s['hardware_aware'] else 'off'}; "
+             f"- hardware-aware retraining: {retraining}; "
              f"pair compensation: {s['compensation'] if s['compensation'] is not None else 'auto'}"
              f"; fault-aware placement: {'on' if s['placement'] else 'off'}; test-read miss "
              f"rate {s['miss_rate']}; spares per tile: {s['spare_rows']} rows, "

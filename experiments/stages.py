@@ -24,6 +24,7 @@ from crossbar.plan import crossbar_layers as mappable
 from crossbar.report import write_cost_report
 from experiments.allocation import budget_range, check_budget, layer_candidates
 from experiments.cache import cache_lock, cached, check_cache_dir, reuse, store
+from experiments.compressors.settings import RETRAINING
 from experiments.data import calibration_batch, collapse_floor, data_shape, load_data
 from experiments.datasets import DatasetInfo
 from experiments.guard import (
@@ -70,13 +71,15 @@ def collapse_warnings(dense_acc: float, compressed_acc: float, num_classes: int,
     out = []
     if compressed_acc <= 1.5 * chance:
         out.append(f"the compressed model collapsed: {compressed_acc:.2f}% test accuracy, chance "
-                   f"is {chance:.2f}% (dense {dense_acc:.2f}%); the {compressor!r} constraints "
-                   "are more than it can meet here: loosen the pruning ratios or levels, or use "
-                   "compressor=admm (retrains) instead of post-training compression")
+                   f"is {chance:.2f}% (dense {dense_acc:.2f}%); the admm group's constraints "
+                   f"(which compressor={compressor!r} meets) are more than it can meet here: "
+                   "loosen the pruning ratios or levels"
+                   + (", or use compressor=admm (retrains) instead of post-training "
+                      "compression" if compressor not in RETRAINING else ""))
     elif dense_acc - compressed_acc > 20.0:
         out.append(f"compression cost {dense_acc - compressed_acc:.2f} points (dense "
-                   f"{dense_acc:.2f}% -> compressed {compressed_acc:.2f}%); check the "
-                   f"constraints of {compressor!r}")
+                   f"{dense_acc:.2f}% -> compressed {compressed_acc:.2f}%); check the admm "
+                   f"group's constraints (met by compressor={compressor!r})")
     for message in out:
         _log.warning(message)
     return out

@@ -46,6 +46,8 @@ def test_collapse_warnings_name_the_cause(caplog):
     with caplog.at_level("WARNING", logger="experiments.stages"):
         out = collapse_warnings(95.6, 10.3, 10, "obc")
     assert len(out) == 1 and "collapsed" in out[0] and "compressor=admm" in out[0]
+    assert "the admm group's constraints (which compressor='obc' meets)" in out[0]
+    assert "use compressor=admm" not in collapse_warnings(95.6, 10.3, 10, "admm")[0]
     assert "collapsed" in caplog.text
     assert collapse_warnings(95.6, 70.0, 10, "admm")[0].startswith("compression cost 25.60")
     assert collapse_warnings(95.6, 93.0, 10, "admm") == []
