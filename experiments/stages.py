@@ -178,7 +178,9 @@ def preflight(exp: CompressExperiment) -> None:
     if d.data_dir is not None and not Path(to_absolute_path(d.data_dir)).is_dir():
         raise ValueError(f"dataset.data_dir={d.data_dir!r} is invalid; allowed: an existing "
                          f"directory holding the {d.name} files (relative to the directory the "
-                         "run starts in)")
+                         "run starts in; the shipped configs read <root>/" + d.name + ", the "
+                         "root from the environment variable MEMXBAR_DATA, default "
+                         "../shared/data: put the official files there or set MEMXBAR_DATA)")
     if t.checkpoint is not None and not Path(to_absolute_path(t.checkpoint)).is_file():
         raise ValueError(f"train.checkpoint={t.checkpoint!r} is invalid; allowed: an existing "
                          "dense checkpoint file (relative to the directory the run starts in), "
