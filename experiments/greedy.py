@@ -52,7 +52,7 @@ class _State:
     kept: dict[str, tuple[int, int]]  # layer -> (rows, cols)
     cost: float
     loss: float
-    weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # on the CPU
 
 
 class GreedyTrajectory:
@@ -82,7 +82,7 @@ class GreedyTrajectory:
         self.fixed = sum(max(c.cost for c in cs) for n, cs in candidates.items()
                          if not _prunable(cs))
         start = _State(dense, self._cost(dense), math.nan,
-                       {k: v.detach().clone() for k, v in model.state_dict().items()})
+                       {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         self.states = [start]
         self.branches: dict[float, _State] = {}
         self.chosen_loss = math.nan
@@ -196,7 +196,7 @@ class GreedyTrajectory:
                 loss = self._finetune(self._apply(kept), iteration)
                 if best is None or loss < best.loss:
                     best = _State(kept, self._cost(kept), loss, {
-                        k: v.detach().clone() for k, v in self.model.state_dict().items()})
+                        k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
         if best is not None:
             _log.info("greedy allocation %d: cost %.6g (target %.6g), held-out loss %.4f: %s",
                       iteration, best.cost, target, best.loss,
