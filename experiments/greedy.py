@@ -81,8 +81,7 @@ class GreedyTrajectory:
                  if _prunable(cs)}
         self.fixed = sum(max(c.cost for c in cs) for n, cs in candidates.items()
                          if not _prunable(cs))
-        start = _State(dense, self._cost(dense), math.nan,
-                       {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        start = _State(dense, self._cost(dense), math.nan, _cpu(model))
         self.states = [start]
         self.branches: dict[float, _State] = {}
         self.chosen_loss = math.nan
@@ -195,8 +194,7 @@ class GreedyTrajectory:
                 self.model.load_state_dict(last.weights)
                 loss = self._finetune(self._apply(kept), iteration)
                 if best is None or loss < best.loss:
-                    best = _State(kept, self._cost(kept), loss, {
-                        k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
+                    best = _State(kept, self._cost(kept), loss, _cpu(self.model))
         if best is not None:
             _log.info("greedy allocation %d: cost %.6g (target %.6g), held-out loss %.4f: %s",
                       iteration, best.cost, target, best.loss,
@@ -237,6 +235,11 @@ class GreedyTrajectory:
             else:
                 out[name] = max(range(len(cs)), key=lambda k: cs[k].cost)
         return out
+
+
+def _cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``model``'s state on the CPU (the trajectory keeps one per iteration)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _prunable(candidates: Sequence[Candidate]) -> bool:
