@@ -44,7 +44,8 @@ def main() -> None:
             xmodel.program(seed + 1)
             times.append(time.perf_counter() - start)
         stats = crossbar.programming_stats(xmodel)
-        cost = crossbar.programming_cost(stats, verified=device.write_verify is not None)
+        cost = crossbar.programming_cost(stats, verify_reads=0 if device.write_verify is None
+                                         else device.write_verify.verify_reads)
         result[label] = {"program_s_median": statistics.median(times), "program_s": times,
                          **{k: v for k, v in cost.items() if k != "assumptions"},
                          "max_pulses": stats["max_pulses"]}

@@ -1,7 +1,8 @@
 """Energy and time to program a chip, from the pulse counts of its cells.
 
-Every programming pulse is followed by a verify read (a single-shot cell gets one pulse and no
-verify). With ``p_c`` pulses on cell ``c``::
+Every programming pulse is followed by a verify of ``n_verify`` averaged reads (the device's
+``write_verify.verify_reads``, which also sets the simulated verify read's noise; a single-shot
+cell gets one pulse and no verify). With ``p_c`` pulses on cell ``c``::
 
     E = sum_c p_c * (E_pulse + n_verify * E_read)
     t_serial = sum_c p_c * (t_pulse + n_verify * t_read)        (one cell at a time)
@@ -25,28 +26,29 @@ from ._validate import check_float, check_int
 
 @dataclass(frozen=True)
 class PulseCost:
-    """Per-pulse and per-read energy (pJ) and time (ns), verify reads per pulse."""
+    """Per-pulse and per-read energy (pJ) and time (ns). The reads per verify are the device's
+    (``WriteVerify.verify_reads``), not a setting of their own."""
 
     pulse_energy_pJ: float = 160.0
     pulse_time_ns: float = 1000.0
     read_energy_pJ: float = 0.16
     read_time_ns: float = 100.0
-    verify_reads: int = 8
 
     def __post_init__(self) -> None:
         for key in ("pulse_energy_pJ", "pulse_time_ns", "read_energy_pJ", "read_time_ns"):
             check_float(key, getattr(self, key), 0.0, 1e9)
-        check_int("verify_reads", self.verify_reads, 0, 1000)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def programming_cost(stats: dict, verified: bool, cost: PulseCost | None = None) -> dict:
-    """Energy (uJ) and time (s) to program a chip from :func:`crossbar.programming_stats`
-    (``verified``: whether pulses were write-verified, i.e. each followed by verify reads)."""
+def programming_cost(stats: dict, verify_reads: int, cost: PulseCost | None = None) -> dict:
+    """Energy (uJ) and time (s) to program a chip from :func:`crossbar.programming_stats`;
+    ``verify_reads``: the reads averaged per verify after each pulse (the device's
+    ``write_verify.verify_reads``; 0 for single-shot programming)."""
+    check_int("verify_reads", verify_reads, 0, 1000)
     cost = cost or PulseCost()
-    reads = cost.verify_reads if verified else 0
+    reads = verify_reads
     e_pulse = (cost.pulse_energy_pJ + reads * cost.read_energy_pJ) * 1e-12
     t_pulse = (cost.pulse_time_ns + reads * cost.read_time_ns) * 1e-9
     pulses = stats["pulses"]

@@ -177,18 +177,23 @@ def evaluate_chips(model: nn.Module, plan: MappingPlan, design: ChipDesign, *,
         if t_inference > 0:
             xmodel.set_inference_time(t_inference)
         records.append(_record(xmodel, i, seed + i, evaluate(xmodel, test), fitted,
-                               verified=device.write_verify is not None))
+                               verify_reads=verify_reads(device)))
     return ChipRun(records)
 
 
+def verify_reads(device: DeviceModel) -> int:
+    """Reads per verify of ``device`` (0: single-shot programming, no verify)."""
+    return 0 if device.write_verify is None else device.write_verify.verify_reads
+
+
 def _record(xmodel: nn.Module, chip: int, seed: int, accuracy: float, fitted: dict | None,
-            verified: bool) -> ChipRecord:
+            verify_reads: int) -> ChipRecord:
     stats = [m.repair_stats for _, m in crossbar_modules(xmodel)]
     repair = {k: sum(s.get(k, 0) for s in stats) for k in REPAIR_KEYS}
     if fitted is not None:
         repair["output_rmse_before"] = sum(f["rmse_before"] for f in fitted.values())
         repair["output_rmse_after"] = sum(f["rmse_after"] for f in fitted.values())
-    cost = programming_cost(programming_stats(xmodel), verified=verified)
+    cost = programming_cost(programming_stats(xmodel), verify_reads=verify_reads)
     return ChipRecord(chip=chip, seed=seed, accuracy=accuracy,
                       programming={k: v for k, v in cost.items() if k != "assumptions"},
                       repair=repair, calibration=fitted)

@@ -21,6 +21,7 @@ residual ``G - T`` is the programming error after verify (:class:`WriteVerifyRes
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -43,16 +44,23 @@ class WriteVerifyResult:
 class WriteVerify:
     """``tolerance_uS``: half-width of the acceptance band around the target;
     ``max_pulses``: pulse budget per cell (the first programming pulse included);
-    ``pulse_sigma``: spread of a corrective pulse relative to the programming model's spread."""
+    ``pulse_sigma``: spread of a corrective pulse relative to the programming model's spread;
+    ``verify_reads``: reads averaged per verify (NeuRRAM averages 8; Wan et al., Nature 2022).
+    The one setting drives both the simulated verify read, whose read-noise standard deviation
+    is ``sigma_read(G) / sqrt(verify_reads)`` (the mean of independent reads of white noise),
+    and the programming cost, which charges ``verify_reads`` reads per pulse
+    (``crossbar.programming_cost``)."""
 
     tolerance_uS: float = 1.0
     max_pulses: int = 20
     pulse_sigma: float = 1.0
+    verify_reads: int = 8
 
     def __post_init__(self) -> None:
         check_float("write_verify.tolerance_uS", self.tolerance_uS, 0.0, 1e4, low_open=True)
         check_int("write_verify.max_pulses", self.max_pulses, 1, 1000)
         check_float("write_verify.pulse_sigma", self.pulse_sigma, 0.0, 10.0)
+        check_int("write_verify.verify_reads", self.verify_reads, 1, 1000)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,11 +88,12 @@ class WriteVerify:
             spread = torch.zeros_like(target)
         pulses = torch.ones(target.shape, dtype=torch.int16)
         noisy_verify = read_noise is not None and read_noise.active
+        averaged = 1.0 / math.sqrt(self.verify_reads)  # the mean of verify_reads reads
         for k in range(self.max_pulses):
             read = g
             if noisy_verify:
                 normal = torch.randn(target.shape, generator=gen, dtype=target.dtype)
-                read = g + read_noise.std_uS(g, device) * normal
+                read = g + averaged * read_noise.std_uS(g, device) * normal
             outside = (read - target).abs() > self.tolerance_uS
             if k == self.max_pulses - 1 or not bool(outside.any()):
                 return WriteVerifyResult(g, pulses, ~outside)
