@@ -179,10 +179,15 @@ class GreedyTrajectory:
 
     def _iterate(self, budget: float, last: _State | None = None) -> _State | None:
         """One NetAdapt iteration from ``last`` (default the trajectory's last state) toward
-        ``budget`` (its target: the last cost times ``step``, but not below the budget, so the
-        trajectory lands on it); the new state, or None when no layer can shrink."""
+        ``budget``: the ``n = ceil(log(budget / cost) / log(step))`` iterations still needed
+        split the remaining cut evenly, so this one's target is ``cost * (budget / cost)^(1/n)``
+        (never a larger cut than ``step`` asks, and no drastic last cut to land on the
+        budget); the new state, or None when no layer can shrink."""
         last = self.states[-1] if last is None else last
-        target = max(last.cost * self.step, budget)
+        target = budget
+        if last.cost > budget > 0:
+            needed = max(1, math.ceil(math.log(budget / last.cost) / math.log(self.step) - 1e-9))
+            target = last.cost * (budget / last.cost) ** (1.0 / needed)
         iteration = len(self.states)
         best: _State | None = None
         proposals = [p for name in self.ladders for dim in (0, 1)

@@ -44,7 +44,7 @@ def test_each_iteration_meets_its_target_and_keeps_the_links():
     assert sum(c.cost for c in picked.values()) <= budget
     cost_path = [s.cost for s in traj.states]  # every iteration cuts:
     assert all(b < a_ for a_, b in zip(cost_path, cost_path[1:], strict=False))
-    assert cost_path[1] <= 0.6 * cost_path[0]  # the first meets its target (one layer can)
+    assert cost_path[-1] <= budget < cost_path[-2]  # it lands on the budget
     for state in traj.states:
         for name, (prev, per_output) in traj.links.items():
             rows, prev_cols = state.kept[name][0], state.kept[prev][1]
