@@ -39,10 +39,10 @@ __all__ = ["CACHE_FORMAT", "cache_lock", "cached", "check_cache_dir", "reuse", "
 
 _log = logging.getLogger("experiments.cache")
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 """Bumped when the same settings make another model or the key changes (2: the training order
-of ``experiments.datasets.PassSampler``; 3: input files keyed by content), so older entries are
-not reused."""
+of ``experiments.datasets.PassSampler``; 3: input files keyed by content; 4: compressed models
+keyed by the constraints they met), so older entries are not reused."""
 
 
 @functools.lru_cache(maxsize=256)

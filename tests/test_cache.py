@@ -95,3 +95,23 @@ def test_a_failed_cache_write_leaves_the_finished_run(tmp_path, monkeypatch, cap
         metrics = run_compress(_compose([*FAST, f"runtime.cache_dir={cache}"]), tmp_path / "a")
     assert metrics["compression_ratio"] > 1 and (tmp_path / "a" / "metrics.json").is_file()
     assert "could not be written (" in caplog.text and "No space left" in caplog.text
+
+
+def test_compressed_models_are_keyed_by_the_constraints_they_met(tmp_path):
+    """An allocation chooses the constraints from the settings and the dense model: a changed
+    choice under the same settings (another allocation method's code) is another entry."""
+    from pathlib import Path
+
+    from admm import LayerConstraint
+    from crossbar import CrossbarConfig, DeviceModel
+    from experiments.compressors.base import CompressInputs, cache_key
+
+    def inputs(rows):
+        return CompressInputs(run_dir=Path(tmp_path), fingerprint={"allocation": {"budget": 30}},
+                              settings=None, constraints=(LayerConstraint("fc", row_keep=rows),),
+                              seed=0, device=DeviceModel(), crossbar=CrossbarConfig(),
+                              cache_dir=str(tmp_path))
+
+    first, second = (cached(str(tmp_path), "compressed", cache_key(inputs(r))) for r in (4, 8))
+    assert first != second
+    assert cached(str(tmp_path), "compressed", cache_key(inputs(4))) == first

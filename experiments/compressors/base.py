@@ -4,6 +4,7 @@ compressor's work (:func:`stored_or_run`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ def result_of(state: dict) -> CompressResult:
                           history=state["history"])
 
 
+def cache_key(inputs: CompressInputs) -> dict:
+    """What a compressed model depends on: the fingerprint's settings and the per-layer
+    constraints the compressor met (an allocation chooses them from the settings and the dense
+    model; keyed as chosen, a changed choice is never served another's model)."""
+    return {**dict(inputs.fingerprint),
+            "constraints": [dataclasses.asdict(c) for c in inputs.constraints]}
+
+
 def stored_or_run(model: nn.Module, inputs: CompressInputs,
                   run: Callable[[], CompressResult], name: str) -> CompressResult:
     """The block every compressor shares: load ``compressed.pt`` from ``inputs.run_dir`` (a
@@ -75,7 +84,7 @@ def stored_or_run(model: nn.Module, inputs: CompressInputs,
     else ``run()`` compresses ``model`` in place, and its result is saved as
     ``compressed.pt`` (with ``inputs.fingerprint`` and the compressor's ``name``) and put in
     the cache."""
-    shared = cached(inputs.cache_dir, "compressed", inputs.fingerprint)
+    shared = cached(inputs.cache_dir, "compressed", cache_key(inputs))
     with cache_lock(shared):
         return _stored_or_run(model, inputs, run, name, shared)
 
