@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -90,18 +89,22 @@ def cached(cache_dir: str | None, name: str, fp: Mapping) -> Path | None:
 
 
 def check_cache_dir(cache_dir: str | None) -> None:
-    """Before any work: the cache directory can be created and written (a probe file)."""
+    """Before any work: the cache directory is a directory, or can be created where it is
+    named (its nearest existing ancestor a writable directory); nothing is created here."""
     if cache_dir is None:
         return
     root = Path(to_absolute_path(cache_dir))
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-", delete=True):
-            pass
-    except OSError as exc:
-        raise ValueError(f"runtime.cache_dir={cache_dir!r} is invalid: {root} cannot be "
-                         f"created or written ({exc.strerror or exc}); allowed: a writable "
-                         "directory, or null for no cache") from None
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = None
+    if not probe.is_dir():
+        problem = f"{probe} is a file, not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        problem = f"{probe} is not writable"
+    if problem:
+        raise ValueError(f"runtime.cache_dir={cache_dir!r} is invalid: {problem}; allowed: a "
+                         "writable directory, or null for no cache")
 
 
 @contextlib.contextmanager
