@@ -91,7 +91,7 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     and 95 % CI per point), metrics.json, study.md and plots (PNG + PDF)."""
     exp = load_study_config(cfg)
     preflight(exp)
-    check_source(exp)
+    check_source(exp.study.source, fingerprint(exp))
     study = exp.study
     swept = [*study.sweeps, *(k for grid in study.grids for k in grid)]
     idle = sorted({k for k in swept if k in ("t_inference_s", "drift_compensation")})
@@ -124,23 +124,23 @@ compressor (the device, crossbar and compression settings may differ: evaluating
 other devices is what a study is for)."""
 
 
-def check_source(exp: StudyExperiment) -> None:
-    """``study.source``'s models were made from this study's model, data, pretraining and
-    compressor (:data:`SOURCE_KEYS`), compared with the compressed model's stored fingerprint
-    before any work; the first difference is named."""
-    if exp.study.source is None:
+def check_source(given: str | None, mine: Mapping) -> None:
+    """``study.source`` (``given``)'s models were made from this study's model, data,
+    pretraining and compressor (:data:`SOURCE_KEYS` of the study's fingerprint ``mine``),
+    compared with the compressed model's stored fingerprint before any work; the first
+    difference is named."""
+    if given is None:
         return
-    source = Path(to_absolute_path(exp.study.source))
+    source = Path(to_absolute_path(given))
     for name in ("dense.pt", "compressed.pt"):
         if not (source / name).is_file():
-            raise FileNotFoundError(f"study.source={exp.study.source!r}: {source / name} is "
+            raise FileNotFoundError(f"study.source={given!r}: {source / name} is "
                                     "missing; point it at a finished compress run")
     state = load_checkpoint(source / "compressed.pt")
     stored = state.get("fingerprint") if isinstance(state, Mapping) else None
     if not isinstance(stored, Mapping):
-        raise ValueError(f"study.source={exp.study.source!r}: {source / 'compressed.pt'} holds "
+        raise ValueError(f"study.source={given!r}: {source / 'compressed.pt'} holds "
                          "no settings fingerprint; allowed: a compress run of this version")
-    mine = fingerprint(exp)
     for key in SOURCE_KEYS:
         theirs, ours = stored.get(key, "<unset>"), mine.get(key, "<unset>")
         if key == "train" and isinstance(theirs, Mapping) and isinstance(ours, Mapping):
@@ -150,7 +150,7 @@ def check_source(exp: StudyExperiment) -> None:
             theirs = theirs if theirs != "<unset>" else "admm"
             ours = ours if ours != "<unset>" else "admm"
         if theirs != ours:
-            raise ValueError(f"study.source={exp.study.source!r} was made with {key}={theirs!r}, "
+            raise ValueError(f"study.source={given!r} was made with {key}={theirs!r}, "
                              f"this study has {key}={ours!r}; allowed: the compress run's own "
                              f"{key} settings repeated here")
 

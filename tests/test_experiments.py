@@ -519,7 +519,7 @@ def test_collect_draws_the_pareto_front_of_design_points(tmp_path, monkeypatch):
 
 
 def test_collect_missing_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+    with pytest.raises(FileNotFoundError, match="no readable metrics.json"):
         collect_rows(tmp_path)
 
 
