@@ -9,18 +9,18 @@ retraining a hand-set split keeps 98.5 % and the one-shot MILP's split 97.1 %. W
 what retraining can recover.
 
 The greedy search follows NetAdapt (Yang et al., ECCV 2018, "NetAdapt: platform-aware neural
-network adaptation for mobile applications"): from the dense model, in iterations that split
-the remaining cut to the budget evenly (each to no less than ``greedy_step`` of the last cost),
+network adaptation for mobile applications"): from the dense model, in iterations that split the
+remaining cut to the budget evenly (each to no less than ``greedy_step`` of the last cost),
 every layer proposes the smallest step down its ladder of kept rows or kept output columns (the
-``candidates: auto`` ladder) that meets the target, with the layers it feeds and is fed by
-kept consistent (the links of the MILP: a layer keeps at most ``s`` rows per kept output of
-the layer feeding it, and that layer at most as many outputs as it keeps rows). Each proposal
-is applied to the current weights (the rows/columns of largest L2 norm), fine-tuned for ``finetune_steps`` steps with the masks fixed, and scored by its
-cross-entropy on ``n_samples`` held-out training images (never the test set); the best proposal
-and its fine-tuned weights carry on. The iterations give a whole trajectory of allocations, one
-per resource level, so the accuracy-budget search reads each point's allocation off one
-trajectory. Every draw is seeded: the same model, data and settings give the same trajectory.
-"""
+``candidates: auto`` ladder) that meets the target, with the layers it feeds and is fed by kept
+consistent (the links of the MILP: a layer keeps at most ``s`` rows per kept output of the layer
+feeding it, and that layer at most as many outputs as it keeps rows). Each proposal is applied
+to the current weights (the rows/columns of largest L2 norm), fine-tuned for ``finetune_steps``
+steps with the masks fixed, and scored by its cross-entropy on ``n_samples`` held-out training
+images (never the test set); the best proposal and its fine-tuned weights carry on. The
+iterations give a whole trajectory of allocations, one per resource level, so the
+accuracy-budget search reads each point's allocation off one trajectory. Every draw is seeded:
+the same model, data and settings give the same trajectory. """
 
 from __future__ import annotations
 
