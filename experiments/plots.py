@@ -389,6 +389,7 @@ def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
         ax.axhline(dense, color="k", lw=0.8, label="dense (software)")
         ax.axhline(dense - max_drop, color="C3", lw=0.8, ls=":",
                    label=f"allowed: dense - {max_drop:g}")
+        ax.set_ylim(top=min(100.0, dense + 0.1 * (dense - ax.get_ylim()[0]) + 0.2))  # dense shows
         if min(x) > 0 and max(x) / min(x) > 3:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
