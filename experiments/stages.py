@@ -17,8 +17,7 @@ from torch.utils.data import DataLoader
 
 from admm import DivergenceError, LayerConstraint, save_atomic
 from crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model
-from crossbar.convert import layer_devices as _devices_of_layers
-from crossbar.convert import match_layers
+from crossbar.convert import layer_devices, match_layers
 from crossbar.cost import CostConfig
 from crossbar.plan import crossbar_layers as mappable
 from crossbar.report import write_cost_report
@@ -146,7 +145,7 @@ def mapped_layers(model: nn.Module, digital: Sequence[str], devices: Mapping[str
         if not mapped:
             raise ValueError(f"layers.digital={patterns!r} keeps every layer digital; "
                              "allowed: patterns that leave at least one layer to map")
-        _devices_of_layers(devices, mapped, device)
+        layer_devices(devices, mapped, device)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"layers: {exc}") from None
     return mapped, digital
@@ -242,12 +241,6 @@ def prepare(exp: CompressExperiment, run_dir: Path, timings: dict) -> Prepared:
     calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
     return Prepared(device, train, test, info, model, dense_acc, calibration, mapped, digital)
 
-
-def layer_devices(devices: Mapping[str, DeviceModel], mapped: Sequence[str],
-                  device: DeviceModel) -> dict[str, DeviceModel]:
-    """Each ``mapped`` layer's device: the ``layers.devices`` pattern that matches it, else
-    ``device``."""
-    return _devices_of_layers(devices, mapped, device)
 
 
 def make_model(m: ModelSettings, input_shape: tuple[int, ...], num_classes: int

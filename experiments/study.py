@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from admm.pipeline import load_model_state
 from crossbar import CrossbarConfig, DeviceModel, MappingPlan
+from crossbar.convert import layer_devices
 from crossbar.io import atomic_write_text
 from experiments.chips import ChipDesign, evaluate_chips, ideal_device
 from experiments.compressors.admm import compress_stage
@@ -36,7 +37,7 @@ from experiments.plots import ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import accept_run, environment, timed, write_json
 from experiments.settings import RobustnessSettings, StudyExperiment
-from experiments.stages import Prepared, layer_devices, map_stage, preflight, prepare
+from experiments.stages import Prepared, map_stage, preflight, prepare
 from experiments.train import evaluate
 
 _log = logging.getLogger("experiments.study")
