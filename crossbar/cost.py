@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
 import yaml
 
 from ._validate import (
@@ -54,7 +53,7 @@ from ._validate import (
 )
 from .config import CrossbarConfig
 from .converters import get_dac
-from .plan import LayerPlan, MappingPlan, check_plan, plan_layer
+from .plan import LayerPlan, MappingPlan, check_plan, dense_layer_plan
 
 # ------------------------------------------------------------------------------------- units
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9, "p": 1e-12,
@@ -629,13 +628,7 @@ def baseline_cost(
 def dense_plan(plan: MappingPlan, xbar: CrossbarConfig) -> MappingPlan:
     """The same layers dense and unpruned (all-True masks), mapped with ``xbar``;
     ``mvms_per_sample`` and convolution groups copied."""
-    return MappingPlan({
-        p.name: plan_layer(p.name, p.kind,
-                           torch.ones(p.out_features, p.in_features, dtype=torch.bool),
-                           xbar, kernel_size=p.row_unit, mvms_per_sample=p.mvms_per_sample,
-                           groups=p.groups)
-        for p in plan
-    })
+    return MappingPlan({p.name: dense_layer_plan(p, xbar) for p in plan})
 
 
 def reduction(compressed: ModelCost, baseline: ModelCost) -> dict[str, float]:

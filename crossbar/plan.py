@@ -24,6 +24,7 @@ Packing rule (one implementation, read by the simulator and the cost model):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -35,13 +36,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._validate import check_choice, check_int, fail
+from ._validate import check_choice, check_int, check_optional_int, fail
 from .config import CrossbarConfig
 from .io import atomic_write_text
 from .mappings import MAPPINGS, MappingStyle, mapping_style
 
 PLAN_FORMAT_VERSION = 1
 LAYER_KINDS = ("linear", "conv1d", "conv2d")
+MAX_LAYER_WEIGHTS = 2**30
+"""Largest matrix (``in_features * out_features``) a plan may describe: above the largest
+layers of today's models (a 12288 x 49152 feed-forward matrix is 6e8 weights), below what the
+cost model can re-plan dense in memory."""
+MAX_MVMS_PER_SAMPLE = 10**12
+"""Largest count of matrix-vector products per sample a plan may hold."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,19 @@ class LayerPlan:
     groups: int = 1
 
     def __post_init__(self) -> None:
-        check_choice("kind", self.kind, LAYER_KINDS)
+        if not isinstance(self.name, str):
+            fail("layer plan name", self.name, "a module name (a string)")
+        check_choice(f"{self.name}: kind", self.kind, LAYER_KINDS)
         check_choice("mapping", self.mapping, tuple(MAPPINGS))
         for key in ("out_features", "in_features", "row_unit", "tile_rows", "tile_cols",
                     "outputs_per_tile", "weight_slices", "groups"):
-            check_int(key, getattr(self, key), 1)
+            check_int(f"{self.name}: {key}", getattr(self, key), 1)
+        if self.in_features * self.out_features > MAX_LAYER_WEIGHTS:
+            fail(f"{self.name}: in_features x out_features",
+                 (self.in_features, self.out_features),
+                 f"a matrix of at most {MAX_LAYER_WEIGHTS} weights")
+        check_optional_int(f"{self.name}: mvms_per_sample", self.mvms_per_sample, 1,
+                           MAX_MVMS_PER_SAMPLE)
         if self.out_features % self.groups or (self.kind == "linear" and self.groups != 1):
             fail(f"{self.name}: groups", self.groups,
                  "1 for a linear layer, else a divisor of out_features="
@@ -110,12 +125,17 @@ class LayerPlan:
         for t in self.tiles:
             if t.n_rows == 0 or t.n_cols == 0:
                 fail(f"{self.name}: tile shape", (t.n_rows, t.n_cols), "a non-empty tile")
-            if len({self.group_of(c) for c in t.cols}) > 1:
+            for what, idx in (("rows", t.rows), ("cols", t.cols)):
+                if len(set(idx)) != len(idx):
+                    fail(f"{self.name}: tile {what}", sorted(i for i in set(idx)
+                                                             if idx.count(i) > 1)[:5],
+                         "each index once per tile")
+            if self.groups > 1 and self.group_of(min(t.cols)) != self.group_of(max(t.cols)):
                 fail(f"{self.name}: tile cols", (min(t.cols), max(t.cols)),
                      f"outputs of one group (groups={self.groups}, "
                      f"{self.out_features // self.groups} outputs each)")
             rows = seen.setdefault(t.cols, set())
-            if rows & set(t.rows):
+            if not rows.isdisjoint(t.rows):
                 fail(f"{self.name}: tile rows", sorted(rows & set(t.rows))[:5],
                      "rows not already held by another tile of the same columns")
             rows.update(t.rows)
@@ -138,17 +158,19 @@ class LayerPlan:
         """The convolution group output ``col`` belongs to (0 for a Linear)."""
         return col // (self.out_features // self.groups)
 
-    @property
+    @functools.cached_property
     def live_rows(self) -> tuple[int, ...]:
         """Inputs that drive a word line, as rows of the layer's full im2col input
         (``group * in_features + row``: for a grouped convolution, input channel x kernel
         position; the matrix rows themselves when ``groups == 1``)."""
+        if self.groups == 1:
+            return tuple(sorted(set().union(*(t.rows for t in self.tiles))))
         return tuple(sorted({self.group_of(t.cols[0]) * self.in_features + r
                              for t in self.tiles for r in t.rows}))
 
-    @property
+    @functools.cached_property
     def live_cols(self) -> tuple[int, ...]:
-        return tuple(sorted({c for t in self.tiles for c in t.cols}))
+        return tuple(sorted(set().union(*(t.cols for t in self.tiles))))
 
     @property
     def columns_per_output(self) -> int:
@@ -211,8 +233,21 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LayerPlan:
+        if not isinstance(data, Mapping):
+            fail("layer plan", data, "a JSON object of LayerPlan fields")
         data = dict(data)
-        tiles = tuple(Tile(tuple(t["rows"]), tuple(t["cols"])) for t in data.pop("tiles"))
+        tiles = data.pop("tiles", None)
+        if not isinstance(tiles, list) or not all(
+                isinstance(t, Mapping) and isinstance(t.get("rows"), list)
+                and isinstance(t.get("cols"), list) and set(t) == {"rows", "cols"}
+                for t in tiles):
+            fail(f"{data.get('name')}: tiles", tiles,
+                 "a list of {'rows': [...], 'cols': [...]} objects")
+        for t in tiles:
+            for what in ("rows", "cols"):
+                if not all(type(i) is int for i in t[what]):
+                    fail(f"{data.get('name')}: tile {what}", t[what][:5], "integer indices")
+        tiles = tuple(Tile(tuple(t["rows"]), tuple(t["cols"])) for t in tiles)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -277,7 +312,18 @@ class MappingPlan:
         version = data.get("format_version")
         if version != PLAN_FORMAT_VERSION:
             fail("format_version", version, f"{PLAN_FORMAT_VERSION}")
+        if not isinstance(data.get("layers"), list) or not data["layers"]:
+            fail("layers", data.get("layers"), "a non-empty list of layer plans")
         layers = [LayerPlan.from_dict(d) for d in data["layers"]]
+        names = [p.name for p in layers]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            fail("layer plan name", twice[0], "each layer once (it is listed "
+                 f"{names.count(twice[0])} times)")
+        empty = [p.name for p in layers if not p.tiles]
+        if empty:
+            fail(f"{empty[0]}: tiles", [], "at least one tile (a layer with every weight "
+                 "pruned would be costed as zero; leave it out of the plan instead)")
         return cls({p.name: p for p in layers})
 
     def save(self, path: str | os.PathLike) -> None:
@@ -357,6 +403,25 @@ def plan_layer(
         tiles=tuple(tiles),
         groups=groups,
     )
+
+
+def dense_layer_plan(plan: LayerPlan, config: CrossbarConfig) -> LayerPlan:
+    """``plan``'s layer dense and unpruned, packed for ``config``: what :func:`plan_layer`
+    gives for an all-True mask, computed from the shape alone (no ``[out, in]`` mask is made)."""
+    per_tile = outputs_per_tile(config)
+    row_unit = plan.row_unit if plan.row_unit <= config.tile_rows else 1
+    per_group = plan.out_features // plan.groups
+    row_bins = _pack_rows(list(range(plan.in_features)), row_unit, config.tile_rows)
+    col_bins = [tuple(range(first + start, first + min(start + per_tile, per_group)))
+                for first in range(0, plan.out_features, per_group)
+                for start in range(0, per_group, per_tile)]
+    tiles = tuple(Tile(rows, cols) for cols in col_bins for rows in row_bins)
+    return LayerPlan(name=plan.name, kind=plan.kind, out_features=plan.out_features,
+                     in_features=plan.in_features, row_unit=row_unit,
+                     tile_rows=config.tile_rows, tile_cols=config.tile_cols,
+                     outputs_per_tile=per_tile, weight_slices=config.weight_slices,
+                     mapping=config.mapping, mvms_per_sample=plan.mvms_per_sample,
+                     tiles=tiles, groups=plan.groups)
 
 
 def _pack_rows(rows: list[int], unit: int, capacity: int) -> list[tuple[int, ...]]:

@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import style  # noqa: E402
+from ._validate import fail  # noqa: E402
 from .config import CrossbarConfig  # noqa: E402
 from .cost import (  # noqa: E402
     PARTS,
@@ -270,6 +272,19 @@ def cost_plots(est: CostEstimate) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------------------------- writer
+def _non_finite(data, path: str = "") -> tuple[str, float] | None:
+    """The first ``(path, value)`` in nested ``data`` that is a NaN or an infinity."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path, data
+    items = (data.items() if isinstance(data, Mapping) else
+             enumerate(data) if isinstance(data, (list, tuple)) else ())
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 def write_cost_report(
     plan: MappingPlan,
     config: CrossbarConfig,
@@ -282,17 +297,22 @@ def write_cost_report(
     """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
     cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name."""
     est = estimate(plan, config, cost, table, baseline=baseline)
+    data = est.to_dict()
+    bad = _non_finite(data)
+    if bad:
+        fail(f"cost of {bad[0]}", bad[1], "a finite number (check the plan's counts: "
+             "mvms_per_sample, in_features, out_features)")
     out = Path(out_dir)
     written: dict[str, Path] = {}
     images = cost_plots(est) if plots else {}
-    for name, data in images.items():
-        atomic_write_bytes(out / name, data)
-        written[name] = out / name
     texts = {
-        "cost.json": json.dumps(est.to_dict(), indent=2),
+        "cost.json": json.dumps(data, indent=2, allow_nan=False),
         "cost.csv": _csv_text(cost_rows(est)),
         "report.md": markdown_report(est, [n for n in images if n.endswith(".png")]),
     }
+    for name, blob in images.items():
+        atomic_write_bytes(out / name, blob)
+        written[name] = out / name
     for name, text in texts.items():
         atomic_write_text(out / name, text)
         written[name] = out / name
@@ -413,6 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {k: getattr(args, k) for k in ("table", "clock_MHz", "cols_per_adc")
                  if getattr(args, k) is not None}
     if args.run is not None:
+        given = [f"--{k}" for k in ("plan", "config", "cost") if getattr(args, k) is not None]
+        if given:
+            ap.error(f"--run {args.run} with {', '.join(given)}: --run reads the run's own plan, "
+                     "crossbar settings and cost group; allowed: either --run, or --plan and "
+                     "--config (with an optional --cost)")
         plan, xbar, cost_data = _from_run(ap, Path(args.run))
         out = args.out or str(Path(args.run) / "cost_rerun")
     else:

@@ -77,3 +77,104 @@ def test_collect_names_the_jobs_it_left_out(files, tmp_path):
     assert "left out: 1 job(s)" in out.stderr and ": 1" in out.stderr
     assert (tmp_path / "collected_left_out.txt").read_text() == "1\n"
     assert (tmp_path / "collected.csv").read_text().count("\n") == 2  # header + the finished job
+
+
+def _plan_files(d: Path) -> dict[str, Path]:
+    """A valid two-layer plan and its crossbar settings, and one bad variant per hole the
+    attack found in ``crossbar.report`` (issue 22, item 5)."""
+    import copy
+
+    import torch
+
+    from crossbar import CrossbarConfig, MappingPlan, plan_layer
+
+    xbar = CrossbarConfig()
+    plan = MappingPlan({n: plan_layer(n, "linear", torch.ones(o, i, dtype=torch.bool), xbar,
+                                      mvms_per_sample=1)
+                        for n, o, i in (("fc1", 40, 300), ("fc2", 10, 40))}).to_dict()
+    (d / "xbar.json").write_text(json.dumps(xbar.to_dict()))
+    variants = {
+        "ok": lambda p: None,
+        "duplicate layer": lambda p: p["layers"].append(copy.deepcopy(p["layers"][0])),
+        "negative count": lambda p: p["layers"][0].update(mvms_per_sample=-5),
+        "NaN count": lambda p: p["layers"][0].update(mvms_per_sample=float("nan")),
+        "huge count": lambda p: p["layers"][0].update(mvms_per_sample=1e308),
+        "boolean count": lambda p: p["layers"][0].update(mvms_per_sample=True),
+        "no tiles": lambda p: p["layers"][0].update(tiles=[]),
+        "no layers": lambda p: p.update(layers=[]),
+        "huge layer": lambda p: p["layers"][0].update(in_features=100000,
+                                                      out_features=100000),
+        "repeated row": lambda p: p["layers"][0]["tiles"][0].update(rows=[0, 0, 1]),
+        "float row": lambda p: p["layers"][0]["tiles"][0].update(rows=[0.0, 1.0]),
+        "name not a string": lambda p: p["layers"][0].update(name=5),
+    }
+    out = {}
+    for label, change in variants.items():
+        p = copy.deepcopy(plan)
+        change(p)
+        out[label] = d / (label.replace(" ", "_") + ".json")
+        out[label].write_text(json.dumps(p))
+    return out
+
+
+PLAN_HOLES = {
+    "duplicate layer": "each layer once",
+    "negative count": "mvms_per_sample=-5",
+    "NaN count": "mvms_per_sample=nan",
+    "huge count": "mvms_per_sample=1e+308",
+    "boolean count": "mvms_per_sample=True",
+    "no tiles": "at least one tile",
+    "no layers": "a non-empty list of layer plans",
+    "huge layer": "a matrix of at most",
+    "repeated row": "each index once per tile",
+    "float row": "integer indices",
+    "name not a string": "a module name",
+}
+
+
+def test_report_refuses_plans_it_would_cost_wrongly(tmp_path):
+    """Each plan the attack costed wrongly (a duplicate layer dropped, negative or non-finite
+    energy, a layer with no tiles costed zero, a 1e5 x 1e5 layer killed for memory) is one
+    message naming the layer and field; nothing is written. The valid plan is costed, with a
+    cost.json that is strict JSON."""
+    plans = _plan_files(tmp_path)
+    for label, words in PLAN_HOLES.items():
+        out = _run("crossbar.report", "--plan", plans[label], "--config",
+                   tmp_path / "xbar.json", "--out", tmp_path / label, "--no-plots",
+                   cwd=tmp_path)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, (label, out.stderr)
+        assert words in out.stderr and "--plan" in out.stderr, (label, out.stderr)
+        assert not (tmp_path / label).exists(), label
+    out = _run("crossbar.report", "--plan", plans["ok"], "--config", tmp_path / "xbar.json",
+               "--out", tmp_path / "ok", "--no-plots", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    json.loads((tmp_path / "ok" / "cost.json").read_text(),
+               parse_constant=lambda c: pytest.fail(f"cost.json holds {c}"))
+
+
+def test_report_refuses_run_together_with_plan(tmp_path):
+    """``--plan`` was silently ignored when ``--run`` was given."""
+    plans = _plan_files(tmp_path)
+    for extra in (["--plan", plans["ok"]], ["--config", tmp_path / "xbar.json"]):
+        out = _run("crossbar.report", "--run", tmp_path, *extra, cwd=tmp_path)
+        assert out.returncode == 2 and "either --run, or --plan and --config" in out.stderr
+
+
+def test_the_dense_baseline_is_packed_from_the_shape_as_from_an_all_true_mask():
+    """``dense_layer_plan`` (no [out, in] mask, so a large layer costs no memory) packs as
+    ``plan_layer`` on an all-True mask, for linear, convolution row units and groups."""
+    import torch
+
+    from crossbar import CrossbarConfig, plan_layer
+    from crossbar.plan import dense_layer_plan
+
+    for xbar in (CrossbarConfig(), CrossbarConfig(tile_rows=32, tile_cols=16, mapping="offset")):
+        for kind, out_f, in_f, unit, groups in (("linear", 300, 1000, 1, 1),
+                                                ("conv2d", 64, 16 * 9, 9, 1),
+                                                ("conv2d", 32, 4 * 25, 25, 4),
+                                                ("conv1d", 12, 3 * 40, 40, 3)):
+            want = plan_layer("l", kind, torch.ones(out_f, in_f, dtype=torch.bool), xbar,
+                              kernel_size=unit, mvms_per_sample=7, groups=groups)
+            sparse = plan_layer("l", kind, torch.rand(out_f, in_f) < 0.3, xbar,
+                                kernel_size=unit, mvms_per_sample=7, groups=groups)
+            assert dense_layer_plan(sparse, xbar) == want
