@@ -15,9 +15,11 @@ Two additions make the result survive the chip and recover accuracy:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -438,7 +440,8 @@ def save_atomic(obj: object, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with signals_deferred():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                   suffix=TEMP_SUFFIX)
         umask = os.umask(0o022)  # the permissions open() would give (not mkstemp's 0o600)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
@@ -448,9 +451,38 @@ def save_atomic(obj: object, path: str | os.PathLike) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except Exception as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise _write_failed(path, exc) from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+TEMP_SUFFIX = ".memxbar-tmp"
+"""The ending of :func:`save_atomic`'s temporary files, the same as ``crossbar.io``'s (which
+``admm`` does not import): a run cleans up only files with this ending."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written; the message names it (no ``[Errno]`` prefix)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _write_failed(path: Path, exc: BaseException) -> OSError:
+    """An ``OSError`` naming the checkpoint that could not be written (torch reports a full
+    disk as a ``RuntimeError`` from its zip writer, naming no file), its cause and the free
+    space left."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return CheckpointWriteError(getattr(exc, "errno", None) or errno.EIO,
+                   f"could not write checkpoint {path} ({type(exc).__name__}: {exc}); {free} on "
+                   "its file system; the previous checkpoint, if any, is kept: free space and "
+                   "resume", str(path))
 
 
 class Compressor:

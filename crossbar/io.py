@@ -4,7 +4,9 @@ the ``0o600`` of a temporary file, so colleagues can read shared results."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -50,9 +52,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class WriteError(OSError):
+    """A file that could not be written; its message names the file (no ``[Errno]`` prefix)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_failed(path: Path, exc: BaseException) -> OSError:
+    """The error for a write of ``path`` that failed (a full disk, a quota, a read-only or
+    vanished folder): an ``OSError`` naming the file, the cause and the free space left; the
+    previous file at ``path``, if any, is untouched."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    code = getattr(exc, "errno", None) or errno.EIO
+    return WriteError(code, f"could not write {path} ({type(exc).__name__}: {exc}); {free} on its "
+                   "file system; the previous file, if any, is kept: free space or choose "
+                   "another folder", str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -164,7 +164,14 @@ def hydra_run_dir() -> Path:
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, RunLockedError)
 """What a run raises for bad settings, inputs or files (the messages name the key or file, the
 value and what is allowed): printed as one message, the traceback only with
-``HYDRA_FULL_ERROR=1``."""
+``HYDRA_FULL_ERROR=1``. So is an ``OSError`` that names its file (a full disk or a read-only
+folder while a checkpoint or result is written: ``crossbar.io.write_failed``)."""
+
+
+def user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's to fix and its message says what (no traceback)."""
+    return isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError)
+                                            and exc.filename is not None)
 
 
 def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[DictConfig], dict]:
@@ -198,7 +205,7 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
                     raise terminated from exc
                 with contextlib.suppress(OSError):  # refused before any work: no empty folder
                     run_dir.rmdir()  # (Hydra creates it); only succeeds when empty
-                if isinstance(exc, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                if user_error(exc) and os.environ.get("HYDRA_FULL_ERROR") != "1":
                     print(f"Error: {exc}\n(the run in {run_dir} stopped; set HYDRA_FULL_ERROR=1 "
                           "for the traceback)", file=sys.stderr, flush=True)
                     if not _multirun():  # a sweep goes on with its other jobs; Hydra reports

@@ -324,3 +324,57 @@ def test_corrupt_or_foreign_checkpoints_name_the_file_before_any_work(finished, 
     with pytest.raises(ValueError, match=str(run_dir / name).replace(".", r"\.")):
         run_compress(_compose(FIN + ["resume=true"]), run_dir)
     assert _snapshot(run_dir) == before
+
+
+# ------------------------------------------------------------------------ a disk that fills
+def _file_size_limit(limit: int):
+    """A file-size limit (``RLIMIT_FSIZE``) for a child process: a write past ``limit`` bytes
+    fails with ``EFBIG`` as a full disk fails with ``ENOSPC`` (SIGXFSZ ignored), with no
+    mount or root needed."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_disk_that_fills_during_a_checkpoint_is_one_message_naming_the_file(tmp_path):
+    """Issue 22, item 6: torch reports a full disk as a raw ``RuntimeError: [enforce fail at
+    inline_container.cc]`` naming no file. Now: one line naming the checkpoint and the free
+    space, exit 1, no traceback, no temporary file left, and the folder resumes."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.compress", *RUN,
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=_file_size_limit(30_000))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "enforce fail" in proc.stderr
+    assert f"could not write checkpoint {run_dir / 'pretrain_state.pt'}" in proc.stderr
+    assert "MB free on its file system" in proc.stderr
+    assert not list(run_dir.glob(".*tmp")) and not (run_dir / "pretrain_state.pt").exists()
+
+
+def test_a_failed_result_write_names_the_file_and_keeps_the_old_one(tmp_path):
+    """The library's atomic writes (results) and checkpoint saves fail naming the file; the
+    previous content stays; both use the temporary ending the run cleans up."""
+    from admm.pipeline import TEMP_SUFFIX as ADMM_SUFFIX
+    from crossbar.io import TEMP_SUFFIX
+
+    assert ADMM_SUFFIX == TEMP_SUFFIX
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    code = ("import sys; from crossbar.io import atomic_write_text; "
+            "from admm.pipeline import save_atomic; import torch\n"
+            "for f in (lambda: atomic_write_text(sys.argv[1], 'x' * 100000), "
+            "lambda: save_atomic({'w': torch.zeros(100000)}, sys.argv[2])):\n"
+            "    try: f()\n"
+            "    except OSError as e: print(type(e).__name__, e.filename, '|', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, target, tmp_path / "ck.pt"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          preexec_fn=_file_size_limit(20_000))
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"WriteError {target} | could not write {target}"), proc
+    assert lines[1].startswith(f"CheckpointWriteError {tmp_path / 'ck.pt'} | could not write "
+                               "checkpoint"), proc
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json"]
