@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .layers import crossbar_modules
+from .layers import check_input, crossbar_modules, first_layer, input_errors
 
 
 class _Stop(Exception):
@@ -43,6 +43,30 @@ class _Stop(Exception):
 def _channels(y: torch.Tensor) -> torch.Tensor:
     """``[N, out, ...]`` -> ``[out, N * positions]`` in float64."""
     return y.detach().double().movedim(1, 0).reshape(y.shape[1], -1)
+
+
+def _check_reference(model: nn.Module, reference: nn.Module, named: list) -> None:
+    """``reference`` must be the software model ``model`` was converted from: another object,
+    with no crossbar layer, holding each converted layer's name with the same matrix shape."""
+    allowed = "allowed: the software model the chip was converted from"
+    if reference is model:
+        raise ValueError(f"calibrate_outputs: reference is the chip itself; {allowed}")
+    ref_modules = dict(reference.named_modules())
+    for name, layer in named:
+        ref = ref_modules.get(name)
+        if ref is None:
+            raise ValueError(f"calibrate_outputs: the reference model has no layer {name!r}; "
+                             f"{allowed}")
+        if getattr(ref, "is_crossbar", False):
+            raise ValueError(f"calibrate_outputs: the reference's layer {name!r} is a crossbar "
+                             f"layer (a chip, not software); {allowed}")
+        weight = getattr(ref, "weight", None)
+        if isinstance(weight, torch.Tensor) and (
+                weight.shape[0] != layer.out_features
+                or weight[0].numel() != layer.in_features):
+            raise ValueError(f"calibrate_outputs: the reference's layer {name!r} has a weight "
+                             f"of shape {tuple(weight.shape)}, the chip's holds "
+                             f"[{layer.out_features}, {layer.in_features}]; {allowed}")
 
 
 def _batches(inputs: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -60,6 +84,10 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
     Returns per layer: ``gain_min``, ``gain_max``, ``offset_max`` (largest |b|),
     ``rmse_before`` and ``rmse_after`` (of the layer's output against the reference, with the
     earlier layers calibrated)."""
+    for key, value in (("model", model), ("reference", reference)):
+        if not isinstance(value, nn.Module):
+            raise TypeError(f"calibrate_outputs: {key} of type {type(value).__name__} is "
+                            "invalid; allowed: an nn.Module")
     named = list(crossbar_modules(model))
     if not named:
         raise ValueError("calibrate_outputs: the model has no crossbar layer; convert it first")
@@ -68,17 +96,23 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
         raise ValueError(f"calibrate_outputs: layer {off[0]!r} has output_calibration=False; "
                          "allowed: convert with CrossbarConfig(output_calibration=True) (the "
                          "cost model then counts the gain/offset registers)")
-    ref_modules = dict(reference.named_modules())
-    missing = [name for name, _ in named if name not in ref_modules]
-    if missing:
-        raise ValueError(f"calibrate_outputs: the reference model has no layer {missing[0]!r};"
-                         " allowed: the software model the chip was converted from")
-    if not isinstance(inputs, torch.Tensor) or inputs.shape[0] < 2:
-        raise ValueError("calibrate_outputs: inputs must be a batch of at least 2 samples")
+    _check_reference(model, reference, named)
+    chip_dtype = named[0][1].g_uS.dtype
+    ref_dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()),
+                     chip_dtype)
+    if ref_dtype != chip_dtype:
+        raise ValueError(f"calibrate_outputs: reference of dtype {ref_dtype} is invalid; "
+                         f"allowed: the chip's dtype {chip_dtype} (.float() or .double() one "
+                         "of them)")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1")
+    check_input(inputs, *first_layer(reference), "calibrate_outputs: inputs")
+    if inputs.shape[0] < 2:
+        raise ValueError(f"calibrate_outputs: inputs of shape {tuple(inputs.shape)} are "
+                         "invalid; allowed: a batch of at least 2 samples")
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("calibrate_outputs: the calibration inputs hold NaN or inf values")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid; allowed: an integer >= 1")
+    ref_modules = dict(reference.named_modules())
     layers = dict(named)
     was = (model.training, reference.training)
     model.eval()
@@ -92,8 +126,9 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
         lambda m, i, o, name=name: targets[name].append(o.detach().clone()))  # before any
         for name in layers]  # in-place activation overwrites it
     try:
-        for batch in _batches(inputs, batch_size):
-            reference(batch.to(next(reference.parameters()).device))
+        with input_errors(inputs, *first_layer(reference), "calibrate_outputs: inputs"):
+            for batch in _batches(inputs, batch_size):
+                reference(batch.to(next(reference.parameters()).device))
     finally:
         for h in hooks:
             h.remove()

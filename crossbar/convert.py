@@ -21,11 +21,12 @@ from .layers import (  # program, calibrate, check_input: defined with the layer
     CrossbarConv2d,
     CrossbarLayer,
     CrossbarLinear,
-    _input_errors,
     calibrate,
+    check_float32,
     check_input,
     check_seed,
     crossbar_modules,
+    input_errors,
     program,
 )
 from .plan import (
@@ -162,6 +163,9 @@ def to_crossbar(
     The copy's class is a subclass of the original that adds ``program(seed)``,
     ``calibrate(inputs)`` and ``mapping_plan``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_float32("to_crossbar: model", model)
     if not isinstance(device, DeviceModel):
         raise TypeError(f"device must be a crossbar.DeviceModel, got {type(device).__name__}")
     if not isinstance(config, CrossbarConfig):
@@ -189,10 +193,20 @@ def to_crossbar(
         raise ValueError(f"digital={list(digital)!r} keeps every layer digital; allowed: "
                          "patterns that leave at least one layer to map")
     per_layer = layer_devices(devices, [n for n, _ in layers], device)
+    if scales is not None and not isinstance(scales, Mapping):
+        raise ValueError(f"scales of type {type(scales).__name__} is invalid; allowed: a "
+                         "mapping of layer name -> scale")
+    unknown = sorted(set(scales or {}) - {n for n, _ in every})
+    if unknown:
+        raise ValueError(f"scales key={unknown[0]!r} is invalid; allowed: names of mapped "
+                         f"layers: {', '.join(n for n, _ in every)}")
+    if masks is not None and not isinstance(masks, Mapping):
+        raise ValueError(f"masks of type {type(masks).__name__} is invalid; allowed: a "
+                         "mapping of layer name -> bool mask")
     if calibration is not None:
         check_input(calibration, *every[0], "calibration")
     if plan is None:
-        with _input_errors(calibration, *every[0], "calibration"):
+        with input_errors(calibration, *every[0], "calibration"):
             plan = plan_model(model, config, masks=masks, example_input=calibration,
                               exclude=kept)
     missing = [name for name, _ in layers if name not in plan.layers]

@@ -1016,10 +1016,12 @@ def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
     if not isinstance(inputs, torch.Tensor):
         raise ValueError(f"{what} batch of type {type(inputs).__name__} is invalid; allowed: a "
                          f"float tensor of shape {_expected_input(name, layer)}")
-    if inputs.dim() < 2 or inputs.shape[0] == 0 or not inputs.is_floating_point():
+    dtype = next((t.dtype for t in [*layer.parameters(), *layer.buffers()]
+                  if t.is_floating_point()), torch.float32)
+    if inputs.dim() < 2 or inputs.shape[0] == 0 or inputs.dtype != dtype:
         raise ValueError(f"{what} batch of shape {tuple(inputs.shape)} and dtype {inputs.dtype} "
-                         "is invalid; allowed: a non-empty float tensor of shape "
-                         f"{_expected_input(name, layer)}")
+                         f"is invalid; allowed: a non-empty {dtype} tensor (the model's dtype) "
+                         f"of shape {_expected_input(name, layer)}")
     channels = getattr(layer, "in_channels", None)
     dims = 3 if isinstance(layer, (nn.Conv1d, CrossbarConv1d)) else 4
     if channels is not None and (inputs.dim() != dims or inputs.shape[1] != channels):
@@ -1027,8 +1029,20 @@ def check_input(inputs: object, name: str, layer: nn.Module, what: str) -> None:
                          f"a tensor of shape {_expected_input(name, layer)}")
 
 
+def check_float32(key: str, model: nn.Module) -> None:
+    """Every floating parameter and buffer of ``model`` must be float32: crossbar layers are
+    built in float32 (a converted chip may then be moved to float64 with ``.double()``); a
+    float64 or half model is refused by name, not by a later dtype clash."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            raise ValueError(f"{key}: {name or 'the module'} of dtype {tensor.dtype} is invalid; "
+                             "allowed: torch.float32 (crossbar layers are built in float32: "
+                             "call .float() on the model first, and .double() on the chip "
+                             "after conversion if wanted)")
+
+
 @contextlib.contextmanager
-def _input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) -> Iterator[None]:
+def input_errors(inputs: torch.Tensor, name: str, layer: nn.Module, what: str) -> Iterator[None]:
     """Turn a shape error of a forward pass on ``inputs`` into one ``ValueError`` naming the
     batch's shape and the expected input shape."""
     try:
@@ -1116,7 +1130,7 @@ def calibrate(model: nn.Module, inputs: torch.Tensor) -> None:
             for m in layers:
                 m._calibrating = phase
                 m._sync_ranges()  # the DAC phase's ranges drive the ADC phase
-            with _input_errors(inputs, *first, "calibration"):
+            with input_errors(inputs, *first, "calibration"):
                 model(inputs)
         for m in layers:
             m.calibrated.fill_(True)

@@ -583,17 +583,11 @@ def plan_model(
     unknown = sorted(set(masks) - set(layers))
     if unknown:
         fail("masks key", unknown[0], "names of Linear/Conv2d layers: " + ", ".join(layers))
+    live_masks = {name: _live_mask(name, mask, layers[name]) for name, mask in masks.items()}
     mvms = measure_mvms(model, example_input) if example_input is not None else {}
     plans = {}
     for name, module in layers.items():
-        weight = matrix_view(module)
-        if name in masks:
-            live = masks[name].reshape(weight.shape[0], -1).to(torch.bool)
-            if live.shape != weight.shape:
-                fail(f"masks[{name!r}] shape", tuple(masks[name].shape),
-                     f"{tuple(weight.shape)} or {tuple(module.weight.shape)}")
-        else:
-            live = weight != 0
+        live = live_masks[name] if name in masks else matrix_view(module) != 0
         kind = "linear"
         if isinstance(module, nn.Conv2d):
             kind = "conv2d"
@@ -603,6 +597,21 @@ def plan_model(
         groups = module.groups if kind != "linear" else 1
         plans[name] = plan_layer(name, kind, live, config, kernel, mvms.get(name), groups)
     return MappingPlan(plans)
+
+
+def _live_mask(name: str, mask: object, module: nn.Module) -> torch.Tensor:
+    """``masks[name]`` as a bool matrix view: a tensor of the weight's or the matrix view's
+    shape holding only 0/1 (or bools)."""
+    view = tuple(matrix_view(module).shape)
+    weight = tuple(module.weight.shape)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) not in (view, weight):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        fail(f"masks[{name!r}] shape", shape, "a tensor of shape " + " or ".join(
+            map(str, dict.fromkeys((view, weight)))))
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        fail(f"masks[{name!r}] values", sorted({float(v) for v in mask.unique()[:5]}),
+             "bools or 0/1")
+    return mask.reshape(view).to(torch.bool)
 
 
 def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:

@@ -391,7 +391,7 @@ def lenet():
     (torch.randn(4, 3, 8, 8), ["(4, 3, 8, 8)", "(N, 1, H, W)", "1 input channels"]),
     (torch.randn(4, 64), ["(4, 64)", "(N, 1, H, W)"]),
     (torch.zeros(0, 1, 8, 8), ["(0, 1, 8, 8)", "non-empty"]),
-    (torch.ones(4, 1, 8, 8, dtype=torch.long), ["torch.int64", "float tensor"]),
+    (torch.ones(4, 1, 8, 8, dtype=torch.long), ["torch.int64", "torch.float32 tensor"]),
 ])
 def test_calibration_batch_of_wrong_shape(lenet, batch, words):
     device, config = crossbar.DeviceModel(), crossbar.CrossbarConfig()

@@ -4,6 +4,7 @@ write the log outside the run folder."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -139,3 +140,71 @@ def test_layers_that_stay_digital_are_named():
     messages = unmapped_warnings(model)
     assert len(messages) == 3 and all("neither simulated on the chips nor costed" in m
                                       for m in messages)
+
+
+def _chip_and_model():
+    from torch import nn
+
+    from crossbar import CrossbarConfig, DeviceModel, to_crossbar
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    x = torch.randn(32, 8)
+    cfg = CrossbarConfig(output_calibration=True, adc_bits=6, dac_bits=6)
+    return model, to_crossbar(model, DeviceModel(), cfg, calibration=x), x, cfg
+
+
+def test_calibrate_outputs_refuses_a_reference_that_is_not_the_software_model():
+    """Issue 22, item 8: the chip as its own reference (silently fitted to itself), another
+    chip, a model of other shapes, a float64 model, inputs of another dtype or width, a
+    boolean batch size: each one message naming it, before any gain is changed."""
+    import copy
+
+    from torch import nn
+
+    from crossbar import calibrate_outputs, to_crossbar
+    from crossbar.device import DeviceModel
+
+    model, chip, x, cfg = _chip_and_model()
+    other_chip = to_crossbar(model, DeviceModel(), cfg, calibration=x, seed=1)
+    wider = nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3))
+    gains = [m.out_gain.clone() for m in chip.modules() if hasattr(m, "out_gain")]
+    for reference, inputs, kwargs, words in [
+            (chip, x, {}, "reference is the chip itself"),
+            (other_chip, x, {}, "is a crossbar layer (a chip, not software)"),
+            (wider, x, {}, "weight of shape (7, 8), the chip's holds [6, 8]"),
+            (copy.deepcopy(model).double(), x, {}, "reference of dtype torch.float64 is invalid"),
+            (model, x.double(), {}, "dtype torch.float64 is invalid"),
+            (model, torch.randn(32, 9), {}, "batch of shape (32, 9) does not fit the model"),
+            (model, x, {"batch_size": True}, "batch_size=True is invalid"),
+            ("abc", x, {}, "reference of type str is invalid")]:
+        with pytest.raises((ValueError, TypeError), match=re.escape(words)):
+            calibrate_outputs(chip, reference, inputs, **kwargs)
+    assert all(torch.equal(a, m.out_gain) for a, m in zip(
+        gains, [m for m in chip.modules() if hasattr(m, "out_gain")], strict=True))
+    calibrate_outputs(chip, model, x)  # the software model itself is fine
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"masks": {"0": torch.ones(5, 5, dtype=torch.bool)}},
+     "masks['0'] shape=(5, 5) is invalid; allowed: a tensor of shape (6, 8)"),
+    ({"masks": {"0": [[1]]}}, "masks['0'] shape='list' is invalid"),
+    ({"masks": {"0": torch.full((6, 8), 0.5)}}, "masks['0'] values=[0.5] is invalid"),
+    ({"masks": [1]}, "masks of type list is invalid"),
+    ({"scales": {"zz": 1.0}}, "scales key='zz' is invalid; allowed: names of mapped layers"),
+    ({"double_model": True}, "0.weight of dtype torch.float64 is invalid"),
+    ({"calibration": "double"}, "dtype torch.float64 is invalid"),
+])
+def test_to_crossbar_names_a_bad_mask_scale_or_dtype(kwargs, words):
+    """A wrong-shaped mask or a float64 model was reported as 'calibration batch does not fit
+    the model' (the mask reshape and the dtype clash ran inside the calibration's forward);
+    an unknown scales key was ignored."""
+    from crossbar import DeviceModel, to_crossbar
+
+    model, _, x, cfg = _chip_and_model()
+    if kwargs.pop("double_model", False):
+        model = model.double()
+    if kwargs.pop("calibration", None) == "double":
+        x = x.double()
+    with pytest.raises(ValueError, match=re.escape(words)):
+        to_crossbar(model, DeviceModel(), cfg, calibration=x, **kwargs)
