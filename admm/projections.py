@@ -185,7 +185,75 @@ def round_to_levels(x: Tensor, levels: Tensor) -> Tensor:
     return levels[torch.bucketize(x.contiguous(), mids)]
 
 
+EXACT_SCALE_BUDGET = 2**24
+"""Largest count of breakpoints (entries x positive levels) the exact scale sweep takes at
+once; its float64 work arrays take about 100 bytes per breakpoint (1.7 GB here). Rows are
+swept in chunks within it; a single row above it (one scale for a layer of 4096 device
+levels and 4,096+ weights, or of 16 levels and a million weights) takes
+:func:`_scanned_scale`."""
+
+
 def _best_scale(rows: Tensor, levels: Tensor, weights: Tensor) -> Tensor:
+    """The scale per row: exact (:func:`_exact_scale`, rows taken in chunks of at most
+    :data:`EXACT_SCALE_BUDGET` breakpoints), or scanned (:func:`_scanned_scale`) when one row
+    alone has more breakpoints than that."""
+    per_row = rows.shape[1] * int((levels > 0).sum())
+    if per_row > EXACT_SCALE_BUDGET:
+        return _scanned_scale(rows, levels, weights)
+    chunk = max(1, EXACT_SCALE_BUDGET // max(per_row, 1))
+    return torch.cat([_exact_scale(rows[i:i + chunk], levels, weights[i:i + chunk])
+                      for i in range(0, rows.shape[0], chunk)])
+
+
+SCAN_POINTS = 96
+"""Scales tried per row by :func:`_scanned_scale` in each of its two passes (geometric from
+1/256 of the unclipped scale to it, then evenly inside the bracket of the best), before a
+golden-section refinement."""
+
+
+def _scanned_scale(rows: Tensor, levels: Tensor, weights: Tensor) -> Tensor:
+    """The scale per row by a 1-D search, for problems too large for the exact sweep: the error
+    ``E(s) = sum imp (w - s round(w / s))^2`` at :data:`SCAN_POINTS` scales from ``s_top / 256``
+    to ``s_top = max |w| / max L`` (the smallest scale that clips nothing; a larger one only
+    coarsens the grid), again at :data:`SCAN_POINTS` inside the bracket of the best, then 30
+    golden-section steps. ``E`` is evaluated on at most 2**18 entries (every k-th,
+    deterministic); the caller refits the scale in closed form on all entries."""
+    R, N = rows.shape
+    stride = max(1, (R * N) // 2**18)
+    sub_rows, sub_w = rows[:, ::stride], weights[:, ::stride]
+    p_max = levels.max()
+    top = torch.where(weights > 0, rows.abs(), 0.0).amax(1) / p_max          # (R,)
+    if not bool((top > 0).any()):
+        return torch.ones(R, dtype=rows.dtype, device=rows.device)
+
+    def error(scale: Tensor) -> Tensor:                                        # (R,) -> (R,)
+        safe = torch.where(scale > 0, scale, 1.0)[:, None]
+        q = round_to_levels(sub_rows / safe, levels)
+        return (sub_w * (sub_rows - safe * q) ** 2).sum(1)
+
+    ratios = torch.logspace(-8, 0, SCAN_POINTS, base=2.0, dtype=rows.dtype, device=rows.device)
+    errs = torch.stack([error(top * r) for r in ratios], 1)                     # (R, P)
+    k = errs.argmin(1)
+    lo = top * ratios[(k - 1).clamp(min=0)]
+    hi = top * ratios[(k + 1).clamp(max=SCAN_POINTS - 1)]
+    fine = torch.linspace(0, 1, SCAN_POINTS, dtype=rows.dtype, device=rows.device)
+    grid = lo[:, None] + (hi - lo)[:, None] * fine                              # (R, P)
+    errs = torch.stack([error(grid[:, i]) for i in range(SCAN_POINTS)], 1)
+    k = errs.argmin(1)
+    pick = torch.gather(grid, 1, k[:, None]).squeeze(1)
+    lo = torch.gather(grid, 1, (k - 1).clamp(min=0)[:, None]).squeeze(1)
+    hi = torch.gather(grid, 1, (k + 1).clamp(max=SCAN_POINTS - 1)[:, None]).squeeze(1)
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(30):  # golden section on [lo, hi] for every row at once
+        a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+        left = error(a) <= error(b)
+        hi, lo = torch.where(left, b, hi), torch.where(left, lo, a)
+    best = (lo + hi) / 2
+    best = torch.where(error(best) <= errs.min(1).values, best, pick)
+    return torch.where(best > 0, best, torch.ones_like(best))
+
+
+def _exact_scale(rows: Tensor, levels: Tensor, weights: Tensor) -> Tensor:
     """Globally optimal scale per row of ``rows`` (float64, ``R x N``) for the set ``s * L^N``
     under the importance ``weights`` (float64, ``R x N``, ``>= 0``).
 
