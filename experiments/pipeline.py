@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from admm import CompressResult
+from admm import CompressResult, DivergenceError
 from crossbar import MappingPlan
 from crossbar.plan import unmapped_layers
 from experiments.allocation import allocation_stage
@@ -90,11 +90,19 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     (open, locked) ``run_dir``."""
     timings: dict[str, float] = {}
     p = prepare(exp, run_dir, timings)
-    exp, result, allocation = _compress(exp, p, run_dir, timings)
+    try:
+        exp, result, allocation = _compress(exp, p, run_dir, timings)
+    except DivergenceError as exc:  # a collapse measured on too few test samples says so
+        small = [w.split(":")[0] for w in p.warnings]
+        if not small:
+            raise
+        raise DivergenceError(f"{exc}; also likely: {'; '.join(small)} (too few to measure "
+                              "an accuracy)") from exc
     compressed_acc = evaluate(p.model, p.test)
     _log.info("dense accuracy %.2f%%, compressed (software) %.2f%%", p.dense_acc, compressed_acc)
-    warnings_ = collapse_warnings(p.dense_acc, compressed_acc, p.info.num_classes,
-                                  exp.compressor) + unmapped_warnings(p.model)
+    warnings_ = (p.warnings + collapse_warnings(
+        p.dense_acc, compressed_acc, p.info.num_classes, exp.compressor)
+        + unmapped_warnings(p.model))
     plan = map_stage(p.model, result.masks, exp.crossbar, p.calibration, run_dir / "plan.json",
                      exclude=p.digital)
     chips = _chips(exp, p, plan, result, run_dir, timings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,19 +48,62 @@ from experiments.train import evaluate, fit
 _log = logging.getLogger("experiments.stages")
 
 
-def check_dense(dense_acc: float, test: DataLoader, train: TrainSettings) -> None:
+def check_dense(dense_acc: float, test: DataLoader, train: TrainSettings,
+                test_key: str = "dataset.test_subset") -> None:
     """Stop before compression when pretraining (``train`` settings) left the dense model at
-    chance (a diverged learning rate, too few epochs, or a wrong ``train.checkpoint``)."""
+    chance, naming the likely causes the settings point to: a learning rate far out of the
+    usual range (too low for the weights to move, or high enough to diverge), few epochs, a
+    wrong ``train.checkpoint``, or a test set too small to measure anything."""
     floor = collapse_floor(test)
-    if dense_acc <= floor:
-        t = train
-        raise DivergenceError(
-            f"the dense model is at chance after pretraining: {dense_acc:.2f}% test accuracy "
-            f"(collapse floor {floor:.2f}%); compressing it would be meaningless. Likely "
-            f"causes: train.lr={t.lr} too high or train.epochs={t.epochs} too few"
-            + (f", or train.checkpoint={t.checkpoint!r} is not a trained model of this "
-               "dataset" if t.checkpoint else "")
-            + "; start a new run directory with other settings")
+    if dense_acc > floor:
+        return
+    raise DivergenceError(
+        f"the dense model is at chance after pretraining: {dense_acc:.2f}% test accuracy "
+        f"(collapse floor {floor:.2f}%); compressing it would be meaningless. Likely causes: "
+        + "; ".join(_dense_causes(train, len(test.dataset), test_key))
+        + "; start a new run directory with other settings")
+
+
+def _dense_causes(t: TrainSettings, n_test: int, test_key: str) -> list[str]:
+    """What in the settings can leave a dense model at chance, most likely first."""
+    causes = []
+    if t.checkpoint:
+        causes.append(f"train.checkpoint={t.checkpoint!r} is not a trained model of this "
+                      "dataset")
+    if n_test < MIN_TEST_SAMPLES:
+        causes.append(f"the test set holds only {n_test} samples ({test_key}): too few to "
+                      "measure an accuracy")
+    if t.lr < 1e-5:
+        causes.append(f"train.lr={t.lr} is too low for the weights to move")
+    elif t.lr > 0.5:
+        causes.append(f"train.lr={t.lr} is too high (training diverged)")
+    if t.epochs < 3:
+        causes.append(f"train.epochs={t.epochs} is too few")
+    if not causes:
+        causes.append(f"train.lr={t.lr} or train.epochs={t.epochs} do not suit this model and "
+                      "data")
+    return causes
+
+
+MIN_TEST_SAMPLES = 100
+"""Fewer test samples than this (each worth 1 point or more of accuracy) get a warning: the
+binomial 95 % interval of an accuracy near 90 % is then wider than +-6 points."""
+
+
+def small_test_warnings(sets: Mapping[str, int]) -> list[str]:
+    """A warning per test set (``key -> samples``) below :data:`MIN_TEST_SAMPLES`, with the
+    95 % interval half-width of an accuracy of 90 % on it (normal approximation)."""
+    out = []
+    for key, n in sets.items():
+        if n < MIN_TEST_SAMPLES:
+            half = 196.0 * math.sqrt(0.9 * 0.1 / n)
+            out.append(f"the test set of {key} holds only {n} samples: each is "
+                       f"{100.0 / n:.3g} points of accuracy and an accuracy of 90 % has a 95 % "
+                       f"interval of +-{half:.1f} points; differences smaller than that are "
+                       f"noise (raise {key} or leave it null)")
+    for message in out:
+        _log.warning(message)
+    return out
 
 
 def collapse_warnings(dense_acc: float, compressed_acc: float, num_classes: int,
@@ -212,6 +256,7 @@ class Prepared:
     calibration: torch.Tensor
     mapped: list[str]
     digital: list[str]
+    warnings: list[str]
 
 
 def prepare(exp: CompressExperiment, run_dir: Path, timings: dict) -> Prepared:
@@ -220,6 +265,10 @@ def prepare(exp: CompressExperiment, run_dir: Path, timings: dict) -> Prepared:
     device = setup_runtime(exp.runtime, exp.seed)
     with timed(timings, "data"):
         train, test, info = load_data(exp.dataset, exp.seed)
+    sets = {"dataset.test_subset": len(test.dataset)}
+    if exp.eval.test_subset is not None:
+        sets["eval.test_subset"] = min(exp.eval.test_subset, len(test.dataset))
+    warnings = small_test_warnings(sets)
     model = make_model(exp.model, info.input_shape, info.num_classes)
     model.to(device)
     mapped, digital = mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
@@ -239,7 +288,8 @@ def prepare(exp: CompressExperiment, run_dir: Path, timings: dict) -> Prepared:
               "off" if wv is None else f"tolerance {wv.tolerance_uS} uS, at most "
               f"{wv.max_pulses} pulses")
     calibration = calibration_batch(train, exp.eval.calibration_samples, device, exp.seed)
-    return Prepared(device, train, test, info, model, dense_acc, calibration, mapped, digital)
+    return Prepared(device, train, test, info, model, dense_acc, calibration, mapped, digital,
+                    warnings)
 
 
 

@@ -208,3 +208,24 @@ def test_to_crossbar_names_a_bad_mask_scale_or_dtype(kwargs, words):
         x = x.double()
     with pytest.raises(ValueError, match=re.escape(words)):
         to_crossbar(model, DeviceModel(), cfg, calibration=x, **kwargs)
+
+
+def test_collapse_messages_name_the_cause_the_settings_point_to(tmp_path):
+    """Issue 22, item 9: 'train.lr=1e-300' was blamed as 'too high'; a one-sample test set gave
+    a silent 100 % run. Now the dense check names a learning rate too low, and a test set too
+    small to measure is a warning in metrics.json naming its key (and a likely cause of any
+    collapse)."""
+    from test_experiments import TINY
+
+    from admm import DivergenceError
+    from experiments.pipeline import run_compress
+
+    with pytest.raises(DivergenceError, match=r"train\.lr=1e-300 is too low for the weights "
+                                              r"to move"):
+        run_compress(_compose([*TINY, "train.lr=1e-300"]), tmp_path / "low")
+    with pytest.raises(DivergenceError, match=r"train\.lr=8\.0 is too high"):
+        run_compress(_compose([*TINY, "train.lr=8.0"]), tmp_path / "high")
+    metrics = run_compress(_compose([*TINY, "dataset.test_subset=3",
+                                     "robustness.ablation=false"]), tmp_path / "small")
+    assert any("dataset.test_subset holds only 3 samples" in w and "+-" in w
+               for w in metrics["warnings"]), metrics["warnings"]
