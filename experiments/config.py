@@ -65,7 +65,37 @@ def to_container(cfg: DictConfig | Mapping) -> dict:
         data = dict(cfg)
     data.pop("hydra", None)
     _check_required(data, "")
+    _check_deletions(data)
     return data
+
+
+def _check_deletions(data: Mapping) -> None:
+    """A Hydra deletion (``~robustness``, ``~train.lr``) that leaves the key absent would let
+    the loader fill in the library default, so a user who meant "no robustness measures" or
+    "no learning rate" would silently get them: refused naming the key and what to set
+    instead. A deletion followed by a new value (``~study.sweeps +study.sweeps={...}``) is
+    fine."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    for override in HydraConfig.get().overrides.task:
+        if not override.startswith("~"):
+            continue
+        key = override[1:].split("=", 1)[0]
+        node: object = data
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, Mapping) else _ABSENT
+        if node is _ABSENT:
+            instead = {"robustness": "robustness=none (no spares, calibration, write-verify "
+                                     "or hardware-aware retraining)",
+                       "allocation": "allocation=null"}.get(key, f"{key}=<value> (the "
+                                                               "option files list the defaults)")
+            fail(override, "removed", f"a value: removing a key would silently give the "
+                 f"library default; set {instead}")
+
+
+_ABSENT = object()
 
 
 def _check_required(data: object, prefix: str) -> None:

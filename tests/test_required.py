@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from test_experiments import _compose
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 from torch import nn
 
 import crossbar
@@ -60,6 +62,23 @@ def test_a_job_name_that_leaves_the_run_folder_is_refused(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 1 and "hydra.job.name='../evil' is invalid" in out.stderr
     assert not (tmp_path / "evil.log").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("app, overrides, words", [
+    ("compress", ["~robustness"], "~robustness='removed' is invalid; allowed: a value: removing "
+     "a key would silently give the library default; set robustness=none"),
+    ("compress", ["~train.lr"], "set train.lr=<value>"),
+    ("compress", ["~runtime.threads"], "~runtime.threads='removed'"),
+    ("device_study", ["~study.sweeps"], "~study.sweeps='removed'"),
+])
+def test_a_removed_key_is_refused_not_defaulted(tmp_path, app, overrides, words):
+    """Issue 22, item 4: ``~robustness`` ran with the library's robustness defaults (output
+    calibration on), the opposite of what removing it suggests."""
+    out = subprocess.run([sys.executable, "-m", f"experiments.{app}", *overrides,
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 1 and words in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, words", [
