@@ -12,10 +12,10 @@ import hydra
 
 from experiments.conf_source import config_path
 from experiments.pipeline import run_compress
-from experiments.runtime import entry
+from experiments.runtime import entry, run_app
 
 main = hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(
     entry(run_compress, "report.md"))
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

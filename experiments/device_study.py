@@ -10,11 +10,11 @@ Outputs (study.csv, study.json, metrics.json, study.md, plots) go into the Hydra
 import hydra
 
 from experiments.conf_source import config_path
-from experiments.runtime import entry
+from experiments.runtime import entry, run_app
 from experiments.study import run_device_study
 
 main = hydra.main(config_path=config_path(), config_name="device_study", version_base="1.3")(
     entry(run_device_study, "study.md"))
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -174,6 +174,46 @@ def user_error(exc: BaseException) -> bool:
                                             and exc.filename is not None)
 
 
+SWEEP_FAILURES = "MEMXBAR_SWEEP_FAILURES"
+"""Environment variable naming the file where the jobs of a sweep (``-m``) record a refused
+job (:func:`run_app` sets it; joblib's workers inherit it)."""
+
+
+def record_sweep_failure(line: str) -> bool:
+    """Append a failed job's one-line error to the sweep's failure file; False when there is
+    none (the job then raises, and Hydra reports it after the sweep, as on a cluster)."""
+    path = os.environ.get(SWEEP_FAILURES)
+    if not path:
+        return False
+    try:
+        with open(path, "a") as f:  # one short write per job: appends do not interleave
+            f.write(line.replace("\n", " ") + "\n")
+    except OSError:
+        return False
+    return True
+
+
+def run_app(main: Callable[[], object]) -> None:
+    """Run a Hydra app's ``main``; after a sweep whose jobs were refused, print one line per
+    refused job (each already printed its error when it ran) and exit 1, with no traceback:
+    the other jobs ran and kept their results."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="memxbar-sweep-", suffix=".txt")
+    os.close(fd)
+    os.environ[SWEEP_FAILURES] = path
+    try:
+        main()
+        failed = Path(path).read_text().splitlines()
+    finally:
+        os.environ.pop(SWEEP_FAILURES, None)
+        Path(path).unlink(missing_ok=True)
+    if failed:
+        print(f"Error: {len(failed)} job(s) of the sweep failed (the others finished):\n  "
+              + "\n  ".join(failed), file=sys.stderr, flush=True)
+        raise SystemExit(1)
+
+
 def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[DictConfig], dict]:
     """Wrap ``run`` as a Hydra task function that prints where its report is; SIGTERM and
     Ctrl-C print how to resume (exit 143 / 130); a bad setting or file is one error message
@@ -208,8 +248,10 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
                 if user_error(exc) and os.environ.get("HYDRA_FULL_ERROR") != "1":
                     print(f"Error: {exc}\n(the run in {run_dir} stopped; set HYDRA_FULL_ERROR=1 "
                           "for the traceback)", file=sys.stderr, flush=True)
-                    if not _multirun():  # a sweep goes on with its other jobs; Hydra reports
-                        raise SystemExit(1) from None  # the failure after the last one
+                    if not _multirun():
+                        raise SystemExit(1) from None
+                    if record_sweep_failure(f"{run_dir}: {exc}"):
+                        return {}  # the sweep goes on; run_app exits 1 after the last job
                 raise
         print(f"report: {run_dir / report}")
         return metrics

@@ -291,7 +291,9 @@ def test_config_errors_are_one_message_without_a_traceback(tmp_path):
 
 def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
     """A job refused for a bad value prints its one-line error; the sweep runs its other jobs
-    (their results are kept) and exits 1 at the end."""
+    (their results are kept) and exits 1 at the end, naming the failed job once more and with
+    no Hydra traceback (issue 22, item 10: the clear error was followed by Hydra's traceback);
+    the same with the joblib launcher, whose jobs run in other processes."""
     out = subprocess.run([sys.executable, "-m", "experiments.compress", "-m",
                           "crossbar.adc_bits=24,6", *RUN, "robustness.ablation=false",
                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True,
@@ -300,6 +302,15 @@ def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
     assert "Error: crossbar/cost" in out.stderr
     assert not (tmp_path / "0").exists()  # refused before any work: no folder
     assert (tmp_path / "1" / "metrics.json").is_file()  # the next job ran to the end
+    assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr
+    assert f"Error: 1 job(s) of the sweep failed (the others finished):\n  {tmp_path / '0'}: " \
+        "crossbar/cost" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "experiments.compress", "-m",
+                          "hydra/launcher=local", "crossbar.adc_bits=24,25",
+                          f"hydra.sweep.dir={tmp_path / 'joblib'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "Error: 2 job(s) of the sweep failed" in out.stderr
 
 
 @pytest.mark.parametrize("name", ["pretrain_state.pt", "dense.pt", "admm_state.pt",
