@@ -205,6 +205,9 @@ def to_crossbar(
                          "mapping of layer name -> bool mask")
     if calibration is not None:
         check_input(calibration, *every[0], "calibration")
+    if plan is not None and not isinstance(plan, MappingPlan):
+        raise TypeError(f"plan must be a crossbar.MappingPlan (MappingPlan.load(path) reads a "
+                        f"plan.json), got {type(plan).__name__}")
     if plan is None:
         with input_errors(calibration, *every[0], "calibration"):
             plan = plan_model(model, config, masks=masks, example_input=calibration,

@@ -768,12 +768,17 @@ def _column_scale(name: str, live: torch.Tensor, scale: float | torch.Tensor | N
     if scale is None:
         value = float(live.abs().max()) or 1.0
         return torch.full((out, 1), value, dtype=live.dtype, device=live.device)
-    t = torch.as_tensor(scale, dtype=live.dtype, device=live.device)
+    allowed = f"a positive number or a tensor of {out} positive numbers (one per output)"
+    try:
+        if isinstance(scale, (str, bytes, bool)):
+            raise TypeError
+        t = torch.as_tensor(scale, dtype=live.dtype, device=live.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"scales[{name!r}]={scale!r} is invalid; allowed: {allowed}") from None
     if t.numel() == 1:
         t = t.reshape(1).expand(out)
     if t.shape != (out,) or not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
-        raise ValueError(f"scales[{name!r}]={scale!r} is invalid; allowed: a positive number or "
-                         f"a tensor of {out} positive numbers (one per output)")
+        raise ValueError(f"scales[{name!r}]={scale!r} is invalid; allowed: {allowed}")
     return t.reshape(out, 1).clone()
 
 

@@ -32,7 +32,7 @@ from hydra.utils import to_absolute_path
 
 from admm.pipeline import check_fingerprint
 from crossbar.io import atomic_write_bytes
-from experiments.guard import load_checkpoint
+from experiments.guard import CHECKPOINT_KEYS, load_checkpoint
 
 __all__ = ["CACHE_FORMAT", "cache_lock", "cached", "check_cache_dir", "reuse", "store"]
 
@@ -93,15 +93,25 @@ def check_cache_dir(cache_dir: str | None) -> None:
     named (its nearest existing ancestor a writable directory); nothing is created here."""
     if cache_dir is None:
         return
-    root = Path(to_absolute_path(cache_dir))
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     problem = None
-    if not probe.is_dir():
-        problem = f"{probe} is a file, not a directory"
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        problem = f"{probe} is not writable"
+    if not isinstance(cache_dir, str) or not cache_dir.strip() or "\0" in cache_dir:
+        problem = "not a folder name"
+    else:
+        try:
+            root = Path(to_absolute_path(cache_dir))
+            probe = root
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if root.is_symlink() and not root.exists():
+                problem = f"{root} is a link to nothing"
+            elif not probe.is_dir():
+                problem = f"{probe} is a file, not a directory"
+            elif not os.access(probe, os.W_OK | os.X_OK):
+                problem = f"{probe} is not writable"
+            elif any(len(part.encode()) > 255 for part in root.parts):
+                problem = "a part of the name is longer than a file system takes (255 bytes)"
+        except (OSError, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
     if problem:
         raise ValueError(f"runtime.cache_dir={cache_dir!r} is invalid: {problem}; allowed: a "
                          "writable directory, or null for no cache")
@@ -136,13 +146,18 @@ def cache_lock(entry: Path | None) -> Iterator[None]:
 def reuse(entry: Path | None, fp: Mapping, target: Path, what: str) -> bool:
     """Copy a verified cache ``entry`` (loadable, fingerprint ``fp``) to ``target``; True when
     it was. A bad entry is named, moved aside and left to be recomputed (False)."""
-    if entry is None or not entry.exists():
+    if entry is None or not (entry.exists() or entry.is_symlink()):
         return False
     try:
         state = load_checkpoint(entry)
         if not isinstance(state, Mapping):
             raise ValueError(f"holds a {type(state).__name__}, not a checkpoint")
-        check_fingerprint(entry, state.get("fingerprint"), fp)
+        missing = [k for k in ("fingerprint", *CHECKPOINT_KEYS.get(target.name, ("model",)))
+                   if k not in state]
+        if missing or not isinstance(state["fingerprint"], Mapping):
+            raise ValueError(f"lacks {', '.join(missing) or 'a fingerprint mapping'}: not "
+                             "written by this program's cache")
+        check_fingerprint(entry, state["fingerprint"], fp)
     except Exception as exc:  # noqa: BLE001 - any unusable entry is set aside, never used
         aside = entry.with_name(f"{entry.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
         with contextlib.suppress(OSError):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from test_experiments import _compose
-
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 from torch import nn
 
 import crossbar
 from experiments.config import load_compress_config
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("override, key", [
