@@ -344,14 +344,14 @@ def _pcm_aihwkit() -> DeviceModel:
     """PCM as aihwkit's ``PCMLikeNoiseModel`` describes it (Nandakumar et al., ICECS 2019):
     0-25 uS window; programming spread ``0.26348 + 1.9650 x - 1.1731 x^2`` uS with
     ``x = G / 25 uS``; power-law drift with the state-dependent exponent (``pcm_power_law``);
-    read noise 3.7 % of G (aihwkit's 1/f law at G = g_max, 20 s after programming; it grows at
-    lower states, which this relative model does not follow)."""
+    aihwkit's accumulated 1/f read noise law (``pcm_1f``: 3.7 % of G at g_max right after
+    programming, more at lower states and growing with ``t_inference_s``)."""
     return DeviceModel(
         g_min_uS=0.0,
         g_max_uS=25.0,
         programming={"model": "polynomial",
                      "coeffs_uS": (0.26348, 1.9650 / 25.0, -1.1731 / 25.0**2)},
-        read_noise={"model": "relative", "sigma": 0.037},
+        read_noise={"model": "pcm_1f"},
         drift={"model": "pcm_power_law"},
     )
 

@@ -387,12 +387,12 @@ class CrossbarLayer(nn.Module):
         self._tile_var = None
         if dev.active("read_noise") and self._units:
             norm = self.style.norm_uS(dev)
-            var = (dev.read_noise.std_uS(g, dev) / norm).square().sum(dim=1)
+            var = (dev.read_noise.std_uS(g, dev, self.g_uS) / norm).square().sum(dim=1)
             var = var * self.cell_mask * self.slice_factors.square()
             tile_var = [self._tile_major(self._gather(var, idx), idx).flatten(0, 1)
                         for idx in self._units]
             if g_ref is not None:  # each tile's reference column after its own outputs
-                ref_var = (dev.read_noise.std_uS(g_ref, dev) / norm).square()
+                ref_var = (dev.read_noise.std_uS(g_ref, dev, self.g_ref_uS) / norm).square()
                 tile_var = [torch.cat([v.unflatten(0, (len(idx.tiles), -1)), torch.stack(
                     [self._gather_ref(ref_var[t], idx) for t in idx.tiles])], dim=1).flatten(0, 1)
                     for v, idx in zip(tile_var, self._units, strict=True)]

@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (register the shipped models)
     gaussian,
     lognormal,
     pcm_power_law,
+    pcm_read,
     polynomial,
     polynomial_read,
     relative_read,

@@ -40,6 +40,7 @@ class DeviceModel(Protocol):
 
     g_min_uS: float
     g_max_uS: float
+    t_inference_s: float
 
     @property
     def g_range_uS(self) -> float: ...
@@ -162,7 +163,12 @@ class ReadNoiseModel(CellModel):
 
     concern: ClassVar[str] = "read_noise"
 
-    def std_uS(self, g: torch.Tensor, device: DeviceModel) -> torch.Tensor:
+    def std_uS(self, g: torch.Tensor, device: DeviceModel,
+               programmed: torch.Tensor | None = None, t_s: float | None = None
+               ) -> torch.Tensor:
+        """The std (uS) of a read of cells at ``g``: ``programmed``, their conductance right
+        after programming (default ``g``), and ``t_s``, the time since programming (default
+        ``device.t_inference_s``), for laws that change with time."""
         raise NotImplementedError
 
     @property

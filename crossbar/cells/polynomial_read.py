@@ -21,5 +21,6 @@ class PolynomialReadNoise(PolynomialSpread, ReadNoiseModel):
 
     name = "polynomial"
 
-    def std_uS(self, g: torch.Tensor, device) -> torch.Tensor:
+    def std_uS(self, g: torch.Tensor, device, programmed: torch.Tensor | None = None,
+               t_s: float | None = None) -> torch.Tensor:
         return self.sigma_uS(g.abs())

@@ -30,5 +30,6 @@ class RelativeReadNoise(ReadNoiseModel):
     def active(self) -> bool:
         return self.sigma > 0
 
-    def std_uS(self, g: torch.Tensor, device) -> torch.Tensor:
+    def std_uS(self, g: torch.Tensor, device, programmed: torch.Tensor | None = None,
+               t_s: float | None = None) -> torch.Tensor:
         return self.sigma * g.abs()

@@ -93,7 +93,7 @@ class WriteVerify:
             read = g
             if noisy_verify:
                 normal = torch.randn(target.shape, generator=gen, dtype=target.dtype)
-                read = g + averaged * read_noise.std_uS(g, device) * normal
+                read = g + averaged * read_noise.std_uS(g, device, t_s=0.0) * normal
             outside = (read - target).abs() > self.tolerance_uS
             if k == self.max_pulses - 1 or not bool(outside.any()):
                 return WriteVerifyResult(g, pulses, ~outside)
