@@ -221,3 +221,38 @@ def test_conv_layer_weights_reproduce_the_solved_arrays() -> None:
     assert torch.allclose(y, expected, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(y, nn.functional.conv2d(x, conv.weight.double(), padding=1),
                               rtol=1e-3)
+
+
+@pytest.mark.parametrize("r", [20.0, 50.0])
+def test_read_noise_through_the_wires_matches_the_network_sensitivities(r: float) -> None:
+    """Issue 21, item 4: read noise was added to the cells' conductances as if there were no
+    wires, overstating its std by up to 28 % at 50 ohm. The oracle: every cell's exact
+    sensitivity dI/dG from finite differences of the solved network, and
+    ``var(out) = sum (d out / dG)^2 var(G)`` for independent cells."""
+    from crossbar.arrays import solve_array
+
+    torch.manual_seed(0)
+    rows, cols, sigma = 16, 6, 0.05
+    config = crossbar.CrossbarConfig(tile_rows=16, tile_cols=16).with_setting("r_wire_ohm", r)
+    device = crossbar.DeviceModel(g_min_uS=1.0, g_max_uS=100.0, read_sigma=sigma)
+    layer = crossbar.to_crossbar(nn.Linear(rows, cols, bias=False), device, config).double()
+    x = torch.randn(rows, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x.repeat(6000, 1))
+    tile, g = layer.plan.tiles[0], layer.g_uS.double()
+    scale = layer.slice_factors[0, :, 0].double()
+    var = torch.zeros(cols, dtype=torch.float64)
+    for k, sign in ((0, 1.0), (1, -1.0)):  # the pair's two arrays
+        G = g[0, k][list(tile.cols)][:, list(tile.rows)].T.contiguous()
+        base = solve_array(G * 1e-6, r, r, 0.0, 0.0) * 1e6 @ x
+        for i in range(rows):
+            for j in range(cols):
+                if G[i, j] <= 0:
+                    continue
+                h = 1e-4 * float(G[i, j])
+                bumped = G.clone()
+                bumped[i, j] += h
+                d = (solve_array(bumped * 1e-6, r, r, 0.0, 0.0) * 1e6 @ x - base) / h
+                var += (sign * d / device.g_range_uS * scale) ** 2 * (sigma * G[i, j]) ** 2
+    ratio = y.std(0) / var.sqrt()
+    assert bool(((ratio > 0.92) & (ratio < 1.08)).all()), ratio
