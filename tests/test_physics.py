@@ -770,3 +770,28 @@ def test_pcm_read_noise_takes_the_programmed_state_and_the_time() -> None:
     assert abs(float(at_zero[0]) / 25.0 - 0.0368) < 5e-4  # 3.7 % at g_max, 20 s
     with pytest.raises(ValueError, match=r"read_noise\.t0_s=1e-07 is invalid"):
         Pcm1fReadNoise(t0_s=1e-7)
+
+
+def test_adc_codes_do_not_depend_on_the_batch_size() -> None:
+    """Issue 21, item 6: values exactly half-way between two ADC codes (inputs and weights on
+    their grids) came out a hair above or below it depending on the tile product's summation
+    order, which changes with the batch size: 5 of 52,224 LeNet-5 outputs were one ADC step
+    apart between a batch of 256 and batches of 1."""
+    from experiments.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 28, 28)).eval()
+    x = (torch.rand(256, 1, 28, 28) * 255).round() / 255
+    chip = crossbar.to_crossbar(model, crossbar.DeviceModel(n_levels=16),
+                                crossbar.CrossbarConfig(dac_bits=6, adc_bits=6), calibration=x)
+    outs: dict[str, list[torch.Tensor]] = {}
+    for name, module in chip.named_modules():
+        if getattr(module, "is_crossbar", False):
+            module.register_forward_hook(
+                lambda m, i, o, name=name: outs.setdefault(name, []).append(o.detach().clone()))
+    with torch.no_grad():
+        chip(x)
+        for i in range(256):
+            chip(x[i:i + 1])
+    for name, seen in outs.items():
+        assert torch.equal(seen[0], torch.cat(seen[1:])), name
