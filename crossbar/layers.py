@@ -430,7 +430,8 @@ class CrossbarLayer(nn.Module):
                 phys = block[:, k].permute(2, 1, 0).reshape(n_rows, n_cols * n_slices)
                 if ref_eff is not None:
                     phys = torch.cat([phys, g_ref[t, rows].unsqueeze(1)], dim=1)
-                eff = array.effective(phys.double() * 1e-6).T * 1e6  # [rows, bit lines] uS
+                eff = array.effective_in_tile(  # [rows, bit lines] uS
+                    phys.double() * 1e-6, self.config.tile_rows, self.config.tile_cols).T * 1e6
                 main = eff[:, :n_cols * n_slices].reshape(n_rows, n_cols, n_slices)
                 g_eff[:, k, cols.unsqueeze(1), rows.unsqueeze(0)] = main.permute(2, 1, 0).to(
                     g.dtype)

@@ -256,3 +256,58 @@ def test_read_noise_through_the_wires_matches_the_network_sensitivities(r: float
                 var += (sign * d / device.g_range_uS * scale) ** 2 * (sigma * G[i, j]) ** 2
     ratio = y.std(0) / var.sqrt()
     assert bool(((ratio > 0.92) & (ratio < 1.08)).all()), ratio
+
+
+def test_far_placement_is_the_live_block_solved_inside_the_whole_tile(tmp_path: Path) -> None:
+    """Issue 21, item 2: a partly used tile was solved as its live block alone, which is the
+    block next to the drivers and sense amplifiers (the best corner). ``placement: far`` puts it
+    in the opposite corner: the same as solving the whole padded tile (zero-conductance cells
+    elsewhere), and as ngspice on that tile; ``near`` stays the block alone, also the padded
+    tile with the block in its corner. Currents differ by up to tens of percent between them."""
+    from crossbar.arrays import build_array
+    from crossbar.arrays.solve import solve_array
+
+    torch.manual_seed(3)
+    tile_rows, tile_cols, rows, cols, r = 16, 12, 6, 5, 20.0
+    g = (torch.rand(rows, cols, dtype=torch.float64) * 99 + 1) * 1e-6
+    far = build_array({"model": "wire_resistance", "r_row_ohm": r, "r_col_ohm": r,
+                       "r_driver_ohm": 3.0, "placement": "far"})
+    near = build_array({"model": "wire_resistance", "r_row_ohm": r, "r_col_ohm": r,
+                        "r_driver_ohm": 3.0})
+    padded = torch.zeros(tile_rows, tile_cols, dtype=torch.float64)
+    padded[:rows, tile_cols - cols:] = g   # far from the sense amps (last row) and the drivers
+    whole = solve_array(padded, r, r, 3.0, 0.0)[tile_cols - cols:, :rows]
+    got = far.effective_in_tile(g, tile_rows, tile_cols)
+    assert torch.allclose(got, whole, rtol=1e-9, atol=1e-15)
+    padded = torch.zeros(tile_rows, tile_cols, dtype=torch.float64)
+    padded[tile_rows - rows:, :cols] = g
+    corner = solve_array(padded, r, r, 3.0, 0.0)[:cols, tile_rows - rows:]
+    assert torch.allclose(near.effective_in_tile(g, tile_rows, tile_cols), corner, rtol=1e-9,
+                          atol=1e-15)
+    v = torch.rand(rows, dtype=torch.float64)
+    spice_g = torch.full((tile_rows, tile_cols), 1e-15, dtype=torch.float64)  # ~open cells
+    spice_g[:rows, tile_cols - cols:] = g
+    spice_v = torch.zeros(tile_rows, dtype=torch.float64)
+    spice_v[:rows] = v
+    currents = spice_currents(tmp_path, netlist(spice_g, spice_v, r, r, 3.0, 0.0), tile_cols)
+    assert torch.allclose(got @ v, currents[tile_cols - cols:], rtol=1e-6, atol=1e-12)
+    gap = ((near.effective_in_tile(g, tile_rows, tile_cols) @ v) / (got @ v) - 1).abs().max()
+    assert float(gap) > 0.05
+
+
+def test_placement_reaches_the_layers_and_is_validated() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(20, 4, bias=False)
+    x = torch.rand(3, 20)
+    outs = {}
+    for placement in ("near", "far"):
+        config = crossbar.CrossbarConfig(tile_rows=64, tile_cols=64, array={
+            "model": "wire_resistance", "r_row_ohm": 10.0, "r_col_ohm": 10.0,
+            "placement": placement})
+        layer = crossbar.to_crossbar(lin, crossbar.DeviceModel(g_min_uS=1.0), config)
+        with torch.no_grad():
+            outs[placement] = layer(x)
+    assert float((outs["far"].abs() - outs["near"].abs()).mean()) < 0  # more IR drop far
+    with pytest.raises(ValueError, match=r"array\.placement='corner' is invalid; allowed: one "
+                                         r"of 'near', 'far'"):
+        crossbar.CrossbarConfig(array={"model": "wire_resistance", "placement": "corner"})

@@ -30,6 +30,12 @@ class ArrayModel:
         """``M [C, R]`` of an array with conductances ``g_S [R, C]``."""
         raise NotImplementedError
 
+    def effective_in_tile(self, g_S: torch.Tensor, tile_rows: int, tile_cols: int
+                          ) -> torch.Tensor:
+        """``M [C, R]`` of the live block ``g_S [R, C]`` of a physical ``tile_rows x
+        tile_cols`` array, placed as the model says (default: as :meth:`effective`)."""
+        return self.effective(g_S)
+
     @property
     def ideal(self) -> bool:
         return False
