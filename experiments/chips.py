@@ -58,8 +58,9 @@ def ideal_device(device: DeviceModel) -> DeviceModel:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation over chips (``n - 1`` in the denominator, as the
+    95 % confidence interval of the mean uses; 0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,10 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     write_json(run_dir / "metrics.json", metrics)
     write_compress_report(metrics, plan, result.history, run_dir)
     _log.info("result: dense %.2f%%, compressed %.2f%% (software), mean %.2f%% on %d chips "
-              "(std %.2f, 95 %% CI of the mean +- %.2f); %.2fx compression, area -%.1f%%, "
-              "energy -%.1f%%", p.dense_acc, compressed_acc, metrics["crossbar_accuracy_mean"],
-              exp.eval.chips, metrics["crossbar_accuracy_std"], metrics["crossbar_accuracy_ci95"],
+              "(sample std over chips %.2f, 95 %% CI of the mean +- %.2f); %.2fx compression, "
+              "area -%.1f%%, energy -%.1f%%", p.dense_acc, compressed_acc,
+              metrics["crossbar_accuracy_mean"], exp.eval.chips, metrics["crossbar_accuracy_std"],
+              metrics["crossbar_accuracy_ci95"],
               metrics["compression_ratio"], metrics["area_reduction_pct"],
               metrics["energy_reduction_pct"])
     return metrics

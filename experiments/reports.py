@@ -263,7 +263,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"| compressed (software) | {m['compressed_accuracy']:.2f} |",
         f"| compressed on ideal crossbar | {m['crossbar_ideal_accuracy']:.2f} |",
         f"| compressed on {m['chips']} programmed chips | mean {m['crossbar_accuracy_mean']:.2f}"
-        f" (std over chips {m['crossbar_accuracy_std']:.2f}; 95 % CI of the mean +- "
+        f" (sample std over chips {m['crossbar_accuracy_std']:.2f}; 95 % CI of the mean +- "
         f"{m.get('crossbar_accuracy_ci95', 0.0):.2f}; min {min(m['crossbar_accuracies']):.2f}) |",
         "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
         f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",

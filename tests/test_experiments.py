@@ -3,6 +3,7 @@ compress pipeline and device study end to end on digits, a CIFAR-shaped smoke ru
 VGG-16 / ResNet-18 configs, and collect."""
 
 import json
+import math
 import pickle
 import re
 import subprocess
@@ -226,9 +227,9 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert {(r["setting"], r["model"]) for r in rows} == {
         (s, m) for s in ("prog_sigma", "adc_bits") for m in ("dense", "compressed")}
     assert all(r["chips"] == 2 for r in rows)
-    for r in rows:  # 95 % CI of the mean of 2 chips: t(0.975, 1) * stdev / sqrt(2), and the
-        # sample stdev of 2 values is sqrt(2) x their population std ("std")
-        assert r["ci95"] == pytest.approx(12.7062 * r["std"], rel=1e-4)
+    for r in rows:  # 95 % CI of the mean of 2 chips: t(0.975, 1) * stdev / sqrt(2), with
+        # "std" the sample stdev over chips (n - 1), the one the CI uses
+        assert r["ci95"] == pytest.approx(12.7062 / math.sqrt(2) * r["std"], rel=1e-4)
     for name in ("study.csv", "study.json", "study.md", "study_prog_sigma.png",
                  "study_prog_sigma.pdf", "study_adc_bits.png", "study_adc_bits_chips.png",
                  "study_adc_bits_chips.pdf", "grid_prog_sigma_adc_bits.png",
