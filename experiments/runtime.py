@@ -193,12 +193,36 @@ def record_sweep_failure(line: str) -> bool:
     return True
 
 
+def bad_output_dir(value: str) -> str | None:
+    """What stops Hydra from making the output folder ``value`` (checked before Hydra tries, as
+    its own error is a traceback), or None."""
+    path = Path(value).expanduser()
+    if any(len(part.encode()) > 255 for part in path.parts):
+        return "a part of the name is longer than a file system takes (255 bytes)"
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a link to nothing"
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, not a folder"
+    return None
+
+
 def run_app(main: Callable[[], object]) -> None:
     """Run a Hydra app's ``main``; after a sweep whose jobs were refused, print one line per
     refused job (each already printed its error when it ran) and exit 1, with no traceback:
     the other jobs ran and kept their results."""
     import tempfile
 
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            problem = bad_output_dir(value)
+            if problem:
+                print(f"Error: {key}={value!r} is invalid: {problem}; allowed: a new or existing "
+                      "folder", file=sys.stderr, flush=True)
+                raise SystemExit(1)
     fd, path = tempfile.mkstemp(prefix="memxbar-sweep-", suffix=".txt")
     os.close(fd)
     os.environ[SWEEP_FAILURES] = path
