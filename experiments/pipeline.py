@@ -114,11 +114,11 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     write_compress_report(metrics, plan, result.history, run_dir)
     _log.info("result: dense %.2f%%, compressed %.2f%% (software), mean %.2f%% on %d chips "
               "(sample std over chips %.2f, 95 %% CI of the mean +- %.2f); %.2fx compression, "
-              "area -%.1f%%, energy -%.1f%%", p.dense_acc, compressed_acc,
+              "area %+.1f%%, energy %+.1f%% vs the dense baseline", p.dense_acc, compressed_acc,
               metrics["crossbar_accuracy_mean"], exp.eval.chips, metrics["crossbar_accuracy_std"],
               metrics["crossbar_accuracy_ci95"],
-              metrics["compression_ratio"], metrics["area_reduction_pct"],
-              metrics["energy_reduction_pct"])
+              metrics["compression_ratio"], -metrics["area_reduction_pct"],
+              -metrics["energy_reduction_pct"])
     return metrics
 
 
@@ -205,6 +205,7 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
         "power_mW": comp["power_mW"], "baseline_area_mm2": base["area_mm2"],
         "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
         "cost_baseline": cost["baseline_description"],
+        "cost_attribution": cost.get("attribution"),
         **{k: v for k, v in cost["reduction"].items()
            if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,

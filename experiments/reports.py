@@ -196,6 +196,22 @@ def _plot_ablation(metrics: dict, run_dir: Path) -> None:
     write_png(run_dir / "robustness_ablation.png", fig)
 
 
+def attribution_markdown(steps: list[dict] | None) -> list[str]:
+    """Where the cost reduction comes from: the baseline reached step by step to the design
+    (``crossbar.cost.attribution``), as report.md lines."""
+    if not steps:
+        return []
+    lines = ["", "Where the reduction comes from (one change per step, each with the earlier "
+             "ones applied; changes in percent of the baseline):", "",
+             "| step | change | tiles | area (mm2) | area change | energy (nJ) | energy change |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for s in steps:
+        lines.append(f"| {s['step']} | {s['change']} | {s['tiles']} | {s['area_mm2']:.4g} | "
+                     f"{s['area_change_pct']:+.1f}% | {s['energy_nJ']:.4g} | "
+                     f"{s['energy_change_pct']:+.1f}% |")
+    return lines
+
+
 def robustness_markdown(m: dict) -> list[str]:
     """report.md's robustness section: the steps used and the ablation."""
     rob = m.get("robustness")
@@ -283,6 +299,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
                      f"{fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% |")
     prog = m["programming"]
     lines += ["", f"Baseline: {m['cost_baseline']}." if "cost_baseline" in m else "",
+              *attribution_markdown(m.get("cost_attribution")),
               "", "Full cost report: [cost/report.md](cost/report.md).", "",
               "## Programming a chip (mean over chips)", "",
               f"- {prog['cells']:.0f} cells, " + (

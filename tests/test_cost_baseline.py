@@ -220,3 +220,42 @@ def test_isaac_dac_is_a_drive_plus_a_bounded_capacitive_core():
     # an 8-bit drive costs less than 8 one-bit drives (the bit-serial stream it replaces)
     assert isaac.get("dac", bits=8).energy_J < 8 * one.energy_J
     assert isaac.get("dac", bits=8).energy_J == pytest.approx(1.953125e-12, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- attribution
+@pytest.mark.parametrize("cfg", DESIGNS)
+def test_the_reduction_is_attributed_step_by_step_and_adds_up(cfg):
+    """Issue 23: "reduction vs dense" lumped weight precision, pruning, converter bits and the
+    spares/calibration overheads. The attribution reaches the design from the baseline one
+    change at a time: its first step is the baseline's cost, its last the design's, and the
+    steps' changes add up to the total reduction."""
+    from crossbar.cost import ATTRIBUTION_STEPS, attribution
+
+    plan = _plan(cfg)
+    est = estimate(plan, cfg, CostConfig())
+    steps = attribution(plan, cfg, CostConfig())
+    assert [s["step"] for s in steps] == [name for name, _ in ATTRIBUTION_STEPS]
+    assert steps[0]["area_mm2"] == pytest.approx(est.baseline.total_area_mm2)
+    assert steps[0]["energy_nJ"] == pytest.approx(est.baseline.total_energy_nJ)
+    assert steps[-1]["area_mm2"] == pytest.approx(est.compressed.total_area_mm2)
+    assert steps[-1]["energy_nJ"] == pytest.approx(est.compressed.total_energy_nJ)
+    for key in ("area", "energy"):
+        total = sum(s[f"{key}_change_pct"] for s in steps)
+        assert total == pytest.approx(-est.reduction[f"{key}_reduction_pct"], abs=1e-9)
+    assert est.to_dict()["attribution"] == steps
+    if not (cfg.spare_rows or cfg.spare_cols or cfg.output_calibration):
+        assert steps[-1]["area_change_pct"] == 0 and steps[-1]["energy_change_pct"] == 0
+
+
+def test_a_dense_design_at_baseline_precision_attributes_nothing_to_pruning():
+    """A dense, unpruned design with the baseline's weights and converters changes nothing but
+    what its converters and precision differ in; its pruning step is zero."""
+    from crossbar.cost import attribution, baseline_config
+
+    cfg = baseline_config(BASE, CostConfig())
+    dense = MappingPlan({"fc": plan_layer("fc", "linear", torch.ones(10, 300, dtype=torch.bool),
+                                          cfg, mvms_per_sample=1)})
+    steps = {s["step"]: s for s in attribution(dense, cfg, CostConfig())}
+    for name in ("weight precision", "pruning", "converters", "spares and calibration"):
+        assert steps[name]["area_change_pct"] == pytest.approx(0.0, abs=1e-12), name
+        assert steps[name]["energy_change_pct"] == pytest.approx(0.0, abs=1e-12), name

@@ -188,6 +188,11 @@ def test_compress_outputs(digits_run):
     report = (run_dir / "report.md").read_text()
     assert "compression" in report.lower() and "chip_accuracy.png" in report
     assert "Array model: ideal (no wire resistance)." in report
+    steps = metrics["cost_attribution"]  # issue 23: where the reduction comes from
+    assert [s["step"] for s in steps][:3] == ["baseline", "weight precision", "pruning"]
+    assert sum(s["area_change_pct"] for s in steps) == pytest.approx(
+        -metrics["area_reduction_pct"], abs=1e-6)
+    assert "| pruning | the design's pruned plan" in report
 
 
 def test_wires_option_reevaluates_a_finished_run(tmp_path, caplog):
