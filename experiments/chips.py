@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ from crossbar import (
     to_crossbar,
 )
 from crossbar.convert import crossbar_modules
+from experiments.estimators import mean_sd
 from experiments.plots import ci95
 from experiments.settings import RobustnessSettings
 from experiments.train import evaluate
@@ -57,10 +57,8 @@ def ideal_device(device: DeviceModel) -> DeviceModel:
                         write_verify=None, t_inference_s=0.0)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over chips (``n - 1`` in the denominator, as the
-    95 % confidence interval of the mean uses; 0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+mean_std = mean_sd
+"""Mean and sample standard deviation over chips (``experiments.estimators.mean_sd``)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import statistics
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ from crossbar import style  # noqa: E402
 from crossbar.io import atomic_write_bytes  # noqa: E402
 
 style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs (crossbar/style.py)
+
+from experiments.estimators import ci95  # noqa: E402  (re-exported: one estimator)
 
 __all__ = ["axis_label", "ci95", "plt", "write_png"]
 
@@ -105,17 +106,6 @@ def axis_label(key: str) -> str:
 
 def is_integer(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in INTEGER
-
-
-def ci95(values: Sequence[float]) -> float:
-    """Half width of the 95 % confidence interval of the mean (Student's t; 0 for one
-    value)."""
-    if len(values) < 2:
-        return 0.0
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values)
-                 / math.sqrt(len(values)))
 
 
 def write_png(path: Path, fig) -> None:
