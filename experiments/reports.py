@@ -118,6 +118,12 @@ def plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[st
     for y, label, style in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
                             (metrics["dense_accuracy"], "dense (software)", ":")):
         ax.axhline(y, color="k", linestyle=style, label=label)
+    chip_yield = metrics.get("yield")
+    if chip_yield:
+        ax.axhline(chip_yield["min_accuracy"], color="C3", linestyle="-.",
+                   label=f"spec >= {chip_yield['min_accuracy']:.2f} %: yield "
+                   f"{chip_yield['yield_pct']:.0f} % (95 % CI {chip_yield['ci_low_pct']:.0f}-"
+                   f"{chip_yield['ci_high_pct']:.0f} %)")
     ax.set_xlabel("programmed chip")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
@@ -194,6 +200,22 @@ def _plot_ablation(metrics: dict, run_dir: Path) -> None:
     ax.legend(fontsize=7)
     caption(fig, metrics.get("settings_caption", ""))
     write_png(run_dir / "robustness_ablation.png", fig)
+
+
+def yield_markdown(y: dict | None) -> list[str]:
+    """The chips that meet the specification (``experiments.estimators.chip_yield``)."""
+    if not y:
+        return []
+    q = y["quantiles"]
+    return ["## Yield", "",
+            f"- specification: {y['spec']}",
+            f"- **{y['passed']} of {y['chips']} chips pass: yield {y['yield_pct']:.1f} %** "
+            f"(Clopper-Pearson {100 * y['level']:.0f} % interval {y['ci_low_pct']:.1f}-"
+            f"{y['ci_high_pct']:.1f} %)",
+            f"- worst chip {y['worst']:.2f} %; chip accuracy quantiles: 1 % {q['q01']:.2f}, "
+            f"5 % {q['q05']:.2f}, 50 % {q['q50']:.2f}",
+            f"- chips for an interval 10 points wide at this yield: "
+            f"{y['chips_for_10_points']}", ""]
 
 
 def attribution_markdown(steps: list[dict] | None) -> list[str]:
@@ -283,6 +305,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"{m.get('crossbar_accuracy_ci95', 0.0):.2f}; min {min(m['crossbar_accuracies']):.2f}) |",
         "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
         f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",
+        *yield_markdown(m.get("yield")),
         *robustness_markdown(m),
         "## Compression", "",
         f"- weights: {m['dense_weights']} dense, {m['mapped_weights']} on live crossbar rows "
