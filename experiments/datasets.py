@@ -42,6 +42,7 @@ __all__ = [
     "NUM_CLASSES",
     "ChecksumError",
     "DatasetInfo",
+    "check_files",
     "PassSampler",
     "load_cifar10",
     "load_dataset",
@@ -106,6 +107,8 @@ _DIGITS_SPLIT_SEED = 0
 _DIGITS_TEST_FRACTION = 0.2
 
 _verified: set[tuple[str, int, int, str]] = set()
+_checked: set[tuple] = set()
+"""Files ``check_files`` found good, by (name, verify, each file's path, size and mtime)."""
 
 
 class ChecksumError(ValueError):
@@ -223,43 +226,88 @@ def _load_idx_dataset(
     dataset: str, data_dir: Path, verify: bool
 ) -> tuple[TensorDataset, TensorDataset]:
     """Read the four IDX files of ``dataset`` ("mnist" or "fashion_mnist") from ``data_dir``."""
-    splits = []
-    for split in ("train", "t10k"):
-        arrays = []
-        for kind, magic in (("images-idx3", IDX_IMAGES_MAGIC), ("labels-idx1", IDX_LABELS_MAGIC)):
-            raw_name = f"{split}-{kind}-ubyte"
-            algorithm, digest = CHECKSUMS[dataset][f"{raw_name}.gz"]
-            gz_path, raw_path = data_dir / f"{raw_name}.gz", data_dir / raw_name
-            if gz_path.is_file():
-                path = gz_path
-                if verify:
-                    verify_checksum(path, algorithm, digest)
-            elif raw_path.is_file():
-                path = raw_path
-            else:
-                raise FileNotFoundError(
-                    f"{dataset}: neither '{raw_name}.gz' nor '{raw_name}' found in {data_dir}. "
-                    f"Put the official '{raw_name}.gz' ({algorithm} {digest}) there, or point "
-                    "dataset.data_dir (env MEMXBAR_DATA) at the folder holding it."
-                )
-            array = read_idx(path, magic)
-            if verify and (
-                len(array) != _OFFICIAL_COUNTS[split] or array.shape[1:] not in ((), (28, 28))
-            ):
-                raise ValueError(
-                    f"{path}: shape {array.shape} differs from the official "
-                    f"({_OFFICIAL_COUNTS[split]}{', 28, 28' if array.ndim == 3 else ''})"
-                )
-            arrays.append((array, path))
-        (images, image_path), (labels, label_path) = arrays
-        if len(images) != len(labels):
-            raise ValueError(
-                f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} "
-                "labels"
+    train, test = (_tensor_dataset(images[:, None], labels, _STATS[dataset])
+                   for images, labels in (_idx_split(dataset, data_dir, split, verify)
+                                          for split in ("train", "t10k")))
+    return train, test
+
+
+def _idx_split(dataset: str, data_dir: Path, split: str, verify: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images (N, 28, 28) and labels (N,) of one split, every file checked: present,
+    official checksum and sample count (``verify``), IDX format, 28 x 28 images, at least one
+    sample, as many labels as images, labels 0..9."""
+    arrays = []
+    for kind, magic in (("images-idx3", IDX_IMAGES_MAGIC), ("labels-idx1", IDX_LABELS_MAGIC)):
+        raw_name = f"{split}-{kind}-ubyte"
+        algorithm, digest = CHECKSUMS[dataset][f"{raw_name}.gz"]
+        gz_path, raw_path = data_dir / f"{raw_name}.gz", data_dir / raw_name
+        if gz_path.is_file():
+            path = gz_path
+            if verify:
+                verify_checksum(path, algorithm, digest)
+        elif raw_path.is_file():
+            path = raw_path
+        else:
+            raise FileNotFoundError(
+                f"{dataset}: neither '{raw_name}.gz' nor '{raw_name}' found in {data_dir}. "
+                f"Put the official '{raw_name}.gz' ({algorithm} {digest}) there, or point "
+                "dataset.data_dir (env MEMXBAR_DATA) at the folder holding it."
             )
-        _check_labels(labels, NUM_CLASSES, label_path)
-        splits.append(_tensor_dataset(images[:, None], labels, _STATS[dataset]))
-    return splits[0], splits[1]
+        array = read_idx(path, magic)
+        if (verify and len(array) != _OFFICIAL_COUNTS[split]) or array.shape[1:] not in (
+                (), (28, 28)):
+            count = _OFFICIAL_COUNTS[split] if verify else "N"
+            raise ValueError(
+                f"{path}: shape {array.shape} differs from the "
+                f"{'official' if verify else 'expected'} ({count}"
+                f"{', 28, 28' if magic == IDX_IMAGES_MAGIC else ''})"
+            )
+        if len(array) == 0:
+            which = "train" if split == "train" else "test"
+            raise ValueError(f"{path} holds no samples: the {which} split has no samples")
+        arrays.append((array, path))
+    (images, image_path), (labels, label_path) = arrays
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{image_path} holds {len(images)} images but {label_path} holds {len(labels)} "
+            "labels"
+        )
+    _check_labels(labels, NUM_CLASSES, label_path)
+    return images, labels
+
+
+def check_files(name: str, data_dir: str | os.PathLike[str], verify: bool = True) -> None:
+    """The files ``load_dataset(name, data_dir, verify)`` reads, checked before any work,
+    every check the loader makes (an IDX split or a CIFAR-10 batch once per process and
+    file version, like the checksums; a CIFAR-10 tarball is extracted as the loader would).
+    Raises what the loader would, naming the file."""
+    if name not in DATASETS or name == "digits":
+        return
+    root = resolve_data_dir(data_dir)
+    if name == "cifar10":
+        folder, tarball = root / "cifar-10-batches-py", root / "cifar-10-python.tar.gz"
+        if not folder.is_dir() and tarball.is_file():
+            _extract_cifar_tarball(tarball, root, verify)
+        checks = [((folder / batch,), functools.partial(_read_cifar_batch, folder / batch,
+                                                         verify))
+                  for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]]
+    else:
+        checks = []
+        for split in ("train", "t10k"):
+            names = [f"{split}-{kind}-ubyte" for kind in ("images-idx3", "labels-idx1")]
+            if verify and all((root / f"{n}.gz").is_file() for n in names):
+                for n in names:  # the official files: their checksums say it all
+                    verify_checksum(root / f"{n}.gz", *CHECKSUMS[name][f"{n}.gz"])
+                continue
+            checks.append((tuple(root / f"{n}{gz}" for n in names for gz in (".gz", "")),
+                           functools.partial(_idx_split, name, root, split, verify)))
+    for paths, check in checks:
+        key = (name, verify) + tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                     for p in paths if p.is_file())
+        if key not in _checked:
+            check()
+            _checked.add(key)
 
 
 def load_mnist(
@@ -305,12 +353,17 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _extract_cifar_tarball(tarball: Path, data_dir: Path, verify: bool) -> None:
     if verify:
         verify_checksum(tarball, *CHECKSUMS["cifar10"][tarball.name])
-    with tarfile.open(tarball, "r:gz") as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith("cifar-10-batches-py/")]
-        for member in members:
-            if not (member.isfile() or member.isdir()) or ".." in Path(member.name).parts:
-                raise ValueError(f"{tarball}: unexpected member {member.name!r}")
-        tar.extractall(data_dir, members=members)  # noqa: S202 - members checked above
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            members = [m for m in tar.getmembers()
+                       if m.name.startswith("cifar-10-batches-py/")]
+            for member in members:
+                if not (member.isfile() or member.isdir()) or ".." in Path(member.name).parts:
+                    raise ValueError(f"{tarball}: unexpected member {member.name!r}")
+            tar.extractall(data_dir, members=members)  # noqa: S202 - members checked above
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise ValueError(f"{tarball}: cannot be extracted ({exc}); truncated or corrupt "
+                         "file: replace it with the official cifar-10-python.tar.gz") from exc
 
 
 def _read_cifar_batch(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+import yaml
+from hydra.utils import to_absolute_path
 from torch import nn
 
 from admm import CheckpointMismatchError
@@ -50,7 +52,9 @@ from admm.pipeline import (
 )
 from crossbar.io import TEMP_SUFFIX
 from experiments.compressors.settings import RETRAINING, AdmmSettings
-from experiments.settings import CompressExperiment
+from experiments.data import data_shape
+from experiments.models import build_model
+from experiments.settings import CompressExperiment, DatasetSettings, ModelSettings
 
 __all__ = [
     "CHECKPOINTS",
@@ -58,7 +62,10 @@ __all__ = [
     "Terminated",
     "RunLockedError",
     "check_constraints_fit",
+    "check_dense_checkpoint",
+    "check_record",
     "check_resume",
+    "check_weights",
     "check_run_dir",
     "clean_stale_temporaries",
     "open_run",
@@ -66,6 +73,7 @@ __all__ = [
     "dense_state",
     "fingerprint",
     "load_checkpoint",
+    "meta_model",
     "restore_dense",
     "sigterm_as_exit",
 ]
@@ -73,10 +81,15 @@ __all__ = [
 CHECKPOINTS = ("pretrain_state.pt", "dense.pt", "admm_state.pt", "compressed.pt")
 """Checkpoints of a compress run, in pipeline order."""
 
-CHECKPOINT_KEYS = {"pretrain_state.pt": ("model", "optimizer"), "dense.pt": ("model",),
-                   "admm_state.pt": ("model", "stage"),
+CHECKPOINT_KEYS = {"pretrain_state.pt": ("model", "optimizer", "schedule", "history", "rng",
+                                         "loader_rng"),
+                   "dense.pt": ("model",),
+                   "admm_state.pt": ("model", "stage", "epoch", "steps_since_update", "loss_sum",
+                                     "loss_count", "masks", "scales", "history", "admm",
+                                     "optimizer", "rng"),
                    "compressed.pt": ("model", "masks", "scales", "history")}
-"""Entries each checkpoint holds besides its fingerprint (a resume checks them first)."""
+"""Entries each checkpoint holds besides its fingerprint, all that a resume reads from it
+(checked before any work: a half-made checkpoint is named, not a ``KeyError`` mid-run)."""
 
 DENSE_KEYS = ("seed", "model", "dataset", "train")
 """Config sections the dense model depends on (fingerprint of pretrain_state.pt, dense.pt)."""
@@ -145,9 +158,13 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                          "checkpoint); allowed: hydra.run.dir=<the interrupted run's directory>")
 
 
-def check_resume(run_dir: Path, exp: CompressExperiment) -> None:
+def check_resume(run_dir: Path, exp: CompressExperiment, model: nn.Module | None = None
+                 ) -> None:
     """``resume=true``: every checkpoint in ``run_dir`` was written with the settings it
-    depends on (dense: :data:`DENSE_KEYS`; compression: :func:`fingerprint`), checked before
+    depends on (dense: :data:`DENSE_KEYS`; compression: :func:`fingerprint`), holds every
+    entry a resume reads (:data:`CHECKPOINT_KEYS`) and, given the run's ``model`` (on the meta
+    device), finite weights of that model (:func:`check_weights`); and the folder's
+    ``config.yaml`` was written with the same settings (:func:`check_record`). Checked before
     anything is written; a mismatch names the file and the differing keys. A dense checkpoint
     loaded from ``train.checkpoint`` is not this run's, so only the compression ones are
     compared then."""
@@ -174,6 +191,105 @@ def check_resume(run_dir: Path, exp: CompressExperiment) -> None:
                                           "pipeline; allowed: the run's own checkpoint (or "
                                           "move the file away and resume from the one before)")
         check_fingerprint(path, state.get("fingerprint"), fp)
+        if model is not None:
+            check_weights(path, state["model"], model)
+    check_record(run_dir, exp.raw, fingerprint(exp))
+
+
+def check_record(run_dir: Path, raw: Mapping, sections: Iterable[str]) -> None:
+    """``resume=true``: the folder's ``config.yaml`` (the settings its run started with)
+    agrees with this run's resolved config ``raw`` on every section the results depend on
+    (``sections``: those of :func:`fingerprint`; of ``robustness`` the keys the compression
+    reads), so a folder holding another run's results (its checkpoints gone) is not
+    overwritten with this one's; an unreadable record is refused too."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is unreadable ({first}); allowed: the config.yaml the run "
+                         "wrote (move the file away to resume from the checkpoints alone)"
+                         ) from None
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{path} holds a {type(saved).__name__}, not a config; allowed: the "
+                         "config.yaml the run wrote")
+    names = list(sections)
+    ours, theirs = ({k: d.get(k, "<unset>") for k in names} for d in (raw, saved))
+    if "robustness" in names:  # only the keys the compression reads
+        for fp, d in ((ours, raw), (theirs, saved)):
+            rob = d.get("robustness") if isinstance(d.get("robustness"), Mapping) else {}
+            fp["robustness"] = {k: rob.get(k) for k in TRAINING_ROBUSTNESS}
+    a, b = _flat(theirs), _flat(ours)
+    diff = [f"{k}={a.get(k, '<unset>')!r} there, {b.get(k, '<unset>')!r} now"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    if diff:
+        raise CheckpointMismatchError(
+            f"{path}: the run in this folder was started with other settings "
+            f"({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); allowed: resume with "
+            "its settings, or a new hydra.run.dir for these")
+
+
+def _flat(data: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(data, Mapping):
+        return {prefix.rstrip("."): data}
+    return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.")
+            .items()}
+
+
+def meta_model(model: ModelSettings, dataset: DatasetSettings) -> nn.Module:
+    """The run's model on the meta device (names and shapes: no memory, no compute), for
+    checking the checkpoints a run reads before any work."""
+    shape, classes = data_shape(dataset)
+    with torch.device("meta"):
+        return build_model(model.name, input_shape=shape, target=model.target,
+                           data_classes=classes, **model.kwargs)
+
+
+def check_weights(source: object, weights: object, model: nn.Module) -> None:
+    """A checkpoint's ``weights`` (``source`` names it) are a state dict of ``model`` (the
+    same names and shapes; floating point where the model's are) holding finite values;
+    else one :class:`CheckpointMismatchError`. ``model`` may live on the meta device."""
+    if not isinstance(weights, Mapping):
+        raise CheckpointMismatchError(f"{source}: holds a {type(weights).__name__}, not a state "
+                                      f"dict of {type(model).__name__}; allowed: the model's "
+                                      "weights (a state dict, or a mapping with 'model')")
+    own = model.state_dict()
+    odd = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k}: {tuple(weights[k].shape)} in the checkpoint, {tuple(v.shape)} in the "
+              "model" for k, v in own.items()
+              if isinstance(weights.get(k), torch.Tensor) and weights[k].shape != v.shape]
+    if odd or missing or unexpected or shapes:
+        parts = [f"{label} {items[:3]}{' ...' if len(items) > 3 else ''}"
+                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                      ("shape mismatch", shapes), ("not tensors", odd)) if items]
+        raise CheckpointMismatchError(f"{source}: holds the weights of another model, not this "
+                                      f"{type(model).__name__}: " + "; ".join(parts))
+    for k, v in own.items():
+        if v.is_floating_point() and not weights[k].is_floating_point():
+            raise CheckpointMismatchError(f"{source}: {k} holds {weights[k].dtype} values, the "
+                                          f"model's are {v.dtype}; allowed: floating-point "
+                                          "weights (as torch.save wrote the model's)")
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointMismatchError(f"{source}: {bad[0]} holds NaN/Inf ({len(bad)} tensor(s) "
+                                      "affected: a diverged or corrupt model); allowed: finite "
+                                      "weights")
+
+
+def check_dense_checkpoint(given: str, model: nn.Module) -> None:
+    """``train.checkpoint`` (``given``, relative to the start directory) before any work:
+    readable, and finite weights of ``model`` (a state dict or ``{"model": ...}``)."""
+    path = Path(to_absolute_path(given))
+    try:
+        state = load_checkpoint(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"train.checkpoint={given!r}: {exc}") from None
+    weights = state["model"] if isinstance(state, Mapping) and "model" in state else state
+    check_weights(f"train.checkpoint={given!r} ({path})", weights, model)
 
 
 def searched(fp: Mapping | None) -> Mapping | None:
@@ -279,17 +395,21 @@ class RunLock:
 
 @contextlib.contextmanager
 def open_run(run_dir: Path, exp: CompressExperiment, accept) -> Iterator[None]:
-    """Lock ``run_dir``, check it (:func:`check_run_dir`, and :func:`check_resume` for
-    ``resume=true``) before anything in it is written, then remove stale temporaries and call
-    ``accept()`` (which writes config.yaml and .hydra/). A refused run leaves the folder as it
-    was."""
+    """Check the dense checkpoint the run loads (``train.checkpoint``:
+    :func:`check_dense_checkpoint`), lock ``run_dir``, check it (:func:`check_run_dir`, and
+    :func:`check_resume` for ``resume=true``) before anything in it is written, then remove
+    stale temporaries and call ``accept()`` (which writes config.yaml and .hydra/). A refused
+    run leaves the folder as it was."""
+    model = meta_model(exp.model, exp.dataset)
+    if exp.train.checkpoint:
+        check_dense_checkpoint(exp.train.checkpoint, model)
     accepted = False
     try:
         with run_lock(run_dir) as lock:
             try:
                 check_run_dir(run_dir, exp.resume)
                 if exp.resume:
-                    check_resume(run_dir, exp)
+                    check_resume(run_dir, exp, model)
                 clean_stale_temporaries(run_dir)
                 accept()
                 lock.claim()
@@ -338,6 +458,8 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     """``torch.load(path, weights_only=True)``; a missing, truncated or foreign file fails with
     one ``ValueError`` naming it (``FileNotFoundError`` for a missing one)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory; allowed: a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -325,7 +325,7 @@ class StudySettings:
     ``layer_sensitivity``: also evaluate the compressed model with only one mapped layer at a
     time on the base device and the others on its ideal version."""
 
-    sweeps: dict
+    sweeps: dict = field(default_factory=dict)
     source: str | None = None
     models: list[str] = field(default_factory=lambda: ["dense", "compressed"])
     grids: list = field(default_factory=list)
@@ -341,6 +341,9 @@ class StudySettings:
         for m in self.models:
             if m not in ("dense", "compressed"):
                 fail("models", self.models, "a list of 'dense' and/or 'compressed'")
+        if len(set(self.models)) < len(self.models):
+            fail("models", self.models, "each of 'dense' and 'compressed' at most once (a "
+                 "model twice would be evaluated and plotted twice)")
         for i, grid in enumerate(self.grids):
             if not isinstance(grid, dict) or len(grid) != 2:
                 fail(f"grids[{i}]", grid, "a mapping of exactly two settings to their values, "
@@ -357,6 +360,10 @@ def _check_axis(name: str, key: object, values: object) -> None:
               "write_verify.tolerance_uS, array.r_sense_ohm, robustness.placement)")
     if not isinstance(values, list) or not values:
         fail(name, values, "a non-empty list of values")
+    twice = [v for i, v in enumerate(values) if v in values[:i]]
+    if twice:
+        fail(name, values, f"a list of distinct values ({twice[0]!r} is there twice: its point "
+             "would be evaluated and plotted twice)")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +33,15 @@ from experiments.compressors.admm import compress_stage
 from experiments.compressors.registry import compress_inputs
 from experiments.config import load_study_config
 from experiments.data import calibration_batch, crossbar_test_loader
-from experiments.guard import DENSE_KEYS, fingerprint, load_checkpoint, open_run
+from experiments.guard import (
+    CHECKPOINT_KEYS,
+    DENSE_KEYS,
+    check_weights,
+    fingerprint,
+    load_checkpoint,
+    meta_model,
+    open_run,
+)
 from experiments.plots import ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import accept_run, environment, timed, write_json
@@ -50,6 +59,10 @@ def apply_setting(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSett
     crossbar config)."""
     try:
         if key == "sa_rate":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"sa_rate={value!r} is invalid; allowed: a number in [0, 1] "
+                                 "(the total stuck-at rate, split evenly over SA0 and SA1)")
             return device.with_(sa0_rate=value / 2, sa1_rate=value / 2), xbar, rob
         head, _, field_ = key.partition(".")
         if head == "robustness":
@@ -57,8 +70,13 @@ def apply_setting(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSett
                 raise ValueError(f"{value!r} is not sweepable here; allowed: repair and "
                                  "calibration steps (hardware_aware changes the compressed "
                                  "model: compare two compress runs)")
-            if field_ not in {f.name for f in dataclasses.fields(RobustnessSettings)}:
-                raise ValueError(f"{value!r}: robustness has no field {field_!r}")
+            fields = [f.name for f in dataclasses.fields(RobustnessSettings)]
+            if field_ not in fields:
+                raise ValueError(f"{value!r}: robustness has no field {field_!r}; allowed: "
+                                 "robustness." + ", robustness.".join(
+                                     f for f in fields if f not in ("hardware_aware",
+                                                                     "ablation",
+                                                                     "ablation_chips")))
             new = dataclasses.replace(rob, **{field_: value})
             if new.write_verify is None and rob.write_verify is not None:
                 device = device.with_(write_verify=None)
@@ -84,6 +102,19 @@ def study_settings(device: DeviceModel, xbar: CrossbarConfig, rob: RobustnessSet
     return state
 
 
+def check_axes(base: tuple[DeviceModel, CrossbarConfig, RobustnessSettings],
+               keys: Sequence[str], values: Sequence) -> None:
+    """A grid point's second setting must not overwrite its first (two names of one setting,
+    e.g. ``prog_sigma`` and ``programming.sigma``): the heat map would show the second alone
+    along both axes."""
+    (xk, yk), (xv, yv) = keys, values
+    if study_settings(*base, xk, xv) != base and \
+            study_settings(*base, keys, values) == study_settings(*base, yk, yv):
+        raise ValueError(f"study.grids point {{{xk}: {xv!r}, {yk}: {yv!r}}}: {yk} overwrites "
+                         f"{xk} (two names of one setting); allowed: two different settings "
+                         "on a grid's axes")
+
+
 def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> dict:
     """Accuracy of the dense and compressed model across device/periphery settings, Monte
     Carlo over ``eval.chips`` programmed chips per setting: one setting at a time
@@ -92,7 +123,8 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
     and 95 % CI per point), metrics.json, study.md and plots (PNG + PDF)."""
     exp = load_study_config(cfg)
     preflight(exp)
-    check_source(exp.study.source, fingerprint(exp))
+    check_source(exp.study.source, fingerprint(exp), meta_model(exp.model, exp.dataset),
+                 exp.train.checkpoint)
     study = exp.study
     swept = [*study.sweeps, *(k for grid in study.grids for k in grid)]
     idle = sorted({k for k in swept if k in ("t_inference_s", "drift_compensation")})
@@ -114,7 +146,10 @@ def run_device_study(cfg: DictConfig | Mapping, run_dir: str | os.PathLike) -> d
                              + str(exc).removeprefix("study.sweeps.")
                              + " (the default grid sweeps the lognormal prog_sigma: set "
                              "study.grids=[] to drop it)") from None
+        check_axes(base, keys, values)
     run_dir = Path(run_dir)
+    if exp.resume and (run_dir / "study_points.json").exists():  # named now, not after work
+        finished_points(run_dir / "study_points.json", study_fingerprint(exp.raw))
     with open_run(run_dir, exp, lambda: accept_run(cfg, run_dir)):
         return _run_device_study(exp, run_dir, grid_jobs)
 
@@ -125,24 +160,52 @@ compressor (the device, crossbar and compression settings may differ: evaluating
 other devices is what a study is for)."""
 
 
-def check_source(given: str | None, mine: Mapping) -> None:
-    """``study.source`` (``given``)'s models were made from this study's model, data,
-    pretraining and compressor (:data:`SOURCE_KEYS` of the study's fingerprint ``mine``),
-    compared with the compressed model's stored fingerprint before any work; the first
-    difference is named."""
+def check_source(given: str | None, mine: Mapping, model: nn.Module,
+                 checkpoint: str | None = None) -> None:
+    """``study.source`` (``given``) is a finished compress run's folder whose ``dense.pt``
+    and ``compressed.pt`` were made from this study's model, data, pretraining and compressor
+    (:data:`SOURCE_KEYS` of the study's fingerprint ``mine``; ``dense.pt``:
+    :data:`DENSE_KEYS`) and hold finite weights of ``model`` (on the meta device); checked
+    before any work, the first difference named. ``train.checkpoint`` (``checkpoint``) is not
+    read with a source: set, it must be the source's own."""
     if given is None:
         return
     source = Path(to_absolute_path(given))
+    where = f"study.source={given!r}"
+    allowed = "allowed: the folder of a finished compress run (dense.pt, compressed.pt)"
+    if not source.is_dir():
+        raise FileNotFoundError(f"{where}: {source} is {'a file' if source.exists() else 'missing'}"
+                                f"; {allowed}")
     for name in ("dense.pt", "compressed.pt"):
         if not (source / name).is_file():
-            raise FileNotFoundError(f"study.source={given!r}: {source / name} is "
-                                    "missing; point it at a finished compress run")
-    state = load_checkpoint(source / "compressed.pt")
-    stored = state.get("fingerprint") if isinstance(state, Mapping) else None
-    if not isinstance(stored, Mapping):
-        raise ValueError(f"study.source={given!r}: {source / 'compressed.pt'} holds "
-                         "no settings fingerprint; allowed: a compress run of this version")
-    for key in SOURCE_KEYS:
+            raise FileNotFoundError(f"{where}: {source / name} is missing; {allowed}")
+    for name, keys in (("dense.pt", DENSE_KEYS), ("compressed.pt", SOURCE_KEYS)):
+        try:
+            state = load_checkpoint(source / name)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        stored = state.get("fingerprint") if isinstance(state, Mapping) else None
+        lacking = [k for k in CHECKPOINT_KEYS[name] if not isinstance(state, Mapping)
+                   or k not in state]
+        if not isinstance(stored, Mapping) or lacking:
+            raise ValueError(f"{where}: {source / name} holds no "
+                             + ", ".join((["settings fingerprint"] if not isinstance(
+                                 stored, Mapping) else []) + lacking)
+                             + f"; {allowed}, written by this version")
+        _same_settings(f"{where} ({name})", stored, mine, keys)
+        check_weights(f"{where}: {source / name}", state["model"], model)
+    train = stored.get("train")  # compressed.pt's (checked above): the source's settings
+    theirs = train.get("checkpoint") if isinstance(train, Mapping) else None
+    if checkpoint is not None and checkpoint != theirs:
+        raise ValueError(f"train.checkpoint={checkpoint!r} is invalid with {where}: the study "
+                         f"loads the source's dense.pt, not this file; allowed: null, or the "
+                         f"source run's own train.checkpoint ({theirs!r})")
+
+
+def _same_settings(where: str, stored: Mapping, mine: Mapping, keys: Sequence[str]) -> None:
+    """The first of ``keys`` where a source's ``stored`` fingerprint and the study's differ
+    (``train.checkpoint`` aside: the dense weights themselves are compared)."""
+    for key in keys:
         theirs, ours = stored.get(key, "<unset>"), mine.get(key, "<unset>")
         if key == "train" and isinstance(theirs, Mapping) and isinstance(ours, Mapping):
             theirs, ours = ({k: v for k, v in d.items() if k != "checkpoint"}
@@ -151,9 +214,9 @@ def check_source(given: str | None, mine: Mapping) -> None:
             theirs = theirs if theirs != "<unset>" else "admm"
             ours = ours if ours != "<unset>" else "admm"
         if theirs != ours:
-            raise ValueError(f"study.source={given!r} was made with {key}={theirs!r}, "
-                             f"this study has {key}={ours!r}; allowed: the compress run's own "
-                             f"{key} settings repeated here")
+            raise ValueError(f"{where} was made with {key}={theirs!r}, this study has "
+                             f"{key}={ours!r}; allowed: the compress run's own {key} settings "
+                             "repeated here")
 
 
 def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> dict:
@@ -402,6 +465,30 @@ def study_fingerprint(config: Mapping) -> dict:
     return json.loads(json.dumps(raw, sort_keys=True, default=str))
 
 
+def finished_points(path: Path, fp: dict) -> dict[str, list[float]] | None:
+    """The finished points ``path`` (a study_points.json) holds for settings ``fp``, or None
+    when it was written with other settings; a file this program did not write (unreadable,
+    or accuracies that are not numbers in [0, 100]) is refused naming it."""
+    allowed = "allowed: a study_points.json written by this program (or delete it to " \
+        "recompute every point)"
+    try:
+        data = json.loads(path.read_text())
+        if data.get("fingerprint") != fp:
+            return None
+        points = data.get("points")
+    except (ValueError, AttributeError, OSError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}); {allowed}") from None
+    if not isinstance(points, dict):
+        raise ValueError(f"{path} holds no 'points' mapping; {allowed}")
+    for key, accs in points.items():
+        if not isinstance(accs, list) or not accs or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+                and 0 <= a <= 100 for a in accs):
+            raise ValueError(f"{path}: point {key} holds {accs!r}; {allowed}: lists of chip "
+                             "accuracies in [0, 100] (%)")
+    return dict(points)
+
+
 class StudyPoints:
     """The finished points of a device study (chip accuracies by point), written to ``path``
     after every point, so an interrupted or partly failed study keeps them: with ``resume``
@@ -414,15 +501,9 @@ class StudyPoints:
         self.failed: list[dict] = []
         self.reused = 0
         if resume and path.exists():
-            try:
-                data = json.loads(path.read_text())
-                same = data.get("fingerprint") == fp
-                points = data.get("points") if same else None
-            except (ValueError, AttributeError) as exc:
-                raise ValueError(f"{path} is unreadable ({exc}); allowed: a study_points.json "
-                                 "written by this program (or delete it to recompute)") from None
-            if same and isinstance(points, dict):
-                self.done = {k: v for k, v in points.items() if isinstance(v, list)}
+            done = finished_points(path, fp)
+            if done is not None:
+                self.done = done
                 _log.info("resume: %d finished study points reused from %s", len(self.done),
                           path)
             else:
