@@ -5,13 +5,14 @@ run's crossbar and device settings, once per ``range_percentile``: on an ideal d
 levels, no variation or faults) and on ``--chips`` programmed chips of the run's device.
 
     .venv/bin/python benchmarks/calibration_percentile.py outputs/mnist_lenet5/<date>/<time>
+    .venv/bin/python benchmarks/calibration_percentile.py --smoke [DIR]  # ~15 s, see SMOKE_RUN
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,22 +20,54 @@ from omegaconf import OmegaConf
 
 import crossbar
 from experiments.config import load_compress_config
-from experiments.datasets import make_loaders
+from experiments.data import load_data
 from experiments.models import build_model
 from experiments.train import evaluate
+
+# --smoke: the run re-evaluated is made first (unless DIR holds one), the default pipeline
+# (digits, LeNet-5) at its smallest settings (a few epochs, 1 chip, no ablation), in <DIR>/run;
+# converter_sweep.py --smoke uses the same
+SMOKE_RUN = ["train.epochs=3", "train.lr=1e-2", "admm.prune_epochs=1",
+             "admm.prune_retrain_epochs=1", "admm.quant_epochs=1", "admm.quant_retrain_epochs=1",
+             "eval.chips=1", "eval.test_subset=100", "eval.calibration_samples=16",
+             "robustness.ablation=false", "runtime.progress=false", "runtime.threads=1"]
+
+
+def smoke_run(folder: Path) -> Path:
+    """A finished compress run at the SMOKE_RUN settings in ``folder/run`` (reused when its
+    metrics.json exists)."""
+    if (folder / "run" / "metrics.json").exists():
+        return folder / "run"
+    from hydra import compose, initialize_config_dir
+
+    from experiments.conf_source import CONF_DIR
+    from experiments.pipeline import run_compress
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        run_compress(compose(config_name="config", overrides=SMOKE_RUN), folder / "run")
+    return folder / "run"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dir", type=Path, nargs="?")
     parser.add_argument("--percentiles", type=float, nargs="+", default=[100.0, 99.99, 99.9])
     parser.add_argument("--chips", type=int, default=10)
     parser.add_argument("--calibration", type=int, default=256)
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="make a tiny run in DIR/run (default DIR: a new temporary folder) "
+                        "and re-evaluate it: 2 percentiles, 2 chips, 16 calibration images")
     args = parser.parse_args()
+    if args.smoke is not None:
+        folder = Path(args.smoke or tempfile.mkdtemp(prefix="calibration_percentile_smoke_"))
+        args.run_dir = smoke_run(folder)
+        args.percentiles, args.chips, args.calibration = [100.0, 99.9], 2, 16
+    elif args.run_dir is None:
+        parser.error("the following arguments are required: run_dir")
 
     torch.set_num_threads(1)
     exp = load_compress_config(OmegaConf.load(args.run_dir / "config.yaml"))
-    train, test, info = make_loaders(**dataclasses.asdict(exp.dataset), seed=exp.seed)
+    train, test, info = load_data(exp.dataset, exp.seed)
     model = build_model(exp.model.name, input_shape=info.input_shape,
                         num_classes=info.num_classes, **exp.model.kwargs)
     model.load_state_dict(torch.load(args.run_dir / "compressed.pt", weights_only=True)["model"])

@@ -18,6 +18,11 @@ Finished points are reused when the script runs again.
         --ratios 4 8 16 30 -- eval.chips=5
     .venv/bin/python benchmarks/compressor_curves.py --out outputs/curves_mnist \
         --ratios 10 30 60 -- +experiment=mnist_lenet5 allocation.max_drop=null eval.chips=5
+    .venv/bin/python benchmarks/compressor_curves.py --smoke [DIR]  # ~15 s, see SMOKE
+
+``--smoke [DIR]``: one point, ADMM at 4x (or the ``--compressors`` given), the default pipeline
+(digits, LeNet-5) at its smallest settings (SMOKE, before the given overrides), outputs in DIR
+(default: a new temporary folder) instead of ``--out``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -41,6 +47,11 @@ COMPRESSORS = ("admm", "magnitude", "obc")
 KEYS = ("dataset", "model", "compression_ratio", "tiles", "energy_nJ", "dense_accuracy",
         "compressed_accuracy", "crossbar_ideal_accuracy", "crossbar_accuracy_mean",
         "crossbar_accuracy_std", "crossbar_accuracy_ci95", "chips")
+SMOKE = ["train.epochs=3", "train.lr=1e-2", "admm.prune_epochs=1", "admm.prune_retrain_epochs=1",
+         "admm.quant_epochs=1", "admm.quant_retrain_epochs=1", "obc.n_calib=64",
+         "allocation={budget: 4, n_samples: 64, finetune_steps: 5}",  # point() sets the budget
+         "eval.chips=1", "eval.test_subset=100", "eval.calibration_samples=16",
+         "runtime.threads=1"]
 
 
 def point(out: Path, compressor: str, ratio: float, overrides: list[str], cache: Path) -> dict:
@@ -124,14 +135,24 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--ratios", type=float, nargs="+", required=True)
-    parser.add_argument("--compressors", nargs="+", default=list(COMPRESSORS),
-                        choices=COMPRESSORS)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--ratios", type=float, nargs="+")
+    parser.add_argument("--compressors", nargs="+", choices=COMPRESSORS,
+                        help="default: all (--smoke: admm)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="model cache shared with other runs (default: <out>/cache)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of every run (after --)")
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
+    if args.smoke is not None:
+        args.out = Path(args.smoke or tempfile.mkdtemp(prefix="compressor_curves_smoke_"))
+        args.ratios, args.overrides = [4.0], [*SMOKE, *args.overrides]
+        args.compressors = args.compressors or ["admm"]
+    args.compressors = args.compressors or list(COMPRESSORS)
+    for key in ("out", "ratios"):
+        if getattr(args, key) is None:
+            parser.error(f"the following arguments are required: --{key}")
     out = args.out.resolve()
     cache = (args.cache or out / "cache").resolve()
     rows = [point(out, c, r, args.overrides, cache) for r in args.ratios

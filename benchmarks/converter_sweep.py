@@ -7,6 +7,12 @@ robustness steps), and the energy / area reduction against the fixed cost baseli
 accuracy against energy) into the run directory.
 
     .venv/bin/python benchmarks/converter_sweep.py outputs/<run> --chips 5
+    .venv/bin/python benchmarks/converter_sweep.py --smoke [DIR]  # ~15 s (4 s on a made run)
+
+``--smoke [DIR]``: sweeps a tiny run in DIR/run, made first unless DIR already holds one
+(calibration_percentile's SMOKE_RUN: the default pipeline, digits and LeNet-5, at its smallest
+settings): one parallel and one bit-serial 4-bit DAC, a 6-bit ADC, 1 chip. Default DIR: a new
+temporary folder; the outputs go into DIR/run.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -31,7 +38,7 @@ from experiments.train import evaluate  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path)
+    parser.add_argument("run", type=Path, nargs="?")
     parser.add_argument("--chips", type=int, default=3)
     parser.add_argument("--dac", nargs="*", default=["parallel:4", "parallel:6", "parallel:8",
                                                      "bit_serial:4", "bit_serial:6",
@@ -39,7 +46,17 @@ def main() -> None:
     parser.add_argument("--adc", nargs="*", type=int, default=[6, 7, 8])
     parser.add_argument("--plot-only", action="store_true",
                         help="redraw converter_sweep.png from the run's converter_sweep.json")
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
+    if args.smoke is not None:
+        from calibration_percentile import smoke_run  # (this script's folder is on sys.path)
+
+        folder = Path(args.smoke or tempfile.mkdtemp(prefix="converter_sweep_smoke_"))
+        args.run = smoke_run(folder)
+        args.dac, args.adc, args.chips = ["parallel:4", "bit_serial:4"], [6], 1
+    elif args.run is None:
+        parser.error("the following arguments are required: run")
     if args.plot_only:
         rows = json.loads((args.run / "converter_sweep.json").read_text())
         software = json.loads((args.run / "metrics.json").read_text())["compressed_accuracy"]

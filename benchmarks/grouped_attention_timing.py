@@ -10,10 +10,16 @@
   DAC/ADC, read noise and variation (PyTorch's layer takes its fused fast path).
 
     .venv/bin/python benchmarks/grouped_attention_timing.py
+    .venv/bin/python benchmarks/grouped_attention_timing.py --smoke  # seconds
+
+``--smoke [DIR]``: the same measurements on a 16-channel depthwise convolution (2 x 16 x 8 x 8
+inputs) and a TransformerEncoderLayer(16, 2 heads, feed-forward 32, 2 x 4 tokens), one timed
+block of one call each; prints only (DIR, accepted for a uniform command line, stays empty).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -62,10 +68,17 @@ def one_product_per_tile(layer: crossbar.CrossbarConv2d) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
+    smoke = parser.parse_args().smoke is not None
+    timing = {"repeats": 1, "calls": 1} if smoke else {}  # paired(): one timed block of one call
+    channels, (batch, size), (d_model, heads, ff, n_tokens) = (
+        (16, (2, 8), (16, 2, 32, 4)) if smoke else (128, (8, 16), (64, 4, 128, 32)))
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    conv = nn.Conv2d(128, 128, 3, padding=1, groups=128).eval()
-    x = torch.randn(8, 128, 16, 16)
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels).eval()
+    x = torch.randn(batch, channels, size, size)
     device = crossbar.DeviceModel(prog_sigma=0.05, read_sigma=0.02)
     periphery = crossbar.CrossbarConfig(dac_bits=8, adc_bits=8)
     start = time.perf_counter()
@@ -79,26 +92,28 @@ def main() -> None:
         # freed, after which plain nn.Conv2d on this shape runs ~6x faster (0.3 vs 2 ms)
         for fn in (conv, ideal, noisy, looped):
             fn(x)
-        plain_s = paired(lambda: conv(x), lambda: conv(x))[0]
-        rows = [("ideal device, ideal converters", paired(lambda: ideal(x), lambda: conv(x))),
+        plain_s = paired(lambda: conv(x), lambda: conv(x), **timing)[0]
+        rows = [("ideal device, ideal converters",
+                 paired(lambda: ideal(x), lambda: conv(x), **timing)),
                 ("8-bit DAC/ADC, read noise, variation",
-                 paired(lambda: noisy(x), lambda: conv(x))),
+                 paired(lambda: noisy(x), lambda: conv(x), **timing)),
                 ("same, one product per tile",
-                 paired(lambda: looped(x), lambda: conv(x), repeats=5, calls=2))]
-    print(f"depthwise 3x3, 128 channels, x {tuple(x.shape)}: {noisy.plan.n_tiles} tiles, "
+                 paired(lambda: looped(x), lambda: conv(x), **(timing or {"repeats": 5,
+                                                                           "calls": 2})))]
+    print(f"depthwise 3x3, {channels} channels, x {tuple(x.shape)}: {noisy.plan.n_tiles} tiles, "
           f"{len(noisy._units)} grouped product(s); conversion with calibration "
           f"{convert_s:.2f} s; plain nn.Conv2d {plain_s * 1e3:.2f} ms")
     for name, (t, ratio) in rows:
         print(f"  {name}: {t * 1e3:.2f} ms = {ratio:.1f}x plain")
 
-    block = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True).eval()
-    tokens = torch.randn(8, 32, 64)
+    block = nn.TransformerEncoderLayer(d_model, heads, ff, dropout=0.0, batch_first=True).eval()
+    tokens = torch.randn(batch, n_tokens, d_model)
     xblock = crossbar.to_crossbar(block, device, periphery, calibration=tokens)
     with torch.no_grad():
         block(tokens), xblock(tokens)
-        plain_s = paired(lambda: block(tokens), lambda: block(tokens))[0]
-        sim_s, ratio = paired(lambda: xblock(tokens), lambda: block(tokens))
-    print(f"TransformerEncoderLayer(64, 4 heads), x {tuple(tokens.shape)}: "
+        plain_s = paired(lambda: block(tokens), lambda: block(tokens), **timing)[0]
+        sim_s, ratio = paired(lambda: xblock(tokens), lambda: block(tokens), **timing)
+    print(f"TransformerEncoderLayer({d_model}, {heads} heads), x {tuple(tokens.shape)}: "
           f"{xblock.mapping_plan.n_tiles} tiles; plain {plain_s * 1e3:.2f} ms, crossbar "
           f"{sim_s * 1e3:.2f} ms = {ratio:.1f}x plain")
 

@@ -11,6 +11,11 @@ passes run in the same process, one setting after the other, the plain pass time
 before each setting's chips.
 
     .venv/bin/python benchmarks/mc_chips.py --chips 25 --out results/mc_chips.json
+    .venv/bin/python benchmarks/mc_chips.py --smoke [DIR]  # seconds
+
+``--smoke [DIR]``: every setting with 1 chip, 64 test inputs in batches of 32, 16 calibration
+and 16 output-calibration images, one thread; mc_chips.json into DIR (default: a new temporary
+folder).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,13 +62,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", default=None, help="run only the settings containing this")
     parser.add_argument("--out", default="results/mc_chips.json")
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
+    n, batch, n_calibration, n_outputs = 10_000, 1_000, 256, 512
+    if args.smoke is not None:
+        folder = Path(args.smoke or tempfile.mkdtemp(prefix="mc_chips_smoke_"))
+        args.out, args.chips, args.threads = str(folder / "mc_chips.json"), 1, 1
+        n, batch, n_calibration, n_outputs = 64, 32, 16, 16
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model("lenet5").eval()
-    inputs, labels = torch.randn(10_000, 1, 28, 28), torch.randint(0, 10, (10_000,))
-    test = DataLoader(TensorDataset(inputs, labels), batch_size=1_000)
-    calibration, outputs = torch.randn(256, 1, 28, 28), torch.randn(512, 1, 28, 28)
+    inputs, labels = torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,))
+    test = DataLoader(TensorDataset(inputs, labels), batch_size=batch)
+    calibration = torch.randn(n_calibration, 1, 28, 28)
+    outputs = torch.randn(n_outputs, 1, 28, 28)
     plan = map_stage(model, None, CONFIG, calibration)
     evaluate(model, test)  # warm-up
     rows = []
@@ -85,9 +99,9 @@ def main() -> None:
                      "ratio": chips / plain, "load_average_1min": float(load)})
         print(f"{name}: {args.chips} chips {chips:.2f} s, {args.chips} plain passes "
               f"{plain:.2f} s, ratio {chips / plain:.2f} (load {load})", flush=True)
-    result = {"model": "lenet5", "test_inputs": 10_000, "batch": 1_000,
-              "calibration_samples": 256, "threads": args.threads, "torch": torch.__version__,
-              "rows": rows}
+    result = {"model": "lenet5", "test_inputs": n, "batch": batch,
+              "calibration_samples": n_calibration, "threads": args.threads,
+              "torch": torch.__version__, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2))
     print(f"written to {args.out}")

@@ -4,6 +4,11 @@ uncompensated projection (hard prune + nearest-level quantization, what ADMM's f
 does without ADMM training). Prints a markdown table.
 
     .venv/bin/python benchmarks/obc_ablation.py --data-dir ../shared/data/mnist
+    .venv/bin/python benchmarks/obc_ablation.py --smoke  # seconds
+
+``--smoke [DIR]``: scikit-learn's embedded digits instead of MNIST (no files), 1 epoch, 64
+calibration images, one setting (row_ratio 0.5, 4 levels), one thread; prints only (DIR,
+accepted for a uniform command line, stays empty).
 """
 
 from __future__ import annotations
@@ -61,12 +66,18 @@ def main() -> None:
                         help="comma-separated row_ratio:device_levels pairs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
+    data = "mnist"
+    if args.smoke is not None:
+        data, args.data_dir, args.epochs, args.n_calib = "digits", None, 1, 64
+        args.settings, args.threads = "0.5:4", 1
     torch.set_num_threads(args.threads)
 
-    train, test, info = make_loaders("mnist", data_dir=args.data_dir, batch_size=128,
+    train, test, info = make_loaders(data, data_dir=args.data_dir, batch_size=128,
                                      seed=args.seed, test_batch_size=1000)
-    calib, _, _ = make_loaders("mnist", data_dir=args.data_dir, batch_size=256,
+    calib, _, _ = make_loaders(data, data_dir=args.data_dir, batch_size=256,
                                seed=args.seed + 1, subset=args.n_calib)
     torch.manual_seed(args.seed)
     dense = build_model("lenet5", input_shape=info.input_shape)

@@ -39,6 +39,14 @@ How the settings are made equivalent:
 
     pip install -e .[peers]          # aihwkit-lightning (needs torch==2.13.0)
     python benchmarks/peer_check.py [--dac-bits 8] [--adc-bits 8]
+    python benchmarks/peer_check.py --smoke [DIR]   # seconds
+
+Without aihwkit-lightning the full check exits nonzero and says so. ``--smoke [DIR]`` runs the
+two smaller sizes, every mode and dtype: with the peer installed, the same comparison; without
+it, only our side of each case (the peer side is skipped, and the script says so: no
+comparison with the peer takes place), checked where an exact reference exists: the ideal
+cases against the digital ``nn.Linear``. Prints only (DIR, accepted for a uniform command line,
+stays empty).
 """
 
 from __future__ import annotations
@@ -57,9 +65,9 @@ try:
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a notice when triton is absent
         from aihwkit_lightning.nn import AnalogLinear
         from aihwkit_lightning.simulator.configs import TorchInferenceRPUConfig
+    PEER_MISSING = None
 except ImportError as exc:
-    sys.exit(f"peer_check: aihwkit-lightning is not installed ({exc}); install the peer "
-             "simulator with: pip install .[peers]")
+    PEER_MISSING = f"aihwkit-lightning is not installed ({exc})"
 
 SIZES = [(64, 32), (300, 100), (512, 256)]  # (in_features, out_features)
 TILE = 128
@@ -115,8 +123,11 @@ def peer_tiled(lin: nn.Linear, tiles, x: torch.Tensor, calib: torch.Tensor, mode
     return out + lin.bias.to(x.dtype), steps
 
 
-def run_case(n_in: int, n_out: int, mode: str, dtype: torch.dtype, dac_bits: int,
-             adc_bits: int) -> dict:
+def ours_case(n_in: int, n_out: int, mode: str, dtype: torch.dtype, dac_bits: int,
+              adc_bits: int) -> tuple[nn.Linear, nn.Module, torch.Tensor, torch.Tensor,
+                                      torch.Tensor]:
+    """Our side of a case: the layer, its crossbar model, the calibration batch and inputs
+    (in ``dtype``) and our output."""
     gen = torch.Generator().manual_seed(n_in * 1000 + n_out)
     lin = nn.Linear(n_in, n_out)
     with torch.no_grad():
@@ -135,6 +146,27 @@ def run_case(n_in: int, n_out: int, mode: str, dtype: torch.dtype, dac_bits: int
         ours_model.calibrate(calib)  # recalibrate in this dtype
     with torch.no_grad():
         ours = ours_model(x)
+    return lin, ours_model, calib, x, ours
+
+
+def ours_only(n_in: int, n_out: int, mode: str, dtype: torch.dtype, dac_bits: int,
+              adc_bits: int) -> dict:
+    """Our side alone (no peer): finite outputs, and in the ideal mode the digital layer's
+    output to float rounding (an exact reference, not the peer)."""
+    lin, _, _, x, ours = ours_case(n_in, n_out, mode, dtype, dac_bits, adc_bits)
+    row = {"case": f"{n_in}x{n_out} {mode} {str(dtype).removeprefix('torch.')}",
+           "finite": bool(torch.isfinite(ours).all()), "max_out": float(ours.abs().max())}
+    if mode == "ideal":
+        with torch.no_grad():
+            digital = nn.functional.linear(x, lin.weight.to(dtype), lin.bias.to(dtype))
+        row["rel_digital"] = float((ours - digital).abs().max() / digital.abs().max())
+    return row
+
+
+def run_case(n_in: int, n_out: int, mode: str, dtype: torch.dtype, dac_bits: int,
+             adc_bits: int) -> dict:
+    lin, ours_model, calib, x, ours = ours_case(n_in, n_out, mode, dtype, dac_bits, adc_bits)
+    ideal = mode == "ideal"
     if ideal:
         with torch.no_grad():
             peer = peer_layer(lin.weight.to(dtype), lin.bias.to(dtype), TILE)(x)
@@ -158,7 +190,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dac-bits", type=int, default=8)
     parser.add_argument("--adc-bits", type=int, default=8)
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="the two smaller sizes, seconds (see above)")
     args = parser.parse_args()
+    sizes = SIZES[:2] if args.smoke is not None else SIZES
+    if PEER_MISSING is not None:
+        if args.smoke is None:
+            sys.exit(f"peer_check: {PEER_MISSING}; install the peer simulator with: pip "
+                     "install .[peers]")
+        return smoke_ours_only(sizes, args.dac_bits, args.adc_bits)
     torch.manual_seed(0)
     header = (f"{'case':<28} {'max|ours-peer|':>15} {'/ max|out|':>11} "
               f"{'/ ADC LSB':>10} {'outputs off':>12}")
@@ -169,7 +209,7 @@ def main() -> None:
     failures = []
     for mode in ("ideal", "calibrated", "full_scale"):
         for dtype in (torch.float32, torch.float64):
-            for n_in, n_out in SIZES:
+            for n_in, n_out in sizes:
                 r = run_case(n_in, n_out, mode, dtype, args.dac_bits, args.adc_bits)
                 lsb = "-" if mode == "ideal" else f"{r['lsb']:.3g}"
                 off = "-" if mode == "ideal" else f"{100 * r['off']:.3f} %"
@@ -185,6 +225,29 @@ def main() -> None:
         sys.exit(f"peer_check: ours and aihwkit-lightning disagree beyond tolerance in: "
                  f"{', '.join(failures)}")
     print("OK: all cases agree within tolerance")
+
+
+def smoke_ours_only(sizes: list[tuple[int, int]], dac_bits: int, adc_bits: int) -> None:
+    """--smoke without the peer: our side of every case, the peer side skipped."""
+    print(f"peer_check --smoke: {PEER_MISSING}: the peer side is SKIPPED and nothing is "
+          "compared with aihwkit-lightning; running our side of each case only (install the "
+          "peer with: pip install .[peers])")
+    torch.manual_seed(0)
+    print(f"{'case':<28} {'finite':>7} {'max|out|':>10} {'/ digital':>11}")
+    failures = []
+    for mode in ("ideal", "calibrated", "full_scale"):
+        for dtype in (torch.float32, torch.float64):
+            for n_in, n_out in sizes:
+                r = ours_only(n_in, n_out, mode, dtype, dac_bits, adc_bits)
+                rel = f"{r['rel_digital']:.3e}" if "rel_digital" in r else "-"
+                print(f"{r['case']:<28} {str(r['finite']):>7} {r['max_out']:>10.3g} {rel:>11}")
+                if not r["finite"] or r.get("rel_digital", 0.0) > 1e-5:
+                    failures.append(r["case"])
+    print("/ digital: max |ours - digital nn.Linear| / max |digital| (ideal cases: an exact "
+          "reference, not the peer)")
+    if failures:
+        sys.exit(f"peer_check --smoke: our side failed in: {', '.join(failures)}")
+    print("OK (our side only; peer comparison skipped: aihwkit-lightning is not installed)")
 
 
 if __name__ == "__main__":

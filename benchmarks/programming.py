@@ -6,6 +6,10 @@ single-shot vs write-verify (tolerance 1 uS, at most 20 pulses, NeuRRAM's band);
 rebuild of the cached tile weights; no calibration batch, so no recalibration).
 
     .venv/bin/python benchmarks/programming.py --out results/programming.json
+    .venv/bin/python benchmarks/programming.py --smoke [DIR]  # seconds
+
+``--smoke [DIR]``: one repetition, one thread; programming.json into DIR (default: a new
+temporary folder).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,7 +33,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="results/programming.json")
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
+    if args.smoke is not None:
+        folder = Path(args.smoke or tempfile.mkdtemp(prefix="programming_smoke_"))
+        args.out, args.repeats, args.threads = str(folder / "programming.json"), 1, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build_model("lenet5").eval()

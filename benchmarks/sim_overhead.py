@@ -11,6 +11,11 @@ the model adds, against the converted model's live tensors (state and cached til
     .venv/bin/python benchmarks/sim_overhead.py --out results/sim_overhead.json
     .venv/bin/python benchmarks/sim_overhead.py --model vgg16 --chips 10 --memory \
         --out results/sim_overhead_vgg16.json
+    .venv/bin/python benchmarks/sim_overhead.py --smoke [DIR]  # seconds
+
+``--smoke [DIR]``: 64 inputs in batches of 32, one repetition, one chip, one thread (with the
+``--model``, ``--memory`` and read-noise options given); sim_overhead.json into DIR (default: a
+new temporary folder).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,7 +114,13 @@ def main() -> None:
                         "where the CPU has it natively) or exact (the model's dtype)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="results/sim_overhead.json")
+    parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
+                        help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
+    if args.smoke is not None:
+        folder = Path(args.smoke or tempfile.mkdtemp(prefix="sim_overhead_smoke_"))
+        args.out = str(folder / "sim_overhead.json")
+        args.n, args.batch, args.repeats, args.chips, args.threads = 64, 32, 1, 1, 1
     if args.probe:
         print(json.dumps(memory_probe(args.model)))
         return
