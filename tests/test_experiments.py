@@ -209,7 +209,8 @@ def test_wires_option_reevaluates_a_finished_run(tmp_path, caplog):
     assert again["compressed_accuracy"] == metrics["compressed_accuracy"]
     assert again["crossbar"]["array"] == {"model": "wire_resistance", "r_row_ohm": 1.9,
                                           "r_col_ohm": 5.6, "r_driver_ohm": 0.0,
-                                          "r_sense_ohm": 0.0, "read_voltage_V": 0.2}
+                                          "r_sense_ohm": 0.0, "read_voltage_V": 0.2,
+                                          "placement": "near"}
     report = (copy / "report.md").read_text()
     assert "Array model: model=wire_resistance, r_row_ohm=1.9, r_col_ohm=5.6" in report
 

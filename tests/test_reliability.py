@@ -427,6 +427,6 @@ def test_dense_model_at_chance_stops_before_compression(tmp_path):
     """Pretraining that leaves the model at chance (here: no epochs) stops the run with the
     likely causes instead of compressing noise; dense.pt is kept."""
     with pytest.raises(DivergenceError, match=r"dense model is at chance after pretraining.*"
-                                              r"train\.epochs=0 too few"):
+                                              r"train\.epochs=0 is too few"):
         run_compress(_compose(RUN + ["train.epochs=0"]), tmp_path)
     assert (tmp_path / "dense.pt").exists() and not (tmp_path / "admm_state.pt").exists()
