@@ -30,6 +30,7 @@ from experiments.chips import ChipDesign, ChipRun, evaluate_chips, robustness_ab
 from experiments.compressors.registry import compress_inputs, get_compressor
 from experiments.config import load_compress_config
 from experiments.data import calibration_batch, crossbar_test_loader, data_shape
+from experiments.estimators import chip_yield, chips_for_width
 from experiments.guard import open_run
 from experiments.plots import ci95
 from experiments.reports import (
@@ -178,6 +179,18 @@ def _chips(exp: CompressExperiment, p: Prepared, plan: MappingPlan, result: Comp
             "test_samples": len(xtest.dataset)}
 
 
+def _yield(accs: list[float], dense_acc: float, e) -> dict | None:
+    """The chips that meet ``eval``'s specification (``experiments.estimators.chip_yield``)
+    and how many chips an interval 10 points wide would need at that yield; None without a
+    specification."""
+    if e.spec_max_drop is None and e.spec_min_accuracy is None:
+        return None
+    est = chip_yield(accs, dense_accuracy=dense_acc, max_drop=e.spec_max_drop,
+                     min_accuracy=e.spec_min_accuracy).to_dict()
+    est["chips_for_10_points"] = chips_for_width(est["yield_pct"] / 100.0, 0.10)
+    return est
+
+
 def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dict, cost: dict,
              *, compressed_acc: float, allocation: dict | None, warnings_: list[str],
              timings: dict) -> dict:
@@ -195,6 +208,7 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
         "crossbar_accuracy_mean": run.mean, "crossbar_accuracy_std": run.std,
         "crossbar_accuracy_ci95": ci95(accs),
         "crossbar_accuracies": accs, "chips": exp.eval.chips,
+        "yield": _yield(accs, dense_acc, exp.eval),
         "crossbar_test_samples": chips["test_samples"],
         "accuracy_drop_ideal": dense_acc - ideal, "accuracy_drop_mean": dense_acc - run.mean,
         "dense_weights": plan.dense_weights, "mapped_weights": plan.mapped_weights,

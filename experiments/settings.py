@@ -198,16 +198,22 @@ class TrainSettings:
 class EvalSettings:
     """Device-aware evaluation: ``chips`` programmed chips (Monte Carlo, seeds ``seed + i``),
     ``calibration_samples`` training images for the DAC/ADC ranges, an optional ``test_subset``
-    for the crossbar runs (the simulator is slower than PyTorch)."""
+    for the crossbar runs (the simulator is slower than PyTorch), and the specification a chip
+    must meet for the yield (``spec_max_drop`` points below the dense model and/or
+    ``spec_min_accuracy`` %; both null: no yield)."""
 
     chips: int = 5
     calibration_samples: int = 256
     test_subset: int | None = None
+    spec_max_drop: float | None = 1.0
+    spec_min_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         check_range("chips", self.chips, 1, 10_000)
         check_range("calibration_samples", self.calibration_samples, 1, 100_000)
         check_range("test_subset", self.test_subset, 1, 10**9, optional=True)
+        check_range("spec_max_drop", self.spec_max_drop, 0.0, 100.0, optional=True)
+        check_range("spec_min_accuracy", self.spec_min_accuracy, 0.0, 100.0, optional=True)
 
 
 HARDWARE_AWARE_EFFECTS = ("chip", "converters")

@@ -188,6 +188,11 @@ def test_compress_outputs(digits_run):
     report = (run_dir / "report.md").read_text()
     assert "compression" in report.lower() and "chip_accuracy.png" in report
     assert "Array model: ideal (no wire resistance)." in report
+    y = metrics["yield"]  # issue 24: chips within the default spec (1 point below dense)
+    floor = metrics["dense_accuracy"] - 1.0
+    assert y["min_accuracy"] == pytest.approx(floor) and y["chips"] == 2
+    assert y["passed"] == sum(a >= floor for a in metrics["crossbar_accuracies"])
+    assert y["ci_low_pct"] <= y["yield_pct"] <= y["ci_high_pct"] and "## Yield" in report
     steps = metrics["cost_attribution"]  # issue 23: where the reduction comes from
     assert [s["step"] for s in steps][:3] == ["baseline", "weight precision", "pruning"]
     assert sum(s["area_change_pct"] for s in steps) == pytest.approx(

@@ -32,6 +32,7 @@ ALLOWED = {  # key pattern -> the kinds of "bad" value that are in fact legitima
     r"runtime\.cache_dir": {"str"},                  # any folder name
     r"model\.hidden": {"list"},                      # layer widths [1, 2]
     r"allocation\.max_drop": {"zero"},               # no accuracy drop allowed
+    r"eval\.spec_(max_drop|min_accuracy)": {"zero"},  # a spec of no drop / any accuracy
     r"allocation\.search_range": {"list"},           # ratios 1x .. 2x
 }
 
