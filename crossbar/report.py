@@ -6,7 +6,9 @@ Command line::
     python -m crossbar.report --isaac-check          # model vs ISAAC Table 6 tile totals
 
 ``--config`` is a JSON of :class:`~crossbar.config.CrossbarConfig` fields; ``--cost`` an
-optional JSON of :class:`~crossbar.cost.CostConfig` fields. Every file is written atomically.
+optional JSON of :class:`~crossbar.cost.CostConfig` fields. Every file is written atomically,
+after every input is checked; ``--out`` is a new or empty folder, or an earlier cost report's
+(never a folder of other files named report.md, cost.csv...). An option given twice is refused.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from .cost import (  # noqa: E402
     CostConfig,
     CostEstimate,
     ModelCost,
+    available_tables,
     baseline_description,
     estimate,
     load_table,
     model_cost,
 )
 from .io import atomic_write_bytes, atomic_write_text, run_cli  # noqa: E402
-from .plan import MappingPlan, plan_layer  # noqa: E402
+from .plan import MappingPlan, check_plan, plan_layer  # noqa: E402
 
 style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs
 
@@ -362,72 +365,246 @@ def isaac_tile_comparison(table: str | os.PathLike | Mapping | ComponentTable = 
 
 
 # ------------------------------------------------------------------------------------- cli
-def _read_json(path: str, what: str = "file") -> dict:
+REPORT_FILES = ("cost.json", "cost.csv", "report.md") + tuple(
+    f"{name}.{fmt}" for name in ("tiles_per_layer", "energy_per_layer", "area_breakdown",
+                                 "energy_breakdown", "area_per_layer_breakdown",
+                                 "energy_per_layer_breakdown") for fmt in FIGURE_FORMATS)
+"""Every file :func:`write_cost_report` may write (the figures of :func:`cost_figures`): the
+command line refuses an ``--out`` folder where one of them is a file of something else."""
+
+OPTIONS = {"clock_MHz": "--clock-MHz", "cols_per_adc": "--cols-per-adc", "table": "--table"}
+"""The command-line options that override a CostConfig field."""
+
+
+class Once(argparse.Action):
+    """Store an option's value, refusing the option given twice (argparse keeps the last one
+    silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        if before is not None:
+            parser.error(f"{option_string} given twice ({before}, {values}); allowed: once")
+        setattr(namespace, self.dest, values)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_json(path: str | Path, what: str = "file") -> dict:
     """A JSON object from ``path``; a missing, unreadable or non-object file fails naming it."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{what} {path} is not a JSON file ({exc}); allowed: the JSON the "
-                         "pipeline writes") from None
+        raise ValueError(f"{what} {path} is not a JSON file ({type(exc).__name__}: "
+                         f"{_one_line(exc)}); allowed: the JSON the pipeline writes") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what} {path} holds a JSON {type(data).__name__}; allowed: a JSON "
-                         "object")
+        raise ValueError(f"{what} {path} holds {_json_kind(data)}; allowed: a JSON object")
     return data
 
 
-def _load_plan(path: str | Path) -> MappingPlan:
-    """``MappingPlan.load`` naming the file in any failure."""
+def _json_kind(data: object) -> str:
+    return "null" if data is None else f"a JSON {type(data).__name__}"
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    """A YAML mapping from ``path``, failing naming it."""
+    import yaml
+
     try:
-        return MappingPlan.load(path)
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{what} {path} is not a YAML file ({type(exc).__name__}: "
+                         f"{_one_line(exc)}); allowed: the config.yaml a run writes") from None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a YAML {type(data).__name__}"
+        raise ValueError(f"{what} {path} holds {held}; allowed: the config.yaml a run writes "
+                         "(a YAML mapping)")
+    return data
+
+
+def _load_plan(path: str | Path, run: Path | None = None) -> MappingPlan:
+    """The plan in ``path`` (``run``'s plan.json with ``--run``), naming the file in any
+    failure."""
+    allowed = "allowed: plan.json written by MappingPlan.save" + (
+        f" (the plan of --run {run})" if run is not None else "")
+    try:
+        data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"--plan {path} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: {exc}); "
-                         "allowed: plan.json written by MappingPlan.save") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: "
+                         f"{_one_line(exc)}); {allowed}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--plan {path} is not a mapping plan (it holds "
+                         f"{_json_kind(data)}); {allowed}")
+    try:
+        return MappingPlan.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: "
+                         f"{_one_line(exc)}); {allowed}") from None
+
+
+def _crossbar(data: object, source: str) -> CrossbarConfig:
+    """CrossbarConfig from ``data``, an error naming ``source`` (the file it came from)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: crossbar={data!r:.80} is invalid; allowed: a mapping of "
+                         "CrossbarConfig fields")
+    try:
+        return CrossbarConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _cost(data: object, source: str, overrides: Mapping) -> CostConfig:
+    """CostConfig from ``data`` (read from ``source``) with the command line's overrides;
+    each error names where the bad value came from."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: cost={data!r:.80} is invalid; allowed: a mapping of "
+                         "CostConfig fields")
+    try:
+        cost = CostConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    for key, value in overrides.items():
+        try:
+            cost = cost.with_(**{key: value})
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{OPTIONS[key]} {value}: {exc}") from None
+    return cost
+
+
+def _table(table: object, source: str) -> ComponentTable:
+    """The component table ``table`` (a shipped name or a YAML path) given in ``source``."""
+    import yaml
+
+    try:
+        return load_table(table)
+    except ValueError as exc:
+        if "is invalid; allowed:" in str(exc):
+            raise ValueError(f"{source}: {_one_line(exc)}") from None
+        cause = exc
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        cause = exc
+    raise ValueError(f"{source}: table={str(table)!r} is not a component table "
+                     f"({type(cause).__name__}: {_one_line(cause)}); allowed: one of "
+                     f"{', '.join(available_tables())} or a YAML file in the format of "
+                     "crossbar/data/isaac.yaml")
+
+
+def _check_fits(plan: MappingPlan, xbar: CrossbarConfig, plan_source: str,
+                xbar_source: str) -> None:
+    """The plan was packed for these crossbar settings (tiles, mapping, weight slices)."""
+    for layer in plan:
+        try:
+            check_plan(layer, xbar)
+        except ValueError as exc:
+            raise ValueError(f"{plan_source} was not made with the crossbar settings of "
+                             f"{xbar_source}: {exc}") from None
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` is a folder this run may fill: not a file, below no file, writable, and
+    holding none of the report's file names unless it is an earlier cost report."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; allowed: a folder (new, empty, or an "
+                         "earlier cost report's)")
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file; allowed: a folder path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {ancestor} is not writable; allowed: a folder you can "
+                         "write")
+    if not out.is_dir():
+        return
+    clash = [name for name in REPORT_FILES if (out / name).exists()]
+    earlier = (out / "cost.json").is_file() and _is_cost_report(out / "cost.json")
+    if clash and not earlier:
+        raise ValueError(f"--out {out} holds {', '.join(clash[:3])}, not written by a cost "
+                         "report (there is no cost.json of one beside them): the report would "
+                         "overwrite them; allowed: a new or empty folder, or an earlier cost "
+                         "report's (whose files are replaced)")
+
+
+def _is_cost_report(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"compressed", "cost_config"} <= set(data)
 
 
 def _from_run(ap: argparse.ArgumentParser, run: Path) -> tuple[MappingPlan, CrossbarConfig,
-                                                                dict]:
-    """The plan, crossbar settings and cost group a compress run used."""
-    import yaml
-
+                                                                dict, str]:
+    """The plan, crossbar settings and cost group a compress run used (the cost group with
+    the file it came from)."""
+    allowed = "allowed: a finished `python -m experiments.compress` run folder"
+    if not run.is_dir():
+        ap.error(f"--run {run} is {'a file' if run.exists() else 'missing'}; {allowed}")
     files = {name: run / name for name in ("plan.json", "metrics.json", "config.yaml")}
-    missing = [str(p) for p in files.values() if not p.is_file()]
+    missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
-        ap.error(f"--run {run}: {', '.join(missing)} missing; allowed: a finished "
-                 "`python -m experiments.compress` run folder")
-    metrics = _read_json(str(files["metrics.json"]), "--run's metrics.json")
+        ap.error(f"--run {run}: {', '.join(missing)} missing; {allowed}")
+    folders = [str(p) for p in files.values() if not p.is_file()]
+    if folders:
+        ap.error(f"--run {run}: {', '.join(folders)} is not a file; {allowed}")
+    metrics = _read_json(files["metrics.json"], "--run's metrics.json")
     if "crossbar" not in metrics:
         ap.error(f"--run {run}: metrics.json has no 'crossbar' settings (a run of an older "
                  "version); give --plan, --config and --out instead")
-    cost = (yaml.safe_load(files["config.yaml"].read_text()) or {}).get("cost") or {}
-    return _load_plan(files["plan.json"]), CrossbarConfig.from_dict(
-        metrics["crossbar"]), dict(cost)
+    source = f"--run's metrics.json {files['metrics.json']}"
+    xbar = _crossbar(metrics["crossbar"], source)
+    config = _read_yaml(files["config.yaml"], "--run's config.yaml")
+    if "cost" not in config:
+        raise ValueError(f"--run's config.yaml {files['config.yaml']} has no 'cost' group; "
+                         "allowed: the config.yaml of a compress run (or give --plan, --config "
+                         "and --cost)")
+    plan = _load_plan(files["plan.json"], run)
+    _check_fits(plan, xbar, f"--run's plan.json {files['plan.json']}", source)
+    return plan, xbar, config["cost"], f"--run's config.yaml {files['config.yaml']}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m crossbar.report``: write a cost report, or print the ISAAC check."""
     ap = argparse.ArgumentParser(prog="python -m crossbar.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", help="a finished compress run folder: reads its plan.json, the "
-                    "crossbar settings in metrics.json and the cost group in config.yaml "
-                    "(--out defaults to <run>/cost_rerun)")
-    ap.add_argument("--plan", help="plan JSON written by MappingPlan.save")
-    ap.add_argument("--config", help="CrossbarConfig JSON the plan was built with")
-    ap.add_argument("--cost", help="CostConfig JSON (optional)")
-    ap.add_argument("--out", help="output folder")
-    ap.add_argument("--table", help="component table: shipped name (isaac) or YAML path")
-    ap.add_argument("--clock-MHz", type=float, dest="clock_MHz")
-    ap.add_argument("--cols-per-adc", type=int, dest="cols_per_adc")
+    ap.add_argument("--run", action=Once, help="a finished compress run folder: reads its "
+                    "plan.json, the crossbar settings in metrics.json and the cost group in "
+                    "config.yaml (--out defaults to <run>/cost_rerun)")
+    ap.add_argument("--plan", action=Once, help="plan JSON written by MappingPlan.save")
+    ap.add_argument("--config", action=Once, help="CrossbarConfig JSON the plan was built with")
+    ap.add_argument("--cost", action=Once, help="CostConfig JSON (optional)")
+    ap.add_argument("--out", action=Once, help="output folder: new, empty, or an earlier cost "
+                    "report's")
+    ap.add_argument("--table", action=Once,
+                    help="component table: shipped name (isaac) or YAML path")
+    ap.add_argument("--clock-MHz", action=Once, type=float, dest="clock_MHz")
+    ap.add_argument("--cols-per-adc", action=Once, type=int, dest="cols_per_adc")
     ap.add_argument("--no-baseline", action="store_true", help="skip the dense baseline")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--isaac-check", action="store_true",
                     help="print the model's ISAAC tile totals against the paper's and exit")
     args = ap.parse_args(argv)
+    paths = ("run", "plan", "config", "cost", "out", "table")
+    empty = [f"--{k}" for k in paths if getattr(args, k) is not None and not getattr(args, k)]
+    if empty:
+        ap.error(f"{empty[0]} '' is empty; allowed: a path")
     if args.isaac_check:
-        result = isaac_tile_comparison(args.table or "isaac")
+        given = [f"--{k}" for k in paths[:-1] if getattr(args, k) is not None] + [
+            opt for opt, dest in (("--clock-MHz", "clock_MHz"), ("--cols-per-adc",
+                                                                 "cols_per_adc"),
+                                  ("--no-baseline", "no_baseline"), ("--no-plots", "no_plots"))
+            if getattr(args, dest) not in (None, False)]
+        if given:
+            ap.error(f"--isaac-check with {', '.join(given)}: the check models one ISAAC tile "
+                     "at the paper's settings and writes nothing; allowed: --isaac-check alone "
+                     "or with --table")
+        table = _table(args.table, f"--table {args.table}") if args.table else "isaac"
+        result = isaac_tile_comparison(table)
         print(json.dumps(result, indent=2))
         return 0
     overrides = {k: getattr(args, k) for k in ("table", "clock_MHz", "cols_per_adc")
@@ -438,17 +615,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--run {args.run} with {', '.join(given)}: --run reads the run's own plan, "
                      "crossbar settings and cost group; allowed: either --run, or --plan and "
                      "--config (with an optional --cost)")
-        plan, xbar, cost_data = _from_run(ap, Path(args.run))
-        out = args.out or str(Path(args.run) / "cost_rerun")
+        plan, xbar, cost_data, cost_source = _from_run(ap, Path(args.run))
+        out = Path(args.out) if args.out else Path(args.run) / "cost_rerun"
     else:
         missing = [k for k in ("plan", "config", "out") if getattr(args, k) is None]
         if missing:
             ap.error("missing " + ", ".join("--" + k for k in missing) + " (or give --run)")
-        plan, xbar = _load_plan(args.plan), CrossbarConfig.from_dict(
-            _read_json(args.config, "--config"))
-        cost_data, out = _read_json(args.cost, "--cost") if args.cost else {}, args.out
-    cost = CostConfig.from_dict({**cost_data, **overrides})
-    written = write_cost_report(plan, xbar, out, cost, baseline=not args.no_baseline,
+        plan = _load_plan(args.plan)
+        xbar = _crossbar(_read_json(args.config, "--config"), f"--config {args.config}")
+        _check_fits(plan, xbar, f"--plan {args.plan}", f"--config {args.config}")
+        cost_data = _read_json(args.cost, "--cost") if args.cost else {}
+        cost_source, out = f"--cost {args.cost}", Path(args.out)
+    cost = _cost(cost_data, cost_source, overrides)
+    table = _table(cost.table, f"--table {args.table}" if args.table else
+                   f"{cost_source} (its table)")
+    _check_out(out)
+    written = write_cost_report(plan, xbar, out, cost, table, baseline=not args.no_baseline,
                                 plots=not args.no_plots)
     for name, path in written.items():
         print(f"{name}: {path}")

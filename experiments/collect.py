@@ -8,7 +8,11 @@ Each run directory contributes one row: its Hydra overrides (``.hydra/overrides.
 than one value ``collected_<key>.png`` (the metrics that vary against that key; accuracy on chips
 with its 95 % CI over chips), and ``collected_pareto.png``, the co-design Pareto front (accuracy
 on chips against energy and area per run), into ``--out`` (default: the multirun directory).
-Every figure is also written as PDF.
+Every figure is also written as PDF. Every input is checked before anything is written: a
+metrics.json that is no run's, or holds a metric of the wrong type or range (a NaN, a string,
+an accuracy above 100 %, a mean that is not its chips'), or an unreadable
+``.hydra/overrides.yaml`` is refused naming the file and key; a job without a readable
+metrics.json (failed, interrupted, running) is left out and named.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import argparse
 import csv
 import io
 import json
+import math
+import os
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from crossbar.io import atomic_write_text, run_cli
+from crossbar.report import Once
 from experiments.plots import axis_label, plot_pareto, plt, set_value_axis, write_png
 
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_ci95"), ("compressed_accuracy", None),
@@ -45,19 +53,40 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 def _overrides(run_dir: Path) -> dict:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    """The job's Hydra overrides as ``override.<key>`` columns; a job with a ``.hydra``
+    record must have a readable ``overrides.yaml`` list there (else its row would carry no
+    labels and be plotted as another point)."""
+    record = run_dir / ".hydra"
+    path = record / "overrides.yaml"
+    if not record.exists() and not record.is_symlink():
+        return {}  # a run made with hydra.output_subdir=null, or a plain run folder
+    allowed = "allowed: the .hydra/overrides.yaml Hydra writes (a list of key=value strings)"
     if not path.is_file():
-        return {}
+        state = "a file" if record.is_file() else "a folder without it"
+        raise ValueError(f"{path} is missing ({record} is {state}); {allowed}")
+    try:
+        items = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path} is not YAML ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}); {allowed}") from None
+    if items is None:
+        items = []
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"{path} holds {items!r:.100}; {allowed}")
     out = {}
-    for item in yaml.safe_load(path.read_text()) or []:
-        key, _, value = str(item).partition("=")
+    for item in items:
+        key, _, value = item.partition("=")
         key = key.lstrip("+~")
         if key.startswith("hydra.") or key.startswith("hydra/"):
             continue
         try:
-            out[f"override.{key}"] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
-            out[f"override.{key}"] = value
+            parsed = value
+        # a list or mapping (model.hidden=[64,32]) is a label as written: rows are grouped
+        # and plotted by it, which needs a hashable, sortable value
+        scalar = parsed is None or isinstance(parsed, (int, float, str, bool))
+        out[f"override.{key}"] = parsed if scalar else value
     return out
 
 
@@ -88,9 +117,83 @@ def _metrics(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+PERCENT = ("dense_accuracy", "compressed_accuracy", "crossbar_ideal_accuracy",
+           "crossbar_ideal_uncalibrated_accuracy", "crossbar_accuracy_mean",
+           "dense_accuracy_chip_samples", "compressed_accuracy_chip_samples")
+"""Accuracies (%) a run's metrics.json holds at its top level."""
+
+
+def _rule(key: str) -> tuple[str, float, float, bool] | None:
+    """(what is allowed, low, high, integer) for a top-level metric, or None (not checked)."""
+    if key in PERCENT:
+        return "an accuracy in [0, 100] (%)", 0.0, 100.0, False
+    if key in ("crossbar_accuracy_std", "crossbar_accuracy_ci95"):
+        return "a spread in [0, 100] (accuracy points)", 0.0, 100.0, False
+    if key.startswith("accuracy_drop_"):
+        return "an accuracy difference in [-100, 100] (points)", -100.0, 100.0, False
+    if key.endswith("_reduction_pct"):
+        return "a finite percentage <= 100", -math.inf, 100.0, False
+    if key == "compression_ratio" or key.endswith("_ratio"):
+        return "a finite ratio > 0", math.ulp(0.0), math.inf, False
+    if key in ("area_mm2", "energy_nJ", "power_mW", "baseline_area_mm2", "baseline_energy_nJ",
+               "baseline_power_mW"):
+        return "a finite number >= 0", 0.0, math.inf, False
+    if key in ("chips", "crossbar_test_samples"):
+        return "an integer >= 1", 1, math.inf, True
+    if key in ("tiles", "baseline_tiles", "dense_weights", "mapped_weights", "parameters"):
+        return "an integer >= 0", 0, math.inf, True
+    return None
+
+
+def check_run_metrics(path: Path, data: dict) -> str:
+    """The kind of run (``compress`` or ``device_study``) whose metrics.json ``path`` holds
+    ``data``; a file that is no run's, or a metric of the wrong type or out of its range
+    (a NaN, a string, an accuracy above 100 %), fails naming the file and key."""
+    allowed = ("allowed: the metrics.json of a finished python -m experiments.compress or "
+               "experiments.device_study run")
+    if "study" in data:
+        kind = "device_study"
+        if not isinstance(data["study"], list):
+            raise ValueError(f"{path}: study={data['study']!r:.80} is invalid; allowed: the "
+                             "list of study rows a device study writes")
+    elif "crossbar_accuracy_mean" in data:
+        kind = "compress"
+    else:
+        raise ValueError(f"{path} is no run's metrics.json: it has neither "
+                         f"'crossbar_accuracy_mean' (a compress run) nor 'study' (a device "
+                         f"study); {allowed}")
+    for key, value in data.items():
+        rule = _rule(key)
+        if rule is None:
+            continue
+        what, low, high, integer = rule
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not low <= value <= high or (
+                integer and not isinstance(value, int)):
+            raise ValueError(f"{path}: {key}={value!r} is invalid; allowed: {what}")
+    accs = data.get("crossbar_accuracies")
+    if accs is not None:
+        if not isinstance(accs, list) or not accs or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a)
+                and 0 <= a <= 100 for a in accs):
+            raise ValueError(f"{path}: crossbar_accuracies={accs!r:.80} is invalid; allowed: a "
+                             "non-empty list of accuracies in [0, 100] (%), one per chip")
+        if "chips" in data and len(accs) != data["chips"]:
+            raise ValueError(f"{path}: crossbar_accuracies holds {len(accs)} values, chips="
+                             f"{data['chips']}; allowed: one accuracy per chip")
+        mean = data.get("crossbar_accuracy_mean")
+        if mean is not None and abs(statistics.fmean(accs) - mean) > 1e-6:
+            raise ValueError(f"{path}: crossbar_accuracy_mean={mean!r} is invalid; allowed: "
+                             f"the mean of crossbar_accuracies ({statistics.fmean(accs)!r})")
+    return kind
+
+
 def collect_rows(multirun_dir: str | Path) -> list[dict]:
     """One row per readable ``metrics.json`` below ``multirun_dir`` (sorted by run directory;
     a device study's row has ``kind: device_study`` and its scalar results)."""
+    if not str(multirun_dir):
+        raise ValueError("multirun_dir='' is invalid; allowed: a Hydra multirun folder (or a "
+                         "run folder)")
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory (expected a Hydra multirun dir)")
@@ -101,7 +204,7 @@ def collect_rows(multirun_dir: str | Path) -> list[dict]:
             continue  # unreadable: reported by left_out
         run_dir = path.parent
         row = {"run": str(run_dir.relative_to(root)) or ".",
-               "kind": "device_study" if "study" in metrics else "compress"}
+               "kind": check_run_metrics(path, metrics)}
         row.update(_overrides(run_dir))
         row.update(_flatten(metrics))
         rows.append(row)
@@ -176,10 +279,26 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
+def check_out(out: Path) -> None:
+    """``--out`` is a folder (or a path where one can be made) that this user can write."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; allowed: a folder")
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file; allowed: a folder path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {ancestor} is not writable; allowed: a folder you can "
+                         "write")
+
+
 def collect(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write collected.csv and the plots; returns the written paths by name."""
+    """Write collected.csv and the plots; returns the written paths by name. Every input is
+    checked before anything is written."""
+    if out_dir is not None and not str(out_dir):
+        raise ValueError("--out '' is empty; allowed: a folder")
     rows = collect_rows(multirun_dir)
     out = Path(out_dir) if out_dir is not None else Path(multirun_dir)
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
@@ -200,7 +319,8 @@ def collect(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("multirun_dir", help="a Hydra multirun directory")
-    parser.add_argument("--out", default=None, help="output directory (default: multirun_dir)")
+    parser.add_argument("--out", default=None, action=Once,
+                        help="output directory (default: multirun_dir)")
     args = parser.parse_args(argv)
     written = collect(args.multirun_dir, args.out)
     for name, path in written.items():
