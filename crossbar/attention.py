@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .plan import attention_inputs, attention_projections
+from .plan import attention_inputs, attention_projections, linear_copy
 
 
 class CrossbarMultiheadAttention(nn.Module):
@@ -45,13 +45,7 @@ class CrossbarMultiheadAttention(nn.Module):
         self.bias_k = _copy(source.bias_k)
         self.bias_v = _copy(source.bias_v)
         for name, view in attention_projections(source):
-            layer = nn.Linear(view.in_features, view.out_features, bias=view.bias is not None,
-                              device=view.weight.device, dtype=view.weight.dtype)
-            with torch.no_grad():
-                layer.weight.copy_(view.weight)
-                if view.bias is not None:
-                    layer.bias.copy_(view.bias)
-            setattr(self, name, layer)
+            setattr(self, name, linear_copy(view))
         self.train(source.training)
 
     # ------------------------------------------------------------- nn.MultiheadAttention's view

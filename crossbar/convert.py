@@ -1,5 +1,5 @@
-"""Convert any PyTorch model to run its Linear/Conv1d/Conv2d layers and attention projections
-on simulated crossbars."""
+"""Convert any PyTorch model to run its Linear/Conv1d/Conv2d layers, attention projections and
+recurrent (LSTM/GRU/RNN) matrices on simulated crossbars."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from .plan import (
     plan_model,
     unmapped_layers,
 )
+from .recurrent import CrossbarRecurrent
 from .repair import RepairConfig
 
 
@@ -134,7 +135,11 @@ def to_crossbar(
     replaced by a crossbar layer, and every ``nn.MultiheadAttention`` by a
     :class:`~crossbar.attention.CrossbarMultiheadAttention` whose projections (named
     ``<attention>.in_proj`` or ``.q_proj``/``.k_proj``/``.v_proj``, and ``<attention>.out_proj``)
-    are crossbar layers; attention's activation products stay digital.
+    are crossbar layers; attention's activation products stay digital. Every ``nn.LSTM``,
+    ``nn.GRU`` and ``nn.RNN`` becomes a :class:`~crossbar.recurrent.CrossbarRecurrent` whose
+    input, hidden (and LSTM projection) matrices, named ``<rnn>.ih_l{k}``, ``.hh_l{k}``
+    (``.hr_l{k}``) and ``..._reverse``, are crossbar layers driven once per time step; gates
+    and state updates stay digital.
 
     Args:
         model: any ``nn.Module`` (nested, Sequential or custom); other layers are untouched.
@@ -152,8 +157,8 @@ def to_crossbar(
             output column): pass the quantizer's scales (``admm`` ``CompressResult.scales``)
             so its level grid is exactly the device's; default: each layer's largest |weight|.
         digital: layer patterns (fnmatch, or ``re:`` + regex, on module names) kept digital:
-            not converted and not in the mapping plan (nor in its cost). An attention module
-            whose projections are all digital stays the original ``nn.MultiheadAttention``.
+            not converted and not in the mapping plan (nor in its cost). An attention or
+            recurrent module whose matrices are all digital stays PyTorch's own module.
         devices: per-layer devices, layer pattern -> ``DeviceModel`` for the layers it matches
             (e.g. a more precise device for the first and last layer); others get ``device``.
         repair: fault repair at programming time (:class:`crossbar.RepairConfig`: test read,
@@ -224,7 +229,7 @@ def to_crossbar(
         if calibration is not None:
             calibrate(layer, calibration)
         return layer
-    xmodel = _unpack_attention(copy.deepcopy(model), {n for n, _ in layers})
+    xmodel = _unpack_composites(copy.deepcopy(model), {n for n, _ in layers})
     for name, module in layers:
         cls = _crossbar_class(module)
         check_plan(plan[name], config)
@@ -240,16 +245,18 @@ def to_crossbar(
     return xmodel
 
 
-def _unpack_attention(root: nn.Module, mapped: set[str]) -> nn.Module:
+def _unpack_composites(root: nn.Module, mapped: set[str]) -> nn.Module:
     """Replace every ``nn.MultiheadAttention`` of ``root`` that has a projection in ``mapped``
-    by a :class:`CrossbarMultiheadAttention` (its projections digital ``nn.Linear`` modules,
-    ready to be replaced by name); returns the root (the new module if ``root`` itself is
-    one)."""
+    by a :class:`CrossbarMultiheadAttention`, and every ``nn.LSTM``/``nn.GRU``/``nn.RNN``
+    that has a matrix in ``mapped`` by a :class:`CrossbarRecurrent` (their matrices digital
+    ``nn.Linear`` modules, ready to be replaced by name); returns the root (the new module if
+    ``root`` itself is one)."""
     for name, module in list(root.named_modules()):
         prefix = f"{name}." if name else ""
-        if isinstance(module, nn.MultiheadAttention) and any(n.startswith(prefix)
-                                                             for n in mapped):
-            new = CrossbarMultiheadAttention(module)
+        kind = (CrossbarMultiheadAttention if isinstance(module, nn.MultiheadAttention)
+                else CrossbarRecurrent if isinstance(module, nn.RNNBase) else None)
+        if kind is not None and any(n.startswith(prefix) for n in mapped):
+            new = kind(module)
             if not name:
                 return new
             _set_submodule(root, name, new)

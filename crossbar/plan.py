@@ -459,11 +459,12 @@ def matrix_view(module: nn.Module) -> torch.Tensor:
 
 MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 """Layer types that map onto crossbars (a Conv1d is a Conv2d of height 1). The projections of
-an ``nn.MultiheadAttention`` map too (:func:`attention_projections`)."""
+an ``nn.MultiheadAttention`` (:func:`attention_projections`) and the input, hidden and
+projection matrices of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (:func:`recurrent_matrices`) map
+too."""
 
 
 UNMAPPED = {
-    nn.RNNBase: "a recurrent layer (RNN/LSTM/GRU): its gate matrices are not mapped yet",
     nn.ConvTranspose1d: "a transposed convolution: not mapped yet",
     nn.ConvTranspose2d: "a transposed convolution: not mapped yet",
     nn.ConvTranspose3d: "a transposed convolution: not mapped yet",
@@ -490,20 +491,59 @@ def unmapped_layers(model: nn.Module) -> list[tuple[str, str]]:
 
 def crossbar_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, module)`` for every Linear, Conv1d and Conv2d in ``model`` (the mappable
-    layers), and for every ``nn.MultiheadAttention`` its projections as ``nn.Linear`` views
+    layers); for every ``nn.MultiheadAttention`` its projections as ``nn.Linear`` views
     named ``<attention>.in_proj`` (or ``q_proj``, ``k_proj``, ``v_proj``) and
-    ``<attention>.out_proj`` (:func:`attention_projections`)."""
-    attention: list[str] = []  # prefixes of the attention modules met so far
+    ``<attention>.out_proj`` (:func:`attention_projections`); for every ``nn.LSTM``,
+    ``nn.GRU`` and ``nn.RNN`` its matrices as ``nn.Linear`` views named ``<rnn>.ih_l0``,
+    ``<rnn>.hh_l0``, ``<rnn>.ih_l0_reverse``, ... (:func:`recurrent_matrices`)."""
+    composite: list[str] = []  # prefixes of the attention/recurrent modules met so far
     for name, module in model.named_modules():
-        if any(name.startswith(prefix) for prefix in attention):
-            continue  # out_proj: listed with its attention module
-        if isinstance(module, nn.MultiheadAttention):
+        if any(name.startswith(prefix) for prefix in composite):
+            continue  # out_proj: listed with its attention module (views list the rest)
+        views = (attention_projections(module) if isinstance(module, nn.MultiheadAttention)
+                 else recurrent_matrices(module) if isinstance(module, nn.RNNBase) else None)
+        if views is not None:
             prefix = f"{name}." if name else ""
-            attention.append(prefix)
-            for suffix, view in attention_projections(module):
+            composite.append(prefix)
+            for suffix, view in views:
                 yield prefix + suffix, view
         elif isinstance(module, MAPPABLE):
             yield name, module
+
+
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+"""Gate blocks ``G`` stacked in a recurrent layer's matrices (``[G*H, in]``), by
+``nn.RNNBase.mode``: LSTM ``i, f, g, o``; GRU ``r, z, n``; RNN one."""
+
+
+def recurrent_matrices(rnn: nn.RNNBase) -> list[tuple[str, nn.Linear]]:
+    """The weight matrices of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` as ``nn.Linear`` views
+    sharing its parameters, per layer ``k`` and direction (``_reverse`` for the backward one
+    of a bidirectional layer), in this order: ``ih_l{k}`` (``weight_ih_l{k}``, ``[G*H, in]``,
+    bias ``bias_ih_l{k}``), ``hh_l{k}`` (``weight_hh_l{k}``, ``[G*H, H]`` or ``[G*H, P]``
+    with an LSTM ``proj_size = P``; bias ``bias_hh_l{k}``) and, with ``proj_size``,
+    ``hr_l{k}`` (``weight_hr_l{k}``, ``[P, H]``, no bias). Each is driven once per time step
+    and sequence (:class:`crossbar.recurrent.CrossbarRecurrent`)."""
+    if rnn.mode not in RECURRENT_GATES:
+        fail(f"{type(rnn).__name__}.mode", rnn.mode, "one of " + ", ".join(RECURRENT_GATES))
+    out = []
+    for k in range(rnn.num_layers):
+        for suffix in ("", "_reverse")[:2 if rnn.bidirectional else 1]:
+            tail = f"_l{k}{suffix}"
+            for kind in ("ih", "hh", "hr")[:3 if rnn.proj_size else 2]:
+                bias = getattr(rnn, f"bias_{kind}{tail}") if rnn.bias and kind != "hr" else None
+                out.append((kind + tail, _linear_view(getattr(rnn, f"weight_{kind}{tail}"),
+                                                      bias)))
+    return out
+
+
+def recurrent_steps(inputs: object) -> int:
+    """Time steps summed over the sequences of one recurrent-layer input (a padded tensor
+    ``(L, N, in)``/``(N, L, in)``/``(L, in)``, or a ``PackedSequence``): the products each of
+    the layer's matrices makes in one forward."""
+    if isinstance(inputs, nn.utils.rnn.PackedSequence):
+        return int(inputs.data.shape[0])
+    return inputs.numel() // inputs.shape[-1]
 
 
 def attention_projections(attention: nn.MultiheadAttention) -> list[tuple[str, nn.Linear]]:
@@ -531,6 +571,18 @@ def _linear_view(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+    return layer
+
+
+def linear_copy(view: nn.Linear) -> nn.Linear:
+    """A digital ``nn.Linear`` holding a copy of ``view``'s weight and bias (an attention
+    projection or recurrent matrix, before :func:`crossbar.to_crossbar` replaces it by name)."""
+    layer = nn.Linear(view.in_features, view.out_features, bias=view.bias is not None,
+                      device=view.weight.device, dtype=view.weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(view.weight)
+        if view.bias is not None:
+            layer.bias.copy_(view.bias)
     return layer
 
 
@@ -566,8 +618,8 @@ def plan_model(
     exclude: Collection[str] = (),
 ) -> MappingPlan:
     """Mapping plan of every mapped layer of ``model`` (:func:`crossbar_layers`: Linear,
-    Conv1d, Conv2d with their groups, attention projections) but the ``exclude``d names
-    (layers kept digital).
+    Conv1d, Conv2d with their groups, attention projections, recurrent matrices) but the
+    ``exclude``d names (layers kept digital).
 
     A weight is live where ``masks[name]`` (bool, matrix view or weight shape) is True, or, for
     layers without a mask, where it is non-zero, so an all-zero row or column never gets a
@@ -617,7 +669,9 @@ def _live_mask(name: str, mask: object, module: nn.Module) -> torch.Tensor:
 def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     """Matrix-vector products per sample of each mapped layer (one forward on one example;
     a layer called several times counts every call). An ``nn.MultiheadAttention`` counts its
-    projections' calls (:func:`attention_inputs`) from its inputs' token counts."""
+    projections' calls (:func:`attention_inputs`) from its inputs' token counts; an
+    ``nn.LSTM``/``nn.GRU``/``nn.RNN`` one product per time step for each of its matrices
+    (:func:`recurrent_steps`)."""
     counts: dict[str, int] = {}
     hooks = []
 
@@ -647,10 +701,20 @@ def measure_mvms(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
             add(prefix + "out_proj", query.numel() // query.shape[-1])
         return record
 
+    def recurrent_hook(prefix: str):
+        def record(module: nn.RNNBase, args: tuple, kwargs: dict, output) -> None:
+            steps = recurrent_steps(args[0] if args else kwargs["input"])
+            for suffix, _ in recurrent_matrices(module):
+                add(prefix + suffix, steps)
+        return record
+
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention):  # its forward never calls out_proj
             hooks.append(module.register_forward_hook(
                 attention_hook(f"{name}." if name else ""), with_kwargs=True))
+        elif isinstance(module, nn.RNNBase):  # its forward reads its weights itself
+            hooks.append(module.register_forward_hook(
+                recurrent_hook(f"{name}." if name else ""), with_kwargs=True))
         elif isinstance(module, MAPPABLE) or getattr(module, "is_crossbar", False):
             hooks.append(module.register_forward_hook(hook(name)))
     was_training = model.training
