@@ -800,9 +800,9 @@ of a step). The summation errors measured on LeNet-5 with 6-bit converters were
 
 def _settle_ties(p: torch.Tensor) -> torch.Tensor:
     """``p`` (ADC steps) with values within :data:`ADC_TIE_BAND` of a half-way point set to
-    it, in place."""
-    half = p.floor().add_(0.5)
-    return torch.where((p - half).abs_() <= ADC_TIE_BAND, half, p, out=p)
+    it."""
+    half = p.detach().floor().add_(0.5)
+    return torch.where((p.detach() - half).abs_() <= ADC_TIE_BAND, half, p)
 
 
 def _wire_gain(g_eff: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

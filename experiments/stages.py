@@ -25,7 +25,13 @@ from crossbar.report import write_cost_report
 from experiments.allocation import budget_range, check_budget, layer_candidates
 from experiments.cache import cache_lock, cached, check_cache_dir, reuse, store
 from experiments.compressors.settings import RETRAINING
-from experiments.data import calibration_batch, collapse_floor, data_shape, load_data
+from experiments.data import (
+    calibration_batch,
+    collapse_floor,
+    data_shape,
+    load_data,
+    user_splits,
+)
 from experiments.datasets import DatasetInfo
 from experiments.guard import (
     DENSE_KEYS,
@@ -237,8 +243,37 @@ def preflight(exp: CompressExperiment) -> None:
             raise ValueError(f"model: {exp.model.name} does not build with "
                              f"{exp.model.kwargs or 'its defaults'} for {exp.dataset.name} "
                              f"inputs {shape[0]}: {exc}") from None
+        dtype = torch.float32
+        if exp.dataset.target is not None:  # the user's own inputs, e.g. token ids (int64)
+            dtype = user_splits(exp.dataset.target, exp.dataset.args)[0].tensors[0].dtype
+        _dry_run(model, shape, dtype, exp.model.name, exp.dataset.name)
     check_constraints_fit(model, exp.admm)
     mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
+
+
+def _dry_run(model: nn.Module, shape: tuple, dtype: torch.dtype, model_name: str,
+             data_name: str) -> None:
+    """One forward pass of the ``meta``-device model on a batch of the data's input shape
+    (``(input_shape, classes)``) and ``dtype`` (no memory, no compute): a model that builds
+    but does not take the data (a first layer of another width, a wrong flatten size) fails
+    here, naming the model and the shape, not after the run started; its outputs must be one
+    score per class. An operation the meta device does not implement skips the check."""
+    input_shape, classes = shape
+    batch = torch.zeros((2, *input_shape), dtype=dtype, device="meta")
+    try:
+        out = model.eval()(batch)
+    except NotImplementedError:
+        return
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model: {model_name} does not take {data_name} inputs of shape "
+                         f"(N, {', '.join(map(str, input_shape))}): {first}; allowed: a model "
+                         "whose forward accepts the data set's inputs") from None
+    finally:
+        model.train()
+    if isinstance(out, torch.Tensor) and (out.dim() != 2 or out.shape[1] != classes):
+        raise ValueError(f"model: {model_name} gives outputs of shape {tuple(out.shape)} for "
+                         f"{data_name}; allowed: (N, {classes}), one score per class")
 
 
 @dataclass

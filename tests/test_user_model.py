@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -37,6 +38,24 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class WrongWidth(nn.Module):
+    """Builds, but its first layer takes 10 inputs whatever the data has."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(10, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class TooFewScores(TinyNet):
+    """Runs, but gives one score fewer than there are classes."""
+
+    def __init__(self, input_shape, num_classes):
+        super().__init__(input_shape, num_classes - 1)
 
 
 def blobs(n_train=480, n_test=160, classes=4, seed=0):
@@ -154,6 +173,26 @@ def test_bad_user_targets_fail_clearly_before_any_work(user, monkeypatch, overri
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")
                        .replace(".", r"\.")):
         load_compress_config(cfg)
+
+
+@pytest.mark.parametrize("target, words", [
+    ("user_zoo.WrongWidth", "model: WrongWidth does not take blobs inputs of shape "
+                            "(N, 1, 6, 6): a and b must have same reduction dim"),
+    ("user_zoo.TooFewScores", "gives outputs of shape (2, 3) for blobs; allowed: (N, 4)"),
+])
+def test_a_model_that_does_not_take_the_data_is_refused_before_any_work(user, monkeypatch,
+                                                                        target, words):
+    """A dry forward pass on the ``meta`` device (no memory, no compute) in the preflight: a
+    model that builds but cannot take the data failed only once training started."""
+    from experiments.stages import preflight
+
+    root, _ = user
+    monkeypatch.syspath_prepend(str(root))
+    cfg = _compose(["model=tiny", "dataset=blobs", "admm=tiny", f"model._target_={target}",
+                    "~model.hidden", "admm.constraints=[{pattern: net.1, row_ratio: 0.5}]"],
+                   root / "conf")
+    with pytest.raises(ValueError, match=re.escape(words)):
+        preflight(load_compress_config(cfg))
 
 
 def test_user_data_shapes_and_labels_are_checked(user, monkeypatch):
