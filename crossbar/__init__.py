@@ -26,6 +26,7 @@ from .hardware_aware import HardwareAware
 from .layers import CrossbarConv1d, CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import LayerPlan, MappingPlan, Tile, plan_layer, plan_model
 from .programming_cost import PulseCost, programming_cost
+from .recurrent import CrossbarRecurrent
 from .repair import RepairConfig
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "CrossbarLayer",
     "CrossbarLinear",
     "CrossbarMultiheadAttention",
+    "CrossbarRecurrent",
     "DeviceModel",
     "HardwareAware",
     "LayerPlan",

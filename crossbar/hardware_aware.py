@@ -87,16 +87,17 @@ class HardwareAware:
     @contextlib.contextmanager
     def _active(self, model: nn.Module) -> Iterator[None]:
         every = dict(crossbar_layers(model))
-        # nn.MultiheadAttention's forward reads its projection weights directly: a hook on
-        # them never fires, so they cannot have the chip in the training loop
+        # nn.MultiheadAttention's and the recurrent modules' forwards read their weights
+        # directly: a hook on them never fires, so they cannot have the chip in the loop
         attention = {n for n in every if n not in dict(model.named_modules())
                      or _inside_attention(model, n)}
         if self.layers is None:
             names = [n for n in every if n not in attention]
             if attention and not self._warned:
-                warnings.warn(f"HardwareAware: attention projections {sorted(attention)} are "
-                              "trained without the chip in the loop (nn.MultiheadAttention "
-                              "reads their weights directly); the other layers have it",
+                warnings.warn(f"HardwareAware: the attention projections and recurrent "
+                              f"matrices {sorted(attention)} are trained without the chip in "
+                              "the loop (nn.MultiheadAttention, nn.LSTM, nn.GRU and nn.RNN read "
+                              "their weights directly); the other layers have it",
                               stacklevel=3)
                 self._warned = True
         else:
