@@ -112,8 +112,9 @@ def test_attention_projections_are_left_out_loudly_and_refused_by_name():
                           nn.Linear(4 * 16, 3)).train()
     x = torch.randn(5, 4, 16)
     hwa = HardwareAware(DEV, CFG)
-    with pytest.warns(UserWarning, match=r"attention projections \['0.self_attn.in_proj', "
-                                         r"'0.self_attn.out_proj'\]"), hwa(model):
+    with pytest.warns(UserWarning, match=r"attention projections and recurrent matrices "
+                                         r"\['0.self_attn.in_proj', '0.self_attn.out_proj'\]"), \
+            hwa(model):
         model(x)
     assert hwa.steps == 3  # linear1, linear2 and the head ran through a chip
     with pytest.raises(ValueError, match="'0.self_attn.in_proj' is a projection of an "
