@@ -4,6 +4,7 @@ Command line::
 
     python -m crossbar.report --plan plan.json --config crossbar.json --out DIR [--table isaac]
     python -m crossbar.report --isaac-check          # model vs ISAAC Table 6 tile totals
+    python -m crossbar.report --validate             # model vs published chips (TOPS/W)
 
 ``--config`` is a JSON of :class:`~crossbar.config.CrossbarConfig` fields; ``--cost`` an
 optional JSON of :class:`~crossbar.cost.CostConfig` fields. Every file is written atomically,
@@ -19,6 +20,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -588,7 +590,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--isaac-check", action="store_true",
                     help="print the model's ISAAC tile totals against the paper's and exit")
+    ap.add_argument("--validate", action="store_true",
+                    help="print the cost model against published chips (NeuRRAM, ISAAC, Hung "
+                    "et al. 2021; docs/cost_model.md) and exit")
     args = ap.parse_args(argv)
+    if args.validate:
+        others = [a for a in (argv if argv is not None else sys.argv[1:])
+                  if a not in ("--validate", "--debug")]
+        if others:
+            ap.error(f"--validate with {' '.join(others)}: the validation runs the published "
+                     "designs at their own settings and writes nothing; allowed: --validate "
+                     "alone")
+        from .validate import validation_markdown
+
+        print(validation_markdown())
+        return 0
     paths = ("run", "plan", "config", "cost", "out", "table")
     empty = [f"--{k}" for k in paths if getattr(args, k) is not None and not getattr(args, k)]
     if empty:

@@ -178,3 +178,13 @@ def test_the_dense_baseline_is_packed_from_the_shape_as_from_an_all_true_mask():
             sparse = plan_layer("l", kind, torch.rand(out_f, in_f) < 0.3, xbar,
                                 kernel_size=unit, mvms_per_sample=7, groups=groups)
             assert dense_layer_plan(sparse, xbar) == want
+
+
+def test_report_validate_prints_the_published_chips_and_refuses_other_options(tmp_path):
+    out = _run("crossbar.report", "--validate", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "NeuRRAM" in out.stdout and "Hung et al. 2021" in out.stdout
+    assert "1 MAC = 2 operations" in out.stdout
+    out = _run("crossbar.report", "--validate", "--out", tmp_path / "x", cwd=tmp_path)
+    assert out.returncode == 2 and "allowed: --validate alone" in out.stderr
+    assert not (tmp_path / "x").exists()
