@@ -74,6 +74,15 @@ class CrossbarLayer(nn.Module):
 
     is_crossbar = True
 
+    _exact_sums = False
+    """Whether tile products feeding an ADC are summed in float64 and rounded once to float32
+    (:class:`CrossbarLinear`): BLAS picks another summation order for another batch size, so
+    a partial sum exactly half-way between two ADC codes (inputs and weights on their grids)
+    fell on either side, and a batch of 1 and of 256 gave 5 of 52,224 LeNet-5 outputs one
+    step apart. Rounded from float64, an exact tie is the same float32 tie in any batch.
+    Convolutions keep float32 (oneDNN's convolution gave the same codes in every batch
+    measured, and float64 would double the simulator's time)."""
+
     def __init__(
         self,
         source: nn.Linear | nn.Conv2d,
@@ -629,7 +638,12 @@ class CrossbarLayer(nn.Module):
                 w = w * k.view(-1, *([1] * (w.dim() - 1)))
             elif k != 1.0:
                 w = w * k
-            p = self._tile_product(drive.x, w.flatten(0, 1), idx)  # [N', S*cols, ...] codes
+            if steps is not None and self._exact_sums and w.dtype == torch.float32 \
+                    and self._calibrating is None:
+                # float64 sums, rounded once to float32: the same codes in any batch
+                p = self._tile_product(drive.x.double(), w.flatten(0, 1).double(), idx).float()
+            else:
+                p = self._tile_product(drive.x, w.flatten(0, 1), idx)  # [N', S*cols, ...]
             if noisy:
                 p = self._read_noise(p, x2, u, idx, k)
             if steps is not None and adc_noise > 0:
@@ -640,7 +654,7 @@ class CrossbarLayer(nn.Module):
                 self._record_adc(p, idx)
             if steps is not None:
                 q = signed_steps(self.config.adc_bits)
-                p = _settle_ties(p).round_().clamp_(-q, q)
+                p = p.round_().clamp_(-q, q)
             p, alpha = self._combine(p, steps, drive.plane_weights, len(idx.tiles))
             alpha *= self._gain
             if full_cover and out is None:
@@ -786,25 +800,6 @@ def _column_scale(name: str, live: torch.Tensor, scale: float | torch.Tensor | N
     return t.reshape(out, 1).clone()
 
 
-ADC_TIE_BAND = 2.0**-9
-"""Half-width (in ADC steps) of the band around a half-way point that the ADC treats as the
-exact tie: the tile product's float32 summation order differs with the batch size (BLAS
-blocking), so a value exactly half-way between two codes (weights and inputs on their grids)
-came out a hair above or below it, and a batch of 1 and of 256 converted 5 of 52,224 LeNet-5
-outputs one step apart. A value within the band is set to the half-way point (then rounded
-half to even, as every tie), so a tie is the same tie in any batch; a value that is not a tie
-but lies within 1/512 of a step of one is rounded as a tie (a comparator offset of 0.2 %
-of a step). The summation errors measured on LeNet-5 with 6-bit converters were
-2.4e-4 to 1e-3 of a step."""
-
-
-def _settle_ties(p: torch.Tensor) -> torch.Tensor:
-    """``p`` (ADC steps) with values within :data:`ADC_TIE_BAND` of a half-way point set to
-    it."""
-    half = p.detach().floor().add_(0.5)
-    return torch.where((p.detach() - half).abs_() <= ADC_TIE_BAND, half, p)
-
-
 def _wire_gain(g_eff: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``G_eff / G`` per cell (1 where a cell holds no conductance or the array is ideal): how
     much of a cell's conductance fluctuation reaches its bit line through the wire network, to
@@ -861,6 +856,8 @@ def _upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, *args) 
 
 class CrossbarLinear(CrossbarLayer):
     """``nn.Linear`` on crossbar tiles (inputs on word lines, outputs on bit lines)."""
+
+    _exact_sums = True
 
     def _tile_indices(self) -> list[_TileIndex]:
         dev = self.cell_mask.device

@@ -21,16 +21,10 @@ IDEAL = crossbar.DeviceModel.ideal()
 
 
 def quantize(x: torch.Tensor, full_range: float, bits: int) -> torch.Tensor:
-    """Reference signed uniform quantizer: codes -q..q, q = 2^(bits-1) - 1, step r / q; a value
-    within ``ADC_TIE_BAND`` steps of a half-way point is that tie (rounded half to even)."""
-    from crossbar.layers import ADC_TIE_BAND
-
+    """Reference signed uniform quantizer: codes -q..q, q = 2^(bits-1) - 1, step r / q."""
     q = 2 ** (bits - 1) - 1
     step = full_range / q
-    codes = x / step
-    half = torch.floor(codes) + 0.5
-    codes = torch.where((codes - half).abs() <= ADC_TIE_BAND, half, codes)
-    return torch.clamp(torch.round(codes), -q, q) * step
+    return torch.clamp(torch.round(x / step), -q, q) * step
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
