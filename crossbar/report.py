@@ -28,7 +28,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import style  # noqa: E402
@@ -44,10 +43,10 @@ from .cost import (  # noqa: E402
     baseline_description,
     estimate,
     load_table,
-    model_cost,
 )
 from .io import atomic_write_bytes, atomic_write_text, run_cli  # noqa: E402
-from .plan import MappingPlan, check_plan, plan_layer  # noqa: E402
+from .plan import MappingPlan, check_plan  # noqa: E402
+from .validate import isaac_tile_comparison, validation_markdown  # noqa: E402
 
 style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs
 
@@ -325,47 +324,6 @@ def write_cost_report(
 
 
 # ------------------------------------------------------------------------- published check
-def isaac_tile_comparison(table: str | os.PathLike | Mapping | ComponentTable = "isaac"
-                          ) -> dict[str, float]:
-    """Model one fully used ISAAC tile and compare with the paper's Table 6 totals.
-
-    ISAAC tile: 12 IMAs x 8 arrays of 128x128 2-bit cells = 96 arrays, 16-bit weights in 8
-    slices, 16-bit inputs fed bit-serially through 1-bit DACs, one 8-bit ADC per array
-    (128 bit lines per ADC) at 1.28 GS/s. Here: one layer of 128 inputs x 1440 outputs with the
-    offset mapping (15 outputs x 8 slices + 1 reference column = 121 of 128 bit lines per
-    array), so 96 tiles of one array each, one MVM per inference; power = energy / latency.
-    """
-    tab = load_table(table)
-    xbar = CrossbarConfig(tile_rows=128, tile_cols=128, mapping="offset", weight_bits=16,
-                          cell_bits=2, dac_bits=16, adc_bits=8, bit_serial=True)
-    layer = plan_layer("isaac_tile", "linear", torch.ones(15 * 96, 128, dtype=torch.bool),
-                       xbar, mvms_per_sample=1)
-    mc = model_cost(MappingPlan({layer.name: layer}), xbar,
-                    CostConfig(clock_MHz=1280.0, cols_per_adc=128), tab)
-    rep = {k: v[0] for k, v in tab.reported.items()}
-    paper_power = (rep["ima_x12_power"] + 0.0207) * 1e3   # + eDRAM row (20.7 mW)
-    paper_area = (rep["ima_x12_area"] * 1e6 + 0.083)      # + eDRAM row (0.083 mm2)
-    out = {
-        "tiles": mc.tiles,
-        "model_power_mW": mc.power_mW,
-        "model_area_mm2": mc.total_area_mm2,
-        "paper_modelled_rows_power_mW": paper_power,
-        "paper_modelled_rows_area_mm2": paper_area,
-        "paper_tile_power_mW": rep["tile_power"] * 1e3,
-        "paper_tile_area_mm2": rep["tile_area"] * 1e6,
-        "unmodelled_tile_power_mW": rep["unmodelled_tile_power"] * 1e3,
-        "unmodelled_tile_area_mm2": rep["unmodelled_tile_area"] * 1e6,
-    }
-    out["gap_modelled_rows_power_pct"] = 100 * (mc.power_mW / paper_power - 1)
-    out["gap_modelled_rows_area_pct"] = 100 * (mc.total_area_mm2 / paper_area - 1)
-    out["gap_tile_power_pct"] = 100 * (mc.power_mW / out["paper_tile_power_mW"] - 1)
-    out["gap_tile_area_pct"] = 100 * (mc.total_area_mm2 / out["paper_tile_area_mm2"] - 1)
-    for comp in PARTS:
-        out[f"model_power_mW_{comp}"] = mc.energy_pJ[comp] / mc.latency_ns
-        out[f"model_area_mm2_{comp}"] = mc.area_um2[comp] * 1e-6
-    return out
-
-
 # ------------------------------------------------------------------------------------- cli
 REPORT_FILES = ("cost.json", "cost.csv", "report.md") + tuple(
     f"{name}.{fmt}" for name in ("tiles_per_layer", "energy_per_layer", "area_breakdown",
@@ -601,8 +559,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"--validate with {' '.join(others)}: the validation runs the published "
                      "designs at their own settings and writes nothing; allowed: --validate "
                      "alone")
-        from .validate import validation_markdown
-
         print(validation_markdown())
         return 0
     paths = ("run", "plan", "config", "cost", "out", "table")
