@@ -144,49 +144,8 @@ def check_study(run_dir: Path, exp, metrics: dict, stored: dict) -> dict[str, li
     the summary of its point's chips, both made with config.yaml's settings. The first
     difference fails naming the file and key."""
     m_file, p_file = run_dir / "metrics.json", run_dir / "study_points.json"
-    for key, (what, ok) in METRICS.items():
-        if key not in metrics:
-            raise ValueError(f"{m_file} has no '{key}' ({what}); {ALLOWED}")
-        value = metrics[key]
-        if isinstance(value, list) and not ok(value):  # name the first bad row
-            i = next((i for i, r in enumerate(value) if not ok([r])), None)
-            if i is not None:
-                raise ValueError(f"{m_file}: {key}[{i}]={value[i]!r:.100} is invalid; allowed: "
-                                 f"{what}")
-        if not ok(value):
-            raise ValueError(f"{m_file}: {key}={value!r:.100} is invalid; allowed: {what}")
-    if metrics["model"] != exp.model.name:
-        raise ValueError(f"{m_file}: model={metrics['model']!r} is invalid; allowed: "
-                         f"config.yaml's model.name ({exp.model.name!r}): the files of one "
-                         "study")
-    if metrics["chips"] != exp.eval.chips:
-        raise ValueError(f"{m_file}: chips={metrics['chips']!r} is invalid; allowed: "
-                         f"config.yaml's eval.chips ({exp.eval.chips})")
-    subset = exp.eval.test_subset
-    if subset is not None and metrics["crossbar_test_samples"] > subset:
-        raise ValueError(f"{m_file}: crossbar_test_samples={metrics['crossbar_test_samples']} "
-                         f"is invalid; allowed: at most config.yaml's eval.test_subset ({subset})")
-    points = stored.get("points")
-    if not isinstance(points, dict):
-        raise ValueError(f"{p_file} has no 'points' mapping; {ALLOWED}")
-    if stored.get("fingerprint") != study_fingerprint(exp.raw):
-        raise ValueError(f"{p_file} was not made with the settings of {run_dir / 'config.yaml'}"
-                         " (its fingerprint differs: one of them was edited or comes from "
-                         "another study); allowed: the files of one study")
-    for key, accs in points.items():
-        try:
-            point = json.loads(key)
-        except ValueError:
-            point = None
-        if not isinstance(point, list) or not point:
-            raise ValueError(f"{p_file}: point {key!r} is invalid; allowed: a point key the "
-                             "study wrote (a JSON list)")
-        if not _accuracies(accs):
-            raise ValueError(f"{p_file}: point {key} holds {accs!r:.100}; allowed: a non-empty "
-                             "list of accuracies in [0, 100] (%)")
-        if len(accs) != metrics["chips"]:
-            raise ValueError(f"{p_file}: point {key} holds {len(accs)} chips' accuracies; "
-                             f"allowed: one per chip (chips={metrics['chips']} in {m_file})")
+    _check_fields(m_file, exp, metrics)
+    points = _check_points(run_dir, p_file, m_file, exp, metrics, stored)
     models = exp.study.models
     wanted = {_key("sweep", k, v, name) for k, vs in exp.study.sweeps.items() for v in vs
               for name in models}
@@ -212,6 +171,68 @@ def check_study(run_dir: Path, exp, metrics: dict, stored: dict) -> dict[str, li
     _rows(m_file, "layer_sensitivity", metrics["layer_sensitivity"], points, layer_keys,
           lambda r: _key("layers", r.get("layer"), r.get("model")),
           lambda r: {"layer": r["layer"], "model": r["model"]})
+    _check_references(m_file, p_file, metrics, points, name)
+    return points
+
+
+def _check_fields(m_file: Path, exp, metrics: dict) -> None:
+    """metrics.json's values: each of the right type and range, made with config.yaml's
+    model, chips and test subset."""
+    for key, (what, ok) in METRICS.items():
+        if key not in metrics:
+            raise ValueError(f"{m_file} has no '{key}' ({what}); {ALLOWED}")
+        value = metrics[key]
+        if isinstance(value, list) and not ok(value):  # name the first bad row
+            i = next((i for i, r in enumerate(value) if not ok([r])), None)
+            if i is not None:
+                raise ValueError(f"{m_file}: {key}[{i}]={value[i]!r:.100} is invalid; allowed: "
+                                 f"{what}")
+        if not ok(value):
+            raise ValueError(f"{m_file}: {key}={value!r:.100} is invalid; allowed: {what}")
+    if metrics["model"] != exp.model.name:
+        raise ValueError(f"{m_file}: model={metrics['model']!r} is invalid; allowed: "
+                         f"config.yaml's model.name ({exp.model.name!r}): the files of one "
+                         "study")
+    if metrics["chips"] != exp.eval.chips:
+        raise ValueError(f"{m_file}: chips={metrics['chips']!r} is invalid; allowed: "
+                         f"config.yaml's eval.chips ({exp.eval.chips})")
+    subset = exp.eval.test_subset
+    if subset is not None and metrics["crossbar_test_samples"] > subset:
+        raise ValueError(f"{m_file}: crossbar_test_samples={metrics['crossbar_test_samples']} "
+                         f"is invalid; allowed: at most config.yaml's eval.test_subset ({subset})")
+
+
+def _check_points(run_dir: Path, p_file: Path, m_file: Path, exp, metrics: dict,
+                  stored: dict) -> dict:
+    """study_points.json's points: made with config.yaml's settings, each key a point the
+    study wrote, each value one accuracy per chip."""
+    points = stored.get("points")
+    if not isinstance(points, dict):
+        raise ValueError(f"{p_file} has no 'points' mapping; {ALLOWED}")
+    if stored.get("fingerprint") != study_fingerprint(exp.raw):
+        raise ValueError(f"{p_file} was not made with the settings of {run_dir / 'config.yaml'}"
+                         " (its fingerprint differs: one of them was edited or comes from "
+                         "another study); allowed: the files of one study")
+    for key, accs in points.items():
+        try:
+            point = json.loads(key)
+        except ValueError:
+            point = None
+        if not isinstance(point, list) or not point:
+            raise ValueError(f"{p_file}: point {key!r} is invalid; allowed: a point key the "
+                             "study wrote (a JSON list)")
+        if not _accuracies(accs):
+            raise ValueError(f"{p_file}: point {key} holds {accs!r:.100}; allowed: a non-empty "
+                             "list of accuracies in [0, 100] (%)")
+        if len(accs) != metrics["chips"]:
+            raise ValueError(f"{p_file}: point {key} holds {len(accs)} chips' accuracies; "
+                             f"allowed: one per chip (chips={metrics['chips']} in {m_file})")
+    return points
+
+
+def _check_references(m_file: Path, p_file: Path, metrics: dict, points: Mapping,
+                      name: str) -> None:
+    """The layer-sensitivity reference bands: the mean and 95 % CI of their points."""
     labels = {f"every layer non-ideal ({name})": _key("layers", "every", name),
               f"ideal devices ({name})": _key("layers", "none", name)}
     where = f"{m_file}: layer_sensitivity_reference"
@@ -230,7 +251,6 @@ def check_study(run_dir: Path, exp, metrics: dict, stored: dict) -> dict[str, li
                              f"95 % CI of {p_file}'s point {labels[label]} "
                              + ("(missing there)" if accs is None else
                                 f"({statistics.fmean(accs)!r}, {ci95(accs)!r})"))
-    return points
 
 
 def _rows(m_file: Path, section: str, rows: list, points: Mapping, wanted: set, key_of,
