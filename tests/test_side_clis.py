@@ -132,22 +132,27 @@ PLAN_HOLES = {
 }
 
 
-def test_report_refuses_plans_it_would_cost_wrongly(tmp_path):
+def test_report_refuses_plans_it_would_cost_wrongly(tmp_path, capsys):
     """Each plan the attack costed wrongly (a duplicate layer dropped, negative or non-finite
     energy, a layer with no tiles costed zero, a 1e5 x 1e5 layer killed for memory) is one
     message naming the layer and field; nothing is written. The valid plan is costed, with a
-    cost.json that is strict JSON."""
+    cost.json that is strict JSON. (In-process through the CLI's own error wrapper; the
+    subprocess path is covered by the cases above.)"""
+    from crossbar.io import run_cli
+    from crossbar.report import main
+
     plans = _plan_files(tmp_path)
     for label, words in PLAN_HOLES.items():
-        out = _run("crossbar.report", "--plan", plans[label], "--config",
-                   tmp_path / "xbar.json", "--out", tmp_path / label, "--no-plots",
-                   cwd=tmp_path)
-        assert out.returncode == 1 and "Traceback" not in out.stderr, (label, out.stderr)
-        assert words in out.stderr and "--plan" in out.stderr, (label, out.stderr)
+        code = run_cli(main, ["--plan", str(plans[label]), "--config",
+                              str(tmp_path / "xbar.json"), "--out", str(tmp_path / label),
+                              "--no-plots"])
+        err = capsys.readouterr().err
+        assert code == 1 and "Traceback" not in err, (label, err)
+        assert words in err and "--plan" in err, (label, err)
         assert not (tmp_path / label).exists(), label
-    out = _run("crossbar.report", "--plan", plans["ok"], "--config", tmp_path / "xbar.json",
-               "--out", tmp_path / "ok", "--no-plots", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    code = run_cli(main, ["--plan", str(plans["ok"]), "--config", str(tmp_path / "xbar.json"),
+                          "--out", str(tmp_path / "ok"), "--no-plots"])
+    assert code == 0, capsys.readouterr().err
     json.loads((tmp_path / "ok" / "cost.json").read_text(),
                parse_constant=lambda c: pytest.fail(f"cost.json holds {c}"))
 

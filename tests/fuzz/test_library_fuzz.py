@@ -48,6 +48,7 @@ ALLOWED = {  # (class, field) -> kinds of "bad" value that are legitimate there
     ("DeviceModel", "levels_uS"): {"list"},          # two levels, 1 and 2 uS: a binary cell
     ("programming", "coeffs_uS"): {"list"},          # sigma(G) = 1 uS + 2 G: a polynomial spread
     ("programming", "scale"): {"zero"},              # no programming spread
+    ("read_noise", "scale"): {"zero"},               # no read noise (pcm_1f)
     ("drift", "scale"): {"zero"},                    # no drift
 }
 
