@@ -157,9 +157,37 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
               "| component | area (mm2) | energy (nJ) |", "|---|---:|---:|"]
     for k in PARTS:
         lines.append(f"| {k} | {_fmt(c.area_um2[k] * 1e-6)} | {_fmt(c.energy_pJ[k] * 1e-3)} |")
+    if est.attribution:
+        lines += ["", "## Where the reduction comes from", "",
+                  "One change per step from the baseline to the design, each with the earlier "
+                  "ones applied; changes in percent of the baseline (they add up to the total).",
+                  "", "| step | change | tiles | area (mm2) | area change | energy (nJ) | "
+                  "energy change |", "|---|---|---:|---:|---:|---:|---:|"]
+        for a in est.attribution:
+            lines.append(f"| {a['step']} | {a['change']} | {a['tiles']} | "
+                         f"{_fmt(a['area_mm2'])} | {a['area_change_pct']:+.1f}% | "
+                         f"{_fmt(a['energy_nJ'])} | {a['energy_change_pct']:+.1f}% |")
+    lines += ["", "## Not in this estimate", "",
+              *[f"- {item}" for item in EXCLUDED]]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+EXCLUDED = (
+    "static (leakage) power of the periphery and buffers: energies are dynamic, per "
+    "inference; power is energy over latency",
+    "interconnect between tiles (an on-chip network or bus) and off-chip data movement",
+    "every layer not in the plan: layers kept digital (`layers.digital`), BatchNorm, pooling, "
+    "activations, residual adds, softmax, attention's activation products (Q K^T, x V), the "
+    "gate arithmetic of recurrent layers, embeddings (lookups) and layer types with no crossbar "
+    "mapping (ConvTranspose, Conv3d, Bilinear; warned by name when a model is converted)",
+    "programming and write-verify energy (reported per chip in the run's report.md, "
+    "docs/crossbar.md 'Programming cost'), refresh or recalibration over a chip's life",
+    "control logic, clock distribution and I/O pads; area of unused tile space beyond the "
+    "tiles the plan opens",
+)
+"""What the cost report leaves out, listed in every report.md (issue 23)."""
 
 
 # ----------------------------------------------------------------------------------- plots

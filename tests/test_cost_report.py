@@ -59,6 +59,10 @@ def test_write_cost_report_files(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| conv1 |" in md and "| fc |" in md and "reduction" in md
     assert "![area_breakdown.png](area_breakdown.png)" in md
+    # issue 23: where the reduction comes from, and what the estimate leaves out
+    assert "## Where the reduction comes from" in md and "| pruning |" in md
+    assert "## Not in this estimate" in md and "static (leakage) power" in md
+    assert "interconnect between tiles" in md and "layers kept digital" in md
 
 
 def test_report_without_baseline_or_plots(tmp_path):
