@@ -135,44 +135,153 @@ def plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[st
     plots = ["chip_accuracy.png", "stage_accuracy.png"]
     rounds = [h for h in history if h.get("event") == "admm_round"]
     if rounds:
-        stages = list(dict.fromkeys(h["stage"] for h in rounds))
-        fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.4),
-                                 squeeze=False)
-        for ax, stage in zip(axes[0], stages, strict=True):
-            sel = [h for h in rounds if h["stage"] == stage]
-            for name in sel[0]["layers"]:
-                ax.plot(range(1, len(sel) + 1), [h["layers"][name]["primal"] for h in sel],
-                        label=name)
-            ax.set_yscale("log")
-            ax.set_xlabel(f"ADMM round ({stage})")
-            ax.set_ylabel("primal residual ||W - Z||")
-            rho = ax.twinx()
-            rho.plot(range(1, len(sel) + 1), [next(iter(h["layers"].values()))["rho"]
-                                              for h in sel], "k--", label="rho")
-            rho.set_yscale("log")
-            rho.set_ylabel("rho (dashed)")
-            ax.legend(fontsize=6, loc="lower left")
-        fig.suptitle("ADMM convergence: residual per layer and penalty rho")
-        fig.tight_layout()
-        write_png(run_dir / "admm_residuals.png", fig)
+        _plot_admm_residuals(rounds, run_dir)
         plots.append("admm_residuals.png")
     plots += [name for name in ("conductances.png", "tile_map.png")
               if (run_dir / name).exists()]
-
-    evals = [h for h in history if h.get("event") == "eval"]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    labels = [h["stage"] for h in evals] + ["crossbar ideal", "crossbar chips"]
-    values = [h["metric"] for h in evals] + [metrics["crossbar_ideal_accuracy"],
-                                             metrics["crossbar_accuracy_mean"]]
-    ax.plot(range(len(values)), values, marker="o")
-    ax.errorbar([len(values) - 1], [values[-1]], yerr=[metrics["crossbar_accuracy_std"]],
-                capsize=4, color="C1")
-    ax.set_xticks(range(len(values)), labels, rotation=30, ha="right")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy through the pipeline")
-    write_png(run_dir / "stage_accuracy.png", fig)
+    _plot_stage_accuracy(metrics, history, run_dir)
     _plot_ablation(metrics, run_dir)
     return plots
+
+
+_STAGE_LABELS = {
+    "dense": "dense (pretrained)",
+    "prune": "pruned: after hard projection\n(before retraining)",
+    "prune_retrain": "pruned, retrained",
+    "quant": "quantized: after hard projection\n(before retraining)",
+    "quant_retrain": "quantized, retrained\n(software compressed)",
+    "obc": "OBC compressed\n(software)",
+}
+"""Tick labels of the software stages (``eval`` events of the compression history): the
+accuracy right after a hard projection onto the constraint set is the one before the retraining
+recovers it."""
+
+
+def _plot_stage_accuracy(metrics: dict, history: list[dict], run_dir: Path) -> None:
+    """stage_accuracy.png: the accuracy after each stage as categorical markers (no line joins
+    the stages), the programmed chips as individual points with their mean and 95 % CI, and the
+    dense and software-compressed accuracies as reference lines."""
+    evals = [h for h in history if h.get("event") == "eval"]
+    accs = list(metrics["crossbar_accuracies"])
+    labels = [_STAGE_LABELS.get(h["stage"], h["stage"].replace("_", " ")) for h in evals]
+    labels += ["crossbar,\nideal devices", f"crossbar chips\n({len(accs)} programmed)"]
+    values = [h["metric"] for h in evals] + [metrics["crossbar_ideal_accuracy"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for y, label, style in ((metrics["dense_accuracy"], "dense (software)", ":"),
+                            (metrics["compressed_accuracy"], "compressed (software)", "--")):
+        ax.axhline(y, color="#555555", linestyle=style, linewidth=0.9, label=label, zorder=1)
+    ax.plot(range(len(values)), values, linestyle="none", marker="o", color="#1f77b4",
+            label="accuracy after the stage", zorder=3)
+    chip_x = len(values)
+    offsets = [-0.05] if len(accs) == 1 else [-0.25 + 0.35 * i / (len(accs) - 1)
+                                              for i in range(len(accs))]   # jitter, by chip
+    ax.plot([chip_x + d for d in offsets], accs, linestyle="none", marker=".", markersize=4,
+            color="#777777", alpha=0.8, label="one programmed chip", zorder=2)
+    mean, half = statistics.fmean(accs), ci95(accs)
+    ax.errorbar([chip_x + 0.3], [mean], yerr=[half], fmt="D", markersize=4, capsize=3,
+                color="C1", label=f"chips: mean {mean:.2f} % (95 % CI +- {half:.2f})",
+                zorder=4)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=6.5)
+    ax.set_xlim(-0.5, chip_x + 0.6)
+    points = values + accs + [mean - half, mean + half, metrics["dense_accuracy"],
+                              metrics["compressed_accuracy"]]
+    low, high = min(points), max(points)
+    margin = max(0.08 * (high - low), 1.0)
+    low, high = low - margin, high + margin
+    if high - low < 5.0:   # never so zoomed that a fraction of a point looks huge
+        centre = (low + high) / 2
+        low, high = centre - 2.5, centre + 2.5
+    ax.set_ylim(max(0.0, low), min(100.0, high))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("pipeline stage (categories, in order)")
+    ax.set_title("Accuracy through the pipeline")
+    ax.grid(axis="y", color="#dddddd", linewidth=0.5)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    caption(fig, metrics.get("settings_caption", ""), width=110)
+    write_png(run_dir / "stage_accuracy.png", fig)
+
+
+def _dense_weight_norms(run_dir: Path, layers: list[str]) -> dict[str, float] | None:
+    """``||W_dense||_F`` of each of ``layers``, from the run's ``dense.pt``; ``None`` where
+    the file or a layer's weight is missing or unreadable."""
+    try:
+        state = torch.load(run_dir / "dense.pt", map_location="cpu", weights_only=True)
+        weights = state["model"] if "model" in state else state
+        norms = {name: float(weights[f"{name}.weight"].float().norm()) for name in layers}
+    except Exception:  # noqa: BLE001  (no norms: the figure falls back to absolute residuals)
+        return None
+    return norms if all(n > 0 for n in norms.values()) else None
+
+
+def _log_if_decades(ax, values: list[float]) -> None:
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) >= 10:
+        ax.set_yscale("log")
+
+
+def _plot_admm_residuals(rounds: list[dict], run_dir: Path) -> None:
+    """admm_residuals.png: per ADMM stage (columns) the primal and dual residual of each layer,
+    relative to the layer's dense weight norm, and the penalty rho (rows). One colour per layer
+    in every panel, one legend for the figure."""
+    stages = list(dict.fromkeys(h["stage"] for h in rounds))
+    layers = list(dict.fromkeys(name for h in rounds for name in h["layers"]))
+    colours = {name: plt.get_cmap("tab10" if len(layers) <= 10 else "tab20")(i % 20)
+               for i, name in enumerate(layers)}
+    norms = _dense_weight_norms(run_dir, layers)
+    if norms is not None:
+        rows = (("primal", lambda name, e: e["primal"] / norms[name],
+                 "primal residual\n||W - Z||_F / ||W_dense||_F"),
+                ("dual", lambda name, e: e["dual"] / (e["rho"] * norms[name]),
+                 "dual residual / (rho ||W_dense||_F)\n= ||Z - Z_prev||_F / ||W_dense||_F"))
+    else:   # no dense weights to divide by: say that the residuals are absolute
+        rows = (("primal", lambda name, e: e["primal"],
+                 "primal residual\n||W - Z||_F (absolute)"),
+                ("dual", lambda name, e: e["dual"],
+                 "dual residual\nrho ||Z - Z_prev||_F (absolute)"))
+    fig, axes = plt.subplots(3, len(stages), figsize=(3.4 * len(stages) + 0.6, 6.2),
+                             squeeze=False, sharex="col")
+    handles = {}
+    for col, stage in enumerate(stages):
+        sel = [h for h in rounds if h["stage"] == stage]
+        x = list(range(1, len(sel) + 1))
+        for row, (_, scale, label) in enumerate(rows):
+            ax, drawn = axes[row][col], []
+            for name in layers:
+                if name not in sel[0]["layers"]:
+                    continue
+                ys = [scale(name, h["layers"][name]) for h in sel]
+                drawn += ys
+                (handles[name],) = ax.plot(x, ys, marker=".", markersize=3, linewidth=1.0,
+                                           color=colours[name], label=name)
+            _log_if_decades(ax, drawn)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=7)
+            if row == 0:
+                ax.set_title(f"{stage} stage (ADMM)", fontsize=8)
+        ax = axes[2][col]
+        rho = {name: [h["layers"][name]["rho"] for h in sel] for name in sel[0]["layers"]}
+        series = list(rho.values())
+        if all(s == series[0] for s in series):
+            (handles["__rho__"],) = ax.plot(x, series[0], "k--", marker=".", markersize=3,
+                                        linewidth=1.0, label="penalty rho (all layers)")
+        else:
+            for name, ys in rho.items():
+                ax.plot(x, ys, "--", color=colours[name], linewidth=1.0)
+            handles["__rho__"] = plt.Line2D([], [], color="k", linestyle="--",
+                                        label="penalty rho (dashed, colour of its layer)")
+        _log_if_decades(ax, [v for s in series for v in s])
+        if col == 0:
+            ax.set_ylabel("ADMM penalty rho", fontsize=7)
+        ax.set_xlabel("ADMM round in the stage")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle("ADMM convergence per layer: relative residuals and penalty rho"
+                 if norms is not None else "ADMM convergence per layer: residuals and penalty rho",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    ordered = [handles[n] for n in layers if n in handles] + [handles["__rho__"]]
+    fig.legend(ordered, [h.get_label() for h in ordered], loc="lower center",
+               ncol=min(len(ordered), 4), fontsize=7, frameon=False)
+    write_png(run_dir / "admm_residuals.png", fig)
 
 
 def _plot_ablation(metrics: dict, run_dir: Path) -> None:

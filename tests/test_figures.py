@@ -44,3 +44,115 @@ def test_cost_report_figures_too(tmp_path):
     assert pngs
     for png in pngs:
         _check(png)
+
+
+# ------------------------------------------- stage_accuracy and admm_residuals (issue 25)
+def _round(stage, r, layers, rho):
+    return {"event": "admm_round", "stage": stage, "epoch": 0, "round": r, "task_loss": 1.0,
+            "layers": {name: {"rho": rho, "primal": scale / r ** 2,
+                              "dual": rho * scale / (10 * r), "near": 0.5}
+                       for name, scale in layers.items()}}
+
+
+def _compress_run(tmp_path, monkeypatch, dense_weights=True):
+    """plots_compress on a small hand-made history (two ADMM stages, a layer that only the
+    second one constrains, listed first there), with the figures kept open for inspection."""
+    import torch
+
+    from experiments import reports
+
+    history = [{"event": "eval", "stage": "dense", "metric": 98.0}]
+    history += [_round("prune", r, {"conv": 2.0, "fc1": 4.0}, 0.01 * 1.5 ** r)
+                for r in range(1, 6)]
+    history += [{"event": "eval", "stage": "prune", "metric": 45.0},
+                {"event": "eval", "stage": "prune_retrain", "metric": 97.0}]
+    history += [_round("quant", r, {"fc2": 1.0, "conv": 0.5, "fc1": 0.8}, 0.01 * 1.5 ** r)
+                for r in range(1, 6)]
+    history += [{"event": "eval", "stage": "quant", "metric": 90.0},
+                {"event": "eval", "stage": "quant_retrain", "metric": 96.5}]
+    chips = [95.1, 94.0, 96.2, 95.5, 93.8]
+    metrics = {"dense_accuracy": 98.0, "compressed_accuracy": 96.5,
+               "crossbar_ideal_accuracy": 96.0, "crossbar_accuracies": chips,
+               "crossbar_accuracy_mean": sum(chips) / len(chips), "crossbar_accuracy_std": 1.0,
+               "settings_caption": "Run settings: test run; 5 programmed chips."}
+    norms = {"conv": 4.0, "fc1": 8.0, "fc2": 2.0}
+    if dense_weights:   # weights whose Frobenius norms are ``norms``
+        torch.save({"model": {f"{n}.weight": torch.full((4, 4), v / 4) for n, v in
+                              norms.items()}}, tmp_path / "dense.pt")
+    figures = {}
+    real = reports.write_png
+
+    def keep(path, fig):
+        figures[path.name] = fig
+        real(path, fig)
+
+    monkeypatch.setattr(reports, "write_png", keep)
+    plots = reports.plots_compress(metrics, history, tmp_path)
+    return metrics, history, norms, plots, figures
+
+
+def test_stage_accuracy_is_a_dot_plot_with_chips_ci_references_and_caption(
+        tmp_path, monkeypatch):
+    metrics, history, _, plots, figures = _compress_run(tmp_path, monkeypatch)
+    assert "stage_accuracy.png" in plots
+    fig = figures["stage_accuracy.png"]
+    ax = fig.axes[0]
+    for line in ax.get_lines():   # markers only: no line joins the categorical stages
+        ys = set(line.get_ydata())
+        assert line.get_linestyle() == "None" or len(ys) == 1, line.get_label()
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(ticks) == 5 + 2 and ticks[0].startswith("dense")
+    assert "after hard projection\n(before retraining)" in ticks[1]
+    assert "after hard projection\n(before retraining)" in ticks[3]
+    assert ticks[-2].startswith("crossbar,") and "5 programmed" in ticks[-1]
+    chips = [line for line in ax.get_lines() if line.get_label() == "one programmed chip"]
+    assert len(chips) == 1 and list(chips[0].get_ydata()) == metrics["crossbar_accuracies"]
+    assert len(set(chips[0].get_xdata())) == 5   # jittered: every chip visible
+    labels = ax.get_legend_handles_labels()[1]
+    assert "dense (software)" in labels and "compressed (software)" in labels
+    assert any(label.startswith("chips: mean") and "95 % CI" in label for label in labels)
+    # every point inside the axis with a margin, but not all of 0-100 %
+    low, high = ax.get_ylim()
+    assert low < 45.0 and high > 98.0 and (low > 0 or high < 100)
+    assert any("Run settings" in t.get_text() for t in fig.texts)
+    _check(tmp_path / "stage_accuracy.png")
+
+
+def test_admm_residuals_relative_one_colour_per_layer_shared_legend(tmp_path, monkeypatch):
+    _, history, norms, plots, figures = _compress_run(tmp_path, monkeypatch)
+    assert "admm_residuals.png" in plots
+    fig = figures["admm_residuals.png"]
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if line.get_label() in norms:
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert set(colours) == set(norms)   # every layer drawn
+    assert all(len(c) == 1 for c in colours.values()), colours   # same colour in every panel
+    assert len({c.pop() for c in colours.values()}) == len(norms)   # and one per layer
+    (legend,) = fig.legends   # one legend for the figure, listing every layer and rho
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert set(norms) <= set(texts)
+    assert any("rho" in t for t in texts)
+    ylabels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert any("||W - Z||_F / ||W_dense||_F" in y for y in ylabels)
+    assert any("||Z - Z_prev||_F / ||W_dense||_F" in y for y in ylabels)
+    assert any("rho" in y for y in ylabels)
+    rounds = [h for h in history if h["event"] == "admm_round" and h["stage"] == "quant"]
+    (fc2,) = [line for line in fig.axes[1].get_lines() if line.get_label() == "fc2"]
+    assert list(fc2.get_ydata()) == [h["layers"]["fc2"]["primal"] / norms["fc2"]
+                                     for h in rounds]   # relative, not absolute
+    (fc2,) = [line for line in fig.axes[3].get_lines() if line.get_label() == "fc2"]
+    assert list(fc2.get_ydata()) == [h["layers"]["fc2"]["dual"]
+                                     / (h["layers"]["fc2"]["rho"] * norms["fc2"])
+                                     for h in rounds]   # dual / (rho ||W_dense||)
+    assert fig.axes[0].get_yscale() == "log"   # the residuals span decades
+    rho = [line for ax in fig.axes for line in ax.get_lines() if "rho" in line.get_label()]
+    assert rho and all(line.get_label() == "penalty rho (all layers)" for line in rho)
+    _check(tmp_path / "admm_residuals.png")
+
+
+def test_admm_residuals_say_absolute_without_dense_weights(tmp_path, monkeypatch):
+    *_, figures = _compress_run(tmp_path, monkeypatch, dense_weights=False)
+    ylabels = [ax.get_ylabel() for ax in figures["admm_residuals.png"].axes]
+    assert any("||W - Z||_F (absolute)" in y for y in ylabels)
