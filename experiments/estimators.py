@@ -104,7 +104,8 @@ def chip_yield(accuracies: Sequence[float], *, dense_accuracy: float | None = No
         if dense_accuracy is None:
             raise ValueError("chip_yield: max_drop needs dense_accuracy")
         floors.append(dense_accuracy - max_drop)
-        words.append(f"at most {max_drop:g} points below dense ({dense_accuracy:.2f} %)")
+        unit = "point" if max_drop == 1 else "points"
+        words.append(f"at most {max_drop:g} {unit} below dense ({dense_accuracy:.2f} %)")
     if min_accuracy is not None:
         floors.append(min_accuracy)
         words.append(f"at least {min_accuracy:g} %")

@@ -216,6 +216,32 @@ def plot_sweep(rows: Sequence[Mapping], key: str, path: Path, note: str = "",
     write_png(path, fig)
 
 
+def plot_yield(rows: Sequence[Mapping], key: str, path: Path, spec: str,
+               note: str = "") -> None:
+    """Yield against one swept setting: the share of chips that meet ``spec`` with its
+    Clopper-Pearson 95 % interval, one series per model (rows: ``value``, ``model``,
+    ``yield_pct``, ``ci_low_pct``, ``ci_high_pct``, ``chips``)."""
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    coords = dict(zip(map(repr, values), set_value_axis(ax, key, values), strict=True))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for i, model in enumerate(models):
+        pts = [r for r in rows if r["model"] == model]
+        xs = [coords[repr(r["value"])] for r in pts]
+        ys = [r["yield_pct"] for r in pts]
+        err = [[y - r["ci_low_pct"] for y, r in zip(ys, pts, strict=True)],
+               [r["ci_high_pct"] - y for y, r in zip(ys, pts, strict=True)]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", color=f"C{i}", capsize=3,
+                    label=f"{model} ({pts[0]['chips']} chips; Clopper-Pearson 95 %)")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel(axis_label(key))
+    ax.set_ylabel("yield (% of chips)")
+    ax.set_title(f"Yield vs {axis_label(key).split(' (')[0]}\nspec: {spec}", fontsize=8)
+    ax.legend(fontsize=7)
+    caption(fig, note)
+    write_png(path, fig)
+
+
 def plot_distributions(chip_rows: Sequence[Mapping], key: str, path: Path,
                        note: str = "") -> None:
     """Chip-accuracy distributions per swept value (violins with the chips as dots), one

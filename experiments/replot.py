@@ -26,7 +26,7 @@ from experiments.config import load_study_config
 from experiments.plots import ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import write_json
-from experiments.study import study_fingerprint
+from experiments.study import study_fingerprint, yield_figures
 
 ALLOWED = "allowed: the file the study wrote"
 SUMMARY = ("mean", "std", "ci95", "min", "max", "chips")
@@ -63,6 +63,10 @@ def replot_study(run_dir: str | Path) -> list[str]:
     metrics["held_fixed"] = held_fixed(exp, metrics["crossbar_test_samples"], metrics["chips"])
     plots = plot_study(metrics["study"], chip_rows, metrics["grids"],
                        metrics["layer_sensitivity"], reference, metrics["held_fixed"], run_dir)
+    spec, yields, names = yield_figures(exp.eval, chip_rows, reference[f"dense, {same}"],
+                                        metrics["held_fixed"], run_dir)
+    plots += names
+    metrics["yield_spec"], metrics["study_yield"] = spec, yields
     write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
     return plots

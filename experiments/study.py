@@ -33,6 +33,7 @@ from experiments.compressors.admm import compress_stage
 from experiments.compressors.registry import compress_inputs
 from experiments.config import load_study_config
 from experiments.data import calibration_batch, crossbar_test_loader
+from experiments.estimators import chip_yield
 from experiments.guard import (
     CHECKPOINT_KEYS,
     DENSE_KEYS,
@@ -42,7 +43,7 @@ from experiments.guard import (
     meta_model,
     open_run,
 )
-from experiments.plots import ci95
+from experiments.plots import ci95, plot_yield
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import accept_run, environment, timed, write_json
 from experiments.settings import RobustnessSettings, StudyExperiment
@@ -368,6 +369,9 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
     note = held_fixed(exp, n_test, exp.eval.chips)
     plots = plot_study(summary, chip_rows, grids, sensitivity, reference, note, run_dir)
     same = f"software, same {n_test} test samples"
+    spec, yields, names = yield_figures(exp.eval, chip_rows, reference[f"dense, {same}"],
+                                        note, run_dir)
+    plots += names
     metrics = {"model": exp.model.name, "dense_accuracy": p.dense_acc,
                "compressed_accuracy": compressed_acc,
                "dense_accuracy_chip_samples": reference[f"dense, {same}"],
@@ -378,7 +382,8 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
                "layer_sensitivity": sensitivity,
                "layer_sensitivity_reference": {k: v for k, v in reference.items()
                                                if isinstance(v, tuple)},
-               "failed": points.failed, "reused_points": points.reused, "timings_s": timings}
+               "failed": points.failed, "reused_points": points.reused, "timings_s": timings,
+               "yield_spec": spec, "study_yield": yields}
     write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
     _log.info("device study done: %d sweep points, %d grid points, %d layers (%d reused from "
@@ -392,6 +397,43 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
             f"fix, python -m experiments.device_study resume=true hydra.run.dir={run_dir} "
             "<same overrides> computes only the missing ones")
     return metrics
+
+
+def study_yields(e, chip_rows: list[dict], dense_accuracy: float
+                 ) -> tuple[str | None, list[dict]]:
+    """The yield of every swept point and model against ``eval``'s specification
+    (``spec_max_drop`` below ``dense_accuracy``, the dense model in software on the chips' test
+    samples, and/or ``spec_min_accuracy``): the spec in words and a row per point (``setting``,
+    ``value``, ``model`` and :func:`experiments.estimators.chip_yield`'s fields); no rows
+    without a specification."""
+    if e.spec_max_drop is None and e.spec_min_accuracy is None:
+        return None, []
+    groups: dict[tuple, list[float]] = {}
+    for r in chip_rows:
+        groups.setdefault((r["setting"], repr(r["value"]), r["model"]), []).append(
+            r["accuracy"])
+    values = {(r["setting"], repr(r["value"])): r["value"] for r in chip_rows}
+    rows, spec = [], None
+    for (setting, value, model), accs in groups.items():
+        est = chip_yield(accs, dense_accuracy=dense_accuracy, max_drop=e.spec_max_drop,
+                         min_accuracy=e.spec_min_accuracy)
+        spec = est.spec
+        rows.append({"setting": setting, "value": values[setting, value], "model": model,
+                     **{k: v for k, v in est.to_dict().items() if k != "spec"}})
+    return spec, rows
+
+
+def yield_figures(e, chip_rows: list[dict], dense_accuracy: float, note: str, run_dir: Path
+                  ) -> tuple[str | None, list[dict], list[str]]:
+    """:func:`study_yields` and one figure per swept setting, ``study_<key>_yield.png``
+    (:func:`experiments.plots.plot_yield`); returns the spec, the rows and the figure names."""
+    spec, yields = study_yields(e, chip_rows, dense_accuracy)
+    names = []
+    for key in dict.fromkeys(r["setting"] for r in yields):
+        plot_yield([r for r in yields if r["setting"] == key], key,
+                   run_dir / f"study_{key}_yield.png", spec, note)
+        names.append(f"study_{key}_yield.png")
+    return spec, yields, names
 
 
 class StudyChips:

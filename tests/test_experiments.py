@@ -262,6 +262,15 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert "2 programmed chips per point" in metrics["held_fixed"]
     md = (tmp_path / "study.md").read_text()
     assert "Per-layer sensitivity" in md and "grid_prog_sigma_adc_bits.png" in md
+    # issue 24: the yield of every swept point against the spec, and its figure per setting
+    yields = metrics["study_yield"]
+    assert len(yields) == len(metrics["study"]) and "at most 1 point below dense" in \
+        metrics["yield_spec"]
+    for y, r in zip(yields, metrics["study"], strict=True):
+        assert (y["setting"], y["value"], y["model"]) == (r["setting"], r["value"], r["model"])
+        assert y["chips"] == 2 and y["ci_low_pct"] <= y["yield_pct"] <= y["ci_high_pct"]
+    assert (tmp_path / "study_prog_sigma_yield.png").is_file()
+    assert "study_adc_bits_yield.png" in md
     # the figures and study.md are redrawn from the files alone, the same
     from experiments.replot import main as replot_main
 
