@@ -32,6 +32,7 @@ from crossbar import MappingPlan, estimate  # noqa: E402
 from experiments import data as D  # noqa: E402
 from experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
 from experiments.config import load_compress_config  # noqa: E402
+from experiments.estimators import ci95  # noqa: E402
 from experiments.models import build_model  # noqa: E402
 from experiments.train import evaluate  # noqa: E402
 
@@ -88,15 +89,17 @@ def main() -> None:
                                **common).mean
         run = evaluate_chips(model, plan, design, chips=args.chips, **common)
         chips, mean, std = run.accuracies, run.mean, run.std
+        half = ci95(chips)
         cost = estimate(plan, xbar, exp.cost)
         row = {"dac": kind, "dac_bits": int(bits), "adc_bits": adc, "ideal": ideal,
-               "chips_mean": mean, "chips_std": std, "chips_min": min(chips),
+               "chips_mean": mean, "chips_std": std, "chips_ci95": half,
+               "chips_min": min(chips), "chips": len(chips),
                "energy_nJ": cost.compressed.totals()["energy_nJ"],
                "energy_reduction_pct": cost.reduction["energy_reduction_pct"],
                "area_reduction_pct": cost.reduction["area_reduction_pct"]}
         rows.append(row)
-        print(f"{kind:>10} {bits} b DAC, {adc} b ADC: ideal {ideal:.2f}%, chips {mean:.2f} +- "
-              f"{std:.2f}%, energy {row['energy_nJ']:.3g} nJ "
+        print(f"{kind:>10} {bits} b DAC, {adc} b ADC: ideal {ideal:.2f}%, chips {mean:.2f} % "
+              f"(95 % CI +- {half:.2f}, sample std {std:.2f}), energy {row['energy_nJ']:.3g} nJ "
               f"(-{row['energy_reduction_pct']:.2f}%), area -{row['area_reduction_pct']:.2f}%",
               flush=True)
     (args.run / "converter_sweep.json").write_text(json.dumps(rows, indent=1))
@@ -104,21 +107,21 @@ def main() -> None:
 
 
 def plot(rows: list[dict], software: float, path: Path) -> None:
-    """Chip accuracy (mean +- std over the chips) against energy per inference, one marker
-    per converter setting, labelled DAC/ADC bits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Chip accuracy (mean and 95 % CI of the mean over the chips; the sample std for files
+    written before the CI was stored) against energy per inference, one marker per converter
+    setting, labelled DAC/ADC bits; PNG and PDF (``experiments.plots.write_png``)."""
+    from experiments.plots import plt, write_png
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for kind, marker in (("parallel", "o"), ("bit_serial", "s")):
         sel = [r for r in rows if r["dac"] == kind]
         if not sel:
             continue
+        ci = all("chips_ci95" in r for r in sel)
         ax.errorbar([r["energy_nJ"] for r in sel], [r["chips_mean"] for r in sel],
-                    yerr=[r["chips_std"] for r in sel], fmt=marker, capsize=3,
-                    label=f"{kind} DAC (chips: mean +- std)")
+                    yerr=[r["chips_ci95"] if ci else r["chips_std"] for r in sel], fmt=marker,
+                    capsize=3, label=f"{kind} DAC (chips: mean, "
+                    + ("95 % CI)" if ci else "sample std)"))
         for r in sel:
             ax.annotate(f"{r['dac_bits']}/{r['adc_bits']}", (r["energy_nJ"], r["chips_mean"]),
                         fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -130,7 +133,7 @@ def plot(rows: list[dict], software: float, path: Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=150)
+    write_png(path, fig)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ OUTPUTS = {
     "calibration_percentile": ["run/metrics.json", "run/plan.json", "run/compressed.pt"],
     "column_accumulate": [],
     "compressor_curves": ["curves.json", "curves.md", "curves.png", "admm_4x/metrics.json"],
-    "converter_sweep": ["run/converter_sweep.json", "run/converter_sweep.png"],  # see AFTER
+    "converter_sweep": ["run/converter_sweep.json", "run/converter_sweep.png",
+                        "run/converter_sweep.pdf"],  # see AFTER
     "grouped_attention_timing": [],
     "irdrop": ["irdrop.json", "irdrop_accuracy.png"],
     "mc_chips": ["mc_chips.json"],
