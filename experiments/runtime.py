@@ -50,13 +50,15 @@ def timed(timings: dict, key: str):
             _log.info("stage %s: started", key)
             self.t0 = time.perf_counter()
 
-        def __exit__(self, exc_type, *exc):
+        def __exit__(self, exc_type, exc, tb):
             timings[key] = round(time.perf_counter() - self.t0, 3)
             if exc_type is None:
                 _log.info("stage %s: done in %.1f s", key, timings[key])
-            else:
-                _log.warning("stage %s: stopped after %.1f s (%s)", key, timings[key],
-                             exc_type.__name__)
+            else:  # the log keeps the reason, not only its type
+                reason = str(exc).strip().splitlines()[0] if exc is not None and str(
+                    exc).strip() else ""
+                _log.warning("stage %s: stopped after %.1f s (%s%s)", key, timings[key],
+                             exc_type.__name__, f": {reason}" if reason else "")
     return _Timer()
 
 

@@ -251,3 +251,16 @@ def test_collapse_messages_name_the_cause_the_settings_point_to(tmp_path):
                                      "robustness.ablation=false"]), tmp_path / "small")
     assert any("dataset.test_subset holds only 3 samples" in w and "+-" in w
                for w in metrics["warnings"]), metrics["warnings"]
+
+
+def test_a_stopped_stage_logs_its_reason(caplog):
+    """Issue 25: a failed stage's log line ended "stopped after 0.0 s (FileNotFoundError)"
+    without the message."""
+    from experiments.runtime import timed
+
+    with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError):
+        with timed({}, "data"):
+            raise FileNotFoundError("dataset.data_dir='x' holds no train-images-idx3-ubyte")
+    assert "stage data: stopped after" in caplog.text
+    assert "(FileNotFoundError: dataset.data_dir='x' holds no train-images-idx3-ubyte)" in \
+        caplog.text
