@@ -297,6 +297,11 @@ def collect(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict
     if out_dir is not None and not str(out_dir):
         raise ValueError("--out '' is empty; allowed: a folder")
     rows = collect_rows(multirun_dir)
+    if out_dir is None and (Path(multirun_dir) / "metrics.json").is_file():
+        raise ValueError(f"{multirun_dir} is a single run (it holds its own metrics.json): "
+                         "collect would write its table and plots into the run's results; "
+                         "allowed: a Hydra multirun folder (one folder per job), or "
+                         "--out <another folder> for this run's one-row table")
     out = Path(out_dir) if out_dir is not None else Path(multirun_dir)
     check_out(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -485,12 +485,16 @@ case("collect", "a folder of unrelated JSON",
 case("collect", "an unrelated metrics.json",
      lambda d, r: [(d / "j").mkdir() or (d / "j" / "metrics.json").write_text(
          '{"loss": 0.1, "epoch": 3}') and d / "j"], ["metrics.json", "crossbar_accuracy_mean"])
-case("collect", "one compress run folder", lambda d, r: [_run_copy(d, r)],
+case("collect", "one compress run folder, no --out", lambda d, r: [_run_copy(d, r)],
+     ["is a single run", "--out"])  # it would write into the run's results (issue 25)
+case("collect", "one compress run folder, --out elsewhere",
+     lambda d, r: [_run_copy(d, r), "--out", d / "table"],
      legit="a single run: one row", check=lambda d, err, real: None if len(
-         (d / "run" / "collected.csv").read_text().strip().splitlines()) == 2 else "rows")
-case("collect", "one device study folder", lambda d, r: [_study_copy(d, r)],
+         (d / "table" / "collected.csv").read_text().strip().splitlines()) == 2 else "rows")
+case("collect", "one device study folder, --out elsewhere",
+     lambda d, r: [_study_copy(d, r), "--out", d / "table"],
      legit="a device study: one row of kind device_study", check=lambda d, err, real: None if
-     ",device_study," in (d / "study" / "collected.csv").read_text() else "no device_study row")
+     ",device_study," in (d / "table" / "collected.csv").read_text() else "no device_study row")
 case("collect", "a sweep of a compress run and a device study",
      lambda d, r: (_run_copy(d, r, "x/0"), _study_copy(d, r, "x/1")) and [d / "x"],
      legit="both kinds in one multirun folder")
