@@ -181,15 +181,16 @@ SWEEP_FAILURES = "MEMXBAR_SWEEP_FAILURES"
 job (:func:`run_app` sets it; joblib's workers inherit it)."""
 
 
-def record_sweep_failure(line: str) -> bool:
-    """Append a failed job's one-line error to the sweep's failure file; False when there is
-    none (the job then raises, and Hydra reports it after the sweep, as on a cluster)."""
+def record_sweep_failure(line: str, kind: str = "FAIL") -> bool:
+    """Append a job's one line to the sweep's record file: a failed job's error (``FAIL``),
+    or the sweep folder of a finished one (``DONE``); False when there is no file (the job
+    then raises, and Hydra reports it after the sweep, as on a cluster)."""
     path = os.environ.get(SWEEP_FAILURES)
     if not path:
         return False
     try:
         with open(path, "a") as f:  # one short write per job: appends do not interleave
-            f.write(line.replace("\n", " ") + "\n")
+            f.write(f"{kind}\t" + line.replace("\n", " ") + "\n")
     except OSError:
         return False
     return True
@@ -230,10 +231,15 @@ def run_app(main: Callable[[], object]) -> None:
     os.environ[SWEEP_FAILURES] = path
     try:
         main()
-        failed = Path(path).read_text().splitlines()
+        lines = [line.split("\t", 1) for line in Path(path).read_text().splitlines()]
     finally:
         os.environ.pop(SWEEP_FAILURES, None)
         Path(path).unlink(missing_ok=True)
+    failed = [text for kind, text in lines if kind == "FAIL"]
+    sweeps = list(dict.fromkeys(text for kind, text in lines if kind == "DONE"))
+    for sweep in sweeps:
+        print(f"collect the sweep's results (a table and the Pareto plots): python -m "
+              f"experiments.collect {sweep}", flush=True)
     if failed:
         print(f"Error: {len(failed)} job(s) of the sweep failed (the others finished):\n  "
               + "\n  ".join(failed), file=sys.stderr, flush=True)
@@ -280,5 +286,9 @@ def entry(run: Callable[[DictConfig, Path], dict], report: str) -> Callable[[Dic
                         return {}  # the sweep goes on; run_app exits 1 after the last job
                 raise
         print(f"report: {run_dir / report}")
+        if _multirun():
+            from hydra.core.hydra_config import HydraConfig
+
+            record_sweep_failure(str(HydraConfig.get().sweep.dir), kind="DONE")
         return metrics
     return task

@@ -305,6 +305,7 @@ def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
     assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr
     assert f"Error: 1 job(s) of the sweep failed (the others finished):\n  {tmp_path / '0'}: " \
         "crossbar/cost" in out.stderr
+    assert f"python -m experiments.collect {tmp_path}" in out.stdout  # the next step, named
     out = subprocess.run([sys.executable, "-m", "experiments.compress", "-m",
                           "hydra/launcher=local", "crossbar.adc_bits=24,25",
                           f"hydra.sweep.dir={tmp_path / 'joblib'}"], cwd=ROOT,
