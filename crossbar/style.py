@@ -5,6 +5,8 @@ writers save with :data:`PNG_DPI`."""
 
 from __future__ import annotations
 
+import logging
+
 import matplotlib
 
 PNG_DPI = 300
@@ -25,5 +27,8 @@ STYLE = {
 
 
 def apply() -> None:
-    """Set :data:`STYLE` in matplotlib's parameters (idempotent)."""
+    """Set :data:`STYLE` in matplotlib's parameters (idempotent), and keep fontTools' font
+    subsetting (which a Type 42 PDF runs) at warnings: its INFO records ("GSUB pruned", ...)
+    were 1,265 of a run's log lines."""
     matplotlib.rcParams.update(STYLE)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
