@@ -319,15 +319,22 @@ def _flatten(data: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): data}
 
 
+def config_diff(saved: Mapping, current: Mapping, where: str = "in the checkpoint"
+                ) -> list[str]:
+    """``key=<saved> <where>, <current> now`` for every dotted key whose value differs between
+    two nested settings mappings (a key missing on one side reads ``<unset>``)."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{k}={a.get(k, '<unset>')!r} {where}, {b.get(k, '<unset>')!r} now"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
 def check_fingerprint(source: object, saved: Mapping | None, current: Mapping | None) -> None:
     """Raise :class:`CheckpointMismatchError` if a checkpoint's stored config fingerprint
     ``saved`` differs from ``current``, naming the differing keys (nothing to compare when
     either is ``None``)."""
     if saved is None or current is None:
         return
-    a, b = _flatten(saved), _flatten(current)
-    diff = [f"{k}={a.get(k, '<unset>')!r} in the checkpoint, {b.get(k, '<unset>')!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    diff = config_diff(saved, current)
     if diff:
         raise CheckpointMismatchError(
             f"{source}: written with another configuration ({'; '.join(diff[:4])}"

@@ -46,6 +46,7 @@ from admm import CheckpointMismatchError
 from admm.constraints import crossbar_layers, select_layers, weight_matrix
 from admm.pipeline import (
     check_fingerprint,
+    config_diff,
     load_model_state,
     loader_rng_state,
     set_loader_rng_state,
@@ -221,21 +222,12 @@ def check_record(run_dir: Path, raw: Mapping, sections: Iterable[str]) -> None:
         for fp, d in ((ours, raw), (theirs, saved)):
             rob = d.get("robustness") if isinstance(d.get("robustness"), Mapping) else {}
             fp["robustness"] = {k: rob.get(k) for k in TRAINING_ROBUSTNESS}
-    a, b = _flat(theirs), _flat(ours)
-    diff = [f"{k}={a.get(k, '<unset>')!r} there, {b.get(k, '<unset>')!r} now"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    diff = config_diff(theirs, ours, "there")
     if diff:
         raise CheckpointMismatchError(
             f"{path}: the run in this folder was started with other settings "
             f"({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); allowed: resume with "
             "its settings, or a new hydra.run.dir for these")
-
-
-def _flat(data: object, prefix: str = "") -> dict[str, object]:
-    if not isinstance(data, Mapping):
-        return {prefix.rstrip("."): data}
-    return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.")
-            .items()}
 
 
 def meta_model(model: ModelSettings, dataset: DatasetSettings) -> nn.Module:
