@@ -4,6 +4,7 @@ the ``0o600`` of a temporary file, so colleagues can read shared results."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shutil
@@ -84,6 +85,35 @@ def write_failed(path: Path, exc: BaseException) -> OSError:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """UTF-8 text counterpart of :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class Once(argparse.Action):
+    """Store an option's value, refusing the option given twice (argparse keeps the last one
+    silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        if before is not None:
+            parser.error(f"{option_string} given twice ({before}, {values}); allowed: once")
+        setattr(namespace, self.dest, values)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (for one-line CLI errors)."""
+    return " ".join(str(exc).split())
+
+
+def check_out_folder(out: Path, file_allowed: str = "a folder") -> None:
+    """A side CLI's ``--out``: a folder, or a path where one can be made, that this user can
+    write (``file_allowed``: what to say when it is a file)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; allowed: {file_allowed}")
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {out}: {ancestor} is a file; allowed: a folder path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {ancestor} is not writable; allowed: a folder you can "
+                         "write")
 
 
 def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:

@@ -44,7 +44,14 @@ from .cost import (  # noqa: E402
     estimate,
     load_table,
 )
-from .io import atomic_write_bytes, atomic_write_text, run_cli  # noqa: E402
+from .io import (  # noqa: E402
+    Once,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out_folder,
+    one_line,
+    run_cli,
+)
 from .plan import MappingPlan, check_plan  # noqa: E402
 from .validate import isaac_tile_comparison, validation_markdown  # noqa: E402
 
@@ -364,21 +371,6 @@ OPTIONS = {"clock_MHz": "--clock-MHz", "cols_per_adc": "--cols-per-adc", "table"
 """The command-line options that override a CostConfig field."""
 
 
-class Once(argparse.Action):
-    """Store an option's value, refusing the option given twice (argparse keeps the last one
-    silently)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        before = getattr(namespace, self.dest, None)
-        if before is not None:
-            parser.error(f"{option_string} given twice ({before}, {values}); allowed: once")
-        setattr(namespace, self.dest, values)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _read_json(path: str | Path, what: str = "file") -> dict:
     """A JSON object from ``path``; a missing, unreadable or non-object file fails naming it."""
     try:
@@ -387,7 +379,7 @@ def _read_json(path: str | Path, what: str = "file") -> dict:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"{what} {path} is not a JSON file ({type(exc).__name__}: "
-                         f"{_one_line(exc)}); allowed: the JSON the pipeline writes") from None
+                         f"{one_line(exc)}); allowed: the JSON the pipeline writes") from None
     if not isinstance(data, dict):
         raise ValueError(f"{what} {path} holds {_json_kind(data)}; allowed: a JSON object")
     return data
@@ -407,7 +399,7 @@ def _read_yaml(path: Path, what: str) -> dict:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"{what} {path} is not a YAML file ({type(exc).__name__}: "
-                         f"{_one_line(exc)}); allowed: the config.yaml a run writes") from None
+                         f"{one_line(exc)}); allowed: the config.yaml a run writes") from None
     if not isinstance(data, dict):
         held = "nothing" if data is None else f"a YAML {type(data).__name__}"
         raise ValueError(f"{what} {path} holds {held}; allowed: the config.yaml a run writes "
@@ -426,7 +418,7 @@ def _load_plan(path: str | Path, run: Path | None = None) -> MappingPlan:
         raise FileNotFoundError(f"--plan {path} does not exist") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: "
-                         f"{_one_line(exc)}); {allowed}") from None
+                         f"{one_line(exc)}); {allowed}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--plan {path} is not a mapping plan (it holds "
                          f"{_json_kind(data)}); {allowed}")
@@ -434,7 +426,7 @@ def _load_plan(path: str | Path, run: Path | None = None) -> MappingPlan:
         return MappingPlan.from_dict(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: "
-                         f"{_one_line(exc)}); {allowed}") from None
+                         f"{one_line(exc)}); {allowed}") from None
 
 
 def _crossbar(data: object, source: str) -> CrossbarConfig:
@@ -474,12 +466,12 @@ def _table(table: object, source: str) -> ComponentTable:
         return load_table(table)
     except ValueError as exc:
         if "is invalid; allowed:" in str(exc):
-            raise ValueError(f"{source}: {_one_line(exc)}") from None
+            raise ValueError(f"{source}: {one_line(exc)}") from None
         cause = exc
     except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
         cause = exc
     raise ValueError(f"{source}: table={str(table)!r} is not a component table "
-                     f"({type(cause).__name__}: {_one_line(cause)}); allowed: one of "
+                     f"({type(cause).__name__}: {one_line(cause)}); allowed: one of "
                      f"{', '.join(available_tables())} or a YAML file in the format of "
                      "crossbar/data/isaac.yaml")
 
@@ -498,15 +490,7 @@ def _check_fits(plan: MappingPlan, xbar: CrossbarConfig, plan_source: str,
 def _check_out(out: Path) -> None:
     """``--out`` is a folder this run may fill: not a file, below no file, writable, and
     holding none of the report's file names unless it is an earlier cost report."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; allowed: a folder (new, empty, or an "
-                         "earlier cost report's)")
-    ancestor = next(p for p in (out, *out.parents) if p.exists())
-    if not ancestor.is_dir():
-        raise ValueError(f"--out {out}: {ancestor} is a file; allowed: a folder path")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {ancestor} is not writable; allowed: a folder you can "
-                         "write")
+    check_out_folder(out, "a folder (new, empty, or an earlier cost report's)")
     if not out.is_dir():
         return
     clash = [name for name in REPORT_FILES if (out / name).exists()]

@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -30,8 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from crossbar.io import atomic_write_text, run_cli
-from crossbar.report import Once
+from crossbar.io import Once, atomic_write_text, check_out_folder, run_cli
 from experiments.plots import axis_label, plot_pareto, plt, set_value_axis, write_png
 
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_ci95"), ("compressed_accuracy", None),
@@ -281,14 +279,7 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
 
 def check_out(out: Path) -> None:
     """``--out`` is a folder (or a path where one can be made) that this user can write."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; allowed: a folder")
-    ancestor = next(p for p in (out, *out.parents) if p.exists())
-    if not ancestor.is_dir():
-        raise ValueError(f"--out {out}: {ancestor} is a file; allowed: a folder path")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {ancestor} is not writable; allowed: a folder you can "
-                         "write")
+    check_out_folder(out)
 
 
 def collect(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:

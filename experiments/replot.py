@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from crossbar.io import atomic_write_text, run_cli
+from crossbar.io import atomic_write_text, one_line, run_cli
 from experiments.config import load_study_config
 from experiments.plots import ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
@@ -72,16 +72,12 @@ def replot_study(run_dir: str | Path) -> list[str]:
     return plots
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _config(path: Path):
     """The study's settings from its config.yaml, any failure naming the file."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path} is not YAML ({type(exc).__name__}: {_one_line(exc)}); "
+        raise ValueError(f"{path} is not YAML ({type(exc).__name__}: {one_line(exc)}); "
                          f"{ALLOWED}") from None
     if not isinstance(data, dict):
         held = "nothing" if data is None else f"a YAML {type(data).__name__}"
@@ -90,14 +86,14 @@ def _config(path: Path):
     try:
         return load_study_config(data)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"{path}: {_one_line(exc)}") from None
+        raise ValueError(f"{path}: {one_line(exc)}") from None
 
 
 def _json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not JSON ({type(exc).__name__}: {_one_line(exc)}); "
+        raise ValueError(f"{path} is not JSON ({type(exc).__name__}: {one_line(exc)}); "
                          f"{ALLOWED}") from None
     if not isinstance(data, dict):
         held = "null" if data is None else f"a JSON {type(data).__name__}"
