@@ -689,7 +689,7 @@ def estimate(
         return CostEstimate(compressed, None, None, xbar, cost)
     base = baseline_cost(plan, xbar, cost, tab)
     return CostEstimate(compressed, base, reduction(compressed, base), xbar, cost,
-                        attribution(plan, xbar, cost, tab))
+                        attribution(plan, xbar, cost, tab, ends=(base, compressed)))
 
 
 ATTRIBUTION_STEPS = (
@@ -703,23 +703,27 @@ ATTRIBUTION_STEPS = (
 
 
 def attribution(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig | None = None,
-                table: str | os.PathLike | Mapping | ComponentTable | None = None
-                ) -> list[dict]:
+                table: str | os.PathLike | Mapping | ComponentTable | None = None,
+                ends: tuple[ModelCost, ModelCost] | None = None) -> list[dict]:
     """Where the reduction from the baseline to the design comes from: the design's cost
     reached in :data:`ATTRIBUTION_STEPS`, each changing one thing with the earlier changes
     applied (so the steps add up to the total; another order would split the interactions
     differently). Per step: tiles, area (mm^2), energy per inference (nJ), and the change of
-    area and energy against the previous step in percent of the baseline."""
+    area and energy against the previous step in percent of the baseline. ``ends``: the
+    baseline's and the design's costs when the caller has them (:func:`estimate`)."""
     cost = cost or CostConfig()
     tab = load_table(cost.table if table is None else table)
     base = baseline_config(xbar, cost)
     precision = base.with_(weight_bits=xbar.weight_bits, cell_bits=xbar.cell_bits)
     converters = precision.with_(dac=xbar.dac, dac_bits=xbar.dac_bits, adc_bits=xbar.adc_bits)
     configs = (base, precision, precision, converters, xbar)
-    plans = (dense_plan(plan, base), dense_plan(plan, precision), plan, plan, plan)
+    plans = (None if ends else dense_plan(plan, base), dense_plan(plan, precision), plan, plan,
+             plan)
     steps, previous, first = [], None, None
-    for (name, what), config, step_plan in zip(ATTRIBUTION_STEPS, configs, plans, strict=True):
-        mc = model_cost(step_plan, config, cost, tab)
+    known = {0: ends[0], len(configs) - 1: ends[1]} if ends else {}
+    for i, ((name, what), config, step_plan) in enumerate(zip(ATTRIBUTION_STEPS, configs, plans,
+                                                              strict=True)):
+        mc = known.get(i) or model_cost(step_plan, config, cost, tab)
         row = {"step": name, "change": what, "tiles": mc.tiles,
                "area_mm2": mc.total_area_mm2, "energy_nJ": mc.total_energy_nJ}
         first = first or row
