@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from crossbar import (
@@ -37,6 +40,15 @@ from crossbar import (
     to_crossbar,
 )
 from crossbar.convert import crossbar_modules
+from experiments.chip_test import (
+    EXACT_WITHIN_SE,
+    Strata,
+    chip_indices,
+    estimate,
+    make_strata,
+    standard_error,
+    test_tensors,
+)
 from experiments.estimators import mean_sd
 from experiments.plots import ci95
 from experiments.settings import RobustnessSettings
@@ -97,13 +109,22 @@ class ChipRecord:
     programming: dict
     repair: dict
     calibration: dict | None = None
+    test_images: int = 0
+    exact_accuracy: float | None = None
+
+    @property
+    def decided(self) -> float:
+        """The accuracy a specification is checked on: measured on every test image when the
+        chip was (``exact_accuracy``), else ``accuracy``."""
+        return self.accuracy if self.exact_accuracy is None else self.exact_accuracy
 
 
 class ChipRun(Sequence[ChipRecord]):
     """The records of one :func:`evaluate_chips` call, with their summary."""
 
-    def __init__(self, records: Sequence[ChipRecord]) -> None:
+    def __init__(self, records: Sequence[ChipRecord], sampling: dict | None = None) -> None:
         self.records = list(records)
+        self.sampling = sampling
 
     def __getitem__(self, i):  # noqa: ANN001 - int or slice, as a list
         return self.records[i]
@@ -117,6 +138,11 @@ class ChipRun(Sequence[ChipRecord]):
     @property
     def accuracies(self) -> list[float]:
         return [r.accuracy for r in self.records]
+
+    @property
+    def decided(self) -> list[float]:
+        """Per chip, the accuracy its pass or fail is decided on (``ChipRecord.decided``)."""
+        return [r.decided for r in self.records]
 
     @property
     def mean(self) -> float:
@@ -146,38 +172,163 @@ def evaluate_chips(model: nn.Module, plan: MappingPlan, design: ChipDesign, *,
                    calibration: torch.Tensor, test: DataLoader, chips: int, seed: int,
                    scales: Mapping[str, float | torch.Tensor] | None = None,
                    outputs: torch.Tensor | None = None, progress: bool = False,
-                   desc: str = "chips") -> ChipRun:
+                   desc: str = "chips", sampling: tuple[float, float] | None = None,
+                   spec_floor: float | None = None, workers: int = 1) -> ChipRun:
     """Test accuracy of ``model`` on ``chips`` programmed crossbar chips of ``design`` (seeds
     ``seed .. seed + chips - 1``), each repaired and its converters calibrated on
     ``calibration`` right after programming, its output columns then calibrated against
     ``model`` on ``outputs`` (when ``design.crossbar.output_calibration``), and evaluated
     ``device.t_inference_s`` later (drift). ``scales``: the quantizer's scales, so a quantized
-    model's level grid is the device's."""
-    device, xbar = design.device, design.crossbar
-    if xbar.output_calibration and outputs is None:
+    model's level grid is the device's.
+
+    ``sampling = (risky_fraction, safe_fraction)``: each chip's accuracy is a stratified,
+    unbiased estimate from a fraction of the test images (``experiments.chip_test``); a chip
+    within 3 standard errors of ``spec_floor`` (the yield's accuracy floor, %) is then run on
+    every image. ``workers``: chips programmed and evaluated in that many processes, the
+    records bit-identical to one process (each chip is a pure function of its seed)."""
+    if design.crossbar.output_calibration and outputs is None:
         raise ValueError("evaluate_chips: crossbar.output_calibration needs calibration "
                          "images (outputs=...)")
     if not isinstance(chips, int) or isinstance(chips, bool) or chips < 1:
         raise ValueError(f"evaluate_chips: chips={chips!r} is invalid; allowed: an integer >= 1")
-    # converters are calibrated when a chip is programmed (t = 0); the chip then drifts
-    t_inference = device.t_inference_s
-    xmodel = to_crossbar(model, device.with_(t_inference_s=0.0), xbar, calibration=calibration,
-                         seed=seed, plan=plan, scales=scales, repair=design.repair,
-                         digital=list(design.digital),
-                         devices={k: d.with_(t_inference_s=0.0)
-                                  for k, d in design.devices.items()})
-    records = []
-    for i in tqdm(range(chips), desc=desc, disable=not progress, leave=False):
-        if i:
-            xmodel.set_inference_time(0.0)
-            xmodel.program(seed + i)  # recalibrates on the stored calibration batch
-        fitted = calibrate_outputs(xmodel, model, outputs) if xbar.output_calibration \
-            else None  # digital gain/offset per output, once after programming
-        if t_inference > 0:
-            xmodel.set_inference_time(t_inference)
-        records.append(_record(xmodel, i, seed + i, evaluate(xmodel, test), fitted,
-                               verify_reads=verify_reads(device)))
-    return ChipRun(records)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"evaluate_chips: workers={workers!r} is invalid; allowed: an "
+                         "integer >= 1")
+    strata = make_strata(model, test, *sampling) if sampling is not None else None
+    job = _ChipJob(model, plan, design, calibration, test, scales, outputs, seed, strata)
+    found = _run_chips(job, list(range(chips)), workers, progress, desc)
+    records = [r for r, _ in found]
+    info = None
+    if strata is not None:
+        draws = strata.sample * chips
+        errors = draws - sum(c for _, c in found)
+        se = standard_error(strata, errors, draws)
+        near = [] if spec_floor is None or se == 0.0 else [
+            r.chip for r in records if abs(r.accuracy - spec_floor) <= EXACT_WITHIN_SE * se]
+        if near:
+            _log.info("%s: %d of %d chips within %.0f standard errors (%.3f points) of the "
+                      "specification's %.2f %%: evaluated on all %d test images", desc,
+                      len(near), chips, EXACT_WITHIN_SE, se, spec_floor, strata.total)
+            exact = _run_chips(dataclasses.replace(job, strata=None), near, workers,
+                               progress, desc + " (exact)")
+            for r, _ in exact:
+                records[r.chip] = dataclasses.replace(records[r.chip],
+                                                      exact_accuracy=r.accuracy)
+        info = {**strata.to_dict(), "safe_errors": errors, "safe_draws": draws,
+                "standard_error": se, "exact_chips": len(near), "exact_within_se":
+                EXACT_WITHIN_SE, "spec_floor": spec_floor}
+    return ChipRun(records, sampling=info)
+
+
+@dataclass(frozen=True)
+class _ChipJob:
+    """What programming and testing a chip needs (sent once to each worker process)."""
+
+    model: nn.Module
+    plan: MappingPlan
+    design: ChipDesign
+    calibration: torch.Tensor
+    test: DataLoader
+    scales: Mapping[str, float | torch.Tensor] | None
+    outputs: torch.Tensor | None
+    seed: int
+    strata: Strata | None
+
+    def run(self, chips: Sequence[int], tick: Callable[[int], object] | None = None
+            ) -> list[tuple[ChipRecord, int]]:
+        """The records of ``chips`` (indices from ``seed``) and, sampled, each chip's correct
+        images of its safe sample. A chip is a pure function of its seed: the first one here
+        is converted with its seed, the next ones re-programmed, as in one process."""
+        device, xbar = self.design.device, self.design.crossbar
+        t_inference = device.t_inference_s
+        xmodel, out = None, []
+        if self.strata is not None:
+            images, labels = test_tensors(self.test)
+        for i in chips:
+            chip_seed = self.seed + i
+            if xmodel is None:  # converters calibrated at programming (t = 0); then drift
+                xmodel = to_crossbar(
+                    self.model, device.with_(t_inference_s=0.0), xbar,
+                    calibration=self.calibration, seed=chip_seed, plan=self.plan,
+                    scales=self.scales, repair=self.design.repair,
+                    digital=list(self.design.digital),
+                    devices={k: d.with_(t_inference_s=0.0)
+                             for k, d in self.design.devices.items()})
+            else:
+                xmodel.set_inference_time(0.0)
+                xmodel.program(chip_seed)  # recalibrates on the stored calibration batch
+            fitted = calibrate_outputs(xmodel, self.model, self.outputs) \
+                if xbar.output_calibration else None  # once after programming
+            if t_inference > 0:
+                xmodel.set_inference_time(t_inference)
+            sample_correct = 0
+            if self.strata is None:
+                accuracy, n_images = evaluate(xmodel, self.test), len(self.test.dataset)
+            else:
+                index = chip_indices(self.strata, chip_seed)
+                loader = DataLoader(TensorDataset(images[index], labels[index]),
+                                    batch_size=self.test.batch_size, shuffle=False)
+                correct = correct_images(xmodel, loader)
+                n_risky = len(self.strata.risky)
+                sample_correct = int(correct[n_risky:].sum())
+                accuracy = estimate(self.strata, int(correct[:n_risky].sum()), sample_correct)
+                n_images = len(index)
+            record = _record(xmodel, i, chip_seed, accuracy, fitted,
+                             verify_reads=verify_reads(device))
+            out.append((dataclasses.replace(record, test_images=n_images), sample_correct))
+            if tick is not None:
+                tick(1)
+        return out
+
+
+_WORKER_JOB: _ChipJob | None = None
+
+
+def _start_worker(job: _ChipJob, threads: int) -> None:
+    global _WORKER_JOB
+    torch.set_num_threads(threads)
+    _WORKER_JOB = job
+
+
+def _worker_run(chips: list[int]) -> list[tuple[ChipRecord, int]]:
+    assert _WORKER_JOB is not None
+    return _WORKER_JOB.run(chips)
+
+
+def _run_chips(job: _ChipJob, chips: list[int], workers: int, progress: bool, desc: str
+               ) -> list[tuple[ChipRecord, int]]:
+    """``job.run`` over ``chips``, in order: in this process (``workers == 1``) or split into
+    runs of consecutive chips over ``workers`` spawned processes of
+    ``threads // workers`` threads each."""
+    if workers == 1 or len(chips) == 1:
+        with tqdm(total=len(chips), desc=desc, disable=not progress, leave=False) as bar:
+            return job.run(chips, tick=bar.update)
+    if any(t.is_cuda for t in job.model.parameters()):
+        raise ValueError(f"eval.workers={workers} is invalid for a model on a GPU; allowed: "
+                         "1 (worker processes run on the CPU)")
+    size = max(1, math.ceil(len(chips) / (4 * workers)))
+    runs = [chips[k:k + size] for k in range(0, len(chips), size)]
+    threads = max(1, torch.get_num_threads() // workers)
+    done: dict[int, list] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_start_worker, initargs=(job, threads)) as pool, \
+            tqdm(total=len(chips), desc=desc, disable=not progress, leave=False) as bar:
+        futures = {pool.submit(_worker_run, run): k for k, run in enumerate(runs)}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            bar.update(len(runs[futures[future]]))
+    return [item for k in range(len(runs)) for item in done[k]]
+
+
+@torch.no_grad()
+def correct_images(model: nn.Module, loader: DataLoader) -> torch.Tensor:
+    """Per image of ``loader`` (in order), whether ``model`` classifies it correctly."""
+    was_training = model.training
+    model.eval()
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    out = [(model(x.to(dev)).argmax(dim=1) == y.to(dev)).cpu() for x, y in loader]
+    model.train(was_training)
+    return torch.cat(out)
 
 
 def verify_reads(device: DeviceModel) -> int:
@@ -201,11 +352,13 @@ def _record(xmodel: nn.Module, chip: int, seed: int, accuracy: float, fitted: di
 def robustness_ablation(model: nn.Module, plan: MappingPlan, design: ChipDesign,
                         rob: RobustnessSettings, configured: ChipRun, *,
                         calibration: torch.Tensor, outputs: torch.Tensor | None,
-                        test: DataLoader, scales: Mapping, seed: int) -> list[dict]:
+                        test: DataLoader, scales: Mapping, seed: int,
+                        sampling: tuple[float, float] | None = None) -> list[dict]:
     """Chip accuracy on the first ``rob.ablation_chips`` chips of the ``configured`` run as the
     repair steps are added one at a time (as mapped -> + compensation -> + placement -> +
     output calibration, each only when the design uses it), and without write-verify when it
-    is on; the last step is the configured procedure (the main result's chips).
+    is on; the last step is the configured procedure (the main result's chips). ``sampling``:
+    the configured run's stratified chip test, so every step sees the same test images.
     Hardware-aware retraining changes the model itself: its effect is measured by a second run
     with ``robustness.hardware_aware=false``."""
     n = min(rob.ablation_chips, len(configured))
@@ -219,7 +372,7 @@ def robustness_ablation(model: nn.Module, plan: MappingPlan, design: ChipDesign,
     if rob.placement and device.active("faults"):
         steps.append(("+ fault-aware placement", rob.repair()))
     common = {"calibration": calibration, "test": test, "chips": n, "seed": seed,
-              "scales": scales}
+              "scales": scales, "sampling": sampling}
     rows = []
     for name, repair in steps:
         got = evaluate_chips(model, plan, design.with_(

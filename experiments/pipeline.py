@@ -167,11 +167,14 @@ def _chips(exp: CompressExperiment, p: Prepared, plan: MappingPlan, result: Comp
             p.model, plan, design.ideal().with_(repair=None, crossbar=exp.crossbar.with_(
                 output_calibration=False)), chips=1, **common).mean
         run = evaluate_chips(p.model, plan, design, chips=exp.eval.chips, outputs=outputs,
-                             progress=exp.runtime.progress, **common)
+                             progress=exp.runtime.progress, sampling=exp.eval.sampling,
+                             spec_floor=exp.eval.spec_floor(p.dense_acc),
+                             workers=exp.eval.workers, **common)
     with timed(timings, "ablation"):
         ablation = robustness_ablation(p.model, plan, design, rob, run, outputs=outputs,
                                        calibration=p.calibration, test=xtest,
-                                       scales=result.scales, seed=exp.seed)
+                                       scales=result.scales, seed=exp.seed,
+                                       sampling=exp.eval.sampling)
     plot_conductances(p.model, plan, p.calibration, result.scales, run_dir / "conductances.png",
                       design=design, seed=exp.seed)
     plot_tile_map(plan, run_dir / "tile_map.png")
@@ -208,7 +211,9 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
         "crossbar_accuracy_mean": run.mean, "crossbar_accuracy_std": run.std,
         "crossbar_accuracy_ci95": ci95(accs),
         "crossbar_accuracies": accs, "chips": exp.eval.chips,
-        "yield": _yield(accs, dense_acc, exp.eval),
+        "yield": _yield(run.decided, dense_acc, exp.eval),
+        "chip_test": {"mode": exp.eval.chip_test, **(run.sampling or {}),
+                      "workers": exp.eval.workers},
         "crossbar_test_samples": chips["test_samples"],
         "accuracy_drop_ideal": dense_acc - ideal, "accuracy_drop_mean": dense_acc - run.mean,
         "dense_weights": plan.dense_weights, "mapped_weights": plan.mapped_weights,

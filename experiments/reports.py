@@ -107,7 +107,28 @@ def plot_tile_map(plan: MappingPlan, path: Path) -> None:
     write_png(path, fig)
 
 
-def plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[str]:
+MANY_CHIPS = 60
+"""Above this many chips the chip-accuracy figure is a histogram, not one point per chip."""
+
+
+def _spec_label(y: dict) -> str:
+    return (f"spec >= {y['min_accuracy']:.2f} %: yield {y['yield_pct']:.1f} % "
+            f"(95 % CI {y['ci_low_pct']:.1f}-{y['ci_high_pct']:.1f} %)")
+
+
+def _reference_lines(metrics: dict, line) -> None:
+    """The software accuracies and the specification's floor, drawn with ``line``
+    (``ax.axhline`` or ``ax.axvline``)."""
+    for at, label, style in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
+                             (metrics["dense_accuracy"], "dense (software)", ":")):
+        line(at, color="k", linestyle=style, label=label)
+    if metrics.get("yield"):
+        line(metrics["yield"]["min_accuracy"], color="C3", linestyle="-.",
+             label=_spec_label(metrics["yield"]))
+
+
+def _chip_points(metrics: dict):
+    """One point per chip, the mean's 95 % CI band, the software accuracies and the spec."""
     fig, ax = plt.subplots(figsize=(5, 3.2))
     accs = metrics["crossbar_accuracies"]
     # points, not bars: accuracy axes are zoomed, and a bar on a zoomed axis misleads
@@ -115,21 +136,57 @@ def plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[st
     mean, half = statistics.fmean(accs), ci95(accs)
     ax.axhspan(mean - half, mean + half, color="C1", alpha=0.3,
                label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
-    for y, label, style in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
-                            (metrics["dense_accuracy"], "dense (software)", ":")):
-        ax.axhline(y, color="k", linestyle=style, label=label)
-    chip_yield = metrics.get("yield")
-    if chip_yield:
-        ax.axhline(chip_yield["min_accuracy"], color="C3", linestyle="-.",
-                   label=f"spec >= {chip_yield['min_accuracy']:.2f} %: yield "
-                   f"{chip_yield['yield_pct']:.0f} % (95 % CI {chip_yield['ci_low_pct']:.0f}-"
-                   f"{chip_yield['ci_high_pct']:.0f} %)")
+    _reference_lines(metrics, ax.axhline)
     ax.set_xlabel("programmed chip")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
     ax.set_title(f"Accuracy per programmed chip ({len(accs)} chips)")
     ax.legend(fontsize=7)
+    return fig
+
+
+def _chip_histogram(metrics: dict):
+    """The distribution of chip accuracy over many chips: a histogram with the mean, the
+    software accuracies and the specification's floor as vertical lines."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    accs = metrics["crossbar_accuracies"]
+    ax.hist(accs, bins=min(60, max(10, len(accs) // 20)), color="#1f77b4", alpha=0.8,
+            label="programmed chips")
+    mean, half = statistics.fmean(accs), ci95(accs)
+    ax.axvline(mean, color="C1", label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
+    _reference_lines(metrics, ax.axvline)
+    ax.set_xlabel("test accuracy (%)" + (" (stratified estimate per chip)" if (
+        metrics.get("chip_test") or {}).get("mode") == "stratified" else ""))
+    ax.set_ylabel("chips")
+    ax.set_title(f"Accuracy of {len(accs)} programmed chips")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return fig
+
+
+def chip_test_markdown(m: dict) -> list[str]:
+    """How each chip's accuracy was measured, when not on every test image."""
+    t = m.get("chip_test") or {}
+    if t.get("mode") != "stratified":
+        return []
+    exact = (f"; the {t['exact_chips']} chips within {t['exact_within_se']:g} standard errors "
+             f"of the specification's {t['spec_floor']:.2f} % were measured on all "
+             f"{t['test_images']} images and pass or fail on that" if t.get("spec_floor")
+             is not None else "")
+    return [f"Each chip's accuracy is a stratified, unbiased estimate (eval.chip_test="
+            f"stratified, experiments/chip_test.py): the {t['risky_images']} test images the "
+            f"model is least sure of and {t['safe_sample']} of the other {t['safe_images']}, "
+            f"{t['images_per_chip']} of {t['test_images']} per chip; standard error of one "
+            f"chip's estimate {t['standard_error']:.3f} points (its square is part of the "
+            f"sample variance over chips){exact}.", ""]
+
+
+def plots_compress(metrics: dict, history: list[dict], run_dir: Path) -> list[str]:
+    accs = metrics["crossbar_accuracies"]
+    if len(accs) > MANY_CHIPS:
+        fig = _chip_histogram(metrics)
+    else:
+        fig = _chip_points(metrics)
     caption(fig, metrics.get("settings_caption", ""))
     write_png(run_dir / "chip_accuracy.png", fig)
     plots = ["chip_accuracy.png", "stage_accuracy.png"]
@@ -414,6 +471,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"{m.get('crossbar_accuracy_ci95', 0.0):.2f}; min {min(m['crossbar_accuracies']):.2f}) |",
         "", f"Drop vs dense: {m['accuracy_drop_ideal']:.2f} points (ideal devices), "
         f"{m['accuracy_drop_mean']:.2f} points (mean over chips).", "",
+        *chip_test_markdown(m),
         *yield_markdown(m.get("yield")),
         *robustness_markdown(m),
         "## Compression", "",

@@ -200,13 +200,21 @@ class EvalSettings:
     ``calibration_samples`` training images for the DAC/ADC ranges, an optional ``test_subset``
     for the crossbar runs (the simulator is slower than PyTorch), and the specification a chip
     must meet for the yield (``spec_max_drop`` points below the dense model and/or
-    ``spec_min_accuracy`` %; both null: no yield)."""
+    ``spec_min_accuracy`` %; both null: no yield). ``chip_test``: ``full`` (every chip on every
+    test image) or ``stratified`` (each chip on the ``risky_fraction`` of the images the model
+    is least sure of and a ``safe_fraction`` sample of the rest: an unbiased estimate, chips
+    near the specification measured on every image; ``experiments.chip_test``); ``workers``:
+    processes the chips are spread over (the results do not depend on it)."""
 
     chips: int = 5
     calibration_samples: int = 256
     test_subset: int | None = None
     spec_max_drop: float | None = 1.0
     spec_min_accuracy: float | None = None
+    chip_test: str = "full"
+    risky_fraction: float = 0.1
+    safe_fraction: float = 0.1
+    workers: int = 1
 
     def __post_init__(self) -> None:
         check_range("chips", self.chips, 1, 10_000)
@@ -214,6 +222,30 @@ class EvalSettings:
         check_range("test_subset", self.test_subset, 1, 10**9, optional=True)
         check_range("spec_max_drop", self.spec_max_drop, 0.0, 100.0, optional=True)
         check_range("spec_min_accuracy", self.spec_min_accuracy, 0.0, 100.0, optional=True)
+        if self.chip_test not in CHIP_TESTS:
+            fail("chip_test", self.chip_test, "one of " + ", ".join(CHIP_TESTS))
+        for key in ("risky_fraction", "safe_fraction"):
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                fail(key, value, "a number in (0, 1]")
+        check_range("workers", self.workers, 1, 256)
+
+    @property
+    def sampling(self) -> tuple[float, float] | None:
+        """``(risky_fraction, safe_fraction)`` for a stratified chip test, else None."""
+        return (self.risky_fraction, self.safe_fraction) if self.chip_test == "stratified" \
+            else None
+
+    def spec_floor(self, dense_accuracy: float) -> float | None:
+        """The accuracy (%) a chip must reach to meet the specification (None: none)."""
+        floors = [f for f in (None if self.spec_max_drop is None
+                              else dense_accuracy - self.spec_max_drop,
+                              self.spec_min_accuracy) if f is not None]
+        return max(floors) if floors else None
+
+
+CHIP_TESTS = ("full", "stratified")
+"""How each chip's test accuracy is measured (``eval.chip_test``)."""
 
 
 HARDWARE_AWARE_EFFECTS = ("chip", "converters")

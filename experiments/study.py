@@ -269,7 +269,8 @@ def _study_chips(exp: StudyExperiment, p: Prepared, run_dir: Path) -> tuple[Stud
     chips = StudyChips(model, dense, compressed, masks, scales, p.calibration, p.train, xtest,
                        torch_device=p.torch_device, chips=exp.eval.chips, seed=exp.seed,
                        exclude=p.digital, digital=exp.layers.digital,
-                       devices=exp.layer_devices)
+                       devices=exp.layer_devices, sampling=exp.eval.sampling,
+                       workers=exp.eval.workers)
     return chips, compressed_acc
 
 
@@ -442,19 +443,23 @@ class StudyChips:
     ``test``, under one point's device, crossbar and robustness settings. A crossbar
     geometry's mapping plan (without the ``exclude``d digital layers) is made once, an
     output-calibration size's batch of ``train`` images drawn once, not once per point;
-    ``digital`` / ``devices``: the ``layers`` section."""
+    ``digital`` / ``devices``: the ``layers`` section; ``sampling`` / ``workers``: the
+    ``eval`` section's stratified chip test (every point's chip accuracies are then unbiased
+    estimates, and its yield is counted on them) and worker processes."""
 
     def __init__(self, model: nn.Module, dense: Mapping[str, torch.Tensor],
                  compressed: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
                  scales: Mapping, calibration: torch.Tensor, train: DataLoader,
                  test: DataLoader, *, torch_device: torch.device, chips: int, seed: int,
                  exclude: Sequence[str] = (), digital: Sequence[str] = (),
-                 devices: Mapping[str, DeviceModel] | None = None) -> None:
+                 devices: Mapping[str, DeviceModel] | None = None,
+                 sampling: tuple[float, float] | None = None, workers: int = 1) -> None:
         self.model, self.dense, self.compressed = model, dense, compressed
         self.masks, self.scales, self.calibration = masks, scales, calibration
         self.train, self.test, self.torch_device = train, test, torch_device
         self.chips, self.seed, self.exclude = chips, seed, exclude
         self.digital, self.devices = digital, devices
+        self.sampling, self.workers = sampling, workers
         self.plans: dict[tuple[str, str], MappingPlan] = {}
         self.output_batches: dict[int, torch.Tensor] = {}
 
@@ -490,7 +495,8 @@ class StudyChips:
         return evaluate_chips(self.model, plan, design, calibration=self.calibration,
                               test=self.test, chips=self.chips, seed=self.seed, desc=desc,
                               scales=self.scales if name == "compressed" else None,
-                              outputs=outputs).accuracies
+                              outputs=outputs, sampling=self.sampling,
+                              workers=self.workers).accuracies
 
 
 class StudyPointsFailed(ValueError):
