@@ -195,8 +195,8 @@ def evaluate_chips(model: nn.Module, plan: MappingPlan, design: ChipDesign, *,
         raise ValueError(f"evaluate_chips: workers={workers!r} is invalid; allowed: an "
                          "integer >= 1")
     strata = make_strata(model, test, *sampling) if sampling is not None else None
-    job = _ChipJob(model, plan, design, calibration, test, scales, outputs, seed, strata)
-    found = _run_chips(job, list(range(chips)), workers, progress, desc)
+    job = ChipJob(model, plan, design, calibration, test, scales, outputs, seed, strata)
+    found = run_chips(job, list(range(chips)), workers, progress, desc)
     records = [r for r, _ in found]
     info = None
     if strata is not None:
@@ -209,7 +209,7 @@ def evaluate_chips(model: nn.Module, plan: MappingPlan, design: ChipDesign, *,
             _log.info("%s: %d of %d chips within %.0f standard errors (%.3f points) of the "
                       "specification's %.2f %%: evaluated on all %d test images", desc,
                       len(near), chips, EXACT_WITHIN_SE, se, spec_floor, strata.total)
-            exact = _run_chips(dataclasses.replace(job, strata=None), near, workers,
+            exact = run_chips(dataclasses.replace(job, strata=None), near, workers,
                                progress, desc + " (exact)")
             for r, _ in exact:
                 records[r.chip] = dataclasses.replace(records[r.chip],
@@ -221,8 +221,9 @@ def evaluate_chips(model: nn.Module, plan: MappingPlan, design: ChipDesign, *,
 
 
 @dataclass(frozen=True)
-class _ChipJob:
-    """What programming and testing a chip needs (sent once to each worker process)."""
+class ChipJob:
+    """What programming and testing a chip needs (sent once to each worker process):
+    :meth:`program` makes chip ``seed + i`` at t = 0, :meth:`measure` tests it."""
 
     model: nn.Module
     plan: MappingPlan
@@ -234,46 +235,57 @@ class _ChipJob:
     seed: int
     strata: Strata | None
 
+    def program(self, xmodel: nn.Module | None, chip_seed: int) -> tuple[nn.Module, dict | None]:
+        """Chip ``chip_seed`` at t = 0, its converters calibrated (converted when ``xmodel`` is
+        None, else re-programmed: the same chip either way) and its outputs calibrated; the
+        fitted output calibration (None without)."""
+        device, xbar = self.design.device, self.design.crossbar
+        if xmodel is None:
+            xmodel = to_crossbar(
+                self.model, device.with_(t_inference_s=0.0), xbar,
+                calibration=self.calibration, seed=chip_seed, plan=self.plan,
+                scales=self.scales, repair=self.design.repair,
+                digital=list(self.design.digital),
+                devices={k: d.with_(t_inference_s=0.0) for k, d in self.design.devices.items()})
+        else:
+            xmodel.set_inference_time(0.0)
+            xmodel.program(chip_seed)  # recalibrates on the stored calibration batch
+        return xmodel, self.calibrate(xmodel)
+
+    def calibrate(self, xmodel: nn.Module) -> dict | None:
+        """The per-chip output calibration, fitted on the chip as it is now."""
+        return calibrate_outputs(xmodel, self.model, self.outputs) \
+            if self.design.crossbar.output_calibration else None
+
+    def measure(self, xmodel: nn.Module, chip_seed: int) -> tuple[float, int, int]:
+        """The chip's test accuracy (%; stratified: the estimate), the images it ran and, when
+        sampled, its correct images of the safe sample."""
+        if self.strata is None:
+            return evaluate(xmodel, self.test), len(self.test.dataset), 0
+        images, labels = test_tensors(self.test)
+        index = chip_indices(self.strata, chip_seed)
+        loader = DataLoader(TensorDataset(images[index], labels[index]),
+                            batch_size=self.test.batch_size, shuffle=False)
+        correct = correct_images(xmodel, loader)
+        n_risky = len(self.strata.risky)
+        sample_correct = int(correct[n_risky:].sum())
+        return (estimate(self.strata, int(correct[:n_risky].sum()), sample_correct),
+                len(index), sample_correct)
+
     def run(self, chips: Sequence[int], tick: Callable[[int], object] | None = None
             ) -> list[tuple[ChipRecord, int]]:
         """The records of ``chips`` (indices from ``seed``) and, sampled, each chip's correct
-        images of its safe sample. A chip is a pure function of its seed: the first one here
-        is converted with its seed, the next ones re-programmed, as in one process."""
-        device, xbar = self.design.device, self.design.crossbar
-        t_inference = device.t_inference_s
+        images of its safe sample; each chip evaluated ``device.t_inference_s`` after
+        programming. A chip is a pure function of its seed: the first one here is converted
+        with its seed, the next ones re-programmed, as in one process."""
+        device = self.design.device
         xmodel, out = None, []
-        if self.strata is not None:
-            images, labels = test_tensors(self.test)
         for i in chips:
-            chip_seed = self.seed + i
-            if xmodel is None:  # converters calibrated at programming (t = 0); then drift
-                xmodel = to_crossbar(
-                    self.model, device.with_(t_inference_s=0.0), xbar,
-                    calibration=self.calibration, seed=chip_seed, plan=self.plan,
-                    scales=self.scales, repair=self.design.repair,
-                    digital=list(self.design.digital),
-                    devices={k: d.with_(t_inference_s=0.0)
-                             for k, d in self.design.devices.items()})
-            else:
-                xmodel.set_inference_time(0.0)
-                xmodel.program(chip_seed)  # recalibrates on the stored calibration batch
-            fitted = calibrate_outputs(xmodel, self.model, self.outputs) \
-                if xbar.output_calibration else None  # once after programming
-            if t_inference > 0:
-                xmodel.set_inference_time(t_inference)
-            sample_correct = 0
-            if self.strata is None:
-                accuracy, n_images = evaluate(xmodel, self.test), len(self.test.dataset)
-            else:
-                index = chip_indices(self.strata, chip_seed)
-                loader = DataLoader(TensorDataset(images[index], labels[index]),
-                                    batch_size=self.test.batch_size, shuffle=False)
-                correct = correct_images(xmodel, loader)
-                n_risky = len(self.strata.risky)
-                sample_correct = int(correct[n_risky:].sum())
-                accuracy = estimate(self.strata, int(correct[:n_risky].sum()), sample_correct)
-                n_images = len(index)
-            record = _record(xmodel, i, chip_seed, accuracy, fitted,
+            xmodel, fitted = self.program(xmodel, self.seed + i)
+            if device.t_inference_s > 0:
+                xmodel.set_inference_time(device.t_inference_s)
+            accuracy, n_images, sample_correct = self.measure(xmodel, self.seed + i)
+            record = _record(xmodel, i, self.seed + i, accuracy, fitted,
                              verify_reads=verify_reads(device))
             out.append((dataclasses.replace(record, test_images=n_images), sample_correct))
             if tick is not None:
@@ -281,24 +293,24 @@ class _ChipJob:
         return out
 
 
-_WORKER_JOB: _ChipJob | None = None
+_WORKER_JOB = None
 
 
-def _start_worker(job: _ChipJob, threads: int) -> None:
+def _start_worker(job, threads: int) -> None:
     global _WORKER_JOB
     torch.set_num_threads(threads)
     _WORKER_JOB = job
 
 
-def _worker_run(chips: list[int]) -> list[tuple[ChipRecord, int]]:
+def _worker_run(chips: list[int]) -> list:
     assert _WORKER_JOB is not None
     return _WORKER_JOB.run(chips)
 
 
-def _run_chips(job: _ChipJob, chips: list[int], workers: int, progress: bool, desc: str
-               ) -> list[tuple[ChipRecord, int]]:
-    """``job.run`` over ``chips``, in order: in this process (``workers == 1``) or split into
-    runs of consecutive chips over ``workers`` spawned processes of
+def run_chips(job, chips: list[int], workers: int, progress: bool, desc: str) -> list:
+    """``job.run(chips)`` (a :class:`ChipJob` or any picklable object with ``run(chips,
+    tick)`` returning one item per chip), in order: in this process (``workers == 1``) or
+    split into runs of consecutive chips (at most 25) over ``workers`` spawned processes of
     ``threads // workers`` threads each."""
     if workers == 1 or len(chips) == 1:
         with tqdm(total=len(chips), desc=desc, disable=not progress, leave=False) as bar:
@@ -306,7 +318,7 @@ def _run_chips(job: _ChipJob, chips: list[int], workers: int, progress: bool, de
     if any(t.is_cuda for t in job.model.parameters()):
         raise ValueError(f"eval.workers={workers} is invalid for a model on a GPU; allowed: "
                          "1 (worker processes run on the CPU)")
-    size = max(1, math.ceil(len(chips) / (4 * workers)))
+    size = max(1, min(25, math.ceil(len(chips) / (4 * workers))))
     runs = [chips[k:k + size] for k in range(0, len(chips), size)]
     threads = max(1, torch.get_num_threads() // workers)
     done: dict[int, list] = {}

@@ -593,12 +593,14 @@ def study_markdown(m: dict, plots: list[str]) -> str:
              f"{m['compressed_accuracy_chip_samples']:.2f}% on the "
              f"{m['crossbar_test_samples']} test samples the chips see. Each point: mean, std "
              f"and 95 % CI of the mean over {m['chips']} programmed chips.",
-             "", m["held_fixed"], "", "## One setting at a time", "",
-             "| setting | value | model | mean (%) | 95 % CI | std | min | max | tiles |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
-              f"+-{r['ci95']:.2f} | {r['std']:.2f} | {r['min']:.2f} | {r['max']:.2f} | "
-              f"{r['tiles']} |" for r in m["study"]]
+             "", m["held_fixed"]]
+    if m["study"]:
+        lines += ["", "## One setting at a time", "",
+                  "| setting | value | model | mean (%) | 95 % CI | std | min | max | tiles |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['setting']} | {r['value']} | {r['model']} | {r['mean']:.2f} | "
+                  f"+-{r['ci95']:.2f} | {r['std']:.2f} | {r['min']:.2f} | {r['max']:.2f} | "
+                  f"{r['tiles']} |" for r in m["study"]]
     if m["grids"]:
         lines += ["", "## Crossed settings (heat maps)", "",
                   "| x | value | y | value | model | mean (%) | 95 % CI |",

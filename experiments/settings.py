@@ -361,17 +361,24 @@ class StudySettings:
     ``grids``: 2-D sweeps, each a mapping of exactly two settings to their values (the first
     on the x axis, the second on y), every combination evaluated (a heat map each).
     ``layer_sensitivity``: also evaluate the compressed model with only one mapped layer at a
-    time on the base device and the others on its ideal version."""
+    time on the base device and the others on its ideal version. ``lifetime``: a lifetime
+    study (:class:`LifetimeSettings`; ``experiments.lifetime``); with it ``sweeps`` may be
+    null."""
 
-    sweeps: dict = field(default_factory=dict)
+    sweeps: dict | None = field(default_factory=dict)
     source: str | None = None
     models: list[str] = field(default_factory=lambda: ["dense", "compressed"])
     grids: list = field(default_factory=list)
     layer_sensitivity: bool = False
+    lifetime: dict | None = None
 
     def __post_init__(self) -> None:
-        if not self.sweeps:
-            fail("sweeps", self.sweeps, "a mapping setting -> list of values")
+        if self.sweeps is None:  # study.sweeps=null: none (a lifetime study alone)
+            object.__setattr__(self, "sweeps", {})
+        if not self.sweeps and self.lifetime is None:
+            fail("sweeps", self.sweeps, "a mapping setting -> list of values (null or empty "
+                 "only with study.lifetime set)")
+        self.lifetime_settings  # noqa: B018 - validated now, before any work
         for key, values in self.sweeps.items():
             _check_axis(f"sweeps.{key}", key, values)
         if not self.models:
@@ -388,6 +395,49 @@ class StudySettings:
                       "e.g. {prog_sigma: [0.0, 0.1], adc_bits: [4, 8]}")
             for key, values in grid.items():
                 _check_axis(f"grids[{i}].{key}", key, values)
+
+
+    @property
+    def lifetime_settings(self) -> LifetimeSettings | None:
+        """``lifetime`` as :class:`LifetimeSettings` (None: no lifetime study)."""
+        return None if self.lifetime is None else build(LifetimeSettings, self.lifetime,
+                                                        "lifetime")
+
+
+POLICIES = ("none", "drift_compensation", "recalibrate", "reprogram")
+"""Maintenance policies of a lifetime study (``experiments.lifetime``)."""
+
+YEAR_S = 365 * 86400.0
+
+
+@dataclass(frozen=True)
+class LifetimeSettings:
+    """A lifetime study (``study.lifetime``): the chips tested at ``times_s`` after programming
+    (ascending, within the ``service_life_s``), under each maintenance policy of
+    ``policies``; ``recalibrate_every_s``: the ``recalibrate`` policy's period."""
+
+    times_s: list = field(default_factory=lambda: [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6,
+                                                   1e7, YEAR_S])
+    policies: list = field(default_factory=lambda: list(POLICIES))
+    recalibrate_every_s: float = 86400.0
+    service_life_s: float = YEAR_S
+
+    def __post_init__(self) -> None:
+        check_range("service_life_s", self.service_life_s, 1e-9, 1e12)
+        check_range("recalibrate_every_s", self.recalibrate_every_s, 1e-9, 1e12)
+        times = self.times_s
+        if not isinstance(times, list) or not times or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+                and 0 < t <= self.service_life_s for t in times):
+            fail("times_s", times, f"a non-empty list of times in (0, service_life_s = "
+                 f"{self.service_life_s:g}] seconds")
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+            fail("times_s", times, "times in ascending order, each once")
+        if not isinstance(self.policies, list) or not self.policies or any(
+                p not in POLICIES for p in self.policies) \
+                or len(set(self.policies)) < len(self.policies):
+            fail("policies", self.policies, "a non-empty list of distinct policies among "
+                 + ", ".join(POLICIES))
 
 
 def _check_axis(name: str, key: object, values: object) -> None:

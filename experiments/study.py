@@ -5,6 +5,7 @@ point is kept (``study_points.json``), so an interrupted study resumes where it 
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import io
@@ -28,7 +29,8 @@ from admm.pipeline import load_model_state
 from crossbar import CrossbarConfig, DeviceModel, MappingPlan
 from crossbar.convert import layer_devices
 from crossbar.io import atomic_write_text
-from experiments.chips import ChipDesign, evaluate_chips, ideal_device
+from experiments.chip_test import make_strata
+from experiments.chips import ChipDesign, ChipJob, evaluate_chips, ideal_device
 from experiments.compressors.admm import compress_stage
 from experiments.compressors.registry import compress_inputs
 from experiments.config import load_study_config
@@ -244,9 +246,17 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
     if study.layer_sensitivity:
         with timed(timings, "layer_sensitivity"):
             sensitivity = _layer_sensitivity(exp, chips, points, p.mapped, reference, quiet)
+    lifetime = None
+    if study.lifetime is not None:
+        from experiments.lifetime import lifetime_study
+
+        dense = reference[f"dense, software, same {len(chips.test.dataset)} test samples"]
+        with timed(timings, "lifetime"):
+            lifetime = lifetime_study(exp, chips, dense, held_fixed(
+                exp, len(chips.test.dataset), exp.eval.chips), run_dir)
     return _write_study(exp, run_dir, chips, p, points, timings, compressed_acc=compressed_acc,
                         summary=summary, chip_rows=chip_rows, grids=grids,
-                        sensitivity=sensitivity, reference=reference)
+                        sensitivity=sensitivity, reference=reference, lifetime=lifetime)
 
 
 def _study_chips(exp: StudyExperiment, p: Prepared, run_dir: Path) -> tuple[StudyChips, float]:
@@ -355,8 +365,10 @@ def _layer_sensitivity(exp: StudyExperiment, chips: StudyChips, points: StudyPoi
 def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prepared,
                  points: StudyPoints, timings: dict, *, compressed_acc: float,
                  summary: list[dict], chip_rows: list[dict], grids: list[dict],
-                 sensitivity: list[dict], reference: dict) -> dict:
-    """study.csv, study.json, the figures, metrics.json and study.md; raises
+                 sensitivity: list[dict], reference: dict,
+                 lifetime: tuple[dict, list[str], list[str]] | None = None) -> dict:
+    """study.csv, study.json, the figures, metrics.json and study.md (and the lifetime
+    study's summary, figures and report lines, ``experiments.lifetime``); raises
     :class:`StudyPointsFailed` after writing them when a point failed."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["setting", "value", "model", "chip", "accuracy"])
@@ -373,6 +385,8 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
     spec, yields, names = yield_figures(exp.eval, chip_rows, reference[f"dense, {same}"],
                                         note, run_dir)
     plots += names
+    if lifetime is not None:
+        plots += lifetime[1]
     metrics = {"model": exp.model.name, "dense_accuracy": p.dense_acc,
                "compressed_accuracy": compressed_acc,
                "dense_accuracy_chip_samples": reference[f"dense, {same}"],
@@ -384,9 +398,13 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
                "layer_sensitivity_reference": {k: v for k, v in reference.items()
                                                if isinstance(v, tuple)},
                "failed": points.failed, "reused_points": points.reused, "timings_s": timings,
-               "yield_spec": spec, "study_yield": yields}
+               "yield_spec": spec, "study_yield": yields,
+               "lifetime": None if lifetime is None else lifetime[0]}
     write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
+    md = study_markdown(metrics, plots)
+    if lifetime is not None:
+        md = md.rstrip("\n") + "\n\n" + "\n".join(lifetime[2]) + "\n"
+    atomic_write_text(run_dir / "study.md", md)
     _log.info("device study done: %d sweep points, %d grid points, %d layers (%d reused from "
               "an earlier attempt, %d failed); plots in %s", len(summary), len(grids),
               len(sensitivity), points.reused, len(points.failed), run_dir)
@@ -476,18 +494,22 @@ class StudyChips:
                                         exclude=self.exclude)
         return self.plans[key]
 
+    def _outputs(self, xbar: CrossbarConfig, rob: RobustnessSettings) -> torch.Tensor | None:
+        """The output-calibration batch (drawn once per size, not once per point)."""
+        if not xbar.output_calibration:
+            return None
+        n = rob.calibration_samples
+        if n not in self.output_batches:
+            self.output_batches[n] = calibration_batch(self.train, n, self.torch_device,
+                                                       self.seed + 1)
+        return self.output_batches[n]
+
     def accuracies(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
                    rob: RobustnessSettings, desc: str,
                    devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
         """Model ``name``'s accuracy on each chip of device ``dev`` (``devices``: per-layer
         devices instead of the ``layers`` section's)."""
-        outputs = None
-        if xbar.output_calibration:  # drawn once per size, not once per point
-            n = rob.calibration_samples
-            if n not in self.output_batches:
-                self.output_batches[n] = calibration_batch(self.train, n, self.torch_device,
-                                                           self.seed + 1)
-            outputs = self.output_batches[n]
+        outputs = self._outputs(xbar, rob)
         plan = self.plan(name, xbar)
         self._load(name)
         design = ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
@@ -497,6 +519,22 @@ class StudyChips:
                               scales=self.scales if name == "compressed" else None,
                               outputs=outputs, sampling=self.sampling,
                               workers=self.workers).accuracies
+
+    def job(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
+            rob: RobustnessSettings) -> ChipJob:
+        """Programming and testing model ``name``'s chips on ``dev`` (a copy of the model,
+        so later points cannot change it), with the study's chip test."""
+        outputs = self._outputs(xbar, rob)
+        plan = self.plan(name, xbar)
+        self._load(name)
+        model = copy.deepcopy(self.model)
+        strata = None if self.sampling is None else make_strata(model, self.test,
+                                                                *self.sampling)
+        design = ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
+                            dict(self.devices or {}))
+        return ChipJob(model, plan, design, self.calibration, self.test,
+                       self.scales if name == "compressed" else None, outputs, self.seed,
+                       strata)
 
 
 class StudyPointsFailed(ValueError):

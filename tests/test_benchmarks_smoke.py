@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = {
     "admm_overhead": ["admm_overhead.json"],
     "calibration_percentile": ["run/metrics.json", "run/plan.json", "run/compressed.pt"],
+    "chip_scale": ["chip_scale.json", "run/metrics.json"],  # see AFTER
     "column_accumulate": [],
     "compressor_curves": ["curves.json", "curves.md", "curves.png", "admm_4x/metrics.json"],
     "converter_sweep": ["run/converter_sweep.json", "run/converter_sweep.png",
@@ -43,8 +44,8 @@ WORKERS = 2  # the CI machine's cores
 # script -> the script whose folder it gets, after that one finished: converter_sweep then
 # sweeps the tiny compress run that calibration_percentile's smoke made there (both scripts
 # make it with calibration_percentile.smoke_run when DIR holds none; one pipeline run, ~12 s of
-# CPU with its figures, instead of two)
-AFTER = {"converter_sweep": "calibration_percentile"}
+# CPU with its figures, instead of two); chip_scale re-evaluates the same run on many chips
+AFTER = {"converter_sweep": "calibration_percentile", "chip_scale": "calibration_percentile"}
 
 
 def _repository_files() -> set[str]:
