@@ -48,6 +48,27 @@ from experiments.pipeline import chip_design  # noqa: E402
 from experiments.stages import prepare  # noqa: E402
 
 
+def load_run(run_dir: Path) -> tuple:
+    """A finished compress run, ready for chips: its experiment, ``Prepared`` (dense model
+    from its dense.pt, then its compressed weights loaded), mapping plan, chip design and the
+    ``evaluate_chips`` keywords its compress run used (calibration batches, scales, test)."""
+    exp = load_compress_config(OmegaConf.load(run_dir / "config.yaml"))
+    exp = dataclasses.replace(exp, train=dataclasses.replace(
+        exp.train, checkpoint=str(run_dir / "dense.pt")))
+    with tempfile.TemporaryDirectory(prefix="chip_scale_") as tmp:
+        p = prepare(exp, Path(tmp), {})
+    state = load_checkpoint(run_dir / "compressed.pt", p.torch_device)
+    p.model.load_state_dict(state["model"])
+    plan = MappingPlan.load(run_dir / "plan.json")
+    rob = exp.robustness
+    outputs = calibration_batch(p.train, rob.calibration_samples, p.torch_device,
+                                exp.seed + 1) if exp.crossbar.output_calibration else None
+    common = {"calibration": p.calibration, "outputs": outputs, "seed": exp.seed,
+              "scales": state["scales"],
+              "test": crossbar_test_loader(p.test, exp.eval.test_subset, exp.seed)}
+    return exp, p, plan, chip_design(exp), common
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, nargs="?")
@@ -72,20 +93,7 @@ def main() -> None:
     elif args.run_dir is None:
         parser.error("the following arguments are required: run_dir")
     torch.set_num_threads(args.threads)
-    exp = load_compress_config(OmegaConf.load(args.run_dir / "config.yaml"))
-    exp = dataclasses.replace(exp, train=dataclasses.replace(
-        exp.train, checkpoint=str(args.run_dir / "dense.pt")))
-    with tempfile.TemporaryDirectory(prefix="chip_scale_") as tmp:
-        p = prepare(exp, Path(tmp), {})
-    state = load_checkpoint(args.run_dir / "compressed.pt", p.torch_device)
-    p.model.load_state_dict(state["model"])
-    plan = MappingPlan.load(args.run_dir / "plan.json")
-    rob, design = exp.robustness, chip_design(exp)
-    outputs = calibration_batch(p.train, rob.calibration_samples, p.torch_device,
-                                exp.seed + 1) if exp.crossbar.output_calibration else None
-    common = {"calibration": p.calibration, "outputs": outputs, "seed": exp.seed,
-              "scales": state["scales"],
-              "test": crossbar_test_loader(p.test, exp.eval.test_subset, exp.seed)}
+    exp, p, plan, design, common = load_run(args.run_dir)
     floor = exp.eval.spec_floor(p.dense_acc)
 
     start = time.perf_counter()

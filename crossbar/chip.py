@@ -32,12 +32,14 @@ class ProgrammedCells:
 
 
 def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: str,
-                  prefix: str = "", stuck: torch.Tensor | None = None) -> ProgrammedCells:
+                  prefix: str = "", stuck: torch.Tensor | None = None,
+                  select: torch.Tensor | None = None) -> ProgrammedCells:
     """Program ``target`` (uS, any shape) on chip ``seed``; ``prefix`` separates the streams of
     the reference cells (``"reference_"``) from the weight cells'. ``stuck``: the stuck value
     of each cell (NaN healthy), as the crossbar layers draw them per physical tile
     (:func:`tile_faults`); by default each cell draws its fault from the ``faults`` stream in
-    ``target``'s own layout."""
+    ``target``'s own layout. ``select``: with write-verify, the cells verified (bool,
+    broadcast to ``target``; None: all)."""
     target = target.detach().to("cpu", torch.float32)
     programming = device.programming if device.active("programming") else None
     if stuck is None and device.active("faults"):
@@ -57,7 +59,8 @@ def program_cells(target: torch.Tensor, device: DeviceModel, seed: int, layer: s
         result = device.write_verify.program(
             target, programming, device.read_noise if device.active("read_noise") else None,
             device, normal if normal is not None else torch.zeros_like(target),
-            stream(seed, layer, prefix + "write_verify"), settle)
+            stream(seed, layer, prefix + "write_verify"), settle,
+            None if select is None else select.to("cpu", torch.bool).expand(target.shape))
         return ProgrammedCells(result.g_uS, result.pulses, result.converged)
     g = target.clone() if programming is None else programming.sample(target, normal, device)
     return ProgrammedCells(g if settle is None else settle(g), None, None)

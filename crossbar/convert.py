@@ -130,6 +130,7 @@ def to_crossbar(
     digital: Sequence[str] = (),
     devices: Mapping[str, DeviceModel] | None = None,
     repair: RepairConfig | None = None,
+    verify: Mapping[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with every Linear/Conv1d/Conv2d (grouped and depthwise included)
     replaced by a crossbar layer, and every ``nn.MultiheadAttention`` by a
@@ -164,6 +165,10 @@ def to_crossbar(
         repair: fault repair at programming time (:class:`crossbar.RepairConfig`: test read,
             fault-aware placement, pair compensation); default: compensation on when the
             device has stuck-at faults, no placement.
+        verify: selective write-verify, layer name -> bool mask of the weights whose cells
+            are verified (matrix view or weight shape; layers not named: every cell), when
+            the device has ``write_verify``; the others keep their first pulse
+            (``experiments.selective_verify`` ranks weights by sensitivity).
 
     The copy's class is a subclass of the original that adds ``program(seed)``,
     ``calibrate(inputs)`` and ``mapping_plan``.
@@ -210,6 +215,7 @@ def to_crossbar(
                          "mapping of layer name -> bool mask")
     if calibration is not None:
         check_input(calibration, *every[0], "calibration")
+    verify = _verify_masks(verify, dict(layers))
     if plan is not None and not isinstance(plan, MappingPlan):
         raise TypeError(f"plan must be a crossbar.MappingPlan (MappingPlan.load(path) reads a "
                         f"plan.json), got {type(plan).__name__}")
@@ -226,6 +232,7 @@ def to_crossbar(
         check_plan(plan[""], config)
         layer = cls(model, plan[""], per_layer[""], config, seed=seed,
                     scale=(scales or {}).get(""), repair=repair)
+        _select_verified(layer, verify.get(""), seed)
         if calibration is not None:
             calibrate(layer, calibration)
         return layer
@@ -235,6 +242,7 @@ def to_crossbar(
         check_plan(plan[name], config)
         new = cls(module, plan[name], per_layer[name], config, seed=seed,
                   scale=(scales or {}).get(name), repair=repair)
+        _select_verified(new, verify.get(name), seed)
         _set_submodule(xmodel, name, new.to(module.weight.device))
         _release_freed_memory()
     _no_nested_tensors(xmodel)
@@ -243,6 +251,40 @@ def to_crossbar(
     if calibration is not None:
         calibrate(xmodel, calibration)
     return xmodel
+
+
+def _verify_masks(verify: Mapping[str, torch.Tensor] | None, layers: Mapping[str, nn.Module]
+                  ) -> dict[str, torch.Tensor]:
+    """``to_crossbar``'s ``verify`` checked: names of converted layers, bool masks with one
+    entry per weight; returned as ``[out, in]`` matrix views."""
+    if verify is None:
+        return {}
+    if not isinstance(verify, Mapping):
+        raise ValueError(f"verify of type {type(verify).__name__} is invalid; allowed: a "
+                         "mapping of layer name -> bool mask")
+    out = {}
+    for name, mask in verify.items():
+        if name not in layers:
+            raise ValueError(f"verify key={name!r} is invalid; allowed: names of converted "
+                             f"layers: {', '.join(layers)}")
+        weight = layers[name].weight
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool \
+                or mask.numel() != weight.numel():
+            raise ValueError(f"verify[{name!r}] is invalid; allowed: a bool tensor with one "
+                             f"entry per weight ({weight.numel()}, shape "
+                             f"{tuple(weight.shape)} or its matrix view)")
+        out[name] = mask.detach().reshape(weight.shape[0], -1).cpu()
+    return out
+
+
+def _select_verified(layer: CrossbarLayer, mask: torch.Tensor | None, seed: int) -> None:
+    """Selective write-verify on ``layer``: re-programmed with only ``mask``'s weights
+    verified (nothing to do without a mask or without write-verify)."""
+    if mask is None:
+        return
+    layer.verify_weights = mask
+    if layer.device_model.write_verify is not None:
+        layer._program(seed)
 
 
 def _unpack_composites(root: nn.Module, mapped: set[str]) -> nn.Module:

@@ -149,6 +149,9 @@ class CrossbarLayer(nn.Module):
         self.ref_pulses: torch.Tensor | None = None
         self.ref_converged: torch.Tensor | None = None
         self._pulses_known = True
+        # selective write-verify: the weights ([out, in], bool) whose cells are verified (None:
+        # all; crossbar.to_crossbar(verify=...)); not in the state dict
+        self.verify_weights: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(_after_load)
         # fused fast paths (nn.TransformerEncoderLayer in eval mode) read ``weight`` directly
         # and would skip the simulation; they stand down when a submodule has a forward hook
@@ -197,7 +200,8 @@ class CrossbarLayer(nn.Module):
         self._noise_buffers = {}
         self._array_cache = {}
         targets, stuck, ref_target, ref_stuck = self._repair(seed)
-        cells = program_cells(targets, dev, seed, self.plan.name, stuck=stuck)
+        cells = program_cells(targets, dev, seed, self.plan.name, stuck=stuck,
+                              select=self.verify_weights)
         mask = self.cell_mask.cpu()
         self.g_uS.copy_(cells.g_uS * mask)
         verified = cells.pulses is not None  # single-shot: one pulse per cell, kept implicit

@@ -77,14 +77,16 @@ mean_std = mean_sd
 class ChipDesign:
     """What a programmed chip is made of: the ``device`` of its mapped layers, the
     ``crossbar`` and periphery, the ``repair`` at programming (None: none), the layers kept
-    ``digital`` (patterns) and per-layer ``devices`` (pattern -> device; the ``layers``
-    section)."""
+    ``digital`` (patterns), per-layer ``devices`` (pattern -> device; the ``layers``
+    section) and, for selective write-verify, the weights ``verify``d per layer (None:
+    all; ``experiments.selective_verify``)."""
 
     device: DeviceModel
     crossbar: CrossbarConfig
     repair: RepairConfig | None = None
     digital: Sequence[str] = ()
     devices: Mapping[str, DeviceModel] = field(default_factory=dict)
+    verify: Mapping[str, torch.Tensor] | None = None
 
     def ideal(self) -> ChipDesign:
         """The same design on ideal devices (:func:`ideal_device`, every layer)."""
@@ -246,7 +248,8 @@ class ChipJob:
                 calibration=self.calibration, seed=chip_seed, plan=self.plan,
                 scales=self.scales, repair=self.design.repair,
                 digital=list(self.design.digital),
-                devices={k: d.with_(t_inference_s=0.0) for k, d in self.design.devices.items()})
+                devices={k: d.with_(t_inference_s=0.0) for k, d in self.design.devices.items()},
+                verify=self.design.verify)
         else:
             xmodel.set_inference_time(0.0)
             xmodel.program(chip_seed)  # recalibrates on the stored calibration batch

@@ -41,6 +41,7 @@ from experiments.reports import (
 )
 from experiments.runtime import accept_run, environment, timed, write_json
 from experiments.search import budget_search
+from experiments.selective_verify import with_selective_verify
 from experiments.settings import CompressExperiment
 from experiments.stages import (
     Prepared,
@@ -155,7 +156,10 @@ def _chips(exp: CompressExperiment, p: Prepared, plan: MappingPlan, result: Comp
     ``eval.chips`` programmed chips, and the repair ablation; the first chip's conductance
     histogram and the tile map."""
     xtest = crossbar_test_loader(p.test, exp.eval.test_subset, exp.seed)
-    rob, design = exp.robustness, chip_design(exp)
+    rob = exp.robustness
+    design = with_selective_verify(chip_design(exp), rob, p.model, plan, train=p.train,
+                                   calibration=p.calibration, scales=result.scales,
+                                   seed=exp.seed)
     outputs = calibration_batch(p.train, rob.calibration_samples, p.torch_device, exp.seed + 1) \
         if exp.crossbar.output_calibration else None
     common = {"calibration": p.calibration, "test": xtest, "seed": exp.seed,

@@ -248,6 +248,9 @@ CHIP_TESTS = ("full", "stratified")
 """How each chip's test accuracy is measured (``eval.chip_test``)."""
 
 
+VERIFY_RANKINGS = ("fisher", "random")
+"""How selective write-verify picks its weights (``robustness.verify_ranking``)."""
+
 HARDWARE_AWARE_EFFECTS = ("chip", "converters")
 """What the retraining forward simulates (``robustness.hardware_aware_effects``)."""
 
@@ -263,7 +266,10 @@ class RobustnessSettings:
     the device's conductance grid and the DAC/ADC with ranges calibrated on each batch on an
     otherwise ideal device, or ``chip``, a newly programmed chip with every device effect and
     the converters), ``write_verify`` (null: the device's own setting; a
-    mapping of :class:`crossbar.WriteVerify` fields turns it on), and an ``ablation`` of the
+    mapping of :class:`crossbar.WriteVerify` fields turns it on), selective write-verify
+    (``verify_fraction`` of the live weights verified, chosen by ``verify_ranking``:
+    ``fisher``, the Fisher-weighted programming variance on ``verify_samples`` training
+    images, or ``random``; ``experiments.selective_verify``), and an ``ablation`` of the
     chip accuracy without each step on ``ablation_chips`` chips."""
 
     compensation: bool | None = None
@@ -276,10 +282,17 @@ class RobustnessSettings:
     hardware_aware: bool = True
     hardware_aware_effects: str = "converters"
     write_verify: dict | None = None
+    verify_fraction: float = 1.0
+    verify_ranking: str = "fisher"
+    verify_samples: int = 256
     ablation: bool = True
     ablation_chips: int = 5
 
     def __post_init__(self) -> None:
+        check_range("verify_fraction", self.verify_fraction, 0.0, 1.0)
+        if self.verify_ranking not in VERIFY_RANKINGS:
+            fail("verify_ranking", self.verify_ranking, "one of " + ", ".join(VERIFY_RANKINGS))
+        check_range("verify_samples", self.verify_samples, 1, 100_000)
         for key in ("placement", "output_calibration", "hardware_aware", "ablation"):
             if not isinstance(getattr(self, key), bool):
                 fail(key, getattr(self, key), "true or false")

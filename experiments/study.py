@@ -48,6 +48,7 @@ from experiments.guard import (
 from experiments.plots import ci95, plot_yield
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import accept_run, environment, timed, write_json
+from experiments.selective_verify import with_selective_verify
 from experiments.settings import RobustnessSettings, StudyExperiment
 from experiments.stages import Prepared, map_stage, preflight, prepare
 from experiments.train import evaluate
@@ -504,6 +505,15 @@ class StudyChips:
                                                        self.seed + 1)
         return self.output_batches[n]
 
+    def _verify(self, name: str, design: ChipDesign, rob: RobustnessSettings,
+                plan: MappingPlan) -> ChipDesign:
+        """``design`` with selective write-verify's weights (``robustness.verify_fraction``),
+        for the model ``name`` loaded now."""
+        return with_selective_verify(design, rob, self.model, plan, train=self.train,
+                                     calibration=self.calibration,
+                                     scales=self.scales if name == "compressed" else None,
+                                     seed=self.seed)
+
     def accuracies(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
                    rob: RobustnessSettings, desc: str,
                    devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
@@ -512,8 +522,9 @@ class StudyChips:
         outputs = self._outputs(xbar, rob)
         plan = self.plan(name, xbar)
         self._load(name)
-        design = ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
-                            dict(self.devices or {}) if devices is None else dict(devices))
+        design = self._verify(name, ChipDesign(
+            dev, xbar, rob.repair(), tuple(self.digital),
+            dict(self.devices or {}) if devices is None else dict(devices)), rob, plan)
         return evaluate_chips(self.model, plan, design, calibration=self.calibration,
                               test=self.test, chips=self.chips, seed=self.seed, desc=desc,
                               scales=self.scales if name == "compressed" else None,
@@ -530,8 +541,8 @@ class StudyChips:
         model = copy.deepcopy(self.model)
         strata = None if self.sampling is None else make_strata(model, self.test,
                                                                 *self.sampling)
-        design = ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
-                            dict(self.devices or {}))
+        design = self._verify(name, ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
+                                               dict(self.devices or {})), rob, plan)
         return ChipJob(model, plan, design, self.calibration, self.test,
                        self.scales if name == "compressed" else None, outputs, self.seed,
                        strata)

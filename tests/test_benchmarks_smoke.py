@@ -33,6 +33,7 @@ OUTPUTS = {
     "programming": ["programming.json"],
     "reproduce_mnist": ["run/metrics.json", "run/report.md"],
     "robustness_timing": [],
+    "selective_verify": ["selective_verify.json", "run/metrics.json"],  # see AFTER
     "sim_overhead": ["sim_overhead.json"],
 }
 # folders of the repository a benchmark wrote into before it had a smoke mode (its defaults)
@@ -44,8 +45,9 @@ WORKERS = 2  # the CI machine's cores
 # script -> the script whose folder it gets, after that one finished: converter_sweep then
 # sweeps the tiny compress run that calibration_percentile's smoke made there (both scripts
 # make it with calibration_percentile.smoke_run when DIR holds none; one pipeline run, ~12 s of
-# CPU with its figures, instead of two); chip_scale re-evaluates the same run on many chips
-AFTER = {"converter_sweep": "calibration_percentile", "chip_scale": "calibration_percentile"}
+# CPU with its figures, instead of two); chip_scale and selective_verify re-evaluate it
+AFTER = {"converter_sweep": "calibration_percentile", "chip_scale": "calibration_percentile",
+         "selective_verify": "calibration_percentile"}
 
 
 def _repository_files() -> set[str]:

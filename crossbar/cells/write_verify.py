@@ -74,11 +74,16 @@ class WriteVerify:
         first: torch.Tensor,
         gen: torch.Generator,
         settle: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        select: torch.Tensor | None = None,
     ) -> WriteVerifyResult:
         """Program ``target`` (uS). ``first``: the standard-normal draws of the first pulse
         (the same as single-shot programming, so verify only changes the cells it re-pulses);
         ``gen``: the CPU generator of the corrective pulses and verify reads; ``settle``: what
-        a pulse leaves in a cell (stuck-at faults pin their cells whatever the pulse)."""
+        a pulse leaves in a cell (stuck-at faults pin their cells whatever the pulse);
+        ``select``: the cells verified (bool, broadcast to ``target``; selective write-verify,
+        SWIM: Yan et al., DAC 2022); the others keep their first pulse, unchecked (reported
+        as converged). The draws do not depend on ``select``, so a verified cell ends as it
+        would with every cell verified."""
         settle = settle or (lambda g: g)
         if programming is not None and programming.active:
             g = settle(programming.sample(target, first, device))
@@ -95,6 +100,8 @@ class WriteVerify:
                 normal = torch.randn(target.shape, generator=gen, dtype=target.dtype)
                 read = g + averaged * read_noise.std_uS(g, device, t_s=0.0) * normal
             outside = (read - target).abs() > self.tolerance_uS
+            if select is not None:
+                outside &= select
             if k == self.max_pulses - 1 or not bool(outside.any()):
                 return WriteVerifyResult(g, pulses, ~outside)
             normal = torch.randn(target.shape, generator=gen, dtype=target.dtype)
