@@ -48,6 +48,13 @@ def smoke_run(folder: Path) -> Path:
     return folder / "run"
 
 
+def smoke_setup(smoke: str, prefix: str) -> tuple[Path, Path]:
+    """``--smoke [DIR]`` of a script that re-evaluates the smoke run: the folder (DIR, or a
+    new temporary one named ``prefix``...) and the finished run in it (:func:`smoke_run`)."""
+    folder = Path(smoke or tempfile.mkdtemp(prefix=prefix))
+    return folder, smoke_run(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, nargs="?")

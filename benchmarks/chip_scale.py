@@ -84,10 +84,9 @@ def main() -> None:
                         "folder): 3 baseline chips, 12 chips over 2 workers")
     args = parser.parse_args()
     if args.smoke is not None:
-        from calibration_percentile import smoke_run  # (this script's folder is on sys.path)
+        from calibration_percentile import smoke_setup  # (this script's folder is on sys.path)
 
-        folder = Path(args.smoke or tempfile.mkdtemp(prefix="chip_scale_smoke_"))
-        args.run_dir = smoke_run(folder)
+        folder, args.run_dir = smoke_setup(args.smoke, "chip_scale_smoke_")
         args.chips, args.baseline, args.workers, args.threads = 12, 3, 2, 1
         args.out = folder / "chip_scale.json"
     elif args.run_dir is None:

@@ -21,7 +21,6 @@ import argparse
 import itertools
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -51,10 +50,9 @@ def main() -> None:
                         help="smallest sizes, seconds (see above)")
     args = parser.parse_args()
     if args.smoke is not None:
-        from calibration_percentile import smoke_run  # (this script's folder is on sys.path)
+        from calibration_percentile import smoke_setup  # (this script's folder is on sys.path)
 
-        folder = Path(args.smoke or tempfile.mkdtemp(prefix="converter_sweep_smoke_"))
-        args.run = smoke_run(folder)
+        folder, args.run = smoke_setup(args.smoke, "converter_sweep_smoke_")
         args.dac, args.adc, args.chips = ["parallel:4", "bit_serial:4"], [6], 1
     elif args.run is None:
         parser.error("the following arguments are required: run")

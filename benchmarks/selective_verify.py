@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,10 +54,9 @@ def main() -> None:
                         help="a tiny digits run in DIR/run: 2 chips, fractions 0.3 and 1.0")
     args = parser.parse_args()
     if args.smoke is not None:
-        from calibration_percentile import smoke_run
+        from calibration_percentile import smoke_setup  # (this script's folder is on sys.path)
 
-        folder = Path(args.smoke or tempfile.mkdtemp(prefix="selective_verify_smoke_"))
-        args.run_dir = smoke_run(folder)
+        folder, args.run_dir = smoke_setup(args.smoke, "selective_verify_smoke_")
         args.chips, args.fractions, args.samples = 2, [0.3, 1.0], 16
         args.workers, args.threads = 1, 1
         args.out = folder / "selective_verify.json"
