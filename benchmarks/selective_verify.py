@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--max-pulses", type=int, default=20)
     parser.add_argument("--verify-reads", type=int, default=8)
     parser.add_argument("--samples", type=int, default=256, help="images for the Fisher")
+    parser.add_argument("--prog-sigma", type=float, default=None,
+                        help="the run's device with this lognormal programming sigma instead")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stratified", action="store_true",
@@ -64,6 +66,8 @@ def main() -> None:
         parser.error("the following arguments are required: run_dir")
     torch.set_num_threads(args.threads)
     exp, p, plan, design, common = load_run(args.run_dir)
+    if args.prog_sigma is not None:
+        design = design.with_(device=design.device.with_(prog_sigma=args.prog_sigma))
     wv = {"tolerance_uS": args.tolerance, "max_pulses": args.max_pulses,
           "verify_reads": args.verify_reads}
     verified = design.with_(device=design.device.with_(write_verify=wv))
@@ -97,13 +101,40 @@ def main() -> None:
                     devices=dict(verified.devices), digital=list(verified.digital)))
             row(f"{fraction:g} verified ({ranking})", fraction, ranking, d)
     result = {"run": str(args.run_dir), "dense_accuracy": p.dense_acc, "chips": args.chips,
-              "write_verify": wv, "test_images": len(common["test"].dataset),
-              "stratified": args.stratified, "rows": rows}
+              "write_verify": wv, "device": design.device.to_dict(),
+              "test_images": len(common["test"].dataset), "stratified": args.stratified,
+              "rows": rows}
     text = json.dumps(result, indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.out, text + "\n")
-        print(f"written: {args.out}")
+        plot(result, args.out.with_suffix(".png"))
+        print(f"written: {args.out} and its figure {args.out.with_suffix('.png')}")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Chip accuracy (mean, 95 % CI) against programming energy per chip: one line per
+    ranking from single-shot programming to every cell verified, the fractions labelled."""
+    from experiments.plots import plt, write_png
+
+    rows = result["rows"]
+    ends = [r for r in rows if r["ranking"] in ("-", "all")]
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for k, ranking in enumerate(sorted({r["ranking"] for r in rows} - {"-", "all"})):
+        line = sorted([*ends, *(r for r in rows if r["ranking"] == ranking)],
+                      key=lambda r: r["fraction"])
+        ax.errorbar([r["energy_uJ"] for r in line], [r["mean"] for r in line],
+                    yerr=[r["ci95"] for r in line], marker="os"[k % 2], capsize=2,
+                    color=f"C{k}", label=f"{ranking} ranking")
+        for r in line:
+            ax.annotate(f"{r['fraction']:g}", (r["energy_uJ"], r["mean"]), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")
+    ax.set_xlabel("programming energy per chip (uJ, cells only)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Selective write-verify ({result['chips']} chips; dense "
+                 f"{result['dense_accuracy']:.2f} %; labels: fraction verified)", fontsize=8)
+    ax.legend(fontsize=7)
+    write_png(path, fig)
 
 
 if __name__ == "__main__":

@@ -302,40 +302,49 @@ def lifetime_markdown(summary: dict) -> list[str]:
 
 
 def plot_lifetime(m: dict, name: str, path: Path, note: str) -> None:
-    """Mean chip accuracy (95 % CI band) and yield (Clopper-Pearson band) against time after
-    programming (log axis), one line per policy, the specification's floor dashed."""
+    """Mean chip accuracy (95 % CI band) against time after programming (log axis), in full
+    and, when a policy falls more than 2 points below the specification, zoomed around its
+    floor, and the yield (Clopper-Pearson band); one line per policy, the floor dashed."""
     from experiments.plots import caption, plt, write_png
 
-    has_yield = m["floor"] is not None
-    fig, axes = plt.subplots(1, 2 if has_yield else 1, figsize=(7.2 if has_yield else 4, 3.2),
-                             squeeze=False)
-    ax = axes[0][0]
+    has_spec = m["floor"] is not None
+    lowest = min(p["mean"] - p["ci95"] for d in m["policies"].values() for p in d["series"])
+    zoom = has_spec and lowest < m["floor"] - 2.0  # a policy falls far below the spec
+    panels = ["full"] + (["zoom"] if zoom else []) + (["yield"] if has_spec else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3.2), squeeze=False)
+    axes = dict(zip(panels, axes[0], strict=True))
+    top = 0.0
     for k, (policy, d) in enumerate(m["policies"].items()):
+        style = {"color": f"C{k}", "marker": "osD^"[k % 4], "markersize": 3}
         t = [p["t_s"] for p in d["series"]]
         mean = [p["mean"] for p in d["series"]]
-        half = [p["ci95"] for p in d["series"]]
-        ax.plot(t, mean, "osD^"[k % 4] + "-", color=f"C{k}", label=policy, markersize=3)
-        ax.fill_between(t, [a - h for a, h in zip(mean, half, strict=True)],
-                        [a + h for a, h in zip(mean, half, strict=True)], color=f"C{k}",
-                        alpha=0.2)
-        if has_yield:
-            y = [p["yield_pct"] for p in d["series"]]
-            axes[0][1].plot(t, y, "osD^"[k % 4] + "-", color=f"C{k}", label=policy,
-                            markersize=3)
-            axes[0][1].fill_between(t, [p["yield_low_pct"] for p in d["series"]],
-                                    [p["yield_high_pct"] for p in d["series"]],
-                                    color=f"C{k}", alpha=0.12)
-    if has_yield:
-        ax.axhline(m["floor"], color="k", linestyle="--", linewidth=0.8,
-                   label=f"spec {m['floor']:.2f} %")
-        axes[0][1].set_ylabel("yield (%)")
-        axes[0][1].set_ylim(-2, 102)
-        axes[0][1].set_title("Chips that meet the spec (95 % CI)", fontsize=9)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{name} model: mean over chips (95 % CI)", fontsize=9)
-    for a in axes[0]:
+        low = [p["mean"] - p["ci95"] for p in d["series"]]
+        high = [p["mean"] + p["ci95"] for p in d["series"]]
+        top = max(top, *high)
+        for key in ("full", "zoom") if zoom else ("full",):
+            axes[key].plot(t, mean, "-", label=policy, **style)
+            axes[key].fill_between(t, low, high, color=style["color"], alpha=0.2)
+        if has_spec:
+            axes["yield"].plot(t, [p["yield_pct"] for p in d["series"]], "-", label=policy,
+                               **style)
+            axes["yield"].fill_between(t, [p["yield_low_pct"] for p in d["series"]],
+                                       [p["yield_high_pct"] for p in d["series"]],
+                                       color=style["color"], alpha=0.12)
+    axes["full"].set_title(f"{name} model: mean over chips (95 % CI)", fontsize=9)
+    axes["full"].set_ylabel("test accuracy (%)")
+    if zoom:
+        axes["zoom"].axhline(m["floor"], color="k", linestyle="--", linewidth=0.8)
+        axes["zoom"].set_ylim(m["floor"] - 2.0, max(top, m["floor"]) + 0.3)
+        axes["zoom"].set_title("the same, near the spec", fontsize=9)
+    if has_spec:
+        axes["full"].axhline(m["floor"], color="k", linestyle="--", linewidth=0.8,
+                             label=f"spec {m['floor']:.2f} %")
+        axes["yield"].set_ylabel("yield (%)")
+        axes["yield"].set_ylim(-2, 102)
+        axes["yield"].set_title("chips that meet the spec (95 % CI)", fontsize=9)
+    for a in axes.values():
         a.set_xscale("log")
         a.set_xlabel("time after programming (s)")
-    ax.legend(fontsize=7)
+    axes["full"].legend(fontsize=7)
     caption(fig, note)
     write_png(path, fig)

@@ -239,6 +239,8 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
         "settings_caption": held_fixed(exp, chips["test_samples"], exp.eval.chips,
                                        prefix="Run settings"),
         "programming": run.mean_of("programming"),
+        "programming_total": {k: v * len(run) for k, v in run.mean_of("programming").items()
+                              if k != "pulses_per_cell"},
         "robustness": {"settings": dataclasses.asdict(exp.robustness),
                        "repair_mean": run.mean_of("repair"),
                        "output_calibration_chip0": first,

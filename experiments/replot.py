@@ -23,6 +23,7 @@ import yaml
 
 from crossbar.io import atomic_write_text, one_line, run_cli
 from experiments.config import load_study_config
+from experiments.lifetime import lifetime_markdown, plot_lifetime
 from experiments.plots import ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import write_json
@@ -67,9 +68,41 @@ def replot_study(run_dir: str | Path) -> list[str]:
                                         metrics["held_fixed"], run_dir)
     plots += names
     metrics["yield_spec"], metrics["study_yield"] = spec, yields
+    lifetime_md: list[str] = []
+    if metrics.get("lifetime"):
+        check_lifetime(run_dir, metrics["lifetime"])
+        for name, m in metrics["lifetime"].items():
+            plot_lifetime(m, name, run_dir / f"lifetime_{name}.png", metrics["held_fixed"])
+            plots.append(f"lifetime_{name}.png")
+        lifetime_md = lifetime_markdown(metrics["lifetime"])
     write_json(run_dir / "metrics.json", metrics)
-    atomic_write_text(run_dir / "study.md", study_markdown(metrics, plots))
+    md = study_markdown(metrics, plots)
+    if lifetime_md:
+        md = md.rstrip("\n") + "\n\n" + "\n".join(lifetime_md) + "\n"
+    atomic_write_text(run_dir / "study.md", md)
     return plots
+
+
+def check_lifetime(run_dir: Path, summary: Mapping) -> None:
+    """metrics.json's lifetime means are those of lifetime.json's chips (every model, policy
+    and time), before anything is redrawn."""
+    path = run_dir / "lifetime.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; metrics.json holds a lifetime study; "
+                                f"{ALLOWED}")
+    full = _json(path)
+    for name, m in summary.items():
+        for policy, d in m["policies"].items():
+            try:
+                chips = full[name]["policies"][policy]["chips"]
+                for k, point in enumerate(d["series"]):
+                    accs = [c["accuracies"][k] for c in chips]
+                    if not _close(point["mean"], statistics.fmean(accs)):
+                        raise ValueError(f"mean {point['mean']!r} at t = {point['t_s']} s")
+            except (KeyError, IndexError, TypeError, ValueError, statistics.StatisticsError) \
+                    as exc:
+                raise ValueError(f"{path} does not hold the chips of metrics.json's lifetime "
+                                 f"({name}, {policy}: {one_line(exc)}); {ALLOWED}") from None
 
 
 def _config(path: Path):

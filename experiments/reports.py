@@ -499,7 +499,16 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
               f"- energy {prog['energy_uJ']:.3g} uJ (cell-only lower bound), time "
               f"{prog['time_serial_s']:.3g} s one cell at a time, "
               f"{prog['time_tiles_parallel_s']:.3g} s with tiles in parallel "
-              "(docs/crossbar.md, 'Programming cost')", "",
+              "(docs/crossbar.md, 'Programming cost')",
+              *([f"- all {m['chips']} chips of this run: {tot['pulses']:.4g} pulses, "
+                 f"{tot['energy_uJ']:.4g} uJ, {tot['time_tiles_parallel_s']:.4g} s with "
+                 "tiles in parallel"] if (tot := m.get("programming_total")) else []),
+              *([f"- selective write-verify: {m['robustness']['settings']['verify_fraction']:g}"
+                 f" of the live weights verified, chosen by "
+                 f"{m['robustness']['settings']['verify_ranking']} "
+                 "(experiments/selective_verify.py)"]
+                if m["device"]["write_verify"] and m.get("robustness", {}).get(
+                    "settings", {}).get("verify_fraction", 1.0) < 1.0 else []), "",
               "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
               f"Array model: {array_line(m['crossbar'])}.", "",
               *([f"Layers kept digital (not simulated or costed): "

@@ -371,6 +371,8 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
     """study.csv, study.json, the figures, metrics.json and study.md (and the lifetime
     study's summary, figures and report lines, ``experiments.lifetime``); raises
     :class:`StudyPointsFailed` after writing them when a point failed."""
+    if not points.path.exists():  # a study without points (a lifetime alone) still has one
+        write_json(points.path, {"fingerprint": points.fp, "points": points.done})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["setting", "value", "model", "chip", "accuracy"])
     writer.writeheader()

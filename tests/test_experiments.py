@@ -162,8 +162,12 @@ def test_compress_outputs(digits_run):
     run_dir, metrics = digits_run
     assert METRIC_KEYS <= set(metrics)
     assert metrics["programming"]["pulses_per_cell"] == 1.0  # single-shot programming
+    total = metrics["programming_total"]  # every chip of the run
+    assert total["pulses"] == pytest.approx(metrics["programming"]["pulses"] * metrics["chips"])
+    assert metrics["chip_test"]["mode"] == "full" and metrics["chip_test"]["workers"] == 1
     assert metrics["device"]["programming"]["model"] == "lognormal"
     report = (run_dir / "report.md").read_text()
+    assert f"all {metrics['chips']} chips of this run" in report
     assert "## Programming a chip" in report and "programming: lognormal(sigma=" in report
     env = metrics["environment"]
     assert env["torch"] == torch.__version__ and env["torch_device"] == "cpu"

@@ -390,3 +390,35 @@ def test_a_failed_result_write_names_the_file_and_keeps_the_old_one(tmp_path):
                                "checkpoint"), proc
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
         "metrics.json"]
+
+
+def test_a_lifetime_study_alone_writes_its_report_and_replots(finished, tmp_path):
+    """``study.sweeps=null`` + ``study.lifetime``: the lifetime of the source's chips on a
+    drifting device, every policy, over 2 worker processes with the stratified chip test;
+    lifetime.json, the figure and study.md's section; replot redraws them and refuses a
+    lifetime.json that does not hold metrics.json's chips."""
+    from experiments.replot import replot_study
+    from experiments.study import run_device_study
+
+    src, _ = finished
+    run_dir = tmp_path / "life"
+    overrides = FIN + [o for o in STUDY if "sweeps" not in o] + [
+        f"study.source={src}", "device=pcm_aihwkit", "study.sweeps=null",
+        "study.lifetime={times_s: [1, 1000, 1e6], recalibrate_every_s: 3600}",
+        "eval.chip_test=stratified", "eval.workers=2"]
+    metrics = run_device_study(_compose_study(overrides), run_dir)
+    life = metrics["lifetime"]["compressed"]
+    assert list(life["policies"]) == ["none", "drift_compensation", "recalibrate",
+                                      "reprogram"]
+    assert life["policies"]["recalibrate"]["maintenance_per_chip"]["recalibrations"] == 8760
+    assert all(len(d["series"]) == 3 for d in life["policies"].values())
+    md = (run_dir / "study.md").read_text()
+    assert "## Lifetime" in md and "| recalibrate |" in md and "One setting at a time" not in md
+    assert (run_dir / "lifetime_compressed.png").is_file()
+    full = json.loads((run_dir / "lifetime.json").read_text())
+    assert len(full["compressed"]["policies"]["none"]["chips"]) == 2
+    assert replot_study(run_dir) == ["lifetime_compressed.png"]
+    full["compressed"]["policies"]["none"]["chips"][0]["accuracies"][0] -= 7.0
+    (run_dir / "lifetime.json").write_text(json.dumps(full))
+    with pytest.raises(ValueError, match="does not hold the chips of metrics.json's lifetime"):
+        replot_study(run_dir)
