@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -339,6 +340,72 @@ def plot_layer_sensitivity(rows: Sequence[Mapping], path: Path, note: str = "",
     ax.legend(fontsize=7)
     caption(fig, note)
     write_png(path, fig)
+
+
+# ------------------------------------------------------------------------------ chips
+MANY_CHIPS = 60
+"""Above this many chips the chip-accuracy figure is a histogram, not one point per chip."""
+
+
+def _spec_label(y: dict) -> str:
+    return (f"spec >= {y['min_accuracy']:.2f} %: yield {y['yield_pct']:.1f} % "
+            f"(95 % CI {y['ci_low_pct']:.1f}-{y['ci_high_pct']:.1f} %)")
+
+
+def _reference_lines(metrics: dict, line) -> None:
+    """The software accuracies and the specification's floor, drawn with ``line``
+    (``ax.axhline`` or ``ax.axvline``)."""
+    for at, label, dash in ((metrics["compressed_accuracy"], "compressed (software)", "--"),
+                             (metrics["dense_accuracy"], "dense (software)", ":")):
+        line(at, color="k", linestyle=dash, label=label)
+    if metrics.get("yield"):
+        line(metrics["yield"]["min_accuracy"], color="C3", linestyle="-.",
+             label=_spec_label(metrics["yield"]))
+
+
+def _chip_points(metrics: dict):
+    """One point per chip, the mean's 95 % CI band, the software accuracies and the spec."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    accs = metrics["crossbar_accuracies"]
+    # points, not bars: accuracy axes are zoomed, and a bar on a zoomed axis misleads
+    ax.plot(range(len(accs)), accs, "o", color="#1f77b4", label="one programmed chip")
+    mean, half = statistics.fmean(accs), ci95(accs)
+    ax.axhspan(mean - half, mean + half, color="C1", alpha=0.3,
+               label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
+    _reference_lines(metrics, ax.axhline)
+    ax.set_xlabel("programmed chip")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0.0, min(accs + [metrics["dense_accuracy"]]) - 2), 100)
+    ax.set_title(f"Accuracy per programmed chip ({len(accs)} chips)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _chip_histogram(metrics: dict):
+    """The distribution of chip accuracy over many chips: a histogram with the mean, the
+    software accuracies and the specification's floor as vertical lines."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    accs = metrics["crossbar_accuracies"]
+    ax.hist(accs, bins=min(60, max(10, len(accs) // 20)), color="#1f77b4", alpha=0.8,
+            label="programmed chips")
+    mean, half = statistics.fmean(accs), ci95(accs)
+    ax.axvline(mean, color="C1", label=f"mean {mean:.2f} % (95 % CI +- {half:.2f})")
+    _reference_lines(metrics, ax.axvline)
+    ax.set_xlabel("test accuracy (%)" + (" (stratified estimate per chip)" if (
+        metrics.get("chip_test") or {}).get("mode") == "stratified" else ""))
+    ax.set_ylabel("chips")
+    ax.set_title(f"Accuracy of {len(accs)} programmed chips")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return fig
+
+
+def chip_accuracy_figure(metrics: dict):
+    """A compress run's chip accuracies (metrics.json): one point per chip, or above
+    :data:`MANY_CHIPS` chips their histogram; with the spec line."""
+    if len(metrics["crossbar_accuracies"]) > MANY_CHIPS:
+        return _chip_histogram(metrics)
+    return _chip_points(metrics)
 
 
 # --------------------------------------------------------------------------- design points

@@ -386,11 +386,11 @@ class StudySettings:
     lifetime: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.sweeps is None:  # study.sweeps=null: none (a lifetime study alone)
-            object.__setattr__(self, "sweeps", {})
         if not self.sweeps and self.lifetime is None:
             fail("sweeps", self.sweeps, "a mapping setting -> list of values (null or empty "
                  "only with study.lifetime set)")
+        if self.sweeps is None:  # study.sweeps=null: none (a lifetime study alone)
+            object.__setattr__(self, "sweeps", {})
         self.lifetime_settings  # noqa: B018 - validated now, before any work
         for key, values in self.sweeps.items():
             _check_axis(f"sweeps.{key}", key, values)

@@ -5,7 +5,6 @@ point is kept (``study_points.json``), so an interrupted study resumes where it 
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import io
@@ -18,23 +17,20 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
-import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from admm.pipeline import load_model_state
-from crossbar import CrossbarConfig, DeviceModel, MappingPlan
+from crossbar import CrossbarConfig, DeviceModel
 from crossbar.convert import layer_devices
 from crossbar.io import atomic_write_text
-from experiments.chip_test import make_strata
-from experiments.chips import ChipDesign, ChipJob, evaluate_chips, ideal_device
+from experiments.chips import ideal_device
 from experiments.compressors.admm import compress_stage
 from experiments.compressors.registry import compress_inputs
 from experiments.config import load_study_config
-from experiments.data import calibration_batch, crossbar_test_loader
+from experiments.data import crossbar_test_loader
 from experiments.estimators import chip_yield
 from experiments.guard import (
     CHECKPOINT_KEYS,
@@ -48,9 +44,9 @@ from experiments.guard import (
 from experiments.plots import ci95, plot_yield
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import accept_run, environment, timed, write_json
-from experiments.selective_verify import with_selective_verify
 from experiments.settings import RobustnessSettings, StudyExperiment
-from experiments.stages import Prepared, map_stage, preflight, prepare
+from experiments.stages import Prepared, preflight, prepare
+from experiments.study_chips import StudyChips
 from experiments.train import evaluate
 
 _log = logging.getLogger("experiments.study")
@@ -456,98 +452,6 @@ def yield_figures(e, chip_rows: list[dict], dense_accuracy: float, note: str, ru
                    run_dir / f"study_{key}_yield.png", spec, note)
         names.append(f"study_{key}_yield.png")
     return spec, yields, names
-
-
-class StudyChips:
-    """Chip accuracies of a device study's points: ``model`` with its ``dense`` or
-    ``compressed`` state on ``chips`` programmed chips (seeds ``seed`` on), evaluated on
-    ``test``, under one point's device, crossbar and robustness settings. A crossbar
-    geometry's mapping plan (without the ``exclude``d digital layers) is made once, an
-    output-calibration size's batch of ``train`` images drawn once, not once per point;
-    ``digital`` / ``devices``: the ``layers`` section; ``sampling`` / ``workers``: the
-    ``eval`` section's stratified chip test (every point's chip accuracies are then unbiased
-    estimates, and its yield is counted on them) and worker processes."""
-
-    def __init__(self, model: nn.Module, dense: Mapping[str, torch.Tensor],
-                 compressed: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-                 scales: Mapping, calibration: torch.Tensor, train: DataLoader,
-                 test: DataLoader, *, torch_device: torch.device, chips: int, seed: int,
-                 exclude: Sequence[str] = (), digital: Sequence[str] = (),
-                 devices: Mapping[str, DeviceModel] | None = None,
-                 sampling: tuple[float, float] | None = None, workers: int = 1) -> None:
-        self.model, self.dense, self.compressed = model, dense, compressed
-        self.masks, self.scales, self.calibration = masks, scales, calibration
-        self.train, self.test, self.torch_device = train, test, torch_device
-        self.chips, self.seed, self.exclude = chips, seed, exclude
-        self.digital, self.devices = digital, devices
-        self.sampling, self.workers = sampling, workers
-        self.plans: dict[tuple[str, str], MappingPlan] = {}
-        self.output_batches: dict[int, torch.Tensor] = {}
-
-    def _load(self, name: str) -> None:
-        self.model.load_state_dict(self.dense if name == "dense" else self.compressed)
-
-    def plan(self, name: str, xbar: CrossbarConfig) -> MappingPlan:
-        """The mapping plan depends on the model and the crossbar geometry: made once."""
-        key = (name, json.dumps(xbar.to_dict(), sort_keys=True, default=str))
-        if key not in self.plans:
-            self._load(name)
-            self.plans[key] = map_stage(self.model, self.masks if name == "compressed"
-                                        else None, xbar, self.calibration,
-                                        exclude=self.exclude)
-        return self.plans[key]
-
-    def _outputs(self, xbar: CrossbarConfig, rob: RobustnessSettings) -> torch.Tensor | None:
-        """The output-calibration batch (drawn once per size, not once per point)."""
-        if not xbar.output_calibration:
-            return None
-        n = rob.calibration_samples
-        if n not in self.output_batches:
-            self.output_batches[n] = calibration_batch(self.train, n, self.torch_device,
-                                                       self.seed + 1)
-        return self.output_batches[n]
-
-    def _verify(self, name: str, design: ChipDesign, rob: RobustnessSettings,
-                plan: MappingPlan) -> ChipDesign:
-        """``design`` with selective write-verify's weights (``robustness.verify_fraction``),
-        for the model ``name`` loaded now."""
-        return with_selective_verify(design, rob, self.model, plan, train=self.train,
-                                     calibration=self.calibration,
-                                     scales=self.scales if name == "compressed" else None,
-                                     seed=self.seed)
-
-    def accuracies(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
-                   rob: RobustnessSettings, desc: str,
-                   devices: Mapping[str, DeviceModel] | None = None) -> list[float]:
-        """Model ``name``'s accuracy on each chip of device ``dev`` (``devices``: per-layer
-        devices instead of the ``layers`` section's)."""
-        outputs = self._outputs(xbar, rob)
-        plan = self.plan(name, xbar)
-        self._load(name)
-        design = self._verify(name, ChipDesign(
-            dev, xbar, rob.repair(), tuple(self.digital),
-            dict(self.devices or {}) if devices is None else dict(devices)), rob, plan)
-        return evaluate_chips(self.model, plan, design, calibration=self.calibration,
-                              test=self.test, chips=self.chips, seed=self.seed, desc=desc,
-                              scales=self.scales if name == "compressed" else None,
-                              outputs=outputs, sampling=self.sampling,
-                              workers=self.workers).accuracies
-
-    def job(self, name: str, dev: DeviceModel, xbar: CrossbarConfig,
-            rob: RobustnessSettings) -> ChipJob:
-        """Programming and testing model ``name``'s chips on ``dev`` (a copy of the model,
-        so later points cannot change it), with the study's chip test."""
-        outputs = self._outputs(xbar, rob)
-        plan = self.plan(name, xbar)
-        self._load(name)
-        model = copy.deepcopy(self.model)
-        strata = None if self.sampling is None else make_strata(model, self.test,
-                                                                *self.sampling)
-        design = self._verify(name, ChipDesign(dev, xbar, rob.repair(), tuple(self.digital),
-                                               dict(self.devices or {})), rob, plan)
-        return ChipJob(model, plan, design, self.calibration, self.test,
-                       self.scales if name == "compressed" else None, outputs, self.seed,
-                       strata)
 
 
 class StudyPointsFailed(ValueError):

@@ -18,7 +18,7 @@ import torch
 from admm import CheckpointMismatchError
 from crossbar.io import atomic_write_text
 from experiments import pipeline
-from experiments import study as study_module
+from experiments import study_chips as study_module  # where the study calls evaluate_chips
 from experiments.conf_source import CONF_DIR
 from experiments.guard import RunLockedError, clean_stale_temporaries, run_lock
 from experiments.pipeline import run_compress

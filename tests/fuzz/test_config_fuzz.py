@@ -34,6 +34,7 @@ ALLOWED = {  # key pattern -> the kinds of "bad" value that are in fact legitima
     r"allocation\.max_drop": {"zero"},               # no accuracy drop allowed
     r"eval\.spec_(max_drop|min_accuracy)": {"zero"},  # a spec of no drop / any accuracy
     r"allocation\.search_range": {"list"},           # ratios 1x .. 2x
+    r"robustness\.verify_fraction": {"zero"},        # selective write-verify of no weight
 }
 
 EXTRA = ("device.preset", "model._target_", "dataset._target_")
