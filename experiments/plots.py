@@ -317,26 +317,39 @@ def plot_heatmap(rows: Sequence[Mapping], xkey: str, ykey: str, path: Path,
 
 
 def plot_layer_sensitivity(rows: Sequence[Mapping], path: Path, note: str = "",
-                           reference: Mapping[str, tuple[float, float]] | None = None) -> None:
-    """Per-layer sensitivity: accuracy when only layer k is on the non-ideal device (all
-    other layers ideal), mean and 95 % CI over chips (rows: ``layer``, ``mean``, ``ci95``,
-    ``accuracies``). ``reference``: label -> (mean, ci95) drawn as horizontal bands, e.g.
-    every layer non-ideal and every layer ideal."""
+                           reference: Mapping[str, tuple[float, float]] | None = None,
+                           severity: Mapping | None = None) -> None:
+    """Per-layer sensitivity as the accuracy **drop** below the ideal chip when only layer k is
+    on the non-ideal device (all others ideal): mean and 95 % CI over chips (rows:
+    ``layer``, ``mean``, ``ci95``, ``accuracies``), every chip a dot, the every-layer drop as a
+    band. ``reference``: label -> (mean, ci95), "ideal devices (...)" and "every layer
+    non-ideal (...)"; ``severity``: the harsher device's search (its ``factor`` in the title)."""
+    reference = dict(reference or {})
+    ideal = next((v[0] for k, v in reference.items() if k.startswith("ideal devices")), None)
+    if ideal is None:
+        raise ValueError("plot_layer_sensitivity: the reference has no 'ideal devices' entry")
     layers = [r["layer"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(layers) + 2.5), 3.4))
-    ax.errorbar(range(len(layers)), [r["mean"] for r in rows], yerr=[r["ci95"] for r in rows],
-                fmt="o", capsize=4, color="C3", label="only this layer non-ideal (mean, 95 % CI)")
+    ax.errorbar(range(len(layers)), [ideal - r["mean"] for r in rows],
+                yerr=[r["ci95"] for r in rows], fmt="o", capsize=4, color="C3",
+                label="only this layer non-ideal (mean, 95 % CI)")
     for i, r in enumerate(rows):
-        ax.plot([i] * len(r["accuracies"]), r["accuracies"], ".", color="#999999",
-                markersize=3)
-    for j, (label, (mean, half)) in enumerate((reference or {}).items()):
-        ax.axhline(mean, color=f"C{j}", linestyle="--", linewidth=0.9, label=label)
-        if half:
-            ax.axhspan(mean - half, mean + half, color=f"C{j}", alpha=0.15, linewidth=0)
+        ax.plot([i] * len(r["accuracies"]), [ideal - a for a in r["accuracies"]], ".",
+                color="#999999", markersize=3)
+    for label, (mean, half) in reference.items():
+        if label.startswith("every layer"):
+            ax.axhline(ideal - mean, color="C0", linestyle="--", linewidth=0.9,
+                       label=f"every layer non-ideal ({ideal - mean:.2f})")
+            if half:
+                ax.axhspan(ideal - mean - half, ideal - mean + half, color="C0", alpha=0.15,
+                           linewidth=0)
+    ax.axhline(0.0, color="k", linewidth=0.6)
     ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
     ax.set_xlabel("layer mapped onto the non-ideal device")
-    ax.set_ylabel(ACCURACY)
-    ax.set_title("Per-layer sensitivity (dots: chips)", fontsize=9)
+    ax.set_ylabel(f"drop below the ideal chip ({ideal:.2f} %), points")
+    factor = (severity or {}).get("factor", 1.0)
+    where = "the study's device" if factor == 1.0 else f"the device x{factor:g} harsher"
+    ax.set_title(f"Per-layer sensitivity on {where} (dots: chips)", fontsize=9)
     ax.legend(fontsize=7)
     caption(fig, note)
     write_png(path, fig)

@@ -63,7 +63,8 @@ def replot_study(run_dir: str | Path) -> list[str]:
     reference.update({k: tuple(v) for k, v in metrics["layer_sensitivity_reference"].items()})
     metrics["held_fixed"] = held_fixed(exp, metrics["crossbar_test_samples"], metrics["chips"])
     plots = plot_study(metrics["study"], chip_rows, metrics["grids"],
-                       metrics["layer_sensitivity"], reference, metrics["held_fixed"], run_dir)
+                       metrics["layer_sensitivity"], reference, metrics["held_fixed"], run_dir,
+                       metrics.get("layer_sensitivity_severity"))
     spec, yields, names = yield_figures(exp.eval, chip_rows, reference[f"dense, {same}"],
                                         metrics["held_fixed"], run_dir)
     plots += names

@@ -512,8 +512,8 @@ def summary_row(accs: list[float], **fields: object) -> dict:
 
 
 def plot_study(rows: list[dict], chip_rows: list[dict], grids: list[dict],
-                sensitivity: list[dict], reference: dict, note: str, run_dir: Path
-                ) -> list[str]:
+                sensitivity: list[dict], reference: dict, note: str, run_dir: Path,
+                severity: dict | None = None) -> list[str]:
     names = []
     software = {k: v for k, v in reference.items() if not isinstance(v, tuple)}
     for key in dict.fromkeys(r["setting"] for r in rows):
@@ -529,7 +529,8 @@ def plot_study(rows: list[dict], chip_rows: list[dict], grids: list[dict],
         names.append(name)
     if sensitivity:
         plot_layer_sensitivity(sensitivity, run_dir / "layer_sensitivity.png", note,
-                               {k: v for k, v in reference.items() if isinstance(v, tuple)})
+                               {k: v for k, v in reference.items() if isinstance(v, tuple)},
+                               severity)
         names.append("layer_sensitivity.png")
     return names
 
@@ -557,8 +558,16 @@ def study_markdown(m: dict, plots: list[str]) -> str:
         lines += [f"| {g['x_setting']} | {g['x']} | {g['y_setting']} | {g['y']} | "
                   f"{g['model']} | {g['mean']:.2f} | +-{g['ci95']:.2f} |" for g in m["grids"]]
     if m["layer_sensitivity"]:
-        lines += ["", "## Per-layer sensitivity (only this layer on the non-ideal device)", "",
-                  "| layer | mean (%) | 95 % CI | min | max |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "## Per-layer sensitivity (only this layer on the non-ideal device)", ""]
+        sev = m.get("layer_sensitivity_severity")
+        if sev:
+            tried = ", ".join(f"x{t['factor']:g}: {t['drop']:.2f}" for t in sev["tried"])
+            lines += [f"The non-ideal device: the study's device with its programming spread, "
+                      f"read noise and fault rates x{sev['factor']:g}, the mildest tried at "
+                      f"which every layer on it drops the chips' mean at least "
+                      f"{sev['target_drop']:g} points below the ideal chip "
+                      f"(study.sensitivity_drop; drops tried: {tried}).", ""]
+        lines += ["| layer | mean (%) | 95 % CI | min | max |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {r['layer']} | {r['mean']:.2f} | +-{r['ci95']:.2f} | {r['min']:.2f} | "
                   f"{r['max']:.2f} |" for r in m["layer_sensitivity"]]
         lines += [f"| *{k}* | {mean:.2f} | +-{half:.2f} | | |"

@@ -374,7 +374,9 @@ class StudySettings:
     ``grids``: 2-D sweeps, each a mapping of exactly two settings to their values (the first
     on the x axis, the second on y), every combination evaluated (a heat map each).
     ``layer_sensitivity``: also evaluate the compressed model with only one mapped layer at a
-    time on the base device and the others on its ideal version. ``lifetime``: a lifetime
+    time on a non-ideal device and the others on its ideal version: the base device made
+    harsher until every layer on it costs ``sensitivity_drop`` points (null: the base device
+    as it is). ``lifetime``: a lifetime
     study (:class:`LifetimeSettings`; ``experiments.lifetime``); with it ``sweeps`` may be
     null."""
 
@@ -383,12 +385,15 @@ class StudySettings:
     models: list[str] = field(default_factory=lambda: ["dense", "compressed"])
     grids: list = field(default_factory=list)
     layer_sensitivity: bool = False
+    sensitivity_drop: float | None = 5.0
     lifetime: dict | None = None
 
     def __post_init__(self) -> None:
-        if not self.sweeps and self.lifetime is None:
+        if not self.sweeps and self.lifetime is None and not self.grids \
+                and not self.layer_sensitivity:
             fail("sweeps", self.sweeps, "a mapping setting -> list of values (null or empty "
-                 "only with study.lifetime set)")
+                 "only with study.lifetime, study.grids or study.layer_sensitivity set)")
+        check_range("sensitivity_drop", self.sensitivity_drop, 0.0, 100.0, optional=True)
         if self.sweeps is None:  # study.sweeps=null: none (a lifetime study alone)
             object.__setattr__(self, "sweeps", {})
         self.lifetime_settings  # noqa: B018 - validated now, before any work

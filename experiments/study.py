@@ -240,9 +240,11 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
         grids = _grids(exp, chips, points, grid_jobs, quiet)
     reference = _software_reference(chips)
     sensitivity: list[dict] = []
+    severity = None
     if study.layer_sensitivity:
         with timed(timings, "layer_sensitivity"):
-            sensitivity = _layer_sensitivity(exp, chips, points, p.mapped, reference, quiet)
+            sensitivity, severity = _layer_sensitivity(exp, chips, points, p.mapped,
+                                                       reference, quiet)
     lifetime = None
     if study.lifetime is not None:
         from experiments.lifetime import lifetime_study
@@ -253,7 +255,8 @@ def _run_device_study(exp: StudyExperiment, run_dir: Path, grid_jobs: list) -> d
                 exp, len(chips.test.dataset), exp.eval.chips), run_dir)
     return _write_study(exp, run_dir, chips, p, points, timings, compressed_acc=compressed_acc,
                         summary=summary, chip_rows=chip_rows, grids=grids,
-                        sensitivity=sensitivity, reference=reference, lifetime=lifetime)
+                        sensitivity=sensitivity, reference=reference, lifetime=lifetime,
+                        severity=severity)
 
 
 def _study_chips(exp: StudyExperiment, p: Prepared, run_dir: Path) -> tuple[StudyChips, float]:
@@ -332,38 +335,103 @@ def _software_reference(chips: StudyChips) -> dict:
     return out
 
 
+SEVERITY_FIELDS = {"programming": ("sigma", "scale"), "read_noise": ("sigma", "scale"),
+                   "faults": ("sa0_rate", "sa1_rate")}
+"""What a harsher device scales: the spread of programming and read noise, the fault rates
+(drift is a function of time, swept as ``t_inference_s``)."""
+SEVERITY_CAPS = {"sigma": 1.0, "scale": 100.0, "sa0_rate": 0.25, "sa1_rate": 0.25}
+SEVERITIES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+"""The factors the per-layer sensitivity tries, mildest first."""
+
+
+def harsher(device: DeviceModel, factor: float) -> DeviceModel:
+    """``device`` with its programming spread, read noise and fault rates ``factor`` times
+    larger (each capped at what the device model accepts)."""
+    data = device.to_dict()
+    for effect, fields in SEVERITY_FIELDS.items():
+        part = data.get(effect)
+        for key in fields if isinstance(part, dict) else ():
+            if key in part:
+                part[key] = min(part[key] * factor, SEVERITY_CAPS[key])
+    return DeviceModel.from_dict(data)
+
+
 def _layer_sensitivity(exp: StudyExperiment, chips: StudyChips, points: StudyPoints,
-                       mapped: list[str], reference: dict, quiet: bool) -> list[dict]:
-    """Only one mapped layer at a time on the base device, the others on its ideal version;
-    the every-layer and no-layer references go into ``reference``."""
+                       mapped: list[str], reference: dict, quiet: bool
+                       ) -> tuple[list[dict], dict | None]:
+    """Only one mapped layer at a time on a non-ideal device, the others on its ideal
+    version; the every-layer and no-layer references go into ``reference``. With
+    ``study.sensitivity_drop``, the device is the base device made harsher (:func:`harsher`,
+    factors :data:`SEVERITIES`) until every layer on it drops the chips' mean that many
+    points below the ideal chip, so the layers' drops are large enough to rank; returns the
+    rows and that search (None without one)."""
     name = "compressed" if "compressed" in exp.study.models else "dense"
     base = (exp.device, exp.crossbar, exp.robustness)
     per_layer = layer_devices(exp.layer_devices, mapped, exp.device)
     ideal = ideal_device(exp.device)
+    none = points.run(["layers", "none", name], partial(
+        chips.accuracies, name, ideal, *base[1:], "no layer",
+        {n: ideal_device(d) for n, d in per_layer.items()}))
+    factor, search = 1.0, None
+    target = exp.study.sensitivity_drop
+    if target is not None and none is not None:
+        search = {"target_drop": target, "tried": []}
+
+        def drop_at(k: float) -> float | None:
+            accs = points.run(["layers", f"every x{k:g}", name], partial(
+                chips.accuracies, name, harsher(exp.device, k), *base[1:],
+                f"every layer x{k:g}", {n: harsher(d, k) for n, d in per_layer.items()}))
+            if accs is None:
+                return None
+            drop = statistics.fmean(none) - statistics.fmean(accs)
+            search["tried"].append({"factor": k, "mean": statistics.fmean(accs),
+                                    "drop": drop})
+            _log.info("layer sensitivity: every layer at x%g severity: %.2f %% (%.2f points "
+                      "below the ideal chip; target %.1f)", k, statistics.fmean(accs), drop,
+                      target)
+            return drop
+
+        previous = None
+        for factor in SEVERITIES:
+            drop = drop_at(factor)
+            if drop is None or drop >= target:
+                break
+            previous = factor
+        else:
+            _log.warning("layer sensitivity: even at x%g severity every layer drops %.2f "
+                         "points, less than study.sensitivity_drop=%g; the layers are ranked "
+                         "at x%g", factor, drop, target, factor)
+        if drop is not None and drop >= target and previous is not None:
+            middle = round(math.sqrt(previous * factor), 2)  # one geometric bisection step
+            low = drop_at(middle)
+            if low is not None and low >= target:
+                factor = middle
+        search["factor"] = factor
+    device = {n: harsher(d, factor) for n, d in per_layer.items()}
     every = points.run(["layers", "every", name], partial(
-        chips.accuracies, name, *base, "every layer"))
+        chips.accuracies, name, harsher(exp.device, factor), *base[1:], "every layer",
+        device))
     sensitivity = []
     for layer in tqdm(mapped, desc="layers", disable=quiet):
-        devices = {n: d if n == layer else ideal_device(d) for n, d in per_layer.items()}
+        devices = {n: device[n] if n == layer else ideal_device(d)
+                   for n, d in per_layer.items()}
         accs = points.run(["layers", layer, name], partial(
             chips.accuracies, name, ideal, *base[1:], layer, devices))
         if accs is not None:
             sensitivity.append(summary_row(accs, layer=layer, model=name, accuracies=accs))
-    none = points.run(["layers", "none", name], partial(
-        chips.accuracies, name, ideal, *base[1:], "no layer",
-        {n: ideal_device(d) for n, d in per_layer.items()}))
     for label, accs in ((f"every layer non-ideal ({name})", every),
                         (f"ideal devices ({name})", none)):
         if accs is not None:
             reference[label] = (statistics.fmean(accs), ci95(accs))
-    return sensitivity
+    return sensitivity, search
 
 
 def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prepared,
                  points: StudyPoints, timings: dict, *, compressed_acc: float,
                  summary: list[dict], chip_rows: list[dict], grids: list[dict],
                  sensitivity: list[dict], reference: dict,
-                 lifetime: tuple[dict, list[str], list[str]] | None = None) -> dict:
+                 lifetime: tuple[dict, list[str], list[str]] | None = None,
+                 severity: dict | None = None) -> dict:
     """study.csv, study.json, the figures, metrics.json and study.md (and the lifetime
     study's summary, figures and report lines, ``experiments.lifetime``); raises
     :class:`StudyPointsFailed` after writing them when a point failed."""
@@ -379,7 +447,8 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
                                         "failed": points.failed})
     n_test = len(chips.test.dataset)
     note = held_fixed(exp, n_test, exp.eval.chips)
-    plots = plot_study(summary, chip_rows, grids, sensitivity, reference, note, run_dir)
+    plots = plot_study(summary, chip_rows, grids, sensitivity, reference, note, run_dir,
+                       severity)
     same = f"software, same {n_test} test samples"
     spec, yields, names = yield_figures(exp.eval, chip_rows, reference[f"dense, {same}"],
                                         note, run_dir)
@@ -393,7 +462,7 @@ def _write_study(exp: StudyExperiment, run_dir: Path, chips: StudyChips, p: Prep
                "chips": exp.eval.chips, "crossbar_test_samples": n_test, "held_fixed": note,
                "device": exp.device.to_dict(), "crossbar": exp.crossbar.to_dict(),
                "environment": environment(p.torch_device), "study": summary, "grids": grids,
-               "layer_sensitivity": sensitivity,
+               "layer_sensitivity": sensitivity, "layer_sensitivity_severity": severity,
                "layer_sensitivity_reference": {k: v for k, v in reference.items()
                                                if isinstance(v, tuple)},
                "failed": points.failed, "reused_points": points.reused, "timings_s": timings,

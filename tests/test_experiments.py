@@ -262,6 +262,13 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert layers == list(MappingPlan.load(run_dir / "plan.json").layers)
     ref = metrics["layer_sensitivity_reference"]
     assert set(ref) == {"every layer non-ideal (compressed)", "ideal devices (compressed)"}
+    # ranked on a device harsh enough: the mildest factor tried whose drop reaches the target
+    sev = metrics["layer_sensitivity_severity"]
+    reached = [t for t in sev["tried"] if t["drop"] >= sev["target_drop"]]
+    assert sev["target_drop"] == 5.0 and sev["factor"] == min(
+        (t["factor"] for t in reached), default=sev["tried"][-1]["factor"])
+    every = ref["every layer non-ideal (compressed)"][0]
+    assert [t for t in sev["tried"] if t["factor"] == sev["factor"]][0]["mean"] == every
     assert "Held fixed unless swept" in metrics["held_fixed"]
     assert "2 programmed chips per point" in metrics["held_fixed"]
     md = (tmp_path / "study.md").read_text()

@@ -159,8 +159,9 @@ def test_lifetime_defaults_and_reprogram_needs_a_spec(job):
     s = LifetimeSettings()
     assert s.times_s[0] == 1.0 and s.times_s[-1] == s.service_life_s == 365 * 86400.0
     assert StudySettings(sweeps=None, lifetime={}).sweeps == {}
-    with pytest.raises(ValueError, match="sweeps=.*null or empty only with study.lifetime"):
+    with pytest.raises(ValueError, match="sweeps=None.*null or empty only with study.lifetime"):
         StudySettings(sweeps=None)
+    assert StudySettings(sweeps=None, layer_sensitivity=True).sweeps == {}
     with pytest.raises(ValueError, match="'reprogram'.*spec_max_drop.*both null"):
         run_lifetime(job, policies=["reprogram"], times=TIMES, floor=None, every_s=1.0,
                      chips=1)
