@@ -25,6 +25,9 @@ STYLE = {
 }
 """matplotlib parameters of the house style."""
 
+WIDTHS_IN = {"column": 3.5, "page": 7.16}
+"""Figure widths (inches) of an IEEE two-column paper: one column, and the full text width."""
+
 
 def apply() -> None:
     """Set :data:`STYLE` in matplotlib's parameters (idempotent), and keep fontTools' font

@@ -11,10 +11,13 @@ be re-drawn from a finished run's files.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import statistics
 import textwrap
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +32,8 @@ from crossbar.io import atomic_write_bytes  # noqa: E402
 style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs (crossbar/style.py)
 
 from experiments.estimators import ci95  # noqa: E402  (re-exported: one estimator)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["axis_label", "ci95", "plt", "write_png"]
 
@@ -109,24 +114,97 @@ def is_integer(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in INTEGER
 
 
+VECTOR_FORMATS = ("pdf", "svg", "eps")
+"""Vector formats a figure can be written in besides its PNG."""
+
+
+@dataclass
+class FigureOptions:
+    """How every figure is written (``experiments.replot``'s options; the apps use the
+    defaults): ``width_in`` (None: each figure's own size; else scaled to it, the fonts kept,
+    e.g. :data:`crossbar.style.WIDTHS_IN`), the ``vector`` formats besides the PNG, the PNG's
+    ``dpi``, and whether the settings ``caption`` is drawn under the axes (off: written
+    beside the figure as ``<name>.caption.txt``, for the paper's own caption)."""
+
+    width_in: float | None = None
+    vector: tuple[str, ...] = ("pdf",)
+    dpi: int = style.PNG_DPI
+    caption: bool = True
+
+
+OPTIONS = FigureOptions()
+"""The options in force (set by ``experiments.replot``)."""
+
+
 def write_png(path: Path, fig) -> None:
-    """The figure as ``path`` (PNG, for report.md) and the same name with ``.pdf`` (vector, for
-    papers), both written atomically."""
-    for fmt, target in (("png", path), ("pdf", path.with_suffix(".pdf"))):
+    """The figure as ``path`` (PNG, for report.md) and the same name in each vector format of
+    :data:`OPTIONS` (PDF by default, for papers), all written atomically; with the caption
+    off, its text as ``<name>.caption.txt``."""
+    if OPTIONS.width_in is not None:
+        _resize(fig, OPTIONS.width_in)
+        columns = len({round(ax.get_position().x0, 2) for ax in fig.axes
+                       if ax.get_visible() and ax.get_label() != "<colorbar>"})
+        if OPTIONS.width_in / columns < 2.0:
+            log.warning("%s: %d panels side by side leave %.1f in each at a width of %.2f in; "
+                        "they are cramped: --width page suits it", path.name, columns,
+                        OPTIONS.width_in / columns, OPTIONS.width_in)
+    targets = [("png", path)] + [(f, path.with_suffix(f".{f}")) for f in OPTIONS.vector]
+    for fmt, target in targets:
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=style.PNG_DPI, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=OPTIONS.dpi, bbox_inches="tight")
         atomic_write_bytes(target, buf.getvalue())
+    text = getattr(fig, "_memxbar_caption", "")
+    if text and not OPTIONS.caption:
+        atomic_write_bytes(path.with_suffix(".caption.txt"), (text + "\n").encode())
     plt.close(fig)
 
 
 def caption(fig, text: str, width: int = 95) -> None:
-    """``text`` (the settings held fixed) in small print under the axes."""
-    if text:
+    """``text`` (the settings held fixed) in small print under the axes (with
+    ``OPTIONS.caption`` off: kept for :func:`write_png` to write beside the figure)."""
+    fig._memxbar_caption = text
+    if text and OPTIONS.caption:
         fig.canvas.draw()  # place it under the lowest tick label or axis label
         renderer = fig.canvas.get_renderer()
         bottom = min(ax.get_tightbbox(renderer).y0 for ax in fig.axes) / fig.bbox.height
-        fig.text(0.01, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), fontsize=6.5,
-                 va="top", ha="left", color="#333333")
+        fig._memxbar_caption_artist = fig.text(
+            0.01, min(bottom, 0.0) - 0.02, textwrap.fill(text, width), fontsize=6.5,
+            va="top", ha="left", color="#333333")
+
+
+def _wrap_to(label, limit_px: float, renderer) -> None:
+    """Re-wrap a title or axis label whose drawn extent exceeds ``limit_px``."""
+    text = label.get_text().replace("\n", " ")
+    extent = label.get_window_extent(renderer)
+    size = max(extent.width, extent.height)  # a y label is drawn vertically
+    if text and size > limit_px:
+        label.set_text(textwrap.fill(text, max(10, int(len(text) * limit_px / size))))
+
+
+def _resize(fig, width_in: float) -> None:
+    """Scale ``fig`` to ``width_in`` inches (the font sizes kept; the height scaled alike but
+    at least 0.8 of the width and at most the figure's own), re-wrap the
+    titles and labels that no longer fit, lay it out again and place the caption anew."""
+    artist = getattr(fig, "_memxbar_caption_artist", None)
+    if artist is not None:
+        artist.remove()
+    w, h = fig.get_size_inches()
+    # the fonts keep their size, so a narrower figure needs relatively more height
+    fig.set_size_inches(width_in, min(h, max(h * width_in / w, 0.8 * width_in)))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    if fig._suptitle is not None:
+        _wrap_to(fig._suptitle, 0.95 * fig.bbox.width, renderer)
+    for ax in fig.axes:
+        _wrap_to(ax.title, 1.1 * ax.bbox.width, renderer)
+        _wrap_to(ax.xaxis.label, ax.bbox.width, renderer)
+        _wrap_to(ax.yaxis.label, ax.bbox.height, renderer)
+    if fig.get_layout_engine() is None:
+        with warnings.catch_warnings():  # a heat map's colour bar: laid out well enough
+            warnings.filterwarnings("ignore", "This figure includes Axes that are not")
+            fig.tight_layout()
+    if artist is not None:
+        caption(fig, fig._memxbar_caption, width=min(95, int(width_in * 21)))
 
 
 def _tick(key: str, value: object) -> str:

@@ -2,6 +2,7 @@
 any chip (e.g. after a change of the plotting code, or to restyle figures for a paper).
 
     python -m experiments.replot outputs/device_study/<date>/<time>
+    python -m experiments.replot <dir> --width column --format pdf svg --dpi 600 --no-caption
 
 Reads ``config.yaml`` (the held-fixed caption is derived from it again), ``metrics.json`` and
 ``study_points.json`` (every chip's accuracy per point); rewrites the PNG/PDF figures,
@@ -13,6 +14,7 @@ accuracies in study_points.json, and both must come from the study config.yaml d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import yaml
 
+from crossbar import style
 from crossbar.io import atomic_write_text, one_line, run_cli
+from experiments import plots
 from experiments.config import load_study_config
 from experiments.lifetime import lifetime_markdown, plot_lifetime
-from experiments.plots import ci95
+from experiments.plots import VECTOR_FORMATS, FigureOptions, ci95
 from experiments.reports import held_fixed, plot_study, study_markdown, summary_row
 from experiments.runtime import write_json
 from experiments.study import study_fingerprint, yield_figures
@@ -337,11 +341,54 @@ def _spreads(accs: list[float]) -> dict[str, set[float]]:
             "ci95": {float(t.ppf(0.975, n - 1) * sample / math.sqrt(n))}}
 
 
+def figure_options(width: str | None, formats: Sequence[str] | None, dpi: int | None,
+                   no_caption: bool) -> FigureOptions:
+    """The figure options of the command line, checked: ``width`` column, page or inches in
+    [1, 20]; ``formats`` among the vector formats (the PNG is always written: study.md shows
+    it); ``dpi`` in [72, 1200]."""
+    width_in = None
+    if width is not None:
+        if width in style.WIDTHS_IN:
+            width_in = style.WIDTHS_IN[width]
+        else:
+            try:
+                width_in = float(width)
+            except ValueError:
+                width_in = math.nan
+            if not 1.0 <= width_in <= 20.0:
+                raise ValueError(f"--width={width!r} is invalid; allowed: column (3.5 in), "
+                                 "page (7.16 in) or a width in inches in [1, 20]")
+    vector = tuple(formats) if formats is not None else ("pdf",)
+    bad = [f for f in vector if f not in VECTOR_FORMATS]
+    if bad:
+        raise ValueError(f"--format={bad[0]!r} is invalid; allowed: "
+                         + ", ".join(VECTOR_FORMATS) + " (the PNG is always written)")
+    if dpi is not None and not 72 <= dpi <= 1200:
+        raise ValueError(f"--dpi={dpi!r} is invalid; allowed: an integer in [72, 1200]")
+    return FigureOptions(width_in=width_in, vector=vector,
+                         dpi=style.PNG_DPI if dpi is None else dpi, caption=not no_caption)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a finished device study's folder")
+    parser.add_argument("--width", help="figure width: column (3.5 in), page (7.16 in) or "
+                        "inches; default: each figure's own")
+    parser.add_argument("--format", nargs="+", dest="formats", metavar="FORMAT",
+                        help="vector formats besides the PNG: pdf, svg, eps (default: pdf)")
+    parser.add_argument("--dpi", type=int, help="PNG resolution (default 300)")
+    parser.add_argument("--no-caption", action="store_true",
+                        help="no settings caption in the figures; written beside each as "
+                        "<name>.caption.txt for the paper's own caption")
     args = parser.parse_args(argv)
-    for name in replot_study(args.run_dir):
+    options = figure_options(args.width, args.formats, args.dpi, args.no_caption)
+    previous = dataclasses.replace(plots.OPTIONS)
+    plots.OPTIONS.__dict__.update(dataclasses.asdict(options))
+    try:
+        names = replot_study(args.run_dir)
+    finally:
+        plots.OPTIONS.__dict__.update(dataclasses.asdict(previous))
+    for name in names:
         print(Path(args.run_dir) / name)
     return 0
 

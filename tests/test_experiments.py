@@ -291,6 +291,17 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert (tmp_path / "study.md").read_text() == md
     assert (tmp_path / "grid_prog_sigma_adc_bits.png").is_file()
     assert (tmp_path / "layer_sensitivity.pdf").is_file()
+    # for a paper (issue 25): column width, SVG beside the PDF, the caption in a text file
+    from PIL import Image
+
+    wide = Image.open(tmp_path / "layer_sensitivity.png").size[0]
+    assert replot_main([str(tmp_path), "--width", "column", "--format", "pdf", "svg",
+                        "--dpi", "300", "--no-caption"]) == 0
+    assert Image.open(tmp_path / "layer_sensitivity.png").size[0] < 0.8 * wide
+    assert (tmp_path / "layer_sensitivity.svg").read_text().lstrip().startswith("<?xml")
+    assert b"/Type3" not in (tmp_path / "layer_sensitivity.pdf").read_bytes()
+    assert (tmp_path / "layer_sensitivity.caption.txt").read_text().startswith(
+        "Held fixed unless swept")
     # files that do not belong together, or accuracies that are not numbers: refused (issue 22)
     saved = (tmp_path / "study_points.json").read_text()
     points = json.loads(saved)

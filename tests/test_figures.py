@@ -156,3 +156,44 @@ def test_admm_residuals_say_absolute_without_dense_weights(tmp_path, monkeypatch
     *_, figures = _compress_run(tmp_path, monkeypatch, dense_weights=False)
     ylabels = [ax.get_ylabel() for ax in figures["admm_residuals.png"].axes]
     assert any("||W - Z||_F (absolute)" in y for y in ylabels)
+
+
+def test_replot_options_fit_a_column_and_write_the_caption_beside(tmp_path, monkeypatch):
+    """``--width column``: long titles and labels are re-wrapped so that nothing sticks out of
+    3.5 in (bbox_inches='tight' would widen the PNG); ``--no-caption``: the caption is
+    written as text beside the figure, not drawn; ``--format svg``: an SVG besides the PNG;
+    three panels at a column's width are named in a warning."""
+    import logging
+
+    from experiments import plots
+    from experiments.plots import FigureOptions, caption
+
+    monkeypatch.setattr(plots, "OPTIONS", FigureOptions(width_in=3.5, vector=("pdf", "svg"),
+                                                        dpi=300, caption=False))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot([0, 1], [2, 3])
+    ax.set_title("Accuracy of every programmed chip against the programming variation of "
+                 "the device, with the chips as dots")
+    ax.set_ylabel("drop below the ideal chip (98.62 %), points, mean over 25 chips")
+    caption(fig, "Held fixed unless swept: a long caption. " * 4)
+    write_png(tmp_path / "f.png", fig)
+    assert Image.open(tmp_path / "f.png").size[0] <= 3.5 * 300 * 1.03
+    assert (tmp_path / "f.svg").is_file() and b"/Type3" not in (tmp_path / "f.pdf").read_bytes()
+    assert (tmp_path / "f.caption.txt").read_text().startswith("Held fixed unless swept")
+    # with the caption drawn, it is re-wrapped to the new width too
+    monkeypatch.setattr(plots, "OPTIONS", FigureOptions(width_in=3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    caption(fig, "Held fixed unless swept: a long caption. " * 6)
+    write_png(tmp_path / "g.png", fig)
+    assert Image.open(tmp_path / "g.png").size[0] <= 3.5 * 300 * 1.03
+    assert not (tmp_path / "g.caption.txt").exists()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    plots.log.addHandler(handler)
+    try:
+        write_png(tmp_path / "h.png", fig)
+    finally:
+        plots.log.removeHandler(handler)
+    assert any("3 panels side by side" in r.getMessage() for r in records)

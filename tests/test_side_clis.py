@@ -48,6 +48,15 @@ CASES = [
     ("experiments.collect", ["{d}/text.json"], "is not a directory"),
     ("experiments.replot", ["{d}/empty"], "lacks config.yaml, metrics.json, study_points.json"),
     ("experiments.replot", ["{d}/nowhere"], "lacks config.yaml"),
+    ("experiments.replot", ["{d}/run", "--width", "wide"], "--width='wide' is invalid; "
+                            "allowed: column (3.5 in), page (7.16 in) or a width in inches"),
+    ("experiments.replot", ["{d}/run", "--width", "nan"], "--width='nan' is invalid"),
+    ("experiments.replot", ["{d}/run", "--width", "0.2"], "--width='0.2' is invalid"),
+    ("experiments.replot", ["{d}/run", "--format", "svg", "jpg"],
+     "--format='jpg' is invalid; allowed: pdf, svg, eps"),
+    ("experiments.replot", ["{d}/run", "--dpi", "20000"], "--dpi=20000 is invalid; allowed: "
+                            "an integer in [72, 1200]"),
+    ("experiments.replot", ["{d}/run", "--dpi", "many"], "invalid int value: 'many'"),
 ]
 
 
