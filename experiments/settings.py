@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -49,19 +50,37 @@ EFFECT_KEY = re.compile(
     r"^(programming|read_noise|drift|faults|write_verify|array|robustness)\.[a-zA-Z_]\w*$")
 
 
+def _interactive() -> bool:
+    """Whether progress bars help: standard error is a terminal and this is not one job of a
+    Hydra multirun (parallel jobs would interleave their bars)."""
+    if sys.stderr is None or not sys.stderr.isatty():
+        return False
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Where and how to run: torch device (``auto`` = cuda when available), CPU threads
-    (``None`` = torch's default), progress bars, and ``cache_dir``: a folder of dense and
-    compressed models shared by runs, content-addressed by the settings each depends on
-    (``None`` = no cache)."""
+    (``None`` = torch's default), progress bars (``auto``: only when standard error is a
+    terminal and the run is not a multirun's job, so that logs hold no bars; resolved to true
+    or false here), and ``cache_dir``: a folder of dense and compressed models shared by runs,
+    content-addressed by the settings each depends on (``None`` = no cache). Progress bars
+    are display only: no result depends on them."""
 
     device: str = "auto"
     threads: int | None = None
-    progress: bool = True
+    progress: object = "auto"  # true, false or "auto": checked below, resolved to a bool
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.progress, bool):
+            if self.progress != "auto":
+                fail("progress", self.progress, "true, false or auto (bars only when standard "
+                     "error is a terminal)")
+            object.__setattr__(self, "progress", _interactive())
         if self.cache_dir is not None and not str(self.cache_dir).strip():
             fail("cache_dir", self.cache_dir, "null or a directory path")
         if self.device not in TORCH_DEVICES:

@@ -97,3 +97,45 @@ def test_help_names_the_app_and_shows_no_missing_values(app):
     hydra_cfg = subprocess.run([sys.executable, "-m", f"experiments.{app}", "--cfg", "hydra"],
                                capture_output=True, text=True, timeout=120, check=True).stdout
     assert f"name: {app}" in hydra_cfg  # the job name: the log file is <app>.log
+
+
+class _Terminal:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_auto_shows_bars_only_on_a_terminal(monkeypatch, tty):
+    """Issue 25: ``runtime.progress: auto`` (the default) resolves to whether standard error is
+    a terminal, so a batch job's or a multirun's log holds no bars; true/false force it."""
+    monkeypatch.setattr(sys, "stderr", _Terminal(tty))
+    exp = load_compress_config(_compose([]))
+    assert exp.runtime.progress is tty
+    assert load_compress_config(_compose(["runtime.progress=true"])).runtime.progress is True
+    assert load_compress_config(_compose(["runtime.progress=false"])).runtime.progress is False
+    # one job of a multirun: no bars even on a terminal (the jobs would interleave them)
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(
+        lambda: SimpleNamespace(mode=RunMode.MULTIRUN, overrides=SimpleNamespace(task=[]))))
+    assert load_compress_config(_compose([])).runtime.progress is False
+
+
+@pytest.mark.parametrize("value", ["maybe", "1", "[true]", "null"])
+def test_progress_refuses_other_values(value):
+    with pytest.raises(ValueError,
+                       match=r"runtime\.progress=.* is invalid; allowed: true, false or auto"):
+        load_compress_config(_compose([f"runtime.progress={value}"]))
