@@ -30,7 +30,15 @@ from pathlib import Path
 import yaml
 
 from crossbar.io import Once, atomic_write_text, check_out_folder, run_cli
-from experiments.plots import axis_label, plot_pareto, plt, set_value_axis, write_png
+from experiments.plots import (
+    axis_label,
+    caption,
+    categorical,
+    plot_pareto,
+    plt,
+    set_value_axis,
+    write_png,
+)
 
 PLOTTED = (("crossbar_accuracy_mean", "crossbar_accuracy_ci95"), ("compressed_accuracy", None),
            ("compression_ratio", None), ("energy_reduction_pct", None),
@@ -227,11 +235,25 @@ def _short(key: str) -> str:
     return key.removeprefix("override.").rsplit(".", 1)[-1]
 
 
+def _held_fixed(rows: list[dict]) -> str:
+    """The figures' caption: the settings of the runs (each run's ``settings_caption``), said
+    as held fixed unless swept, with the swept settings and the number of runs."""
+    text = next((r["settings_caption"] for r in rows
+                 if isinstance(r.get("settings_caption"), str)), "")
+    if not text:
+        return ""
+    text = "Held fixed unless swept" + text.removeprefix("Run settings")
+    swept = [_short(k) for k in dict.fromkeys(k for r in rows for k in r)
+             if k.startswith("override.") and len({repr(r.get(k)) for r in rows}) > 1]
+    return f"{text} Swept: {', '.join(swept) or 'nothing'} ({len(rows)} runs)."
+
+
 def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     """``collected_<key>.png`` (+ PDF) for every override key with more than one value: the
     metrics that vary across the runs against it (accuracy on chips with its 95 % CI), and
     ``collected_pareto.png`` when the runs differ in accuracy on chips and in energy or area."""
     written = []
+    held = _held_fixed(rows)
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("override.")]
     metrics = [(m, s) for m, s in PLOTTED if len(set(_numbers(rows, m))) > 1]
     varying = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1]
@@ -254,13 +276,15 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
                 sel = sorted(sel, key=lambda r: _sort_key(r.get(key)))
                 ax.errorbar([at[repr(r.get(key))] for r in sel], [r[metric] for r in sel],
                             yerr=[r.get(spread) or 0.0 for r in sel] if spread else None,
-                            marker="o", capsize=4, linestyle="-" if others else "none",
+                            marker="o", capsize=4,
+                            linestyle="-" if others and not categorical(values) else "none",
                             label=label or None)
             ax.set_xlabel(axis_label(setting))
             ax.set_ylabel(axis_label(metric), fontsize=8)
             if others:
-                ax.legend(fontsize=6)
+                ax.legend(fontsize=7)
         fig.tight_layout()
+        caption(fig, held)
         name = "collected_" + setting.replace("/", "_") + ".png"
         write_png(out_dir / name, fig)
         written.append(out_dir / name)
@@ -270,8 +294,9 @@ def plot_rows(rows: list[dict], out_dir: Path) -> list[Path]:
     if costs and len(usable) > 1 and len(set(_numbers(usable, "crossbar_accuracy_mean"))) > 1:
         axes_ = [k for k in keys if len({repr(r.get(k)) for r in usable}) > 1]
         labels = ["/".join(str(r.get(k)) for k in axes_) or r["run"] for r in usable]
-        note = ("point labels: " + " / ".join(_short(k) for k in axes_)) if axes_ else \
-            "point labels: run folder"
+        note = ("Point labels: " + " / ".join(_short(k) for k in axes_)) if axes_ else \
+            "Point labels: run folder"
+        note = f"{note}. {held}" if held else note
         plot_pareto(usable, labels, out_dir / "collected_pareto.png", costs, note)
         written.append(out_dir / "collected_pareto.png")
     return written

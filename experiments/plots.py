@@ -234,15 +234,20 @@ def log_axis(key: str, values: Iterable) -> bool:
     return len(positive) == len(values) > 1 and max(positive) / min(positive) > 100
 
 
+def categorical(values: Iterable) -> bool:
+    """Values that are not all numbers (on/off, names, ``None`` = ideal): categories, drawn
+    as points with error bars, never joined by a line or a band."""
+    return not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
 def set_value_axis(ax, key: str, values: list, axis: str = "x") -> list[float]:
     """Put ``values`` of ``key`` on ``ax``'s x (or y) axis: numbers at their value (log or
     symlog where :func:`log_axis` says, integer ticks for integer quantities), anything else
     (``None`` = ideal, strings, booleans) as evenly spaced categories. Returns the
     coordinate of each value."""
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     setter = ax.set_xticks if axis == "x" else ax.set_yticks
     scale = ax.set_xscale if axis == "x" else ax.set_yscale
-    if not numeric:
+    if categorical(values):
         coords = list(range(len(values)))
         setter(coords, [_tick(key, v) for v in values])
         return [float(c) for c in coords]
@@ -272,11 +277,20 @@ def plot_sweep(rows: Sequence[Mapping], key: str, path: Path, note: str = "",
     values = list(dict.fromkeys(r["value"] for r in rows))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     coords = dict(zip(map(repr, values), set_value_axis(ax, key, values), strict=True))
-    for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for i, model in enumerate(models):
         pts = [r for r in rows if r["model"] == model]
         xs = [coords[repr(r["value"])] for r in pts]
         mean = [r["mean"] for r in pts]
         half = [r["ci95"] for r in pts]
+        if categorical(values):  # on/off, names: no line between values, no band
+            shift = 0.12 * (i - (len(models) - 1) / 2)
+            low = [m - max(m - h, 0.0) for m, h in zip(mean, half, strict=True)]
+            high = [min(m + h, 100.0) - m for m, h in zip(mean, half, strict=True)]
+            ax.errorbar([x + shift for x in xs], mean, yerr=[low, high], fmt="o", capsize=4,
+                        color=f"C{i}", label=f"{model} (mean, 95 % CI)")
+            ax.set_xlim(-0.5, len(values) - 0.5)
+            continue
         ax.plot(xs, mean, marker="o", color=f"C{i}", label=f"{model} (mean, 95 % CI)")
         # the t interval of a few chips can pass 0 % or 100 %: an accuracy cannot
         ax.fill_between(xs, [max(m - h, 0.0) for m, h in zip(mean, half, strict=True)],
@@ -310,7 +324,9 @@ def plot_yield(rows: Sequence[Mapping], key: str, path: Path, spec: str,
         ys = [r["yield_pct"] for r in pts]
         err = [[y - r["ci_low_pct"] for y, r in zip(ys, pts, strict=True)],
                [r["ci_high_pct"] - y for y, r in zip(ys, pts, strict=True)]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", color=f"C{i}", capsize=3,
+        shift = 0.12 * (i - (len(models) - 1) / 2) if categorical(values) else 0.0
+        ax.errorbar([x + shift for x in xs], ys, yerr=err, marker="o", color=f"C{i}",
+                    capsize=3, linestyle="none" if categorical(values) else "-",
                     label=f"{model} ({pts[0]['chips']} chips; Clopper-Pearson 95 %)")
     ax.set_ylim(-3, 103)
     ax.set_xlabel(axis_label(key))
@@ -526,7 +542,7 @@ def plot_pareto(rows: Sequence[Mapping], labels: Sequence[str], path: Path,
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-o", color="C3",
                 drawstyle="steps-post", label="Pareto front")
         for i, text in enumerate(labels):
-            ax.annotate(text, pts[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(text, pts[i], fontsize=7, xytext=(3, 3), textcoords="offset points")
         costs_ = [p[0] for p in pts]
         if min(costs_) > 0 and max(costs_) / min(costs_) > 20:
             ax.set_xscale("log")

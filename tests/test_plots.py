@@ -48,3 +48,28 @@ def test_ci95_and_pareto_front_against_closed_forms():
     # n = 4, s = 1: t(0.975, 3) = 3.18245 -> 3.18245 / 2
     assert ci95([-1.0, -1.0, 1.0, 1.0]) == pytest.approx(3.18245 * (4 / 3) ** 0.5 / 2, rel=1e-5)
     assert pareto_front([(1, 90), (2, 89), (3, 95), (3, 94), (0.5, 80)]) == [4, 0, 2]
+
+
+@pytest.mark.parametrize("values, joined", [([False, True], False), ([None, 0.1, 0.2], False),
+                                            ([0.0, 0.1, 0.2], True)])
+def test_on_off_settings_are_points_not_lines_with_bands(monkeypatch, tmp_path, values, joined):
+    """Issue 25: a binary or named setting (placement on/off, ideal) is drawn as points with
+    error bars per model, side by side; only numeric settings get a line and a CI band."""
+    from matplotlib.collections import PolyCollection
+
+    from experiments import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "write_png", lambda path, fig: figs.append(fig))
+    rows = [{"value": v, "model": m, "mean": 95.0 + i, "ci95": 0.5}
+            for m in ("dense", "compressed") for i, v in enumerate(values)]
+    plots.plot_sweep(rows, "robustness.placement", tmp_path / "s.png")
+    ax = figs[0].axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    joined_lines = [ln for ln in ax.get_lines()
+                    if len(ln.get_xdata()) > 1 and ln.get_linestyle() not in ("None", "none")]
+    assert bool(bands) == joined and bool(joined_lines) == joined
+    if not joined:  # the two models side by side at each value, not on top of each other
+        xs = [tuple(ln.get_xdata()) for ln in ax.get_lines() if ln.get_marker() == "o"]
+        assert len(set(xs)) == 2, xs
+    plt.close(figs[0])

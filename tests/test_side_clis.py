@@ -202,3 +202,29 @@ def test_report_validate_prints_the_published_chips_and_refuses_other_options(tm
     out = _run("crossbar.report", "--validate", "--out", tmp_path / "x", cwd=tmp_path)
     assert out.returncode == 2 and "allowed: --validate alone" in out.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_collect_figures_carry_the_runs_settings_as_caption(tmp_path, monkeypatch):
+    """Issue 25: the collected and Pareto figures say what was held fixed (the runs' own
+    settings caption) and what was swept, like every other figure."""
+    from experiments import collect as collect_mod
+
+    for job, adc, acc, energy in (("0", 4, 85.0, 5.0), ("1", 6, 94.0, 6.0)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(
+            f"- crossbar.adc_bits={adc}\n")
+        (tmp_path / job / "config.yaml").write_text("seed: 0\n")
+        (tmp_path / job / "metrics.json").write_text(json.dumps(
+            {"crossbar_accuracy_mean": acc, "crossbar_accuracy_ci95": 0.5,
+             "compression_ratio": 4.0, "energy_nJ": energy, "area_mm2": 0.02,
+             "settings_caption": "Run settings: lenet5 on digits; 4-bit ADC."}))
+    drawn = []
+    monkeypatch.setattr(collect_mod, "caption", lambda fig, text: drawn.append(text))
+    monkeypatch.setattr(collect_mod, "plot_pareto",
+                        lambda rows, labels, path, costs, note: drawn.append(note))
+    collect_mod.collect(tmp_path)
+    assert len(drawn) == 2, drawn  # collected_crossbar.adc_bits.png and the Pareto front
+    for text in drawn:
+        assert "Held fixed unless swept: lenet5 on digits; 4-bit ADC. Swept: adc_bits " \
+               "(2 runs)." in text, text
+    assert drawn[1].startswith("Point labels: adc_bits. ")
