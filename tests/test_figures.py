@@ -197,3 +197,42 @@ def test_replot_options_fit_a_column_and_write_the_caption_beside(tmp_path, monk
     finally:
         plots.log.removeHandler(handler)
     assert any("3 panels side by side" in r.getMessage() for r in records)
+
+
+def test_tile_map_draws_what_sits_on_each_tile(tmp_path, monkeypatch):
+    """Issue 25: the tile map shows each physical tile (word lines x bit lines) with the cells
+    the plan programs, packed from the first line, the offset mapping's reference column and
+    the unused lines; the programmed cells of every drawn tile add up to the plan's devices;
+    "1 tile", not "1 tiles"."""
+    import torch
+
+    from crossbar import MappingPlan
+    from crossbar.plan import plan_layer
+    from experiments import reports
+
+    live = torch.zeros(40, 70, dtype=torch.bool)
+    live[:25, :50] = True  # 25 outputs x 50 inputs live
+    for mapping, per_array in (("differential", 1), ("offset", 1)):
+        xbar = CrossbarConfig(tile_rows=32, tile_cols=32, mapping=mapping)
+        big = plan_layer("fc", "linear", live, xbar)
+        small = plan_layer("head", "linear", torch.ones(3, 8, dtype=torch.bool), xbar)
+        plan = MappingPlan({"fc": big, "head": small})
+        for layer in plan:
+            cells = sum(float((reports.tile_occupancy(layer, t) == 1.0).sum()) for t in
+                        layer.tiles)
+            refs = sum(float((reports.tile_occupancy(layer, t) == 0.5).sum()) for t in
+                       layer.tiles)
+            assert cells * layer.style.cells_per_weight == layer.n_devices - refs
+            assert refs == (sum(t.n_rows for t in layer.tiles) if mapping == "offset" else 0)
+            for t in layer.tiles:  # packed from the first word line and bit line
+                grid = reports.tile_occupancy(layer, t)
+                assert grid[:t.n_rows, :t.n_cols * per_array].min() == 1.0
+                assert grid[t.n_rows:].max(initial=0.0) == 0.0
+        titles: list[str] = []
+        monkeypatch.setattr(reports, "write_png", lambda path, fig, titles=titles: titles.extend(
+            a.get_title() for a in fig.axes))
+        reports.plot_tile_map(plan, tmp_path / "tile_map.png")
+        assert titles[0].startswith(f"fc: {big.n_tiles} tiles of 32 x 32"), titles
+        assert titles[1].startswith("head: 1 tile of 32 x 32;"), titles
+        assert ("G- array alike" in titles[0]) == (mapping == "differential")
+        assert big.n_tiles > 1

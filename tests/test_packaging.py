@@ -107,3 +107,38 @@ def test_installed_apps_read_configs_from_the_package(wheel, tmp_path):
     assert main and "pkg://experiments.conf" in main[0], out.stdout
     assert "epochs: 3" in out.stdout and "name: lenet5" in out.stdout, out.stdout
     assert str(ROOT) not in out.stdout, out.stdout
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """``pip install .`` in a clean venv pulls every import of the packages (issue 25): each
+    top-level module they import that is neither the standard library nor their own belongs
+    to a distribution pyproject.toml names (a missing one worked here only because another
+    package pulled it in, as scipy and omegaconf once did)."""
+    import ast
+    import re
+    from importlib.metadata import packages_distributions
+
+    own = set(PACKAGES) | {"conf"}
+    names = set()
+    for pkg in (*PACKAGES, "conf"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names.add(node.module.split(".")[0])
+    third = sorted(n for n in names if n not in sys.stdlib_module_names and n not in own)
+    assert {"torch", "numpy", "hydra", "scipy"} <= set(third), third
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    block = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(),
+                      re.S | re.M).group(1)  # tomllib is 3.11+; the project supports 3.10
+    declared = {norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0])
+                for d in re.findall(r'^\s*"([^"]+)"', block, re.M)}
+    assert {"torch", "hydra-core", "scipy"} <= declared, declared
+    dists = packages_distributions()
+    missing = {n: dists.get(n) for n in third
+               if not any(norm(d) in declared for d in dists.get(n, []))}
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
