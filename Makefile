@@ -30,7 +30,7 @@ test: setup lint
 	$(BIN)/python -m pytest
 
 run: setup
-	$(BIN)/python -m experiments.compress
+	$(BIN)/python -m memxbar.experiments.compress
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

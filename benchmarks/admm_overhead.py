@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from admm import ADMM, LayerConstraint, select_layers, train_epoch
+from memxbar.admm import ADMM, LayerConstraint, select_layers, train_epoch
 
 TARGET_RATIO = 1.10
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-import crossbar
-from experiments.config import load_compress_config
-from experiments.data import load_data
-from experiments.models import build_model
-from experiments.train import evaluate
+from memxbar import crossbar
+from memxbar.experiments.config import load_compress_config
+from memxbar.experiments.data import load_data
+from memxbar.experiments.models import build_model
+from memxbar.experiments.train import evaluate
 
 # --smoke: the run re-evaluated is made first (unless DIR holds one), the default pipeline
 # (digits, LeNet-5) at its smallest settings (a few epochs, 1 chip, no ablation), in <DIR>/run;
@@ -40,8 +40,8 @@ def smoke_run(folder: Path) -> Path:
         return folder / "run"
     from hydra import compose, initialize_config_dir
 
-    from experiments.conf_source import CONF_DIR
-    from experiments.pipeline import run_compress
+    from memxbar.experiments.conf_source import CONF_DIR
+    from memxbar.experiments.pipeline import run_compress
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         run_compress(compose(config_name="config", overrides=SMOKE_RUN), folder / "run")

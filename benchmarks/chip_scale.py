@@ -37,15 +37,15 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crossbar import MappingPlan  # noqa: E402
-from crossbar.io import atomic_write_text  # noqa: E402
-from experiments.chips import evaluate_chips  # noqa: E402
-from experiments.config import load_compress_config  # noqa: E402
-from experiments.data import calibration_batch, crossbar_test_loader  # noqa: E402
-from experiments.estimators import chip_yield, ci95, mean_sd  # noqa: E402
-from experiments.guard import load_checkpoint  # noqa: E402
-from experiments.pipeline import chip_design  # noqa: E402
-from experiments.stages import prepare  # noqa: E402
+from memxbar.crossbar import MappingPlan  # noqa: E402
+from memxbar.crossbar.io import atomic_write_text  # noqa: E402
+from memxbar.experiments.chips import evaluate_chips  # noqa: E402
+from memxbar.experiments.config import load_compress_config  # noqa: E402
+from memxbar.experiments.data import calibration_batch, crossbar_test_loader  # noqa: E402
+from memxbar.experiments.estimators import chip_yield, ci95, mean_sd  # noqa: E402
+from memxbar.experiments.guard import load_checkpoint  # noqa: E402
+from memxbar.experiments.pipeline import chip_design  # noqa: E402
+from memxbar.experiments.stages import prepare  # noqa: E402
 
 
 def load_run(run_dir: Path) -> tuple:

@@ -22,8 +22,8 @@ import statistics
 import torch
 from sim_overhead import CONFIG, device, run_inference
 
-import crossbar
-from experiments.models import build_model
+from memxbar import crossbar
+from memxbar.experiments.models import build_model
 
 
 def main() -> None:

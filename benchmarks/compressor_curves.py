@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from admm import DivergenceError  # noqa: E402
-from experiments.conf_source import CONF_DIR  # noqa: E402
-from experiments.pipeline import run_compress  # noqa: E402
-from experiments.plots import ACCURACY, plt, write_png  # noqa: E402
+from memxbar.admm import DivergenceError  # noqa: E402
+from memxbar.experiments.conf_source import CONF_DIR  # noqa: E402
+from memxbar.experiments.pipeline import run_compress  # noqa: E402
+from memxbar.experiments.plots import ACCURACY, plt, write_png  # noqa: E402
 
 COMPRESSORS = ("admm", "magnitude", "obc")
 KEYS = ("dataset", "model", "compression_ratio", "tiles", "energy_nJ", "dense_accuracy",

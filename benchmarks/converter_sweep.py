@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crossbar import MappingPlan, estimate  # noqa: E402
-from experiments import data as D  # noqa: E402
-from experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
-from experiments.config import load_compress_config  # noqa: E402
-from experiments.estimators import ci95  # noqa: E402
-from experiments.models import build_model  # noqa: E402
-from experiments.train import evaluate  # noqa: E402
+from memxbar.crossbar import MappingPlan, estimate  # noqa: E402
+from memxbar.experiments import data as D  # noqa: E402
+from memxbar.experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
+from memxbar.experiments.config import load_compress_config  # noqa: E402
+from memxbar.experiments.estimators import ci95  # noqa: E402
+from memxbar.experiments.models import build_model  # noqa: E402
+from memxbar.experiments.train import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -108,7 +108,7 @@ def plot(rows: list[dict], software: float, path: Path) -> None:
     """Chip accuracy (mean and 95 % CI of the mean over the chips; the sample std for files
     written before the CI was stored) against energy per inference, one marker per converter
     setting, labelled DAC/ADC bits; PNG and PDF (``experiments.plots.write_png``)."""
-    from experiments.plots import plt, write_png
+    from memxbar.experiments.plots import plt, write_png
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for kind, marker in (("parallel", "o"), ("bit_serial", "s")):

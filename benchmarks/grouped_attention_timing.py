@@ -31,8 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import crossbar  # noqa: E402
-from crossbar.layers import _as_slice  # noqa: E402
+from memxbar import crossbar  # noqa: E402
+from memxbar.crossbar.layers import _as_slice  # noqa: E402
 
 
 def paired(fn, plain, repeats: int = 15, calls: int = 10) -> tuple[float, float]:

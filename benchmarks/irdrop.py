@@ -36,12 +36,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-import crossbar  # noqa: E402
-from crossbar.arrays import solve_array  # noqa: E402
-from crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from experiments.datasets import make_loaders  # noqa: E402
-from experiments.models import build_model  # noqa: E402
-from experiments.train import evaluate, fit  # noqa: E402
+from memxbar import crossbar  # noqa: E402
+from memxbar.crossbar.arrays import solve_array  # noqa: E402
+from memxbar.crossbar.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from memxbar.experiments.datasets import make_loaders  # noqa: E402
+from memxbar.experiments.models import build_model  # noqa: E402
+from memxbar.experiments.train import evaluate, fit  # noqa: E402
 
 WIRES_OHM = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
 TILES = (64, 128, 256)

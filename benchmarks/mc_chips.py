@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import crossbar  # noqa: E402
-from crossbar.io import atomic_write_text  # noqa: E402
-from experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
-from experiments.models import build_model  # noqa: E402
-from experiments.stages import map_stage  # noqa: E402
-from experiments.train import evaluate  # noqa: E402
+from memxbar import crossbar  # noqa: E402
+from memxbar.crossbar.io import atomic_write_text  # noqa: E402
+from memxbar.experiments.chips import ChipDesign, evaluate_chips  # noqa: E402
+from memxbar.experiments.models import build_model  # noqa: E402
+from memxbar.experiments.stages import map_stage  # noqa: E402
+from memxbar.experiments.train import evaluate  # noqa: E402
 
 CONFIG = crossbar.CrossbarConfig(tile_rows=128, tile_cols=128, dac_bits=8, adc_bits=8)
 

@@ -20,12 +20,12 @@ import time
 import torch
 from torch import nn
 
-from admm import LayerConstraint, pair_levels, project_levels, select_layers, weight_matrix
-from admm.importance import compute_importance
-from admm.obc import obc_compress
-from experiments.datasets import make_loaders
-from experiments.models import build_model
-from experiments.train import evaluate, fit
+from memxbar.admm import LayerConstraint, pair_levels, project_levels, select_layers, weight_matrix
+from memxbar.admm.importance import compute_importance
+from memxbar.admm.obc import obc_compress
+from memxbar.experiments.datasets import make_loaders
+from memxbar.experiments.models import build_model
+from memxbar.experiments.train import evaluate, fit
 
 
 def constraints(row_ratio: float, levels: int) -> list[LayerConstraint]:

@@ -59,7 +59,7 @@ import sys
 import torch
 from torch import nn
 
-import crossbar
+from memxbar import crossbar
 
 try:
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a notice when triton is absent

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-import crossbar
-from crossbar.io import atomic_write_text
-from experiments.models import build_model
+from memxbar import crossbar
+from memxbar.crossbar.io import atomic_write_text
+from memxbar.experiments.models import build_model
 
 
 def main() -> None:

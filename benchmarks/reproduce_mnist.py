@@ -3,7 +3,7 @@ against the targets of the project (docs/experiments.md, "Reproduction").
 
     .venv/bin/python benchmarks/reproduce_mnist.py [extra Hydra overrides ...]
 
-is the same as ``python -m experiments.compress +experiment=mnist_lenet5`` (the accuracy
+is the same as ``python -m memxbar.experiments.compress +experiment=mnist_lenet5`` (the accuracy
 budget: the pipeline searches the compression ratio that keeps the mean chip accuracy within
 1.0 point of dense) followed by a check of its metrics.json against issue 19's acceptance;
 prints each target with its measured value and PASS/MISS, and exits non-zero if any target is
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     if args.smoke is not None:
         folder = Path(args.smoke or tempfile.mkdtemp(prefix="reproduce_mnist_smoke_"))
         argv = [*SMOKE, f"hydra.run.dir={folder.resolve() / 'run'}", *argv]
-    cmd = [sys.executable, "-m", "experiments.compress", "+experiment=mnist_lenet5", *argv]
+    cmd = [sys.executable, "-m", "memxbar.experiments.compress", "+experiment=mnist_lenet5", *argv]
     print("$", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     report = [line for line in proc.stdout.splitlines() if line.startswith("report: ")][-1]

@@ -25,8 +25,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import crossbar  # noqa: E402
-from experiments.models import build_model  # noqa: E402
+from memxbar import crossbar  # noqa: E402
+from memxbar.experiments.models import build_model  # noqa: E402
 
 
 def best(fn, repeats: int = 5) -> float:

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chip_scale import load_run  # noqa: E402
 
-from crossbar.io import atomic_write_text  # noqa: E402
-from experiments.chips import evaluate_chips  # noqa: E402
-from experiments.estimators import ci95, mean_sd  # noqa: E402
-from experiments.selective_verify import verify_masks  # noqa: E402
+from memxbar.crossbar.io import atomic_write_text  # noqa: E402
+from memxbar.experiments.chips import evaluate_chips  # noqa: E402
+from memxbar.experiments.estimators import ci95, mean_sd  # noqa: E402
+from memxbar.experiments.selective_verify import verify_masks  # noqa: E402
 
 
 def main() -> None:
@@ -115,7 +115,7 @@ def main() -> None:
 def plot(result: dict, path: Path) -> None:
     """Chip accuracy (mean, 95 % CI) against programming energy per chip: one line per
     ranking from single-shot programming to every cell verified, the fractions labelled."""
-    from experiments.plots import plt, write_png
+    from memxbar.experiments.plots import plt, write_png
 
     rows = result["rows"]
     ends = [r for r in rows if r["ranking"] in ("-", "all")]

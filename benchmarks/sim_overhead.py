@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-import crossbar
-from crossbar.io import atomic_write_text
-from experiments.models import build_model
+from memxbar import crossbar
+from memxbar.crossbar.io import atomic_write_text
+from memxbar.experiments.models import build_model
 
 SETUPS = {"lenet5": {"shape": (1, 28, 28), "n": 10_000, "batch": 1_000},
           "vgg16": {"shape": (3, 32, 32), "n": 1_024, "batch": 128}}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from admm import (
+from memxbar.admm import (
     ADMM,
     CompressConfig,
     Compressor,
@@ -21,7 +21,7 @@ from admm import (
     train_epoch,
     weight_matrix,
 )
-from admm.projections import project_cols
+from memxbar.admm.projections import project_cols
 
 
 def _net():
@@ -216,7 +216,7 @@ def test_output_columns_of_the_final_layer_are_not_pruned_unless_asked():
     import pytest
     from torch import nn
 
-    from admm import LayerConstraint, select_layers
+    from memxbar.admm import LayerConstraint, select_layers
 
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
     with pytest.raises(ValueError, match=r"pattern='\*' with col_ratio=0.25 .* final layer '2'"
@@ -234,8 +234,8 @@ def test_output_columns_of_the_final_layer_are_not_pruned_unless_asked():
 def test_one_training_loop_whose_loss_is_the_mean_over_samples():
     """admm and the run layer train with the same loop (issue 12: they averaged the loss
     differently); its loss is the mean over samples, a short last batch weighted by its size."""
-    import experiments.train
-    from admm import pipeline
+    from memxbar import experiments
+    from memxbar.admm import pipeline
 
     assert experiments.train.train_epoch is pipeline.train_epoch
     torch.manual_seed(0)

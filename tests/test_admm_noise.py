@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from admm import CompressConfig, LayerConstraint
-from admm.noise import WeightNoise
+from memxbar.admm import CompressConfig, LayerConstraint
+from memxbar.admm.noise import WeightNoise
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])

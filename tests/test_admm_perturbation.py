@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from admm import CompressConfig, Compressor, LayerConstraint, compress, weight_noise
-from admm.pipeline import NOISE_STAGES, STAGES
+from memxbar.admm import CompressConfig, Compressor, LayerConstraint, compress, weight_noise
+from memxbar.admm.pipeline import NOISE_STAGES, STAGES
 from tests.test_admm_pipeline import FailingLoader, Interrupted
 
 EPOCHS = {"prune_epochs": 2, "prune_retrain_epochs": 2, "quant_epochs": 2,

@@ -13,7 +13,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from admm import (
+from memxbar.admm import (
     CompressConfig,
     Compressor,
     LayerConstraint,
@@ -23,7 +23,7 @@ from admm import (
     train_epoch,
     weight_matrix,
 )
-from admm.projections import keep_count
+from memxbar.admm.projections import keep_count
 
 ACCURACY_DROP_BOUND = 0.05
 
@@ -268,7 +268,7 @@ def test_a_retraining_stage_that_ends_at_chance_stops_the_run(digits, tmp_path):
     """collapse_floor: a retraining stage is meant to restore accuracy; one that ends at or
     below the floor raises DivergenceError with the causes, before the next stage; the
     checkpoint of the last finished epoch is kept. Without the floor the run goes on."""
-    from admm import DivergenceError
+    from memxbar.admm import DivergenceError
 
     Xtr, ytr = digits[0][:256], digits[1][:256]
     Xte, yte = digits[2], digits[3]

@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from admm.projections import (
+from memxbar.admm.projections import (
     keep_count,
     pair_levels,
     project_blocks,
@@ -350,7 +350,7 @@ def test_a_row_too_large_for_the_exact_sweep_is_scanned_near_the_optimum(monkeyp
     weights would not fit in memory). A row above the budget is scanned instead: on smooth
     problems its squared error is within 0.1 % of the exact optimum's; rows within the budget
     are swept exactly in chunks, giving the same scales as one sweep."""
-    from admm import projections as P
+    from memxbar.admm import projections as P
 
     torch.manual_seed(0)
     for n, W in ((16, torch.randn(1, 20000)), (64, torch.randn(1, 20000)),
@@ -373,7 +373,7 @@ def test_a_row_too_large_for_the_exact_sweep_is_scanned_near_the_optimum(monkeyp
 def test_4096_levels_project_in_well_under_a_second():
     import time
 
-    from admm import projections as P
+    from memxbar.admm import projections as P
 
     W = torch.randn(120, 400)
     start = time.perf_counter()
@@ -389,7 +389,7 @@ def test_evenly_spaced_pair_differences_are_exact_and_linear_time():
     and kept a costlier pair for some of them from 60 levels up)."""
     import itertools
 
-    from crossbar._grid import pair_differences
+    from memxbar.crossbar._grid import pair_differences
 
     for n, lo, hi in ((3, 0.0, 1.0), (16, 1.0, 100.0), (60, 2.0, 40.0), (4096, 1.0, 100.0)):
         levels = torch.linspace(lo, hi, n)

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from admm.allocation import Candidate, Link, allocate, min_cost
+from memxbar.admm.allocation import Candidate, Link, allocate, min_cost
 
 
 def _instance(rng, n_layers, n_options):

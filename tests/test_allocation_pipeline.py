@@ -9,12 +9,12 @@ import pytest
 import torch
 from test_experiments import TINY, _compose
 
-from admm import LayerConstraint
-from experiments.allocation import layer_candidates, layer_constraint
-from experiments.config import load_compress_config
-from experiments.data import load_data
-from experiments.models import build_model
-from experiments.pipeline import run_compress
+from memxbar.admm import LayerConstraint
+from memxbar.experiments.allocation import layer_candidates, layer_constraint
+from memxbar.experiments.config import load_compress_config
+from memxbar.experiments.data import load_data
+from memxbar.experiments.models import build_model
+from memxbar.experiments.pipeline import run_compress
 
 CANDIDATES = ("[{row_ratio: 0.25, levels: 16}, {row_ratio: 0.5, col_ratio: 0.5, levels: 16},"
               " {row_ratio: 0.75, col_ratio: 0.75, levels: 4}]")
@@ -108,8 +108,8 @@ def test_candidate_cost_of_a_grouped_convolution_counts_each_groups_tiles():
     (64 channels, 3x3 -> 64 tiles), not the dense packing (1 tile)."""
     from torch import nn
 
-    from crossbar.cost import load_table
-    from experiments.allocation import _cost
+    from memxbar.crossbar.cost import load_table
+    from memxbar.experiments.allocation import _cost
 
     exp = load_compress_config(_compose(_alloc(12)))
     conv = nn.Conv2d(64, 64, 3, groups=64)
@@ -123,7 +123,7 @@ def test_candidate_cost_of_a_grouped_convolution_counts_each_groups_tiles():
 def test_bisection_converges_on_the_tightest_budget_that_meets():
     """Log-scale bisection against a monotone oracle: every budget tried lies in the bracket,
     the tightest that met is within the final bracket of the true threshold."""
-    from experiments.search import bisect_budgets
+    from memxbar.experiments.search import bisect_budgets
     for threshold in (1.3, 7.0, 31.0, 90.0):
         tried = bisect_budgets(1.0, 100.0, lambda b, t=threshold: b <= t, steps=8)
         assert len(tried) == 8 and all(1.0 < b < 100.0 for b, _ in tried)
@@ -156,7 +156,7 @@ def test_compression_budget_is_reached_by_admm(tmp_path):
 
 
 def test_auto_candidates_cover_the_ladder_and_keep_outputs():
-    from experiments.allocation import auto_candidates
+    from memxbar.experiments.allocation import auto_candidates
     inner = auto_candidates((120, 400), final=False)
     assert {} in inner and len(inner) == 100  # 10 row x 10 column fractions, one unpruned
     assert {"row_keep": 12, "col_keep": 4} in inner  # 3 % of each, rounded
@@ -225,8 +225,8 @@ def test_output_distortion_is_the_measured_output_change_after_obs_repair():
     """``importance: output``: the layer is compressed with OBS compensation on its inputs
     (``admm.obc.ObcLayer``), the others dense, and the distortion is the relative squared
     change of the model's outputs; zero for no compression; the model is left as it was."""
-    from admm.obc import ObcLayer
-    from experiments.allocation import OutputDistortion
+    from memxbar.admm.obc import ObcLayer
+    from memxbar.experiments.allocation import OutputDistortion
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 32), torch.nn.ReLU(),
@@ -252,7 +252,7 @@ def test_feeding_links_follow_the_chain_and_stop_at_shifts_and_adds():
     """LeNet-5: each layer's input rows are fed by the previous layer's outputs (25 taps or 25
     positions per channel, one feature per neuron); a BatchNorm shift or a residual add in
     between breaks the link (a pruned output is then not a dead input)."""
-    from experiments.allocation import feeding_links
+    from memxbar.experiments.allocation import feeding_links
     model = build_model("lenet5", input_shape=(1, 28, 28))
     x = torch.randn(8, 1, 28, 28)
     links = {"features.3": ("features.0", 25), "classifier.0": ("features.3", 25),
@@ -284,7 +284,7 @@ def test_pruned_outputs_are_measured_after_the_next_layer_is_refit():
     """A candidate that prunes a layer's outputs is measured with the layer they feed refit by
     least squares (channel-pruning reconstruction): where that is the output layer, the refit
     minimises exactly the measured change, so it is never worse than no refit."""
-    from experiments.allocation import OutputDistortion
+    from memxbar.experiments.allocation import OutputDistortion
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(),
                                 torch.nn.Linear(24, 6)).eval()

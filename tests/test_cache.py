@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from test_experiments import TINY, _compose
 
-from experiments import cache as cache_module
-from experiments.cache import cached
-from experiments.pipeline import run_compress
+from memxbar.experiments import cache as cache_module
+from memxbar.experiments.cache import cached
+from memxbar.experiments.pipeline import run_compress
 
 FAST = [*TINY, "robustness.ablation=false", "robustness.hardware_aware=false"]
 
@@ -102,9 +102,9 @@ def test_compressed_models_are_keyed_by_the_constraints_they_met(tmp_path):
     choice under the same settings (another allocation method's code) is another entry."""
     from pathlib import Path
 
-    from admm import LayerConstraint
-    from crossbar import CrossbarConfig, DeviceModel
-    from experiments.compressors.base import CompressInputs, cache_key
+    from memxbar.admm import LayerConstraint
+    from memxbar.crossbar import CrossbarConfig, DeviceModel
+    from memxbar.experiments.compressors.base import CompressInputs, cache_key
 
     def inputs(rows):
         return CompressInputs(run_dir=Path(tmp_path), fingerprint={"allocation": {"budget": 30}},

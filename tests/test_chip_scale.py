@@ -19,10 +19,16 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from crossbar import CrossbarConfig, DeviceModel, RepairConfig
-from crossbar.plan import plan_model
-from experiments.chip_test import Strata, chip_indices, estimate, make_strata, standard_error
-from experiments.chips import ChipDesign, evaluate_chips
+from memxbar.crossbar import CrossbarConfig, DeviceModel, RepairConfig
+from memxbar.crossbar.plan import plan_model
+from memxbar.experiments.chip_test import (
+    Strata,
+    chip_indices,
+    estimate,
+    make_strata,
+    standard_error,
+)
+from memxbar.experiments.chips import ChipDesign, evaluate_chips
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +138,8 @@ def test_common_random_numbers_the_same_chip_at_every_design_point(trained):
     """A chip seed draws the same standard normals at every programming sigma: the log
     deviation of each cell scales with sigma exactly, so two design points differ by the
     setting, not by which chips were drawn."""
-    from crossbar import to_crossbar
-    from crossbar.convert import crossbar_modules
+    from memxbar.crossbar import to_crossbar
+    from memxbar.crossbar.convert import crossbar_modules
 
     model, calib, _ = trained
     logs = []

@@ -12,11 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 
-from crossbar import DeviceModel
-from crossbar.device import PRESETS
-from experiments import presets
-from experiments.conf_source import CONF_DIR
-from experiments.config import load_compress_config
+from memxbar.crossbar import DeviceModel
+from memxbar.crossbar.device import PRESETS
+from memxbar.experiments import presets
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.config import load_compress_config
 
 GROUPS = ("model", "dataset", "device", "crossbar", "admm", "cost", "robustness")
 
@@ -82,20 +82,22 @@ def test_the_composed_config_is_what_the_user_wrote():
     text = str(cfg)
     assert "???" not in text and "schema" not in text
     exp = load_compress_config(cfg)
-    assert dataclasses.asdict(exp.runtime)["progress"] is True
+    assert cfg.runtime.progress == "auto"  # resolved on load: bars only on a terminal
+    assert dataclasses.asdict(exp.runtime)["progress"] is False  # pytest captures stderr
 
 
 @pytest.mark.parametrize("app", ["compress", "device_study"])
 def test_help_names_the_app_and_shows_no_missing_values(app):
-    out = subprocess.run([sys.executable, "-m", f"experiments.{app}", "--help"],
+    out = subprocess.run([sys.executable, "-m", f"memxbar.experiments.{app}", "--help"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
-    assert out.startswith(f"experiments.{app}:") and "powered by Hydra" not in out
+    assert out.startswith(f"memxbar.experiments.{app}:") and "powered by Hydra" not in out
     assert "???" not in out and "schema" not in out
-    job = subprocess.run([sys.executable, "-m", f"experiments.{app}", "--cfg", "job"],
+    job = subprocess.run([sys.executable, "-m", f"memxbar.experiments.{app}", "--cfg", "job"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "???" not in job and "model:" in job
-    hydra_cfg = subprocess.run([sys.executable, "-m", f"experiments.{app}", "--cfg", "hydra"],
-                               capture_output=True, text=True, timeout=120, check=True).stdout
+    hydra_cfg = subprocess.run([sys.executable, "-m", f"memxbar.experiments.{app}", "--cfg",
+                                "hydra"], capture_output=True, text=True, timeout=120,
+                               check=True).stdout
     assert f"name: {app}" in hydra_cfg  # the job name: the log file is <app>.log
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from crossbar.config import CrossbarConfig
-from crossbar.cost import (
+from memxbar.crossbar.config import CrossbarConfig
+from memxbar.crossbar.cost import (
     COMPONENTS,
     OPTIONAL_KINDS,
     PARTS,
@@ -23,7 +23,7 @@ from crossbar.cost import (
     parse_quantity,
     parse_unit,
 )
-from crossbar.plan import MappingPlan, plan_layer
+from memxbar.crossbar.plan import MappingPlan, plan_layer
 
 
 def _e(v: float, u: str = "pJ", per: str = "op") -> dict:
@@ -298,7 +298,7 @@ def test_plausibility_catches_a_prefix_slip():
 
 
 def test_isaac_tile_matches_paper_within_stated_gap():
-    from crossbar.report import isaac_tile_comparison
+    from memxbar.crossbar.report import isaac_tile_comparison
 
     r = isaac_tile_comparison()
     assert r["tiles"] == 96

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from crossbar.config import CrossbarConfig
-from crossbar.cost import (
+from memxbar.crossbar.config import CrossbarConfig
+from memxbar.crossbar.cost import (
     CostConfig,
     baseline_config,
     baseline_cost,
@@ -18,8 +18,8 @@ from crossbar.cost import (
     load_table,
     model_cost,
 )
-from crossbar.plan import MappingPlan, plan_layer
-from crossbar.report import main, write_cost_report
+from memxbar.crossbar.plan import MappingPlan, plan_layer
+from memxbar.crossbar.report import main, write_cost_report
 from tests.test_cost import TOY, TOY_COST
 
 
@@ -94,7 +94,7 @@ def test_bit_serial_design_was_costed_against_its_own_baseline_before():
 
 
 def test_cli_plan_mode_states_and_shares_the_baseline(tmp_path):
-    """``python -m crossbar.report --plan`` gives the library's baseline for any converters
+    """``python -m memxbar.crossbar.report --plan`` gives the library's baseline for any converters
     and writes which baseline it used into report.md and cost.json."""
     seen = []
     for i, cfg in enumerate(DESIGNS[:3]):
@@ -229,7 +229,7 @@ def test_the_reduction_is_attributed_step_by_step_and_adds_up(cfg):
     spares/calibration overheads. The attribution reaches the design from the baseline one
     change at a time: its first step is the baseline's cost, its last the design's, and the
     steps' changes add up to the total reduction."""
-    from crossbar.cost import ATTRIBUTION_STEPS, attribution
+    from memxbar.crossbar.cost import ATTRIBUTION_STEPS, attribution
 
     plan = _plan(cfg)
     est = estimate(plan, cfg, CostConfig())
@@ -250,7 +250,7 @@ def test_the_reduction_is_attributed_step_by_step_and_adds_up(cfg):
 def test_a_dense_design_at_baseline_precision_attributes_nothing_to_pruning():
     """A dense, unpruned design with the baseline's weights and converters changes nothing but
     what its converters and precision differ in; its pruning step is zero."""
-    from crossbar.cost import attribution, baseline_config
+    from memxbar.crossbar.cost import attribution, baseline_config
 
     cfg = baseline_config(BASE, CostConfig())
     dense = MappingPlan({"fc": plan_layer("fc", "linear", torch.ones(10, 300, dtype=torch.bool),

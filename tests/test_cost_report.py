@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from crossbar.config import CrossbarConfig
-from crossbar.cost import CostConfig, estimate
-from crossbar.plan import MappingPlan, plan_layer
-from crossbar.report import main, write_cost_report
+from memxbar.crossbar.config import CrossbarConfig
+from memxbar.crossbar.cost import CostConfig, estimate
+from memxbar.crossbar.plan import MappingPlan, plan_layer
+from memxbar.crossbar.report import main, write_cost_report
 
 CFG = CrossbarConfig(tile_rows=64, tile_cols=64, dac_bits=8, adc_bits=6, bit_serial=True)
 
@@ -103,7 +103,7 @@ def test_cli_run_reproduces_a_runs_cost_numbers(tmp_path):
 
     import yaml
 
-    from experiments.conf_source import CONF_DIR
+    from memxbar.experiments.conf_source import CONF_DIR
 
     hydra_cost = yaml.safe_load((CONF_DIR / "cost" / "isaac.yaml").read_text())
     library = CostConfig().to_dict()
@@ -117,9 +117,9 @@ def test_cli_run_reproduces_a_runs_cost_numbers(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"crossbar": xbar.to_dict()}))
     (run / "config.yaml").write_text(yaml.safe_dump({"cost": {"cols_per_adc": 16}}))
     write_cost_report(plan, xbar, run / "cost", CostConfig(cols_per_adc=16), plots=False)
-    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "crossbar.report",
-                          "--run", str(run), "--no-plots"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    out = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m",
+                          "memxbar.crossbar.report", "--run", str(run), "--no-plots"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "RuntimeWarning" not in out.stderr
     first = json.loads((run / "cost" / "cost.json").read_text())
@@ -138,7 +138,7 @@ def test_per_layer_breakdown_bars_stack_to_each_layers_energy():
     energy; the dense baseline's (hatched) bars to the baseline layer's."""
     import matplotlib.pyplot as plt
 
-    from crossbar.report import cost_figures
+    from memxbar.crossbar.report import cost_figures
 
     est = estimate(_plan(), CFG, CostConfig())
     fig = cost_figures(est)["energy_per_layer_breakdown.png"]

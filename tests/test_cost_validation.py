@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from crossbar.cost import PLAUSIBLE, check_plausible, load_table
-from crossbar.validate import (
+from memxbar.crossbar.cost import PLAUSIBLE, check_plausible, load_table
+from memxbar.crossbar.validate import (
     NEURRAM_ANCHOR,
     NEURRAM_POINTS,
     OPS_PER_MAC,
@@ -143,7 +143,7 @@ def test_published_breakdown_is_per_operation():
 
 
 def test_hung_macs_count_weights_not_slices():
-    from crossbar.validate import _dense_plan, hung_config
+    from memxbar.crossbar.validate import _dense_plan, hung_config
 
     for in_bits, w_bits in ((1, 1), (8, 8)):
         xbar = hung_config(in_bits, w_bits)
@@ -189,7 +189,7 @@ register bit."""
 
 
 def test_validation_tables_are_not_general_tables():
-    from crossbar.cost import available_tables
+    from memxbar.crossbar.cost import available_tables
 
     assert set(validation_tables()) == {"neurram", "hung2021"}
     assert not set(validation_tables()) & set(available_tables())

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import crossbar
-from crossbar.conductance import (
+from memxbar import crossbar
+from memxbar.crossbar.conductance import (
     conductance_to_values,
     pair_differences,
     values_to_conductance,

@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from experiments import datasets
-from experiments.datasets import (
+from memxbar.experiments import datasets
+from memxbar.experiments.datasets import (
     CHECKSUMS,
     ChecksumError,
     load_cifar10,
@@ -27,7 +27,7 @@ from experiments.datasets import (
     verify_checksum,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[1] / "memxbar" / "conf" / "dataset"
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -246,7 +246,7 @@ def test_training_order_is_not_disturbed_by_extra_iterators() -> None:
     change nothing (issue 19: progress bars changed every result)."""
     from tqdm.asyncio import tqdm_asyncio  # the class tqdm.auto resolves to in a terminal
 
-    from experiments.datasets import PassSampler
+    from memxbar.experiments.datasets import PassSampler
     plain = _orders(make_loaders("digits", batch_size=64, seed=1, subset=300)[0], 3)
     loader = make_loaders("digits", batch_size=64, seed=1, subset=300)[0]
     disturbed = []

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admm import CompressConfig, Compressor, LayerConstraint, compress, distillation_loss
-from admm.pipeline import CheckpointMismatchError
+from memxbar.admm import CompressConfig, Compressor, LayerConstraint, compress, distillation_loss
+from memxbar.admm.pipeline import CheckpointMismatchError
 from tests.test_admm_perturbation import toy_data, toy_loader
 from tests.test_admm_pipeline import FailingLoader, Interrupted
 

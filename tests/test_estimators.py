@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from experiments.estimators import chip_yield, chips_for_width, ci95, clopper_pearson, mean_sd
+from memxbar.experiments.estimators import (
+    chip_yield,
+    chips_for_width,
+    ci95,
+    clopper_pearson,
+    mean_sd,
+)
 
 
 def _binom_tail_ge(k: int, n: int, p: float) -> float:

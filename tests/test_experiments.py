@@ -16,14 +16,14 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-import crossbar
-from crossbar import MappingPlan
-from experiments.collect import collect_rows
-from experiments.collect import main as collect_main
-from experiments.conf_source import CONF_DIR
-from experiments.config import load_compress_config, load_study_config
-from experiments.pipeline import run_compress
-from experiments.study import run_device_study
+from memxbar import crossbar
+from memxbar.crossbar import MappingPlan
+from memxbar.experiments.collect import collect_rows
+from memxbar.experiments.collect import main as collect_main
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.config import load_compress_config, load_study_config
+from memxbar.experiments.pipeline import run_compress
+from memxbar.experiments.study import run_device_study
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ADMM = ["admm.prune_epochs=1", "admm.prune_retrain_epochs=1", "admm.quant_epochs=1",
@@ -125,7 +125,7 @@ def test_study_validation():
 
 
 def test_entry_point_prints_config():
-    out = subprocess.run([sys.executable, "-m", "experiments.compress", "--cfg", "job",
+    out = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress", "--cfg", "job",
                           "+experiment=mnist_lenet5"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert "name: mnist" in out and "max_drop: 1.0" in out and "pattern: '*'" in out
@@ -283,7 +283,7 @@ def test_device_study_from_compress_run(digits_run, tmp_path):
     assert (tmp_path / "study_prog_sigma_yield.png").is_file()
     assert "study_adc_bits_yield.png" in md
     # the figures and study.md are redrawn from the files alone, the same
-    from experiments.replot import main as replot_main
+    from memxbar.experiments.replot import main as replot_main
 
     for name in ("study.md", "grid_prog_sigma_adc_bits.png", "layer_sensitivity.png"):
         (tmp_path / name).unlink()
@@ -338,7 +338,7 @@ def test_a_study_source_made_with_other_settings_is_refused(digits_run, tmp_path
 def test_device_study_sweeps_drift_time_and_cell_model_fields(digits_run, tmp_path):
     """t_inference_s (log x-axis) and an <effect>.<field> key sweep a drifting device; the
     same compressed model is evaluated at every point."""
-    from experiments.plots import log_axis
+    from memxbar.experiments.plots import log_axis
 
     run_dir, _ = digits_run
     base = TINY + [f"study.source={run_dir}", "device=pcm_aihwkit", "~study.sweeps",
@@ -407,8 +407,8 @@ def test_every_device_field_overrides_without_plus(name):
 
 
 def test_wire_resistance_from_hydra_and_as_a_study_axis():
-    from experiments.config import load_study_config
-    from experiments.study import study_settings
+    from memxbar.experiments.config import load_study_config
+    from memxbar.experiments.study import study_settings
 
     exp = load_compress_config(_compose(
         ["crossbar.array={model: wire_resistance, r_row_ohm: 2.0, r_col_ohm: 3.0}"]))
@@ -514,7 +514,7 @@ def test_collect_plots_only_metrics_that_vary(tmp_path, monkeypatch):
     labelled axis."""
     import matplotlib.pyplot as plt
 
-    from experiments import collect as collect_module
+    from memxbar.experiments import collect as collect_module
 
     _fake_run(tmp_path, 0, 0.0, 98.0)
     _fake_run(tmp_path, 1, 0.1, 96.5)
@@ -529,9 +529,9 @@ def test_collect_plots_only_metrics_that_vary(tmp_path, monkeypatch):
 
 
 def test_collect_draws_the_pareto_front_of_design_points(tmp_path, monkeypatch):
-    from experiments import collect as collect_module
-    from experiments import plots
-    from experiments.plots import pareto_front
+    from memxbar.experiments import collect as collect_module
+    from memxbar.experiments import plots
+    from memxbar.experiments.plots import pareto_front
 
     # (energy, accuracy): B beats A on both, D is dominated by C
     points = {"A": (5.0, 95.0), "B": (4.0, 96.0), "C": (8.0, 98.0), "D": (9.0, 97.0),
@@ -555,7 +555,7 @@ def test_collect_draws_the_pareto_front_of_design_points(tmp_path, monkeypatch):
                                                     "chip area (mm2)"]
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "5" in texts  # each point labelled by what varies (values; keys in the caption)
-    assert any("point labels: adc_bits" in t.get_text() for t in fig.texts)
+    assert any("Point labels: adc_bits" in t.get_text() for t in fig.texts)
     monkeypatch.undo()
     collect_module.collect(tmp_path)
     assert (tmp_path / "collected_pareto.pdf").is_file()

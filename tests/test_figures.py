@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from crossbar import CrossbarConfig, style
-from crossbar.report import write_cost_report
-from experiments.plots import plt, write_png
+from memxbar.crossbar import CrossbarConfig, style
+from memxbar.crossbar.report import write_cost_report
+from memxbar.experiments.plots import plt, write_png
 
 
 def _check(png: Path) -> None:
@@ -33,8 +33,8 @@ def test_run_figures_embed_truetype_fonts_at_300_dpi(tmp_path):
 def test_cost_report_figures_too(tmp_path):
     import torch
 
-    from crossbar import MappingPlan
-    from crossbar.plan import plan_layer
+    from memxbar.crossbar import MappingPlan
+    from memxbar.crossbar.plan import plan_layer
 
     xbar = CrossbarConfig()
     plan = MappingPlan({"fc": plan_layer("fc", "linear", torch.ones(40, 30, dtype=torch.bool),
@@ -59,7 +59,7 @@ def _compress_run(tmp_path, monkeypatch, dense_weights=True):
     second one constrains, listed first there), with the figures kept open for inspection."""
     import torch
 
-    from experiments import reports
+    from memxbar.experiments import reports
 
     history = [{"event": "eval", "stage": "dense", "metric": 98.0}]
     history += [_round("prune", r, {"conv": 2.0, "fc1": 4.0}, 0.01 * 1.5 ** r)
@@ -165,8 +165,8 @@ def test_replot_options_fit_a_column_and_write_the_caption_beside(tmp_path, monk
     three panels at a column's width are named in a warning."""
     import logging
 
-    from experiments import plots
-    from experiments.plots import FigureOptions, caption
+    from memxbar.experiments import plots
+    from memxbar.experiments.plots import FigureOptions, caption
 
     monkeypatch.setattr(plots, "OPTIONS", FigureOptions(width_in=3.5, vector=("pdf", "svg"),
                                                         dpi=300, caption=False))
@@ -206,9 +206,9 @@ def test_tile_map_draws_what_sits_on_each_tile(tmp_path, monkeypatch):
     "1 tile", not "1 tiles"."""
     import torch
 
-    from crossbar import MappingPlan
-    from crossbar.plan import plan_layer
-    from experiments import reports
+    from memxbar.crossbar import MappingPlan
+    from memxbar.crossbar.plan import plan_layer
+    from memxbar.experiments import tile_map as reports
 
     live = torch.zeros(40, 70, dtype=torch.bool)
     live[:25, :50] = True  # 25 outputs x 50 inputs live

@@ -6,17 +6,17 @@ import pytest
 import torch
 from test_experiments import TINY, _compose
 
-from experiments.allocation import (
+from memxbar.experiments.allocation import (
     AllocationSettings,
     feeding_links,
     layer_candidates,
     milp_budget,
 )
-from experiments.config import load_compress_config
-from experiments.data import load_data
-from experiments.greedy import GreedyTrajectory
-from experiments.models import build_model
-from experiments.pipeline import run_compress
+from memxbar.experiments.config import load_compress_config
+from memxbar.experiments.data import load_data
+from memxbar.experiments.greedy import GreedyTrajectory
+from memxbar.experiments.models import build_model
+from memxbar.experiments.pipeline import run_compress
 
 
 def _trajectory(seed=0, steps=5):

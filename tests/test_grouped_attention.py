@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import crossbar
-from crossbar.cost import CostConfig, dense_plan, model_cost
+from memxbar import crossbar
+from memxbar.crossbar.cost import CostConfig, dense_plan, model_cost
 
 IDEAL = crossbar.DeviceModel.ideal()
 SMALL = crossbar.CrossbarConfig(tile_rows=16, tile_cols=16)

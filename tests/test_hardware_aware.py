@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import crossbar
-from crossbar.hardware_aware import HardwareAware
+from memxbar import crossbar
+from memxbar.crossbar.hardware_aware import HardwareAware
 
 DEV = crossbar.DeviceModel(n_levels=16, prog_sigma=0.1, read_sigma=0.02, sa0_rate=0.01,
                            sa1_rate=0.01)
@@ -84,7 +84,7 @@ def test_gradients_are_those_of_the_programmed_weights():
 
 
 def test_hardware_aware_retraining_inside_admm_compress():
-    from admm import CompressConfig, LayerConstraint, compress
+    from memxbar.admm import CompressConfig, LayerConstraint, compress
 
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -151,9 +151,9 @@ def test_converters_only_mode_trains_on_the_grid_and_converters(tmp_path, caplog
     faults) with the DAC/ADC; the setting is part of the compressed model's fingerprint."""
     from test_experiments import TINY, _compose
 
-    from experiments.config import load_compress_config
-    from experiments.guard import fingerprint
-    from experiments.pipeline import run_compress
+    from memxbar.experiments.config import load_compress_config
+    from memxbar.experiments.guard import fingerprint
+    from memxbar.experiments.pipeline import run_compress
     cfg = [*TINY, "robustness.ablation=false", "robustness.hardware_aware_effects=converters",
            "device.programming.sigma=0.3"]
     with caplog.at_level("INFO"):

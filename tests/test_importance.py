@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admm import ADMM, LayerConstraint, pair_levels, project_levels, weight_matrix
-from admm.importance import (
+from memxbar.admm import ADMM, LayerConstraint, pair_levels, project_levels, weight_matrix
+from memxbar.admm.importance import (
     calibration_batches,
     compute_importance,
     fisher_diagonal,

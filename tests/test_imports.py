@@ -22,7 +22,8 @@ import ast
 from collections import deque
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1] / "memxbar"
+"""The namespace folder; module names here are relative to it (``crossbar.plan``)."""
 PACKAGES = ("admm", "crossbar", "experiments")
 
 ALLOWED_CIRCLES: dict[str, str] = {}
@@ -75,6 +76,7 @@ def _imports_of(source: str, module: str, package: str, type_checking: bool = Tr
             names = [target] + [f"{target}.{a.name}" for a in node.names]
         else:
             continue
+        names = [n.removeprefix("memxbar.") for n in names]
         out |= {n for n in names if n.split(".")[0] in PACKAGES}
     return out
 
@@ -249,8 +251,8 @@ def test_the_admm_group_schema_is_built_from_the_library_config():
     admm group, with the library's default, generated from the class itself."""
     import dataclasses
 
-    from admm import CompressConfig
-    from experiments.compressors.settings import RUN_LAYER_FIELDS, AdmmSettings
+    from memxbar.admm import CompressConfig
+    from memxbar.experiments.compressors.settings import RUN_LAYER_FIELDS, AdmmSettings
 
     group = {f.name: f for f in dataclasses.fields(AdmmSettings)}
     for f in dataclasses.fields(CompressConfig):

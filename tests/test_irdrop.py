@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-import crossbar
-from crossbar.arrays import solve_array
+from memxbar import crossbar
+from memxbar.crossbar.arrays import solve_array
 
 
 def _need_ngspice() -> str:
@@ -229,7 +229,7 @@ def test_read_noise_through_the_wires_matches_the_network_sensitivities(r: float
     wires, overstating its std by up to 28 % at 50 ohm. The oracle: every cell's exact
     sensitivity dI/dG from finite differences of the solved network, and
     ``var(out) = sum (d out / dG)^2 var(G)`` for independent cells."""
-    from crossbar.arrays import solve_array
+    from memxbar.crossbar.arrays import solve_array
 
     torch.manual_seed(0)
     rows, cols, sigma = 16, 6, 0.05
@@ -264,8 +264,8 @@ def test_far_placement_is_the_live_block_solved_inside_the_whole_tile(tmp_path: 
     in the opposite corner: the same as solving the whole padded tile (zero-conductance cells
     elsewhere), and as ngspice on that tile; ``near`` stays the block alone, also the padded
     tile with the block in its corner. Currents differ by up to tens of percent between them."""
-    from crossbar.arrays import build_array
-    from crossbar.arrays.solve import solve_array
+    from memxbar.crossbar.arrays import build_array
+    from memxbar.crossbar.arrays.solve import solve_array
 
     torch.manual_seed(3)
     tile_rows, tile_cols, rows, cols, r = 16, 12, 6, 5, 20.0

@@ -1,4 +1,4 @@
-"""The run layer stays readable (issue 20): no file in ``experiments/`` over 600 lines, no
+"""The run layer stays readable (issue 20): no file in ``memxbar/experiments/`` over 600 lines, no
 function over 80 lines; each concern in its own room (DESIGN.md, "Layout")."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-RUN_LAYER = Path(__file__).resolve().parents[1] / "experiments"
+RUN_LAYER = Path(__file__).resolve().parents[1] / "memxbar" / "experiments"
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
 

@@ -10,17 +10,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from crossbar import CrossbarConfig, DeviceModel, RepairConfig, calibrate_outputs, to_crossbar
-from crossbar.plan import plan_model
-from experiments.chips import ChipDesign, ChipJob
-from experiments.lifetime import (
+from memxbar.crossbar import (
+    CrossbarConfig,
+    DeviceModel,
+    RepairConfig,
+    calibrate_outputs,
+    to_crossbar,
+)
+from memxbar.crossbar.plan import plan_model
+from memxbar.experiments.chips import ChipDesign, ChipJob
+from memxbar.experiments.lifetime import (
     _quantile_time,
     lifetime_summary,
     reprogram_seed,
     run_lifetime,
 )
-from experiments.settings import LifetimeSettings, StudySettings
-from experiments.train import evaluate
+from memxbar.experiments.settings import LifetimeSettings, StudySettings
+from memxbar.experiments.train import evaluate
 
 TIMES = (1.0, 100.0, 1e4, 1e6)
 

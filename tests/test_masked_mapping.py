@@ -5,8 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import admm
-import crossbar
+from memxbar import admm, crossbar
 
 
 def test_admm_masks_shrink_the_mapped_hardware() -> None:

@@ -9,11 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.datasets import make_loaders
-from experiments.models import MODELS, LeNet5, build_model
-from experiments.train import evaluate, fit, make_optimizer
+from memxbar.experiments.datasets import make_loaders
+from memxbar.experiments.models import MODELS, LeNet5, build_model
+from memxbar.experiments.train import evaluate, fit, make_optimizer
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[1] / "memxbar" / "conf" / "model"
 
 
 @pytest.mark.parametrize(

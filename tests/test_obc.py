@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from admm import CompressResult, LayerConstraint, pair_levels, weight_matrix
-from admm.obc import (
+from memxbar.admm import CompressResult, LayerConstraint, pair_levels, weight_matrix
+from memxbar.admm.obc import (
     ObcLayer,
     layer_inputs,
     obc_compress,

@@ -1,5 +1,5 @@
-"""The wheel: it holds every module and every Hydra config, and its apps find ``conf/`` as the
-package ``experiments.conf`` (pkg:// search path) with the checkout nowhere on sys.path or cwd.
+"""The wheel: it holds every module and every Hydra config, and its apps find ``memxbar/conf/``
+as the package ``memxbar.conf`` (pkg:// search path) with the checkout nowhere on sys.path or cwd.
 
 Builds with the running interpreter's pip and setuptools (``--no-build-isolation --no-index``: no
 network) from a copy of the sources, so the checkout gets no build/ or egg-info folders.
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "crossbar", "admm", "experiments", "conf")
-"""What the build reads: the project metadata, its readme and license, the packages, conf/."""
-PACKAGES = ("crossbar", "admm", "experiments")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "memxbar")
+"""What the build reads: the project metadata, its readme and license, the namespace."""
+PACKAGES = ("memxbar/crossbar", "memxbar/admm", "memxbar/experiments")
 
 COMPOSE = """
 import sys
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from hydra import compose, initialize
 
-import experiments
-from experiments.conf_source import config_path
-from experiments.config import load_compress_config, load_study_config
+from memxbar import experiments
+from memxbar.experiments.conf_source import config_path
+from memxbar.experiments.config import load_compress_config, load_study_config
 
 site = Path(sys.argv[1]).resolve()
 assert Path(experiments.__file__).resolve().is_relative_to(site), experiments.__file__
-assert config_path() == "pkg://experiments.conf", config_path()
+assert config_path() == "pkg://memxbar.conf", config_path()
 with initialize(config_path=config_path(), version_base="1.3"):
     for name in sys.argv[2:]:
         load_compress_config(compose(config_name="config", overrides=["+experiment=" + name]))
@@ -75,12 +75,14 @@ def test_wheel_holds_every_module_and_config(wheel):
     missing = sorted(modules - names)
     assert not missing, (f"{missing} not in the wheel: add their package to [tool.setuptools] "
                          "packages in pyproject.toml")
-    configs = {"experiments/conf/" + p.relative_to(ROOT / "conf").as_posix()
-               for p in (ROOT / "conf").rglob("*") if p.suffix in (".yaml", ".py")}
-    assert "experiments/conf/config.yaml" in configs
-    assert "experiments/conf/__init__.py" in configs
+    configs = {p.relative_to(ROOT).as_posix()
+               for p in (ROOT / "memxbar" / "conf").rglob("*") if p.suffix in (".yaml", ".py")}
+    assert "memxbar/conf/config.yaml" in configs
+    assert "memxbar/conf/__init__.py" in configs
+    assert "memxbar/__init__.py" in names
     assert sorted(configs - names) == []
-    data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "crossbar" / "data").glob("*.yaml")}
+    data = {p.relative_to(ROOT).as_posix()
+            for p in (ROOT / "memxbar" / "crossbar" / "data").rglob("*.yaml")}
     assert data and sorted(data - names) == []
 
 
@@ -94,17 +96,18 @@ def test_installed_apps_read_configs_from_the_package(wheel, tmp_path):
     deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *deps]),
            "HYDRA_FULL_ERROR": "1"}
-    experiments = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    experiments = sorted(p.stem for p in (ROOT / "memxbar" / "conf" / "experiment").glob(
+        "*.yaml"))
     out = subprocess.run([sys.executable, "-S", "-c", COMPOSE, str(site), *experiments],
                          cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "composed" in out.stdout, out.stdout + out.stderr
 
-    out = subprocess.run([sys.executable, "-S", "-m", "experiments.compress", "--info", "all",
-                          "train.epochs=3"], cwd=run_dir, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-S", "-m", "memxbar.experiments.compress", "--info",
+                          "all", "train.epochs=3"], cwd=run_dir, env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     main = [line for line in out.stdout.splitlines() if line.startswith("| main ")]
-    assert main and "pkg://experiments.conf" in main[0], out.stdout
+    assert main and "pkg://memxbar.conf" in main[0], out.stdout
     assert "epochs: 3" in out.stdout and "name: lenet5" in out.stdout, out.stdout
     assert str(ROOT) not in out.stdout, out.stdout
 
@@ -118,9 +121,9 @@ def test_every_third_party_import_is_a_declared_dependency():
     import re
     from importlib.metadata import packages_distributions
 
-    own = set(PACKAGES) | {"conf"}
+    own = {"memxbar"}
     names = set()
-    for pkg in (*PACKAGES, "conf"):
+    for pkg in (*PACKAGES, "memxbar/conf"):
         for path in (ROOT / pkg).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):

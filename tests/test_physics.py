@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import crossbar
-from crossbar.cells import REGISTRY, ProgrammingModel
-from crossbar.streams import EFFECTS, stream_seed
+from memxbar import crossbar
+from memxbar.crossbar.cells import REGISTRY, ProgrammingModel
+from memxbar.crossbar.streams import EFFECTS, stream_seed
 
 IDEAL = crossbar.DeviceModel.ideal()
 CONTINUOUS = crossbar.CrossbarConfig(tile_rows=64, tile_cols=64)
@@ -85,7 +85,7 @@ def test_bf16_variance_product_keeps_the_noise_std_within_its_bound(kind, monkey
     any CPU runs the path): with the same draws, every output's noise is the exact one scaled
     by the ratio of the two standard deviations, which must stay within the documented 0.6 %
     (and differ somewhere: the bfloat16 path ran)."""
-    from crossbar import layers
+    from memxbar.crossbar import layers
 
     monkeypatch.setattr(layers, "_cpu_has_bf16", lambda: True)
     torch.manual_seed(3)
@@ -175,7 +175,7 @@ def test_offset_reference_noise_is_shared_by_the_tile_columns() -> None:
 
 # ------------------------------------------------------------------------ programming spread
 def program_many(device: crossbar.DeviceModel, target_uS: float, n: int = 20000) -> torch.Tensor:
-    from crossbar.chip import program_cells
+    from memxbar.crossbar.chip import program_cells
 
     return program_cells(torch.full((n,), target_uS), device, seed=3, layer="probe").g_uS
 
@@ -335,7 +335,7 @@ def test_write_verify_pulse_counts_match_the_geometric_closed_form() -> None:
     device = crossbar.DeviceModel(g_min_uS=0.0, g_max_uS=100.0,
                                   programming={"model": "gaussian", "sigma": sigma_uS / 100},
                                   write_verify={"tolerance_uS": tol, "max_pulses": budget})
-    from crossbar.chip import program_cells
+    from memxbar.crossbar.chip import program_cells
 
     target = torch.full((40000,), 50.0)
     cells = program_cells(target, device, seed=0, layer="probe")
@@ -392,7 +392,7 @@ def test_write_verify_narrows_the_weight_error() -> None:
 def test_rram_cmo_drift_matches_its_log_time_law() -> None:
     device = crossbar.DeviceModel(g_min_uS=9.0, g_max_uS=88.2, drift="rram_cmo",
                                   t_inference_s=3600.0)
-    from crossbar.chip import drifted
+    from memxbar.crossbar.chip import drifted
 
     g = torch.full((40000,), 50.0)
     out = drifted(g, device, seed=0, layer="probe")
@@ -406,7 +406,7 @@ def test_pcm_drift_mean_matches_numerical_integration() -> None:
     t, t0 = 1e5, 20.0
     device = crossbar.DeviceModel(g_min_uS=0.0, g_max_uS=25.0, drift="pcm_power_law",
                                   t_inference_s=t)
-    from crossbar.chip import drifted
+    from memxbar.crossbar.chip import drifted
 
     g0 = 25.0  # g_rel = 1: mu = 0.049 (clamped), s = 0.008 (clamped)
     out = drifted(torch.full((40000,), g0), device, seed=0, layer="probe")
@@ -511,7 +511,7 @@ def test_version_0_1_device_dicts_still_load() -> None:
 
 
 def test_converters_are_chosen_by_name_and_0_1_bit_serial_still_works() -> None:
-    from crossbar.converters import DACS
+    from memxbar.crossbar.converters import DACS
 
     assert set(DACS) == {"parallel", "bit_serial"}
     config = crossbar.CrossbarConfig(dac_bits=4, bit_serial=True)
@@ -604,7 +604,7 @@ def test_stuck_cells_fail_write_verify() -> None:
     device = crossbar.DeviceModel(g_min_uS=10.0, g_max_uS=100.0, prog_noise="gaussian",
                                   prog_sigma=0.01, sa0_rate=0.05, sa1_rate=0.05,
                                   write_verify={"tolerance_uS": 2.0, "max_pulses": 8})
-    from crossbar.chip import program_cells
+    from memxbar.crossbar.chip import program_cells
 
     target = torch.full((20000,), 55.0)
     cells = program_cells(target, device, seed=1, layer="probe")
@@ -755,7 +755,7 @@ def test_pcm_read_noise_follows_the_aihwkit_law_per_state_and_time(t_inference_s
 def test_pcm_read_noise_takes_the_programmed_state_and_the_time() -> None:
     """The law's Q_s reads the programmed conductance, its multiplier the drifted one; a
     write-verify read right after a pulse takes t = 0."""
-    from crossbar.cells.pcm_read import Pcm1fReadNoise
+    from memxbar.crossbar.cells.pcm_read import Pcm1fReadNoise
 
     dev = crossbar.DeviceModel.preset("pcm_aihwkit").with_(t_inference_s=3600.0)
     model = Pcm1fReadNoise()
@@ -777,7 +777,7 @@ def test_adc_codes_do_not_depend_on_the_batch_size() -> None:
     their grids) came out a hair above or below it depending on the tile product's summation
     order, which changes with the batch size: 5 of 52,224 LeNet-5 outputs were one ADC step
     apart between a batch of 256 and batches of 1."""
-    from experiments.models import build_model
+    from memxbar.experiments.models import build_model
 
     torch.manual_seed(0)
     model = build_model("lenet5", input_shape=(1, 28, 28)).eval()

@@ -3,7 +3,14 @@
 import matplotlib.pyplot as plt
 import pytest
 
-from experiments.plots import _tick, axis_label, ci95, log_axis, pareto_front, set_value_axis
+from memxbar.experiments.plots import (
+    _tick,
+    axis_label,
+    ci95,
+    log_axis,
+    pareto_front,
+    set_value_axis,
+)
 
 
 def test_axis_labels_name_the_quantity_and_its_unit():
@@ -57,7 +64,7 @@ def test_on_off_settings_are_points_not_lines_with_bands(monkeypatch, tmp_path, 
     error bars per model, side by side; only numeric settings get a line and a CI band."""
     from matplotlib.collections import PolyCollection
 
-    from experiments import plots
+    from memxbar.experiments import plots
 
     figs = []
     monkeypatch.setattr(plots, "write_png", lambda path, fig: figs.append(fig))

@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_experiments import METRIC_KEYS, TINY, _compose
 
-from admm import pair_levels
-from crossbar import MappingPlan
-from experiments.config import load_compress_config
-from experiments.pipeline import run_compress
+from memxbar.admm import pair_levels
+from memxbar.crossbar import MappingPlan
+from memxbar.experiments.config import load_compress_config
+from memxbar.experiments.pipeline import run_compress
 
 OBC = [*TINY, "train.epochs=8", "compressor=obc", "obc.n_calib=256"]
 
@@ -41,9 +41,9 @@ def test_obc_outputs(obc_run):
 
 
 def test_collapse_warnings_name_the_cause(caplog):
-    from experiments.stages import collapse_warnings
+    from memxbar.experiments.stages import collapse_warnings
 
-    with caplog.at_level("WARNING", logger="experiments.stages"):
+    with caplog.at_level("WARNING", logger="memxbar.experiments.stages"):
         out = collapse_warnings(95.6, 10.3, 10, "obc")
     assert len(out) == 1 and "collapsed" in out[0] and "compressor=admm" in out[0]
     assert "the admm group's constraints (which compressor='obc' meets)" in out[0]
@@ -128,12 +128,12 @@ def test_compressors_are_one_registry():
     reads the same names); both return an admm.CompressResult."""
     import typing
 
-    from admm import CompressResult
-    from experiments.compressors.admm import compress_stage
-    from experiments.compressors.base import CompressInputs
-    from experiments.compressors.magnitude import magnitude_stage
-    from experiments.compressors.obc import obc_stage
-    from experiments.compressors.registry import COMPRESSORS, get_compressor
+    from memxbar.admm import CompressResult
+    from memxbar.experiments.compressors.admm import compress_stage
+    from memxbar.experiments.compressors.base import CompressInputs
+    from memxbar.experiments.compressors.magnitude import magnitude_stage
+    from memxbar.experiments.compressors.obc import obc_stage
+    from memxbar.experiments.compressors.registry import COMPRESSORS, get_compressor
     assert get_compressor("admm") is compress_stage and get_compressor("obc") is obc_stage
     assert get_compressor("magnitude") is magnitude_stage
     for name in COMPRESSORS:  # one contract: (model, loaders, CompressInputs) -> CompressResult

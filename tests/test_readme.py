@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.datasets import make_loaders
-from experiments.models import build_model
-from experiments.train import evaluate, fit
+from memxbar.experiments.datasets import make_loaders
+from memxbar.experiments.models import build_model
+from memxbar.experiments.train import evaluate, fit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -37,15 +37,15 @@ def test_readme_library_example_runs_on_digits(tmp_path, monkeypatch) -> None:
 
 
 def _readme_app_commands() -> list[tuple[str, list[str], bool]]:
-    """Every ``python -m experiments.compress|device_study`` line of the README's bash blocks:
-    (app, overrides, multirun), continuation lines joined and comments dropped."""
+    """Every ``python -m memxbar.experiments.compress|device_study`` line of the README's bash
+    blocks: (app, overrides, multirun), continuation lines joined and comments dropped."""
     import shlex
 
     found = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
-            for app in ("experiments.compress", "experiments.device_study"):
+            for app in ("memxbar.experiments.compress", "memxbar.experiments.device_study"):
                 if app in words:
                     args = words[words.index(app) + 1:]
                     found.append((app, [a for a in args if a != "-m"], "-m" in args))
@@ -70,8 +70,8 @@ def test_every_readme_app_command_is_accepted(app, args, multirun, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from experiments.conf_source import CONF_DIR
-    from experiments.config import load_compress_config, load_study_config
+    from memxbar.experiments.conf_source import CONF_DIR
+    from memxbar.experiments.config import load_compress_config, load_study_config
 
     if "--config-dir" in args:  # the user's own model: tests/test_user_model.py runs it
         pytest.skip("needs the user's my_conf/ folder (tests/test_user_model.py covers it)")
@@ -92,21 +92,21 @@ def test_every_readme_app_command_is_accepted(app, args, multirun, tmp_path):
 
 
 def test_the_main_job_runs_as_written(tmp_path):
-    """The README's first command (``make run`` = ``python -m experiments.compress``) runs as
-    written on a fresh checkout (only the run folder is moved under tmp), then its cost report
-    again with ``crossbar.report --run``, as the README shows (about 20 s on 2 cores)."""
+    """The README's first command (``make run`` = ``python -m memxbar.experiments.compress``)
+    runs as written on a fresh checkout (only the run folder is moved under tmp), then its cost
+    report again with ``crossbar.report --run``, as the README shows (about 20 s on 2 cores)."""
     import subprocess
     import sys
 
     root = README.parent
     run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "experiments.compress",
+    out = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress",
                           f"hydra.run.dir={run_dir}"], cwd=root, capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == f"report: {run_dir / 'report.md'}"
     assert "result: dense" in (run_dir / "compress.log").read_text()
-    report = subprocess.run([sys.executable, "-m", "crossbar.report", "--run", str(run_dir)],
-                            cwd=root, capture_output=True, text=True, timeout=300)
+    report = subprocess.run([sys.executable, "-m", "memxbar.crossbar.report", "--run",
+                             str(run_dir)], cwd=root, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (run_dir / "cost_rerun" / "report.md").is_file()

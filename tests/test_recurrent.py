@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import crossbar
-from crossbar.cost import CostConfig, estimate
-from crossbar.plan import measure_mvms, plan_model, recurrent_steps, unmapped_layers
-from crossbar.recurrent import CrossbarRecurrent
+from memxbar import crossbar
+from memxbar.crossbar.cost import CostConfig, estimate
+from memxbar.crossbar.plan import measure_mvms, plan_model, recurrent_steps, unmapped_layers
+from memxbar.crossbar.recurrent import CrossbarRecurrent
 
 IDEAL = crossbar.DeviceModel.ideal()
 OFF = crossbar.CrossbarConfig(tile_rows=32, tile_cols=32, dac_bits=None, adc_bits=None)

@@ -17,8 +17,8 @@ from hydra.errors import ConfigCompositionException
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import crossbar
-from admm import (
+from memxbar import crossbar
+from memxbar.admm import (
     CheckpointMismatchError,
     CompressConfig,
     DivergenceError,
@@ -26,12 +26,12 @@ from admm import (
     compress,
     save_atomic,
 )
-from experiments.conf_source import CONF_DIR
-from experiments.config import load_compress_config
-from experiments.guard import Terminated, load_checkpoint, sigterm_as_exit
-from experiments.models import build_model
-from experiments.pipeline import run_compress
-from experiments.train import fit
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.config import load_compress_config
+from memxbar.experiments.guard import Terminated, load_checkpoint, sigterm_as_exit
+from memxbar.experiments.models import build_model
+from memxbar.experiments.pipeline import run_compress
+from memxbar.experiments.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 # every compress run here: digits subset, short stages (6 epochs where a SIGTERM must land)
@@ -215,14 +215,14 @@ def _stage_of(path: Path) -> tuple[str, int] | None:
     state = torch.load(path, weights_only=True)
     if path.name == "pretrain_state.pt":
         return "pretrain", len(state["history"])
-    from admm.pipeline import STAGES
+    from memxbar.admm.pipeline import STAGES
     return STAGES[state["stage"]], state["epoch"]
 
 
 def _kill_during(run_dir: Path, checkpoint: str, stage: str, resume: bool) -> None:
     """Start a compress run, SIGTERM it once ``checkpoint`` shows >= 1 finished epoch of
     ``stage``, and check that it stopped cleanly inside that stage."""
-    cmd = [sys.executable, "-m", "experiments.compress", *RUN, f"hydra.run.dir={run_dir}",
+    cmd = [sys.executable, "-m", "memxbar.experiments.compress", *RUN, f"hydra.run.dir={run_dir}",
            f"resume={str(resume).lower()}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -285,7 +285,8 @@ def test_resume_rules_and_changed_config(reference_run, tmp_path):
 
 def test_sigterm_becomes_exit_143(tmp_path):
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Terminated) as info, sigterm_as_exit(tmp_path, "experiments.compress"):
+    with pytest.raises(Terminated) as info, \
+            sigterm_as_exit(tmp_path, "memxbar.experiments.compress"):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(1)
     assert info.value.code == 143
@@ -305,7 +306,8 @@ def test_sigterm_during_checkpoint_write_finishes_the_write_then_exits_143(tmp_p
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_with_signal)
-    with pytest.raises(Terminated) as info, sigterm_as_exit(tmp_path, "experiments.compress"):
+    with pytest.raises(Terminated) as info, \
+            sigterm_as_exit(tmp_path, "memxbar.experiments.compress"):
         save_atomic({"w": torch.arange(4.0)}, path)
     assert info.value.code == 143
     assert torch.equal(load_checkpoint(path)["w"], torch.arange(4.0))  # the write completed
@@ -313,7 +315,7 @@ def test_sigterm_during_checkpoint_write_finishes_the_write_then_exits_143(tmp_p
 
 
 def test_failure_that_hides_a_sigterm_exits_as_terminated():
-    from experiments.runtime import _cause
+    from memxbar.experiments.runtime import _cause
 
     try:
         try:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-import crossbar
-from crossbar.mappings import mapping_style
-from crossbar.repair import RepairConfig, place_tile, repaired
+from memxbar import crossbar
+from memxbar.crossbar.mappings import mapping_style
+from memxbar.crossbar.repair import RepairConfig, place_tile, repaired
 
 NAN = float("nan")
 # 16 levels 0, 1, ..., 15 uS: a pair holds every integer difference in [-15, 15]

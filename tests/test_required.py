@@ -14,8 +14,8 @@ import torch
 from test_experiments import _compose
 from torch import nn
 
-import crossbar
-from experiments.config import load_compress_config
+from memxbar import crossbar
+from memxbar.experiments.config import load_compress_config
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -57,9 +57,9 @@ def test_integer_like_seeds_are_the_same_chip():
 
 
 def test_a_job_name_that_leaves_the_run_folder_is_refused(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.compress", "hydra.job.name=../evil",
-                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress",
+                          "hydra.job.name=../evil", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 1 and "hydra.job.name='../evil' is invalid" in out.stderr
     assert not (tmp_path / "evil.log").exists() and not (tmp_path / "run").exists()
 
@@ -74,7 +74,7 @@ def test_a_job_name_that_leaves_the_run_folder_is_refused(tmp_path):
 def test_a_removed_key_is_refused_not_defaulted(tmp_path, app, overrides, words):
     """Issue 22, item 4: ``~robustness`` ran with the library's robustness defaults (output
     calibration on), the opposite of what removing it suggests."""
-    out = subprocess.run([sys.executable, "-m", f"experiments.{app}", *overrides,
+    out = subprocess.run([sys.executable, "-m", f"memxbar.experiments.{app}", *overrides,
                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 1 and words in out.stderr, out.stderr[-2000:]
@@ -113,7 +113,7 @@ def test_the_first_layer_kept_digital_with_calibrated_converters(tmp_path):
     layer (digital here), not the first crossbar layer (6 channels)."""
     from test_experiments import TINY
 
-    from experiments.pipeline import run_compress
+    from memxbar.experiments.pipeline import run_compress
 
     metrics = run_compress(_compose([*TINY, "+layers.digital=[features.0]",
                                      "robustness.ablation=false"]), tmp_path)
@@ -147,8 +147,8 @@ def test_layers_that_stay_digital_are_named():
     """Issue 25: transposed convolutions and embeddings are not mapped: say so by name
     (library warning; the run's warnings and report). The GRU is mapped now (its matrices on
     crossbars, tests/test_recurrent.py): not named."""
-    from crossbar.plan import unmapped_layers
-    from experiments.pipeline import unmapped_warnings
+    from memxbar.crossbar.plan import unmapped_layers
+    from memxbar.experiments.pipeline import unmapped_warnings
 
     model = _Speech()
     named = dict(unmapped_layers(model))
@@ -167,7 +167,7 @@ def test_layers_that_stay_digital_are_named():
 def _chip_and_model():
     from torch import nn
 
-    from crossbar import CrossbarConfig, DeviceModel, to_crossbar
+    from memxbar.crossbar import CrossbarConfig, DeviceModel, to_crossbar
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -184,8 +184,8 @@ def test_calibrate_outputs_refuses_a_reference_that_is_not_the_software_model():
 
     from torch import nn
 
-    from crossbar import calibrate_outputs, to_crossbar
-    from crossbar.device import DeviceModel
+    from memxbar.crossbar import calibrate_outputs, to_crossbar
+    from memxbar.crossbar.device import DeviceModel
 
     model, chip, x, cfg = _chip_and_model()
     other_chip = to_crossbar(model, DeviceModel(), cfg, calibration=x, seed=1)
@@ -221,7 +221,7 @@ def test_to_crossbar_names_a_bad_mask_scale_or_dtype(kwargs, words):
     """A wrong-shaped mask or a float64 model was reported as 'calibration batch does not fit
     the model' (the mask reshape and the dtype clash ran inside the calibration's forward);
     an unknown scales key was ignored."""
-    from crossbar import DeviceModel, to_crossbar
+    from memxbar.crossbar import DeviceModel, to_crossbar
 
     model, _, x, cfg = _chip_and_model()
     if kwargs.pop("double_model", False):
@@ -239,8 +239,8 @@ def test_collapse_messages_name_the_cause_the_settings_point_to(tmp_path):
     collapse)."""
     from test_experiments import TINY
 
-    from admm import DivergenceError
-    from experiments.pipeline import run_compress
+    from memxbar.admm import DivergenceError
+    from memxbar.experiments.pipeline import run_compress
 
     with pytest.raises(DivergenceError, match=r"train\.lr=1e-300 is too low for the weights "
                                               r"to move"):
@@ -256,7 +256,7 @@ def test_collapse_messages_name_the_cause_the_settings_point_to(tmp_path):
 def test_a_stopped_stage_logs_its_reason(caplog):
     """Issue 25: a failed stage's log line ended "stopped after 0.0 s (FileNotFoundError)"
     without the message."""
-    from experiments.runtime import timed
+    from memxbar.experiments.runtime import timed
 
     with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError):
         with timed({}, "data"):

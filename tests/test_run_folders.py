@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from admm import CheckpointMismatchError
-from crossbar.io import atomic_write_text
-from experiments import pipeline
-from experiments import study_chips as study_module  # where the study calls evaluate_chips
-from experiments.conf_source import CONF_DIR
-from experiments.guard import RunLockedError, clean_stale_temporaries, run_lock
-from experiments.pipeline import run_compress
-from experiments.study import run_device_study
+from memxbar.admm import CheckpointMismatchError
+from memxbar.crossbar.io import atomic_write_text
+from memxbar.experiments import pipeline
+from memxbar.experiments import study_chips as study_module  # where the study calls evaluate_chips
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.guard import RunLockedError, clean_stale_temporaries, run_lock
+from memxbar.experiments.pipeline import run_compress
+from memxbar.experiments.study import run_device_study
 from tests.test_reliability import RUN, _compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def finished(tmp_path_factory):
 
 def _cli(run_dir: Path, *overrides: str, app: str = "compress", timeout: int = 300,
          ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"experiments.{app}", *overrides,
+    return subprocess.run([sys.executable, "-m", f"memxbar.experiments.{app}", *overrides,
                            f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -98,7 +98,7 @@ def test_4_two_runs_in_one_folder_the_second_is_refused(tmp_path):
     assert (run_dir / ".lock").is_file()  # the lock file stays (never unlinked once claimed)
     proc = subprocess.Popen(  # across processes: the kernel's flock
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from experiments.guard import run_lock\n"
+         "from memxbar.experiments.guard import run_lock\n"
          f"with run_lock(Path({str(run_dir)!r})) as lock:\n    lock.claim(); "
          "print('locked', flush=True); "
          "time.sleep(30)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -142,8 +142,8 @@ def test_5_failed_cost_stage_resumes_with_a_corrected_cost_setting(finished, tmp
     assert metrics["crossbar"]["adc_bits"] == 6
     # with hardware-aware retraining the simulator (device, crossbar) shapes the weights, the
     # cost model does not: a corrected cost setting still resumes
-    from experiments.config import load_compress_config
-    from experiments.guard import fingerprint
+    from memxbar.experiments.config import load_compress_config
+    from memxbar.experiments.guard import fingerprint
 
     fp = fingerprint(load_compress_config(_compose(RUN)))
     assert "crossbar" in fp and "device" in fp and "cost" not in fp
@@ -208,7 +208,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
 
 
 def test_the_lock_follows_no_link_and_stays(tmp_path):
-    from experiments.guard import run_lock
+    from memxbar.experiments.guard import run_lock
 
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me")
@@ -243,7 +243,7 @@ def test_a_run_cleans_the_temporaries_a_killed_write_left(finished, tmp_path):
 
 
 def test_files_follow_the_umask(tmp_path):
-    from admm import save_atomic
+    from memxbar.admm import save_atomic
 
     previous = os.umask(0o022)
     try:
@@ -260,7 +260,7 @@ def test_files_follow_the_umask(tmp_path):
 
 def test_ctrl_c_prints_the_resume_command(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.compress", *RUN,
+    proc = subprocess.Popen([sys.executable, "-m", "memxbar.experiments.compress", *RUN,
                              "train.epochs=200", f"hydra.run.dir={run_dir}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -283,7 +283,7 @@ def test_config_errors_are_one_message_without_a_traceback(tmp_path):
     assert bad.stderr.startswith("Error: admm.rho=-1") and "Traceback" not in bad.stderr
     assert "HYDRA_FULL_ERROR=1" in bad.stderr
     assert not (tmp_path / "run").exists()  # nothing left behind
-    full = subprocess.run([sys.executable, "-m", "experiments.compress", "admm.rho=-1",
+    full = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress", "admm.rho=-1",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr
@@ -294,7 +294,7 @@ def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
     (their results are kept) and exits 1 at the end, naming the failed job once more and with
     no Hydra traceback (issue 22, item 10: the clear error was followed by Hydra's traceback);
     the same with the joblib launcher, whose jobs run in other processes."""
-    out = subprocess.run([sys.executable, "-m", "experiments.compress", "-m",
+    out = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress", "-m",
                           "crossbar.adc_bits=24,6", *RUN, "robustness.ablation=false",
                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
@@ -305,8 +305,8 @@ def test_a_sweep_goes_on_past_a_failing_job(tmp_path):
     assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr
     assert f"Error: 1 job(s) of the sweep failed (the others finished):\n  {tmp_path / '0'}: " \
         "crossbar/cost" in out.stderr
-    assert f"python -m experiments.collect {tmp_path}" in out.stdout  # the next step, named
-    out = subprocess.run([sys.executable, "-m", "experiments.compress", "-m",
+    assert f"python -m memxbar.experiments.collect {tmp_path}" in out.stdout  # the next step, named
+    out = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress", "-m",
                           "hydra/launcher=local", "crossbar.adc_bits=24,25",
                           f"hydra.sweep.dir={tmp_path / 'joblib'}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
@@ -356,7 +356,7 @@ def test_a_disk_that_fills_during_a_checkpoint_is_one_message_naming_the_file(tm
     inline_container.cc]`` naming no file. Now: one line naming the checkpoint and the free
     space, exit 1, no traceback, no temporary file left, and the folder resumes."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "experiments.compress", *RUN,
+    proc = subprocess.run([sys.executable, "-m", "memxbar.experiments.compress", *RUN,
                            f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, preexec_fn=_file_size_limit(30_000))
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -369,14 +369,14 @@ def test_a_disk_that_fills_during_a_checkpoint_is_one_message_naming_the_file(tm
 def test_a_failed_result_write_names_the_file_and_keeps_the_old_one(tmp_path):
     """The library's atomic writes (results) and checkpoint saves fail naming the file; the
     previous content stays; both use the temporary ending the run cleans up."""
-    from admm.pipeline import TEMP_SUFFIX as ADMM_SUFFIX
-    from crossbar.io import TEMP_SUFFIX
+    from memxbar.admm.pipeline import TEMP_SUFFIX as ADMM_SUFFIX
+    from memxbar.crossbar.io import TEMP_SUFFIX
 
     assert ADMM_SUFFIX == TEMP_SUFFIX
     target = tmp_path / "metrics.json"
     target.write_text("old")
-    code = ("import sys; from crossbar.io import atomic_write_text; "
-            "from admm.pipeline import save_atomic; import torch\n"
+    code = ("import sys; from memxbar.crossbar.io import atomic_write_text; "
+            "from memxbar.admm.pipeline import save_atomic; import torch\n"
             "for f in (lambda: atomic_write_text(sys.argv[1], 'x' * 100000), "
             "lambda: save_atomic({'w': torch.zeros(100000)}, sys.argv[2])):\n"
             "    try: f()\n"
@@ -397,8 +397,8 @@ def test_a_lifetime_study_alone_writes_its_report_and_replots(finished, tmp_path
     drifting device, every policy, over 2 worker processes with the stratified chip test;
     lifetime.json, the figure and study.md's section; replot redraws them and refuses a
     lifetime.json that does not hold metrics.json's chips."""
-    from experiments.replot import replot_study
-    from experiments.study import run_device_study
+    from memxbar.experiments.replot import replot_study
+    from memxbar.experiments.study import run_device_study
 
     src, _ = finished
     run_dir = tmp_path / "life"

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from crossbar import CrossbarConfig, DeviceModel, programming_stats, to_crossbar
-from crossbar.convert import crossbar_modules
-from crossbar.plan import plan_model
-from experiments.selective_verify import fisher_diagonal, programming_variance, verify_masks
+from memxbar.crossbar import CrossbarConfig, DeviceModel, programming_stats, to_crossbar
+from memxbar.crossbar.convert import crossbar_modules
+from memxbar.crossbar.plan import plan_model
+from memxbar.experiments.selective_verify import fisher_diagonal, programming_variance, verify_masks
 
 WV = {"tolerance_uS": 0.5, "max_pulses": 12, "pulse_sigma": 1.0, "verify_reads": 4}
 
@@ -94,7 +94,7 @@ def test_masks_verify_the_largest_fisher_times_variance_among_live_weights(mlp):
     # the brute force: the same score from its parts, the top quarter
     xmodel = to_crossbar(model, _device(False), xbar, seed=3, plan=plan)
     var = programming_variance(xmodel)
-    from experiments.data import labelled_subset
+    from memxbar.experiments.data import labelled_subset
 
     fisher = fisher_diagonal(model, labelled_subset(train, 64, torch.device("cpu"), 3),
                              ["0", "2"])

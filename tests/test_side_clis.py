@@ -35,28 +35,30 @@ def files(tmp_path_factory):
 
 
 CASES = [
-    ("crossbar.report", ["--run", "{d}/nowhere"], "missing"),
-    ("crossbar.report", ["--run", "{d}/empty"], "missing"),
-    ("crossbar.report", ["--run", "{d}/run"], "--plan {d}/run/plan.json is not a mapping plan"),
-    ("crossbar.report", ["--plan", "{d}/text.json", "--config", "{d}/list.json", "--out",
+    ("memxbar.crossbar.report", ["--run", "{d}/nowhere"], "missing"),
+    ("memxbar.crossbar.report", ["--run", "{d}/empty"], "missing"),
+    ("memxbar.crossbar.report", ["--run", "{d}/run"],
+     "--plan {d}/run/plan.json is not a mapping plan"),
+    ("memxbar.crossbar.report", ["--plan", "{d}/text.json", "--config", "{d}/list.json", "--out",
                          "{d}/o"], "--plan {d}/text.json is not a mapping plan"),
-    ("crossbar.report", ["--plan", "{d}/nowhere.json", "--config", "{d}/list.json", "--out",
+    ("memxbar.crossbar.report", ["--plan", "{d}/nowhere.json", "--config", "{d}/list.json", "--out",
                          "{d}/o"], "--plan {d}/nowhere.json does not exist"),
-    ("crossbar.report", ["--plan"], "expected one argument"),
-    ("experiments.collect", ["{d}/nowhere"], "{d}/nowhere is not a directory"),
-    ("experiments.collect", ["{d}/empty"], "no readable metrics.json below {d}/empty"),
-    ("experiments.collect", ["{d}/text.json"], "is not a directory"),
-    ("experiments.replot", ["{d}/empty"], "lacks config.yaml, metrics.json, study_points.json"),
-    ("experiments.replot", ["{d}/nowhere"], "lacks config.yaml"),
-    ("experiments.replot", ["{d}/run", "--width", "wide"], "--width='wide' is invalid; "
+    ("memxbar.crossbar.report", ["--plan"], "expected one argument"),
+    ("memxbar.experiments.collect", ["{d}/nowhere"], "{d}/nowhere is not a directory"),
+    ("memxbar.experiments.collect", ["{d}/empty"], "no readable metrics.json below {d}/empty"),
+    ("memxbar.experiments.collect", ["{d}/text.json"], "is not a directory"),
+    ("memxbar.experiments.replot", ["{d}/empty"],
+     "lacks config.yaml, metrics.json, study_points.json"),
+    ("memxbar.experiments.replot", ["{d}/nowhere"], "lacks config.yaml"),
+    ("memxbar.experiments.replot", ["{d}/run", "--width", "wide"], "--width='wide' is invalid; "
                             "allowed: column (3.5 in), page (7.16 in) or a width in inches"),
-    ("experiments.replot", ["{d}/run", "--width", "nan"], "--width='nan' is invalid"),
-    ("experiments.replot", ["{d}/run", "--width", "0.2"], "--width='0.2' is invalid"),
-    ("experiments.replot", ["{d}/run", "--format", "svg", "jpg"],
+    ("memxbar.experiments.replot", ["{d}/run", "--width", "nan"], "--width='nan' is invalid"),
+    ("memxbar.experiments.replot", ["{d}/run", "--width", "0.2"], "--width='0.2' is invalid"),
+    ("memxbar.experiments.replot", ["{d}/run", "--format", "svg", "jpg"],
      "--format='jpg' is invalid; allowed: pdf, svg, eps"),
-    ("experiments.replot", ["{d}/run", "--dpi", "20000"], "--dpi=20000 is invalid; allowed: "
-                            "an integer in [72, 1200]"),
-    ("experiments.replot", ["{d}/run", "--dpi", "many"], "invalid int value: 'many'"),
+    ("memxbar.experiments.replot", ["{d}/run", "--dpi", "20000"],
+     "--dpi=20000 is invalid; allowed: an integer in [72, 1200]"),
+    ("memxbar.experiments.replot", ["{d}/run", "--dpi", "many"], "invalid int value: 'many'"),
 ]
 
 
@@ -69,7 +71,7 @@ def test_a_bad_input_is_one_message_naming_it(files, module, args, words):
 
 
 def test_debug_shows_the_traceback(files):
-    out = _run("experiments.collect", files / "nowhere", "--debug", cwd=files)
+    out = _run("memxbar.experiments.collect", files / "nowhere", "--debug", cwd=files)
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
@@ -81,7 +83,7 @@ def test_collect_names_the_jobs_it_left_out(files, tmp_path):
         if done:
             (tmp_path / job / "metrics.json").write_text(json.dumps(
                 {"crossbar_accuracy_mean": 90.0, "compression_ratio": 4.0}))
-    out = _run("experiments.collect", tmp_path, cwd=tmp_path)
+    out = _run("memxbar.experiments.collect", tmp_path, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "left out: 1 job(s)" in out.stderr and ": 1" in out.stderr
     assert (tmp_path / "collected_left_out.txt").read_text() == "1\n"
@@ -95,7 +97,7 @@ def _plan_files(d: Path) -> dict[str, Path]:
 
     import torch
 
-    from crossbar import CrossbarConfig, MappingPlan, plan_layer
+    from memxbar.crossbar import CrossbarConfig, MappingPlan, plan_layer
 
     xbar = CrossbarConfig()
     plan = MappingPlan({n: plan_layer(n, "linear", torch.ones(o, i, dtype=torch.bool), xbar,
@@ -147,8 +149,8 @@ def test_report_refuses_plans_it_would_cost_wrongly(tmp_path, capsys):
     message naming the layer and field; nothing is written. The valid plan is costed, with a
     cost.json that is strict JSON. (In-process through the CLI's own error wrapper; the
     subprocess path is covered by the cases above.)"""
-    from crossbar.io import run_cli
-    from crossbar.report import main
+    from memxbar.crossbar.io import run_cli
+    from memxbar.crossbar.report import main
 
     plans = _plan_files(tmp_path)
     for label, words in PLAN_HOLES.items():
@@ -170,7 +172,7 @@ def test_report_refuses_run_together_with_plan(tmp_path):
     """``--plan`` was silently ignored when ``--run`` was given."""
     plans = _plan_files(tmp_path)
     for extra in (["--plan", plans["ok"]], ["--config", tmp_path / "xbar.json"]):
-        out = _run("crossbar.report", "--run", tmp_path, *extra, cwd=tmp_path)
+        out = _run("memxbar.crossbar.report", "--run", tmp_path, *extra, cwd=tmp_path)
         assert out.returncode == 2 and "either --run, or --plan and --config" in out.stderr
 
 
@@ -179,8 +181,8 @@ def test_the_dense_baseline_is_packed_from_the_shape_as_from_an_all_true_mask():
     ``plan_layer`` on an all-True mask, for linear, convolution row units and groups."""
     import torch
 
-    from crossbar import CrossbarConfig, plan_layer
-    from crossbar.plan import dense_layer_plan
+    from memxbar.crossbar import CrossbarConfig, plan_layer
+    from memxbar.crossbar.plan import dense_layer_plan
 
     for xbar in (CrossbarConfig(), CrossbarConfig(tile_rows=32, tile_cols=16, mapping="offset")):
         for kind, out_f, in_f, unit, groups in (("linear", 300, 1000, 1, 1),
@@ -195,11 +197,11 @@ def test_the_dense_baseline_is_packed_from_the_shape_as_from_an_all_true_mask():
 
 
 def test_report_validate_prints_the_published_chips_and_refuses_other_options(tmp_path):
-    out = _run("crossbar.report", "--validate", cwd=tmp_path)
+    out = _run("memxbar.crossbar.report", "--validate", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "NeuRRAM" in out.stdout and "Hung et al. 2021" in out.stdout
     assert "1 MAC = 2 operations" in out.stdout
-    out = _run("crossbar.report", "--validate", "--out", tmp_path / "x", cwd=tmp_path)
+    out = _run("memxbar.crossbar.report", "--validate", "--out", tmp_path / "x", cwd=tmp_path)
     assert out.returncode == 2 and "allowed: --validate alone" in out.stderr
     assert not (tmp_path / "x").exists()
 
@@ -207,7 +209,7 @@ def test_report_validate_prints_the_published_chips_and_refuses_other_options(tm
 def test_collect_figures_carry_the_runs_settings_as_caption(tmp_path, monkeypatch):
     """Issue 25: the collected and Pareto figures say what was held fixed (the runs' own
     settings caption) and what was swept, like every other figure."""
-    from experiments import collect as collect_mod
+    from memxbar.experiments import collect as collect_mod
 
     for job, adc, acc, energy in (("0", 4, 85.0, 5.0), ("1", 6, 94.0, 6.0)):
         (tmp_path / job / ".hydra").mkdir(parents=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from crossbar import DeviceModel
-from experiments.study import SEVERITIES, harsher
+from memxbar.crossbar import DeviceModel
+from memxbar.experiments.study import SEVERITIES, harsher
 
 
 def test_harsher_scales_spread_noise_and_faults_not_drift():

@@ -17,8 +17,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from experiments.conf_source import CONF_DIR
-from experiments.config import load_compress_config
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.config import load_compress_config
 from tests.test_reliability import RUN
 
 USER_MODULE = '''
@@ -105,8 +105,8 @@ def user(tmp_path_factory):
 
 
 def _app(app, args, env, cwd):
-    out = subprocess.run([sys.executable, "-m", f"experiments.{app}", *args], env=env, cwd=cwd,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", f"memxbar.experiments.{app}", *args], env=env,
+                         cwd=cwd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -164,7 +164,7 @@ def test_bad_user_targets_fail_clearly_before_any_work(user, monkeypatch, overri
     monkeypatch.syspath_prepend(str(root))
     cfg = _compose(["model=tiny", "dataset=blobs", "admm=tiny", override], root / "conf")
     if words is None:
-        from experiments.stages import preflight
+        from memxbar.experiments.stages import preflight
 
         with pytest.raises(ValueError, match=r"dataset._target_='user_zoo.blobs' failed with "
                                              r"arguments \{'n_train': -5, 'classes': 4\}: "):
@@ -184,7 +184,7 @@ def test_a_model_that_does_not_take_the_data_is_refused_before_any_work(user, mo
                                                                         target, words):
     """A dry forward pass on the ``meta`` device (no memory, no compute) in the preflight: a
     model that builds but cannot take the data failed only once training started."""
-    from experiments.stages import preflight
+    from memxbar.experiments.stages import preflight
 
     root, _ = user
     monkeypatch.syspath_prepend(str(root))
@@ -196,7 +196,7 @@ def test_a_model_that_does_not_take_the_data_is_refused_before_any_work(user, mo
 
 
 def test_user_data_shapes_and_labels_are_checked(user, monkeypatch):
-    from experiments.data import user_splits
+    from memxbar.experiments.data import user_splits
 
     root, _ = user
     monkeypatch.syspath_prepend(str(root))
@@ -222,7 +222,7 @@ def test_two_sweep_jobs_started_at_once_train_once(tmp_path):
     fast = [*RUN, "robustness.ablation=false", "robustness.hardware_aware=false",
             f"runtime.cache_dir={tmp_path / 'cache'}"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    jobs = [subprocess.Popen([sys.executable, "-m", "experiments.compress", *fast,
+    jobs = [subprocess.Popen([sys.executable, "-m", "memxbar.experiments.compress", *fast,
                               f"crossbar.adc_bits={bits}",
                               f"hydra.run.dir={tmp_path / str(bits)}"], env=env,
                              cwd=tmp_path, stdout=subprocess.PIPE,

@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from crossbar import DeviceModel, programming_cost
-from crossbar.cells.relative_read import RelativeReadNoise
-from crossbar.cells.write_verify import WriteVerify
+from memxbar.crossbar import DeviceModel, programming_cost
+from memxbar.crossbar.cells.relative_read import RelativeReadNoise
+from memxbar.crossbar.cells.write_verify import WriteVerify
 
 
 @pytest.mark.parametrize("reads", [1, 4, 8])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from admm import save_atomic
-from experiments.cache import cache_lock, cached, check_cache_dir, reuse
+from memxbar.admm import save_atomic
+from memxbar.experiments.cache import cache_lock, cached, check_cache_dir, reuse
 
 FP = {"seed": 0, "model": {"name": "lenet5"}, "train": {"lr": 0.003, "checkpoint": None}}
 
@@ -107,7 +107,7 @@ def test_bad_cache_entries_are_named_moved_aside_and_never_used(tmp_path, caplog
         _entries(entry)[label]()
         caplog.clear()
         try:
-            with caplog.at_level(logging.WARNING, "experiments.cache"):
+            with caplog.at_level(logging.WARNING, "memxbar.experiments.cache"):
                 used = reuse(entry, FP, target, "dense")
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{label}: {type(exc).__name__}: {exc}")

@@ -1,6 +1,6 @@
 """Table-driven bad-input test of the side command lines (issue 22, "nothing silent, nothing
-lost"): ``python -m crossbar.report``, ``python -m experiments.collect`` and
-``python -m experiments.replot`` given the inputs a demanding user gives: missing, empty,
+lost"): ``python -m memxbar.crossbar.report``, ``python -m memxbar.experiments.collect`` and
+``python -m memxbar.experiments.replot`` given the inputs a demanding user gives: missing, empty,
 binary, non-JSON and wrong-type files; JSON/YAML with wrong or missing keys; values of the wrong
 type, NaN, infinities, negatives and huge numbers; folders of the wrong layout (a file where a
 folder goes, an empty folder, a run missing one file, a device study where a compress run goes,
@@ -40,15 +40,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossbar.io import run_cli
-from crossbar.report import main as report_main
-from experiments.collect import main as collect_main
-from experiments.replot import main as replot_main
+from memxbar.crossbar.io import run_cli
+from memxbar.crossbar.report import main as report_main
+from memxbar.experiments.collect import main as collect_main
+from memxbar.experiments.replot import main as replot_main
 
 ROOT = Path(__file__).resolve().parents[2]
 MAINS = {"report": report_main, "collect": collect_main, "replot": replot_main}
-MODULES = {"report": "crossbar.report", "collect": "experiments.collect",
-           "replot": "experiments.replot"}
+MODULES = {"report": "memxbar.crossbar.report", "collect": "memxbar.experiments.collect",
+           "replot": "memxbar.experiments.replot"}
 ROOT_USER = os.geteuid() == 0  # root ignores file permissions: no read-only cases then
 
 
@@ -65,8 +65,8 @@ def real(tmp_path_factory) -> Real:
     from test_experiments import TINY, _compose  # tests/ is on sys.path (conftest.py there)
     from test_side_clis import _plan_files
 
-    from experiments.pipeline import run_compress
-    from experiments.study import run_device_study
+    from memxbar.experiments.pipeline import run_compress
+    from memxbar.experiments.study import run_device_study
 
     base = tmp_path_factory.mktemp("real")
     run_compress(_compose(TINY + ["robustness.ablation=false"]), base / "run")
@@ -237,7 +237,7 @@ def _cost_has(key: str, value: object):
 
 def _every_output(d: Path, err: str, real: Real) -> str | None:
     """The full report: plots, and only files REPORT_FILES names (what --out is checked for)."""
-    from crossbar.report import REPORT_FILES
+    from memxbar.crossbar.report import REPORT_FILES
 
     out = d / "run" / "cost_rerun"
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []

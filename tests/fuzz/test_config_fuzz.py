@@ -16,9 +16,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.conf_source import CONF_DIR
-from experiments.config import load_compress_config
-from experiments.stages import preflight
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.config import load_compress_config
+from memxbar.experiments.stages import preflight
 
 BAD = {"str": "abc", "negative": -1, "zero": 0, "nan": math.nan, "inf": math.inf,
        "huge": 1e30, "negative_float": -0.5, "list": [1, 2]}
@@ -140,7 +140,7 @@ def test_every_bad_value_is_refused_before_any_work_naming_its_key(capsys):
     ("admm.constraints.0.pattern=nothing_here", ["admm.constraints", "nothing_here"]),
 ])
 def test_cross_group_and_model_checks_run_before_the_run_directory(tmp_path, override, words):
-    from experiments.pipeline import run_compress
+    from memxbar.experiments.pipeline import run_compress
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[override])

@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-import crossbar
-from crossbar import (
+from memxbar import crossbar
+from memxbar.crossbar import (
     CrossbarConfig,
     DeviceModel,
     MappingPlan,

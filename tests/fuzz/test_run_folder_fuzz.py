@@ -55,7 +55,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str | None, Path | None]]:
 
 def test_hostile_run_folders_and_job_names(tmp_path, capsys):
     cases = _cases(tmp_path)
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.compress", *FAST, *overrides],
+    procs = [subprocess.Popen([sys.executable, "-m", "memxbar.experiments.compress", *FAST,
+                               *overrides],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
              for _, overrides, _, _ in cases]

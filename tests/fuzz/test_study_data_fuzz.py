@@ -1,8 +1,8 @@
 """Table-driven bad-input test (issue 22, "Nothing silent, nothing lost"), two areas:
 
-- **A, the device study** (``python -m experiments.device_study``): every key of the ``study``
-  block (and ``eval.chips``) set to a wrong type, a negative, zero, NaN, inf, a huge number, a
-  list, a string and null; the sweep and grid keys and values a user writes
+- **A, the device study** (``python -m memxbar.experiments.device_study``): every key of the
+  ``study`` block (and ``eval.chips``) set to a wrong type, a negative, zero, NaN, inf, a huge
+  number, a list, a string and null; the sweep and grid keys and values a user writes
   (``+study.sweeps={adc_bits: [...]}``: unknown keys, an ``<effect>.<field>`` that does not
   exist, wrong types, NaN, negatives, huge values, empty lists, duplicates, two names of one
   setting on a grid's axes); and ``study.source`` folders that do not exist, are a file, hold
@@ -52,13 +52,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments import pipeline
-from experiments import study as study_module
-from experiments.conf_source import CONF_DIR
-from experiments.config import load_compress_config, load_study_config
-from experiments.guard import DENSE_KEYS, fingerprint
-from experiments.runtime import save_config
-from experiments.stages import make_model
+from memxbar.experiments import pipeline
+from memxbar.experiments import study as study_module
+from memxbar.experiments.conf_source import CONF_DIR
+from memxbar.experiments.config import load_compress_config, load_study_config
+from memxbar.experiments.guard import DENSE_KEYS, fingerprint
+from memxbar.experiments.runtime import save_config
+from memxbar.experiments.stages import make_model
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"

@@ -1,2 +1,0 @@
-"""The Hydra configs, installed as the package ``experiments.conf`` (pyproject.toml maps it onto
-this directory) so that an installed wheel's apps read them as ``pkg://experiments.conf``."""

@@ -1,0 +1,626 @@
+"""Cost reports: report.md, cost.csv, cost.json and plots from a mapping plan.
+
+Command line::
+
+    python -m memxbar.crossbar.report --plan plan.json --config crossbar.json --out DIR \
+        [--table isaac]
+    python -m memxbar.crossbar.report --isaac-check          # model vs ISAAC Table 6 tile totals
+    python -m memxbar.crossbar.report --validate             # model vs published chips (TOPS/W)
+
+``--config`` is a JSON of :class:`~crossbar.config.CrossbarConfig` fields; ``--cost`` an
+optional JSON of :class:`~crossbar.cost.CostConfig` fields. Every file is written atomically,
+after every input is checked; ``--out`` is a new or empty folder, or an earlier cost report's
+(never a folder of other files named report.md, cost.csv...). An option given twice is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from . import style  # noqa: E402
+from ._validate import fail  # noqa: E402
+from .config import CrossbarConfig  # noqa: E402
+from .cost import (  # noqa: E402
+    PARTS,
+    ComponentTable,
+    CostConfig,
+    CostEstimate,
+    ModelCost,
+    available_tables,
+    baseline_description,
+    estimate,
+    load_table,
+)
+from .io import (  # noqa: E402
+    Once,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out_folder,
+    one_line,
+    run_cli,
+)
+from .plan import MappingPlan, check_plan  # noqa: E402
+from .validate import isaac_tile_comparison, validation_markdown  # noqa: E402
+
+style.apply()  # Type 42 fonts in PDFs, 300 dpi PNGs
+
+LAYER_COLUMNS = ("tiles", "arrays", "live_rows", "live_cols", "word_lines", "bit_lines",
+                 "devices", "spare_devices", "weight_slices", "dacs", "adcs", "mvms_per_sample",
+                 "input_cycles", "dac_drives", "adc_conversions", "array_reads", "cells_read",
+                 "calibration_register_bits", "calibration_ops", "latency_ns")
+
+
+# ------------------------------------------------------------------------------ csv / md
+def cost_rows(est: CostEstimate) -> list[dict]:
+    """One row per layer and variant (``compressed``, ``baseline``), plus a ``TOTAL`` row
+    each: counts, area (um^2) and energy (pJ) per component, latency (ns)."""
+    rows = []
+    for variant, mc in (("compressed", est.compressed), ("baseline", est.baseline)):
+        if mc is None:
+            continue
+        for layer in mc.layers:
+            row = {"variant": variant, "layer": layer.name}
+            row.update({k: getattr(layer, k) for k in LAYER_COLUMNS})
+            row.update({f"area_um2_{k}": v for k, v in layer.area_um2.items()})
+            row.update({f"energy_pJ_{k}": v for k, v in layer.energy_pJ.items()})
+            row["area_um2"] = layer.total_area_um2
+            row["energy_pJ"] = layer.total_energy_pJ
+            rows.append(row)
+        total = {"variant": variant, "layer": "TOTAL"}
+        total.update({k: sum(r[k] for r in rows if r["variant"] == variant)
+                      for k in LAYER_COLUMNS if k not in ("weight_slices", "mvms_per_sample",
+                                                          "input_cycles", "latency_ns")})
+        total["latency_ns"] = mc.latency_ns
+        total.update({f"area_um2_{k}": v for k, v in mc.area_um2.items()})
+        total.update({f"energy_pJ_{k}": v for k, v in mc.energy_pJ.items()})
+        total["area_um2"] = mc.total_area_mm2 * 1e6
+        total["energy_pJ"] = mc.total_energy_nJ * 1e3
+        rows.append(total)
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> str:
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
+    """report.md: settings, per-layer table, totals, reductions against the baseline."""
+    c, b = est.compressed, est.baseline
+    x = est.xbar
+    lines = [
+        "# Hardware cost report",
+        "",
+        f"Component table: `{c.table}`; clock {est.cost.clock_MHz:g} MHz; "
+        f"{est.cost.cols_per_adc} bit lines per ADC; tiles {x.tile_rows}x{x.tile_cols}, "
+        f"{x.mapping} mapping, weight slices {x.weight_slices}, "
+        f"DAC {x.dac_bits if x.dac_bits is not None else est.cost.default_dac_bits} bit"
+        f"{' (bit-serial)' if x.bit_serial else ''}, "
+        f"ADC {x.adc_bits if x.adc_bits is not None else est.cost.default_adc_bits} bit"
+        f"{' (ideal in the simulator; costed at the default)' if x.adc_bits is None else ''}; "
+        f"spare word lines / output column groups per tile {x.spare_rows} / {x.spare_cols}; "
+        f"output calibration {'on' if x.output_calibration else 'off'}.",
+        "Equations and assumptions: docs/cost_model.md.",
+        "",
+        f"Baseline: {baseline_description(est.cost)}." if b else "No baseline was costed.",
+        "",
+        "## Per layer (compressed)",
+        "",
+        "| layer | tiles | live rows | live cols | DACs | ADCs | slices | ADC conv. | "
+        "spare devices | calib. MACs | area (mm2) | energy (nJ) | latency (us) |"
+        + (" dense tiles | dense energy (nJ) |" if b else ""),
+        "|---|" + "---:|" * 12 + ("---:|---:|" if b else ""),
+    ]
+    base_by_name = {layer.name: layer for layer in b.layers} if b else {}
+    for layer in c.layers:
+        row = (f"| {layer.name} | {layer.tiles} | {layer.live_rows} | {layer.live_cols} | "
+               f"{layer.dacs} | {layer.adcs} | {layer.weight_slices} | {layer.adc_conversions} | "
+               f"{layer.spare_devices} | {layer.calibration_ops} | "
+               f"{_fmt(layer.total_area_um2 * 1e-6)} | {_fmt(layer.total_energy_pJ * 1e-3)} | "
+               f"{_fmt(layer.latency_ns * 1e-3)} |")
+        if b:
+            d = base_by_name[layer.name]
+            row += f" {d.tiles} | {_fmt(d.total_energy_pJ * 1e-3)} |"
+        lines.append(row)
+    lines += ["", "## Totals", "",
+              "| | compressed |" + (" dense baseline | reduction |" if b else ""),
+              "|---|---:|" + ("---:|---:|" if b else "")]
+    items = [("tiles", "tiles", lambda m: m.tiles),
+             ("area (mm2)", "area", lambda m: m.total_area_mm2),
+             ("energy / inference (nJ)", "energy", lambda m: m.total_energy_nJ),
+             ("latency / inference (us)", "latency", lambda m: m.latency_ns * 1e-3),
+             ("power (mW)", "power", lambda m: m.power_mW)]
+    for label, key, get in items:
+        row = f"| {label} | {_fmt(get(c))} |"
+        if b:
+            red = est.reduction
+            row += (f" {_fmt(get(b))} | {_fmt(red[key + '_reduction_pct'])}% "
+                    f"({_fmt(red[key + '_ratio'])}x) |")
+        lines.append(row)
+    lines += ["", "## Breakdown by component (compressed)", "",
+              "| component | area (mm2) | energy (nJ) |", "|---|---:|---:|"]
+    for k in PARTS:
+        lines.append(f"| {k} | {_fmt(c.area_um2[k] * 1e-6)} | {_fmt(c.energy_pJ[k] * 1e-3)} |")
+    if est.attribution:
+        lines += ["", "## Where the reduction comes from", "",
+                  "One change per step from the baseline to the design, each with the earlier "
+                  "ones applied; changes in percent of the baseline (they add up to the total).",
+                  "", "| step | change | tiles | area (mm2) | area change | energy (nJ) | "
+                  "energy change |", "|---|---|---:|---:|---:|---:|---:|"]
+        for a in est.attribution:
+            lines.append(f"| {a['step']} | {a['change']} | {a['tiles']} | "
+                         f"{_fmt(a['area_mm2'])} | {a['area_change_pct']:+.1f}% | "
+                         f"{_fmt(a['energy_nJ'])} | {a['energy_change_pct']:+.1f}% |")
+    lines += ["", "## Not in this estimate", "",
+              *[f"- {item}" for item in EXCLUDED]]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+EXCLUDED = (
+    "static (leakage) power of the periphery and buffers: energies are dynamic, per "
+    "inference; power is energy over latency",
+    "interconnect between tiles (an on-chip network or bus) and off-chip data movement",
+    "every layer not in the plan: layers kept digital (`layers.digital`), BatchNorm, pooling, "
+    "activations, residual adds, softmax, attention's activation products (Q K^T, x V), the "
+    "gate arithmetic of recurrent layers, embeddings (lookups) and layer types with no crossbar "
+    "mapping (ConvTranspose, Conv3d, Bilinear; warned by name when a model is converted)",
+    "programming and write-verify energy (reported per chip in the run's report.md, "
+    "docs/crossbar.md 'Programming cost'), refresh or recalibration over a chip's life",
+    "control logic, clock distribution and I/O pads; area of unused tile space beyond the "
+    "tiles the plan opens",
+)
+"""What the cost report leaves out, listed in every report.md (issue 23)."""
+
+
+# ----------------------------------------------------------------------------------- plots
+FIGURE_FORMATS = ("png", "pdf")
+"""Every cost figure is written as PNG (for report.md) and PDF (vector, for papers)."""
+
+
+def _encode(fig) -> dict[str, bytes]:
+    out = {}
+    for fmt in FIGURE_FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=style.PNG_DPI, bbox_inches="tight")
+        out[fmt] = buf.getvalue()
+    plt.close(fig)
+    return out
+
+
+def _per_layer_plot(c: ModelCost, b: ModelCost | None, get, ylabel: str, title: str,
+                    integer: bool = False):
+    names = [layer.name for layer in c.layers]
+    idx = range(len(names))
+    width = 0.4 if b else 0.8
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 3.5))
+    if b:
+        ax.bar([i - width / 2 for i in idx], [get(layer) for layer in b.layers], width,
+               label="dense baseline", color="#bbbbbb")
+    ax.bar([i + (width / 2 if b else 0) for i in idx], [get(layer) for layer in c.layers], width,
+           label="compressed", color="#1f77b4")
+    ax.set_xticks(list(idx), names, rotation=45, ha="right")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    if integer:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def _stack(ax, positions, models: Sequence, attr: str, scale: float, width: float,
+           labels: bool, hatch: str | None = None) -> None:
+    """Bars at ``positions`` stacked by component (one colour per component)."""
+    bottoms = [0.0] * len(models)
+    colors = plt.get_cmap("tab20").colors  # one distinct colour per component (> 10 parts)
+    for k, comp in enumerate(PARTS):
+        vals = [getattr(m, attr).get(comp, 0.0) * scale for m in models]
+        if not any(vals):
+            continue
+        ax.bar(positions, vals, width, bottom=bottoms, label=comp if labels else None,
+               color=colors[k % len(colors)], hatch=hatch, edgecolor="white" if hatch else None)
+        bottoms = [x + y for x, y in zip(bottoms, vals, strict=True)]
+
+
+def _breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
+                    ylabel: str, title: str):
+    variants = [("compressed", c)] + ([("dense baseline", b)] if b else [])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    _stack(ax, [v for v, _ in variants], [m for _, m in variants], attr, scale, 0.8, True)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _layer_breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
+                          ylabel: str, title: str):
+    """Per layer, stacked by component: the compressed design (left bar of each pair) and the
+    dense baseline (right, hatched)."""
+    names = [layer.name for layer in c.layers]
+    width = 0.4 if b else 0.8
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 3), 3.8))
+    idx = list(range(len(names)))
+    _stack(ax, [i - (width / 2 if b else 0) for i in idx], list(c.layers), attr, scale, width,
+           True)
+    if b:
+        _stack(ax, [i + width / 2 for i in idx], list(b.layers), attr, scale, width, False,
+               hatch="//")
+    ax.set_xticks(idx, names, rotation=45, ha="right")
+    ax.set_xlabel("layer" + (" (left: compressed, right hatched: dense baseline)" if b else ""))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def cost_figures(est: CostEstimate) -> dict[str, object]:
+    """Matplotlib figures by PNG file name: per-layer tiles and energy (dense vs compressed),
+    area and energy by component (whole model and per layer)."""
+    c, b = est.compressed, est.baseline
+    return {
+        "tiles_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.tiles, "tiles",
+                                               "Crossbar tiles per layer", integer=True),
+        "energy_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.total_energy_pJ * 1e-3,
+                                                "energy / inference (nJ)", "Energy per layer"),
+        "area_breakdown.png": _breakdown_plot(c, b, "area_um2", 1e-6, "area (mm2)",
+                                              "Area by component"),
+        "energy_breakdown.png": _breakdown_plot(c, b, "energy_pJ", 1e-3,
+                                                "energy / inference (nJ)",
+                                                "Energy by component"),
+        "area_per_layer_breakdown.png": _layer_breakdown_plot(
+            c, b, "area_um2", 1e-6, "area (mm2)", "Area per layer by component"),
+        "energy_per_layer_breakdown.png": _layer_breakdown_plot(
+            c, b, "energy_pJ", 1e-3, "energy / inference (nJ)",
+            "Energy per layer by component"),
+    }
+
+
+def cost_plots(est: CostEstimate) -> dict[str, bytes]:
+    """File bytes by name: every figure of :func:`cost_figures` as ``.png`` and ``.pdf``."""
+    out = {}
+    for name, fig in cost_figures(est).items():
+        for fmt, data in _encode(fig).items():
+            out[str(Path(name).with_suffix("." + fmt))] = data
+    return out
+
+
+# ---------------------------------------------------------------------------------- writer
+def _non_finite(data, path: str = "") -> tuple[str, float] | None:
+    """The first ``(path, value)`` in nested ``data`` that is a NaN or an infinity."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return path, data
+    items = (data.items() if isinstance(data, Mapping) else
+             enumerate(data) if isinstance(data, (list, tuple)) else ())
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def write_cost_report(
+    plan: MappingPlan,
+    config: CrossbarConfig,
+    out_dir: str | os.PathLike,
+    cost: CostConfig | None = None,
+    table: str | os.PathLike | Mapping | ComponentTable | None = None,
+    baseline: bool = True,
+    plots: bool = True,
+) -> dict[str, Path]:
+    """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
+    cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name."""
+    est = estimate(plan, config, cost, table, baseline=baseline)
+    data = est.to_dict()
+    bad = _non_finite(data)
+    if bad:
+        fail(f"cost of {bad[0]}", bad[1], "a finite number (check the plan's counts: "
+             "mvms_per_sample, in_features, out_features)")
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    images = cost_plots(est) if plots else {}
+    texts = {
+        "cost.json": json.dumps(data, indent=2, allow_nan=False),
+        "cost.csv": _csv_text(cost_rows(est)),
+        "report.md": markdown_report(est, [n for n in images if n.endswith(".png")]),
+    }
+    for name, blob in images.items():
+        atomic_write_bytes(out / name, blob)
+        written[name] = out / name
+    for name, text in texts.items():
+        atomic_write_text(out / name, text)
+        written[name] = out / name
+    return written
+
+
+# ------------------------------------------------------------------------- published check
+# ------------------------------------------------------------------------------------- cli
+REPORT_FILES = ("cost.json", "cost.csv", "report.md") + tuple(
+    f"{name}.{fmt}" for name in ("tiles_per_layer", "energy_per_layer", "area_breakdown",
+                                 "energy_breakdown", "area_per_layer_breakdown",
+                                 "energy_per_layer_breakdown") for fmt in FIGURE_FORMATS)
+"""Every file :func:`write_cost_report` may write (the figures of :func:`cost_figures`): the
+command line refuses an ``--out`` folder where one of them is a file of something else."""
+
+OPTIONS = {"clock_MHz": "--clock-MHz", "cols_per_adc": "--cols-per-adc", "table": "--table"}
+"""The command-line options that override a CostConfig field."""
+
+
+def _read_json(path: str | Path, what: str = "file") -> dict:
+    """A JSON object from ``path``; a missing, unreadable or non-object file fails naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{what} {path} is not a JSON file ({type(exc).__name__}: "
+                         f"{one_line(exc)}); allowed: the JSON the pipeline writes") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} holds {_json_kind(data)}; allowed: a JSON object")
+    return data
+
+
+def _json_kind(data: object) -> str:
+    return "null" if data is None else f"a JSON {type(data).__name__}"
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    """A YAML mapping from ``path``, failing naming it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"{what} {path} is not a YAML file ({type(exc).__name__}: "
+                         f"{one_line(exc)}); allowed: the config.yaml a run writes") from None
+    if not isinstance(data, dict):
+        held = "nothing" if data is None else f"a YAML {type(data).__name__}"
+        raise ValueError(f"{what} {path} holds {held}; allowed: the config.yaml a run writes "
+                         "(a YAML mapping)")
+    return data
+
+
+def _load_plan(path: str | Path, run: Path | None = None) -> MappingPlan:
+    """The plan in ``path`` (``run``'s plan.json with ``--run``), naming the file in any
+    failure."""
+    allowed = "allowed: plan.json written by MappingPlan.save" + (
+        f" (the plan of --run {run})" if run is not None else "")
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--plan {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: "
+                         f"{one_line(exc)}); {allowed}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--plan {path} is not a mapping plan (it holds "
+                         f"{_json_kind(data)}); {allowed}")
+    try:
+        return MappingPlan.from_dict(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--plan {path} is not a mapping plan ({type(exc).__name__}: "
+                         f"{one_line(exc)}); {allowed}") from None
+
+
+def _crossbar(data: object, source: str) -> CrossbarConfig:
+    """CrossbarConfig from ``data``, an error naming ``source`` (the file it came from)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: crossbar={data!r:.80} is invalid; allowed: a mapping of "
+                         "CrossbarConfig fields")
+    try:
+        return CrossbarConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _cost(data: object, source: str, overrides: Mapping) -> CostConfig:
+    """CostConfig from ``data`` (read from ``source``) with the command line's overrides;
+    each error names where the bad value came from."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: cost={data!r:.80} is invalid; allowed: a mapping of "
+                         "CostConfig fields")
+    try:
+        cost = CostConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    for key, value in overrides.items():
+        try:
+            cost = cost.with_(**{key: value})
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{OPTIONS[key]} {value}: {exc}") from None
+    return cost
+
+
+def _table(table: object, source: str) -> ComponentTable:
+    """The component table ``table`` (a shipped name or a YAML path) given in ``source``."""
+    import yaml
+
+    try:
+        return load_table(table)
+    except ValueError as exc:
+        if "is invalid; allowed:" in str(exc):
+            raise ValueError(f"{source}: {one_line(exc)}") from None
+        cause = exc
+    except (OSError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        cause = exc
+    raise ValueError(f"{source}: table={str(table)!r} is not a component table "
+                     f"({type(cause).__name__}: {one_line(cause)}); allowed: one of "
+                     f"{', '.join(available_tables())} or a YAML file in the format of "
+                     "memxbar/crossbar/data/isaac.yaml")
+
+
+def _check_fits(plan: MappingPlan, xbar: CrossbarConfig, plan_source: str,
+                xbar_source: str) -> None:
+    """The plan was packed for these crossbar settings (tiles, mapping, weight slices)."""
+    for layer in plan:
+        try:
+            check_plan(layer, xbar)
+        except ValueError as exc:
+            raise ValueError(f"{plan_source} was not made with the crossbar settings of "
+                             f"{xbar_source}: {exc}") from None
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` is a folder this run may fill: not a file, below no file, writable, and
+    holding none of the report's file names unless it is an earlier cost report."""
+    check_out_folder(out, "a folder (new, empty, or an earlier cost report's)")
+    if not out.is_dir():
+        return
+    clash = [name for name in REPORT_FILES if (out / name).exists()]
+    earlier = (out / "cost.json").is_file() and _is_cost_report(out / "cost.json")
+    if clash and not earlier:
+        raise ValueError(f"--out {out} holds {', '.join(clash[:3])}, not written by a cost "
+                         "report (there is no cost.json of one beside them): the report would "
+                         "overwrite them; allowed: a new or empty folder, or an earlier cost "
+                         "report's (whose files are replaced)")
+
+
+def _is_cost_report(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"compressed", "cost_config"} <= set(data)
+
+
+def _from_run(ap: argparse.ArgumentParser, run: Path) -> tuple[MappingPlan, CrossbarConfig,
+                                                                dict, str]:
+    """The plan, crossbar settings and cost group a compress run used (the cost group with
+    the file it came from)."""
+    allowed = "allowed: a finished `python -m memxbar.experiments.compress` run folder"
+    if not run.is_dir():
+        ap.error(f"--run {run} is {'a file' if run.exists() else 'missing'}; {allowed}")
+    files = {name: run / name for name in ("plan.json", "metrics.json", "config.yaml")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        ap.error(f"--run {run}: {', '.join(missing)} missing; {allowed}")
+    folders = [str(p) for p in files.values() if not p.is_file()]
+    if folders:
+        ap.error(f"--run {run}: {', '.join(folders)} is not a file; {allowed}")
+    metrics = _read_json(files["metrics.json"], "--run's metrics.json")
+    if "crossbar" not in metrics:
+        ap.error(f"--run {run}: metrics.json has no 'crossbar' settings (a run of an older "
+                 "version); give --plan, --config and --out instead")
+    source = f"--run's metrics.json {files['metrics.json']}"
+    xbar = _crossbar(metrics["crossbar"], source)
+    config = _read_yaml(files["config.yaml"], "--run's config.yaml")
+    if "cost" not in config:
+        raise ValueError(f"--run's config.yaml {files['config.yaml']} has no 'cost' group; "
+                         "allowed: the config.yaml of a compress run (or give --plan, --config "
+                         "and --cost)")
+    plan = _load_plan(files["plan.json"], run)
+    _check_fits(plan, xbar, f"--run's plan.json {files['plan.json']}", source)
+    return plan, xbar, config["cost"], f"--run's config.yaml {files['config.yaml']}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m memxbar.crossbar.report``: write a cost report, or print the ISAAC check."""
+    ap = argparse.ArgumentParser(prog="python -m memxbar.crossbar.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action=Once, help="a finished compress run folder: reads its "
+                    "plan.json, the crossbar settings in metrics.json and the cost group in "
+                    "config.yaml (--out defaults to <run>/cost_rerun)")
+    ap.add_argument("--plan", action=Once, help="plan JSON written by MappingPlan.save")
+    ap.add_argument("--config", action=Once, help="CrossbarConfig JSON the plan was built with")
+    ap.add_argument("--cost", action=Once, help="CostConfig JSON (optional)")
+    ap.add_argument("--out", action=Once, help="output folder: new, empty, or an earlier cost "
+                    "report's")
+    ap.add_argument("--table", action=Once,
+                    help="component table: shipped name (isaac) or YAML path")
+    ap.add_argument("--clock-MHz", action=Once, type=float, dest="clock_MHz")
+    ap.add_argument("--cols-per-adc", action=Once, type=int, dest="cols_per_adc")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the dense baseline")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--isaac-check", action="store_true",
+                    help="print the model's ISAAC tile totals against the paper's and exit")
+    ap.add_argument("--validate", action="store_true",
+                    help="print the cost model against published chips (NeuRRAM, ISAAC, Hung "
+                    "et al. 2021; docs/cost_model.md) and exit")
+    args = ap.parse_args(argv)
+    if args.validate:
+        others = [a for a in (argv if argv is not None else sys.argv[1:])
+                  if a not in ("--validate", "--debug")]
+        if others:
+            ap.error(f"--validate with {' '.join(others)}: the validation runs the published "
+                     "designs at their own settings and writes nothing; allowed: --validate "
+                     "alone")
+        print(validation_markdown())
+        return 0
+    paths = ("run", "plan", "config", "cost", "out", "table")
+    empty = [f"--{k}" for k in paths if getattr(args, k) is not None and not getattr(args, k)]
+    if empty:
+        ap.error(f"{empty[0]} '' is empty; allowed: a path")
+    if args.isaac_check:
+        given = [f"--{k}" for k in paths[:-1] if getattr(args, k) is not None] + [
+            opt for opt, dest in (("--clock-MHz", "clock_MHz"), ("--cols-per-adc",
+                                                                 "cols_per_adc"),
+                                  ("--no-baseline", "no_baseline"), ("--no-plots", "no_plots"))
+            if getattr(args, dest) not in (None, False)]
+        if given:
+            ap.error(f"--isaac-check with {', '.join(given)}: the check models one ISAAC tile "
+                     "at the paper's settings and writes nothing; allowed: --isaac-check alone "
+                     "or with --table")
+        table = _table(args.table, f"--table {args.table}") if args.table else "isaac"
+        result = isaac_tile_comparison(table)
+        print(json.dumps(result, indent=2))
+        return 0
+    overrides = {k: getattr(args, k) for k in ("table", "clock_MHz", "cols_per_adc")
+                 if getattr(args, k) is not None}
+    if args.run is not None:
+        given = [f"--{k}" for k in ("plan", "config", "cost") if getattr(args, k) is not None]
+        if given:
+            ap.error(f"--run {args.run} with {', '.join(given)}: --run reads the run's own plan, "
+                     "crossbar settings and cost group; allowed: either --run, or --plan and "
+                     "--config (with an optional --cost)")
+        plan, xbar, cost_data, cost_source = _from_run(ap, Path(args.run))
+        out = Path(args.out) if args.out else Path(args.run) / "cost_rerun"
+    else:
+        missing = [k for k in ("plan", "config", "out") if getattr(args, k) is None]
+        if missing:
+            ap.error("missing " + ", ".join("--" + k for k in missing) + " (or give --run)")
+        plan = _load_plan(args.plan)
+        xbar = _crossbar(_read_json(args.config, "--config"), f"--config {args.config}")
+        _check_fits(plan, xbar, f"--plan {args.plan}", f"--config {args.config}")
+        cost_data = _read_json(args.cost, "--cost") if args.cost else {}
+        cost_source, out = f"--cost {args.cost}", Path(args.out)
+    cost = _cost(cost_data, cost_source, overrides)
+    table = _table(cost.table, f"--table {args.table}" if args.table else
+                   f"{cost_source} (its table)")
+    _check_out(out)
+    written = write_cost_report(plan, xbar, out, cost, table, baseline=not args.no_baseline,
+                                plots=not args.no_plots)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
