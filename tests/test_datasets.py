@@ -297,3 +297,24 @@ def test_dataset_configs_match_make_loaders(name: str, monkeypatch: pytest.Monke
     assert set(cfg) <= set(inspect.signature(make_loaders).parameters)
     if name != "digits":
         assert cfg["data_dir"] == f"/data/{name}"
+
+
+def test_embedded_digits_are_scikit_learns_digits_and_split() -> None:
+    """Issue 25: the digits ship as a 47 KB file so the install needs no scikit-learn (51 MB);
+    the file holds exactly scikit-learn's images, labels and the stratified split the loader
+    always used (scikit-learn is a dev dependency: CI has it), so every digits result is
+    unchanged."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.float32)[:, None] / 16.0
+    split = train_test_split(images, bunch.target.astype(np.int64),
+                             test_size=datasets._DIGITS_TEST_FRACTION,
+                             random_state=datasets._DIGITS_SPLIT_SEED, stratify=bunch.target)
+    x_train, x_test, y_train, y_test, mean, std = datasets._digits_arrays()
+    for ours, theirs in zip((x_train, x_test, y_train, y_test), split, strict=True):
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    assert (len(y_train), len(y_test)) == (1437, 360)
+    assert mean == float(split[0].mean()) and std == float(split[0].std())
+    assert "sklearn" not in inspect.getsource(datasets)

@@ -80,6 +80,7 @@ def test_wheel_holds_every_module_and_config(wheel):
     assert "memxbar/conf/config.yaml" in configs
     assert "memxbar/conf/__init__.py" in configs
     assert "memxbar/__init__.py" in names
+    assert "memxbar/experiments/digits.npz" in names  # the embedded data set (issue 25)
     assert sorted(configs - names) == []
     data = {p.relative_to(ROOT).as_posix()
             for p in (ROOT / "memxbar" / "crossbar" / "data").rglob("*.yaml")}

@@ -110,3 +110,13 @@ def test_the_main_job_runs_as_written(tmp_path):
                              str(run_dir)], cwd=root, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     assert (run_dir / "cost_rerun" / "report.md").is_file()
+    # every figure the app wrote: a PDF without Type 3 fonts, a PNG at 300 dpi (issue 25)
+    from PIL import Image
+
+    pdfs = sorted(run_dir.rglob("*.pdf"))
+    assert len(pdfs) >= 8, pdfs
+    for pdf in pdfs:
+        data = pdf.read_bytes()
+        assert b"/Type3" not in data and (b"/TrueType" in data or b"/CIDFontType2" in data), pdf
+        png = pdf.with_suffix(".png")
+        assert [round(v) for v in Image.open(png).info["dpi"]] == [300, 300], png

@@ -1,4 +1,4 @@
-"""Dataset loaders: scikit-learn digits (embedded), MNIST, Fashion-MNIST (IDX) and CIFAR-10.
+"""Dataset loaders: the 8x8 digits (embedded), MNIST, Fashion-MNIST (IDX) and CIFAR-10.
 
 Every loader returns ``(train, test)`` ``TensorDataset`` pairs of float32 images, normalised with
 the dataset's standard mean and std, shaped ``(N, C, H, W)``, and int64 labels.
@@ -30,6 +30,7 @@ import pickle
 import tarfile
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -425,24 +426,30 @@ def load_cifar10(
     return splits[0], splits[1]
 
 
+DIGITS_FILE = "digits.npz"
+"""The embedded 8x8 digits, beside this module: the 1,797 images (pixels 0..16, uint8) and
+labels of the UCI "Optical Recognition of Handwritten Digits" test set as scikit-learn ships
+them (Alpaydin and Kaynak, 1998; UCI Machine Learning Repository, doi:10.24432/C50P49,
+CC BY 4.0), split once with scikit-learn's ``train_test_split`` (stratified,
+``_DIGITS_TEST_FRACTION`` test, ``random_state=_DIGITS_SPLIT_SEED``) and stored in that order,
+so the data needs no scikit-learn at run time (tests/test_datasets.py checks the file against
+scikit-learn's own copy and split)."""
+
+
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float]:
-    """Fixed split of scikit-learn digits, pixels in [0, 1], plus the training mean and std."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sklearn_digits()
-    images = bunch.images.astype(np.float32)[:, None] / 16.0
-    labels = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=_DIGITS_TEST_FRACTION, random_state=_DIGITS_SPLIT_SEED,
-        stratify=labels,
-    )
+    """The fixed split of the embedded digits, pixels in [0, 1], plus the training mean and
+    std."""
+    with resources.files("memxbar.experiments").joinpath(DIGITS_FILE).open("rb") as f:
+        data = dict(np.load(f))
+    x_train, x_test = (data[k].astype(np.float32)[:, None] / 16.0 for k in ("x_train", "x_test"))
+    y_train, y_test = (data[k].astype(np.int64) for k in ("y_train", "y_test"))
     return x_train, x_test, y_train, y_test, float(x_train.mean()), float(x_train.std())
 
 
 def load_digits() -> tuple[TensorDataset, TensorDataset]:
-    """scikit-learn's 8x8 digits (1797 images, 10 classes), embedded: no files needed.
+    """The 8x8 digits (1797 images, 10 classes; :data:`DIGITS_FILE`), embedded: no files
+    needed.
 
     Pixels (0..16) are scaled to [0, 1], then normalised with the mean and std of the training
     split. The split is fixed: stratified, 20 % test, seed 0 (1437 train / 360 test).

@@ -503,7 +503,7 @@ def _chip_histogram(metrics: dict):
         metrics.get("chip_test") or {}).get("mode") == "stratified" else ""))
     ax.set_ylabel("chips")
     ax.set_title(f"Accuracy of {len(accs)} programmed chips")
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return fig
 
 

@@ -163,7 +163,7 @@ def _plot_stage_accuracy(metrics: dict, history: list[dict], run_dir: Path) -> N
     ax.set_xlabel("pipeline stage (categories, in order)")
     ax.set_title("Accuracy through the pipeline")
     ax.grid(axis="y", color="#dddddd", linewidth=0.5)
-    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     caption(fig, metrics.get("settings_caption", ""), width=110)
     write_png(run_dir / "stage_accuracy.png", fig)
 
