@@ -73,12 +73,14 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "buffer": ("bit", "array"),
     "calibration_register": ("bit read", "bit"),
     "multiply_add": ("operation", "unit"),
+    "digital_op": ("operation", "unit"),
 }
 #: Parts of the area and energy breakdown: the table's kinds plus ``spare_cells`` (the spare
 #: word lines and column groups of each physical array, priced per cell from ``crossbar``).
-PARTS: tuple[str, ...] = ("crossbar", "spare_cells", *[k for k in COMPONENTS if k != "crossbar"])
+PARTS: tuple[str, ...] = ("crossbar", "spare_cells",
+                          *[k for k in COMPONENTS if k not in ("crossbar", "digital_op")])
 #: Kinds a table may leave out: only looked up when the crossbar config uses them.
-OPTIONAL_KINDS = ("calibration_register", "multiply_add")
+OPTIONAL_KINDS = ("calibration_register", "multiply_add", "digital_op")
 #: Selectors that pick one entry of a kind.
 SELECTORS: dict[str, tuple[str, ...]] = {"crossbar": ("rows", "cols"), "dac": ("bits",),
                                          "adc": ("bits",)}
@@ -95,6 +97,7 @@ PLAUSIBLE: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "buffer": ((1e-15, 1e-12), (1e-11, 1e-7)),
     "calibration_register": ((1e-17, 1e-13), (1e-14, 1e-11)),
     "multiply_add": ((1e-14, 1e-10), (1e-11, 1e-7)),
+    "digital_op": ((1e-16, 1e-11), (1e-12, 1e-8)),
 }
 TABLES_DIR = "data"
 

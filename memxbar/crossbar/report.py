@@ -45,6 +45,7 @@ from .cost import (  # noqa: E402
     estimate,
     load_table,
 )
+from .digital import DigitalWork, digital_energy_pJ  # noqa: E402
 from .io import (  # noqa: E402
     Once,
     atomic_write_bytes,
@@ -108,8 +109,55 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
-    """report.md: settings, per-layer table, totals, reductions against the baseline."""
+def digital_summary(work: Sequence[DigitalWork], table: ComponentTable, cost: CostConfig
+                    ) -> dict:
+    """The energy per inference of the work off the crossbars (:mod:`crossbar.digital`):
+    MACs at the table's ``multiply_add``, simple operations at ``digital_op``, look-ups at
+    ``cost.output_bits`` bits of ``buffer``; ``priced`` False (no energies) when the table has
+    no such entries. Energy only: the area of digital logic depends on how many units a design
+    provisions."""
+    kinds = {c.kind for c in table.components}
+    priced = {"multiply_add", "digital_op", "buffer"} <= kinds
+    rows = []
+    for w in work:
+        row = w.to_dict()
+        if priced and w.counted:
+            row["energy_nJ"] = digital_energy_pJ(
+                w, table.get("multiply_add").energy_J, table.get("digital_op").energy_J,
+                table.get("buffer").energy_J * cost.output_bits) * 1e-3
+        rows.append(row)
+    total = sum(r.get("energy_nJ", 0.0) for r in rows) if priced else None
+    return {"priced": priced, "layers": rows, "energy_nJ": total,
+            "not_counted": [f"{w.name} ({w.kind})" for w in work if not w.counted]}
+
+
+def _digital_lines(dig: Mapping, crossbar_nJ: float) -> list[str]:
+    lines = ["", "## Layers off the crossbars (digital)", ""]
+    if not dig["priced"]:
+        return lines + ["The component table has no `multiply_add`/`digital_op` entries: the "
+                        "digital work below is counted, not priced."]
+    total = dig["energy_nJ"]
+    lines += [f"Counted on a real input with forward hooks (crossbar.digital): "
+              f"{_fmt(total)} nJ per inference, {100 * total / (total + crossbar_nJ):.1f} % "
+              f"of {_fmt(total + crossbar_nJ)} nJ with the crossbar part. Energy only (their "
+              "logic area depends on how many units a design provisions). MACs at "
+              "`multiply_add`, simple operations at `digital_op`, look-ups as buffer reads.",
+              "", "| module | type | MACs | other ops | look-ups | energy (nJ) |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in dig["layers"]:
+        if r["counted"]:
+            lines.append(f"| {r['name']} | {r['kind']} | {r['macs']:.0f} | {r['ops']:.0f} | "
+                         f"{r['lookups']:.0f} | {_fmt(r['energy_nJ'])} |")
+    if dig["not_counted"]:
+        lines += ["", "Not counted (no counting rule for their type): "
+                  + ", ".join(dig["not_counted"]) + "."]
+    return lines
+
+
+def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
+                    digital: Mapping | None = None) -> str:
+    """report.md: settings, per-layer table, totals, reductions against the baseline, and the
+    layers off the crossbars when ``digital`` (:func:`digital_summary`) is given."""
     c, b = est.compressed, est.baseline
     x = est.xbar
     lines = [
@@ -175,8 +223,13 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = ()) -> str:
             lines.append(f"| {a['step']} | {a['change']} | {a['tiles']} | "
                          f"{_fmt(a['area_mm2'])} | {a['area_change_pct']:+.1f}% | "
                          f"{_fmt(a['energy_nJ'])} | {a['energy_change_pct']:+.1f}% |")
+    excluded = list(EXCLUDED)
+    if digital is not None:
+        lines += _digital_lines(digital, c.total_energy_nJ)
+        if digital["priced"]:
+            excluded[2] = DIGITAL_EXCLUDED
     lines += ["", "## Not in this estimate", "",
-              *[f"- {item}" for item in EXCLUDED]]
+              *[f"- {item}" for item in excluded]]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -196,6 +249,12 @@ EXCLUDED = (
     "tiles the plan opens",
 )
 """What the cost report leaves out, listed in every report.md (issue 23)."""
+
+DIGITAL_EXCLUDED = (
+    "the area of the digital logic of the layers off the crossbars (their energy is above), "
+    "and what runs outside modules: residual adds, functional activations and softmax "
+    "called as functions, reshapes")
+"""EXCLUDED's third item when the layers off the crossbars are costed."""
 
 
 # ----------------------------------------------------------------------------------- plots
@@ -333,11 +392,19 @@ def write_cost_report(
     table: str | os.PathLike | Mapping | ComponentTable | None = None,
     baseline: bool = True,
     plots: bool = True,
+    digital: Sequence[DigitalWork] | None = None,
 ) -> dict[str, Path]:
     """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
-    cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name."""
+    cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name.
+    ``digital``: the model's work off the crossbars (:func:`crossbar.digital.digital_work`),
+    priced in its own section and in cost.json's ``digital``."""
     est = estimate(plan, config, cost, table, baseline=baseline)
     data = est.to_dict()
+    dig = None
+    if digital is not None:
+        dig = digital_summary(digital, load_table(table if table is not None
+                                                  else est.cost.table), est.cost)
+        data["digital"] = dig
     bad = _non_finite(data)
     if bad:
         fail(f"cost of {bad[0]}", bad[1], "a finite number (check the plan's counts: "
@@ -348,7 +415,7 @@ def write_cost_report(
     texts = {
         "cost.json": json.dumps(data, indent=2, allow_nan=False),
         "cost.csv": _csv_text(cost_rows(est)),
-        "report.md": markdown_report(est, [n for n in images if n.endswith(".png")]),
+        "report.md": markdown_report(est, [n for n in images if n.endswith(".png")], dig),
     }
     for name, blob in images.items():
         atomic_write_bytes(out / name, blob)

@@ -106,7 +106,8 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
                      exclude=p.digital)
     chips = _chips(exp, p, plan, result, run_dir, timings)
     with timed(timings, "cost"):
-        cost = cost_stage(plan, exp.crossbar, exp.cost, run_dir / "cost")
+        cost = cost_stage(plan, exp.crossbar, exp.cost, run_dir / "cost", p.model,
+                          p.calibration[:4])
     metrics = _metrics(exp, p, plan, chips, cost, compressed_acc=compressed_acc,
                        allocation=allocation, warnings_=warnings_, timings=timings)
     write_json(run_dir / "metrics.json", metrics)

@@ -20,6 +20,7 @@ from memxbar.admm import DivergenceError, LayerConstraint, save_atomic
 from memxbar.crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model
 from memxbar.crossbar.convert import layer_devices, match_layers
 from memxbar.crossbar.cost import CostConfig
+from memxbar.crossbar.digital import digital_work
 from memxbar.crossbar.plan import crossbar_layers as mappable
 from memxbar.crossbar.report import write_cost_report
 from memxbar.experiments.allocation import budget_range, check_budget, layer_candidates
@@ -201,9 +202,14 @@ def mapped_layers(model: nn.Module, digital: Sequence[str], devices: Mapping[str
     return mapped, digital
 
 
-def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_dir: Path) -> dict:
-    """``crossbar.report.write_cost_report`` into ``out_dir``; returns cost.json's content."""
-    write_cost_report(plan, xbar, out_dir, cost=cost)
+def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_dir: Path,
+               model: nn.Module | None = None, example: torch.Tensor | None = None) -> dict:
+    """``crossbar.report.write_cost_report`` into ``out_dir``, with the work of ``model`` off
+    the crossbars counted on ``example`` (a few real inputs) when given; returns cost.json's
+    content."""
+    digital = None if model is None else digital_work(model, [layer.name for layer in plan],
+                                                      example)
+    write_cost_report(plan, xbar, out_dir, cost=cost, digital=digital)
     return json.loads((out_dir / "cost.json").read_text())
 
 
