@@ -94,3 +94,30 @@ def test_a_table_without_digital_entries_counts_but_does_not_price():
     work = digital_work(Net(), ["conv"], torch.randn(2, 1, 6, 6))
     summary = digital_summary(work, bare, CostConfig())
     assert summary["priced"] is False and summary["energy_nJ"] is None
+
+
+def test_what_drives_the_energy_names_the_largest_part_per_layer(tmp_path):
+    """Issue 23, "what drives the energy": per layer the largest part (per-conversion parts
+    together) with its count, the MVMs per sample and the share of opened cells in use; the
+    shares add up to the total; more ADC bits make the converters the largest part."""
+    from memxbar.crossbar.cost import estimate
+    from memxbar.crossbar.report import PER_CONVERSION, energy_drivers
+
+    model = Net()
+    for adc_bits, largest in ((4, "DAC drives"), (12, "ADC conversions")):
+        xbar = CrossbarConfig(tile_rows=32, tile_cols=32, adc_bits=adc_bits, dac_bits=8)
+        plan = plan_model(model, xbar, example_input=torch.randn(1, 1, 6, 6))
+        est = estimate(plan, xbar, CostConfig(), baseline=False)
+        rows = energy_drivers(est)
+        assert sum(r["share_pct"] for r in rows) == pytest.approx(100.0)
+        conv = next(r for r in rows if r["layer"] == "conv")
+        layer = next(c for c in est.compressed.layers if c.name == "conv")
+        parts = {"ADC conversions": sum(layer.energy_pJ[k] for k in PER_CONVERSION),
+                 "DAC drives": layer.energy_pJ["dac"] + layer.energy_pJ["input_register"]}
+        assert conv["largest"] == max(parts, key=parts.get) == largest, (adc_bits, parts)
+        assert conv["mvms_per_sample"] == 36 and "36 MVMs per sample" in conv["hint"]
+        assert conv["cell_use_pct"] == pytest.approx(100 * layer.devices / (
+            layer.arrays * 32 * 32))
+    write_cost_report(plan, xbar, tmp_path, plots=False)
+    assert "## What drives the energy" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "cost.json").read_text())["energy_drivers"][0]["layer"]

@@ -131,6 +131,67 @@ def digital_summary(work: Sequence[DigitalWork], table: ComponentTable, cost: Co
             "not_counted": [f"{w.name} ({w.kind})" for w in work if not w.counted]}
 
 
+PER_CONVERSION = ("adc", "sample_hold", "shift_add", "output_register")
+"""Components whose energy is paid once per ADC conversion."""
+
+
+def energy_drivers(est: CostEstimate) -> list[dict]:
+    """Per layer of the compressed design, what its energy is made of and what would lower it:
+    its share of the total, the largest component (the per-conversion parts counted together)
+    with its count, the MVMs per sample, the share of the opened cells that hold weights, and
+    a hint naming the setting or pruning that acts on the largest part."""
+    c, x = est.compressed, est.xbar
+    total = c.total_energy_nJ * 1e3
+    out = []
+    for layer in c.layers:
+        e = layer.energy_pJ
+        groups = {"ADC conversions": sum(e[k] for k in PER_CONVERSION),
+                  "DAC drives": e["dac"] + e["input_register"],
+                  "array reads": e["crossbar"], "buffer traffic": e["buffer"],
+                  "output calibration": e["multiply_add"] + e["calibration_register"]}
+        top = max(groups, key=groups.get)
+        count = {"ADC conversions": layer.adc_conversions, "DAC drives": layer.dac_drives,
+                 "array reads": layer.cells_read, "buffer traffic": None,
+                 "output calibration": layer.calibration_ops}[top]
+        opened = layer.arrays * x.tile_rows * x.tile_cols
+        use = layer.devices / opened if opened else 0.0
+        hint = {"ADC conversions": "fewer ADC bits or more bit lines per ADC "
+                                   "(cost.cols_per_adc), or prune this layer's output columns",
+                "DAC drives": "fewer DAC bits, or prune this layer's input rows (word lines)",
+                "array reads": "prune rows and columns (every cell of a live line is read)",
+                "buffer traffic": "fewer live inputs and outputs (prune rows and columns)",
+                "output calibration": "output calibration costs a multiply-add per output "
+                                      "(robustness.output_calibration)"}[top]
+        if layer.mvms_per_sample > 1:
+            hint += f"; it runs {layer.mvms_per_sample} MVMs per sample, so each saving counts "\
+                    f"{layer.mvms_per_sample} times"
+        if use < 0.25:
+            hint += f"; only {100 * use:.0f} % of its opened cells hold weights: smaller tiles"
+        layer_pJ = layer.total_energy_pJ
+        out.append({"layer": layer.name, "energy_nJ": layer_pJ * 1e-3,
+                    "share_pct": 100 * layer_pJ / total if total else 0.0, "largest": top,
+                    "largest_share_pct": 100 * groups[top] / layer_pJ if layer_pJ else 0.0,
+                    "count": count, "mvms_per_sample": layer.mvms_per_sample,
+                    "cell_use_pct": 100 * use, "hint": hint})
+    return sorted(out, key=lambda r: -r["energy_nJ"])
+
+
+def _driver_lines(est: CostEstimate) -> list[str]:
+    lines = ["", "## What drives the energy", "",
+             "Per layer, largest first: the part of its energy that dominates (the parts paid "
+             "per ADC conversion counted together), how often it is paid per inference, and "
+             "what acts on it.", "",
+             "| layer | energy (nJ) | share | largest part | of the layer | count | MVMs / "
+             "sample | opened cells used | what lowers it |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    for r in energy_drivers(est):
+        count = "" if r["count"] is None else f"{r['count']:,}"
+        lines.append(f"| {r['layer']} | {_fmt(r['energy_nJ'])} | {r['share_pct']:.1f} % | "
+                     f"{r['largest']} | {r['largest_share_pct']:.0f} % | {count} | "
+                     f"{r['mvms_per_sample']} | {r['cell_use_pct']:.0f} % | {r['hint']} |")
+    return lines
+
+
 def _digital_lines(dig: Mapping, crossbar_nJ: float) -> list[str]:
     lines = ["", "## Layers off the crossbars (digital)", ""]
     if not dig["priced"]:
@@ -223,6 +284,7 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
             lines.append(f"| {a['step']} | {a['change']} | {a['tiles']} | "
                          f"{_fmt(a['area_mm2'])} | {a['area_change_pct']:+.1f}% | "
                          f"{_fmt(a['energy_nJ'])} | {a['energy_change_pct']:+.1f}% |")
+    lines += _driver_lines(est)
     excluded = list(EXCLUDED)
     if digital is not None:
         lines += _digital_lines(digital, c.total_energy_nJ)
@@ -405,6 +467,7 @@ def write_cost_report(
         dig = digital_summary(digital, load_table(table if table is not None
                                                   else est.cost.table), est.cost)
         data["digital"] = dig
+    data["energy_drivers"] = energy_drivers(est)
     bad = _non_finite(data)
     if bad:
         fail(f"cost of {bad[0]}", bad[1], "a finite number (check the plan's counts: "
