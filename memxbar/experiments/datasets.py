@@ -427,13 +427,10 @@ def load_cifar10(
 
 
 DIGITS_FILE = "digits.npz"
-"""The embedded 8x8 digits, beside this module: the 1,797 images (pixels 0..16, uint8) and
-labels of the UCI "Optical Recognition of Handwritten Digits" test set as scikit-learn ships
-them (Alpaydin and Kaynak, 1998; UCI Machine Learning Repository, doi:10.24432/C50P49,
-CC BY 4.0), split once with scikit-learn's ``train_test_split`` (stratified,
-``_DIGITS_TEST_FRACTION`` test, ``random_state=_DIGITS_SPLIT_SEED``) and stored in that order,
-so the data needs no scikit-learn at run time (tests/test_datasets.py checks the file against
-scikit-learn's own copy and split)."""
+"""The embedded 8x8 digits: the 1,797 images (uint8, 0..16) and labels of UCI's "Optical
+Recognition of Handwritten Digits" as scikit-learn ships them (Alpaydin and Kaynak 1998,
+doi:10.24432/C50P49, CC BY 4.0), stored in the split ``train_test_split`` made (stratified,
+seed 0), checked against scikit-learn's copy by tests/test_datasets.py."""
 
 
 @functools.lru_cache(maxsize=1)
