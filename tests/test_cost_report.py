@@ -31,7 +31,7 @@ def test_write_cost_report_files(tmp_path):
     plan = _plan()
     written = write_cost_report(plan, CFG, tmp_path, CostConfig(), table="isaac")
     figures = {"tiles_per_layer", "energy_per_layer", "area_breakdown", "energy_breakdown",
-               "area_per_layer_breakdown", "energy_per_layer_breakdown"}
+               "area_per_layer_breakdown", "energy_per_layer_breakdown", "reduction_waterfall"}
     names = {"report.md", "cost.csv", "cost.json"} | {f"{f}.{ext}" for f in figures
                                                       for ext in ("png", "pdf")}
     assert set(written) == names
@@ -151,3 +151,27 @@ def test_per_layer_breakdown_bars_stack_to_each_layers_energy():
             assert sum(p.get_height() for p in mine) == pytest.approx(
                 layer.total_energy_pJ * 1e-3)
     plt.close("all")
+
+
+def test_reduction_waterfall_adds_up_to_the_design(tmp_path):
+    """Issue 23: the waterfall starts at the baseline (100 %), floats one bar per attribution
+    step (its change) and ends at the design's share of the baseline, for area and energy."""
+    from matplotlib.patches import Rectangle
+
+    from memxbar.crossbar.report import waterfall_plot
+
+    plan, xbar = _plan(), CFG
+    est = estimate(plan, xbar, CostConfig())
+    fig = waterfall_plot(est.attribution)
+    for ax, key, total in ((fig.axes[0], "area_change_pct", "area"),
+                           (fig.axes[1], "energy_change_pct", "energy")):
+        bars = [p for p in ax.patches if isinstance(p, Rectangle)]
+        heights = [b.get_height() for b in bars]
+        steps = [a[key] for a in est.attribution[1:]]
+        assert heights[0] == 100.0 and heights[1:-1] == pytest.approx(steps)
+        design = (est.compressed.total_area_mm2 / est.baseline.total_area_mm2 if total == "area"
+                  else est.compressed.total_energy_nJ / est.baseline.total_energy_nJ)
+        assert heights[-1] == pytest.approx(100 * design) == pytest.approx(100 + sum(steps))
+    write_cost_report(plan, xbar, tmp_path)
+    assert (tmp_path / "reduction_waterfall.png").is_file()
+    assert (tmp_path / "reduction_waterfall.pdf").is_file()

@@ -403,7 +403,8 @@ def _layer_breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: f
 
 def cost_figures(est: CostEstimate) -> dict[str, object]:
     """Matplotlib figures by PNG file name: per-layer tiles and energy (dense vs compressed),
-    area and energy by component (whole model and per layer)."""
+    area and energy by component (whole model and per layer), and the reduction's waterfall
+    when the attribution was computed."""
     c, b = est.compressed, est.baseline
     return {
         "tiles_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.tiles, "tiles",
@@ -420,7 +421,38 @@ def cost_figures(est: CostEstimate) -> dict[str, object]:
         "energy_per_layer_breakdown.png": _layer_breakdown_plot(
             c, b, "energy_pJ", 1e-3, "energy / inference (nJ)",
             "Energy per layer by component"),
-    }
+    } | ({"reduction_waterfall.png": waterfall_plot(est.attribution)} if est.attribution
+         else {})
+
+
+def waterfall_plot(attribution: Sequence[Mapping]):
+    """Where the reduction comes from, for area and energy: the baseline's bar (100 %), one
+    floating bar per step of :func:`crossbar.cost.attribution` (green: it saves, red: it
+    adds; the change in percent of the baseline written on it) and the design's bar."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
+    steps = list(attribution)
+    names = [a["step"] for a in steps[1:]]
+    for ax, key, label in ((axes[0], "area_change_pct", "area"),
+                           (axes[1], "energy_change_pct", "energy / inference")):
+        level = 100.0
+        ax.bar(0, level, color="#888888")
+        for i, a in enumerate(steps[1:], start=1):
+            change = a[key]
+            ax.bar(i, change, bottom=level, color="#2ca02c" if change < 0 else "#d62728")
+            ax.text(i, level + max(change, 0) + 1.5, f"{change:+.1f}", ha="center",
+                    va="bottom", fontsize=7)
+            level += change
+        ax.bar(len(steps), level, color="#1f77b4")
+        ax.text(len(steps), level + 1.5, f"{level:.1f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(steps) + 1), ["baseline", *names, "design"], rotation=30,
+                      ha="right", fontsize=7)
+        ax.set_ylabel(f"{label} (% of the baseline)")
+        ax.set_ylim(0, max(110.0, max(100.0 + sum(max(a[key], 0) for a in steps), level) + 10))
+        ax.set_title(label.capitalize(), fontsize=9)
+    fig.suptitle("Where the reduction comes from (each step with the earlier ones applied)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def cost_plots(est: CostEstimate) -> dict[str, bytes]:
@@ -494,7 +526,8 @@ def write_cost_report(
 REPORT_FILES = ("cost.json", "cost.csv", "report.md") + tuple(
     f"{name}.{fmt}" for name in ("tiles_per_layer", "energy_per_layer", "area_breakdown",
                                  "energy_breakdown", "area_per_layer_breakdown",
-                                 "energy_per_layer_breakdown") for fmt in FIGURE_FORMATS)
+                                 "energy_per_layer_breakdown", "reduction_waterfall")
+    for fmt in FIGURE_FORMATS)
 """Every file :func:`write_cost_report` may write (the figures of :func:`cost_figures`): the
 command line refuses an ``--out`` folder where one of them is a file of something else."""
 
