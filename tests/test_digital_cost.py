@@ -121,3 +121,36 @@ def test_what_drives_the_energy_names_the_largest_part_per_layer(tmp_path):
     write_cost_report(plan, xbar, tmp_path, plots=False)
     assert "## What drives the energy" in (tmp_path / "report.md").read_text()
     assert json.loads((tmp_path / "cost.json").read_text())["energy_drivers"][0]["layer"]
+
+
+def test_zero_inputs_are_measured_and_what_skipping_them_saves():
+    """Issue 23, data-dependent terms: the share of zero inputs of each mapped layer, measured
+    on real inputs (after a ReLU, about half), and the DAC drive energy a design skipping them
+    would save; the estimate itself stays the worst case."""
+    from memxbar.crossbar.cost import estimate
+    from memxbar.crossbar.digital import input_zero_fractions
+    from memxbar.crossbar.report import energy_drivers
+
+    torch.manual_seed(0)
+    model = Net()
+    x = torch.randn(8, 1, 6, 6)
+    zeros = input_zero_fractions(model, ["conv", "head"], x)
+    seen = {}
+    hook = model.head.register_forward_pre_hook(lambda m, i: seen.setdefault("x", i[0]))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    assert zeros["conv"] == 0.0
+    assert zeros["head"] == pytest.approx(float((seen["x"] == 0).float().mean()))
+    assert 0.05 < zeros["head"] < 0.95
+    xbar = CrossbarConfig(tile_rows=32, tile_cols=32)
+    plan = plan_model(model, xbar, example_input=x[:1])
+    est = estimate(plan, xbar, CostConfig(), baseline=False)
+    worst = energy_drivers(est)
+    measured = {r["layer"]: r for r in energy_drivers(est, zeros)}
+    head = next(c for c in est.compressed.layers if c.name == "head")
+    drive_nJ = (head.energy_pJ["dac"] + head.energy_pJ["input_register"]) * 1e-3
+    assert measured["head"]["skippable_drive_nJ"] == pytest.approx(zeros["head"] * drive_nJ)
+    assert [r["energy_nJ"] for r in worst] == [measured[r["layer"]]["energy_nJ"] for r in worst]
+    assert worst[0]["zero_inputs_pct"] is None

@@ -118,6 +118,20 @@ def _batch_size(example: torch.Tensor | Iterable) -> int:
     return next(iter(example)).shape[0]
 
 
+def _forward(model: nn.Module, example: torch.Tensor, hooks: list) -> None:
+    """One forward pass of ``model`` in eval mode without gradients; then the ``hooks`` are
+    removed and the model's training mode restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def digital_work(model: nn.Module, mapped: Iterable[str], example: torch.Tensor
                  ) -> list[DigitalWork]:
     """Per module of ``model`` that runs off the crossbars, its work per sample, measured by one
@@ -155,16 +169,30 @@ def digital_work(model: nn.Module, mapped: Iterable[str], example: torch.Tensor
             found[name] = work
 
         hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _forward(model, example, hooks)
     return [w for w in found.values() if w.macs or w.ops or w.lookups or not w.counted]
+
+
+def input_zero_fractions(model: nn.Module, mapped: Iterable[str], example: torch.Tensor
+                         ) -> dict[str, float]:
+    """Per mapped layer (a module named in ``mapped``), the share of its input elements that are
+    exactly zero on ``example`` (e.g. after a ReLU): the drives a design that skips zero inputs
+    would not spend (a convolution's zero padding is not counted). Layers whose input is not a
+    tensor are left out."""
+    mapped = set(mapped)
+    zeros: dict[str, list[float]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name in mapped:
+            def hook(mod, inputs, name=name):
+                x = inputs[0] if inputs else None
+                if isinstance(x, torch.Tensor) and x.numel():
+                    z = zeros.setdefault(name, [0.0, 0.0])
+                    z[0] += float((x == 0).sum())
+                    z[1] += x.numel()
+            hooks.append(module.register_forward_pre_hook(hook))
+    _forward(model, example, hooks)
+    return {name: z / n for name, (z, n) in zeros.items()}
 
 
 def digital_energy_pJ(work: DigitalWork, mac_J: float, op_J: float, lookup_J: float) -> float:

@@ -135,11 +135,15 @@ PER_CONVERSION = ("adc", "sample_hold", "shift_add", "output_register")
 """Components whose energy is paid once per ADC conversion."""
 
 
-def energy_drivers(est: CostEstimate) -> list[dict]:
+def energy_drivers(est: CostEstimate, input_zeros: Mapping[str, float] | None = None
+                   ) -> list[dict]:
     """Per layer of the compressed design, what its energy is made of and what would lower it:
     its share of the total, the largest component (the per-conversion parts counted together)
     with its count, the MVMs per sample, the share of the opened cells that hold weights, and
-    a hint naming the setting or pruning that acts on the largest part."""
+    a hint naming the setting or pruning that acts on the largest part. ``input_zeros``
+    (:func:`crossbar.digital.input_zero_fractions`, measured on real inputs) adds each layer's
+    share of zero inputs and the DAC drive energy a design skipping them would save (the
+    estimate itself stays the worst case: every input driven)."""
     c, x = est.compressed, est.xbar
     total = c.total_energy_nJ * 1e3
     out = []
@@ -168,7 +172,14 @@ def energy_drivers(est: CostEstimate) -> list[dict]:
         if use < 0.25:
             hint += f"; only {100 * use:.0f} % of its opened cells hold weights: smaller tiles"
         layer_pJ = layer.total_energy_pJ
+        zero = None if input_zeros is None else input_zeros.get(layer.name)
+        skippable = None if zero is None else zero * groups["DAC drives"] * 1e-3
+        if zero is not None and zero >= 0.25:
+            hint += (f"; {100 * zero:.0f} % of its inputs are zero: skipping their drives "
+                     f"would save {_fmt(skippable)} nJ")
         out.append({"layer": layer.name, "energy_nJ": layer_pJ * 1e-3,
+                    "zero_inputs_pct": None if zero is None else 100 * zero,
+                    "skippable_drive_nJ": skippable,
                     "share_pct": 100 * layer_pJ / total if total else 0.0, "largest": top,
                     "largest_share_pct": 100 * groups[top] / layer_pJ if layer_pJ else 0.0,
                     "count": count, "mvms_per_sample": layer.mvms_per_sample,
@@ -176,19 +187,26 @@ def energy_drivers(est: CostEstimate) -> list[dict]:
     return sorted(out, key=lambda r: -r["energy_nJ"])
 
 
-def _driver_lines(est: CostEstimate) -> list[str]:
+def _driver_lines(drivers: Sequence[Mapping]) -> list[str]:
+    measured = any(r["zero_inputs_pct"] is not None for r in drivers)
     lines = ["", "## What drives the energy", "",
              "Per layer, largest first: the part of its energy that dominates (the parts paid "
              "per ADC conversion counted together), how often it is paid per inference, and "
-             "what acts on it.", "",
+             "what acts on it."
+             + (" Zero inputs: measured on real inputs; the estimate still drives every "
+                "input (the worst case)." if measured else ""), "",
              "| layer | energy (nJ) | share | largest part | of the layer | count | MVMs / "
-             "sample | opened cells used | what lowers it |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
-    for r in energy_drivers(est):
+             "sample | opened cells used |" + (" zero inputs |" if measured else "")
+             + " what lowers it |",
+             "|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|" if measured else "")
+             + "---|"]
+    for r in drivers:
         count = "" if r["count"] is None else f"{r['count']:,}"
+        zero = "" if r["zero_inputs_pct"] is None else f"{r['zero_inputs_pct']:.0f} %"
         lines.append(f"| {r['layer']} | {_fmt(r['energy_nJ'])} | {r['share_pct']:.1f} % | "
                      f"{r['largest']} | {r['largest_share_pct']:.0f} % | {count} | "
-                     f"{r['mvms_per_sample']} | {r['cell_use_pct']:.0f} % | {r['hint']} |")
+                     f"{r['mvms_per_sample']} | {r['cell_use_pct']:.0f} % |"
+                     + (f" {zero} |" if measured else "") + f" {r['hint']} |")
     return lines
 
 
@@ -216,7 +234,8 @@ def _digital_lines(dig: Mapping, crossbar_nJ: float) -> list[str]:
 
 
 def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
-                    digital: Mapping | None = None) -> str:
+                    digital: Mapping | None = None,
+                    drivers: Sequence[Mapping] | None = None) -> str:
     """report.md: settings, per-layer table, totals, reductions against the baseline, and the
     layers off the crossbars when ``digital`` (:func:`digital_summary`) is given."""
     c, b = est.compressed, est.baseline
@@ -284,7 +303,7 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
             lines.append(f"| {a['step']} | {a['change']} | {a['tiles']} | "
                          f"{_fmt(a['area_mm2'])} | {a['area_change_pct']:+.1f}% | "
                          f"{_fmt(a['energy_nJ'])} | {a['energy_change_pct']:+.1f}% |")
-    lines += _driver_lines(est)
+    lines += _driver_lines(drivers if drivers is not None else energy_drivers(est))
     excluded = list(EXCLUDED)
     if digital is not None:
         lines += _digital_lines(digital, c.total_energy_nJ)
@@ -487,11 +506,14 @@ def write_cost_report(
     baseline: bool = True,
     plots: bool = True,
     digital: Sequence[DigitalWork] | None = None,
+    input_zeros: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
     cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name.
     ``digital``: the model's work off the crossbars (:func:`crossbar.digital.digital_work`),
-    priced in its own section and in cost.json's ``digital``."""
+    priced in its own section and in cost.json's ``digital``; ``input_zeros``: each mapped
+    layer's share of zero inputs (:func:`crossbar.digital.input_zero_fractions`), shown with
+    what skipping them would save."""
     est = estimate(plan, config, cost, table, baseline=baseline)
     data = est.to_dict()
     dig = None
@@ -499,7 +521,8 @@ def write_cost_report(
         dig = digital_summary(digital, load_table(table if table is not None
                                                   else est.cost.table), est.cost)
         data["digital"] = dig
-    data["energy_drivers"] = energy_drivers(est)
+    drivers = energy_drivers(est, input_zeros)
+    data["energy_drivers"] = drivers
     bad = _non_finite(data)
     if bad:
         fail(f"cost of {bad[0]}", bad[1], "a finite number (check the plan's counts: "
@@ -510,7 +533,8 @@ def write_cost_report(
     texts = {
         "cost.json": json.dumps(data, indent=2, allow_nan=False),
         "cost.csv": _csv_text(cost_rows(est)),
-        "report.md": markdown_report(est, [n for n in images if n.endswith(".png")], dig),
+        "report.md": markdown_report(est, [n for n in images if n.endswith(".png")], dig,
+                                     drivers),
     }
     for name, blob in images.items():
         atomic_write_bytes(out / name, blob)

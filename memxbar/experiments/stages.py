@@ -20,7 +20,7 @@ from memxbar.admm import DivergenceError, LayerConstraint, save_atomic
 from memxbar.crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model
 from memxbar.crossbar.convert import layer_devices, match_layers
 from memxbar.crossbar.cost import CostConfig
-from memxbar.crossbar.digital import digital_work
+from memxbar.crossbar.digital import digital_work, input_zero_fractions
 from memxbar.crossbar.plan import crossbar_layers as mappable
 from memxbar.crossbar.report import write_cost_report
 from memxbar.experiments.allocation import budget_range, check_budget, layer_candidates
@@ -207,9 +207,10 @@ def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_di
     """``crossbar.report.write_cost_report`` into ``out_dir``, with the work of ``model`` off
     the crossbars counted on ``example`` (a few real inputs) when given; returns cost.json's
     content."""
-    digital = None if model is None else digital_work(model, [layer.name for layer in plan],
-                                                      example)
-    write_cost_report(plan, xbar, out_dir, cost=cost, digital=digital)
+    names = [layer.name for layer in plan]
+    digital = None if model is None else digital_work(model, names, example)
+    zeros = None if model is None else input_zero_fractions(model, names, example)
+    write_cost_report(plan, xbar, out_dir, cost=cost, digital=digital, input_zeros=zeros)
     return json.loads((out_dir / "cost.json").read_text())
 
 
