@@ -6,6 +6,8 @@ writers save with :data:`PNG_DPI`."""
 from __future__ import annotations
 
 import logging
+import textwrap
+import warnings
 
 import matplotlib
 
@@ -35,3 +37,33 @@ def apply() -> None:
     were 1,265 of a run's log lines."""
     matplotlib.rcParams.update(STYLE)
     logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+
+def _wrap_to(label, limit_px: float, renderer) -> None:
+    """Re-wrap a title or axis label whose drawn extent exceeds ``limit_px``."""
+    text = label.get_text().replace("\n", " ")
+    extent = label.get_window_extent(renderer)
+    size = max(extent.width, extent.height)  # a y label is drawn vertically
+    if text and size > limit_px:
+        label.set_text(textwrap.fill(text, max(10, int(len(text) * limit_px / size))))
+
+
+def fit_width(fig, width_in: float) -> None:
+    """Scale ``fig`` to ``width_in`` inches (e.g. :data:`WIDTHS_IN`; the font sizes kept, the
+    height scaled alike but at least 0.8 of the width and at most the figure's own), re-wrap
+    the titles and labels that no longer fit and lay it out again."""
+    w, h = fig.get_size_inches()
+    # the fonts keep their size, so a narrower figure needs relatively more height
+    fig.set_size_inches(width_in, min(h, max(h * width_in / w, 0.8 * width_in)))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    if fig._suptitle is not None:
+        _wrap_to(fig._suptitle, 0.95 * fig.bbox.width, renderer)
+    for ax in fig.axes:
+        _wrap_to(ax.title, 1.1 * ax.bbox.width, renderer)
+        _wrap_to(ax.xaxis.label, ax.bbox.width, renderer)
+        _wrap_to(ax.yaxis.label, ax.bbox.height, renderer)
+    if fig.get_layout_engine() is None:
+        with warnings.catch_warnings():  # a heat map's colour bar: laid out well enough
+            warnings.filterwarnings("ignore", "This figure includes Axes that are not")
+            fig.tight_layout()

@@ -15,7 +15,6 @@ import logging
 import math
 import statistics
 import textwrap
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,37 +171,13 @@ def caption(fig, text: str, width: int = 95) -> None:
             va="top", ha="left", color="#333333")
 
 
-def _wrap_to(label, limit_px: float, renderer) -> None:
-    """Re-wrap a title or axis label whose drawn extent exceeds ``limit_px``."""
-    text = label.get_text().replace("\n", " ")
-    extent = label.get_window_extent(renderer)
-    size = max(extent.width, extent.height)  # a y label is drawn vertically
-    if text and size > limit_px:
-        label.set_text(textwrap.fill(text, max(10, int(len(text) * limit_px / size))))
-
-
 def _resize(fig, width_in: float) -> None:
-    """Scale ``fig`` to ``width_in`` inches (the font sizes kept; the height scaled alike but
-    at least 0.8 of the width and at most the figure's own), re-wrap the
-    titles and labels that no longer fit, lay it out again and place the caption anew."""
+    """:func:`crossbar.style.fit_width`, with the settings caption taken off first and placed
+    anew, wrapped to the new width."""
     artist = getattr(fig, "_memxbar_caption_artist", None)
     if artist is not None:
         artist.remove()
-    w, h = fig.get_size_inches()
-    # the fonts keep their size, so a narrower figure needs relatively more height
-    fig.set_size_inches(width_in, min(h, max(h * width_in / w, 0.8 * width_in)))
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    if fig._suptitle is not None:
-        _wrap_to(fig._suptitle, 0.95 * fig.bbox.width, renderer)
-    for ax in fig.axes:
-        _wrap_to(ax.title, 1.1 * ax.bbox.width, renderer)
-        _wrap_to(ax.xaxis.label, ax.bbox.width, renderer)
-        _wrap_to(ax.yaxis.label, ax.bbox.height, renderer)
-    if fig.get_layout_engine() is None:
-        with warnings.catch_warnings():  # a heat map's colour bar: laid out well enough
-            warnings.filterwarnings("ignore", "This figure includes Axes that are not")
-            fig.tight_layout()
+    style.fit_width(fig, width_in)
     if artist is not None:
         caption(fig, fig._memxbar_caption, width=min(95, int(width_in * 21)))
 
@@ -269,27 +244,39 @@ def set_value_axis(ax, key: str, values: list, axis: str = "x") -> list[float]:
 
 
 # ------------------------------------------------------------------------------ study plots
+def _model_series(ax, key: str, rows: Sequence[Mapping]) -> tuple[bool, list[tuple]]:
+    """Put the swept ``value``s of ``rows`` on ``ax``'s x axis; returns whether they are
+    categories (on/off, names) and per model ``(colour index, model, its rows, their x)``,
+    the models side by side at each category."""
+    values = list(dict.fromkeys(r["value"] for r in rows))
+    coords = dict(zip(map(repr, values), set_value_axis(ax, key, values), strict=True))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    on_off = categorical(values)
+    if on_off:
+        ax.set_xlim(-0.5, len(values) - 0.5)
+    series = []
+    for i, model in enumerate(models):
+        shift = 0.12 * (i - (len(models) - 1) / 2) if on_off else 0.0
+        pts = [r for r in rows if r["model"] == model]
+        series.append((i, model, pts, [coords[repr(r["value"])] + shift for r in pts]))
+    return on_off, series
+
+
 def plot_sweep(rows: Sequence[Mapping], key: str, path: Path, note: str = "",
                reference: Mapping[str, float] | None = None) -> None:
     """Accuracy against one swept setting: mean over chips with its 95 % CI band, one line
     per model (rows: ``value``, ``model``, ``mean``, ``ci95``). ``reference``: horizontal
     lines (label -> accuracy), e.g. the software accuracies."""
-    values = list(dict.fromkeys(r["value"] for r in rows))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    coords = dict(zip(map(repr, values), set_value_axis(ax, key, values), strict=True))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for i, model in enumerate(models):
-        pts = [r for r in rows if r["model"] == model]
-        xs = [coords[repr(r["value"])] for r in pts]
+    on_off, series = _model_series(ax, key, rows)
+    for i, model, pts, xs in series:
         mean = [r["mean"] for r in pts]
         half = [r["ci95"] for r in pts]
-        if categorical(values):  # on/off, names: no line between values, no band
-            shift = 0.12 * (i - (len(models) - 1) / 2)
+        if on_off:  # on/off, names: no line between values, no band
             low = [m - max(m - h, 0.0) for m, h in zip(mean, half, strict=True)]
             high = [min(m + h, 100.0) - m for m, h in zip(mean, half, strict=True)]
-            ax.errorbar([x + shift for x in xs], mean, yerr=[low, high], fmt="o", capsize=4,
-                        color=f"C{i}", label=f"{model} (mean, 95 % CI)")
-            ax.set_xlim(-0.5, len(values) - 0.5)
+            ax.errorbar(xs, mean, yerr=[low, high], fmt="o", capsize=4, color=f"C{i}",
+                        label=f"{model} (mean, 95 % CI)")
             continue
         ax.plot(xs, mean, marker="o", color=f"C{i}", label=f"{model} (mean, 95 % CI)")
         # the t interval of a few chips can pass 0 % or 100 %: an accuracy cannot
@@ -314,19 +301,14 @@ def plot_yield(rows: Sequence[Mapping], key: str, path: Path, spec: str,
     """Yield against one swept setting: the share of chips that meet ``spec`` with its
     Clopper-Pearson 95 % interval, one series per model (rows: ``value``, ``model``,
     ``yield_pct``, ``ci_low_pct``, ``ci_high_pct``, ``chips``)."""
-    values = list(dict.fromkeys(r["value"] for r in rows))
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    coords = dict(zip(map(repr, values), set_value_axis(ax, key, values), strict=True))
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for i, model in enumerate(models):
-        pts = [r for r in rows if r["model"] == model]
-        xs = [coords[repr(r["value"])] for r in pts]
+    on_off, series = _model_series(ax, key, rows)
+    for i, model, pts, xs in series:
         ys = [r["yield_pct"] for r in pts]
         err = [[y - r["ci_low_pct"] for y, r in zip(ys, pts, strict=True)],
                [r["ci_high_pct"] - y for y, r in zip(ys, pts, strict=True)]]
-        shift = 0.12 * (i - (len(models) - 1) / 2) if categorical(values) else 0.0
-        ax.errorbar([x + shift for x in xs], ys, yerr=err, marker="o", color=f"C{i}",
-                    capsize=3, linestyle="none" if categorical(values) else "-",
+        ax.errorbar(xs, ys, yerr=err, marker="o", color=f"C{i}",
+                    capsize=3, linestyle="none" if on_off else "-",
                     label=f"{model} ({pts[0]['chips']} chips; Clopper-Pearson 95 %)")
     ax.set_ylim(-3, 103)
     ax.set_xlabel(axis_label(key))
