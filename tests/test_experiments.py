@@ -3,6 +3,7 @@ compress pipeline and device study end to end on digits, a CIFAR-shaped smoke ru
 VGG-16 / ResNet-18 configs, and collect."""
 
 import json
+import shutil
 import math
 import pickle
 import re
@@ -202,6 +203,33 @@ def test_compress_outputs(digits_run):
     assert sum(s["area_change_pct"] for s in steps) == pytest.approx(
         -metrics["area_reduction_pct"], abs=1e-6)
     assert "| pruning | the design's pruned plan" in report
+    r = metrics["cost_ranges"]  # issue 23: low / typical / high from other sources
+    lo, hi = r["energy_reduction_pct"]
+    assert lo < metrics["energy_reduction_pct"] < hi and "| energy (nJ) |" in report
+    assert f"{lo:.1f}-{hi:.1f}%" in report
+    cost = json.loads((run_dir / "cost" / "cost.json").read_text())
+    act = cost["array_activity"]  # V^2 G t measured on the first chip
+    assert set(act) == {p.name for p in plan} and all(0 < a["activity"] < 1 for a in act.values())
+    assert "array activity" in (run_dir / "cost" / "report.md").read_text()
+
+
+def test_data_dependent_cost_on_a_finished_run(digits_run, tmp_path, caplog):
+    """``cost.data_dependent=true`` on a finished run: the design is priced with its
+    measured zero inputs and array activity, the baseline is unchanged, and the attribution
+    ends with the measured step."""
+    run_dir, metrics = digits_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with caplog.at_level("INFO"):
+        again = run_compress(_compose(TINY + ["resume=true", "cost.data_dependent=true"]), copy)
+    assert "compression skipped" in caplog.text
+    assert again["baseline_energy_nJ"] == metrics["baseline_energy_nJ"]
+    assert again["energy_nJ"] < metrics["energy_nJ"]
+    steps = again["cost_attribution"]
+    assert steps[-1]["step"] == "measured activity"
+    assert sum(s["energy_change_pct"] for s in steps) == pytest.approx(
+        -again["energy_reduction_pct"], abs=1e-6)
+    assert "the estimate skips the zero inputs" in (copy / "cost" / "report.md").read_text()
 
 
 def test_wires_option_reevaluates_a_finished_run(tmp_path, caplog):

@@ -143,6 +143,7 @@ class ComponentTable:
     name: str
     components: tuple[Component, ...]
     reported: dict[str, tuple[float, str, str]] = field(default_factory=dict)
+    ranges: dict[str, KindRange] = field(default_factory=dict)
 
     def get(self, kind: str, **selectors: int) -> Component:
         """The entry of ``kind`` whose selectors equal ``selectors``; ValueError lists those
@@ -195,7 +196,65 @@ class ComponentTable:
         for r in data.get("reported", []) or []:
             value, dim = parse_quantity(r, f"{name}.reported.{r.get('name')}")
             reported[str(r["name"])] = (value, dim, str(r.get("source", "")))
-        return cls(name, tuple(comps), reported)
+        table = cls(name, tuple(comps), reported)
+        ranges = {}
+        for i, r in enumerate(data.get("ranges", []) or []):
+            kr = KindRange.parse(r, table, f"{name}.ranges[{i}]")
+            if kr.kind in ranges:
+                fail(f"{name}.ranges[{i}].kind", kr.kind, "one range entry per kind")
+            ranges[kr.kind] = kr
+        return dataclasses.replace(table, ranges=ranges)
+
+
+@dataclass(frozen=True)
+class KindRange:
+    """The low and high values of one component kind, from other published sources than the
+    typical entry, as factors on every entry of the kind (``low <= 1 <= high``). A source's
+    value is compared with the table entry it describes (``anchor``: the selectors, e.g. an
+    8-bit ADC); the kind's other entries are derived from that one by multiplicative rules
+    (docs/cost_model.md), so the same factor carries over. No area range: factors 1."""
+
+    kind: str
+    energy: tuple[float, float]
+    area: tuple[float, float]
+    sources: dict[str, str]
+
+    @classmethod
+    def parse(cls, r: Mapping, table: ComponentTable, where: str) -> KindRange:
+        if not isinstance(r, Mapping):
+            fail(where, r, "a mapping with kind, anchor, energy: {low, high} and optional area")
+        check_choice(f"{where}.kind", r.get("kind"), COMPONENTS)
+        kind, anchor = r["kind"], r.get("anchor") or {}
+        if not isinstance(anchor, Mapping):
+            fail(f"{where}.anchor", anchor, "a mapping of selectors, e.g. {bits: 8}")
+        entry = table.get(kind, **anchor)
+        factors, sources = {}, {}
+        for quantity, typical, dim in (("energy", entry.energy_J, "energy"),
+                                       ("area", entry.area_m2, "area")):
+            block = r.get(quantity)
+            if block is None and quantity == "area":
+                factors[quantity] = (1.0, 1.0)
+                continue
+            if not isinstance(block, Mapping) or set(block) != {"low", "high"}:
+                fail(f"{where}.{quantity}", block, "a mapping with 'low' and 'high', each "
+                     "{value, unit, source}")
+            pair = []
+            for end in ("low", "high"):
+                q = block[end]
+                value, got = parse_quantity(q, f"{where}.{quantity}.{end}")
+                if got != dim:
+                    fail(f"{where}.{quantity}.{end}.unit", q["unit"], f"an {dim} unit")
+                src = q.get("source")
+                if not isinstance(src, str) or not src.strip():
+                    fail(f"{where}.{quantity}.{end}.source", src, "a non-empty citation")
+                sources[f"{quantity}_{end}"] = src
+                pair.append(value / typical if typical else 1.0)
+            lo, hi = pair
+            if not lo <= 1.0 + 1e-9 or not hi >= 1.0 - 1e-9:
+                fail(f"{where}.{quantity}", f"low {lo:.3g}x, high {hi:.3g}x of the typical "
+                     f"{kind} {dict(anchor)}", "low <= typical <= high")
+            factors[quantity] = (min(lo, 1.0), max(hi, 1.0))
+        return cls(kind, factors["energy"], factors["area"], sources)
 
 
 def check_plausible(table: ComponentTable) -> list[str]:
@@ -261,6 +320,11 @@ class CostConfig:
             one after another (rate = 1 / sum of layer latencies).
         assume_mvms_per_sample: used, with a warning, for layers whose plan has no
             ``mvms_per_sample``; ``None`` = such a layer is an error.
+        data_dependent: price the design with what was measured on real inputs on a
+            programmed chip (:func:`estimate`'s ``measured``): DAC drives and input-register
+            bits of zero inputs skipped, array reads at the measured ``V^2 G t`` activity
+            (:mod:`crossbar.activity`). ``False`` (default): the worst case, every input
+            driven and every cell read at full scale.
     """
 
     table: str = "isaac"
@@ -276,6 +340,7 @@ class CostConfig:
     baseline_cell_bits: int | None = 4
     pipelined: bool = False
     assume_mvms_per_sample: int | None = None
+    data_dependent: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, (str, os.PathLike)) or not str(self.table):
@@ -290,8 +355,9 @@ class CostConfig:
         check_int("baseline_weight_bits", self.baseline_weight_bits, 1, 32)
         check_optional_int("baseline_cell_bits", self.baseline_cell_bits, 1,
                            self.baseline_weight_bits)
-        if not isinstance(self.pipelined, bool):
-            fail("pipelined", self.pipelined, "true or false")
+        for key in ("pipelined", "data_dependent"):
+            if not isinstance(getattr(self, key), bool):
+                fail(key, getattr(self, key), "true or false")
         check_optional_int("assume_mvms_per_sample", self.assume_mvms_per_sample, 1)
 
     def with_(self, **changes: object) -> CostConfig:
@@ -661,10 +727,12 @@ class CostEstimate:
     xbar: CrossbarConfig
     cost: CostConfig
     attribution: list[dict] | None = None
+    ranges: dict | None = None
 
     def to_dict(self) -> dict:
         return {
             "attribution": self.attribution,
+            "ranges": self.ranges,
             "crossbar_config": self.xbar.to_dict(),
             "cost_config": self.cost.to_dict(),
             "baseline_description": baseline_description(self.cost),
@@ -681,18 +749,68 @@ def estimate(
     cost: CostConfig | None = None,
     table: str | os.PathLike | Mapping | ComponentTable | None = None,
     baseline: bool = True,
+    measured: Mapping[str, Mapping[str, float]] | None = None,
 ) -> CostEstimate:
     """Cost of ``plan`` and, with ``baseline``, of the baseline (:func:`baseline_cost`: the
     dense unpruned model at the baseline precision, independent of the design's converters)
-    with the reductions."""
+    with the reductions, and the low-high range of both (:mod:`crossbar.cost_range`).
+
+    ``measured``: per layer, ``zero_inputs`` (the share of its inputs that are zero,
+    :func:`crossbar.digital.input_zero_fractions`) and ``activity`` (the array's measured
+    read energy over the full-scale read, :func:`crossbar.activity.array_activity`); used
+    only with ``cost.data_dependent``, which prices the design's DAC drives, input-register
+    bits and array reads with them; the baseline stays the worst case (one fixed baseline),
+    and the attribution gains a last step for the measured activity."""
+    from .cost_range import cost_ranges  # it builds on this module's ModelCost
+
     cost = cost or CostConfig()
     tab = load_table(cost.table if table is None else table)
-    compressed = model_cost(plan, xbar, cost, tab)
+    if cost.data_dependent and not measured:
+        fail("cost.data_dependent", True, "false when nothing was measured on real inputs "
+             "(the compress app measures them on its first chip; the plan-only command line "
+             "cannot)")
+    worst = compressed = model_cost(plan, xbar, cost, tab)
+    if cost.data_dependent:
+        compressed = with_measured(compressed, measured)
     if not baseline:
-        return CostEstimate(compressed, None, None, xbar, cost)
+        return CostEstimate(compressed, None, None, xbar, cost,
+                            ranges=cost_ranges(compressed, None, tab))
     base = baseline_cost(plan, xbar, cost, tab)
-    return CostEstimate(compressed, base, reduction(compressed, base), xbar, cost,
-                        attribution(plan, xbar, cost, tab, ends=(base, compressed)))
+    steps = attribution(plan, xbar, cost, tab, ends=(base, worst))
+    if cost.data_dependent:  # one more step: the measured inputs and conductances
+        first, last = steps[0], steps[-1]
+        row = {"step": "measured activity", "change": MEASURED_STEP, "tiles": compressed.tiles,
+               "area_mm2": compressed.total_area_mm2, "energy_nJ": compressed.total_energy_nJ}
+        for key in ("area_mm2", "energy_nJ"):
+            row[f"{key.split('_')[0]}_change_pct"] = (
+                100.0 * (row[key] - last[key]) / first[key] if first[key] else 0.0)
+        steps.append(row)
+    return CostEstimate(compressed, base, reduction(compressed, base), xbar, cost, steps,
+                        cost_ranges(compressed, base, tab))
+
+
+MEASURED_STEP = ("zero inputs not driven, array reads at the V^2 G t measured on a "
+                 "programmed chip (cost.data_dependent)")
+
+
+def with_measured(mc: ModelCost, measured: Mapping[str, Mapping[str, float]]) -> ModelCost:
+    """``mc`` with each measured layer's DAC drive and input-register energy times the share
+    of its inputs that are not zero and its array energy times the measured activity
+    (:func:`estimate`)."""
+    layers = []
+    for layer in mc.layers:
+        m = measured.get(layer.name)
+        if m is None:
+            layers.append(layer)
+            continue
+        e = dict(layer.energy_pJ)
+        keep = 1.0 - float(m.get("zero_inputs", 0.0))
+        e["dac"] *= keep
+        e["input_register"] *= keep
+        if "activity" in m:
+            e["crossbar"] *= float(m["activity"])
+        layers.append(dataclasses.replace(layer, energy_pJ=e))
+    return dataclasses.replace(mc, layers=tuple(layers))
 
 
 ATTRIBUTION_STEPS = (

@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from . import style  # noqa: E402
 from ._validate import fail  # noqa: E402
+from .activity import ArrayActivity  # noqa: E402
 from .config import CrossbarConfig  # noqa: E402
 from .cost import (  # noqa: E402
     PARTS,
@@ -45,6 +46,7 @@ from .cost import (  # noqa: E402
     estimate,
     load_table,
 )
+from .cost_range import total_range  # noqa: E402
 from .digital import DigitalWork, digital_energy_pJ  # noqa: E402
 from .io import (  # noqa: E402
     Once,
@@ -118,16 +120,22 @@ def digital_summary(work: Sequence[DigitalWork], table: ComponentTable, cost: Co
     provisions."""
     kinds = {c.kind for c in table.components}
     priced = {"multiply_add", "digital_op", "buffer"} <= kinds
-    rows = []
+    rows, ends = [], [0.0, 0.0]
     for w in work:
         row = w.to_dict()
         if priced and w.counted:
-            row["energy_nJ"] = digital_energy_pJ(
-                w, table.get("multiply_add").energy_J, table.get("digital_op").energy_J,
-                table.get("buffer").energy_J * cost.output_bits) * 1e-3
+            energies = [table.get(k).energy_J for k in ("multiply_add", "digital_op", "buffer")]
+            energies[2] *= cost.output_bits
+            row["energy_nJ"] = digital_energy_pJ(w, *energies) * 1e-3
+            for end in (0, 1):  # every kind at its low / high end (crossbar.cost_range)
+                f = [table.ranges[k].energy[end] if k in table.ranges else 1.0
+                     for k in ("multiply_add", "digital_op", "buffer")]
+                ends[end] += digital_energy_pJ(
+                    w, *(e * x for e, x in zip(energies, f, strict=True))) * 1e-3
         rows.append(row)
     total = sum(r.get("energy_nJ", 0.0) for r in rows) if priced else None
     return {"priced": priced, "layers": rows, "energy_nJ": total,
+            "energy_nJ_range": ends if priced else None,
             "not_counted": [f"{w.name} ({w.kind})" for w in work if not w.counted]}
 
 
@@ -135,15 +143,18 @@ PER_CONVERSION = ("adc", "sample_hold", "shift_add", "output_register")
 """Components whose energy is paid once per ADC conversion."""
 
 
-def energy_drivers(est: CostEstimate, input_zeros: Mapping[str, float] | None = None
-                   ) -> list[dict]:
+def energy_drivers(est: CostEstimate, input_zeros: Mapping[str, float] | None = None,
+                   activity: Mapping[str, ArrayActivity] | None = None) -> list[dict]:
     """Per layer of the compressed design, what its energy is made of and what would lower it:
     its share of the total, the largest component (the per-conversion parts counted together)
     with its count, the MVMs per sample, the share of the opened cells that hold weights, and
     a hint naming the setting or pruning that acts on the largest part. ``input_zeros``
     (:func:`crossbar.digital.input_zero_fractions`, measured on real inputs) adds each layer's
-    share of zero inputs and the DAC drive energy a design skipping them would save (the
-    estimate itself stays the worst case: every input driven)."""
+    share of zero inputs and the DAC drive energy a design skipping them would save;
+    ``activity`` (:func:`crossbar.activity.array_activity`, on a programmed chip) adds the
+    array's measured ``V^2 G t`` as a share of its full-scale read, and the array energy of
+    the table at that activity (unless ``cost.data_dependent``, the estimate itself stays the
+    worst case: every input driven, every cell read at full scale)."""
     c, x = est.compressed, est.xbar
     total = c.total_energy_nJ * 1e3
     out = []
@@ -177,7 +188,14 @@ def energy_drivers(est: CostEstimate, input_zeros: Mapping[str, float] | None = 
         if zero is not None and zero >= 0.25:
             hint += (f"; {100 * zero:.0f} % of its inputs are zero: skipping their drives "
                      f"would save {_fmt(skippable)} nJ")
+        act = None if activity is None else activity.get(layer.name)
+        if act is not None and not est.cost.data_dependent and act.activity < 0.5 \
+                and top == "array reads":
+            hint += (f"; its arrays dissipate {100 * act.activity:.0f} % of a full-scale "
+                     "read on real inputs (cost.data_dependent=true prices that)")
         out.append({"layer": layer.name, "energy_nJ": layer_pJ * 1e-3,
+                    "array_activity_pct": None if act is None else 100 * act.activity,
+                    "array_v2gt_nJ": None if act is None else act.energy_pJ * 1e-3,
                     "zero_inputs_pct": None if zero is None else 100 * zero,
                     "skippable_drive_nJ": skippable,
                     "share_pct": 100 * layer_pJ / total if total else 0.0, "largest": top,
@@ -187,26 +205,73 @@ def energy_drivers(est: CostEstimate, input_zeros: Mapping[str, float] | None = 
     return sorted(out, key=lambda r: -r["energy_nJ"])
 
 
-def _driver_lines(drivers: Sequence[Mapping]) -> list[str]:
+def _driver_lines(drivers: Sequence[Mapping], data_dependent: bool = False) -> list[str]:
     measured = any(r["zero_inputs_pct"] is not None for r in drivers)
+    active = any(r.get("array_activity_pct") is not None for r in drivers)
+    priced = ("the estimate skips the zero inputs and reads the arrays at the measured "
+              "activity (cost.data_dependent)" if data_dependent else
+              "the estimate still drives every input and reads every cell at full scale "
+              "(the worst case; cost.data_dependent=true prices what was measured)")
     lines = ["", "## What drives the energy", "",
              "Per layer, largest first: the part of its energy that dominates (the parts paid "
              "per ADC conversion counted together), how often it is paid per inference, and "
              "what acts on it."
-             + (" Zero inputs: measured on real inputs; the estimate still drives every "
-                "input (the worst case)." if measured else ""), "",
+             + (" Zero inputs: measured on real inputs." if measured else "")
+             + (" Array activity: the array's V^2 G t on real inputs on the first programmed "
+                "chip, in percent of a full-scale read (every cell at g_max, every line at the "
+                "read voltage); V^2 G t: that energy itself (crossbar.activity)."
+                if active else "") + (f" Here {priced}." if measured or active else ""), "",
              "| layer | energy (nJ) | share | largest part | of the layer | count | MVMs / "
              "sample | opened cells used |" + (" zero inputs |" if measured else "")
-             + " what lowers it |",
+             + (" array activity | V^2 G t (nJ) |" if active else "") + " what lowers it |",
              "|---|---:|---:|---|---:|---:|---:|---:|" + ("---:|" if measured else "")
-             + "---|"]
+             + ("---:|---:|" if active else "") + "---|"]
     for r in drivers:
         count = "" if r["count"] is None else f"{r['count']:,}"
         zero = "" if r["zero_inputs_pct"] is None else f"{r['zero_inputs_pct']:.0f} %"
+        act = "" if r.get("array_activity_pct") is None else \
+            f" {r['array_activity_pct']:.1f} % | {_fmt(r['array_v2gt_nJ'])} |"
         lines.append(f"| {r['layer']} | {_fmt(r['energy_nJ'])} | {r['share_pct']:.1f} % | "
                      f"{r['largest']} | {r['largest_share_pct']:.0f} % | {count} | "
                      f"{r['mvms_per_sample']} | {r['cell_use_pct']:.0f} % |"
-                     + (f" {zero} |" if measured else "") + f" {r['hint']} |")
+                     + (f" {zero} |" if measured else "")
+                     + ((act or " | |") if active else "") + f" {r['hint']} |")
+    return lines
+
+
+def _range_lines(est: CostEstimate) -> list[str]:
+    r, c, b = est.ranges, est.compressed, est.baseline
+    lines = ["", "## Ranges (low / typical / high)", "",
+             "Each component kind at the low and at the high value of other published sources "
+             "(factors and sources below). Totals are sums of non-negative parts, so all kinds "
+             "at one end together bound them; a reduction's range is its extreme over every "
+             "combination of ends, the same component in the design and the baseline. Bounds "
+             "across different designs, not a confidence interval (docs/cost_model.md, "
+             "'Ranges').", "", "| | low | typical | high |", "|---|---:|---:|---:|"]
+    rows = [("energy / inference, design (nJ)", "compressed", "energy_nJ", c.total_energy_nJ),
+            ("area, design (mm2)", "compressed", "area_mm2", c.total_area_mm2),
+            ("power, design (mW)", "compressed", "power_mW", c.power_mW)]
+    if b is not None:
+        rows += [("energy / inference, baseline (nJ)", "baseline", "energy_nJ",
+                  b.total_energy_nJ),
+                 ("area, baseline (mm2)", "baseline", "area_mm2", b.total_area_mm2)]
+    for label, who, key, typical in rows:
+        lo, hi = r[who][key]
+        lines.append(f"| {label} | {_fmt(lo)} | {_fmt(typical)} | {_fmt(hi)} |")
+    if b is not None:
+        for key in ("energy", "area", "power"):
+            lo, hi = r[f"{key}_reduction_pct"]
+            typical = est.reduction[f"{key}_reduction_pct"]
+            lines.append(f"| {key} reduction | {lo:.1f} % | {typical:.1f} % | {hi:.1f} % |")
+    lines += ["", "| kind | energy low | energy high | area low | area high | sources |",
+              "|---|---:|---:|---:|---:|---|"]
+    for kind, k in r["kinds"].items():
+        (el, eh), (al, ah) = k["energy_factor"], k["area_factor"]
+        src = "; ".join(f"{end.replace('_', ' ')}: {text}" for end, text in k["sources"].items())
+        lines.append(f"| {kind} | {el:.2f}x | {eh:.2f}x | {al:.2f}x | {ah:.2f}x | {src} |")
+    if r["without_range"]:
+        lines += ["", "No second source, taken as exact: " + ", ".join(r["without_range"])
+                  + "."]
     return lines
 
 
@@ -216,8 +281,10 @@ def _digital_lines(dig: Mapping, crossbar_nJ: float) -> list[str]:
         return lines + ["The component table has no `multiply_add`/`digital_op` entries: the "
                         "digital work below is counted, not priced."]
     total = dig["energy_nJ"]
+    lo, hi = dig.get("energy_nJ_range") or (total, total)
     lines += [f"Counted on a real input with forward hooks (crossbar.digital): "
-              f"{_fmt(total)} nJ per inference, {100 * total / (total + crossbar_nJ):.1f} % "
+              f"{_fmt(total)} nJ per inference (range {_fmt(lo)}-{_fmt(hi)}), "
+              f"{100 * total / (total + crossbar_nJ):.1f} % "
               f"of {_fmt(total + crossbar_nJ)} nJ with the crossbar part. Energy only (their "
               "logic area depends on how many units a design provisions). MACs at "
               "`multiply_add`, simple operations at `digital_op`, look-ups as buffer reads.",
@@ -289,6 +356,8 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
             row += (f" {_fmt(get(b))} | {_fmt(red[key + '_reduction_pct'])}% "
                     f"({_fmt(red[key + '_ratio'])}x) |")
         lines.append(row)
+    if est.ranges is not None:
+        lines += _range_lines(est)
     lines += ["", "## Breakdown by component (compressed)", "",
               "| component | area (mm2) | energy (nJ) |", "|---|---:|---:|"]
     for k in PARTS:
@@ -303,7 +372,8 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
             lines.append(f"| {a['step']} | {a['change']} | {a['tiles']} | "
                          f"{_fmt(a['area_mm2'])} | {a['area_change_pct']:+.1f}% | "
                          f"{_fmt(a['energy_nJ'])} | {a['energy_change_pct']:+.1f}% |")
-    lines += _driver_lines(drivers if drivers is not None else energy_drivers(est))
+    lines += _driver_lines(drivers if drivers is not None else energy_drivers(est),
+                           est.cost.data_dependent)
     excluded = list(EXCLUDED)
     if digital is not None:
         lines += _digital_lines(digital, c.total_energy_nJ)
@@ -389,10 +459,20 @@ def _stack(ax, positions, models: Sequence, attr: str, scale: float, width: floa
 
 
 def _breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: float,
-                    ylabel: str, title: str):
+                    ylabel: str, title: str, table: ComponentTable | None = None):
+    """Whole-model bars stacked by component; with ``table``'s ranges, a whisker from the
+    total at every kind's low value to the total at every kind's high value."""
     variants = [("compressed", c)] + ([("dense baseline", b)] if b else [])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     _stack(ax, [v for v, _ in variants], [m for _, m in variants], attr, scale, 0.8, True)
+    if table is not None and table.ranges:
+        quantity = "energy" if attr == "energy_pJ" else "area"
+        for x, (_, m) in enumerate(variants):
+            parts = getattr(m, attr)
+            lo, hi = (v * scale for v in total_range(parts, table, quantity))
+            mid = sum(parts.values()) * scale
+            ax.errorbar(x, mid, yerr=[[mid - lo], [hi - mid]], color="black", capsize=6,
+                        lw=1.2, label="low-high range" if x == 0 else None)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -420,34 +500,37 @@ def _layer_breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: f
     return fig
 
 
-def cost_figures(est: CostEstimate) -> dict[str, object]:
+def cost_figures(est: CostEstimate, table: ComponentTable | None = None) -> dict[str, object]:
     """Matplotlib figures by PNG file name: per-layer tiles and energy (dense vs compressed),
     area and energy by component (whole model and per layer), and the reduction's waterfall
     when the attribution was computed."""
     c, b = est.compressed, est.baseline
+    table = load_table(est.cost.table) if table is None else table
     return {
         "tiles_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.tiles, "tiles",
                                                "Crossbar tiles per layer", integer=True),
         "energy_per_layer.png": _per_layer_plot(c, b, lambda layer: layer.total_energy_pJ * 1e-3,
                                                 "energy / inference (nJ)", "Energy per layer"),
         "area_breakdown.png": _breakdown_plot(c, b, "area_um2", 1e-6, "area (mm2)",
-                                              "Area by component"),
+                                              "Area by component", table),
         "energy_breakdown.png": _breakdown_plot(c, b, "energy_pJ", 1e-3,
                                                 "energy / inference (nJ)",
-                                                "Energy by component"),
+                                                "Energy by component", table),
         "area_per_layer_breakdown.png": _layer_breakdown_plot(
             c, b, "area_um2", 1e-6, "area (mm2)", "Area per layer by component"),
         "energy_per_layer_breakdown.png": _layer_breakdown_plot(
             c, b, "energy_pJ", 1e-3, "energy / inference (nJ)",
             "Energy per layer by component"),
-    } | ({"reduction_waterfall.png": waterfall_plot(est.attribution)} if est.attribution
-         else {})
+    } | ({"reduction_waterfall.png": waterfall_plot(est.attribution, est.ranges)}
+         if est.attribution else {})
 
 
-def waterfall_plot(attribution: Sequence[Mapping]):
+def waterfall_plot(attribution: Sequence[Mapping], ranges: Mapping | None = None):
     """Where the reduction comes from, for area and energy: the baseline's bar (100 %), one
     floating bar per step of :func:`crossbar.cost.attribution` (green: it saves, red: it
-    adds; the change in percent of the baseline written on it) and the design's bar."""
+    adds; the change in percent of the baseline written on it) and the design's bar, with
+    the range of the design in percent of the baseline (:mod:`crossbar.cost_range`) as a
+    whisker when ``ranges`` has it."""
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
     steps = list(attribution)
     names = [a["step"] for a in steps[1:]]
@@ -462,7 +545,16 @@ def waterfall_plot(attribution: Sequence[Mapping]):
                     va="bottom", fontsize=7)
             level += change
         ax.bar(len(steps), level, color="#1f77b4")
-        ax.text(len(steps), level + 1.5, f"{level:.1f}", ha="center", va="bottom", fontsize=7)
+        span = (ranges or {}).get(f"{key.split('_')[0]}_of_baseline_pct")
+        top = level
+        if span:
+            ax.errorbar(len(steps), level, yerr=[[max(level - span[0], 0.0)],
+                                                 [max(span[1] - level, 0.0)]],
+                        color="black", capsize=5, lw=1.2)
+            top = max(level, span[1])
+        ax.text(len(steps), top + 1.5, f"{level:.1f}" + (
+            f"\n({span[0]:.1f}-{span[1]:.1f})" if span else ""), ha="center", va="bottom",
+            fontsize=7)
         ax.set_xticks(range(len(steps) + 1), ["baseline", *names, "design"], rotation=30,
                       ha="right", fontsize=7)
         ax.set_ylabel(f"{label} (% of the baseline)")
@@ -474,10 +566,10 @@ def waterfall_plot(attribution: Sequence[Mapping]):
     return fig
 
 
-def cost_plots(est: CostEstimate) -> dict[str, bytes]:
+def cost_plots(est: CostEstimate, table: ComponentTable | None = None) -> dict[str, bytes]:
     """File bytes by name: every figure of :func:`cost_figures` as ``.png`` and ``.pdf``."""
     out = {}
-    for name, fig in cost_figures(est).items():
+    for name, fig in cost_figures(est, table).items():
         for fmt, data in _encode(fig).items():
             out[str(Path(name).with_suffix("." + fmt))] = data
     return out
@@ -507,29 +599,39 @@ def write_cost_report(
     plots: bool = True,
     digital: Sequence[DigitalWork] | None = None,
     input_zeros: Mapping[str, float] | None = None,
+    activity: Mapping[str, ArrayActivity] | None = None,
 ) -> dict[str, Path]:
     """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
     cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name.
     ``digital``: the model's work off the crossbars (:func:`crossbar.digital.digital_work`),
     priced in its own section and in cost.json's ``digital``; ``input_zeros``: each mapped
     layer's share of zero inputs (:func:`crossbar.digital.input_zero_fractions`), shown with
-    what skipping them would save."""
-    est = estimate(plan, config, cost, table, baseline=baseline)
+    what skipping them would save; ``activity``: each layer's array read measured on a
+    programmed chip (:func:`crossbar.activity.array_activity`). With ``cost.data_dependent``
+    both price the design (:func:`crossbar.cost.estimate`'s ``measured``)."""
+    measured = {}
+    for name, z in (input_zeros or {}).items():
+        measured.setdefault(name, {})["zero_inputs"] = z
+    for name, a in (activity or {}).items():
+        measured.setdefault(name, {})["activity"] = a.activity
+    est = estimate(plan, config, cost, table, baseline=baseline, measured=measured or None)
     data = est.to_dict()
     dig = None
     if digital is not None:
         dig = digital_summary(digital, load_table(table if table is not None
                                                   else est.cost.table), est.cost)
         data["digital"] = dig
-    drivers = energy_drivers(est, input_zeros)
+    drivers = energy_drivers(est, input_zeros, activity)
     data["energy_drivers"] = drivers
+    if activity:
+        data["array_activity"] = {n: a.to_dict() for n, a in activity.items()}
     bad = _non_finite(data)
     if bad:
         fail(f"cost of {bad[0]}", bad[1], "a finite number (check the plan's counts: "
              "mvms_per_sample, in_features, out_features)")
     out = Path(out_dir)
     written: dict[str, Path] = {}
-    images = cost_plots(est) if plots else {}
+    images = cost_plots(est, load_table(table) if table is not None else None) if plots else {}
     texts = {
         "cost.json": json.dumps(data, indent=2, allow_nan=False),
         "cost.csv": _csv_text(cost_rows(est)),
@@ -799,6 +901,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cost_data = _read_json(args.cost, "--cost") if args.cost else {}
         cost_source, out = f"--cost {args.cost}", Path(args.out)
     cost = _cost(cost_data, cost_source, overrides)
+    if cost.data_dependent:
+        raise ValueError(f"{cost_source}: cost.data_dependent=True is invalid here; allowed: "
+                         "false (this command line has a plan but no programmed chip or "
+                         "inputs to measure; the compress app prices what it measures)")
     table = _table(cost.table, f"--table {args.table}" if args.table else
                    f"{cost_source} (its table)")
     _check_out(out)

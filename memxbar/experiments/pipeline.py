@@ -107,7 +107,7 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     chips = _chips(exp, p, plan, result, run_dir, timings)
     with timed(timings, "cost"):
         cost = cost_stage(plan, exp.crossbar, exp.cost, run_dir / "cost", p.model,
-                          p.calibration[:4])
+                          p.calibration[:4], chip=chips.pop("first_chip"))
     metrics = _metrics(exp, p, plan, chips, cost, compressed_acc=compressed_acc,
                        allocation=allocation, warnings_=warnings_, timings=timings)
     write_json(run_dir / "metrics.json", metrics)
@@ -177,11 +177,11 @@ def _chips(exp: CompressExperiment, p: Prepared, plan: MappingPlan, result: Comp
                                        calibration=p.calibration, test=xtest,
                                        scales=result.scales, seed=exp.seed,
                                        sampling=exp.eval.sampling)
-    plot_conductances(p.model, plan, p.calibration, result.scales, run_dir / "conductances.png",
-                      design=design, seed=exp.seed)
+    first = plot_conductances(p.model, plan, p.calibration, result.scales,
+                              run_dir / "conductances.png", design=design, seed=exp.seed)
     plot_tile_map(plan, run_dir / "tile_map.png")
     return {"ideal": ideal, "ideal_plain": ideal_plain, "run": run, "ablation": ablation,
-            "test_samples": len(xtest.dataset)}
+            "test_samples": len(xtest.dataset), "first_chip": first}
 
 
 def _yield(accs: list[float], dense_acc: float, e) -> dict | None:
@@ -226,7 +226,8 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
         "power_mW": comp["power_mW"], "baseline_area_mm2": base["area_mm2"],
         "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
         "cost_baseline": cost["baseline_description"],
-        "cost_attribution": cost.get("attribution"),
+        "cost_attribution": cost.get("attribution"), "cost_ranges": cost.get("ranges"),
+        "digital_energy_nJ": (cost.get("digital") or {}).get("energy_nJ"),
         **{k: v for k, v in cost["reduction"].items()
            if k.endswith("_pct") or k.endswith("_ratio")},
         "compressor": exp.compressor, "allocation": allocation,

@@ -33,10 +33,12 @@ from memxbar.experiments.settings import CompressExperiment, RobustnessSettings
 
 
 def plot_conductances(model: nn.Module, plan: MappingPlan, calibration: torch.Tensor,
-                      scales: Mapping, path: Path, *, design: ChipDesign, seed: int) -> None:
+                      scales: Mapping, path: Path, *, design: ChipDesign, seed: int
+                      ) -> nn.Module:
     """Histogram of the target and the programmed conductances of every live cell of the first
     chip (seed ``seed``) of ``design``, repaired as the run repairs: the level grid, the
-    programming spread around it, and the stuck cells at the window's edges."""
+    programming spread around it, and the stuck cells at the window's edges. Returns that
+    chip (the cost stage measures its array reads)."""
     device = design.device
     xmodel = to_crossbar(model, device.with_(t_inference_s=0.0),
                          design.crossbar.with_(output_calibration=False), calibration=calibration,
@@ -76,6 +78,7 @@ def plot_conductances(model: nn.Module, plan: MappingPlan, calibration: torch.Te
                              if not line.endswith(": none"))
                  + f"; repair as the run repairs; chip seed {seed}.")
     write_png(path, fig)
+    return xmodel
 
 
 def chip_test_markdown(m: dict) -> list[str]:
@@ -392,13 +395,24 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"- compressor: {m['compressor']} ({m['timings_s'][m['compressor']]:.1f} s)", "",
         *([allocation_markdown(m["allocation"])] if m.get("allocation") else []),
         "## Hardware cost (vs dense baseline)", "",
-        "| | compressed | dense baseline | reduction |", "|---|---:|---:|---:|",
+        "| | compressed | dense baseline | reduction | reduction, low-high |",
+        "|---|---:|---:|---:|---:|",
     ]
+    ranges = m.get("cost_ranges") or {}
     for key, unit in (("area", "mm2"), ("energy", "nJ"), ("power", "mW")):
+        span = ranges.get(f"{key}_reduction_pct")
         lines.append(f"| {key} ({unit}) | {fmt(m[f'{key}_{unit}'])} | "
-                     f"{fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% |")
+                     f"{fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% | "
+                     + (f"{span[0]:.1f}-{span[1]:.1f}% |" if span else "|"))
     prog = m["programming"]
     lines += ["", f"Baseline: {m['cost_baseline']}." if "cost_baseline" in m else "",
+              *([f"Low-high: every component at the low / high value of other published "
+                 f"sources (design energy {fmt(ranges['compressed']['energy_nJ'][0])}-"
+                 f"{fmt(ranges['compressed']['energy_nJ'][1])} nJ; cost/report.md, 'Ranges')."]
+                if ranges.get("compressed") else []),
+              *([f"Layers off the crossbars (digital): {fmt(m['digital_energy_nJ'])} nJ per "
+                 "inference besides the crossbars' (cost/report.md lists them and what the "
+                 "estimate leaves out)."] if m.get("digital_energy_nJ") is not None else []),
               *attribution_markdown(m.get("cost_attribution")),
               "", "Full cost report: [cost/report.md](cost/report.md).", "",
               "## Programming a chip (mean over chips)", "",
@@ -441,7 +455,9 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
     lines += ["", "## Stage timings (s)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in m["timings_s"].items()]
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    lines += [f"![{p}](cost/{p})" for p in ("tiles_per_layer.png", "energy_breakdown.png")]
+    lines += [f"![{p}](cost/{p})" for p in ("tiles_per_layer.png", "energy_breakdown.png",
+                                             "reduction_waterfall.png")
+              if (run_dir / "cost" / p).is_file()]
     atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
 
 

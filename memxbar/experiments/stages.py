@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 
 from memxbar.admm import DivergenceError, LayerConstraint, save_atomic
 from memxbar.crossbar import CrossbarConfig, DeviceModel, MappingPlan, plan_model
+from memxbar.crossbar.activity import READ_VOLTAGE_V, array_activity
 from memxbar.crossbar.convert import layer_devices, match_layers
-from memxbar.crossbar.cost import CostConfig
+from memxbar.crossbar.cost import CostConfig, load_table
 from memxbar.crossbar.digital import digital_work, input_zero_fractions
 from memxbar.crossbar.plan import crossbar_layers as mappable
 from memxbar.crossbar.report import write_cost_report
@@ -203,14 +204,23 @@ def mapped_layers(model: nn.Module, digital: Sequence[str], devices: Mapping[str
 
 
 def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_dir: Path,
-               model: nn.Module | None = None, example: torch.Tensor | None = None) -> dict:
+               model: nn.Module | None = None, example: torch.Tensor | None = None,
+               chip: nn.Module | None = None) -> dict:
     """``crossbar.report.write_cost_report`` into ``out_dir``, with the work of ``model`` off
-    the crossbars counted on ``example`` (a few real inputs) when given; returns cost.json's
-    content."""
+    the crossbars and its zero inputs counted on ``example`` (a few real inputs) when given,
+    and the array reads of ``chip`` (a programmed chip of the plan) measured on them; returns
+    cost.json's content."""
     names = [layer.name for layer in plan]
     digital = None if model is None else digital_work(model, names, example)
     zeros = None if model is None else input_zero_fractions(model, names, example)
-    write_cost_report(plan, xbar, out_dir, cost=cost, digital=digital, input_zeros=zeros)
+    activity = None
+    if chip is not None and example is not None:
+        pulse = load_table(cost.table).get("crossbar", rows=xbar.tile_rows,
+                                           cols=xbar.tile_cols).latency_s or 100e-9
+        volts = getattr(xbar.array, "read_voltage_V", READ_VOLTAGE_V)
+        activity = array_activity(chip, example, volts, pulse)
+    write_cost_report(plan, xbar, out_dir, cost=cost, digital=digital, input_zeros=zeros,
+                      activity=activity)
     return json.loads((out_dir / "cost.json").read_text())
 
 
