@@ -3,10 +3,10 @@ compress pipeline and device study end to end on digits, a CIFAR-shaped smoke ru
 VGG-16 / ResNet-18 configs, and collect."""
 
 import json
-import shutil
 import math
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path

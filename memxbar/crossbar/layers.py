@@ -439,12 +439,16 @@ class CrossbarLayer(nn.Module):
             cols = torch.tensor(tile.cols, dtype=torch.long, device=g.device)
             n_rows, n_cols = len(tile.rows), len(tile.cols)
             block = g[:, :, cols.unsqueeze(1), rows.unsqueeze(0)]  # [S, cells, cols, rows]
-            for k in range(n_cells):
-                phys = block[:, k].permute(2, 1, 0).reshape(n_rows, n_cols * n_slices)
-                if ref_eff is not None:
-                    phys = torch.cat([phys, g_ref[t, rows].unsqueeze(1)], dim=1)
-                eff = array.effective_in_tile(  # [rows, bit lines] uS
-                    phys.double() * 1e-6, self.config.tile_rows, self.config.tile_cols).T * 1e6
+            phys = [block[:, k].permute(2, 1, 0).reshape(n_rows, n_cols * n_slices).double()
+                    * 1e-6 for k in range(n_cells)]
+            if ref_eff is not None:
+                phys[0] = torch.cat([phys[0], g_ref[t, rows].unsqueeze(1).double() * 1e-6], 1)
+            size = (self.config.tile_rows, self.config.tile_cols)
+            # a pair's G+ and G- arrays share each word line's driver (one DAC per word line)
+            solved = array.effective_pair_in_tile(*phys, *size) if n_cells == 2 else \
+                [array.effective_in_tile(p, *size) for p in phys]
+            for k, m in enumerate(solved):
+                eff = m.T * 1e6  # [rows, bit lines] uS
                 main = eff[:, :n_cols * n_slices].reshape(n_rows, n_cols, n_slices)
                 g_eff[:, k, cols.unsqueeze(1), rows.unsqueeze(0)] = main.permute(2, 1, 0).to(
                     g.dtype)

@@ -36,6 +36,13 @@ class ArrayModel:
         tile_cols`` array, placed as the model says (default: as :meth:`effective`)."""
         return self.effective(g_S)
 
+    def effective_pair_in_tile(self, g_a_S: torch.Tensor, g_b_S: torch.Tensor, tile_rows: int,
+                               tile_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(M_a, M_b)`` of the two arrays of a differential pair (G+ and G-), whose word
+        line ``i`` shares one driver (default: the arrays do not interact)."""
+        return (self.effective_in_tile(g_a_S, tile_rows, tile_cols),
+                self.effective_in_tile(g_b_S, tile_rows, tile_cols))
+
     @property
     def ideal(self) -> bool:
         return False

@@ -18,7 +18,7 @@ import torch
 
 from .._validate import check_float, fail
 from .base import ArrayModel, register
-from .solve import solve_array
+from .solve import solve_array, solve_pair
 
 MIN_RESISTANCE_OHM = 1e-6
 """The smallest non-zero resistance accepted (a micro-ohm, far below any wire segment; smaller
@@ -78,6 +78,21 @@ class WireResistanceArray(ArrayModel):
         extra_sense = max(tile_rows - rows, 0) * self.r_col_ohm
         return solve_array(g_S, self.r_row_ohm, self.r_col_ohm, self.r_driver_ohm + extra_drive,
                            self.r_sense_ohm + extra_sense)
+
+    def effective_pair_in_tile(self, g_a_S: torch.Tensor, g_b_S: torch.Tensor, tile_rows: int,
+                               tile_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The G+ and G- arrays of a pair with ONE driver per word line, as the cost model
+        prices it (one DAC per word line): the driver's output node feeds both arrays'
+        word lines (:func:`~crossbar.arrays.solve.solve_pair`); ``far`` puts each array's live
+        block ``tile_cols - C`` unused segments from that node (and ``tile_rows - R`` from its
+        sense amplifiers). With an ideal driver (0 ohm) the arrays do not interact."""
+        rows, cols = g_a_S.shape
+        lead = sense = 0.0
+        if self.placement == "far":
+            lead = max(tile_cols - cols, 0) * self.r_row_ohm
+            sense = max(tile_rows - rows, 0) * self.r_col_ohm
+        return solve_pair(g_a_S, g_b_S, self.r_row_ohm, self.r_col_ohm, self.r_driver_ohm,
+                          self.r_sense_ohm + sense, lead)
 
     def column_currents(self, g_S: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """Physical column currents (A) for inputs in ``[-1, 1]`` of full scale ``[N, R]``:
