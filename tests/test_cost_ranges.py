@@ -99,7 +99,16 @@ def test_ratio_range_bounds_every_sampled_corner_and_point():
     (lambda r: r[0]["energy"]["low"].__setitem__("unit", "um2"), "ranges[0].energy.low.unit"),
     (lambda r: r[0]["energy"].pop("high"), "ranges[0].energy"),
     (lambda r: r[0].__setitem__("kind", "laser"), "ranges[0].kind"),
-    (lambda r: r[0].__setitem__("anchor", {"bits": 13}), "adc"),
+    (lambda r: r[0].__setitem__("anchor", {"bits": 13}), "ranges[0].anchor"),
+    (lambda r: r[0].__setitem__("anchor", {"bitz": 8}), "ranges[0].anchor"),
+    (lambda r: r[0].__setitem__("anchor", [8]), "ranges[0].anchor"),
+    (lambda r: r[0].__setitem__("lowest", 1), "ranges[0].lowest"),
+    (lambda r: r[0]["energy"]["high"].__setitem__("value", float("nan")),
+     "ranges[0].energy.high.value"),
+    (lambda r: r[0]["energy"]["high"].__setitem__("value", "2.7"),
+     "ranges[0].energy.high.value"),
+    (lambda r: r[0]["energy"].__setitem__("mid", {}), "ranges[0].energy"),
+    (lambda r: r.__setitem__(0, "adc"), "ranges[0]"),
     (lambda r: r.append(copy.deepcopy(r[0])), "kind"),
     (lambda r: r[0]["energy"]["low"].__setitem__("value", -1), "ranges[0].energy.low.value"),
 ])
@@ -107,6 +116,13 @@ def test_bad_range_entries_are_refused_by_name(edit, key):
     data = _isaac()
     edit(data["ranges"])
     with pytest.raises(ValueError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_table(data)
+
+
+def test_ranges_must_be_a_list():
+    data = _isaac()
+    data["ranges"] = {"kind": "adc"}
+    with pytest.raises(ValueError, match=r"isaac.ranges=.*a list"):
         load_table(data)
 
 

@@ -198,7 +198,11 @@ class ComponentTable:
             reported[str(r["name"])] = (value, dim, str(r.get("source", "")))
         table = cls(name, tuple(comps), reported)
         ranges = {}
-        for i, r in enumerate(data.get("ranges", []) or []):
+        entries = data.get("ranges") or []
+        if not isinstance(entries, list):
+            fail(f"{name}.ranges", entries, "a list of range entries (kind, anchor, energy, "
+                 "optional area)")
+        for i, r in enumerate(entries):
             kr = KindRange.parse(r, table, f"{name}.ranges[{i}]")
             if kr.kind in ranges:
                 fail(f"{name}.ranges[{i}].kind", kr.kind, "one range entry per kind")
@@ -223,11 +227,19 @@ class KindRange:
     def parse(cls, r: Mapping, table: ComponentTable, where: str) -> KindRange:
         if not isinstance(r, Mapping):
             fail(where, r, "a mapping with kind, anchor, energy: {low, high} and optional area")
+        unknown = sorted(set(r) - {"kind", "anchor", "energy", "area"}, key=str)
+        if unknown:
+            fail(f"{where}.{unknown[0]}", r[unknown[0]], "one of the keys kind, anchor, energy, "
+                 "area")
         check_choice(f"{where}.kind", r.get("kind"), COMPONENTS)
         kind, anchor = r["kind"], r.get("anchor") or {}
         if not isinstance(anchor, Mapping):
             fail(f"{where}.anchor", anchor, "a mapping of selectors, e.g. {bits: 8}")
-        entry = table.get(kind, **anchor)
+        try:
+            entry = table.get(kind, **anchor)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}.anchor={dict(anchor)!r} is invalid; allowed: the "
+                             f"selectors of a {kind!r} entry of the table ({exc})") from None
         factors, sources = {}, {}
         for quantity, typical, dim in (("energy", entry.energy_J, "energy"),
                                        ("area", entry.area_m2, "area")):
