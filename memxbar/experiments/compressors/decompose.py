@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from torch import nn
 from torch.utils.data import DataLoader
 
-from memxbar.admm import CompressConfig, CompressResult, LayerConstraint, compress
+from memxbar.admm import CompressResult, LayerConstraint, compress
 from memxbar.admm.decompose import decompose_model
 from memxbar.experiments.compressors.admm import train_compressed
 from memxbar.experiments.compressors.base import CompressInputs, stored_or_run
