@@ -27,7 +27,7 @@ from memxbar.crossbar.report import write_cost_report
 from memxbar.experiments.allocation import budget_range, check_budget, layer_candidates
 from memxbar.experiments.cache import cache_lock, cached, check_cache_dir, reuse, store
 from memxbar.experiments.compressors.settings import RETRAINING
-from memxbar.experiments.compressors.structure import check_decompose
+from memxbar.experiments.compressors.structure import check_decompose, decompose_block
 from memxbar.experiments.data import (
     calibration_batch,
     collapse_floor,
@@ -268,7 +268,8 @@ def preflight(exp: CompressExperiment) -> None:
         _dry_run(model, shape, dtype, exp.model.name, exp.dataset.name)
     check_constraints_fit(model, exp.admm)
     mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
-    check_decompose(exp, model)
+    check_decompose(model, decompose_block(exp.compressor, exp.decompose), exp.layers.digital,
+                    exp.admm.layer_constraints(), exp.raw.get("allocation"), exp.layers.devices)
 
 
 def _dry_run(model: nn.Module, shape: tuple, dtype: torch.dtype, model_name: str,

@@ -13,7 +13,6 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -24,11 +23,13 @@ from memxbar.crossbar.plan import crossbar_layers, matches
 from memxbar.experiments.checks import fail
 from memxbar.experiments.compressors.settings import DecomposeSettings
 
-if TYPE_CHECKING:
-    from memxbar.experiments.settings import CompressExperiment
-
 __all__ = ["check_decompose", "compressed_structure", "decomposed_constraints",
-           "decomposed_mapped", "decomposed_ranks", "mapped_names"]
+           "decomposed_mapped", "decomposed_ranks", "decompose_block", "mapped_names"]
+
+
+def decompose_block(compressor: str, s: DecomposeSettings) -> DecomposeSettings | None:
+    """The ``decompose`` block when ``compressor`` is ``decompose``, else None."""
+    return s if compressor == "decompose" else None
 
 
 def mapped_names(model: nn.Module, digital: Sequence[str]) -> list[str]:
@@ -99,33 +100,36 @@ def decomposed_mapped(mapped: Sequence[str], ranks: Mapping[str, int]) -> list[s
     return [x for n in mapped for x in ((f"{n}.basis", f"{n}.coeff") if n in ranks else (n,))]
 
 
-def check_decompose(exp: CompressExperiment, model: nn.Module) -> None:
-    """``compressor=decompose`` on ``model`` (the undecomposed one, any device), before any
-    work: the ranks and the constraints on the new layers build, no budgeted allocation (it
-    prices the undecomposed layers), and no ``layers.devices`` pattern names a decomposed
-    layer (its name is gone after the decomposition)."""
-    if exp.compressor != "decompose":
+def check_decompose(model: nn.Module, s: DecomposeSettings | None, digital: Sequence[str],
+                    constraints: Sequence[LayerConstraint], allocation: Mapping | None,
+                    devices: Mapping[str, object]) -> None:
+    """The ``decompose`` block ``s`` (None: another compressor, nothing to check) on ``model``
+    (the undecomposed one, any device), before any work: the ranks and the ``admm``
+    ``constraints`` on the new layers build (``digital``: the ``layers.digital`` patterns),
+    no budgeted ``allocation`` (it prices the undecomposed layers), and no ``layers.devices``
+    pattern names a decomposed layer (its name is gone after the decomposition)."""
+    if s is None:
         return
-    if exp.allocation is not None:
-        fail("allocation", exp.raw.get("allocation"), "null with compressor=decompose (the "
-             "allocation prices the undecomposed layers; set the admm constraints instead)")
-    ranks = decomposed_ranks(model, exp.decompose, mapped_names(model, exp.layers.digital))
-    decomposed_constraints(model, exp.admm.layer_constraints(), ranks, exp.decompose)
-    for pattern in exp.layer_devices:
+    if allocation is not None:
+        fail("allocation", allocation, "null with compressor=decompose (the allocation prices "
+             "the undecomposed layers; set the admm constraints instead)")
+    ranks = decomposed_ranks(model, s, mapped_names(model, digital))
+    decomposed_constraints(model, constraints, ranks, s)
+    for pattern, device in devices.items():
         hit = [n for n in ranks if matches(pattern, n)]
         if hit:
-            fail(f"layers.devices.{pattern}", exp.raw["layers"]["devices"][pattern],
-                 f"patterns of layers kept whole; {hit[0]!r} becomes {hit[0]}.basis and "
-                 f"{hit[0]}.coeff with compressor=decompose")
+            fail(f"layers.devices.{pattern}", device, f"patterns of layers kept whole; "
+                 f"{hit[0]!r} becomes {hit[0]}.basis and {hit[0]}.coeff with "
+                 "compressor=decompose")
 
 
-def compressed_structure(exp: CompressExperiment, model: nn.Module) -> nn.Module:
-    """The model the compression checkpoints of ``exp`` hold: ``model`` itself, or for
-    ``compressor=decompose`` a copy with its layers decomposed (shapes only: ``model`` may be
-    on the ``meta`` device)."""
-    if exp.compressor != "decompose":
+def compressed_structure(model: nn.Module, s: DecomposeSettings | None, digital: Sequence[str]
+                         ) -> nn.Module:
+    """The model the compression checkpoints hold: ``model`` itself, or with the ``decompose``
+    block ``s`` (``compressor=decompose``) a copy with its layers decomposed (shapes only:
+    ``model`` may be on the ``meta`` device; ``digital``: the ``layers.digital`` patterns)."""
+    if s is None:
         return model
     out = copy.deepcopy(model)
-    ranks = decomposed_ranks(out, exp.decompose, mapped_names(out, exp.layers.digital))
-    decompose_model(out, ranks, fill=False)
+    decompose_model(out, decomposed_ranks(out, s, mapped_names(out, digital)), fill=False)
     return out
