@@ -763,6 +763,7 @@ def estimate(
     table: str | os.PathLike | Mapping | ComponentTable | None = None,
     baseline: bool = True,
     measured: Mapping[str, Mapping[str, float]] | None = None,
+    baseline_plan: MappingPlan | None = None,
 ) -> CostEstimate:
     """Cost of ``plan`` and, with ``baseline``, of the baseline (:func:`baseline_cost`: the
     dense unpruned model at the baseline precision, independent of the design's converters)
@@ -773,7 +774,12 @@ def estimate(
     read energy over the full-scale read, :func:`crossbar.activity.array_activity`); used
     only with ``cost.data_dependent``, which prices the design's DAC drives, input-register
     bits and array reads with them; the baseline stays the worst case (one fixed baseline),
-    and the attribution gains a last step for the measured activity."""
+    and the attribution gains a last step for the measured activity.
+
+    ``baseline_plan``: the plan of the model as it was before the compression changed its
+    structure (e.g. convolutions decomposed into basis and coefficient convolutions), whose
+    dense mapping is then the baseline and the first attribution steps (default ``plan``:
+    the same layers)."""
     cost = cost or CostConfig()
     tab = load_table(cost.table if table is None else table)
     if cost.data_dependent and not measured:
@@ -786,8 +792,8 @@ def estimate(
     if not baseline:
         return CostEstimate(compressed, None, None, xbar, cost,
                             ranges=cost_ranges(compressed, None, tab))
-    base = baseline_cost(plan, xbar, cost, tab)
-    steps = attribution(plan, xbar, cost, tab, ends=(base, worst))
+    base = baseline_cost(plan if baseline_plan is None else baseline_plan, xbar, cost, tab)
+    steps = attribution(plan, xbar, cost, tab, ends=(base, worst), baseline_plan=baseline_plan)
     if cost.data_dependent:  # one more step: the measured inputs and conductances
         first, last = steps[0], steps[-1]
         row = {"step": "measured activity", "change": MEASURED_STEP, "tiles": compressed.tiles,
@@ -836,21 +842,25 @@ ATTRIBUTION_STEPS = (
 
 def attribution(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig | None = None,
                 table: str | os.PathLike | Mapping | ComponentTable | None = None,
-                ends: tuple[ModelCost, ModelCost] | None = None) -> list[dict]:
+                ends: tuple[ModelCost, ModelCost] | None = None,
+                baseline_plan: MappingPlan | None = None) -> list[dict]:
     """Where the reduction from the baseline to the design comes from: the design's cost
     reached in :data:`ATTRIBUTION_STEPS`, each changing one thing with the earlier changes
     applied (so the steps add up to the total; another order would split the interactions
     differently). Per step: tiles, area (mm^2), energy per inference (nJ), and the change of
     area and energy against the previous step in percent of the baseline. ``ends``: the
-    baseline's and the design's costs when the caller has them (:func:`estimate`)."""
+    baseline's and the design's costs when the caller has them (:func:`estimate`);
+    ``baseline_plan``: the model before a change of structure (:func:`estimate`), dense in the
+    first two steps, so the ``pruning`` step also holds the change of structure."""
     cost = cost or CostConfig()
     tab = load_table(cost.table if table is None else table)
     base = baseline_config(xbar, cost)
     precision = base.with_(weight_bits=xbar.weight_bits, cell_bits=xbar.cell_bits)
     converters = precision.with_(dac=xbar.dac, dac_bits=xbar.dac_bits, adc_bits=xbar.adc_bits)
     configs = (base, precision, precision, converters, xbar)
-    plans = (None if ends else dense_plan(plan, base), dense_plan(plan, precision), plan, plan,
-             plan)
+    before = plan if baseline_plan is None else baseline_plan
+    plans = (None if ends else dense_plan(before, base), dense_plan(before, precision), plan,
+             plan, plan)
     steps, previous, first = [], None, None
     known = {0: ends[0], len(configs) - 1: ends[1]} if ends else {}
     for i, ((name, what), config, step_plan) in enumerate(zip(ATTRIBUTION_STEPS, configs, plans,

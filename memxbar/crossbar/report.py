@@ -40,6 +40,7 @@ from .cost import (  # noqa: E402
     ComponentTable,
     CostConfig,
     CostEstimate,
+    LayerCost,
     ModelCost,
     available_tables,
     baseline_description,
@@ -331,6 +332,7 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
         "|---|" + "---:|" * 12 + ("---:|---:|" if b else ""),
     ]
     base_by_name = {layer.name: layer for layer in b.layers} if b else {}
+    shown: set[str] = set()
     for layer in c.layers:
         row = (f"| {layer.name} | {layer.tiles} | {layer.live_rows} | {layer.live_cols} | "
                f"{layer.dacs} | {layer.adcs} | {layer.weight_slices} | {layer.adc_conversions} | "
@@ -338,8 +340,7 @@ def markdown_report(est: CostEstimate, plots: Sequence[str] = (),
                f"{_fmt(layer.total_area_um2 * 1e-6)} | {_fmt(layer.total_energy_pJ * 1e-3)} | "
                f"{_fmt(layer.latency_ns * 1e-3)} |")
         if b:
-            d = base_by_name[layer.name]
-            row += f" {d.tiles} | {_fmt(d.total_energy_pJ * 1e-3)} |"
+            row += _dense_cells(layer.name, base_by_name, shown)
         lines.append(row)
     lines += ["", "## Totals", "",
               "| | compressed |" + (" dense baseline | reduction |" if b else ""),
@@ -408,6 +409,18 @@ DIGITAL_EXCLUDED = (
 """EXCLUDED's third item when the layers off the crossbars are costed."""
 
 
+def _dense_cells(name: str, base: Mapping[str, LayerCost], shown: set[str]) -> str:
+    """The dense baseline's tiles and energy of layer ``name``; for a part ``<layer>.<part>``
+    of a layer the compression replaced (a decomposed convolution), that layer's, named, on
+    its first part only."""
+    whole = name if name in base else next((n for n in base if name.startswith(n + ".")), None)
+    if whole is None or whole in shown:
+        return " - | - |"
+    shown.add(whole)
+    d, label = base[whole], "" if whole == name else f" ({whole})"
+    return f" {d.tiles}{label} | {_fmt(d.total_energy_pJ * 1e-3)}{label} |"
+
+
 # ----------------------------------------------------------------------------------- plots
 FIGURE_FORMATS = ("png", "pdf")
 """Every cost figure is written as PNG (for report.md) and PDF (vector, for papers)."""
@@ -423,17 +436,31 @@ def _encode(fig) -> dict[str, bytes]:
     return out
 
 
+def _layer_slots(c: ModelCost, b: ModelCost | None) -> tuple[list[str], list[int], list[int]]:
+    """One x slot per layer name: ``(names, slots of c's layers, slots of b's layers)``. The
+    same layers share slots; a baseline layer that the compression replaced by parts named
+    ``<layer>.<part>`` (a decomposed convolution) is followed by its parts' slots."""
+    design = [layer.name for layer in c.layers]
+    base = [layer.name for layer in b.layers] if b else []
+    names: list[str] = []
+    for n in base:
+        names += [x for x in (n, *(d for d in design if d.startswith(n + "."))) if x not in names]
+    names += [x for x in design if x not in names]
+    slot = {n: i for i, n in enumerate(names)}
+    return names, [slot[n] for n in design], [slot[n] for n in base]
+
+
 def _per_layer_plot(c: ModelCost, b: ModelCost | None, get, ylabel: str, title: str,
                     integer: bool = False):
-    names = [layer.name for layer in c.layers]
+    names, c_idx, b_idx = _layer_slots(c, b)
     idx = range(len(names))
     width = 0.4 if b else 0.8
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(names) + 2), 3.5))
     if b:
-        ax.bar([i - width / 2 for i in idx], [get(layer) for layer in b.layers], width,
+        ax.bar([i - width / 2 for i in b_idx], [get(layer) for layer in b.layers], width,
                label="dense baseline", color="#bbbbbb")
-    ax.bar([i + (width / 2 if b else 0) for i in idx], [get(layer) for layer in c.layers], width,
-           label="compressed", color="#1f77b4")
+    ax.bar([i + (width / 2 if b else 0) for i in c_idx], [get(layer) for layer in c.layers],
+           width, label="compressed", color="#1f77b4")
     ax.set_xticks(list(idx), names, rotation=45, ha="right")
     ax.set_xlabel("layer")
     ax.set_ylabel(ylabel)
@@ -483,14 +510,14 @@ def _layer_breakdown_plot(c: ModelCost, b: ModelCost | None, attr: str, scale: f
                           ylabel: str, title: str):
     """Per layer, stacked by component: the compressed design (left bar of each pair) and the
     dense baseline (right, hatched)."""
-    names = [layer.name for layer in c.layers]
+    names, c_idx, b_idx = _layer_slots(c, b)
     width = 0.4 if b else 0.8
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 3), 3.8))
     idx = list(range(len(names)))
-    _stack(ax, [i - (width / 2 if b else 0) for i in idx], list(c.layers), attr, scale, width,
+    _stack(ax, [i - (width / 2 if b else 0) for i in c_idx], list(c.layers), attr, scale, width,
            True)
     if b:
-        _stack(ax, [i + width / 2 for i in idx], list(b.layers), attr, scale, width, False,
+        _stack(ax, [i + width / 2 for i in b_idx], list(b.layers), attr, scale, width, False,
                hatch="//")
     ax.set_xticks(idx, names, rotation=45, ha="right")
     ax.set_xlabel("layer" + (" (left: compressed, right hatched: dense baseline)" if b else ""))
@@ -600,6 +627,7 @@ def write_cost_report(
     digital: Sequence[DigitalWork] | None = None,
     input_zeros: Mapping[str, float] | None = None,
     activity: Mapping[str, ArrayActivity] | None = None,
+    baseline_plan: MappingPlan | None = None,
 ) -> dict[str, Path]:
     """Estimate the cost of ``plan`` (and of its dense baseline) and write report.md,
     cost.csv, cost.json and the plots into ``out_dir``; returns the written paths by name.
@@ -608,13 +636,16 @@ def write_cost_report(
     layer's share of zero inputs (:func:`crossbar.digital.input_zero_fractions`), shown with
     what skipping them would save; ``activity``: each layer's array read measured on a
     programmed chip (:func:`crossbar.activity.array_activity`). With ``cost.data_dependent``
-    both price the design (:func:`crossbar.cost.estimate`'s ``measured``)."""
+    both price the design (:func:`crossbar.cost.estimate`'s ``measured``). ``baseline_plan``:
+    the model before a change of structure, whose dense mapping is the baseline
+    (:func:`crossbar.cost.estimate`)."""
     measured = {}
     for name, z in (input_zeros or {}).items():
         measured.setdefault(name, {})["zero_inputs"] = z
     for name, a in (activity or {}).items():
         measured.setdefault(name, {})["activity"] = a.activity
-    est = estimate(plan, config, cost, table, baseline=baseline, measured=measured or None)
+    est = estimate(plan, config, cost, table, baseline=baseline, measured=measured or None,
+                   baseline_plan=baseline_plan)
     data = est.to_dict()
     dig = None
     if digital is not None:

@@ -30,6 +30,7 @@ from memxbar.experiments.settings import (
     AllocationSettings,
     CompressExperiment,
     DatasetSettings,
+    DecomposeSettings,
     EvalSettings,
     LayerSettings,
     ModelSettings,
@@ -114,7 +115,7 @@ _TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "cross
         "eval")
 
 
-_OPTIONAL = ("compressor", "obc", "allocation", "resume", "robustness", "layers")
+_OPTIONAL = ("compressor", "obc", "allocation", "resume", "robustness", "layers", "decompose")
 """Top-level keys with defaults: ``compressor`` (admm | obc), the ``obc`` block
 (``experiments.compressors.settings.ObcSettings``), ``allocation`` (null or
 ``experiments.compressors.settings.AllocationSettings``), ``resume`` (continue the run directory's
@@ -182,6 +183,7 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         robustness=robustness,
         layers=layers,
         layer_devices=layers.device_models(robustness),
+        decompose=build(DecomposeSettings, data.get("decompose"), "decompose"),
     )
 
 

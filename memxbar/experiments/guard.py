@@ -53,6 +53,7 @@ from memxbar.admm.pipeline import (
 )
 from memxbar.crossbar.io import TEMP_SUFFIX
 from memxbar.experiments.compressors.settings import RETRAINING, AdmmSettings
+from memxbar.experiments.compressors.structure import compressed_structure, decompose_block
 from memxbar.experiments.data import data_shape
 from memxbar.experiments.models import build_model
 from memxbar.experiments.settings import CompressExperiment, DatasetSettings, ModelSettings
@@ -175,6 +176,8 @@ def check_resume(run_dir: Path, exp: CompressExperiment, model: nn.Module | None
     if exp.train.checkpoint:  # dense.pt holds train.checkpoint's weights, not this run's
         del expected["dense.pt"], expected["pretrain_state.pt"]
     search = exp.allocation is not None and exp.allocation.max_drop is not None
+    compressed = None if model is None else compressed_structure(
+        model, decompose_block(exp.compressor, exp.decompose), exp.layers.digital)
     for name, fp in expected.items():
         path = run_dir / name
         if not path.exists():
@@ -193,7 +196,8 @@ def check_resume(run_dir: Path, exp: CompressExperiment, model: nn.Module | None
                                           "move the file away and resume from the one before)")
         check_fingerprint(path, state.get("fingerprint"), fp)
         if model is not None:
-            check_weights(path, state["model"], model)
+            check_weights(path, state["model"], compressed if name in ("compressed.pt",
+                                                                       "admm_state.pt") else model)
     check_record(run_dir, exp.raw, fingerprint(exp))
 
 

@@ -89,6 +89,9 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     (open, locked) ``run_dir``."""
     timings: dict[str, float] = {}
     p = prepare(exp, run_dir, timings)
+    # the model as pretrained, before a compressor changes its structure (decompose): its
+    # dense mapping is the cost baseline and its weights the dense count
+    original = map_stage(p.model, None, exp.crossbar, p.calibration, exclude=p.digital)
     try:
         exp, result, allocation = _compress(exp, p, run_dir, timings)
     except DivergenceError as exc:  # a collapse measured on too few test samples says so
@@ -107,8 +110,9 @@ def compress_run(exp: CompressExperiment, run_dir: Path) -> dict:
     chips = _chips(exp, p, plan, result, run_dir, timings)
     with timed(timings, "cost"):
         cost = cost_stage(plan, exp.crossbar, exp.cost, run_dir / "cost", p.model,
-                          p.calibration[:4], chip=chips.pop("first_chip"))
-    metrics = _metrics(exp, p, plan, chips, cost, compressed_acc=compressed_acc,
+                          p.calibration[:4], chip=chips.pop("first_chip"), baseline=original)
+    metrics = _metrics(exp, p, plan, chips, cost, dense_weights=original.dense_weights,
+                       compressed_acc=compressed_acc,
                        allocation=allocation, warnings_=warnings_, timings=timings)
     write_json(run_dir / "metrics.json", metrics)
     write_compress_report(metrics, plan, result.history, run_dir)
@@ -197,9 +201,10 @@ def _yield(accs: list[float], dense_acc: float, e) -> dict | None:
 
 
 def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dict, cost: dict,
-             *, compressed_acc: float, allocation: dict | None, warnings_: list[str],
-             timings: dict) -> dict:
-    """metrics.json of a compress run."""
+             *, dense_weights: int, compressed_acc: float, allocation: dict | None,
+             warnings_: list[str], timings: dict) -> dict:
+    """metrics.json of a compress run; ``dense_weights``: those of the model as pretrained
+    (before a change of structure)."""
     run: ChipRun = chips["run"]
     accs, dense_acc, ideal = run.accuracies, p.dense_acc, chips["ideal"]
     comp, base = cost["compressed"]["totals"], cost["baseline"]["totals"]
@@ -218,8 +223,8 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
                       "workers": exp.eval.workers},
         "crossbar_test_samples": chips["test_samples"],
         "accuracy_drop_ideal": dense_acc - ideal, "accuracy_drop_mean": dense_acc - run.mean,
-        "dense_weights": plan.dense_weights, "mapped_weights": plan.mapped_weights,
-        "compression_ratio": plan.dense_weights / max(plan.mapped_weights, 1),
+        "dense_weights": dense_weights, "mapped_weights": plan.mapped_weights,
+        "compression_ratio": dense_weights / max(plan.mapped_weights, 1),
         "levels": exp.admm.levels, "device_levels": exp.device.level_count,
         "tiles": plan.n_tiles, "baseline_tiles": base["tiles"],
         "area_mm2": comp["area_mm2"], "energy_nJ": comp["energy_nJ"],

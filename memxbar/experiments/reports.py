@@ -121,6 +121,8 @@ _STAGE_LABELS = {
     "quant": "quantized: after hard projection\n(before retraining)",
     "quant_retrain": "quantized, retrained\n(software compressed)",
     "obc": "OBC compressed\n(software)",
+    "decomposed": "decomposed: truncated basis\n(before training)",
+    "finetune": "decomposed, fine-tuned",
 }
 """Tick labels of the software stages (``eval`` events of the compression history): the
 accuracy right after a hard projection onto the constraint set is the one before the retraining

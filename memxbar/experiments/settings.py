@@ -25,7 +25,12 @@ from memxbar.experiments.checks import (
     known_keys,
     library_call,
 )
-from memxbar.experiments.compressors.settings import AdmmSettings, AllocationSettings, ObcSettings
+from memxbar.experiments.compressors.settings import (
+    AdmmSettings,
+    AllocationSettings,
+    DecomposeSettings,
+    ObcSettings,
+)
 from memxbar.experiments.datasets import DATASETS
 from memxbar.experiments.models import MODELS
 from memxbar.experiments.train import OPTIMIZERS
@@ -513,6 +518,7 @@ class CompressExperiment:
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
     layers: LayerSettings = field(default_factory=LayerSettings)
     layer_devices: dict = field(default_factory=dict)
+    decompose: DecomposeSettings = field(default_factory=DecomposeSettings)
 
     def __post_init__(self) -> None:
         """Weights are quantized onto levels the device can hold: an integer level count in
@@ -526,6 +532,9 @@ class CompressExperiment:
         counts = [("admm.levels", self.admm.levels)] + [
             (f"admm.constraints[{i}].levels", c.get("levels"))
             for i, c in enumerate(self.admm.constraints)]
+        if self.compressor == "decompose":
+            counts += [(f"decompose.{k}", getattr(self.decompose, k))
+                       for k in ("basis_levels", "coeff_levels")]
         for key, n in counts:
             if not isinstance(n, int) or n == n_device:
                 continue

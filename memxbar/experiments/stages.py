@@ -27,6 +27,7 @@ from memxbar.crossbar.report import write_cost_report
 from memxbar.experiments.allocation import budget_range, check_budget, layer_candidates
 from memxbar.experiments.cache import cache_lock, cached, check_cache_dir, reuse, store
 from memxbar.experiments.compressors.settings import RETRAINING
+from memxbar.experiments.compressors.structure import check_decompose, decompose_block
 from memxbar.experiments.data import (
     calibration_batch,
     collapse_floor,
@@ -205,11 +206,12 @@ def mapped_layers(model: nn.Module, digital: Sequence[str], devices: Mapping[str
 
 def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_dir: Path,
                model: nn.Module | None = None, example: torch.Tensor | None = None,
-               chip: nn.Module | None = None) -> dict:
+               chip: nn.Module | None = None, baseline: MappingPlan | None = None) -> dict:
     """``crossbar.report.write_cost_report`` into ``out_dir``, with the work of ``model`` off
     the crossbars and its zero inputs counted on ``example`` (a few real inputs) when given,
-    and the array reads of ``chip`` (a programmed chip of the plan) measured on them; returns
-    cost.json's content."""
+    and the array reads of ``chip`` (a programmed chip of the plan) measured on them;
+    ``baseline``: the plan of the model before the compressor changed its structure (its
+    dense mapping is the cost baseline); returns cost.json's content."""
     names = [layer.name for layer in plan]
     digital = None if model is None else digital_work(model, names, example)
     zeros = None if model is None else input_zero_fractions(model, names, example)
@@ -220,7 +222,7 @@ def cost_stage(plan: MappingPlan, xbar: CrossbarConfig, cost: CostConfig, out_di
         volts = getattr(xbar.array, "read_voltage_V", READ_VOLTAGE_V)
         activity = array_activity(chip, example, volts, pulse)
     write_cost_report(plan, xbar, out_dir, cost=cost, digital=digital, input_zeros=zeros,
-                      activity=activity)
+                      activity=activity, baseline_plan=baseline)
     return json.loads((out_dir / "cost.json").read_text())
 
 
@@ -266,6 +268,8 @@ def preflight(exp: CompressExperiment) -> None:
         _dry_run(model, shape, dtype, exp.model.name, exp.dataset.name)
     check_constraints_fit(model, exp.admm)
     mapped_layers(model, exp.layers.digital, exp.layer_devices, exp.device)
+    check_decompose(model, decompose_block(exp.compressor, exp.decompose), exp.layers.digital,
+                    exp.admm.layer_constraints(), exp.raw.get("allocation"), exp.layers.devices)
 
 
 def _dry_run(model: nn.Module, shape: tuple, dtype: torch.dtype, model_name: str,

@@ -17,7 +17,7 @@ from memxbar.experiments.compressors.base import CompressInputs, stored_or_run
 from memxbar.experiments.data import collapse_floor
 from memxbar.experiments.train import evaluate
 
-__all__ = ["compress_stage"]
+__all__ = ["compress_stage", "train_compressed"]
 
 _log = logging.getLogger("memxbar.experiments.compressors.admm")
 
@@ -27,11 +27,15 @@ def compress_stage(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
     """The ``admm`` compressor (``inputs.settings``: the ``admm`` group): ADMM prune, masked
     retrain, ADMM quantize, retrain (``admm.compress``; resumable from ``admm_state.pt``);
     saves ``compressed.pt`` (:func:`~experiments.compressors.base.stored_or_run`)."""
-    return stored_or_run(model, inputs, lambda: _compress(model, loaders, inputs), "admm")
+    return stored_or_run(model, inputs, lambda: train_compressed(model, loaders, inputs), "admm")
 
 
-def _compress(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
-              inputs: CompressInputs) -> CompressResult:
+def train_compressed(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
+                     inputs: CompressInputs, teacher: nn.Module | None = None
+                     ) -> CompressResult:
+    """The ``admm`` group's stages (``inputs.settings``) on ``model`` in place, without the
+    save of ``compressed.pt``; ``teacher``: the distillation teacher (default: ``model`` as it
+    is now, ``admm.compress``)."""
     config = dataclasses.replace(inputs.settings.compress_config(progress=inputs.progress),
                                  collapse_floor=collapse_floor(loaders[1]))
     perturbation = None
@@ -46,4 +50,4 @@ def _compress(model: nn.Module, loaders: tuple[DataLoader, DataLoader],
             device.describe())
     return compress(model, loaders[0], config, eval_fn=lambda m: evaluate(m, loaders[1]),
                     checkpoint=inputs.run_dir / "admm_state.pt", fingerprint=inputs.fingerprint,
-                    perturbation=perturbation)
+                    perturbation=perturbation, teacher=teacher)

@@ -58,6 +58,9 @@ class CompressInputs:
     """Progress bars (``runtime.progress``)."""
     cache_dir: str | None = None
     """The shared model cache (``runtime.cache_dir``), or None."""
+    admm: Any = None
+    """The ``admm`` group (``AdmmSettings``: stages, epochs, distillation), which a compressor
+    with its own block that trains with these stages reads (``decompose``)."""
 
 
 def result_of(state: dict) -> CompressResult:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from memxbar.experiments.compressors.admm import compress_stage
 from memxbar.experiments.compressors.base import CompressInputs
+from memxbar.experiments.compressors.decompose import decompose_stage
 from memxbar.experiments.compressors.magnitude import magnitude_stage
 from memxbar.experiments.compressors.obc import obc_stage
 from memxbar.experiments.compressors.settings import SETTINGS_BLOCK
@@ -22,6 +23,7 @@ COMPRESSORS: dict[str, Callable] = {
     "admm": compress_stage,        # ADMM prune/retrain/quantize/retrain
     "magnitude": magnitude_stage,  # magnitude prune + fine-tune
     "obc": obc_stage,              # post-training OBC (docs/obc.md)
+    "decompose": decompose_stage,  # kernel decomposition + coefficient pruning (docs/decompose.md)
 }
 """Values of the top-level ``compressor`` key -> their adapter."""
 
@@ -46,4 +48,5 @@ def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str
         constraints=exp.admm.layer_constraints(), seed=exp.seed, device=exp.device,
         crossbar=exp.crossbar, hardware_aware=rob.hardware_aware,
         hardware_aware_effects=rob.hardware_aware_effects, repair=rob.repair(),
-        mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir)
+        mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir,
+        admm=exp.admm)

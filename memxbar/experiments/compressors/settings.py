@@ -308,9 +308,56 @@ def plain_setting(setting: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in setting.items()}
 
 
-SETTINGS_BLOCK: dict[str, str] = {"admm": "admm", "magnitude": "admm", "obc": "obc"}
+SETTINGS_BLOCK: dict[str, str] = {"admm": "admm", "magnitude": "admm", "obc": "obc",
+                                  "decompose": "decompose"}
 """The config block each compressor reads as ``CompressInputs.settings`` (a field of
 :class:`experiments.settings.CompressExperiment`)."""
 
-RETRAINING = ("admm", "magnitude")
+RETRAINING = ("admm", "magnitude", "decompose")
 """Compressors that retrain (so hardware-aware retraining changes their model)."""
+
+
+DECOMPOSE_METHODS = ("admm", "magnitude")
+"""How ``compressor=decompose`` prunes and quantizes the coefficient convolutions: the ``admm``
+or the ``magnitude`` compressor's stages (``decompose.method``)."""
+
+
+@dataclass(frozen=True)
+class DecomposeSettings:
+    """The ``decompose`` block (``compressor=decompose``, docs/decompose.md): every mapped
+    ``Conv2d`` (groups 1, kernel larger than 1 x 1) matching a ``layers`` pattern becomes ``M``
+    basis kernels per input channel (``basis``; ``per_layer``: layer name -> its own ``M``;
+    each in ``[1, kh*kw]``, checked on the model) and a ``1 x 1`` coefficient convolution.
+
+    Hybrid precision by reuse: ``basis_levels`` are the levels of the basis convolutions' cell
+    pair (null: float in training, the device's grid on the chip), ``coeff_levels`` those of
+    the coefficient convolutions (null: the layer's ``admm`` constraint levels); both must be
+    levels the device holds (checked with the device). ``finetune_epochs``: dense
+    fine-tuning of the decomposed model before ``method`` (``admm`` | ``magnitude``, with the
+    ``admm`` group's epochs) prunes and quantizes."""
+
+    basis: int = 4
+    per_layer: dict = field(default_factory=dict)
+    layers: list = field(default_factory=lambda: ["*"])
+    basis_levels: int | None = None
+    coeff_levels: int | None = None
+    finetune_epochs: int = 2
+    method: str = "admm"
+
+    def __post_init__(self) -> None:
+        if self.basis < 1:
+            fail("basis", self.basis, "an integer >= 1 (and at most kh*kw of each layer)")
+        for name, m in self.per_layer.items():
+            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                fail(f"per_layer.{name}", m, "an integer >= 1 (and at most the layer's kh*kw)")
+        if not self.layers or any(not isinstance(p, str) or not p for p in self.layers):
+            fail("layers", self.layers, "a non-empty list of layer name patterns (fnmatch or "
+                 "re:...)")
+        for key in ("basis_levels", "coeff_levels"):
+            n = getattr(self, key)
+            if n is not None and n < 2:
+                fail(key, n, "an integer >= 2 (levels of the cell pair) or null")
+        if not 0 <= self.finetune_epochs <= 1000:
+            fail("finetune_epochs", self.finetune_epochs, "an integer in [0, 1000]")
+        if self.method not in DECOMPOSE_METHODS:
+            fail("method", self.method, "one of " + ", ".join(DECOMPOSE_METHODS))
