@@ -121,6 +121,8 @@ _STAGE_LABELS = {
     "quant": "quantized: after hard projection\n(before retraining)",
     "quant_retrain": "quantized, retrained\n(software compressed)",
     "obc": "OBC compressed\n(software)",
+    "wpc": "pruned, retrained\nwith WPC",
+    "ternary": "ternary, fine-tuned\n(software compressed)",
 }
 """Tick labels of the software stages (``eval`` events of the compression history): the
 accuracy right after a hard projection onto the constraint set is the one before the retraining
@@ -320,7 +322,7 @@ def robustness_markdown(m: dict) -> list[str]:
         return []
     s, rep = rob["settings"], rob["repair_mean"]
     retraining = ("on" if s["hardware_aware"] else "off") if m.get("compressor", "admm") \
-        in RETRAINING else f"none ({m.get('compressor')} does not retrain)"
+        in RETRAINING else f"none ({m.get('compressor')} does not retrain on the chip)"
     calib = f"on ({s['calibration_samples']} images)" if s["output_calibration"] else "off"
     lines = ["## Robustness (robustness group)", "",
              f"- hardware-aware retraining: {retraining}; "
