@@ -17,6 +17,7 @@ from memxbar.crossbar.convert import crossbar_modules
 from memxbar.crossbar.io import atomic_write_text
 from memxbar.experiments.allocation import allocation_markdown
 from memxbar.experiments.chips import ChipDesign, mean_std
+from memxbar.experiments.compressors.adaptive_levels import levels_markdown
 from memxbar.experiments.compressors.settings import RETRAINING
 from memxbar.experiments.plots import (
     caption,
@@ -435,6 +436,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
                  "(memxbar/experiments/selective_verify.py)"]
                 if m["device"]["write_verify"] and m.get("robustness", {}).get(
                     "settings", {}).get("verify_fraction", 1.0) < 1.0 else []), "",
+              *levels_markdown(history),
               "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
               f"Array model: {array_line(m['crossbar'])}.", "",
               *([f"Layers kept digital (not simulated or costed): "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from memxbar.experiments.compressors.adaptive_levels import adaptive_levels_stage
 from memxbar.experiments.compressors.admm import compress_stage
 from memxbar.experiments.compressors.base import CompressInputs
 from memxbar.experiments.compressors.magnitude import magnitude_stage
@@ -24,6 +25,7 @@ COMPRESSORS: dict[str, Callable] = {
     "magnitude": magnitude_stage,  # magnitude prune + fine-tune
     "obc": obc_stage,              # post-training OBC (docs/obc.md)
     "ternary": ternary_stage,      # prune + WPC + ternary weights (docs/ternary.md)
+    "adaptive_levels": adaptive_levels_stage,  # levels per layer (docs/adaptive_levels.md)
 }
 """Values of the top-level ``compressor`` key -> their adapter."""
 

@@ -195,12 +195,12 @@ class AdaptiveLevelsSettings:
     ``tolerance_fraction`` of the grid's level spacing. ``front``: the lambdas of the
     cost-accuracy front reported next to the configured one."""
 
-    cost_weight: float = 1.0
+    cost_weight: float = 0.01
     candidates: list[int] | None = None
     n_calib: int = MAX_CALIBRATION
     prior_precision: float = 1.0
     tolerance_fraction: float = 0.25
-    front: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0, 100.0])
+    front: list[float] = field(default_factory=lambda: [0.0, 0.003, 0.01, 0.03, 0.1, 1.0])
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cost_weight) and 0 <= self.cost_weight <= 1e12):
