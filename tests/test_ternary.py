@@ -190,6 +190,7 @@ def test_ternary_ablation_has_the_same_prune(ternary_runs):
     a = torch.load(wpc_dir / "admm_state.pt", weights_only=True)["masks"]
     b = torch.load(off_dir / "admm_state.pt", weights_only=True)["masks"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert wpc["compression_ratio"] == off["compression_ratio"]   # the same prune, the same
     off_state = torch.load(off_dir / "compressed.pt", weights_only=True)
     assert not any("tau" in h for h in off_state["history"])
     assert "penalty: 'off'" in (off_dir / "config.yaml").read_text() \

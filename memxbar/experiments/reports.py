@@ -416,7 +416,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
               *([f"Layers off the crossbars (digital): {fmt(m['digital_energy_nJ'])} nJ per "
                  "inference besides the crossbars' (cost/report.md lists them and what the "
                  "estimate leaves out)."] if m.get("digital_energy_nJ") is not None else []),
-              *attribution_markdown(m.get("cost_attribution")),
+              *attribution_markdown(m.get("cost_attribution")), *levels_markdown(history),
               "", "Full cost report: [cost/report.md](cost/report.md).", "",
               "## Programming a chip (mean over chips)", "",
               f"- {prog['cells']:.0f} cells, " + (
@@ -436,7 +436,6 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
                  "(memxbar/experiments/selective_verify.py)"]
                 if m["device"]["write_verify"] and m.get("robustness", {}).get(
                     "settings", {}).get("verify_fraction", 1.0) < 1.0 else []), "",
-              *levels_markdown(history),
               "## Device", "", "```", DeviceModel.from_dict(m["device"]).describe(), "```", "",
               f"Array model: {array_line(m['crossbar'])}.", "",
               *([f"Layers kept digital (not simulated or costed): "

@@ -190,7 +190,7 @@ def levels_markdown(history: list[dict]) -> list[str]:
     if rec is None:
         return []
     t = rec["pulse_time_s"]
-    lines = ["## Adaptive levels (compressor=adaptive_levels)", "",
+    lines = ["", "## Adaptive levels (compressor=adaptive_levels)", "",
              f"- levels per layer: {rec['levels']} (cost_weight {rec['cost_weight']:g} nats "
              "per pulse)",
              f"- expected write-verify programming: {rec['pulses']:.4g} pulses, "
@@ -203,4 +203,4 @@ def levels_markdown(history: list[dict]) -> list[str]:
     lines += [f"| {p['weight']:g} | {', '.join(str(v) for v in p['levels'].values())} | "
               f"{p['log_density']:.4g} | {p['cost']:.4g} | {p['time_serial_s']:.3g} | "
               f"{p['accuracy']:.2f} |" for p in rec["front"]]
-    return lines + [""]
+    return lines
