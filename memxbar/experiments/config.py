@@ -26,6 +26,7 @@ from memxbar.experiments.checks import build, fail, known_keys, library_call, ty
 from memxbar.experiments.compressors.registry import COMPRESSORS
 from memxbar.experiments.settings import (
     ROBUSTNESS_KEYS,
+    AdaptiveLevelsSettings,
     AdmmSettings,
     AllocationSettings,
     CompressExperiment,
@@ -39,6 +40,7 @@ from memxbar.experiments.settings import (
     RuntimeSettings,
     StudyExperiment,
     StudySettings,
+    TernarySettings,
     TrainSettings,
     device_from_dict,
 )
@@ -115,9 +117,11 @@ _TOP = ("seed", "runtime", "model", "dataset", "train", "admm", "device", "cross
         "eval")
 
 
-_OPTIONAL = ("compressor", "obc", "allocation", "resume", "robustness", "layers", "decompose")
-"""Top-level keys with defaults: ``compressor`` (admm | obc), the ``obc`` block
-(``experiments.compressors.settings.ObcSettings``), ``allocation`` (null or
+_OPTIONAL = ("compressor", "obc", "ternary", "adaptive_levels", "allocation", "resume",
+             "robustness", "layers", "decompose")
+"""Top-level keys with defaults: ``compressor`` (``compressors.registry.COMPRESSORS``), the
+``obc``, ``ternary``, ``adaptive_levels`` and ``decompose`` blocks
+(``experiments.compressors.settings``), ``allocation`` (null or
 ``experiments.compressors.settings.AllocationSettings``), ``resume`` (continue the run directory's
 last checkpoint, ``experiments.guard.check_run_dir``), ``robustness``
 (:class:`RobustnessSettings`: its device and crossbar settings are applied to ``device`` and
@@ -177,6 +181,9 @@ def _load(cfg: DictConfig | Mapping, extra: tuple[str, ...]) -> dict:
         raw=data,
         compressor=_compressor(data.get("compressor", "admm")),
         obc=build(ObcSettings, data.get("obc"), "obc"),
+        ternary=build(TernarySettings, data.get("ternary"), "ternary"),
+        adaptive_levels=build(AdaptiveLevelsSettings, data.get("adaptive_levels"),
+                              "adaptive_levels"),
         allocation=None if data.get("allocation") is None
         else build(AllocationSettings, data["allocation"], "allocation"),
         resume=_resume(data.get("resume", False)),

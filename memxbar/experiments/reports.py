@@ -17,6 +17,7 @@ from memxbar.crossbar.convert import crossbar_modules
 from memxbar.crossbar.io import atomic_write_text
 from memxbar.experiments.allocation import allocation_markdown
 from memxbar.experiments.chips import ChipDesign, mean_std
+from memxbar.experiments.compressors.adaptive_levels import levels_markdown
 from memxbar.experiments.compressors.settings import RETRAINING
 from memxbar.experiments.plots import (
     caption,
@@ -123,6 +124,8 @@ _STAGE_LABELS = {
     "obc": "OBC compressed\n(software)",
     "decomposed": "decomposed: truncated basis\n(before training)",
     "finetune": "decomposed, fine-tuned",
+    "wpc": "pruned, retrained\nwith WPC",
+    "ternary": "ternary, fine-tuned\n(software compressed)",
 }
 """Tick labels of the software stages (``eval`` events of the compression history): the
 accuracy right after a hard projection onto the constraint set is the one before the retraining
@@ -347,7 +350,7 @@ def robustness_markdown(m: dict) -> list[str]:
         return []
     s, rep = rob["settings"], rob["repair_mean"]
     retraining = ("on" if s["hardware_aware"] else "off") if m.get("compressor", "admm") \
-        in RETRAINING else f"none ({m.get('compressor')} does not retrain)"
+        in RETRAINING else f"none ({m.get('compressor')} does not retrain on the chip)"
     calib = f"on ({s['calibration_samples']} images)" if s["output_calibration"] else "off"
     lines = ["## Robustness (robustness group)", "",
              f"- hardware-aware retraining: {retraining}; "
@@ -421,7 +424,7 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"- tiles: {m['tiles']} (dense baseline {m['baseline_tiles']})",
         f"- compressor: {m['compressor']} ({m['timings_s'][m['compressor']]:.1f} s)", "",
         *([allocation_markdown(m["allocation"])] if m.get("allocation") else []),
-        *cost_markdown(m),
+        *cost_markdown(m), *levels_markdown(history),
     ]
     prog = m["programming"]
     lines += ["## Programming a chip (mean over chips)", "",

@@ -26,10 +26,12 @@ from memxbar.experiments.checks import (
     library_call,
 )
 from memxbar.experiments.compressors.settings import (
+    AdaptiveLevelsSettings,
     AdmmSettings,
     AllocationSettings,
     DecomposeSettings,
     ObcSettings,
+    TernarySettings,
 )
 from memxbar.experiments.datasets import DATASETS
 from memxbar.experiments.models import MODELS
@@ -513,6 +515,8 @@ class CompressExperiment:
     raw: dict = field(repr=False, default_factory=dict)
     compressor: str = "admm"
     obc: ObcSettings = field(default_factory=ObcSettings)
+    ternary: TernarySettings = field(default_factory=TernarySettings)
+    adaptive_levels: AdaptiveLevelsSettings = field(default_factory=AdaptiveLevelsSettings)
     allocation: AllocationSettings | None = None
     resume: bool = False
     robustness: RobustnessSettings = field(default_factory=RobustnessSettings)
@@ -526,15 +530,22 @@ class CompressExperiment:
         is a subset of the device's, ``(n_device - 1) % (n - 1) == 0``; an analog device
         accepts any."""
         n_device = self.device.level_count
+        uniform = self.device.levels_uS is None
+        if self.compressor == "adaptive_levels" and self.adaptive_levels.candidates is None \
+                and (n_device is None or not uniform):
+            fail("adaptive_levels.candidates", None, "a list of level counts: the device has "
+                 "no uniform grid of levels whose subsets could be the candidates")
         if n_device is None or self.crossbar.cell_bits is not None:
             return
-        uniform = self.device.levels_uS is None
         counts = [("admm.levels", self.admm.levels)] + [
             (f"admm.constraints[{i}].levels", c.get("levels"))
             for i, c in enumerate(self.admm.constraints)]
         if self.compressor == "decompose":
             counts += [(f"decompose.{k}", getattr(self.decompose, k))
                        for k in ("basis_levels", "coeff_levels")]
+        if self.compressor == "adaptive_levels":
+            counts += [(f"adaptive_levels.candidates[{i}]", n)
+                       for i, n in enumerate(self.adaptive_levels.candidates or ())]
         for key, n in counts:
             if not isinstance(n, int) or n == n_device:
                 continue

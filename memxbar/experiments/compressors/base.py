@@ -45,6 +45,10 @@ class CompressInputs:
     """The chip's device (hardware-aware retraining)."""
     crossbar: CrossbarConfig
     """The crossbar and periphery (hardware-aware retraining)."""
+    admm: Any = None
+    """The ``admm`` group (``AdmmSettings``): the training schedule (epochs, optimizer,
+    distillation) of compressors that prune and retrain with their own block as ``settings``
+    (``ternary``, ``adaptive_levels``)."""
     hardware_aware: bool = False
     """The chip in the forward pass of the retraining stages (``robustness.hardware_aware``)."""
     hardware_aware_effects: str = "converters"

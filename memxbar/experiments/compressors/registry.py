@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from memxbar.experiments.compressors.adaptive_levels import adaptive_levels_stage
 from memxbar.experiments.compressors.admm import compress_stage
 from memxbar.experiments.compressors.base import CompressInputs
 from memxbar.experiments.compressors.decompose import decompose_stage
 from memxbar.experiments.compressors.magnitude import magnitude_stage
 from memxbar.experiments.compressors.obc import obc_stage
 from memxbar.experiments.compressors.settings import SETTINGS_BLOCK
+from memxbar.experiments.compressors.ternary import ternary_stage
 from memxbar.experiments.guard import fingerprint
 from memxbar.experiments.settings import CompressExperiment
 
@@ -24,6 +26,8 @@ COMPRESSORS: dict[str, Callable] = {
     "magnitude": magnitude_stage,  # magnitude prune + fine-tune
     "obc": obc_stage,              # post-training OBC (docs/obc.md)
     "decompose": decompose_stage,  # kernel decomposition + coefficient pruning (docs/decompose.md)
+    "ternary": ternary_stage,      # prune + WPC + ternary weights (docs/ternary.md)
+    "adaptive_levels": adaptive_levels_stage,  # levels per layer (docs/adaptive_levels.md)
 }
 """Values of the top-level ``compressor`` key -> their adapter."""
 
@@ -45,7 +49,7 @@ def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str
     rob = exp.robustness
     return CompressInputs(
         run_dir=run_dir, fingerprint=fingerprint(exp), settings=getattr(exp, SETTINGS_BLOCK[name]),
-        constraints=exp.admm.layer_constraints(), seed=exp.seed, device=exp.device,
+        constraints=exp.admm.layer_constraints(), admm=exp.admm, seed=exp.seed, device=exp.device,
         crossbar=exp.crossbar, hardware_aware=rob.hardware_aware,
         hardware_aware_effects=rob.hardware_aware_effects, repair=rob.repair(),
         mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir,

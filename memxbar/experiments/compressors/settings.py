@@ -143,6 +143,88 @@ class ObcSettings:
                              "of " + ", ".join(METHODS))
 
 
+def _check_epochs(key: str, value: int | None) -> None:
+    if value is not None and not 0 <= value <= 100_000:
+        raise ValueError(f"{key}={value!r} is invalid; allowed: an integer in [0, 100000] or "
+                         "null (the admm group's epochs)")
+
+
+PENALTIES = ("wpc", "off")
+"""``ternary.penalty``: Weight Penalty Clipping, or none (the ablation)."""
+
+
+@dataclass(frozen=True)
+class TernarySettings:
+    """The ``ternary`` block (``admm.ternary``; docs/ternary.md): ``penalty`` (``wpc`` | ``off``)
+    during the ``wpc_epochs`` masked retraining after the structured prune, with weight
+    ``weight`` (lambda of ``lambda * sum relu(|w| - tau)^2``) and ``tau = mean|w| + tau_std *
+    std|w|`` re-estimated each epoch, ``clip`` (clip ``|w|`` at ``tau`` after each epoch); then
+    ``ternary_epochs`` straight-through fine-tuning with the weights on ``{-a, 0, +a}``. Epochs
+    ``null``: the admm group's (``prune_retrain_epochs``; ``quant_epochs +
+    quant_retrain_epochs``), so ``ternary`` trains as long as ``admm`` and ``magnitude``."""
+
+    penalty: str = "wpc"
+    weight: float = 1.0
+    tau_std: float = 2.0
+    clip: bool = True
+    wpc_epochs: int | None = None
+    ternary_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"penalty={self.penalty!r} is invalid; allowed: one of "
+                             + ", ".join(PENALTIES))
+        if not (math.isfinite(self.weight) and 0 <= self.weight <= 1e6):
+            raise ValueError(f"weight={self.weight!r} is invalid; allowed: a number in "
+                             "[0, 1e6] (lambda of the clipping penalty)")
+        if not (math.isfinite(self.tau_std) and 0 <= self.tau_std <= 10):
+            raise ValueError(f"tau_std={self.tau_std!r} is invalid; allowed: a number in "
+                             "[0, 10] (tau = mean|w| + tau_std * std|w|)")
+        _check_epochs("wpc_epochs", self.wpc_epochs)
+        _check_epochs("ternary_epochs", self.ternary_epochs)
+
+
+@dataclass(frozen=True)
+class AdaptiveLevelsSettings:
+    """The ``adaptive_levels`` block (``admm.adaptive_levels``; docs/adaptive_levels.md): per
+    layer, the device level count ``n`` from ``candidates`` (null: every count whose uniform
+    grid is a subset of the device's) that maximises ``log N(q(w); w, sigma^2) - cost_weight
+    * pulses(n)``, with ``sigma^2`` the Laplace variance from the empirical Fisher on
+    ``n_calib`` training images (``prior_precision`` added to the precision) and
+    ``pulses(n)`` the expected write-verify pulses of the layer's cells for a tolerance of
+    ``tolerance_fraction`` of the grid's level spacing. ``front``: the lambdas of the
+    cost-accuracy front reported next to the configured one."""
+
+    cost_weight: float = 0.01
+    candidates: list[int] | None = None
+    n_calib: int = MAX_CALIBRATION
+    prior_precision: float = 1.0
+    tolerance_fraction: float = 0.25
+    front: list[float] = field(default_factory=lambda: [0.0, 0.003, 0.01, 0.03, 0.1, 1.0])
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.cost_weight) and 0 <= self.cost_weight <= 1e12):
+            raise ValueError(f"cost_weight={self.cost_weight!r} is invalid; allowed: a number "
+                             "in [0, 1e12] (lambda, nats per write-verify pulse)")
+        if self.candidates is not None and (not self.candidates or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 2
+                for n in self.candidates) or len(set(self.candidates)) != len(self.candidates)):
+            raise ValueError(f"candidates={self.candidates!r} is invalid; allowed: null (the "
+                             "device's level subsets) or a list of distinct integers >= 2")
+        if not 1 <= self.n_calib <= MAX_CALIBRATION:
+            raise ValueError(f"n_calib={self.n_calib!r} is invalid; allowed: an integer in "
+                             f"[1, {MAX_CALIBRATION}]")
+        if not (math.isfinite(self.prior_precision) and 0 < self.prior_precision <= 1e12):
+            raise ValueError(f"prior_precision={self.prior_precision!r} is invalid; allowed: "
+                             "a number in (0, 1e12]")
+        if not (math.isfinite(self.tolerance_fraction) and 0 < self.tolerance_fraction <= 0.5):
+            raise ValueError(f"tolerance_fraction={self.tolerance_fraction!r} is invalid; "
+                             "allowed: a number in (0, 0.5] (of the level spacing)")
+        if not self.front or any(not (math.isfinite(v) and v >= 0) for v in self.front):
+            raise ValueError(f"front={self.front!r} is invalid; allowed: a non-empty list of "
+                             "numbers >= 0 (lambdas)")
+
+
 RESOURCES = ("compression", "tiles", "area_mm2", "energy_nJ")
 """Units a budget can be given in: ``compression`` is a structured compression ratio (dense
 weights / weights on live crossbar rows x columns, >= 1; larger is tighter), the others a
@@ -309,7 +391,8 @@ def plain_setting(setting: dict) -> dict:
 
 
 SETTINGS_BLOCK: dict[str, str] = {"admm": "admm", "magnitude": "admm", "obc": "obc",
-                                  "decompose": "decompose"}
+                                  "decompose": "decompose",
+                                  "ternary": "ternary", "adaptive_levels": "adaptive_levels"}
 """The config block each compressor reads as ``CompressInputs.settings`` (a field of
 :class:`experiments.settings.CompressExperiment`)."""
 
