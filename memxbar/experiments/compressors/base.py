@@ -46,9 +46,9 @@ class CompressInputs:
     crossbar: CrossbarConfig
     """The crossbar and periphery (hardware-aware retraining)."""
     admm: Any = None
-    """The ``admm`` group (``AdmmSettings``): the training schedule (epochs, optimizer,
-    distillation) of compressors that prune and retrain with their own block as ``settings``
-    (``ternary``, ``adaptive_levels``)."""
+    """The ``admm`` group (``AdmmSettings``): the training schedule (stages, epochs,
+    optimizer, distillation) of compressors that prune and retrain with their own block as
+    ``settings`` (``ternary``, ``adaptive_levels``, ``decompose``)."""
     hardware_aware: bool = False
     """The chip in the forward pass of the retraining stages (``robustness.hardware_aware``)."""
     hardware_aware_effects: str = "converters"
@@ -62,9 +62,6 @@ class CompressInputs:
     """Progress bars (``runtime.progress``)."""
     cache_dir: str | None = None
     """The shared model cache (``runtime.cache_dir``), or None."""
-    admm: Any = None
-    """The ``admm`` group (``AdmmSettings``: stages, epochs, distillation), which a compressor
-    with its own block that trains with these stages reads (``decompose``)."""
 
 
 def result_of(state: dict) -> CompressResult:

@@ -52,5 +52,4 @@ def compress_inputs(exp: CompressExperiment, run_dir: Path, mapped: Sequence[str
         constraints=exp.admm.layer_constraints(), admm=exp.admm, seed=exp.seed, device=exp.device,
         crossbar=exp.crossbar, hardware_aware=rob.hardware_aware,
         hardware_aware_effects=rob.hardware_aware_effects, repair=rob.repair(),
-        mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir,
-        admm=exp.admm)
+        mapped=tuple(mapped), progress=exp.runtime.progress, cache_dir=exp.runtime.cache_dir)
