@@ -231,7 +231,8 @@ def _metrics(exp: CompressExperiment, p: Prepared, plan: MappingPlan, chips: dic
         "power_mW": comp["power_mW"], "baseline_area_mm2": base["area_mm2"],
         "baseline_energy_nJ": base["energy_nJ"], "baseline_power_mW": base["power_mW"],
         "cost_baseline": cost["baseline_description"],
-        "cost_attribution": cost.get("attribution"), "cost_ranges": cost.get("ranges"),
+        "cost_attribution": cost.get("attribution"),
+        "cost_ranges": {k: v for k, v in (cost.get("ranges") or {}).items() if k != "kinds"},
         "digital_energy_nJ": (cost.get("digital") or {}).get("energy_nJ"),
         **{k: v for k, v in cost["reduction"].items()
            if k.endswith("_pct") or k.endswith("_ratio")},
