@@ -53,6 +53,7 @@ from ._validate import (
 )
 from .config import CrossbarConfig
 from .converters import get_dac
+from .cost_range import cost_ranges
 from .plan import LayerPlan, MappingPlan, check_plan, dense_layer_plan
 
 # ------------------------------------------------------------------------------------- units
@@ -773,8 +774,6 @@ def estimate(
     only with ``cost.data_dependent``, which prices the design's DAC drives, input-register
     bits and array reads with them; the baseline stays the worst case (one fixed baseline),
     and the attribution gains a last step for the measured activity."""
-    from .cost_range import cost_ranges  # it builds on this module's ModelCost
-
     cost = cost or CostConfig()
     tab = load_table(cost.table if table is None else table)
     if cost.data_dependent and not measured:

@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from .cost import PARTS, ComponentTable, ModelCost
+if TYPE_CHECKING:  # crossbar.cost imports this module
+    from .cost import ComponentTable, ModelCost
 
-__all__ = ["PART_KIND", "cost_ranges", "ratio_range", "total_range"]
+__all__ = ["cost_ranges", "part_kind", "ratio_range", "total_range"]
 
-PART_KIND: dict[str, str] = {p: ("crossbar" if p == "spare_cells" else p) for p in PARTS}
-"""The table kind that prices each part of the breakdown (spare cells: the crossbar's)."""
+
+def part_kind(part: str) -> str:
+    """The table kind that prices a part of the breakdown (spare cells: the crossbar's; every
+    other part is priced by the kind of its name, ``crossbar.cost.PARTS``)."""
+    return "crossbar" if part == "spare_cells" else part
 
 
 def _factors(table: ComponentTable, quantity: str) -> dict[str, tuple[float, float]]:
@@ -37,7 +42,7 @@ def _factors(table: ComponentTable, quantity: str) -> dict[str, tuple[float, flo
 def _by_kind(parts: Mapping[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for part, value in parts.items():
-        kind = PART_KIND.get(part, part)
+        kind = part_kind(part)
         out[kind] = out.get(kind, 0.0) + value
     return out
 
@@ -77,8 +82,8 @@ def cost_ranges(compressed: ModelCost, baseline: ModelCost | None, table: Compon
     """The low and high ends of the design's (and the baseline's) area, energy per inference
     and power, and of the reductions; per kind its factors and sources; the kinds the costs
     use that have no range (``without_range``: their value is taken as exact)."""
-    used = {PART_KIND[p] for p, v in compressed.energy_pJ.items() if v} | \
-        {PART_KIND[p] for p, v in compressed.area_um2.items() if v}
+    used = {part_kind(p) for p, v in compressed.energy_pJ.items() if v} | \
+        {part_kind(p) for p, v in compressed.area_um2.items() if v}
     out: dict = {"kinds": {k: {"energy_factor": list(r.energy), "area_factor": list(r.area),
                                "sources": r.sources} for k, r in table.ranges.items()},
                  "without_range": sorted(used - set(table.ranges))}
