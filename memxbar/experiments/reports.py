@@ -313,6 +313,31 @@ def attribution_markdown(steps: list[dict] | None) -> list[str]:
     return lines
 
 
+def cost_markdown(m: dict) -> list[str]:
+    """report.md's hardware-cost section: the totals against the baseline with the reduction's
+    low-high range, the digital layers' energy and where the reduction comes from."""
+    ranges = m.get("cost_ranges") or {}
+    lines = ["## Hardware cost (vs dense baseline)", "",
+             "| | compressed | dense baseline | reduction | reduction, low-high |",
+             "|---|---:|---:|---:|---:|"]
+    for key, unit in (("area", "mm2"), ("energy", "nJ"), ("power", "mW")):
+        span = ranges.get(f"{key}_reduction_pct")
+        lines.append(f"| {key} ({unit}) | {fmt(m[f'{key}_{unit}'])} | "
+                     f"{fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% | "
+                     + (f"{span[0]:.1f}-{span[1]:.1f}% |" if span else "|"))
+    return lines + [
+        "", f"Baseline: {m['cost_baseline']}." if "cost_baseline" in m else "",
+        *([f"Low-high: every component at the low / high value of other published sources "
+           f"(design energy {fmt(ranges['compressed']['energy_nJ'][0])}-"
+           f"{fmt(ranges['compressed']['energy_nJ'][1])} nJ; cost/report.md, 'Ranges')."]
+          if ranges.get("compressed") else []),
+        *([f"Layers off the crossbars (digital): {fmt(m['digital_energy_nJ'])} nJ per "
+           "inference besides the crossbars' (cost/report.md lists them and what the estimate "
+           "leaves out)."] if m.get("digital_energy_nJ") is not None else []),
+        *attribution_markdown(m.get("cost_attribution")),
+        "", "Full cost report: [cost/report.md](cost/report.md).", ""]
+
+
 def robustness_markdown(m: dict) -> list[str]:
     """report.md's robustness section: the steps used and the ablation."""
     rob = m.get("robustness")
@@ -394,28 +419,10 @@ def write_compress_report(metrics: dict, plan: MappingPlan, history: list[dict],
         f"- tiles: {m['tiles']} (dense baseline {m['baseline_tiles']})",
         f"- compressor: {m['compressor']} ({m['timings_s'][m['compressor']]:.1f} s)", "",
         *([allocation_markdown(m["allocation"])] if m.get("allocation") else []),
-        "## Hardware cost (vs dense baseline)", "",
-        "| | compressed | dense baseline | reduction | reduction, low-high |",
-        "|---|---:|---:|---:|---:|",
+        *cost_markdown(m),
     ]
-    ranges = m.get("cost_ranges") or {}
-    for key, unit in (("area", "mm2"), ("energy", "nJ"), ("power", "mW")):
-        span = ranges.get(f"{key}_reduction_pct")
-        lines.append(f"| {key} ({unit}) | {fmt(m[f'{key}_{unit}'])} | "
-                     f"{fmt(m[f'baseline_{key}_{unit}'])} | {m[f'{key}_reduction_pct']:.2f}% | "
-                     + (f"{span[0]:.1f}-{span[1]:.1f}% |" if span else "|"))
     prog = m["programming"]
-    lines += ["", f"Baseline: {m['cost_baseline']}." if "cost_baseline" in m else "",
-              *([f"Low-high: every component at the low / high value of other published "
-                 f"sources (design energy {fmt(ranges['compressed']['energy_nJ'][0])}-"
-                 f"{fmt(ranges['compressed']['energy_nJ'][1])} nJ; cost/report.md, 'Ranges')."]
-                if ranges.get("compressed") else []),
-              *([f"Layers off the crossbars (digital): {fmt(m['digital_energy_nJ'])} nJ per "
-                 "inference besides the crossbars' (cost/report.md lists them and what the "
-                 "estimate leaves out)."] if m.get("digital_energy_nJ") is not None else []),
-              *attribution_markdown(m.get("cost_attribution")),
-              "", "Full cost report: [cost/report.md](cost/report.md).", "",
-              "## Programming a chip (mean over chips)", "",
+    lines += ["## Programming a chip (mean over chips)", "",
               f"- {prog['cells']:.0f} cells, " + (
                   f"write-verify: {prog['pulses_per_cell']:.2f} pulses per cell, "
                   f"{prog['failed_cells']:.1f} cells left outside the band"
