@@ -32,6 +32,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memxbar import crossbar  # noqa: E402
+from memxbar.crossbar import physical  # noqa: E402
 from memxbar.crossbar.layers import _as_slice  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def one_product_per_tile(layer: crossbar.CrossbarConv2d) -> None:
             units.append(replace(u, tiles=(t,), cols=u.cols[j * cols:(j + 1) * cols],
                                  inputs=inputs, input_slice=_as_slice(inputs.tolist())))
     layer._units = units
-    layer._refresh()
+    physical.refresh(layer)
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .layers import check_input, crossbar_modules, first_layer, input_errors
+from .programming import check_input, crossbar_modules, first_layer, input_errors
 
 
 class _Stop(Exception):
