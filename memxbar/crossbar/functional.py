@@ -31,7 +31,8 @@ from .periphery import signed_steps
 from .streams import stream
 
 if TYPE_CHECKING:
-    from .layers import CrossbarLayer, _TileIndex
+    from .layers import CrossbarLayer
+    from .tile_units import TileIndex
 
 _PERCENTILE_SAMPLE = 1 << 20
 
@@ -70,7 +71,7 @@ def peak(values: torch.Tensor, percentile: float) -> torch.Tensor:
 
 
 
-def tile_inputs(x: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+def tile_inputs(x: torch.Tensor, idx: TileIndex) -> torch.Tensor:
     """The inputs (dim 1 of ``x``) that drive the word lines of ``idx``'s tiles."""
     return x[:, idx.input_slice] if idx.input_slice is not None else x.index_select(1, idx.inputs)
 
@@ -142,7 +143,7 @@ def dac_drive(layer: CrossbarLayer, x: torch.Tensor) -> Drive:
     return layer._dac_model.drive(x, full, signed, bits)
 
 
-def adc_steps(layer: CrossbarLayer, idx: _TileIndex, drive: Drive) -> list[float] | None:
+def adc_steps(layer: CrossbarLayer, idx: TileIndex, drive: Drive) -> list[float] | None:
     """ADC step per weight slice of each tile of ``idx``, tile after tile (``None``: ideal
     or calibrating)."""
     bits = layer.config.adc_bits
@@ -159,7 +160,7 @@ def adc_steps(layer: CrossbarLayer, idx: _TileIndex, drive: Drive) -> list[float
     return steps
 
 
-def record_adc(layer: CrossbarLayer, p: torch.Tensor, idx: _TileIndex) -> None:
+def record_adc(layer: CrossbarLayer, p: torch.Tensor, idx: TileIndex) -> None:
     """Calibration: widen each tile's per-slice ADC range to the partial sums ``p``
     (``[N', tiles*S, cols, ...]``) seen."""
     per_slice = p.detach().abs().transpose(0, 1).reshape(p.shape[1], -1)
@@ -168,7 +169,7 @@ def record_adc(layer: CrossbarLayer, p: torch.Tensor, idx: _TileIndex) -> None:
     layer.adc_range[tiles] = torch.maximum(layer.adc_range[tiles], top.view(len(tiles), -1))
 
 
-def read_noise(layer: CrossbarLayer, p: torch.Tensor, x2: torch.Tensor, u: int, idx: _TileIndex,
+def read_noise(layer: CrossbarLayer, p: torch.Tensor, x2: torch.Tensor, u: int, idx: TileIndex,
                 k: torch.Tensor | float) -> torch.Tensor:
     """Add this matrix-vector product's read noise to the partial sums ``p`` (codes,
     ``[N', S*cols, ...]``). Every cell's read is ``G + std(G) N`` with a new ``N`` per

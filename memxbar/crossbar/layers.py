@@ -17,13 +17,11 @@ once per ``program()`` / inference time; the forward pass only adds read noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import functional, physical, programming
+from . import functional, layer_state, physical, programming
 from .conductance import slice_values
 from .config import CrossbarConfig
 from .converters import get_adc, get_dac
@@ -31,29 +29,7 @@ from .device import DeviceModel
 from .mappings import mapping_style
 from .plan import LayerPlan, matrix_view
 from .repair import RepairConfig
-
-
-@dataclass
-class _TileIndex:
-    """Where the weights and inputs of the tiles one product computes live (derived from the
-    plan): one tile, or, in a grouped convolution, the tiles that hold the same group-local
-    rows and as many outputs each, computed together as one grouped convolution with one
-    group per tile (every tile keeps its own weights, read noise, ADCs and ranges)."""
-
-    tiles: tuple[int, ...]  # the plan's tile indices
-    cols: torch.Tensor  # output indices, tile after tile
-    rows: torch.Tensor  # matrix rows (linear) or group-local input channels (conv), shared
-    inputs: torch.Tensor  # input indices (rows or channels of x), tile after tile
-    input_slice: slice | None  # ``inputs`` as a contiguous range, else None (gather)
-    row_mask: torch.Tensor | None  # conv: [channels, kh*kw] rows of the tiles, when partial
-    n_rows: int  # live word lines of each tile
-    col_slice: slice | None = None  # ``cols`` as a contiguous range, else None (index_add)
-
-
-def _as_slice(index: list[int]) -> slice | None:
-    if index and index == list(range(index[0], index[-1] + 1)):
-        return slice(index[0], index[-1] + 1)
-    return None
+from .tile_units import TileIndex, conv_units, linear_units
 
 
 class CrossbarLayer(nn.Module):
@@ -141,11 +117,11 @@ class CrossbarLayer(nn.Module):
         # selective write-verify: the weights ([out, in], bool) whose cells are verified (None:
         # all; crossbar.to_crossbar(verify=...)); not in the state dict
         self.verify_weights: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(_after_load)
+        self.register_load_state_dict_post_hook(layer_state.after_load)
         # fused fast paths (nn.TransformerEncoderLayer in eval mode) read ``weight`` directly
         # and would skip the simulation; they stand down when a submodule has a forward hook
         self.register_forward_pre_hook(_keep_module_forward)
-        self._register_load_state_dict_pre_hook(_upgrade_state, with_module=True)
+        self._register_load_state_dict_pre_hook(layer_state.upgrade_state, with_module=True)
         physical.program_layer(self, seed)
 
     # ------------------------------------------------------------------------------ programming
@@ -183,20 +159,20 @@ class CrossbarLayer(nn.Module):
         self.device_model = self.device_model.with_(t_inference_s=t_inference_s)
         physical.refresh(self)
 
-    def _tile_indices(self) -> list[_TileIndex]:
+    def _tile_indices(self) -> list[TileIndex]:
         raise NotImplementedError
 
     @staticmethod
-    def _tile_major(m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _tile_major(m: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         """``[S, tiles*cols, ...]`` gathered for a unit of tiles -> ``[tiles*S, cols, ...]``
         (each tile's slices together, the order of the unit's grouped product)."""
         n = len(idx.tiles)
         return m if n == 1 else m.unflatten(1, (n, -1)).transpose(0, 1).flatten(0, 1)
 
-    def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _gather(self, m: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         raise NotImplementedError
 
-    def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _gather_ref(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         """One tile's reference column ``[in]`` as one more output ``[1, rows...]``."""
         raise NotImplementedError
 
@@ -222,7 +198,7 @@ class CrossbarLayer(nn.Module):
         self._largest_factor = [factors[:, list(t.cols)].amax(dim=1).tolist()
                                 for t in self.plan.tiles]
 
-    def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         """``x`` through one tile's weights ``w[C, rows...]`` -> ``[N', C, ...]``."""
         raise NotImplementedError
 
@@ -232,28 +208,7 @@ class CrossbarLayer(nn.Module):
 
 
     def set_extra_state(self, state: dict) -> None:
-        theirs_dev = state.get("device")
-        if theirs_dev is not None:  # 0.1 states carry flat device keys: read them as 0.1 did
-            theirs_dev = DeviceModel.from_dict(theirs_dev).to_dict()
-        theirs_cfg = state.get("config")
-        if theirs_cfg is not None:  # keys added after 0.1 take their defaults
-            theirs_cfg = CrossbarConfig.from_dict(theirs_cfg).to_dict()
-        mine_dev = self.device_model.to_dict()
-        if theirs_dev is not None:  # the chip's time is state, not a property of the device
-            self.device_model = self.device_model.with_(t_inference_s=theirs_dev[
-                "t_inference_s"])
-            mine_dev["t_inference_s"] = theirs_dev["t_inference_s"]
-        mine_cfg = self.config.to_dict()
-        if theirs_cfg is not None:  # simulation arithmetic, not a property of the chip
-            theirs_cfg["noise_precision"] = mine_cfg["noise_precision"]
-        for key, mine, theirs in (("device", mine_dev, theirs_dev),
-                                  ("config", mine_cfg, theirs_cfg)):
-            if theirs is not None and theirs != mine:
-                changed = sorted(k for k in mine if theirs.get(k) != mine[k])
-                raise ValueError(
-                    f"state_dict for crossbar layer {self.plan.name!r} was programmed with "
-                    f"another {key}: {changed[0]}={theirs.get(changed[0])!r}; this layer has "
-                    f"{changed[0]}={mine[changed[0]]!r}")
+        layer_state.check_extra_state(self, state)
 
     def extra_repr(self) -> str:
         groups = f", groups={self.groups}" if self.groups > 1 else ""
@@ -271,59 +226,22 @@ def _keep_module_forward(module: nn.Module, args: tuple) -> None:
     return None
 
 
-def _after_load(module: CrossbarLayer, incompatible) -> None:
-    expected = module.plan.cell_mask(module.cell_mask.device)
-    if not torch.equal(expected, module.cell_mask):
-        raise ValueError(
-            f"state_dict for crossbar layer {module.plan.name!r} was programmed with another "
-            "mapping plan (its cell mask differs from this layer's plan)"
-        )
-    module._gens = {}
-    module._array_cache = {}  # another chip's conductances
-    if module.device_model.write_verify is not None:  # pulse counts are not in the state
-        module.pulses = module.converged = module.ref_pulses = module.ref_converged = None
-        module._pulses_known = False
-    physical.refresh(module)
-
-
-def _upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, *args) -> None:
-    """0.1 states hold one offset reference cell per weight slice ``[S, T, in]`` (all at the
-    same target); one reference column per tile is the hardware the plan describes: keep the
-    first slice's cells."""
-    for name, fill in (("out_gain", 1.0), ("out_offset", 0.0)):  # states before 0.2
-        if prefix + "g_uS" in state_dict and prefix + name not in state_dict:
-            state_dict[prefix + name] = torch.full_like(getattr(module, name), fill)
-    key = prefix + "g_ref_uS"
-    ref = state_dict.get(key)
-    if ref is not None and ref.dim() == 3:
-        state_dict[key] = ref[0] if module.g_ref_uS.numel() else ref[0, :0]
-
-
 class CrossbarLinear(CrossbarLayer):
     """``nn.Linear`` on crossbar tiles (inputs on word lines, outputs on bit lines)."""
 
     _exact_sums = True
 
-    def _tile_indices(self) -> list[_TileIndex]:
-        dev = self.cell_mask.device
-        out = []
-        for i, t in enumerate(self.plan.tiles):
-            rows = torch.tensor(t.rows, dtype=torch.long, device=dev)
-            out.append(_TileIndex(tiles=(i,), cols=torch.tensor(t.cols, dtype=torch.long,
-                                                                device=dev),
-                                  rows=rows, inputs=rows, input_slice=_as_slice(list(t.rows)),
-                                  row_mask=None, n_rows=t.n_rows,
-                                  col_slice=_as_slice(list(t.cols))))
-        return out
+    def _tile_indices(self) -> list[TileIndex]:
+        return linear_units(self.plan, self.cell_mask.device)
 
-    def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _gather(self, m: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         # one advanced index: no [S, cols, in] intermediate per tile
         return m[:, idx.cols.unsqueeze(1), idx.rows.unsqueeze(0)]
 
-    def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _gather_ref(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         return ref.index_select(0, idx.rows).unsqueeze(0)  # [1, rows]
 
-    def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         return F.linear(functional.tile_inputs(x, idx), w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,49 +297,24 @@ class CrossbarConv2d(CrossbarLayer):
     def _group_channels(self) -> int:
         return self.in_channels // self.groups
 
-    def _tile_indices(self) -> list[_TileIndex]:
-        dev = self.cell_mask.device
-        k, plan = self._kernel_area, self.plan
-        units: dict[object, list[int]] = {}  # tiles of the same local rows share a product
-        for t, tile in enumerate(plan.tiles):
-            units.setdefault((tile.rows, tile.n_cols) if self.groups > 1 else t, []).append(t)
-        out = []
-        for tiles in units.values():
-            first = plan.tiles[tiles[0]]
-            channels = sorted({r // k for r in first.rows})
-            mask = torch.zeros(len(channels), k, dtype=torch.bool)
-            pos = {c: i for i, c in enumerate(channels)}
-            for r in first.rows:
-                mask[pos[r // k], r % k] = True
-            inputs = [plan.group_of(plan.tiles[t].cols[0]) * self._group_channels + c
-                      for t in tiles for c in channels]
-            cols = [c for t in tiles for c in plan.tiles[t].cols]
-            out.append(_TileIndex(
-                tiles=tuple(tiles),
-                cols=torch.tensor(cols, dtype=torch.long, device=dev),
-                col_slice=_as_slice(cols),
-                rows=torch.tensor(channels, dtype=torch.long, device=dev),
-                inputs=torch.tensor(inputs, dtype=torch.long, device=dev),
-                input_slice=_as_slice(inputs),
-                row_mask=None if bool(mask.all()) else mask.to(dev),
-                n_rows=first.n_rows,
-            ))
-        return out
+    def _tile_indices(self) -> list[TileIndex]:
+        return conv_units(self.plan, self._kernel_area, self._group_channels, self.groups,
+                          self.cell_mask.device)
 
-    def _gather(self, m: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _gather(self, m: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         w = m.view(m.shape[0], self.out_features, self._group_channels, self._kernel_area)
         w = w[:, idx.cols.unsqueeze(1), idx.rows.unsqueeze(0)]  # one index, no intermediate
         if idx.row_mask is not None:
             w = w * idx.row_mask
         return w.unflatten(3, self.kernel_size)  # [S, cols, channels, kh, kw]
 
-    def _gather_ref(self, ref: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _gather_ref(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         r = ref.view(1, self._group_channels, self._kernel_area).index_select(1, idx.rows)
         if idx.row_mask is not None:
             r = r * idx.row_mask
         return r.unflatten(2, self.kernel_size)  # [1, channels, kh, kw]
 
-    def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: _TileIndex) -> torch.Tensor:
+    def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         return F.conv2d(functional.tile_inputs(x, idx), w, None, self.stride, self.padding,
                         self.dilation, len(idx.tiles))
 
