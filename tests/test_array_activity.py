@@ -110,7 +110,7 @@ def test_full_scale_read_has_activity_one():
     layer = dict(crossbar_modules(chip))["0"]
     with torch.no_grad():
         layer.g_uS.copy_(layer.cell_mask.expand_as(layer.g_uS) * 100.0)
-        layer.g_ref_uS.copy_(tile_row_mask(layer) * 100.0)
+        layer.g_aux_uS.copy_(tile_row_mask(layer) * 100.0)
     a = array_activity(chip, x, V, T)["0"]
     assert a.activity == pytest.approx(1.0, rel=1e-9)
     # half the voltage on every line: a quarter of the energy (V^2)

@@ -320,7 +320,7 @@ def test_offset_reference_columns_match_the_plan(cell_bits: int | None) -> None:
     for name, layer in ((n, m) for n, m in xmodel.named_modules()
                         if isinstance(m, crossbar.CrossbarLayer)):
         assert layer.n_devices == plan[name].n_devices
-        assert layer.g_ref_uS.shape == (plan[name].n_tiles, layer.in_features)
+        assert layer.g_aux_uS.shape == (plan[name].n_tiles, layer.in_features)
     cost = crossbar.model_cost(plan, config, crossbar.CostConfig(assume_mvms_per_sample=1))
     assert cost.totals()["devices"] == sum(m.n_devices for m in xmodel.modules()
                                          if isinstance(m, crossbar.CrossbarLayer))
@@ -556,7 +556,7 @@ def test_offset_states_of_version_0_1_load() -> None:
     source = crossbar.to_crossbar(model, device, config, seed=1)
     state = source.state_dict()
     n_slices = source.slice_factors.shape[0]
-    state["g_ref_uS"] = state["g_ref_uS"].unsqueeze(0).repeat(n_slices, 1, 1)  # 0.1 layout
+    state["g_aux_uS"] = state["g_aux_uS"].unsqueeze(0).repeat(n_slices, 1, 1)  # 0.1 layout
     target = crossbar.to_crossbar(model, device, config, seed=2)
     target.load_state_dict(state)
     x = torch.randn(8, 40)
@@ -580,7 +580,7 @@ def test_offset_references_outside_a_tile_stay_empty_under_additive_drift() -> N
     g, g_ref = physical.state_at_time(layer)
     outside = ~physical.tile_row_mask(layer)
     assert bool(outside.any()) and bool((g_ref[outside] == 0).all())
-    assert bool((g_ref[~outside] != layer.g_ref_uS[~outside]).all())  # the devices did drift
+    assert bool((g_ref[~outside] != layer.g_aux_uS[~outside]).all())  # the devices did drift
     # every weight is read against its own tile's (drifted) reference cell
     ref_of_cell = torch.einsum("ot,ti->oi", physical.tile_of_output(layer), g_ref)
     for t, tile in enumerate(layer.plan.tiles):

@@ -59,15 +59,15 @@ class ArrayActivity:
 def _row_conductance(layer: CrossbarLayer) -> torch.Tensor:
     """``[groups, in]`` (uS): per word line, the conductance of every cell on it at the
     device's inference time (weight cells of every slice and array, reference column)."""
-    g, g_ref = state_at_time(layer)
+    g, g_aux = state_at_time(layer)
     groups = getattr(layer, "groups", 1)
     per_out = g.detach().double().sum((0, 1))  # [out, in]
     rows = per_out.reshape(groups, -1, per_out.shape[-1]).sum(1)
-    if g_ref is not None:
+    if g_aux is not None:
         width = layer.out_features // groups
         for t, tile in enumerate(layer.plan.tiles):
             if tile.cols:
-                rows[tile.cols[0] // width] += g_ref[t].detach().double()
+                rows[tile.cols[0] // width] += g_aux[t].detach().double()
     return rows
 
 

@@ -202,7 +202,7 @@ def read_noise(layer: CrossbarLayer, p: torch.Tensor, x2: torch.Tensor, u: int, 
     std = std.mul_(normal(layer, std, "read")).unflatten(1, (b, -1))
     own = p.unflatten(1, (b, m))  # a view: p changes in place
     own.add_(std[:, :, :m])
-    factor = layer._ref_factor[u] * (k_cols if k_cols is not None else k)
+    factor = layer._aux_factor[u] * (k_cols if k_cols is not None else k)
     own.sub_(std[:, :, m:] * factor.view(1, b, m, *([1] * (p.dim() - 2))))
     return p
 

@@ -52,19 +52,30 @@ def after_load(module: CrossbarLayer, incompatible) -> None:
     module._gens = {}
     module._array_cache = {}  # another chip's conductances
     if module.device_model.write_verify is not None:  # pulse counts are not in the state
-        module.pulses = module.converged = module.ref_pulses = module.ref_converged = None
+        module.pulses = module.converged = module.aux_pulses = module.aux_converged = None
         module._pulses_known = False
     physical.refresh(module)
 
 
-def upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, *args) -> None:
-    """0.1 states hold one offset reference cell per weight slice ``[S, T, in]`` (all at the
-    same target); one reference column per tile is the hardware the plan describes: keep the
-    first slice's cells."""
+LEGACY_KEYS = {"g_ref_uS": "g_aux_uS"}
+"""Buffers renamed in state-dict version 2 (issue 21): the mapping's auxiliary cells (the offset
+mapping's reference column) were stored under the offset mapping's own name."""
+
+
+def upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, local_metadata: dict,
+                  *args) -> None:
+    """Read older states: version 1 (0.2-0.4) names the auxiliary cells by the offset mapping
+    (:data:`LEGACY_KEYS`); 0.1 states hold one offset reference cell per weight slice
+    ``[S, T, in]`` (all at the same target), while one column per tile is the hardware the plan
+    describes: keep the first slice's cells; states before 0.2 have no output calibration."""
+    if local_metadata.get("version", 1) < 2:
+        for old, new in LEGACY_KEYS.items():
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
     for name, fill in (("out_gain", 1.0), ("out_offset", 0.0)):  # states before 0.2
         if prefix + "g_uS" in state_dict and prefix + name not in state_dict:
             state_dict[prefix + name] = torch.full_like(getattr(module, name), fill)
-    key = prefix + "g_ref_uS"
-    ref = state_dict.get(key)
-    if ref is not None and ref.dim() == 3:
-        state_dict[key] = ref[0] if module.g_ref_uS.numel() else ref[0, :0]
+    key = prefix + "g_aux_uS"
+    aux = state_dict.get(key)
+    if aux is not None and aux.dim() == 3:
+        state_dict[key] = aux[0] if module.g_aux_uS.numel() else aux[0, :0]

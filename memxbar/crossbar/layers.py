@@ -39,6 +39,10 @@ class CrossbarLayer(nn.Module):
 
     is_crossbar = True
 
+    _version = 2
+    """State-dict version: 2 names the mapping's auxiliary cells ``g_aux_uS``
+    (:func:`crossbar.layer_state.upgrade_state` reads version 1)."""
+
     _exact_sums = False
     """Whether tile products feeding an ADC are summed in float64 and rounded once to float32
     (:class:`CrossbarLinear`): BLAS picks another summation order for another batch size, so
@@ -90,9 +94,10 @@ class CrossbarLayer(nn.Module):
         self.register_buffer("g_uS", torch.zeros_like(nominal))
         n_slices, n_tiles = factors.shape[0], plan.n_tiles
         dev = weight.device
-        # one reference column per tile (offset style), shared by the tile's slices and outputs
+        # the mapping's auxiliary cells: its reference_columns per tile (offset: one reference
+        # column, shared by the tile's slices and outputs)
         n_ref = n_tiles if self.style.reference_columns else 0
-        self.register_buffer("g_ref_uS", torch.zeros(n_ref, self.in_features, device=dev))
+        self.register_buffer("g_aux_uS", torch.zeros(n_ref, self.in_features, device=dev))
         self.register_buffer("program_seed", torch.zeros((), dtype=torch.int64, device=dev))
         self.register_buffer("dac_range", torch.zeros((), device=dev))
         self.register_buffer("dac_signed", torch.ones((), dtype=torch.bool, device=dev))
@@ -111,8 +116,8 @@ class CrossbarLayer(nn.Module):
         self._array_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.pulses: torch.Tensor | None = None
         self.converged: torch.Tensor | None = None
-        self.ref_pulses: torch.Tensor | None = None
-        self.ref_converged: torch.Tensor | None = None
+        self.aux_pulses: torch.Tensor | None = None
+        self.aux_converged: torch.Tensor | None = None
         self._pulses_known = True
         # selective write-verify: the weights ([out, in], bool) whose cells are verified (None:
         # all; crossbar.to_crossbar(verify=...)); not in the state dict
@@ -131,9 +136,9 @@ class CrossbarLayer(nn.Module):
         without read noise and converters), shaped like the source layer's ``weight``: a
         read-only view for code that reads ``layer.weight`` (e.g. attention modules)."""
         dev = self.device_model
-        g, g_ref = physical.state_at_time(self)
+        g, g_aux = physical.state_at_time(self)
         values = physical.weight_values(self, *physical.through_array(
-            self, g, g_ref, dev.t_inference_s)).sum(0)
+            self, g, g_aux, dev.t_inference_s)).sum(0)
         return values.reshape(self._weight_shape).detach()
 
     @property
@@ -172,7 +177,7 @@ class CrossbarLayer(nn.Module):
     def _gather(self, m: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         raise NotImplementedError
 
-    def _gather_ref(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
+    def _gather_aux(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         """One tile's reference column ``[in]`` as one more output ``[1, rows...]``."""
         raise NotImplementedError
 
@@ -238,7 +243,7 @@ class CrossbarLinear(CrossbarLayer):
         # one advanced index: no [S, cols, in] intermediate per tile
         return m[:, idx.cols.unsqueeze(1), idx.rows.unsqueeze(0)]
 
-    def _gather_ref(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
+    def _gather_aux(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         return ref.index_select(0, idx.rows).unsqueeze(0)  # [1, rows]
 
     def _tile_product(self, x: torch.Tensor, w: torch.Tensor, idx: TileIndex) -> torch.Tensor:
@@ -308,7 +313,7 @@ class CrossbarConv2d(CrossbarLayer):
             w = w * idx.row_mask
         return w.unflatten(3, self.kernel_size)  # [S, cols, channels, kh, kw]
 
-    def _gather_ref(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
+    def _gather_aux(self, ref: torch.Tensor, idx: TileIndex) -> torch.Tensor:
         r = ref.view(1, self._group_channels, self._kernel_area).index_select(1, idx.rows)
         if idx.row_mask is not None:
             r = r * idx.row_mask

@@ -81,7 +81,7 @@ def program_layer(layer: CrossbarLayer, seed: int) -> None:
     layer._gens = {}
     layer._noise_buffers = {}
     layer._array_cache = {}
-    targets, stuck, ref_target, ref_stuck = repair_targets(layer, seed)
+    targets, stuck, aux_target, aux_stuck = repair_targets(layer, seed)
     cells = program_cells(targets, dev, seed, layer.plan.name, stuck=stuck,
                           select=layer.verify_weights)
     mask = layer.cell_mask.cpu()
@@ -91,12 +91,12 @@ def program_layer(layer: CrossbarLayer, seed: int) -> None:
     layer.pulses = cells.pulses * mask if verified else None
     layer.converged = cells.converged | ~mask if verified else None
     if layer.style.reference_columns:
-        ref_mask = tile_row_mask(layer).cpu()
-        ref = program_cells(ref_target, dev, seed, layer.plan.name, prefix="reference_",
-                            stuck=ref_stuck)
-        layer.g_ref_uS.copy_(ref.g_uS * ref_mask)
-        layer.ref_pulses = ref.pulses * ref_mask if verified else None
-        layer.ref_converged = ref.converged | ~ref_mask if verified else None
+        aux_mask = tile_row_mask(layer).cpu()
+        ref = program_cells(aux_target, dev, seed, layer.plan.name, prefix=layer.style.aux_prefix,
+                            stuck=aux_stuck)
+        layer.g_aux_uS.copy_(ref.g_uS * aux_mask)
+        layer.aux_pulses = ref.pulses * aux_mask if verified else None
+        layer.aux_converged = ref.converged | ~aux_mask if verified else None
     refresh(layer)
 
 
@@ -107,18 +107,18 @@ def repair_targets(layer: CrossbarLayer, seed: int
     cells ``[S, C, out, in]`` and the reference cells ``[T, in]``."""
     dev, style, plan = layer.device_model, layer.style, layer.plan
     nominal = layer.g_nominal_uS.detach().cpu()
-    ref_target = torch.full(layer.g_ref_uS.shape, style.reference_uS(dev)) \
+    aux_target = torch.full(layer.g_aux_uS.shape, style.reference_uS(dev)) \
         if style.reference_columns else torch.zeros(0)
     layer.repair_stats = {}
     if not dev.active("faults"):
-        return nominal, None, ref_target, None
+        return nominal, None, aux_target, None
     repair, compensate = layer.repair, layer.repair.compensates(dev)
     n_slices, n_cells = nominal.shape[:2]
     nan = float("nan")
     stuck = torch.full_like(nominal, nan)
     detected = torch.full_like(nominal, nan)
-    ref_stuck = torch.full_like(ref_target, nan)
-    ref_detected = torch.full_like(ref_target, nan)
+    aux_stuck = torch.full_like(aux_target, nan)
+    aux_detected = torch.full_like(aux_target, nan)
     tile_of = torch.full((layer.out_features, layer.in_features), -1, dtype=torch.long)
     factors = layer.slice_factors.detach().cpu()[..., 0]  # [S, out]
     error_before = error_after = 0.0
@@ -128,16 +128,16 @@ def repair_targets(layer: CrossbarLayer, seed: int
         shape = (n_slices, n_cells, len(cols) + layer.config.spare_cols,
                  len(rows) + layer.config.spare_rows)
         grid, found = tile_faults(shape, dev, seed, plan.name, t, miss_rate=repair.miss_rate)
-        ref_grid = ref_found = None
+        aux_grid = aux_found = None
         if style.reference_columns:
-            ref_grid, ref_found = tile_faults(shape[-1:], dev, seed, plan.name, t,
-                                              prefix="reference_",
+            aux_grid, aux_found = tile_faults(shape[-1:], dev, seed, plan.name, t,
+                                              prefix=layer.style.aux_prefix,
                                               miss_rate=repair.miss_rate)
         row_at, col_at = torch.arange(len(rows)), torch.arange(len(cols))
         if repair.placement:
             block = nominal[:, :, cols.unsqueeze(1), rows.unsqueeze(0)].permute(0, 2, 3, 1)
             row_at, col_at, before, after = place_tile(
-                style, block, factors[:, cols], found, ref_found, dev, compensate,
+                style, block, factors[:, cols], found, aux_found, dev, compensate,
                 repair.placement_rounds)
             error_before += before
             error_after += after
@@ -145,32 +145,32 @@ def repair_targets(layer: CrossbarLayer, seed: int
         stuck[at] = grid[:, :, col_at][:, :, :, row_at]
         detected[at] = found[:, :, col_at][:, :, :, row_at]
         tile_of[cols.unsqueeze(1), rows.unsqueeze(0)] = t
-        if ref_grid is not None:
-            ref_stuck[t, rows] = ref_grid[row_at]
-            ref_detected[t, rows] = ref_found[row_at]
-    ref_cell = None
+        if aux_grid is not None:
+            aux_stuck[t, rows] = aux_grid[row_at]
+            aux_detected[t, rows] = aux_found[row_at]
+    aux_cell = None
     if style.reference_columns:  # each weight's own tile's reference cell in its row
-        ref_cell = ref_detected[tile_of.clamp(min=0), torch.arange(layer.in_features)]
-        ref_cell = torch.where(tile_of >= 0, ref_cell, torch.full_like(ref_cell, nan))
-        ref_cell = ref_cell.expand(n_slices, -1, -1)
-    targets, _ = repaired(style, nominal.movedim(1, -1), detected.movedim(1, -1), ref_cell,
+        aux_cell = aux_detected[tile_of.clamp(min=0), torch.arange(layer.in_features)]
+        aux_cell = torch.where(tile_of >= 0, aux_cell, torch.full_like(aux_cell, nan))
+        aux_cell = aux_cell.expand(n_slices, -1, -1)
+    targets, _ = repaired(style, nominal.movedim(1, -1), detected.movedim(1, -1), aux_cell,
                           dev, compensate)
     targets = targets.movedim(-1, 1)
     live = layer.cell_mask.cpu().bool().expand_as(nominal)
-    ref_live = tile_row_mask(layer).cpu() if style.reference_columns else None
+    aux_live = tile_row_mask(layer).cpu() if style.reference_columns else None
 
     def count(cells: torch.Tensor, ref: torch.Tensor) -> int:  # stuck live cells
         n = int((~torch.isnan(cells) & live).sum())
-        return n if ref_live is None else n + int((~torch.isnan(ref) & ref_live).sum())
+        return n if aux_live is None else n + int((~torch.isnan(ref) & aux_live).sum())
 
     layer.repair_stats = {
-        "stuck": count(stuck, ref_stuck), "detected": count(detected, ref_detected),
+        "stuck": count(stuck, aux_stuck), "detected": count(detected, aux_detected),
         "compensated": int(((targets != nominal) & live & torch.isnan(stuck)).sum()),
     }
     if repair.placement:
         layer.repair_stats.update(placement_error_identity=error_before,
                                  placement_error=error_after)
-    return targets, stuck, ref_target, (ref_stuck if style.reference_columns else None)
+    return targets, stuck, aux_target, (aux_stuck if style.reference_columns else None)
 
 
 def programming_stats(layer: CrossbarLayer) -> dict:
@@ -193,7 +193,7 @@ def programming_stats(layer: CrossbarLayer) -> dict:
     pulses, converged, live = [pulses_w.flatten()], [conv_w.flatten()], [live_w.flatten()]
     if layer.style.reference_columns:
         live_r = tile_row_mask(layer).cpu()
-        pulses_r, conv_r = counts(layer.ref_pulses, layer.ref_converged, live_r)
+        pulses_r, conv_r = counts(layer.aux_pulses, layer.aux_converged, live_r)
         pulses.append(pulses_r.flatten())
         converged.append(conv_r.flatten())
         live.append(live_r.flatten())
@@ -208,7 +208,7 @@ def programming_stats(layer: CrossbarLayer) -> dict:
     residual = [(layer.g_uS - layer.g_nominal_uS).cpu().flatten()]
     if layer.style.reference_columns:
         target = layer.style.reference_uS(layer.device_model)
-        residual.append((layer.g_ref_uS.cpu() - target).flatten())
+        residual.append((layer.g_aux_uS.cpu() - target).flatten())
     return {"cells": int(live_t.sum()), "pulses": int(pulses_t.sum()),
             "tile_pulses": tile_pulses,
             "residual_uS": torch.cat(residual)[live_t],
@@ -221,24 +221,24 @@ def state_at_time(layer: CrossbarLayer) -> tuple[torch.Tensor, torch.Tensor | No
     """Weight and reference conductances at the device's inference time."""
     dev, seed, name = layer.device_model, int(layer.program_seed), layer.plan.name
     if dev.drift is None or dev.t_inference_s <= 0:
-        return layer.g_uS, (layer.g_ref_uS if layer.g_ref_uS.numel() else None)
+        return layer.g_uS, (layer.g_aux_uS if layer.g_aux_uS.numel() else None)
     # cells without a device stay at 0 uS (an additive drift law would move them)
     g = drifted(layer.g_uS, dev, seed, name, target=layer.g_nominal_uS) * layer.cell_mask
     ref = None
-    if layer.g_ref_uS.numel():
-        target = torch.full_like(layer.g_ref_uS, layer.style.reference_uS(dev))
-        ref = drifted(layer.g_ref_uS, dev, seed, name, "reference_", target=target) \
+    if layer.g_aux_uS.numel():
+        target = torch.full_like(layer.g_aux_uS, layer.style.reference_uS(dev))
+        ref = drifted(layer.g_aux_uS, dev, seed, name, layer.style.aux_prefix, target=target) \
             * tile_row_mask(layer)
     return g, ref
 
 
-def weight_values(layer: CrossbarLayer, g: torch.Tensor, g_ref: torch.Tensor | None
+def weight_values(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | None
                   ) -> torch.Tensor:
     """Weights ``[S, out, in]`` (weight units) that conductances ``g`` hold."""
     ref = None
-    if g_ref is not None:
+    if g_aux is not None:
         # each cell reads against its own tile's reference cell in the same row
-        ref = torch.einsum("ot,ti->oi", tile_of_output(layer), g_ref)
+        ref = torch.einsum("ot,ti->oi", tile_of_output(layer), g_aux)
     values = layer.style.weights(g.movedim(1, -1), ref, layer.device_model)
     return values * layer.cell_mask * layer.slice_factors
 
@@ -261,38 +261,38 @@ def refresh(layer: CrossbarLayer) -> None:
     conductances at the inference time."""
     layer._sync_ranges()
     dev = layer.device_model
-    g, g_ref = state_at_time(layer)
-    values = weight_values(layer, *through_array(layer, g, g_ref, dev.t_inference_s))
+    g, g_aux = state_at_time(layer)
+    values = weight_values(layer, *through_array(layer, g, g_aux, dev.t_inference_s))
     layer._tile_w = [layer._tile_major(layer._gather(values, idx), idx) for idx in layer._units]
     layer._gain = 1.0
     if layer.config.drift_compensation and dev.drift is not None and dev.t_inference_s > 0:
         programmed = weight_values(layer, *through_array(layer,
-            layer.g_uS, layer.g_ref_uS if g_ref is not None else None, 0.0))
+            layer.g_uS, layer.g_aux_uS if g_aux is not None else None, 0.0))
         now = float(values.abs().sum())
         layer._gain = float(programmed.abs().sum()) / now if now > 0 else 1.0
     layer._tile_var = None
     if dev.active("read_noise") and layer._units:
         norm = layer.style.norm_uS(dev)
-        g_eff, ref_eff = through_array(layer, g, g_ref, dev.t_inference_s)
+        g_eff, aux_eff = through_array(layer, g, g_aux, dev.t_inference_s)
         var = (dev.read_noise.std_uS(g, dev, layer.g_uS) * wire_gain(g_eff, g) / norm
                ).square().sum(dim=1)
         var = var * layer.cell_mask * layer.slice_factors.square()
         tile_var = [layer._tile_major(layer._gather(var, idx), idx).flatten(0, 1)
                     for idx in layer._units]
-        if g_ref is not None:  # each tile's reference column after its own outputs
-            ref_var = (dev.read_noise.std_uS(g_ref, dev, layer.g_ref_uS)
-                       * wire_gain(ref_eff, g_ref) / norm).square()
+        if g_aux is not None:  # each tile's reference column after its own outputs
+            aux_var = (dev.read_noise.std_uS(g_aux, dev, layer.g_aux_uS)
+                       * wire_gain(aux_eff, g_aux) / norm).square()
             tile_var = [torch.cat([v.unflatten(0, (len(idx.tiles), -1)), torch.stack(
-                [layer._gather_ref(ref_var[t], idx) for t in idx.tiles])], dim=1).flatten(0, 1)
+                [layer._gather_aux(aux_var[t], idx) for t in idx.tiles])], dim=1).flatten(0, 1)
                 for v, idx in zip(tile_var, layer._units, strict=True)]
         layer._tile_var = tile_var
-        layer._ref_factor = [
+        layer._aux_factor = [
             layer._tile_major(layer.slice_factors.index_select(1, idx.cols), idx).flatten()
             for idx in layer._units]
     del values
 
 
-def through_array(layer: CrossbarLayer, g: torch.Tensor, g_ref: torch.Tensor | None,
+def through_array(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | None,
                    t_inference_s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Effective conductances (uS) of every cell as the array model sees them: each tile's
     physical arrays (one per cell of a pair; bit lines ordered output by output, the weight
@@ -301,12 +301,12 @@ def through_array(layer: CrossbarLayer, g: torch.Tensor, g_ref: torch.Tensor | N
     array's column currents exactly (``I = M v`` is linear in the inputs)."""
     array = layer.config.array
     if array is None or array.ideal:
-        return g, g_ref
+        return g, g_aux
     key = (t_inference_s, g.device, g.dtype)
     if key in layer._array_cache:  # solved once per chip and time (not per .to() or call)
         return layer._array_cache[key]
     g_eff = g.clone()
-    ref_eff = None if g_ref is None else g_ref.clone()
+    aux_eff = None if g_aux is None else g_aux.clone()
     n_slices, n_cells = g.shape[:2]
     for t, tile in enumerate(layer.plan.tiles):
         rows = torch.tensor(tile.rows, dtype=torch.long, device=g.device)
@@ -315,8 +315,8 @@ def through_array(layer: CrossbarLayer, g: torch.Tensor, g_ref: torch.Tensor | N
         block = g[:, :, cols.unsqueeze(1), rows.unsqueeze(0)]  # [S, cells, cols, rows]
         phys = [block[:, k].permute(2, 1, 0).reshape(n_rows, n_cols * n_slices).double()
                 * 1e-6 for k in range(n_cells)]
-        if ref_eff is not None:
-            phys[0] = torch.cat([phys[0], g_ref[t, rows].unsqueeze(1).double() * 1e-6], 1)
+        if aux_eff is not None:
+            phys[0] = torch.cat([phys[0], g_aux[t, rows].unsqueeze(1).double() * 1e-6], 1)
         size = (layer.config.tile_rows, layer.config.tile_cols)
         # a pair's G+ and G- arrays share each word line's driver (one DAC per word line)
         solved = array.effective_pair_in_tile(*phys, *size) if n_cells == 2 else \
@@ -326,8 +326,8 @@ def through_array(layer: CrossbarLayer, g: torch.Tensor, g_ref: torch.Tensor | N
             main = eff[:, :n_cols * n_slices].reshape(n_rows, n_cols, n_slices)
             g_eff[:, k, cols.unsqueeze(1), rows.unsqueeze(0)] = main.permute(2, 1, 0).to(
                 g.dtype)
-            if ref_eff is not None:
-                ref_eff[t, rows] = eff[:, -1].to(g.dtype)
-    layer._array_cache[key] = (g_eff, ref_eff)
-    return g_eff, ref_eff
+            if aux_eff is not None:
+                aux_eff[t, rows] = eff[:, -1].to(g.dtype)
+    layer._array_cache[key] = (g_eff, aux_eff)
+    return g_eff, aux_eff
 

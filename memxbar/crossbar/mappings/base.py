@@ -28,6 +28,9 @@ class MappingStyle:
     cells_per_weight: ClassVar[int]
     reference_columns: ClassVar[int]
     arrays_per_tile: ClassVar[int]
+    aux_prefix: ClassVar[str] = ""
+    """Stream prefix of the style's auxiliary cells (the ``reference_columns`` of each tile,
+    ``CrossbarLayer.g_aux_uS``): they are programmed, fail and drift from their own streams."""
 
     def nominal(self, v: torch.Tensor, device) -> torch.Tensor:
         """Target conductances ``[..., cells_per_weight]`` of normalised weights ``v`` (clipped
