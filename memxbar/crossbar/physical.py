@@ -295,10 +295,10 @@ def refresh(layer: CrossbarLayer) -> None:
 def through_array(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | None,
                    t_inference_s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Effective conductances (uS) of every cell as the array model sees them: each tile's
-    physical arrays (one per cell of a pair; bit lines ordered output by output, the weight
-    slices of an output side by side, the offset reference column last) are solved once
-    and ``G_eff[i, j] = M[j, i]`` replaces the cell, so the cached weights reproduce the
-    array's column currents exactly (``I = M v`` is linear in the inputs)."""
+    physical arrays, as the mapping packs them (``style.pack_tile``: one per cell of a pair,
+    bit lines output by output, the auxiliary column last), are solved once and
+    ``G_eff[i, j] = M[j, i]`` replaces the cell (``style.unpack_tile``), so the cached weights
+    reproduce the array's column currents exactly (``I = M v`` is linear in the inputs)."""
     array = layer.config.array
     if array is None or array.ideal:
         return g, g_aux
@@ -307,27 +307,21 @@ def through_array(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | N
         return layer._array_cache[key]
     g_eff = g.clone()
     aux_eff = None if g_aux is None else g_aux.clone()
-    n_slices, n_cells = g.shape[:2]
+    size = (layer.config.tile_rows, layer.config.tile_cols)
     for t, tile in enumerate(layer.plan.tiles):
         rows = torch.tensor(tile.rows, dtype=torch.long, device=g.device)
         cols = torch.tensor(tile.cols, dtype=torch.long, device=g.device)
-        n_rows, n_cols = len(tile.rows), len(tile.cols)
         block = g[:, :, cols.unsqueeze(1), rows.unsqueeze(0)]  # [S, cells, cols, rows]
-        phys = [block[:, k].permute(2, 1, 0).reshape(n_rows, n_cols * n_slices).double()
-                * 1e-6 for k in range(n_cells)]
-        if aux_eff is not None:
-            phys[0] = torch.cat([phys[0], g_aux[t, rows].unsqueeze(1).double() * 1e-6], 1)
-        size = (layer.config.tile_rows, layer.config.tile_cols)
+        phys = [a.double() * 1e-6 for a in layer.style.pack_tile(
+            block, None if g_aux is None else g_aux[t, rows])]
         # a pair's G+ and G- arrays share each word line's driver (one DAC per word line)
-        solved = array.effective_pair_in_tile(*phys, *size) if n_cells == 2 else \
+        solved = array.effective_pair_in_tile(*phys, *size) if len(phys) == 2 else \
             [array.effective_in_tile(p, *size) for p in phys]
-        for k, m in enumerate(solved):
-            eff = m.T * 1e6  # [rows, bit lines] uS
-            main = eff[:, :n_cols * n_slices].reshape(n_rows, n_cols, n_slices)
-            g_eff[:, k, cols.unsqueeze(1), rows.unsqueeze(0)] = main.permute(2, 1, 0).to(
-                g.dtype)
-            if aux_eff is not None:
-                aux_eff[t, rows] = eff[:, -1].to(g.dtype)
+        eff, eff_aux = layer.style.unpack_tile([m.T * 1e6 for m in solved], block.shape[0],
+                                               len(tile.cols))
+        g_eff[:, :, cols.unsqueeze(1), rows.unsqueeze(0)] = eff.to(g.dtype)
+        if aux_eff is not None:
+            aux_eff[t, rows] = eff_aux.to(g.dtype)
     layer._array_cache[key] = (g_eff, aux_eff)
     return g_eff, aux_eff
 
