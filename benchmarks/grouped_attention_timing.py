@@ -32,7 +32,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memxbar import crossbar  # noqa: E402
-from memxbar.crossbar.layers import _as_slice  # noqa: E402
+from memxbar.crossbar import physical  # noqa: E402
+from memxbar.crossbar.tile_units import as_slice  # noqa: E402
 
 
 def paired(fn, plain, repeats: int = 15, calls: int = 10) -> tuple[float, float]:
@@ -62,9 +63,9 @@ def one_product_per_tile(layer: crossbar.CrossbarConv2d) -> None:
         for j, t in enumerate(u.tiles):
             inputs = u.inputs[j * ins:(j + 1) * ins]
             units.append(replace(u, tiles=(t,), cols=u.cols[j * cols:(j + 1) * cols],
-                                 inputs=inputs, input_slice=_as_slice(inputs.tolist())))
+                                 inputs=inputs, input_slice=as_slice(inputs.tolist())))
     layer._units = units
-    layer._refresh()
+    physical.refresh(layer)
 
 
 def main() -> None:

@@ -10,7 +10,8 @@ from torch import nn
 
 from memxbar.crossbar import CrossbarConfig, DeviceModel, to_crossbar
 from memxbar.crossbar.activity import array_activity
-from memxbar.crossbar.layers import crossbar_modules
+from memxbar.crossbar.physical import state_at_time, tile_row_mask
+from memxbar.crossbar.programming import crossbar_modules
 
 V, T = 0.2, 100e-9
 
@@ -38,7 +39,7 @@ def _drive(layer, x: torch.Tensor) -> torch.Tensor:
 
 def _brute_linear(layer, x) -> float:
     """sum over samples, rows i and every cell j on row i of V_i^2 G_ij t, in pJ / sample."""
-    g, ref = layer._state_at_time()
+    g, ref = state_at_time(layer)
     w = _drive(layer, x)
     total = 0.0
     for n in range(x.shape[0]):
@@ -52,7 +53,7 @@ def _brute_linear(layer, x) -> float:
 
 def _brute_conv(layer, x) -> float:
     """Patch by patch (F.unfold), group by group, cell by cell."""
-    g, ref = layer._state_at_time()
+    g, ref = state_at_time(layer)
     w = _drive(layer, x)
     groups, cg = layer.groups, layer.in_channels // layer.groups
     og = layer.out_features // groups
@@ -109,7 +110,7 @@ def test_full_scale_read_has_activity_one():
     layer = dict(crossbar_modules(chip))["0"]
     with torch.no_grad():
         layer.g_uS.copy_(layer.cell_mask.expand_as(layer.g_uS) * 100.0)
-        layer.g_ref_uS.copy_(layer._tile_row_mask() * 100.0)
+        layer.g_aux_uS.copy_(tile_row_mask(layer) * 100.0)
     a = array_activity(chip, x, V, T)["0"]
     assert a.activity == pytest.approx(1.0, rel=1e-9)
     # half the voltage on every line: a quarter of the energy (V^2)

@@ -165,7 +165,7 @@ def test_layer_weights_reproduce_the_solved_arrays(mapping: str, cell_bits: int 
         for k in range(g.shape[1]):
             columns = [g[s, k, o, rows] for o in cols for s in range(n_slices)]
             if mapping == "offset":
-                columns.append(layer.g_ref_uS.double()[t, rows])
+                columns.append(layer.g_aux_uS.double()[t, rows])
             m = solve_array(torch.stack(columns, 1) * 1e-6, r, r, 0.0, 0.0) * 1e6
             currents.append(x[:, rows] @ m.T)  # [N, bit lines], uS x input units
         for c, o in enumerate(cols):

@@ -85,9 +85,9 @@ def test_bf16_variance_product_keeps_the_noise_std_within_its_bound(kind, monkey
     any CPU runs the path): with the same draws, every output's noise is the exact one scaled
     by the ratio of the two standard deviations, which must stay within the documented 0.6 %
     (and differ somewhere: the bfloat16 path ran)."""
-    from memxbar.crossbar import layers
+    from memxbar.crossbar import functional
 
-    monkeypatch.setattr(layers, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(functional, "cpu_has_bf16", lambda: True)
     torch.manual_seed(3)
     # one tile per output (60 and 54 rows): its noise is one draw times one std
     model = nn.Linear(60, 30) if kind == "linear" else nn.Conv2d(6, 8, 3)
@@ -320,7 +320,7 @@ def test_offset_reference_columns_match_the_plan(cell_bits: int | None) -> None:
     for name, layer in ((n, m) for n, m in xmodel.named_modules()
                         if isinstance(m, crossbar.CrossbarLayer)):
         assert layer.n_devices == plan[name].n_devices
-        assert layer.g_ref_uS.shape == (plan[name].n_tiles, layer.in_features)
+        assert layer.g_aux_uS.shape == (plan[name].n_tiles, layer.in_features)
     cost = crossbar.model_cost(plan, config, crossbar.CostConfig(assume_mvms_per_sample=1))
     assert cost.totals()["devices"] == sum(m.n_devices for m in xmodel.modules()
                                          if isinstance(m, crossbar.CrossbarLayer))
@@ -556,7 +556,7 @@ def test_offset_states_of_version_0_1_load() -> None:
     source = crossbar.to_crossbar(model, device, config, seed=1)
     state = source.state_dict()
     n_slices = source.slice_factors.shape[0]
-    state["g_ref_uS"] = state["g_ref_uS"].unsqueeze(0).repeat(n_slices, 1, 1)  # 0.1 layout
+    state["g_aux_uS"] = state["g_aux_uS"].unsqueeze(0).repeat(n_slices, 1, 1)  # 0.1 layout
     target = crossbar.to_crossbar(model, device, config, seed=2)
     target.load_state_dict(state)
     x = torch.randn(8, 40)
@@ -575,12 +575,14 @@ def test_offset_references_outside_a_tile_stay_empty_under_additive_drift() -> N
     device = crossbar.DeviceModel(g_min_uS=9.0, g_max_uS=88.2, drift="rram_cmo",
                                   t_inference_s=86400.0)
     layer = crossbar.to_crossbar(model, device, config, masks=masks, scales={"": 1.0})
-    g, g_ref = layer._state_at_time()
-    outside = ~layer._tile_row_mask()
+    from memxbar.crossbar import physical
+
+    g, g_ref = physical.state_at_time(layer)
+    outside = ~physical.tile_row_mask(layer)
     assert bool(outside.any()) and bool((g_ref[outside] == 0).all())
-    assert bool((g_ref[~outside] != layer.g_ref_uS[~outside]).all())  # the devices did drift
+    assert bool((g_ref[~outside] != layer.g_aux_uS[~outside]).all())  # the devices did drift
     # every weight is read against its own tile's (drifted) reference cell
-    ref_of_cell = torch.einsum("ot,ti->oi", layer._tile_of_output(), g_ref)
+    ref_of_cell = torch.einsum("ot,ti->oi", physical.tile_of_output(layer), g_ref)
     for t, tile in enumerate(layer.plan.tiles):
         rows, cols = list(tile.rows), list(tile.cols)
         assert torch.equal(ref_of_cell[cols][:, rows], g_ref[t, rows].expand(len(cols), -1))

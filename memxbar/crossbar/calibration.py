@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .layers import check_input, crossbar_modules, first_layer, input_errors
+from .programming import check_input, crossbar_modules, first_layer, input_errors
 
 
 class _Stop(Exception):
@@ -51,9 +51,9 @@ def _check_reference(model: nn.Module, reference: nn.Module, named: list) -> Non
     allowed = "allowed: the software model the chip was converted from"
     if reference is model:
         raise ValueError(f"calibrate_outputs: reference is the chip itself; {allowed}")
-    ref_modules = dict(reference.named_modules())
+    software_modules = dict(reference.named_modules())
     for name, layer in named:
-        ref = ref_modules.get(name)
+        ref = software_modules.get(name)
         if ref is None:
             raise ValueError(f"calibrate_outputs: the reference model has no layer {name!r}; "
                              f"{allowed}")
@@ -98,10 +98,10 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
                          "cost model then counts the gain/offset registers)")
     _check_reference(model, reference, named)
     chip_dtype = named[0][1].g_uS.dtype
-    ref_dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()),
+    software_dtype = next((p.dtype for p in reference.parameters() if p.is_floating_point()),
                      chip_dtype)
-    if ref_dtype != chip_dtype:
-        raise ValueError(f"calibrate_outputs: reference of dtype {ref_dtype} is invalid; "
+    if software_dtype != chip_dtype:
+        raise ValueError(f"calibrate_outputs: reference of dtype {software_dtype} is invalid; "
                          f"allowed: the chip's dtype {chip_dtype} (.float() or .double() one "
                          "of them)")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -112,7 +112,7 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
                          "invalid; allowed: a batch of at least 2 samples")
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("calibrate_outputs: the calibration inputs hold NaN or inf values")
-    ref_modules = dict(reference.named_modules())
+    software_modules = dict(reference.named_modules())
     layers = dict(named)
     was = (model.training, reference.training)
     model.eval()
@@ -122,7 +122,7 @@ def calibrate_outputs(model: nn.Module, reference: nn.Module, inputs: torch.Tens
 
     # the reference's pre-activations, and the order in which the chip runs its layers
     targets: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    hooks = [ref_modules[name].register_forward_hook(
+    hooks = [software_modules[name].register_forward_hook(
         lambda m, i, o, name=name: targets[name].append(o.detach().clone()))  # before any
         for name in layers]  # in-place activation overwrites it
     try:

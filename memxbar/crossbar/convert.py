@@ -11,24 +11,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from . import physical
 from .attention import CrossbarMultiheadAttention
 from .calibration import calibrate_outputs
 from .config import CrossbarConfig
 from .converters import get_adc
 from .device import DeviceModel
-from .layers import (  # program, calibrate, check_input: defined with the layers, re-exported
-    CrossbarConv1d,
-    CrossbarConv2d,
-    CrossbarLayer,
-    CrossbarLinear,
-    calibrate,
-    check_float32,
-    check_input,
-    check_seed,
-    crossbar_modules,
-    input_errors,
-    program,
-)
+from .layers import CrossbarConv1d, CrossbarConv2d, CrossbarLayer, CrossbarLinear
 from .plan import (
     MAPPABLE,
     MappingPlan,
@@ -37,6 +26,15 @@ from .plan import (
     matches,
     plan_model,
     unmapped_layers,
+)
+from .programming import (  # re-exported
+    calibrate,
+    check_float32,
+    check_input,
+    check_seed,
+    crossbar_modules,
+    input_errors,
+    program,
 )
 from .recurrent import CrossbarRecurrent
 from .repair import RepairConfig
@@ -284,7 +282,7 @@ def _select_verified(layer: CrossbarLayer, mask: torch.Tensor | None, seed: int)
         return
     layer.verify_weights = mask
     if layer.device_model.write_verify is not None:
-        layer._program(seed)
+        physical.program_layer(layer, seed)
 
 
 def _unpack_composites(root: nn.Module, mapped: set[str]) -> nn.Module:

@@ -97,7 +97,7 @@ def _snap(g: torch.Tensor, device) -> torch.Tensor:
     return levels.to(g.dtype)[nearest(levels.to(g.dtype), g.contiguous())]
 
 
-def repaired(style, nominal: torch.Tensor, stuck: torch.Tensor, ref_stuck: torch.Tensor | None,
+def repaired(style, nominal: torch.Tensor, stuck: torch.Tensor, aux_stuck: torch.Tensor | None,
              device, compensate: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets after compensation and the normalised weight each cell group then holds.
 
@@ -105,7 +105,7 @@ def repaired(style, nominal: torch.Tensor, stuck: torch.Tensor, ref_stuck: torch
         style: the mapping style (``cells_per_weight`` 2: differential, 1 + reference: offset).
         nominal: target conductances ``[..., cells]`` (uS).
         stuck: the known stuck conductance of each cell ``[..., cells]``, NaN where healthy.
-        ref_stuck: offset mapping: the stuck conductance of each weight's reference cell
+        aux_stuck: offset mapping: the stuck conductance of each weight's reference cell
             ``[...]`` (NaN healthy), ``None`` otherwise.
         compensate: re-target healthy cells to make up for stuck ones.
 
@@ -124,18 +124,18 @@ def repaired(style, nominal: torch.Tensor, stuck: torch.Tensor, ref_stuck: torch
             targets[..., 0] = torch.where(only_neg, _snap(s_neg + d, device), targets[..., 0])
         held = torch.where(healthy, targets, stuck)
         return targets, style.weights(held, None, device)
-    g_ref = style.reference_uS(device)
-    ref = torch.full_like(nominal[..., 0], g_ref) if ref_stuck is None else \
-        torch.where(torch.isnan(ref_stuck), torch.full_like(ref_stuck, g_ref), ref_stuck)
+    g_aux = style.reference_uS(device)
+    ref = torch.full_like(nominal[..., 0], g_aux) if aux_stuck is None else \
+        torch.where(torch.isnan(aux_stuck), torch.full_like(aux_stuck, g_aux), aux_stuck)
     targets = nominal
-    if compensate and ref_stuck is not None:
-        targets = _snap(nominal + (ref - g_ref).unsqueeze(-1), device)
+    if compensate and aux_stuck is not None:
+        targets = _snap(nominal + (ref - g_aux).unsqueeze(-1), device)
     held = torch.where(healthy, targets, stuck)
     return targets, style.weights(held, ref, device)
 
 
 def place_tile(style, nominal: torch.Tensor, factors: torch.Tensor, grid: torch.Tensor,
-               ref_grid: torch.Tensor | None, device, compensate: bool, rounds: int
+               aux_grid: torch.Tensor | None, device, compensate: bool, rounds: int
                ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Fault-aware placement of one tile.
 
@@ -144,7 +144,7 @@ def place_tile(style, nominal: torch.Tensor, factors: torch.Tensor, grid: torch.
         factors: weight factor of each slice and output ``[S, n_cols]``.
         grid: detected stuck conductances of the physical tile ``[S, C, P_out, P_in]``
             (NaN healthy), ``P_out >= n_cols``, ``P_in >= n_rows``.
-        ref_grid: offset mapping: the reference column's detected stuck values ``[P_in]``.
+        aux_grid: offset mapping: the reference column's detected stuck values ``[P_in]``.
 
     Returns ``(rows, cols, error_identity, error_placed)``: the physical word line of each
     logical row, the physical output column group of each logical output, and the total
@@ -162,19 +162,19 @@ def place_tile(style, nominal: torch.Tensor, factors: torch.Tensor, grid: torch.
                         False)                                           # [S, n_cols, n_rows]
     factor2 = factors.square()
     faulty = ~torch.isnan(grid).all(dim=1)                               # [S, P_out, P_in]
-    if ref_grid is not None:
-        faulty = faulty | ~torch.isnan(ref_grid).view(1, 1, -1)
+    if aux_grid is not None:
+        faulty = faulty | ~torch.isnan(aux_grid).view(1, 1, -1)
     pos_s, pos_q, pos_p = torch.nonzero(faulty, as_tuple=True)
     if pos_s.numel() == 0:
         return torch.arange(n_rows), torch.arange(n_cols), 0.0, 0.0
     stuck_at = grid[pos_s, :, pos_q, pos_p]                              # [M, C]
-    ref_at = None if ref_grid is None else ref_grid[pos_p]               # [M]
+    aux_at = None if aux_grid is None else aux_grid[pos_p]               # [M]
 
     def error(use: torch.Tensor, nom: torch.Tensor, ideal_: torch.Tensor) -> torch.Tensor:
         """Squared error of the cell groups ``nom[M', k, C]`` placed on the positions
         ``use`` selects."""
         st = stuck_at[use].unsqueeze(1).expand_as(nom)
-        ref = None if ref_at is None else ref_at[use].unsqueeze(1).expand(nom.shape[:2])
+        ref = None if aux_at is None else aux_at[use].unsqueeze(1).expand(nom.shape[:2])
         _, held = repaired(style, nom, st, ref, device, compensate)
         return (held - ideal_).square()
 

@@ -30,6 +30,7 @@ class Offset(MappingStyle):
     cells_per_weight = 1
     reference_columns = 1
     arrays_per_tile = 1
+    aux_prefix = "reference_"
 
     def nominal(self, v: torch.Tensor, device) -> torch.Tensor:
         g_ref, half = reference_level(device)
