@@ -22,6 +22,8 @@ OUTPUTS = {
     "calibration_percentile": ["run/metrics.json", "run/plan.json", "run/compressed.pt"],
     "chip_scale": ["chip_scale.json", "run/metrics.json"],  # see AFTER
     "column_accumulate": [],
+    "compressor_comparison": ["compressor_comparison.md", "compressor_comparison.png",
+                              "compressor_comparison.pdf"],  # see AFTER
     "compressor_curves": ["curves.json", "curves.md", "curves.png", "admm_4x/metrics.json"],
     "converter_sweep": ["run/converter_sweep.json", "run/converter_sweep.png",
                         "run/converter_sweep.pdf"],  # see AFTER
@@ -47,6 +49,7 @@ WORKERS = 2  # the CI machine's cores
 # make it with calibration_percentile.smoke_run when DIR holds none; one pipeline run, ~12 s of
 # CPU with its figures, instead of two); chip_scale and selective_verify re-evaluate it
 AFTER = {"converter_sweep": "calibration_percentile", "chip_scale": "calibration_percentile",
+         "compressor_comparison": "calibration_percentile",
          "selective_verify": "calibration_percentile"}
 
 
