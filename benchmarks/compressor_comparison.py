@@ -60,10 +60,23 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     return out
 
 
+def label(run: Path, compressor: str) -> str:
+    """The compressor, with the run's own overrides of compressor blocks (e.g.
+    ``ternary.penalty=off``) from its ``.hydra/overrides.yaml``."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return compressor
+    blocks = ("ternary.", "adaptive_levels.", "decompose.", "obc.")
+    extra = [o for o in (line.strip().lstrip("- ") for line in path.read_text().splitlines())
+             if o.startswith(blocks)]
+    return compressor + (f" ({', '.join(extra)})" if extra else "")
+
+
 def row(run: Path) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     prog = m["programming"]
-    return {"dataset": m["dataset"], "compressor": m.get("compressor", "admm"), "run": str(run),
+    return {"dataset": m["dataset"], "compressor": label(run, m.get("compressor", "admm")),
+            "run": str(run),
             "dense": m["dense_accuracy"], "software": m["compressed_accuracy"],
             "ideal": m["crossbar_ideal_accuracy"], "chips": m["chips"],
             "mean": m["crossbar_accuracy_mean"], "std": m["crossbar_accuracy_std"],
