@@ -35,6 +35,11 @@ ALLOWED = {  # key pattern -> the kinds of "bad" value that are in fact legitima
     r"eval\.spec_(max_drop|min_accuracy)": {"zero"},  # a spec of no drop / any accuracy
     r"allocation\.search_range": {"list"},           # ratios 1x .. 2x
     r"robustness\.verify_fraction": {"zero"},        # selective write-verify of no weight
+    r"decompose\.finetune_epochs|ternary\.(wpc|ternary)_epochs": {"zero"},  # skip that stage
+    r"ternary\.weight": {"zero"},                    # no penalty (as ternary.penalty=off)
+    r"ternary\.tau_std": {"zero"},                   # clip at the mean |w| of each group
+    r"adaptive_levels\.cost_weight": {"zero"},       # levels by posterior density alone
+    r"adaptive_levels\.front": {"list"},             # the lambdas 1 and 2
 }
 
 EXTRA = ("device.preset", "model._target_", "dataset._target_")
