@@ -137,7 +137,7 @@ def figure(rows: list[dict]):
         ax.set_ylabel("accuracy on chips (%)")
         ax.set_title(data + ("" if not hidden else "\n(below the axis: " + ", ".join(
             f"{r['compressor']} {r['mean']:.1f} %" for r in hidden) + ")"), fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="best")
     fig.suptitle("Chip accuracy (mean +- sample std; x: worst chip) against energy\n"
                  "(points at equal energy spread sideways)", fontsize=9)
     fig.tight_layout()

@@ -565,20 +565,6 @@ def test_outputs_spread_over_column_tiles_are_summed_in_place(pruned) -> None:
         assert torch.allclose(xl(x), layer(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("q", [1, 7, 31, 127, 2047])
-def test_adc_codes_one_pass_equals_round_then_clamp(q):
-    """The ADC's one-pass ``fake_quantize`` is bit for bit ``clamp(round(p))`` with round half
-    to even, exact halves and values beyond the range included."""
-    from memxbar.crossbar.functional import adc_codes
-
-    gen = torch.Generator().manual_seed(q)
-    p = torch.randn(20000, generator=gen) * 3 * q
-    p[:400] = torch.arange(400, dtype=torch.float32) / 2 - 100  # exact halves
-    assert torch.equal(adc_codes(p.clone(), q), p.clone().round_().clamp_(-q, q))
-    d = p.double()
-    assert torch.equal(adc_codes(d.clone(), q), d.clone().round_().clamp_(-q, q))
-
-
 def test_version_1_state_dict_with_the_offset_names_loads():
     """State-dict version 2 (issue 21) stores the mapping's auxiliary cells as ``g_aux_uS``;
     a version-1 state (0.2-0.4: the offset mapping's ``g_ref_uS``) loads into the same chip."""

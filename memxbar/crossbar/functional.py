@@ -259,7 +259,7 @@ def accumulate(layer: CrossbarLayer, x: torch.Tensor, out_shape: tuple[int, ...]
             record_adc(layer, p, idx)
         if steps is not None:
             q = signed_steps(layer.config.adc_bits)
-            p = adc_codes(p, q)
+            p = p.round_().clamp_(-q, q)
         p, alpha = combine(p, steps, drive.plane_weights, len(idx.tiles))
         alpha *= layer._gain
         if full_cover and out is None:
@@ -281,17 +281,6 @@ def accumulate(layer: CrossbarLayer, x: torch.Tensor, out_shape: tuple[int, ...]
         shape = (1, -1, *([1] * (out.dim() - 2)))
         out = out.mul_(layer.out_gain.view(shape)).add_(layer.out_offset.view(shape))
     return out
-
-
-def adc_codes(p: torch.Tensor, q: int) -> torch.Tensor:
-    """``clamp(round(p), -q, q)`` (round half to even), in one pass where it can be:
-    ``torch.fake_quantize_per_tensor_affine`` with scale 1 and zero point 0 is exactly that for
-    float32 (tested bit for bit against the two passes, exact halves included), and reads and
-    writes the partial sums once instead of twice. Other dtypes, and tensors that carry a
-    gradient, take the two in-place passes."""
-    if p.dtype == torch.float32 and not p.requires_grad and q < 2**24:
-        return torch.fake_quantize_per_tensor_affine(p, 1.0, 0, -q, q)
-    return p.round_().clamp_(-q, q)
 
 
 def combine(p: torch.Tensor, steps: list[float] | None,
