@@ -644,13 +644,13 @@ def write_cost_report(
         measured.setdefault(name, {})["zero_inputs"] = z
     for name, a in (activity or {}).items():
         measured.setdefault(name, {})["activity"] = a.activity
-    est = estimate(plan, config, cost, table, baseline=baseline, measured=measured or None,
+    tab = load_table(table if table is not None else (cost or CostConfig()).table)  # read once
+    est = estimate(plan, config, cost, tab, baseline=baseline, measured=measured or None,
                    baseline_plan=baseline_plan)
     data = est.to_dict()
     dig = None
     if digital is not None:
-        dig = digital_summary(digital, load_table(table if table is not None
-                                                  else est.cost.table), est.cost)
+        dig = digital_summary(digital, tab, est.cost)
         data["digital"] = dig
     drivers = energy_drivers(est, input_zeros, activity)
     data["energy_drivers"] = drivers
@@ -662,7 +662,7 @@ def write_cost_report(
              "mvms_per_sample, in_features, out_features)")
     out = Path(out_dir)
     written: dict[str, Path] = {}
-    images = cost_plots(est, load_table(table) if table is not None else None) if plots else {}
+    images = cost_plots(est, tab) if plots else {}
     texts = {
         "cost.json": json.dumps(data, indent=2, allow_nan=False),
         "cost.csv": _csv_text(cost_rows(est)),
