@@ -23,18 +23,17 @@ def _chip(model, x, **xbar):
 
 
 def _drive(layer, x: torch.Tensor) -> torch.Tensor:
-    """Per input element: sum over the input cycles of (V_i / V_read)^2."""
-    x = x.double()
-    full = float(layer.dac_range) if float(layer.dac_range) > 0 else float(x.abs().max())
-    u = (x.abs() / full).clamp(max=1.0)
+    """Per input element: sum over the input cycles of (V_i / V_read)^2, cycle by cycle from
+    the layer's DAC model (codes over the largest code; bit planes 0/1)."""
+    full, signed = layer._dac if layer._dac[0] > 0 else (float(x.abs().max()), True)
     bits = layer.config.dac_bits
     if bits is None:
-        return u * u
-    code = torch.round(u * (2 ** bits - 1)).long()
-    if layer.config.bit_serial:
-        return torch.stack([(code >> k) & 1 for k in range(bits)]).sum(0).double()
-    q = code.double() / (2 ** bits - 1)
-    return q * q
+        return (x.double().abs() / full) ** 2
+    d = layer._dac_model.drive(x.detach(), full, signed, bits)
+    if d.plane_weights is not None:
+        planes = d.x.double().unflatten(0, (d.plane_weights.numel(), -1))
+        return sum(planes[k].abs() ** 2 for k in range(planes.shape[0]))
+    return (d.x.double().abs() / d.max_code) ** 2
 
 
 def _brute_linear(layer, x) -> float:

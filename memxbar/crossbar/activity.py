@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional
 from .digital import _batch_size as batch_size
 from .digital import _forward as forward_once
 from .layers import CrossbarConv2d, CrossbarLayer
@@ -72,18 +73,19 @@ def _row_conductance(layer: CrossbarLayer) -> torch.Tensor:
 
 
 def _drive_weight(layer: CrossbarLayer, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Per input element, ``sum over cycles (V_i / V_read)^2`` and the cycles per MVM."""
-    x = x.detach().double()
-    full = float(layer.dac_range) if float(layer.dac_range) > 0 else float(x.abs().max())
-    u = (x.abs() / full).clamp(max=1.0) if full > 0 else torch.zeros_like(x)
-    bits = layer.config.dac_bits
-    if layer.config.bit_serial and bits is not None:
-        levels = 2 ** bits - 1
-        code = torch.round(u * levels).long()
-        ones = sum(((code >> k) & 1) for k in range(bits))
-        return ones.double(), bits
-    if bits is not None:  # the DAC's amplitude grid
-        u = torch.round(u * (2 ** bits - 1)) / (2 ** bits - 1)
+    """Per input element, ``sum over cycles (V_i / V_read)^2`` and the cycles per MVM, from
+    the layer's own DAC (:func:`crossbar.functional.dac_drive`): a parallel DAC's code over
+    its largest code; a bit-serial DAC's bit planes (0/1 per cycle, the negative part of
+    signed inputs on planes of its own), summed over the planes."""
+    drive = functional.dac_drive(layer, x.detach())
+    codes = drive.x.detach().double()
+    if drive.plane_weights is not None:
+        planes = codes.abs().unflatten(0, (drive.plane_weights.numel(), -1))
+        return planes.sum(0), layer.config.dac_bits
+    # an ideal DAC (no dac_bits) drives the value itself: full scale is the calibrated range
+    top = drive.max_code if drive.max_code > 0 else (
+        float(layer.dac_range) if float(layer.dac_range) > 0 else float(codes.abs().max()))
+    u = (codes.abs() / top).clamp(max=1.0) if top > 0 else torch.zeros_like(codes)
     return u * u, 1
 
 
