@@ -38,7 +38,8 @@ def _drive(layer, x: torch.Tensor) -> torch.Tensor:
 
 def _brute_linear(layer, x) -> float:
     """sum over samples, rows i and every cell j on row i of V_i^2 G_ij t, in pJ / sample."""
-    g, ref = state_at_time(layer)
+    state = state_at_time(layer)
+    g, ref = state["weights"], state.get("reference")
     w = _drive(layer, x)
     total = 0.0
     for n in range(x.shape[0]):
@@ -52,7 +53,8 @@ def _brute_linear(layer, x) -> float:
 
 def _brute_conv(layer, x) -> float:
     """Patch by patch (F.unfold), group by group, cell by cell."""
-    g, ref = state_at_time(layer)
+    state = state_at_time(layer)
+    g, ref = state["weights"], state.get("reference")
     w = _drive(layer, x)
     groups, cg = layer.groups, layer.in_channels // layer.groups
     og = layer.out_features // groups

@@ -14,7 +14,7 @@ from torch import nn
 
 from memxbar import crossbar
 from memxbar.crossbar.cells import REGISTRY, ProgrammingModel
-from memxbar.crossbar.streams import EFFECTS, stream_seed
+from memxbar.crossbar.streams import effects, stream_seed
 
 IDEAL = crossbar.DeviceModel.ideal()
 CONTINUOUS = crossbar.CrossbarConfig(tile_rows=64, tile_cols=64)
@@ -240,8 +240,8 @@ def test_small_weights_keep_their_mean_under_programming_spread() -> None:
 # --------------------------------------------------------------------------- random streams
 def test_streams_are_distinct_per_seed_layer_and_effect() -> None:
     seeds = {stream_seed(s, layer, e) for s in range(4) for layer in ("0", "2", "fc")
-             for e in EFFECTS}
-    assert len(seeds) == 4 * 3 * len(EFFECTS)
+             for e in effects()}
+    assert len(seeds) == 4 * 3 * len(effects())
 
 
 def stuck_map(layer: crossbar.CrossbarLayer) -> torch.Tensor:
@@ -577,7 +577,7 @@ def test_offset_references_outside_a_tile_stay_empty_under_additive_drift() -> N
     layer = crossbar.to_crossbar(model, device, config, masks=masks, scales={"": 1.0})
     from memxbar.crossbar import physical
 
-    g, g_ref = physical.state_at_time(layer)
+    g_ref = physical.state_at_time(layer)["reference"]
     outside = ~physical.tile_row_mask(layer)
     assert bool(outside.any()) and bool((g_ref[outside] == 0).all())
     assert bool((g_ref[~outside] != layer.g_aux_uS[~outside]).all())  # the devices did drift

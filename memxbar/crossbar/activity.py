@@ -30,7 +30,7 @@ from . import functional
 from .digital import _batch_size as batch_size
 from .digital import _forward as forward_once
 from .layers import CrossbarConv2d, CrossbarLayer
-from .physical import state_at_time
+from .physical import per_tile_group, state_at_time
 from .programming import crossbar_modules
 
 __all__ = ["READ_VOLTAGE_V", "ArrayActivity", "array_activity"]
@@ -60,15 +60,16 @@ class ArrayActivity:
 def _row_conductance(layer: CrossbarLayer) -> torch.Tensor:
     """``[groups, in]`` (uS): per word line, the conductance of every cell on it at the
     device's inference time (weight cells of every slice and array, reference column)."""
-    g, g_aux = state_at_time(layer)
+    g = state_at_time(layer)
     groups = getattr(layer, "groups", 1)
-    per_out = g.detach().double().sum((0, 1))  # [out, in]
+    per_out = g["weights"].detach().double().sum((0, 1))  # [out, in]
     rows = per_out.reshape(groups, -1, per_out.shape[-1]).sum(1)
-    if g_aux is not None:
+    aux = per_tile_group(layer)
+    if aux is not None:  # a tile's shared column lies on the word lines of its conv group
         width = layer.out_features // groups
         for t, tile in enumerate(layer.plan.tiles):
             if tile.cols:
-                rows[tile.cols[0] // width] += g_aux[t].detach().double()
+                rows[tile.cols[0] // width] += g[aux][t].detach().double()
     return rows
 
 

@@ -52,7 +52,7 @@ def after_load(module: CrossbarLayer, incompatible) -> None:
     module._gens = {}
     module._array_cache = {}  # another chip's conductances
     if module.device_model.write_verify is not None:  # pulse counts are not in the state
-        module.pulses = module.converged = module.aux_pulses = module.aux_converged = None
+        module.records = {}
         module._pulses_known = False
     physical.refresh(module)
 

@@ -113,11 +113,9 @@ class CrossbarLayer(nn.Module):
         self._calibration_inputs: torch.Tensor | None = None
         self._gens: dict[str, list[torch.Generator]] = {}
         self._noise_buffers: dict[tuple, torch.Tensor] = {}
-        self._array_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.pulses: torch.Tensor | None = None
-        self.converged: torch.Tensor | None = None
-        self.aux_pulses: torch.Tensor | None = None
-        self.aux_converged: torch.Tensor | None = None
+        self._array_cache: dict[tuple, dict[str, torch.Tensor]] = {}
+        # write-verify records per cell group: (pulses, converged); single-shot: none
+        self.records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pulses_known = True
         # selective write-verify: the weights ([out, in], bool) whose cells are verified (None:
         # all; crossbar.to_crossbar(verify=...)); not in the state dict
@@ -136,18 +134,22 @@ class CrossbarLayer(nn.Module):
         without read noise and converters), shaped like the source layer's ``weight``: a
         read-only view for code that reads ``layer.weight`` (e.g. attention modules)."""
         dev = self.device_model
-        g, g_aux = physical.state_at_time(self)
-        values = physical.weight_values(self, *physical.through_array(
-            self, g, g_aux, dev.t_inference_s)).sum(0)
+        values = physical.weight_values(self, physical.through_array(
+            self, physical.state_at_time(self), dev.t_inference_s)).sum(0)
         return values.reshape(self._weight_shape).detach()
 
     @property
     def n_devices(self) -> int:
         """Memristors this layer simulates (weight cells and reference cells); equals
         ``plan.n_devices``, which the cost model charges."""
-        s, c = self.g_uS.shape[:2]
-        ref = int(physical.tile_row_mask(self).sum()) * self.style.reference_columns
-        return int(self.cell_mask.sum()) * s * c + ref
+        return sum(int(cells.live.sum()) for cells in physical.cell_groups(self))
+
+    @property
+    def pulses(self) -> torch.Tensor | None:
+        """Write-verify pulses of every weight cell ``[S, cells, out, in]`` at the last
+        programming (``None``: single-shot, one pulse per cell; see :attr:`records`)."""
+        record = self.records.get("weights")
+        return None if record is None else record[0]
 
     def program(self, seed: int) -> None:
         """Program a new chip (same seed, same chip) and recalibrate its converters on the
@@ -186,9 +188,9 @@ class CrossbarLayer(nn.Module):
         self._units = self._tile_indices()
         moved = {}
         for (t, _, dtype), vals in self._array_cache.items():  # a move keeps the solve,
-            new = tuple(None if v is None else fn(v) for v in vals)  # a new dtype re-solves
-            if new[0].dtype == dtype:
-                moved[(t, new[0].device, dtype)] = new
+            new = {name: fn(v) for name, v in vals.items()}  # a new dtype re-solves
+            if new["weights"].dtype == dtype:
+                moved[(t, new["weights"].device, dtype)] = new
         self._array_cache = moved
         physical.refresh(self)
         self._noise_buffers = {}  # streams continue (recreated only on another device)

@@ -14,11 +14,13 @@ take the layer and fill or read them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from .chip import drifted, program_cells, tile_faults
+from .mappings.base import CellGroup
 from .repair import place_tile, repaired
 
 if TYPE_CHECKING:
@@ -72,6 +74,39 @@ def tile_row_mask(layer: CrossbarLayer) -> torch.Tensor:
     return mask.to(layer.cell_mask.device)
 
 
+@dataclass
+class Cells:
+    """One group of a layer's physical cells (:meth:`MappingStyle.cell_groups`): the layer's
+    conductance buffer, the programming targets before repair and the cells that sit on a
+    tile (``live``, ``g``'s shape). Every step of the chain runs group by group, each group
+    from its own streams."""
+
+    group: CellGroup
+    g: torch.Tensor
+    target: torch.Tensor
+    live: torch.Tensor
+
+
+def cell_groups(layer: CrossbarLayer) -> list[Cells]:
+    """The layer's physical cells, group by group, as its mapping style declares them."""
+    out = []
+    for group in layer.style.cell_groups():
+        g = getattr(layer, group.buffer)
+        if group.per_tile:  # a cell on every word line its tile drives
+            live = tile_row_mask(layer)
+            target = torch.full_like(g, layer.style.reference_uS(layer.device_model))
+        else:
+            live = layer.cell_mask.expand_as(g)
+            target = layer.g_nominal_uS
+        out.append(Cells(group, g, target, live))
+    return out
+
+
+def per_tile_group(layer: CrossbarLayer) -> str | None:
+    """The name of the style's per-tile group (the offset reference column), if any."""
+    return next((g.name for g in layer.style.cell_groups() if g.per_tile), None)
+
+
 def program_layer(layer: CrossbarLayer, seed: int) -> None:
     """Sample programming mismatch (or write-verify) and faults of every cell from chip
     ``seed``'s derived streams; unmapped cells (outside every tile) stay at 0 uS."""
@@ -81,134 +116,128 @@ def program_layer(layer: CrossbarLayer, seed: int) -> None:
     layer._gens = {}
     layer._noise_buffers = {}
     layer._array_cache = {}
-    targets, stuck, aux_target, aux_stuck = repair_targets(layer, seed)
-    cells = program_cells(targets, dev, seed, layer.plan.name, stuck=stuck,
-                          select=layer.verify_weights)
-    mask = layer.cell_mask.cpu()
-    layer.g_uS.copy_(cells.g_uS * mask)
-    verified = cells.pulses is not None  # single-shot: one pulse per cell, kept implicit
+    groups = cell_groups(layer)
+    targets, stuck = repair_targets(layer, groups, seed)
+    layer.records = {}  # write-verify (pulses, converged) per group; single-shot: implicit
     layer._pulses_known = True
-    layer.pulses = cells.pulses * mask if verified else None
-    layer.converged = cells.converged | ~mask if verified else None
-    if layer.style.reference_columns:
-        aux_mask = tile_row_mask(layer).cpu()
-        ref = program_cells(aux_target, dev, seed, layer.plan.name, prefix=layer.style.aux_prefix,
-                            stuck=aux_stuck)
-        layer.g_aux_uS.copy_(ref.g_uS * aux_mask)
-        layer.aux_pulses = ref.pulses * aux_mask if verified else None
-        layer.aux_converged = ref.converged | ~aux_mask if verified else None
+    for cells in groups:
+        name = cells.group.name
+        done = program_cells(targets[name], dev, seed, layer.plan.name,
+                             prefix=cells.group.prefix, stuck=stuck.get(name),
+                             select=None if cells.group.per_tile else layer.verify_weights)
+        live = cells.live.cpu()
+        cells.g.copy_(done.g_uS * live)
+        if done.pulses is not None:
+            layer.records[name] = (done.pulses * live, done.converged | ~live)
     refresh(layer)
 
 
-def repair_targets(layer: CrossbarLayer, seed: int
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """Test read, fault-aware placement and compensation (:mod:`crossbar.repair`): the
-    targets to program and the stuck value of every cell (NaN healthy), for the weight
-    cells ``[S, C, out, in]`` and the reference cells ``[T, in]``."""
+def _tile_shape(layer: CrossbarLayer, cells: Cells, tile) -> tuple[int, ...]:
+    """The physical cells of ``cells``' group on one tile, spare lines included."""
+    rows = len(tile.rows) + layer.config.spare_rows
+    if cells.group.per_tile:
+        return (rows,)
+    return (*cells.g.shape[:2], len(tile.cols) + layer.config.spare_cols, rows)
+
+
+def _place(cells: Cells, into: torch.Tensor, grid: torch.Tensor, t: int, rows: torch.Tensor,
+           cols: torch.Tensor, row_at: torch.Tensor, col_at: torch.Tensor) -> None:
+    """Write a tile's per-cell ``grid`` (physical positions) into ``into`` (logical layout),
+    logical row ``i`` at word line ``row_at[i]`` and output ``j`` at ``col_at[j]``."""
+    if cells.group.per_tile:
+        into[t, rows] = grid[row_at]
+    else:
+        into[:, :, cols.unsqueeze(1), rows.unsqueeze(0)] = grid[:, :, col_at][:, :, :, row_at]
+
+
+def repair_targets(layer: CrossbarLayer, groups: list[Cells], seed: int
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Test read, fault-aware placement and compensation (:mod:`crossbar.repair`): per cell
+    group, the targets to program and the stuck value of every cell (NaN healthy; no entry
+    without faults)."""
     dev, style, plan = layer.device_model, layer.style, layer.plan
-    nominal = layer.g_nominal_uS.detach().cpu()
-    aux_target = torch.full(layer.g_aux_uS.shape, style.reference_uS(dev)) \
-        if style.reference_columns else torch.zeros(0)
+    targets = {c.group.name: c.target.detach().cpu() for c in groups}
     layer.repair_stats = {}
     if not dev.active("faults"):
-        return nominal, None, aux_target, None
+        return targets, {}
     repair, compensate = layer.repair, layer.repair.compensates(dev)
-    n_slices, n_cells = nominal.shape[:2]
+    nominal = targets["weights"]
+    aux = per_tile_group(layer)
     nan = float("nan")
-    stuck = torch.full_like(nominal, nan)
-    detected = torch.full_like(nominal, nan)
-    aux_stuck = torch.full_like(aux_target, nan)
-    aux_detected = torch.full_like(aux_target, nan)
+    stuck = {name: torch.full_like(t, nan) for name, t in targets.items()}
+    detected = {name: torch.full_like(t, nan) for name, t in targets.items()}
     tile_of = torch.full((layer.out_features, layer.in_features), -1, dtype=torch.long)
     factors = layer.slice_factors.detach().cpu()[..., 0]  # [S, out]
     error_before = error_after = 0.0
     for t, tile in enumerate(plan.tiles):
         rows = torch.tensor(tile.rows, dtype=torch.long)
         cols = torch.tensor(tile.cols, dtype=torch.long)
-        shape = (n_slices, n_cells, len(cols) + layer.config.spare_cols,
-                 len(rows) + layer.config.spare_rows)
-        grid, found = tile_faults(shape, dev, seed, plan.name, t, miss_rate=repair.miss_rate)
-        aux_grid = aux_found = None
-        if style.reference_columns:
-            aux_grid, aux_found = tile_faults(shape[-1:], dev, seed, plan.name, t,
-                                              prefix=layer.style.aux_prefix,
-                                              miss_rate=repair.miss_rate)
+        grids = {c.group.name: tile_faults(_tile_shape(layer, c, tile), dev, seed, plan.name, t,
+                                           prefix=c.group.prefix, miss_rate=repair.miss_rate)
+                 for c in groups}
         row_at, col_at = torch.arange(len(rows)), torch.arange(len(cols))
         if repair.placement:
             block = nominal[:, :, cols.unsqueeze(1), rows.unsqueeze(0)].permute(0, 2, 3, 1)
             row_at, col_at, before, after = place_tile(
-                style, block, factors[:, cols], found, aux_found, dev, compensate,
+                style, block, factors[:, cols], grids["weights"][1],
+                None if aux is None else grids[aux][1], dev, compensate,
                 repair.placement_rounds)
             error_before += before
             error_after += after
-        at = (slice(None), slice(None), cols.unsqueeze(1), rows.unsqueeze(0))
-        stuck[at] = grid[:, :, col_at][:, :, :, row_at]
-        detected[at] = found[:, :, col_at][:, :, :, row_at]
+        for c in groups:
+            grid, found = grids[c.group.name]
+            _place(c, stuck[c.group.name], grid, t, rows, cols, row_at, col_at)
+            _place(c, detected[c.group.name], found, t, rows, cols, row_at, col_at)
         tile_of[cols.unsqueeze(1), rows.unsqueeze(0)] = t
-        if aux_grid is not None:
-            aux_stuck[t, rows] = aux_grid[row_at]
-            aux_detected[t, rows] = aux_found[row_at]
     aux_cell = None
-    if style.reference_columns:  # each weight's own tile's reference cell in its row
-        aux_cell = aux_detected[tile_of.clamp(min=0), torch.arange(layer.in_features)]
+    if aux is not None:  # each weight's own tile's reference cell in its row
+        aux_cell = detected[aux][tile_of.clamp(min=0), torch.arange(layer.in_features)]
         aux_cell = torch.where(tile_of >= 0, aux_cell, torch.full_like(aux_cell, nan))
-        aux_cell = aux_cell.expand(n_slices, -1, -1)
-    targets, _ = repaired(style, nominal.movedim(1, -1), detected.movedim(1, -1), aux_cell,
-                          dev, compensate)
-    targets = targets.movedim(-1, 1)
-    live = layer.cell_mask.cpu().bool().expand_as(nominal)
-    aux_live = tile_row_mask(layer).cpu() if style.reference_columns else None
+        aux_cell = aux_cell.expand(nominal.shape[0], -1, -1)
+    repaired_w, _ = repaired(style, nominal.movedim(1, -1), detected["weights"].movedim(1, -1),
+                             aux_cell, dev, compensate)
+    targets["weights"] = repaired_w.movedim(-1, 1)
 
-    def count(cells: torch.Tensor, ref: torch.Tensor) -> int:  # stuck live cells
-        n = int((~torch.isnan(cells) & live).sum())
-        return n if aux_live is None else n + int((~torch.isnan(ref) & aux_live).sum())
+    def count(found: dict[str, torch.Tensor]) -> int:  # stuck live cells, every group
+        return sum(int((~torch.isnan(found[c.group.name]) & c.live.cpu()).sum())
+                   for c in groups)
 
+    live_w = groups[0].live.cpu()
     layer.repair_stats = {
-        "stuck": count(stuck, aux_stuck), "detected": count(detected, aux_detected),
-        "compensated": int(((targets != nominal) & live & torch.isnan(stuck)).sum()),
+        "stuck": count(stuck), "detected": count(detected),
+        "compensated": int(((targets["weights"] != nominal) & live_w
+                            & torch.isnan(stuck["weights"])).sum()),
     }
     if repair.placement:
         layer.repair_stats.update(placement_error_identity=error_before,
                                  placement_error=error_after)
-    return targets, stuck, aux_target, (aux_stuck if style.reference_columns else None)
+    return targets, stuck
 
 
 def programming_stats(layer: CrossbarLayer) -> dict:
     """Pulses, convergence and programming error (``residual_uS`` = programmed - target,
-    per live cell, before drift) of the last programming (weight and reference cells)."""
+    per live cell, before drift) of the last programming (every cell group)."""
     if not layer._pulses_known:
         raise ValueError(
             f"programming_stats: crossbar layer {layer.plan.name!r} holds a chip loaded from "
             "a state dict, which does not store write-verify pulse counts; allowed: "
             "program(seed) the chip here to count them")
-
-    def counts(p: torch.Tensor | None, c: torch.Tensor | None, live: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        if p is None:  # single-shot: one pulse on every live cell
-            return live.to(torch.int16), torch.ones_like(live)
-        return p, c
-
-    live_w = layer.cell_mask.cpu().expand_as(layer.g_uS)
-    pulses_w, conv_w = counts(layer.pulses, layer.converged, live_w)
-    pulses, converged, live = [pulses_w.flatten()], [conv_w.flatten()], [live_w.flatten()]
-    if layer.style.reference_columns:
-        live_r = tile_row_mask(layer).cpu()
-        pulses_r, conv_r = counts(layer.aux_pulses, layer.aux_converged, live_r)
-        pulses.append(pulses_r.flatten())
-        converged.append(conv_r.flatten())
-        live.append(live_r.flatten())
+    pulses, converged, live, residual = [], [], [], []
+    tile_pulses = [0] * layer.plan.n_tiles
+    for cells in cell_groups(layer):
+        on = cells.live.cpu()
+        record = layer.records.get(cells.group.name)
+        # single-shot: one pulse on every live cell
+        p, c = (on.to(torch.int16), torch.ones_like(on)) if record is None else record
+        pulses.append(p.flatten())
+        converged.append(c.flatten())
+        live.append(on.flatten())
+        residual.append((cells.g - cells.target).cpu().flatten())
+        per_weight = p if cells.group.per_tile else p.sum(dim=(0, 1), dtype=torch.int64)
+        for t, tile in enumerate(layer.plan.tiles):
+            tile_pulses[t] += int(per_weight[t].sum()) if cells.group.per_tile else \
+                int(per_weight[list(tile.cols)][:, list(tile.rows)].sum())
     pulses_t, conv_t, live_t = torch.cat(pulses), torch.cat(converged), torch.cat(live)
-    per_weight = pulses_w.sum(dim=(0, 1), dtype=torch.int64)  # [out, in]
-    tile_pulses = []
-    for t, tile in enumerate(layer.plan.tiles):
-        n = int(per_weight[list(tile.cols)][:, list(tile.rows)].sum())
-        if layer.style.reference_columns:
-            n += int(pulses_r[t].sum())
-        tile_pulses.append(n)
-    residual = [(layer.g_uS - layer.g_nominal_uS).cpu().flatten()]
-    if layer.style.reference_columns:
-        target = layer.style.reference_uS(layer.device_model)
-        residual.append((layer.g_aux_uS.cpu() - target).flatten())
     return {"cells": int(live_t.sum()), "pulses": int(pulses_t.sum()),
             "tile_pulses": tile_pulses,
             "residual_uS": torch.cat(residual)[live_t],
@@ -217,29 +246,29 @@ def programming_stats(layer: CrossbarLayer) -> dict:
             "pulse_counts": pulses_t[live_t].to(torch.int64)}
 
 
-def state_at_time(layer: CrossbarLayer) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weight and reference conductances at the device's inference time."""
+def programmed(layer: CrossbarLayer) -> dict[str, torch.Tensor]:
+    """The programmed conductances of every cell group (at ``t = 0``)."""
+    return {c.group.name: c.g for c in cell_groups(layer)}
+
+
+def state_at_time(layer: CrossbarLayer) -> dict[str, torch.Tensor]:
+    """The conductances of every cell group at the device's inference time."""
     dev, seed, name = layer.device_model, int(layer.program_seed), layer.plan.name
     if dev.drift is None or dev.t_inference_s <= 0:
-        return layer.g_uS, (layer.g_aux_uS if layer.g_aux_uS.numel() else None)
+        return programmed(layer)
     # cells without a device stay at 0 uS (an additive drift law would move them)
-    g = drifted(layer.g_uS, dev, seed, name, target=layer.g_nominal_uS) * layer.cell_mask
-    ref = None
-    if layer.g_aux_uS.numel():
-        target = torch.full_like(layer.g_aux_uS, layer.style.reference_uS(dev))
-        ref = drifted(layer.g_aux_uS, dev, seed, name, layer.style.aux_prefix, target=target) \
-            * tile_row_mask(layer)
-    return g, ref
+    return {c.group.name: drifted(c.g, dev, seed, name, c.group.prefix, target=c.target)
+            * c.live for c in cell_groups(layer)}
 
 
-def weight_values(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | None
-                  ) -> torch.Tensor:
-    """Weights ``[S, out, in]`` (weight units) that conductances ``g`` hold."""
+def weight_values(layer: CrossbarLayer, g: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Weights ``[S, out, in]`` (weight units) that the cell groups' conductances ``g`` hold."""
+    aux = per_tile_group(layer)
     ref = None
-    if g_aux is not None:
+    if aux is not None:
         # each cell reads against its own tile's reference cell in the same row
-        ref = torch.einsum("ot,ti->oi", tile_of_output(layer), g_aux)
-    values = layer.style.weights(g.movedim(1, -1), ref, layer.device_model)
+        ref = torch.einsum("ot,ti->oi", tile_of_output(layer), g[aux])
+    values = layer.style.weights(g["weights"].movedim(1, -1), ref, layer.device_model)
     return values * layer.cell_mask * layer.slice_factors
 
 
@@ -261,39 +290,50 @@ def refresh(layer: CrossbarLayer) -> None:
     conductances at the inference time."""
     layer._sync_ranges()
     dev = layer.device_model
-    g, g_aux = state_at_time(layer)
-    values = weight_values(layer, *through_array(layer, g, g_aux, dev.t_inference_s))
+    g = state_at_time(layer)
+    g_eff = through_array(layer, g, dev.t_inference_s)
+    values = weight_values(layer, g_eff)
     layer._tile_w = [layer._tile_major(layer._gather(values, idx), idx) for idx in layer._units]
     layer._gain = 1.0
     if layer.config.drift_compensation and dev.drift is not None and dev.t_inference_s > 0:
-        programmed = weight_values(layer, *through_array(layer,
-            layer.g_uS, layer.g_aux_uS if g_aux is not None else None, 0.0))
+        at_zero = weight_values(layer, through_array(layer, programmed(layer), 0.0))
         now = float(values.abs().sum())
-        layer._gain = float(programmed.abs().sum()) / now if now > 0 else 1.0
+        layer._gain = float(at_zero.abs().sum()) / now if now > 0 else 1.0
     layer._tile_var = None
     if dev.active("read_noise") and layer._units:
-        norm = layer.style.norm_uS(dev)
-        g_eff, aux_eff = through_array(layer, g, g_aux, dev.t_inference_s)
-        var = (dev.read_noise.std_uS(g, dev, layer.g_uS) * wire_gain(g_eff, g) / norm
-               ).square().sum(dim=1)
-        var = var * layer.cell_mask * layer.slice_factors.square()
-        tile_var = [layer._tile_major(layer._gather(var, idx), idx).flatten(0, 1)
-                    for idx in layer._units]
-        if g_aux is not None:  # each tile's reference column after its own outputs
-            aux_var = (dev.read_noise.std_uS(g_aux, dev, layer.g_aux_uS)
-                       * wire_gain(aux_eff, g_aux) / norm).square()
-            tile_var = [torch.cat([v.unflatten(0, (len(idx.tiles), -1)), torch.stack(
-                [layer._gather_aux(aux_var[t], idx) for t in idx.tiles])], dim=1).flatten(0, 1)
-                for v, idx in zip(tile_var, layer._units, strict=True)]
-        layer._tile_var = tile_var
-        layer._aux_factor = [
-            layer._tile_major(layer.slice_factors.index_select(1, idx.cols), idx).flatten()
-            for idx in layer._units]
+        read_variances(layer, g, g_eff)
     del values
 
 
-def through_array(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | None,
-                   t_inference_s: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+def read_variances(layer: CrossbarLayer, g: dict[str, torch.Tensor],
+                   g_eff: dict[str, torch.Tensor]) -> None:
+    """Cache each tile unit's read-noise variance matrix (weight units squared): every cell
+    group's ``(std(G) G_eff/G / norm)^2``; the weight cells summed over a weight's cells, the
+    per-tile group's column after each tile's own outputs (its noise is shared by them)."""
+    dev, norm, at_zero = layer.device_model, layer.style.norm_uS(layer.device_model), \
+        programmed(layer)
+
+    def variance(name: str) -> torch.Tensor:
+        return (dev.read_noise.std_uS(g[name], dev, at_zero[name])
+                * wire_gain(g_eff[name], g[name]) / norm).square()
+
+    var = variance("weights").sum(dim=1) * layer.cell_mask * layer.slice_factors.square()
+    tile_var = [layer._tile_major(layer._gather(var, idx), idx).flatten(0, 1)
+                for idx in layer._units]
+    aux = per_tile_group(layer)
+    if aux is not None:
+        aux_var = variance(aux)
+        tile_var = [torch.cat([v.unflatten(0, (len(idx.tiles), -1)), torch.stack(
+            [layer._gather_aux(aux_var[t], idx) for t in idx.tiles])], dim=1).flatten(0, 1)
+            for v, idx in zip(tile_var, layer._units, strict=True)]
+    layer._tile_var = tile_var
+    layer._aux_factor = [
+        layer._tile_major(layer.slice_factors.index_select(1, idx.cols), idx).flatten()
+        for idx in layer._units]
+
+
+def through_array(layer: CrossbarLayer, g: dict[str, torch.Tensor], t_inference_s: float
+                  ) -> dict[str, torch.Tensor]:
     """Effective conductances (uS) of every cell as the array model sees them: each tile's
     physical arrays, as the mapping packs them (``style.pack_tile``: one per cell of a pair,
     bit lines output by output, the auxiliary column last), are solved once and
@@ -301,27 +341,27 @@ def through_array(layer: CrossbarLayer, g: torch.Tensor, g_aux: torch.Tensor | N
     reproduce the array's column currents exactly (``I = M v`` is linear in the inputs)."""
     array = layer.config.array
     if array is None or array.ideal:
-        return g, g_aux
-    key = (t_inference_s, g.device, g.dtype)
+        return g
+    w = g["weights"]
+    key = (t_inference_s, w.device, w.dtype)
     if key in layer._array_cache:  # solved once per chip and time (not per .to() or call)
         return layer._array_cache[key]
-    g_eff = g.clone()
-    aux_eff = None if g_aux is None else g_aux.clone()
+    eff = {name: v.clone() for name, v in g.items()}
+    aux = per_tile_group(layer)
     size = (layer.config.tile_rows, layer.config.tile_cols)
     for t, tile in enumerate(layer.plan.tiles):
-        rows = torch.tensor(tile.rows, dtype=torch.long, device=g.device)
-        cols = torch.tensor(tile.cols, dtype=torch.long, device=g.device)
-        block = g[:, :, cols.unsqueeze(1), rows.unsqueeze(0)]  # [S, cells, cols, rows]
+        rows = torch.tensor(tile.rows, dtype=torch.long, device=w.device)
+        cols = torch.tensor(tile.cols, dtype=torch.long, device=w.device)
+        block = w[:, :, cols.unsqueeze(1), rows.unsqueeze(0)]  # [S, cells, cols, rows]
         phys = [a.double() * 1e-6 for a in layer.style.pack_tile(
-            block, None if g_aux is None else g_aux[t, rows])]
+            block, None if aux is None else g[aux][t, rows])]
         # a pair's G+ and G- arrays share each word line's driver (one DAC per word line)
         solved = array.effective_pair_in_tile(*phys, *size) if len(phys) == 2 else \
             [array.effective_in_tile(p, *size) for p in phys]
-        eff, eff_aux = layer.style.unpack_tile([m.T * 1e6 for m in solved], block.shape[0],
-                                               len(tile.cols))
-        g_eff[:, :, cols.unsqueeze(1), rows.unsqueeze(0)] = eff.to(g.dtype)
-        if aux_eff is not None:
-            aux_eff[t, rows] = eff_aux.to(g.dtype)
-    layer._array_cache[key] = (g_eff, aux_eff)
-    return g_eff, aux_eff
-
+        cells, cells_aux = layer.style.unpack_tile([m.T * 1e6 for m in solved],
+                                                   block.shape[0], len(tile.cols))
+        eff["weights"][:, :, cols.unsqueeze(1), rows.unsqueeze(0)] = cells.to(w.dtype)
+        if aux is not None:
+            eff[aux][t, rows] = cells_aux.to(w.dtype)
+    layer._array_cache[key] = eff
+    return eff

@@ -9,18 +9,44 @@ A style answers, for the mapping plan, the simulator and the cost model alike:
 * ``nominal``: normalised weights ``v`` in ``[-1, 1]`` -> target conductances per cell;
 * ``weights``: conductances (and the reference column's) -> normalised weights;
 * ``norm_uS``: the conductance difference of ``v = 1``, which turns a conductance noise into a
-  weight noise.
+  weight noise;
+* ``cell_groups``: the kinds of physical cell the style programs (the weight cells and, for
+  the offset style, each tile's reference column), each with its own random streams;
+* ``pack_tile`` / ``unpack_tile``: where every cell of a tile sits in its physical arrays.
 
 Styles register by name in :data:`MAPPINGS`; ``CrossbarConfig.mapping`` picks one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from ..registry import Registry
+from ..streams import allow_cell_prefix
+
+
+@dataclass(frozen=True)
+class CellGroup:
+    """One kind of physical cell a mapping style programs. Every group goes through the same
+    device chain (faults, programming or write-verify, drift, read noise;
+    :mod:`crossbar.physical`), each from its own random streams (``prefix``), so adding a
+    group changes no other group's draws.
+
+    ``per_tile`` says the layout: ``False`` for the weight cells ``[S, cells, out, in]`` (every
+    weight slice, cell of a pair, output and input); ``True`` for bit lines of each tile that
+    every output of the tile shares, ``[tiles, in]`` (a cell on each word line the tile
+    drives, 0 uS elsewhere)."""
+
+    name: str  # "weights", or the style's name for its auxiliary cells
+    buffer: str  # the crossbar layer's conductance buffer (uS)
+    prefix: str  # stream prefix of the group's draws ("" for the weight cells)
+    per_tile: bool
+
+
+WEIGHT_CELLS = CellGroup("weights", "g_uS", "", per_tile=False)
 
 
 class MappingStyle:
@@ -31,6 +57,13 @@ class MappingStyle:
     aux_prefix: ClassVar[str] = ""
     """Stream prefix of the style's auxiliary cells (the ``reference_columns`` of each tile,
     ``CrossbarLayer.g_aux_uS``): they are programmed, fail and drift from their own streams."""
+
+    def cell_groups(self) -> tuple[CellGroup, ...]:
+        """The kinds of cell this style programs: the weight cells, then (with
+        ``reference_columns``) each tile's auxiliary column at :meth:`reference_uS`."""
+        if not self.reference_columns:
+            return (WEIGHT_CELLS,)
+        return (WEIGHT_CELLS, CellGroup("reference", "g_aux_uS", self.aux_prefix, per_tile=True))
 
     def nominal(self, v: torch.Tensor, device) -> torch.Tensor:
         """Target conductances ``[..., cells_per_weight]`` of normalised weights ``v`` (clipped
@@ -75,7 +108,14 @@ class MappingStyle:
 
 
 MAPPINGS = Registry("mapping")
-register = MAPPINGS.register
+
+
+def register(cls: type[MappingStyle]) -> type[MappingStyle]:
+    """Register a style by its ``name``; its cell groups' stream prefixes become valid
+    effects (:func:`crossbar.streams.allow_cell_prefix`)."""
+    for group in cls().cell_groups():
+        allow_cell_prefix(group.prefix)
+    return MAPPINGS.register(cls)
 
 
 def mapping_style(name: str) -> MappingStyle:
