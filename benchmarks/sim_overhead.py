@@ -13,9 +13,17 @@ the model adds, against the converted model's live tensors (state and cached til
         --out results/sim_overhead_vgg16.json
     .venv/bin/python benchmarks/sim_overhead.py --smoke [DIR]  # seconds
 
-``--smoke [DIR]``: 64 inputs in batches of 32, one repetition, one chip, one thread (with the
-``--model``, ``--memory`` and read-noise options given); sim_overhead.json into DIR (default: a
-new temporary folder).
+``--floor`` also times, in the same process and on the inputs each crossbar layer receives, the
+work an exact simulation cannot skip: every tile unit's product with its cached weights (a
+tile's partial sums must meet its own ADC before the tiles are added, so a product's reduction
+is at most one tile's rows), the read-noise variance products, and one standard-normal draw per
+partial sum (the simulator's own draw, on its threads). The floor of the ratio on this machine
+is (plain pass - the plain layers' own products + those three) / plain pass: activations,
+pooling and norms run in both.
+
+``--smoke [DIR]``: 64 inputs in batches of 32, one repetition, one chip, one thread, the floor
+(with the ``--model``, ``--memory`` and read-noise options given); sim_overhead.json into DIR
+(default: a new temporary folder).
 """
 
 from __future__ import annotations
@@ -98,6 +106,68 @@ def memory_probe(name: str) -> dict:
             "ratio": peak * 1024 / live}
 
 
+def _layer_inputs(model: torch.nn.Module, names: set[str], inputs: torch.Tensor,
+                  batch: int) -> dict[str, list[torch.Tensor]]:
+    """The inputs each named layer of ``model`` receives over one pass of ``inputs``."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda m, args, name=name: seen.setdefault(name, []).append(args[0]))
+        for name, m in model.named_modules() if name in names]
+    with torch.inference_mode():
+        for i in range(0, inputs.shape[0], batch):
+            model(inputs[i:i + batch])
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def floor_parts(model: torch.nn.Module, xmodel: torch.nn.Module, inputs: torch.Tensor,
+                batch: int) -> dict:
+    """Seconds of the parts of a crossbar pass over ``inputs`` (see ``--floor``): the plain
+    model's own products (``plain_products_s``: what the crossbar layers replace), and the
+    crossbar's tile products, variance products and draws, each timed on its own."""
+    from memxbar.crossbar import functional
+    from memxbar.crossbar.programming import crossbar_modules
+
+    layers = dict(crossbar_modules(xmodel))
+    plain_in = _layer_inputs(model, set(layers), inputs, batch)
+    xbar_in = _layer_inputs(xmodel, set(layers), inputs, batch)
+    parts = {"plain_products_s": 0.0, "products_s": 0.0, "variance_s": 0.0, "draws_s": 0.0}
+    modules = dict(model.named_modules())
+    with torch.inference_mode():
+        for name, layer in layers.items():
+            for x in plain_in.get(name, []):
+                start = time.perf_counter()
+                modules[name](x)
+                parts["plain_products_s"] += time.perf_counter() - start
+            for x in xbar_in.get(name, []):
+                if x.dim() == 3 and getattr(layer, "is_conv1d", False):
+                    x = x.unsqueeze(2)
+                x = x.reshape(-1, x.shape[-1]) if x.dim() == 3 else x  # Linear on [N, L, F]
+                drive = functional.dac_drive(layer, x)
+                noisy = layer._tile_var is not None
+                x2 = None
+                if noisy:
+                    x2 = drive.x * drive.x
+                    if functional.bf16_variance(layer, x2):
+                        x2 = x2.to(torch.bfloat16)
+                for u, idx in enumerate(layer._units):
+                    w = layer._tile_w[u].flatten(0, 1)
+                    start = time.perf_counter()
+                    layer._tile_product(drive.x, w, idx)
+                    parts["products_s"] += time.perf_counter() - start
+                    if noisy:
+                        var = layer._tile_var[u].to(x2.dtype)
+                        start = time.perf_counter()
+                        std = layer._tile_product(x2, var, idx)
+                        parts["variance_s"] += time.perf_counter() - start
+                        std = std.float()
+                        start = time.perf_counter()  # the simulator's own draw (threads)
+                        functional.normal(layer, std, "read")
+                        parts["draws_s"] += time.perf_counter() - start
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SETUPS), default="lenet5")
@@ -112,6 +182,8 @@ def main() -> None:
     parser.add_argument("--noise-precision", choices=crossbar.config.NOISE_PRECISIONS,
                         default="auto", help="read-noise variance product: auto (bfloat16 "
                         "where the CPU has it natively) or exact (the model's dtype)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the parts an exact simulation cannot skip (see above)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="results/sim_overhead.json")
     parser.add_argument("--smoke", nargs="?", const="", metavar="DIR",
@@ -121,6 +193,7 @@ def main() -> None:
         folder = Path(args.smoke or tempfile.mkdtemp(prefix="sim_overhead_smoke_"))
         args.out = str(folder / "sim_overhead.json")
         args.n, args.batch, args.repeats, args.chips, args.threads = 64, 32, 1, 1, 1
+        args.floor = True
     if args.probe:
         print(json.dumps(memory_probe(args.model)))
         return
@@ -151,6 +224,20 @@ def main() -> None:
     }
     print(f"{args.model}: plain {result['plain_s_median']:.3f} s, crossbar "
           f"{result['crossbar_s_median']:.3f} s, ratio {result['ratio']:.2f}")
+    if args.floor:
+        runs = []
+        for _ in range(args.repeats):  # interleaved with plain passes, like the ratio
+            plain_s = run_inference(model, inputs, batch)
+            runs.append((plain_s, floor_parts(model, xmodel, inputs, batch)))
+        plain_s = statistics.median(r[0] for r in runs)
+        parts = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
+        # the rest of the plain pass (activations, pooling, norms) runs in both
+        floor = plain_s - parts["plain_products_s"] + sum(
+            v for k, v in parts.items() if k != "plain_products_s")
+        result["floor"] = parts | {"plain_s": plain_s, "floor_s": floor,
+                                   "floor_ratio": floor / plain_s}
+        print("floor: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+              + f"; plain {plain_s:.3f} s: floor ratio {floor / plain_s:.2f}")
     if args.chips:
         start = time.perf_counter()
         for _ in range(args.chips):

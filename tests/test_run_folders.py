@@ -260,9 +260,12 @@ def test_files_follow_the_umask(tmp_path):
 
 def test_ctrl_c_prints_the_resume_command(tmp_path):
     run_dir = tmp_path / "run"
+    # a shell's background job (`make test &`) starts with SIGINT ignored, and Python keeps an
+    # inherited SIG_IGN: give the run the default handling a terminal's Ctrl-C meets
     proc = subprocess.Popen([sys.executable, "-m", "memxbar.experiments.compress", *RUN,
                              "train.epochs=200", f"hydra.run.dir={run_dir}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (run_dir / "pretrain_state.pt").exists() and time.monotonic() < deadline:
