@@ -565,12 +565,14 @@ def test_outputs_spread_over_column_tiles_are_summed_in_place(pruned) -> None:
         assert torch.allclose(xl(x), layer(x), atol=1e-5)
 
 
-def test_version_1_state_dict_with_the_offset_names_loads():
+@pytest.mark.parametrize("mapping", ["offset", "differential"])
+def test_version_1_state_dict_with_the_offset_names_loads(mapping):
     """State-dict version 2 (issue 21) stores the mapping's auxiliary cells as ``g_aux_uS``;
-    a version-1 state (0.2-0.4: the offset mapping's ``g_ref_uS``) loads into the same chip."""
+    a version-1 state (0.2-0.4: the offset mapping's ``g_ref_uS``, empty for a differential
+    layer) loads into the same chip."""
     torch.manual_seed(0)
     lin = nn.Sequential(nn.Linear(12, 5))
-    config = crossbar.CrossbarConfig(tile_rows=8, tile_cols=8, mapping="offset")
+    config = crossbar.CrossbarConfig(tile_rows=8, tile_cols=8, mapping=mapping)
     device = crossbar.DeviceModel(prog_sigma=0.05)
     chip = crossbar.to_crossbar(lin, device, config, seed=4)
     state = chip.state_dict()

@@ -57,19 +57,14 @@ def after_load(module: CrossbarLayer, incompatible) -> None:
     physical.refresh(module)
 
 
-LEGACY_KEYS = {"g_ref_uS": "g_aux_uS"}
-"""Buffers renamed in state-dict version 2 (issue 21): the mapping's auxiliary cells (the offset
-mapping's reference column) were stored under the offset mapping's own name."""
-
-
 def upgrade_state(module: CrossbarLayer, state_dict: dict, prefix: str, local_metadata: dict,
                   *args) -> None:
     """Read older states: version 1 (0.2-0.4) names the auxiliary cells by the offset mapping
-    (:data:`LEGACY_KEYS`); 0.1 states hold one offset reference cell per weight slice
+    (``MappingStyle.legacy_buffers``); 0.1 states hold one offset reference cell per weight slice
     ``[S, T, in]`` (all at the same target), while one column per tile is the hardware the plan
     describes: keep the first slice's cells; states before 0.2 have no output calibration."""
     if local_metadata.get("version", 1) < 2:
-        for old, new in LEGACY_KEYS.items():
+        for old, new in module.style.legacy_buffers.items():
             if prefix + old in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
     for name, fill in (("out_gain", 1.0), ("out_offset", 0.0)):  # states before 0.2

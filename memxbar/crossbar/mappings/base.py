@@ -54,6 +54,11 @@ class MappingStyle:
     cells_per_weight: ClassVar[int]
     reference_columns: ClassVar[int]
     arrays_per_tile: ClassVar[int]
+    legacy_buffers: ClassVar[dict[str, str]] = {"g_ref_uS": "g_aux_uS"}
+    """Buffers of the mapping's cells renamed in state-dict version 2 (issue 21): version 1
+    (0.2-0.4) stored the auxiliary cells (the offset reference column, an empty tensor for
+    other styles) under the offset mapping's own name. Read by
+    :func:`crossbar.layer_state.upgrade_state`."""
     aux_prefix: ClassVar[str] = ""
     """Stream prefix of the style's auxiliary cells (the ``reference_columns`` of each tile,
     ``CrossbarLayer.g_aux_uS``): they are programmed, fail and drift from their own streams."""
