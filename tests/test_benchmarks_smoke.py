@@ -5,6 +5,7 @@ benchmarks, so without this a library change can break one unnoticed. The runs a
 threaded processes, started together two at a time (the file takes about half its CPU time)."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -133,3 +134,8 @@ def test_benchmark_smoke(name, smoke_runs):
         assert "peer side is SKIPPED" in proc.stdout and "nothing is compared" in proc.stdout
     elif name == "peer_check":  # compared with the independent simulator: every case agrees
         assert "OK: all cases agree within tolerance" in proc.stdout, proc.stdout
+    if name == "sim_overhead":  # the floor's parts were timed (--floor runs in smoke mode)
+        floor = json.loads((out / "sim_overhead.json").read_text())["floor"]
+        assert floor["products_s"] > 0 and floor["plain_products_s"] > 0
+        assert floor["variance_s"] > 0 and floor["draws_s"] > 0  # smoke has read noise
+        assert floor["floor_ratio"] > 0
