@@ -146,11 +146,7 @@ def floor_parts(model: torch.nn.Module, xmodel: torch.nn.Module, inputs: torch.T
                 x = x.reshape(-1, x.shape[-1]) if x.dim() == 3 else x  # Linear on [N, L, F]
                 drive = functional.dac_drive(layer, x)
                 noisy = layer._tile_var is not None
-                x2 = None
-                if noisy:
-                    x2 = drive.x * drive.x
-                    if functional.bf16_variance(layer, x2):
-                        x2 = x2.to(torch.bfloat16)
+                x2 = functional.variance_input(layer, drive) if noisy else None
                 for u, idx in enumerate(layer._units):
                     w = layer._tile_w[u].flatten(0, 1)
                     start = time.perf_counter()

@@ -214,17 +214,20 @@ def bf16_variance(layer: CrossbarLayer, x2: torch.Tensor) -> bool:
             and x2.device.type == "cpu" and cpu_has_bf16())
 
 
+def variance_input(layer: CrossbarLayer, drive: Drive) -> torch.Tensor:
+    """``x^2`` of the driven inputs, the read-noise variance product's input (bit planes are
+    0/1: their square is themselves), in bfloat16 where :func:`bf16_variance` says so."""
+    x2 = drive.x if drive.plane_weights is not None else drive.x * drive.x
+    return x2.to(torch.bfloat16) if bf16_variance(layer, x2) else x2
+
+
 def accumulate(layer: CrossbarLayer, x: torch.Tensor, out_shape: tuple[int, ...]
                ) -> torch.Tensor:
     """The layer's output for inputs ``x`` (module docstring: DAC, tile products with read
     noise, ADC, digital combine, bias, output calibration)."""
     drive = dac_drive(layer, x)
     noisy = layer._tile_var is not None and layer._calibrating is None
-    x2 = None
-    if noisy:  # bit planes are 0/1: their square is themselves
-        x2 = drive.x if drive.plane_weights is not None else drive.x * drive.x
-        if bf16_variance(layer, x2):
-            x2 = x2.to(torch.bfloat16)
+    x2 = variance_input(layer, drive) if noisy else None
     adc_noise = layer.config.adc_noise if layer._calibrating is None else 0.0
     out = None
     full_cover = all(idx.cols.numel() == layer.out_features for idx in layer._units)

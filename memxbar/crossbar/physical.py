@@ -247,8 +247,8 @@ def programming_stats(layer: CrossbarLayer) -> dict:
 
 
 def programmed(layer: CrossbarLayer) -> dict[str, torch.Tensor]:
-    """The programmed conductances of every cell group (at ``t = 0``)."""
-    return {c.group.name: c.g for c in cell_groups(layer)}
+    """The programmed conductances of every cell group (at ``t = 0``): the layer's buffers."""
+    return {g.name: getattr(layer, g.buffer) for g in layer.style.cell_groups()}
 
 
 def state_at_time(layer: CrossbarLayer) -> dict[str, torch.Tensor]:

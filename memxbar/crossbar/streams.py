@@ -21,7 +21,7 @@ CELL_EFFECTS = ("programming", "write_verify", "faults", "drift", "detection")
 """Effects drawn per physical cell; a mapping style's auxiliary cell group draws them under
 its own prefix (the offset reference column: ``reference_faults``, ...)."""
 OTHER_EFFECTS = ("read", "adc_noise", "training")
-_CELL_PREFIXES = {"", "reference_"}
+_CELL_PREFIXES = {""}  # the weight cells; each style adds its own when it registers
 
 
 def allow_cell_prefix(prefix: str) -> None:
