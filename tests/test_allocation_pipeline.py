@@ -132,6 +132,63 @@ def test_bisection_converges_on_the_tightest_budget_that_meets():
         assert met <= threshold < met * 100.0 ** (2.0 ** -8) * 1.001  # bracket width
 
 
+def _search_metrics(budget: float, chips: int, drop: float) -> dict:
+    """What a run at ``budget`` reports (only the keys the search reads)."""
+    return {"dense_accuracy": 99.0, "crossbar_accuracy_mean": 99.0 - drop,
+            "crossbar_accuracy_std": 0.1, "crossbar_accuracy_ci95": 0.1, "chips": chips,
+            "compression_ratio": budget, "tiles": 1, "area_mm2": 1.0, "energy_nJ": 1.0,
+            "compressed_accuracy": 98.9, "crossbar_ideal_accuracy": 98.8}
+
+
+@pytest.mark.parametrize("confirm", [2.0, 0.0])
+def test_a_borderline_point_is_measured_again_on_the_runs_chips(tmp_path, confirm):
+    """``allocation.search_confirm``: a point whose drop is within that many standard errors
+    of the budget on ``search_chips`` chips is run again on ``eval.chips`` chips (its own
+    folder) and decided on that measurement; clear points are not; 0 turns it off. The
+    oracle: 16x drops 1.02 on 5 chips (0.02 above the budget, 0.45 standard errors) and 0.98
+    on 25."""
+    from memxbar.experiments.search import budget_search
+    exp = load_compress_config(_compose([
+        *TINY, "eval.chips=25", "allocation={max_drop: 1.0, search_steps: 3, search_chips: 5, "
+        f"search_range: [2, 32], search_confirm: {confirm}}}"]))
+    calls = []
+
+    def run_point(config, folder):
+        budget, chips = config["allocation"]["budget"], config["eval"]["chips"]
+        calls.append((folder.name, budget, chips))
+        drop = 0.5 if budget <= 8 else (1.02 if chips == 5 else 0.98) if budget <= 16 else 3.0
+        return _search_metrics(budget, chips, drop)
+
+    def finish(chosen, run_dir):
+        (run_dir / "report.md").write_text("# run\n")
+        return _search_metrics(chosen["allocation"]["budget"], chosen["eval"]["chips"], 0.0)
+
+    search = budget_search(exp, tmp_path, (2.0, 32.0), run_point, finish, lambda raw: raw)[
+        "search"]
+    points = search["points"]
+    assert [p["budget"] for p in points][:2] == [8.0, 16.0]
+    assert "first_measurement" not in points[0] and points[0]["chips"] == 5
+    if confirm:
+        assert calls[:3] == [("step1_8", 8.0, 5), ("step2_16", 16.0, 5),
+                             ("step2_16_confirm", 16.0, 25)]
+        assert points[1]["chips"] == 25 and points[1]["meets"]
+        first = points[1]["first_measurement"]
+        assert first == {"chips": 5, "chip_mean": 97.98, "chip_std": 0.1,
+                         "drop": pytest.approx(1.02), "meets": False}
+        assert points[1]["folder"] == "search/step2_16_confirm"
+        assert search["chosen_budget"] == 16.0
+        assert "(25 chips; on 5: 1.02)" in (tmp_path / "report.md").read_text()
+    else:
+        assert len(calls) == 3 and all(chips == 5 for _, _, chips in calls)
+        assert not points[1]["meets"] and search["chosen_budget"] == 8.0
+    # the far points (0.5 and 3.0 drops: 11 and 45 standard errors away) are not re-measured
+    assert sum(name.endswith("_confirm") for name, _, _ in calls) == (1 if confirm else 0)
+    # resumed: every point, the confirmed one included, is read from search.json
+    calls.clear()
+    again = budget_search(exp, tmp_path, (2.0, 32.0), run_point, finish, lambda raw: raw)
+    assert calls == [] and again["search"]["points"] == points
+
+
 def test_compression_budget_is_reached_by_admm(tmp_path):
     """A compression-ratio budget with ``candidates: auto``: the MILP's per-layer kept rows and
     columns are exactly the ones ADMM ends on, and the mapped model meets the ratio."""

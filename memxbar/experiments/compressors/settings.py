@@ -275,7 +275,10 @@ class AllocationSettings:
       accuracy from dense on the configured device and converters; the pipeline searches the
       resource budget by bisection on a log scale (``search_steps`` compressions, each
       evaluated on ``search_chips`` chips; ``search_range`` ``[loose, tight]`` in resource
-      units, default from the candidates: no compression to the cheapest choice).
+      units, default from the candidates: no compression to the cheapest choice). A point
+      whose drop lies within ``search_confirm`` standard errors of the chip mean
+      (``std / sqrt(search_chips)``) of ``max_drop`` is measured again on ``eval.chips`` chips
+      and decided on that (0: never).
 
     ``candidates``: ``auto`` (the :data:`AUTO_KEEP` ladder of kept rows x columns for every
     layer) or a list of settings offered to every constrained layer. ``importance``: how each
@@ -291,6 +294,7 @@ class AllocationSettings:
     max_drop: float | None = None
     search_steps: int = 6
     search_chips: int = 5
+    search_confirm: float = 2.0
     search_range: list[float] | None = None
     method: str = "auto"
     finetune_steps: int = 50
@@ -333,6 +337,10 @@ class AllocationSettings:
         if not 1 <= self.search_chips <= 1000:
             raise ValueError(f"search_chips={self.search_chips!r} is invalid; allowed: an "
                              "integer in [1, 1000]")
+        if not (math.isfinite(self.search_confirm) and 0 <= self.search_confirm <= 10):
+            raise ValueError(f"search_confirm={self.search_confirm!r} is invalid; allowed: a "
+                             "number in [0, 10] (standard errors of the chip mean; 0: never "
+                             "re-measure a point)")
         if self.search_range is not None:
             r = self.search_range
             if len(r) != 2 or not all(math.isfinite(v) and v > 0 for v in r) or r[0] == r[1] \
