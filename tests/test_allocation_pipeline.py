@@ -187,6 +187,35 @@ def test_a_borderline_point_is_measured_again_on_the_runs_chips(tmp_path, confir
     calls.clear()
     again = budget_search(exp, tmp_path, (2.0, 32.0), run_point, finish, lambda raw: raw)
     assert calls == [] and again["search"]["points"] == points
+    # extended by a step: the three points are read back, only the fourth budget runs
+    longer = load_compress_config(_compose([
+        *TINY, "eval.chips=25", "allocation={max_drop: 1.0, search_steps: 4, search_chips: 5, "
+        f"search_range: [2, 32], search_confirm: {confirm}}}"]))
+    calls.clear()
+    extended = budget_search(longer, tmp_path, (2.0, 32.0), run_point, finish, lambda r: r)
+    assert extended["search"]["points"][:3] == points and len(calls) == 1
+    assert calls[0][0].startswith("step4_")
+
+
+def test_a_search_point_is_the_same_compression_whatever_the_search_settings():
+    """A point's settings hold no search-only key (``SEARCH_KEYS``): the compression
+    fingerprint, and so the cached model, of a budget is the same for every search that tries
+    it, so that more steps, chips or another range reuse every model trained."""
+    from memxbar.experiments.compressors.settings import SEARCH_KEYS
+    from memxbar.experiments.guard import fingerprint
+    from memxbar.experiments.search import _point_config
+
+    def point(search):
+        exp = load_compress_config(_compose([*TINY, f"allocation={{max_drop: 1.0, {search}}}"]))
+        config = _point_config(exp.raw, 4.0, 3, "cache")
+        assert not set(SEARCH_KEYS) & {k for k in config["allocation"] if k != "max_drop"}
+        return fingerprint(load_compress_config(config))
+
+    base = point("search_steps: 2")
+    assert base["allocation"]["budget"] == 4.0
+    for other in ("search_steps: 5", "search_chips: 9", "search_confirm: 0",
+                  "search_range: [1.5, 9]", "max_drop: 3.0, search_steps: 2"):
+        assert point(other) == base, other
 
 
 def test_compression_budget_is_reached_by_admm(tmp_path):

@@ -52,7 +52,7 @@ from memxbar.admm.pipeline import (
     set_loader_rng_state,
 )
 from memxbar.crossbar.io import TEMP_SUFFIX
-from memxbar.experiments.compressors.settings import RETRAINING, AdmmSettings
+from memxbar.experiments.compressors.settings import RETRAINING, SEARCH_KEYS, AdmmSettings
 from memxbar.experiments.compressors.structure import compressed_structure, decompose_block
 from memxbar.experiments.data import data_shape
 from memxbar.experiments.models import build_model
@@ -290,12 +290,12 @@ def check_dense_checkpoint(given: str, model: nn.Module) -> None:
 
 def searched(fp: Mapping | None) -> Mapping | None:
     """A compression fingerprint without the ``allocation`` keys an accuracy-budget search
-    sets per point (``budget``, ``max_drop``): what a search run's own checkpoints share with
-    its settings."""
+    sets or drops per point (``budget`` and :data:`SEARCH_KEYS`): what a search run's own
+    checkpoints (its chosen point's) share with its settings."""
     if not isinstance(fp, Mapping) or not isinstance(fp.get("allocation"), Mapping):
         return fp
     return {**fp, "allocation": {k: v for k, v in fp["allocation"].items()
-                                 if k not in ("budget", "max_drop")}}
+                                 if k != "budget" and k not in SEARCH_KEYS}}
 
 
 def clean_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> list[Path]:

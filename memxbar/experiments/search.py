@@ -39,6 +39,7 @@ from pathlib import Path
 
 from memxbar.admm import DivergenceError
 from memxbar.crossbar.io import atomic_write_text
+from memxbar.experiments.compressors.settings import SEARCH_KEYS
 from memxbar.experiments.plots import plot_budget_search
 from memxbar.experiments.settings import AllocationSettings, CompressExperiment
 
@@ -65,10 +66,11 @@ def bisect_budgets(loose: float, tight: float, meets: Callable[[float], bool], s
 
 
 def _point_config(raw: dict, budget: float, chips: int, cache_dir: str) -> dict:
-    """The run's settings at one resource ``budget``: the allocation fixed (no search),
-    ``chips`` chips, no robustness ablation, the shared model cache."""
+    """The run's settings at one resource ``budget``: the allocation fixed (no search keys,
+    :data:`SEARCH_KEYS`), ``chips`` chips, no robustness ablation, the shared model cache."""
     point = copy.deepcopy(raw)
-    point["allocation"] = {**point["allocation"], "budget": budget, "max_drop": None}
+    allocation = {k: v for k, v in point["allocation"].items() if k not in SEARCH_KEYS}
+    point["allocation"] = {**allocation, "budget": budget, "max_drop": None}
     point["eval"] = {**point["eval"], "chips": chips}
     point["robustness"] = {**(point.get("robustness") or {}), "ablation": False}
     point["runtime"] = {**point["runtime"], "cache_dir": cache_dir}
@@ -105,7 +107,8 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
     loose, tight = a.search_range or budget_range
     cache = exp.runtime.cache_dir or str((run_dir / "search" / "cache").resolve())
     state_path = run_dir / "search" / SEARCH_FILE
-    settings = _point_config(exp.raw, 0.0, a.search_chips, cache)  # every point's, but budget
+    settings = {**_point_config(exp.raw, 0.0, a.search_chips, cache),  # every point's but
+                "confirm": a.search_confirm}                               # the budget
     done: dict[float, dict] = {}
     if state_path.exists():
         saved = json.loads(state_path.read_text())

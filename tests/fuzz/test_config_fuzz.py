@@ -34,6 +34,7 @@ ALLOWED = {  # key pattern -> the kinds of "bad" value that are in fact legitima
     r"allocation\.max_drop": {"zero"},               # no accuracy drop allowed
     r"eval\.spec_(max_drop|min_accuracy)": {"zero"},  # a spec of no drop / any accuracy
     r"allocation\.search_range": {"list"},           # ratios 1x .. 2x
+    r"allocation\.search_confirm": {"zero"},         # never re-measure a point
     r"robustness\.verify_fraction": {"zero"},        # selective write-verify of no weight
     r"decompose\.finetune_epochs|ternary\.(wpc|ternary)_epochs": {"zero"},  # skip that stage
     r"ternary\.weight": {"zero"},                    # no penalty (as ternary.penalty=off)

@@ -264,6 +264,13 @@ constraint sets ``prune_outputs``). A geometric ladder, about 1.4x apart: the se
 from the user's model and data, where on it each layer sits."""
 
 
+SEARCH_KEYS = ("max_drop", "search_steps", "search_chips", "search_confirm", "search_range")
+"""``allocation`` keys of an accuracy-budget search only: they choose which budgets are tried
+and how each is judged, never the compressed model at a given budget. A point of the search is
+a run at one budget without them (``experiments.search``), so that a search extended by more
+steps or other chip counts reuses every model it trained."""
+
+
 @dataclass(frozen=True)
 class AllocationSettings:
     """The ``allocation`` block: the pipeline chooses each constrained layer's kept rows and
