@@ -80,3 +80,28 @@ def test_on_off_settings_are_points_not_lines_with_bands(monkeypatch, tmp_path, 
         xs = [tuple(ln.get_xdata()) for ln in ax.get_lines() if ln.get_marker() == "o"]
         assert len(set(xs)) == 2, xs
     plt.close(figs[0])
+
+
+@pytest.mark.parametrize("collapsed", [74.8, None])
+def test_a_collapsed_search_point_does_not_squash_the_budget_scale(monkeypatch, tmp_path,
+                                                                   collapsed):
+    """The budget-search figure stays on the budget's scale: a point far below it is a marker
+    on the lower edge labelled with its step and accuracy, not a point that flattens the rest;
+    without one, every point is drawn on scale."""
+    from memxbar.experiments import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "write_png", lambda path, fig: figs.append(fig))
+    points = [{"step": k, "budget": b, "compression_ratio": b, "energy_nJ": 100 / b,
+               "chip_mean": m, "chip_ci95": 0.1, "compressed_accuracy": m + 0.3, "chips": 5}
+              for k, b, m in ((1, 25.0, 98.5), (3, 31.0, 98.2), (4, 57.0, 97.4))]
+    if collapsed is not None:
+        points.append({**points[0], "step": 2, "budget": 128.0, "compression_ratio": 128.0,
+                       "energy_nJ": 0.8, "chip_mean": collapsed, "compressed_accuracy": 78.0})
+    plots.plot_budget_search(points, 99.25, 1.0, 31.0, tmp_path / "b.png")
+    for ax in figs[0].axes[:2]:
+        bottom, top = ax.get_ylim()
+        assert 94.0 <= bottom <= 97.4 and 99.25 < top <= 100.0
+        labels = [t.get_text() for t in ax.texts]
+        assert any("2: 74.8 %" in t and "off scale" in t for t in labels) == bool(collapsed)
+    plt.close(figs[0])

@@ -537,6 +537,21 @@ def plot_pareto(rows: Sequence[Mapping], labels: Sequence[str], path: Path,
     write_png(path, fig)
 
 
+def _clip_collapsed(ax, rows: Sequence[Mapping], x: Sequence[float], floor: float) -> None:
+    """Keep the y axis on the budget's scale: points far below it (a collapsed model) would
+    squash every other point into a line, so the axis stops just under ``floor`` and each such
+    point is a down-pointing marker on the axis's lower edge, labelled with its accuracy."""
+    low = [(p, xv) for p, xv in zip(rows, x, strict=True) if p["chip_mean"] < floor]
+    if not low:
+        return
+    bottom = floor - 0.5
+    ax.set_ylim(bottom=bottom)
+    for p, xv in low:
+        ax.plot([xv], [bottom], marker="v", ms=7, color="C0", clip_on=False, zorder=6)
+        ax.annotate(f"{p['step']}: {p['chip_mean']:.1f} %\n(off scale)", (xv, bottom), fontsize=6,
+                    xytext=(-8, 6), textcoords="offset points", ha="right")
+
+
 def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
                        chosen: float, path: Path, note: str = "") -> None:
     """Accuracy-budget search: chip accuracy (mean, 95 % CI) and software accuracy against the
@@ -561,6 +576,7 @@ def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
         ax.axhline(dense, color="k", lw=0.8, label="dense (software)")
         ax.axhline(dense - max_drop, color="C3", lw=0.8, ls=":",
                    label=f"allowed: dense - {max_drop:g}")
+        _clip_collapsed(ax, rows, x, dense - max(4.0 * max_drop, 2.0))
         ax.set_ylim(top=min(100.0, dense + 0.1 * (dense - ax.get_ylim()[0]) + 0.2))  # dense shows
         if min(x) > 0 and max(x) / min(x) > 3:
             ax.set_xscale("log")
