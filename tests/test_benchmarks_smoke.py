@@ -54,10 +54,17 @@ AFTER = {"converter_sweep": "calibration_percentile", "chip_scale": "calibration
          "selective_verify": "calibration_percentile"}
 
 
+# what the test session itself makes at the top of the repository while the smoke runs go on
+# (pytest-xdist runs other tests beside them): Hypothesis's database of the project's constants
+# and examples (made at the first @given test of a fresh checkout), pytest's cache
+SESSION = {".hypothesis", ".pytest_cache"}
+
+
 def _repository_files() -> set[str]:
-    """The top level of the repository and every file under WATCHED, ignored ones included
-    (results/ and outputs/ are ignored by git, so git status alone would not see them)."""
-    files = {p.name for p in ROOT.iterdir()}
+    """The top level of the repository (but SESSION) and every file under WATCHED, ignored
+    ones included (results/ and outputs/ are ignored by git, so git status alone would not see
+    them)."""
+    files = {p.name for p in ROOT.iterdir()} - SESSION
     for folder in WATCHED:
         for path in (ROOT / folder).rglob("*"):
             if "__pycache__" not in path.parts:
@@ -85,7 +92,8 @@ def smoke_runs(request, tmp_path_factory):
     """The smoke runs of the selected scripts, started together, WORKERS at a time (each uses
     one thread), longest first: their folders, name -> future of {name: (process, seconds)}
     (a script and those AFTER it share one job), and the repository's files and git status
-    before them."""
+    before them. Under pytest-xdist all of this file's tests run on one worker (a file with a
+    module-scoped fixture: tests/conftest.py), which starts the runs once."""
     here = Path(__file__).resolve()
     names = {item.callspec.params["name"] for item in request.session.items
              if Path(item.path).resolve() == here and hasattr(item, "callspec")}

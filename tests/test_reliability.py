@@ -226,7 +226,8 @@ def _kill_during(run_dir: Path, checkpoint: str, stage: str, resume: bool) -> No
            f"resume={str(resume).lower()}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    path, deadline = run_dir / checkpoint, time.monotonic() + 60
+    # a generous deadline: under pytest-xdist the run shares the cores with other tests'
+    path, deadline = run_dir / checkpoint, time.monotonic() + 240
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             seen = _stage_of(path)
