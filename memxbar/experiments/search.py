@@ -133,8 +133,8 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
             except DivergenceError as exc:  # the model collapsed at this budget: too tight
                 record = {"step": step, "budget": budget, "meets": False, "failed": str(exc)}
             record["folder"] = str(folder.relative_to(run_dir))
-            if borderline(record, a, exp.eval.chips):
-                record = _confirm(exp, record, run_dir, folder, cache, run_point)
+            record = _confirmed(exp.raw, a, exp.eval.chips, record, run_dir, folder, cache,
+                                run_point)
             done[budget] = record
         points.append(record)
         if "failed" in record:
@@ -173,17 +173,18 @@ def budget_search(exp: CompressExperiment, run_dir: Path, budget_range: tuple[fl
     return metrics
 
 
-def _confirm(exp: CompressExperiment, record: dict, run_dir: Path, folder: Path, cache: str,
-             run_point: Callable[[dict, Path], dict]) -> dict:
-    """A borderline point (:func:`borderline`) measured again on ``eval.chips`` chips in
-    ``<folder>_confirm`` (its model from the cache); the first measurement stays in the
-    record."""
-    a = exp.allocation
+def _confirmed(raw: dict, a: AllocationSettings, chips: int, record: dict, run_dir: Path,
+               folder: Path, cache: str, run_point: Callable[[dict, Path], dict]) -> dict:
+    """``record`` as it is, or, for a borderline point (:func:`borderline`) of the run ``raw``,
+    measured again on ``chips`` (the run's ``eval.chips``) in ``<folder>_confirm`` (its model
+    from the cache), the first measurement kept in the record."""
+    if not borderline(record, a, chips):
+        return record
     _log.info("budget search step %d: drop %.3f is within %g standard errors of the budget "
               "%.2f on %d chips: measuring it on %d chips", record["step"], record["drop"],
-              a.search_confirm, a.max_drop, record["chips"], exp.eval.chips)
+              a.search_confirm, a.max_drop, record["chips"], chips)
     again = folder.with_name(folder.name + "_confirm")
-    config = _point_config(exp.raw, record["budget"], exp.eval.chips, cache)
+    config = _point_config(raw, record["budget"], chips, cache)
     config["resume"] = (again / "config.yaml").exists()
     first = {k: record[k] for k in ("chips", "chip_mean", "chip_std", "drop", "meets")}
     return {**_record(record["step"], record["budget"], run_point(config, again), a.max_drop),
