@@ -19,6 +19,7 @@ def _one_intra_op_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hooks: unknown without it (-p no:xdist)
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker per CPU this process may use (xdist's own count is the physical
     cores when psutil is installed: 1 on a 2-vCPU machine with hyper-threads). The
@@ -38,6 +39,7 @@ def _has_module_fixture(path: Path) -> bool:
     return re.search(r"""@pytest\.fixture\(scope=["']module["']""", text) is not None
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """``-n`` with the default ``--dist load``: each test goes to the next free worker, but the
     tests of a file that defines a module-scoped fixture (a finished run that most of its

@@ -5,6 +5,10 @@ write that leaves the finished run alone."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import pytest
 import torch
 from test_experiments import TINY, _compose
 
@@ -29,11 +33,26 @@ def test_an_input_file_is_keyed_by_its_content(tmp_path):
     assert cached(str(tmp_path / "c"), "dense", fp) != first
 
 
-def test_a_changed_train_checkpoint_is_not_served_the_old_compressed_model(tmp_path, caplog):
-    cache = tmp_path / "cache"
-    run_compress(_compose([*FAST, f"runtime.cache_dir={cache}"]), tmp_path / "a")
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A run on a fresh cache: its folder, the cache (one dense and one compressed model) and
+    its metrics; the tests copy the cache (``_cache_of``) before they change it."""
+    base = tmp_path_factory.mktemp("first")
+    metrics = run_compress(_compose([*FAST, f"runtime.cache_dir={base / 'cache'}"]), base / "a")
+    assert [len(_entries(base / "cache", n)) for n in ("dense", "compressed")] == [1, 1]
+    return base / "a", base / "cache", metrics
+
+
+def _cache_of(first_run, tmp_path):
+    """A copy of the first run's cache in ``tmp_path``."""
+    return Path(shutil.copytree(first_run[1], tmp_path / "cache"))
+
+
+def test_a_changed_train_checkpoint_is_not_served_the_old_compressed_model(first_run, tmp_path,
+                                                                          caplog):
+    cache = _cache_of(first_run, tmp_path)
     ckpt = tmp_path / "given.pt"
-    ckpt.write_bytes((tmp_path / "a" / "dense.pt").read_bytes())
+    ckpt.write_bytes((first_run[0] / "dense.pt").read_bytes())
     with_ckpt = [*FAST, f"runtime.cache_dir={cache}", f"train.checkpoint={ckpt}"]
     first = run_compress(_compose(with_ckpt), tmp_path / "b")
     state = torch.load(ckpt, weights_only=True)  # another dense model at the same path
@@ -49,9 +68,8 @@ def test_a_changed_train_checkpoint_is_not_served_the_old_compressed_model(tmp_p
     assert len(_entries(cache, "compressed")) == 3
 
 
-def test_bad_entries_are_named_moved_aside_and_recomputed(tmp_path, caplog):
-    cache = tmp_path / "cache"
-    first = run_compress(_compose([*FAST, f"runtime.cache_dir={cache}"]), tmp_path / "a")
+def test_bad_entries_are_named_moved_aside_and_recomputed(first_run, tmp_path, caplog):
+    cache, first = _cache_of(first_run, tmp_path), first_run[2]
     dense, compressed = _entries(cache, "dense")[0], _entries(cache, "compressed")[0]
     dense.write_bytes(dense.read_bytes()[:1000])           # truncated
     torch.save({"model": {}, "fingerprint": {"other": 1}}, compressed)  # foreign

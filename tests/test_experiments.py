@@ -2,7 +2,9 @@
 compress pipeline and device study end to end on digits, a CIFAR-shaped smoke run of the paper's
 VGG-16 / ResNet-18 configs, and collect."""
 
+import io
 import json
+import logging
 import math
 import pickle
 import re
@@ -134,9 +136,28 @@ def test_entry_point_prints_config():
 
 # ------------------------------------------------------------------------------ pipeline
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_logged(tmp_path_factory):
+    """The tiny compress run on digits, made once for the tests that read it: its folder, its
+    metrics and its log (INFO and up, the messages as caplog holds them)."""
     run_dir = tmp_path_factory.mktemp("compress")
-    metrics = run_compress(_compose(TINY), run_dir)
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        metrics = run_compress(_compose(TINY), run_dir)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return run_dir, metrics, log.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_logged):
+    run_dir, metrics, _ = digits_logged
     return run_dir, metrics
 
 
@@ -150,10 +171,8 @@ def test_progress_bars_do_not_change_results(digits_run, tmp_path):
         assert shown[key] == metrics[key], key
 
 
-def test_runs_log_stages_epochs_and_a_summary(tmp_path, caplog):
-    with caplog.at_level("INFO"):
-        run_compress(_compose(TINY), tmp_path)
-    text = caplog.text
+def test_runs_log_stages_epochs_and_a_summary(digits_logged):
+    _, _, text = digits_logged
     for needle in ("stage pretrain: started", "stage pretrain: done in", "pretrain epoch 2/2",
                    "prune epoch 1/", "stage cost: done", "result: dense"):
         assert needle in text, needle
