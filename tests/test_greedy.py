@@ -2,6 +2,9 @@
 each iteration meets its resource target, links between fed layers hold, the search is
 deterministic, and the pipeline runs on it end to end."""
 
+import math
+import zlib
+
 import pytest
 import torch
 from test_experiments import TINY, _compose
@@ -19,7 +22,7 @@ from memxbar.experiments.models import build_model
 from memxbar.experiments.pipeline import run_compress
 
 
-def _trajectory(seed=0, steps=5):
+def _trajectory(seed=0, steps=5, beam=1):
     exp = load_compress_config(_compose([*TINY, "admm=budget", "allocation={budget: 8}"]))
     train, _, info = load_data(exp.dataset, exp.seed)
     torch.manual_seed(0)
@@ -30,7 +33,7 @@ def _trajectory(seed=0, steps=5):
                              example, errors=False)
     links = feeding_links(model, example)
     traj = GreedyTrajectory(model, train, costs, links, seed=seed, n_samples=64, steps=steps,
-                            step=0.6, lr=1e-3, batch=32)
+                            step=0.6, lr=1e-3, batch=32, beam=beam)
     return model, a, costs, links, traj
 
 
@@ -45,6 +48,7 @@ def test_each_iteration_meets_its_target_and_keeps_the_links():
     cost_path = [s.cost for s in traj.states]  # every iteration cuts:
     assert all(b < a_ for a_, b in zip(cost_path, cost_path[1:], strict=False))
     assert cost_path[-1] <= budget < cost_path[-2]  # it lands on the budget
+    assert not traj.branches  # its last iteration aimed at the budget: nothing re-run
     for state in traj.states:
         for name, (prev, per_output) in traj.links.items():
             rows, prev_cols = state.kept[name][0], state.kept[prev][1]
@@ -67,10 +71,68 @@ def test_the_search_is_deterministic_and_extends_on_demand():
     assert undershot <= cost <= looser
 
 
+def _hashed_losses(traj):
+    """Replace the fine-tuning by a fixed, seeded loss per allocation (a rugged landscape, so
+    that the best first step need not lead to the best state): returns the loss function."""
+    applied = {}
+
+    def loss_of(kept):
+        g = torch.Generator().manual_seed(zlib.crc32(repr(sorted(kept.items())).encode()))
+        return float(torch.rand(1, generator=g)) + 1.0 / (1 + traj._cost(kept))
+
+    apply = traj._apply
+
+    def _apply(kept):
+        applied["kept"] = dict(kept)
+        return apply(kept)
+
+    traj._apply = _apply
+    traj._finetune = lambda masks, iteration: loss_of(applied["kept"])
+    return loss_of
+
+
+def test_the_beam_carries_the_least_loss_distinct_allocations_of_every_parent():
+    """Against a brute-force oracle: each iteration's beam is the ``beam`` allocations of least
+    loss among every proposal of every state carried from the iteration before."""
+    *_, a, costs, _, traj = _trajectory(beam=3)
+    loss_of = _hashed_losses(traj)
+    budget = milp_budget(costs, a, 8.0)
+    traj.choice(budget)
+    assert len(traj.beams) > 3
+    for before, beam in zip(traj.beams, traj.beams[1:], strict=False):
+        cost = max(s.cost for s in before)
+        needed = max(1, math.ceil(math.log(budget / cost) / math.log(traj.step) - 1e-9))
+        target = budget if cost <= budget or needed == 1 else \
+            cost * (budget / cost) ** (1 / needed)
+        pool = {tuple(sorted(k.items())): loss_of(k)
+                for s in before for k in traj._proposals(s.kept, target)}
+        expected = sorted(pool.items(), key=lambda kv: kv[1])[:3]
+        assert [tuple(sorted(s.kept.items())) for s in beam] == [k for k, _ in expected]
+        assert [s.loss for s in beam] == [v for _, v in expected]
+    assert traj.states == [b[0] for b in traj.beams]
+
+
+def test_a_wider_beam_reaches_a_state_of_less_loss_on_a_rugged_landscape():
+    """One carried proposal (NetAdapt's greedy) follows the best first step; a beam of 3 keeps
+    the runners-up, and on this landscape one of them leads to a state of less loss."""
+    finals = {}
+    for beam in (1, 3):
+        *_, a, costs, _, traj = _trajectory(beam=beam)
+        _hashed_losses(traj)
+        choice = traj.choice(milp_budget(costs, a, 8.0))
+        finals[beam] = traj.chosen_loss
+        assert all(len(b) <= beam for b in traj.beams)
+        assert sum(costs[n][k].cost for n, k in choice.items()) <= milp_budget(costs, a, 8.0)
+    assert finals[3] < finals[1] - 0.05, finals
+
+
 @pytest.mark.parametrize("key, value, words", [
     ("method", "annealing", "method='annealing' is invalid; allowed: one of auto, milp, greedy"),
     ("greedy_step", 1.0, "greedy_step=1.0 is invalid"),
     ("finetune_steps", 0, "finetune_steps=0 is invalid"),
+    ("greedy_beam", 0, "greedy_beam=0 is invalid; allowed: an integer in [1, 16]"),
+    ("greedy_beam", 17, "greedy_beam=17 is invalid"),
+    ("greedy_beam", True, "greedy_beam=True is invalid"),
     ("candidates", [{"row_ratio": 0.5}], "method='greedy' is invalid with candidates"),
 ])
 def test_bad_greedy_settings_are_refused(key, value, words):

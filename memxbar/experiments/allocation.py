@@ -456,7 +456,8 @@ def _measure_candidates(model: nn.Module, train: DataLoader, a: AllocationSettin
     if a.chosen_method == "greedy":
         costs = layer_candidates(model, a, constraints, xbar, cost, example, errors=False)
         return GreedyTrajectory(model, train, costs, links, seed=seed, n_samples=a.n_samples,
-                                steps=a.finetune_steps, step=a.greedy_step, lr=lr)
+                                steps=a.finetune_steps, step=a.greedy_step, lr=lr,
+                                beam=a.greedy_beam)
     if a.importance not in MEASURED:
         return layer_candidates(model, a, constraints, xbar, cost, example,
                                 layer_importance(model, train, a, seed))

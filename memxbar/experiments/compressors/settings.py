@@ -306,6 +306,7 @@ class AllocationSettings:
     method: str = "auto"
     finetune_steps: int = 50
     greedy_step: float = 0.75
+    greedy_beam: int = 3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS_OF_ALLOCATION:
@@ -322,6 +323,9 @@ class AllocationSettings:
             raise ValueError(f"greedy_step={self.greedy_step!r} is invalid; allowed: a number "
                              "in [0.05, 0.99] (each iteration's resource target, as a fraction "
                              "of the last)")
+        if isinstance(self.greedy_beam, bool) or not 1 <= self.greedy_beam <= 16:
+            raise ValueError(f"greedy_beam={self.greedy_beam!r} is invalid; allowed: an integer "
+                             "in [1, 16] (the allocations each greedy iteration carries on)")
         if (self.budget is None) == (self.max_drop is None):
             raise ValueError(f"budget={self.budget!r} is invalid with max_drop={self.max_drop!r}; "
                              "allowed: exactly one of them (a resource budget, or the largest "
