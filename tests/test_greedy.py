@@ -148,4 +148,16 @@ def test_the_pipeline_runs_on_a_greedy_allocation(tmp_path):
     alloc = metrics["allocation"]
     assert alloc["method"] == "greedy" and alloc["total_cost"] <= alloc["budget"]
     assert metrics["compression_ratio"] >= 3
-    assert "## Budgeted allocation" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Budgeted allocation" in report and "MILP" not in report.split("## Budget")[1]
+    assert "retraining-aware greedy search" in report and "| step | cost | held-out loss" in report
+    assert alloc["greedy"] == {"beam": 3, "finetune_steps": 5, "greedy_step": 0.75,
+                               "n_samples": 64}
+    path = alloc["path"]  # from the dense model to the chosen split, every step a cut
+    assert path[-1]["cost"] == alloc["total_cost"] and math.isnan(path[0]["loss"])
+    assert all(b["cost"] < a_["cost"] for a_, b in zip(path, path[1:], strict=False))
+    assert path[-1]["loss"] == alloc["total_error"]
+    for name, r in alloc["layers"].items():  # the path ends on the chosen rows x columns
+        rows, cols = path[-1]["kept"][name]
+        assert r["setting"].get("row_keep", rows) == rows
+        assert r["setting"].get("col_keep", cols) == cols

@@ -87,7 +87,7 @@ from memxbar.experiments.compressors.settings import (  # noqa: F401 (Allocation
     plain_setting,
 )
 from memxbar.experiments.data import labelled_subset
-from memxbar.experiments.greedy import GreedyTrajectory
+from memxbar.experiments.greedy import GreedyTrajectory, greedy_markdown
 
 __all__ = ["RESOURCES", "AllocationSettings", "allocation_markdown", "allocation_stage",
            "auto_candidates", "budget_range", "check_budget", "layer_candidates",
@@ -527,6 +527,10 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
                          if n in chosen and p in chosen}}
     if a.resource == "compression":
         summary["ratio"] = a.budget
+    if a.chosen_method == "greedy":
+        summary["greedy"] = {"beam": a.greedy_beam, "finetune_steps": a.finetune_steps,
+                             "greedy_step": a.greedy_step, "n_samples": a.n_samples}
+        summary["path"] = trajectory.chosen_path
     _log.info("allocation (%s %g): %s", a.resource, a.budget, "; ".join(
         f"{n} {', '.join(f'{k}={v}' for k, v in c.setting.items()) or 'unpruned'}"
         for n, c in result.chosen.items()))
@@ -547,6 +551,8 @@ def layer_importance(model: nn.Module, train: DataLoader, a: AllocationSettings,
 def allocation_markdown(summary: dict) -> str:
     """The report section of :func:`allocation_stage`'s summary: the solver's choice per
     layer (setting, error, cost) and the total against the budget."""
+    if summary.get("method") == "greedy":
+        return greedy_markdown(summary)
     layers = summary["layers"]
     result = Allocation(
         choice={n: r["choice"] for n, r in layers.items()},

@@ -43,7 +43,7 @@ from memxbar.admm import Candidate, LayerConstraint
 from memxbar.admm.constraints import weight_matrix
 from memxbar.experiments.data import labelled_subset, seeded_draw
 
-__all__ = ["GreedyTrajectory"]
+__all__ = ["GreedyTrajectory", "greedy_markdown"]
 
 _log = logging.getLogger("memxbar.experiments.greedy")
 
@@ -59,6 +59,7 @@ class _State:
     loss: float
     weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # on the CPU
     target: float = math.nan  # the resource target of the iteration that made it
+    parent: _State | None = field(repr=False, default=None)
 
 
 class GreedyTrajectory:
@@ -92,6 +93,7 @@ class GreedyTrajectory:
         self.beams = [[start]]  # per iteration: the states carried on, least loss first
         self.branches: dict[float, _State] = {}
         self.chosen_loss = math.nan
+        self.chosen_path: list[dict] = []
 
     @property
     def states(self) -> list[_State]:
@@ -213,7 +215,7 @@ class GreedyTrajectory:
                 loss = self._finetune(self._apply(kept), iteration)
                 if key not in children or loss < children[key].loss:
                     children[key] = _State(kept, self._cost(kept), loss, _cpu(self.model),
-                                           target)
+                                           target, parent)
         beam = sorted(children.values(), key=lambda st: st.loss)[: self.beam]
         if beam:
             _log.info("greedy allocation %d: cost %.6g (target %.6g), held-out loss %.4f%s: %s",
@@ -262,6 +264,7 @@ class GreedyTrajectory:
             self.model.load_state_dict(saved)
             self.model.train(was_training)
         self.chosen_loss = state.loss  # the held-out loss after its short fine-tuning
+        self.chosen_path = _lineage(state)
         out = {}
         for name, cs in self.candidates.items():
             if name in state.kept:
@@ -269,6 +272,47 @@ class GreedyTrajectory:
             else:
                 out[name] = max(range(len(cs)), key=lambda k: cs[k].cost)
         return out
+
+
+def _lineage(state: _State) -> list[dict]:
+    """The states from the dense model to ``state`` (cost, held-out loss, kept rows x columns
+    per layer), for the report."""
+    path = []
+    while state is not None:
+        path.append({"cost": state.cost, "loss": state.loss,
+                     "kept": {n: list(rc) for n, rc in state.kept.items()}})
+        state = state.parent
+    return path[::-1]
+
+
+def greedy_markdown(summary: Mapping) -> str:
+    """The report section of a greedy allocation (``experiments.allocation.allocation_stage``'s
+    summary): how it was chosen, the chosen rows x columns per layer and the path to them."""
+    g, layers, path = summary.get("greedy", {}), summary["layers"], summary.get("path", [])
+    ratio = f" (a {summary['ratio']:.4g}x compression ratio)" if "ratio" in summary else ""
+    lines = [
+        "## Budgeted allocation", "",
+        f"Per-layer kept rows x columns chosen by the retraining-aware greedy search "
+        f"(NetAdapt-style, memxbar/experiments/greedy.py) with total {summary['resource']} <= "
+        f"{summary['budget']:.6g}{ratio} (least achievable {summary['min_cost']:.6g}): each "
+        f"iteration cuts to no less than {g.get('greedy_step', math.nan):g} of the last cost; "
+        f"every layer's smallest step is fine-tuned for {g.get('finetune_steps', '?')} masked "
+        f"steps and scored by its cross-entropy on {g.get('n_samples', '?')} held-out training "
+        f"images; the {g.get('beam', 1)} of least loss carry on (a beam search). The "
+        f"compressor then starts from the dense model with this split.", "",
+        f"| layer | setting | {summary['resource']} |", "|---|---|---:|"]
+    for n, r in layers.items():
+        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items()) or "unpruned"
+        lines.append(f"| {n} | {setting} | {r['cost']:.6g} |")
+    lines += [f"| **total** | budget {summary['budget']:.6g} | {summary['total_cost']:.6g} |", ""]
+    if path:
+        lines += ["The path to it (each state after its short fine-tuning):", "",
+                  "| step | cost | held-out loss | kept rows x columns |", "|---:|---:|---:|---|"]
+        lines += [f"| {k} | {st['cost']:.6g} | {st['loss']:.4f} | "
+                  + "; ".join(f"{n} {r}x{c}" for n, (r, c) in st["kept"].items()) + " |"
+                  for k, st in enumerate(path)]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _cpu(model: nn.Module) -> dict[str, torch.Tensor]:
