@@ -28,6 +28,7 @@ OUTPUTS = {
     "compressor_curves": ["curves.json", "curves.md", "curves.png", "admm_4x/metrics.json"],
     "converter_sweep": ["run/converter_sweep.json", "run/converter_sweep.png",
                         "run/converter_sweep.pdf"],  # see AFTER
+    "greedy_paths": ["greedy_paths.json", "greedy_paths.md", "run/dense.pt"],
     "grouped_attention_timing": [],
     "irdrop": ["irdrop.json", "irdrop_accuracy.png"],
     "mc_chips": ["mc_chips.json"],
