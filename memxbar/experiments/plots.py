@@ -546,10 +546,13 @@ def _clip_collapsed(ax, rows: Sequence[Mapping], x: Sequence[float], floor: floa
         return
     bottom = floor - 0.5
     ax.set_ylim(bottom=bottom)
+    ax.get_xlim()  # settle the autoscaled limits before placing the labels
     for p, xv in low:
         ax.plot([xv], [bottom], marker="v", ms=7, color="C0", clip_on=False, zorder=6)
+        left = ax.transAxes.inverted().transform(ax.transData.transform((xv, bottom)))[0] < 0.5
         ax.annotate(f"{p['step']}: {p['chip_mean']:.1f} %\n(off scale)", (xv, bottom), fontsize=6,
-                    xytext=(-8, 6), textcoords="offset points", ha="right")
+                    xytext=(8 if left else -8, 6), textcoords="offset points",
+                    ha="left" if left else "right")  # the label stays inside the axes
 
 
 def plot_budget_search(points: Sequence[Mapping], dense: float, max_drop: float,
