@@ -151,6 +151,7 @@ def test_the_pipeline_runs_on_a_greedy_allocation(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "## Budgeted allocation" in report and "MILP" not in report.split("## Budget")[1]
     assert "retraining-aware greedy search" in report and "| step | cost | held-out loss" in report
+    assert "| 0 | " + f"{alloc['path'][0]['cost']:.6g} | dense |" in report
     assert alloc["greedy"] == {"beam": 3, "finetune_steps": 5, "greedy_step": 0.75,
                                "n_samples": 64}
     path = alloc["path"]  # from the dense model to the chosen split, every step a cut

@@ -529,7 +529,8 @@ def allocation_stage(model: nn.Module, train: DataLoader, a: AllocationSettings 
         summary["ratio"] = a.budget
     if a.chosen_method == "greedy":
         summary["greedy"] = {"beam": a.greedy_beam, "finetune_steps": a.finetune_steps,
-                             "greedy_step": a.greedy_step, "n_samples": a.n_samples}
+                             "greedy_step": a.greedy_step,
+                             "n_samples": len(trajectory.held_index)}  # at most a quarter
         summary["path"] = trajectory.chosen_path
     _log.info("allocation (%s %g): %s", a.resource, a.budget, "; ".join(
         f"{n} {', '.join(f'{k}={v}' for k, v in c.setting.items()) or 'unpruned'}"

@@ -308,7 +308,8 @@ def greedy_markdown(summary: Mapping) -> str:
     if path:
         lines += ["The path to it (each state after its short fine-tuning):", "",
                   "| step | cost | held-out loss | kept rows x columns |", "|---:|---:|---:|---|"]
-        lines += [f"| {k} | {st['cost']:.6g} | {st['loss']:.4f} | "
+        lines += [f"| {k} | {st['cost']:.6g} | "
+                  + ("dense" if math.isnan(st["loss"]) else f"{st['loss']:.4f}") + " | "
                   + "; ".join(f"{n} {r}x{c}" for n, (r, c) in st["kept"].items()) + " |"
                   for k, st in enumerate(path)]
         lines.append("")
