@@ -33,8 +33,8 @@ import torch
 from hydra import compose, initialize_config_module
 from torch.nn import functional as F
 
-from memxbar.admm import LayerConstraint
-from memxbar.admm.constraints import weight_matrix
+from memxbar.admm import LayerConstraint, select_layers, weight_matrix
+from memxbar.admm.masked import MaskedOptimizer, apply_masks
 from memxbar.experiments import allocation as alloc
 from memxbar.experiments.config import load_compress_config
 from memxbar.experiments.stages import prepare
@@ -43,10 +43,6 @@ from memxbar.experiments.train import evaluate
 HANDSET = {"features.0": (20, 5), "features.3": (50, 10), "classifier.0": (48, 20),
            "classifier.2": (20, 16), "classifier.4": (16, None)}
 """The hand-set 30x split of ``memxbar/conf/admm/lenet5_mnist.yaml`` (rows, columns)."""
-
-
-def _layer(pattern: str) -> str:
-    return pattern.removeprefix("re:").replace("\\.", ".")
 
 
 def _count(kept: int | None) -> str:
@@ -58,24 +54,19 @@ def proxy(p, dense: dict, split: dict, epochs: int, seed: int) -> float:
     (layer -> (rows, cols), None: all)."""
     model = p.model
     model.load_state_dict(dense)
-    modules, masks = dict(model.named_modules()), {}
-    for name, (rows, cols) in split.items():
-        m = modules[name]
-        c = LayerConstraint(pattern=name, row_keep=rows, col_keep=cols)
-        mask = c.prune_mask(weight_matrix(m).detach()).reshape(m.weight.shape)
-        masks[name] = mask.to(m.weight.dtype)
-        m.weight.data.mul_(masks[name])
+    modules = dict(model.named_modules())
+    masks = {name: LayerConstraint(pattern=name, row_keep=rows, col_keep=cols)
+             .prune_mask(weight_matrix(modules[name]).detach())
+             for name, (rows, cols) in split.items()}
+    apply_masks(model, masks)
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = MaskedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), model, masks)
     for _ in range(epochs):
         model.train()
         for x, y in p.train:
             opt.zero_grad()
             F.cross_entropy(model(x.to(p.torch_device)), y.to(p.torch_device)).backward()
             opt.step()
-            with torch.no_grad():
-                for name, mask in masks.items():
-                    modules[name].weight.mul_(mask)
     model.eval()
     return evaluate(model, p.test)
 
@@ -90,7 +81,8 @@ def run_path(exp, p, dense: dict, beam: int, budgets: list[float]) -> dict:
         chosen, summary = alloc.allocation_stage(
             p.model, p.train, a, exp.admm.layer_constraints(), exp.crossbar, exp.cost,
             p.calibration, exp.seed, lr=exp.admm.lr)
-    split = {_layer(c["pattern"]): (c["row_keep"], c["col_keep"]) for c in chosen}
+    layers = select_layers(p.model, [LayerConstraint(**c) for c in chosen])
+    split = {name: (c.row_keep, c.col_keep) for name, c in layers.items()}
     return {"beam": beam, "budgets": budgets, "seconds": round(time.perf_counter() - t0, 1),
             "split": split, "cost": summary["total_cost"], "loss": summary["total_error"]}
 
